@@ -1,0 +1,256 @@
+//go:build linux
+
+package backend
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"sync"
+
+	"github.com/heapipc/ipc/internal/sys"
+)
+
+// ShmDir is where POSIX shared memory lives on Linux (what shm_open and
+// sem_open use).
+const ShmDir = "/dev/shm"
+
+func posixSegPath(name string) string { return ShmDir + "/" + name }
+func posixSemPath(name string) string { return ShmDir + "/sem." + name }
+
+// tempPath names a file that no valid name can collide with (valid names
+// do not start with '.'); the pid in it tells whose it is.
+func tempPath() string {
+	var r [8]byte
+	rand.Read(r[:])
+	return ShmDir + "/.hipc-tmp." + strconv.Itoa(os.Getpid()) + "." + hex.EncodeToString(r[:])
+}
+
+// createPublished makes a file of size bytes under a temporary name with
+// the exact mode, maps it, lets fill write it, and publishes it under path
+// with link(2), which fails if path exists: so a file under the final name
+// is always complete. It returns the mapping and the file's identity.
+func createPublished(op, name, path string, size int64, mode os.FileMode, fill func([]byte) error) (b []byte, fi sys.FileInfo, err error) {
+	tmp := tempPath()
+	fd, err := sys.Open(tmp, sys.ORdwr|sys.OCreat|sys.OExcl, modeOr(mode))
+	if err != nil {
+		return nil, fi, osError(op, name, err)
+	}
+	defer func() {
+		sys.Unlink(tmp)
+		if err != nil && b != nil {
+			sys.Munmap(b)
+			b = nil
+		}
+	}()
+	defer sys.Close(fd)
+	if err := sys.Fchmod(fd, modeOr(mode)); err != nil {
+		return nil, fi, osError(op, name, err)
+	}
+	if err := sys.Ftruncate(fd, size); err != nil {
+		return nil, fi, osError(op, name, err)
+	}
+	if err := sys.Fallocate(fd, size); err != nil {
+		return nil, fi, fmt.Errorf("%s %q: reserving %d bytes in %s (is it large enough? containers often mount 64 MiB): %w",
+			op, name, size, ShmDir, osError("fallocate", name, err))
+	}
+	if fi, err = sys.Fstat(fd); err != nil {
+		return nil, fi, osError(op, name, err)
+	}
+	if b, err = sys.Mmap(fd, int(size)); err != nil {
+		return nil, fi, osError(op, name, err)
+	}
+	if fill != nil {
+		if err = fill(b); err != nil {
+			return b, fi, err
+		}
+	}
+	if err = sys.Link(tmp, path); err != nil {
+		return b, fi, osError(op, name, err)
+	}
+	return b, fi, nil
+}
+
+// openMapped opens an existing file and maps all of it (at least min
+// bytes). A file that is not a regular file, or too small, is not ours.
+func openMapped(op, name, path string, min int64) ([]byte, sys.FileInfo, error) {
+	fd, err := sys.Open(path, sys.ORdwr, 0)
+	if err != nil {
+		return nil, sys.FileInfo{}, osError(op, name, err)
+	}
+	defer sys.Close(fd)
+	fi, err := sys.Fstat(fd)
+	if err != nil {
+		return nil, fi, osError(op, name, err)
+	}
+	if !fi.Regular || fi.Size < min {
+		return nil, fi, fmt.Errorf("%s %q: %s is not a heapipc object (%d bytes): %w", op, name, path, fi.Size, ErrNotHeapIPC)
+	}
+	if fi.Size > maxSegmentSize || int64(int(fi.Size)) != fi.Size {
+		return nil, fi, fmt.Errorf("%s %q: size %d: %w", op, name, fi.Size, ErrInvalidSize)
+	}
+	b, err := sys.Mmap(fd, int(fi.Size))
+	if err != nil {
+		return nil, fi, osError(op, name, err)
+	}
+	return b, fi, nil
+}
+
+// unlinkIfSame removes path only if it is still the file fi. The check and
+// the unlink happen under flock on the file, which every remover takes, so
+// two processes removing a stale object cannot remove a new one made
+// between the check and the unlink by a third.
+func unlinkIfSame(op, name, path string, fi sys.FileInfo) error {
+	fd, err := sys.Open(path, 0, 0)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return osError(op, name, err)
+	}
+	defer sys.Close(fd)
+	cur, err := sys.Fstat(fd)
+	if err != nil {
+		return osError(op, name, err)
+	}
+	if cur.Dev != fi.Dev || cur.Ino != fi.Ino {
+		return nil
+	}
+	if err := sys.Flock(fd, true); err != nil {
+		return osError(op, name, err)
+	}
+	defer sys.Flock(fd, false)
+	now, err := sys.Lstat(path)
+	if err != nil || now.Dev != fi.Dev || now.Ino != fi.Ino {
+		return nil
+	}
+	if err := sys.Unlink(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return osError(op, name, err)
+	}
+	return nil
+}
+
+type posixSegments struct{}
+
+func (posixSegments) Kind() Kind { return POSIX }
+
+func (posixSegments) Create(name string, size int64, mode os.FileMode, fill func([]byte) error) (Segment, error) {
+	if err := ValidateName(name); err != nil {
+		return nil, err
+	}
+	if err := checkSegmentSize(size); err != nil {
+		return nil, err
+	}
+	b, fi, err := createPublished("create posix segment", name, posixSegPath(name), size, mode, fill)
+	if err != nil {
+		return nil, err
+	}
+	return &posixSegment{name: name, b: b, fi: fi}, nil
+}
+
+func (posixSegments) Attach(name string) (Segment, error) {
+	if err := ValidateName(name); err != nil {
+		return nil, err
+	}
+	b, fi, err := openMapped("attach posix segment", name, posixSegPath(name), 1)
+	if err != nil {
+		return nil, err
+	}
+	return &posixSegment{name: name, b: b, fi: fi}, nil
+}
+
+func (posixSegments) Remove(name string) error {
+	if err := ValidateName(name); err != nil {
+		return err
+	}
+	return osError("remove posix segment", name, sys.Unlink(posixSegPath(name)))
+}
+
+type posixSegment struct {
+	name string
+	fi   sys.FileInfo
+	mu   sync.Mutex
+	b    []byte
+}
+
+func (s *posixSegment) Name() string    { return s.name }
+func (s *posixSegment) Kind() Kind      { return POSIX }
+func (s *posixSegment) CreatorPID() int { return 0 }
+func (s *posixSegment) Bytes() []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b
+}
+
+func (s *posixSegment) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.b == nil {
+		return nil
+	}
+	err := sys.Munmap(s.b)
+	s.b = nil
+	return osError("close posix segment", s.name, err)
+}
+
+func (s *posixSegment) Unlink() error {
+	return unlinkIfSame("unlink posix segment", s.name, posixSegPath(s.name), s.fi)
+}
+
+type posixSemaphores struct{}
+
+func (posixSemaphores) Kind() Kind    { return POSIX }
+func (posixSemaphores) MaxValue() int { return semValueMax }
+
+func (posixSemaphores) Create(name string, value int, opts SemOptions) (Semaphore, error) {
+	if err := ValidateName(name); err != nil {
+		return nil, err
+	}
+	if value < 0 || value > semValueMax {
+		return nil, fmt.Errorf("create posix semaphore %q: value %d outside [0,%d]: %w", name, value, semValueMax, ErrInvalidArgument)
+	}
+	b, fi, err := createPublished("create posix semaphore", name, posixSemPath(name), semSize, opts.Mode,
+		func(b []byte) error { initSem(b, value); return nil })
+	if err != nil {
+		return nil, err
+	}
+	return newPosixSem(name, b, fi)
+}
+
+func (posixSemaphores) Open(name string, opts SemOptions) (Semaphore, error) {
+	if err := ValidateName(name); err != nil {
+		return nil, err
+	}
+	b, fi, err := openMapped("open posix semaphore", name, posixSemPath(name), semSize)
+	if err != nil {
+		return nil, err
+	}
+	if fi.Size != semSize || binary.NativeEndian.Uint32(b[semPrivateOff:]) != semShared {
+		sys.Munmap(b)
+		return nil, fmt.Errorf("open posix semaphore %q: %s is not a named semaphore: %w", name, posixSemPath(name), ErrNotHeapIPC)
+	}
+	return newPosixSem(name, b, fi)
+}
+
+func (posixSemaphores) Remove(name string) error {
+	if err := ValidateName(name); err != nil {
+		return err
+	}
+	return osError("remove posix semaphore", name, sys.Unlink(posixSemPath(name)))
+}
+
+func newPosixSem(name string, b []byte, fi sys.FileInfo) (Semaphore, error) {
+	unlink := func() error {
+		return unlinkIfSame("unlink posix semaphore", name, posixSemPath(name), fi)
+	}
+	s, err := newFutexSem(name, POSIX, b, sys.Munmap, unlink)
+	if err != nil {
+		sys.Munmap(b)
+		return nil, err
+	}
+	return s, nil
+}

@@ -1,0 +1,365 @@
+//go:build linux
+
+package backend
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/heapipc/ipc/internal/sys"
+)
+
+// SysVKey derives the SysV IPC key of a name: FNV-1a of a prefix, the
+// object class ("shm" or "sem") and the name, never IPC_PRIVATE (0). Two
+// names can share a key; the segment header stores the name and the
+// semaphore set stores a name tag, so a collision is detected and refused.
+func SysVKey(class, name string) int32 {
+	h := fnv.New32a()
+	h.Write([]byte("heapipc/" + class + "/" + name))
+	k := int32(h.Sum32())
+	if k == 0 {
+		k = 1
+	}
+	return k
+}
+
+type sysvSegments struct{}
+
+func (sysvSegments) Kind() Kind { return SysV }
+
+func (sysvSegments) Create(name string, size int64, mode os.FileMode, fill func([]byte) error) (Segment, error) {
+	if err := ValidateName(name); err != nil {
+		return nil, err
+	}
+	if err := checkSegmentSize(size); err != nil {
+		return nil, err
+	}
+	const op = "create sysv segment"
+	id, err := sys.ShmGet(SysVKey("shm", name), int(size), sys.IPCCreat|sys.IPCExcl|int(modeOr(mode)))
+	if err != nil {
+		if errors.Is(err, syscall.EINVAL) {
+			return nil, fmt.Errorf("%s %q: size %d outside the kernel's limits (kernel.shmmax, kernel.shmall): %w", op, name, size, ErrInvalidSize)
+		}
+		return nil, osError(op, name, err)
+	}
+	b, err := sys.ShmAttach(id)
+	if err != nil {
+		sys.ShmRemove(id)
+		return nil, osError(op, name, err)
+	}
+	if fill != nil {
+		if err := fill(b); err != nil {
+			sys.ShmDetach(b)
+			sys.ShmRemove(id)
+			return nil, err
+		}
+	}
+	return &sysvSegment{name: name, id: id, b: b}, nil
+}
+
+func (sysvSegments) Attach(name string) (Segment, error) {
+	if err := ValidateName(name); err != nil {
+		return nil, err
+	}
+	const op = "attach sysv segment"
+	id, err := sys.ShmGet(SysVKey("shm", name), 0, 0)
+	if err != nil {
+		return nil, osError(op, name, err)
+	}
+	b, err := sys.ShmAttach(id)
+	if err != nil {
+		return nil, osError(op, name, err)
+	}
+	return &sysvSegment{name: name, id: id, b: b}, nil
+}
+
+func (sysvSegments) Remove(name string) error {
+	if err := ValidateName(name); err != nil {
+		return err
+	}
+	id, err := sys.ShmGet(SysVKey("shm", name), 0, 0)
+	if err != nil {
+		return osError("remove sysv segment", name, err)
+	}
+	return osError("remove sysv segment", name, sys.ShmRemove(id))
+}
+
+type sysvSegment struct {
+	name string
+	id   int
+	mu   sync.Mutex
+	b    []byte
+}
+
+func (s *sysvSegment) Name() string { return s.name }
+func (s *sysvSegment) Kind() Kind   { return SysV }
+
+// ID is the kernel's shmid.
+func (s *sysvSegment) ID() int { return s.id }
+
+func (s *sysvSegment) Bytes() []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b
+}
+
+func (s *sysvSegment) CreatorPID() int {
+	info, err := sys.ShmStat(s.id)
+	if err != nil {
+		return 0
+	}
+	return info.CreatorPID
+}
+
+func (s *sysvSegment) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.b == nil {
+		return nil
+	}
+	err := sys.ShmDetach(s.b)
+	s.b = nil
+	return osError("close sysv segment", s.name, err)
+}
+
+// Unlink removes the segment by its id, which no later segment of the
+// same name can have.
+func (s *sysvSegment) Unlink() error {
+	err := sys.ShmRemove(s.id)
+	if errors.Is(err, syscall.EINVAL) || errors.Is(err, syscall.EIDRM) {
+		return nil // already removed
+	}
+	return osError("unlink sysv segment", s.name, err)
+}
+
+// A heapipc SysV semaphore is a set of two: [0] holds the value, [1] a tag
+// derived from the name, set last by the creator. Attachers wait for a
+// nonzero tag (initialised) and compare it (key collisions).
+const (
+	sysvSemMax     = 32767 // SEMVMX
+	sysvReadyWait  = 2 * time.Second
+	sysvWaitSlice  = 10 * time.Millisecond
+	sysvSemsPerSet = 2
+)
+
+func sysvTag(name string) int {
+	h := fnv.New32a()
+	h.Write([]byte("heapipc-tag/" + name))
+	return 1 + int(h.Sum32()%(sysvSemMax-1))
+}
+
+type sysvSemaphores struct{}
+
+func (sysvSemaphores) Kind() Kind    { return SysV }
+func (sysvSemaphores) MaxValue() int { return sysvSemMax }
+
+func (sysvSemaphores) Create(name string, value int, opts SemOptions) (Semaphore, error) {
+	if err := ValidateName(name); err != nil {
+		return nil, err
+	}
+	const op = "create sysv semaphore"
+	if value < 0 || value > sysvSemMax {
+		return nil, fmt.Errorf("%s %q: value %d outside [0,%d]: %w", op, name, value, sysvSemMax, ErrInvalidArgument)
+	}
+	id, err := sys.SemGet(SysVKey("sem", name), sysvSemsPerSet, sys.IPCCreat|sys.IPCExcl|int(modeOr(opts.Mode)))
+	if err != nil {
+		return nil, osError(op, name, err)
+	}
+	if err := sys.SemSetVal(id, 0, value); err != nil {
+		sys.SemRemove(id)
+		return nil, osError(op, name, err)
+	}
+	if err := sys.SemSetVal(id, 1, sysvTag(name)); err != nil {
+		sys.SemRemove(id)
+		return nil, osError(op, name, err)
+	}
+	return &sysvSem{name: name, id: id, undo: opts.Undo}, nil
+}
+
+func (sysvSemaphores) Open(name string, opts SemOptions) (Semaphore, error) {
+	if err := ValidateName(name); err != nil {
+		return nil, err
+	}
+	const op = "open sysv semaphore"
+	id, err := sys.SemGet(SysVKey("sem", name), sysvSemsPerSet, 0)
+	if err != nil {
+		if errors.Is(err, syscall.EINVAL) {
+			return nil, fmt.Errorf("%s %q: the key's set is not a heapipc semaphore: %w", op, name, ErrKeyCollision)
+		}
+		return nil, osError(op, name, err)
+	}
+	want := sysvTag(name)
+	deadline := time.Now().Add(sysvReadyWait)
+	for {
+		tag, err := sys.SemGetVal(id, 1)
+		if err != nil {
+			return nil, osError(op, name, err)
+		}
+		if tag == want {
+			return &sysvSem{name: name, id: id, undo: opts.Undo}, nil
+		}
+		if tag != 0 {
+			return nil, fmt.Errorf("%s %q: the key belongs to another name (tag %d, want %d): %w", op, name, tag, want, ErrKeyCollision)
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("%s %q: the set was never initialised: %w", op, name, ErrNotReady)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func (sysvSemaphores) Remove(name string) error {
+	if err := ValidateName(name); err != nil {
+		return err
+	}
+	id, err := sys.SemGet(SysVKey("sem", name), 0, 0)
+	if err != nil {
+		return osError("remove sysv semaphore", name, err)
+	}
+	return osError("remove sysv semaphore", name, sys.SemRemove(id))
+}
+
+type sysvSem struct {
+	name   string
+	id     int
+	undo   bool
+	closed atomic.Bool
+}
+
+func (s *sysvSem) Name() string { return s.name }
+func (s *sysvSem) Kind() Kind   { return SysV }
+
+// ID is the kernel's semid.
+func (s *sysvSem) ID() int { return s.id }
+
+func (s *sysvSem) flags() int16 {
+	if s.undo {
+		return sys.SemUndo
+	}
+	return 0
+}
+
+func (s *sysvSem) err(op string, err error) error {
+	if errors.Is(err, syscall.EINVAL) || errors.Is(err, syscall.EIDRM) {
+		return fmt.Errorf("semaphore %s %q: removed: %w", op, s.name, ErrDestroyed)
+	}
+	if errors.Is(err, syscall.ERANGE) {
+		return fmt.Errorf("semaphore %s %q: %w", op, s.name, ErrOverflow)
+	}
+	return osError("semaphore "+op, s.name, err)
+}
+
+func (s *sysvSem) check(op string) error {
+	if s.closed.Load() {
+		return fmt.Errorf("semaphore %s %q: %w", op, s.name, ErrClosed)
+	}
+	return nil
+}
+
+func (s *sysvSem) TryWait() error {
+	if err := s.check("trywait"); err != nil {
+		return err
+	}
+	err := sys.SemTimedOp(s.id, []sys.Sembuf{{Num: 0, Op: -1, Flg: s.flags() | sys.IPCNoWait}}, -1)
+	if errors.Is(err, syscall.EAGAIN) {
+		return fmt.Errorf("semaphore trywait %q: %w", s.name, ErrWouldBlock)
+	}
+	if err != nil {
+		return s.err("trywait", err)
+	}
+	return nil
+}
+
+func (s *sysvSem) Wait(ctx context.Context) error { return s.wait(ctx, -1) }
+
+func (s *sysvSem) WaitTimeout(d time.Duration) error {
+	if d < 0 {
+		d = 0
+	}
+	return s.wait(context.Background(), d)
+}
+
+// wait sleeps in semtimedop slices of at most sysvWaitSlice, so that a
+// cancelled context or a Close is noticed promptly: the kernel offers no
+// way to interrupt one thread's semtimedop.
+func (s *sysvSem) wait(ctx context.Context, timeout time.Duration) error {
+	var deadline time.Time
+	if timeout >= 0 {
+		deadline = time.Now().Add(timeout)
+	}
+	ops := []sys.Sembuf{{Num: 0, Op: -1, Flg: s.flags()}}
+	for {
+		if err := s.check("wait"); err != nil {
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("semaphore wait %q: %w", s.name, ctxError(err))
+		}
+		slice := sysvWaitSlice
+		if timeout >= 0 {
+			left := time.Until(deadline)
+			if left <= 0 {
+				ops[0].Flg |= sys.IPCNoWait
+				if err := sys.SemTimedOp(s.id, ops, -1); err == nil {
+					return nil
+				}
+				return fmt.Errorf("semaphore wait %q: %w", s.name, ErrTimeout)
+			}
+			slice = min(slice, left)
+		}
+		if d, ok := ctx.Deadline(); ok {
+			slice = max(min(slice, time.Until(d)), 0)
+		}
+		err := sys.SemTimedOp(s.id, ops, slice)
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, syscall.EAGAIN), errors.Is(err, syscall.EINTR):
+			continue
+		default:
+			return s.err("wait", err)
+		}
+	}
+}
+
+func (s *sysvSem) Post() error {
+	if err := s.check("post"); err != nil {
+		return err
+	}
+	err := sys.SemTimedOp(s.id, []sys.Sembuf{{Num: 0, Op: 1, Flg: s.flags()}}, -1)
+	if err != nil {
+		return s.err("post", err)
+	}
+	return nil
+}
+
+func (s *sysvSem) Value() (int, error) {
+	if err := s.check("value"); err != nil {
+		return 0, err
+	}
+	v, err := sys.SemGetVal(s.id, 0)
+	if err != nil {
+		return 0, s.err("value", err)
+	}
+	return v, nil
+}
+
+func (s *sysvSem) Close() error {
+	s.closed.Store(true)
+	return nil
+}
+
+func (s *sysvSem) Unlink() error {
+	err := sys.SemRemove(s.id)
+	if errors.Is(err, syscall.EINVAL) || errors.Is(err, syscall.EIDRM) {
+		return nil
+	}
+	return osError("unlink sysv semaphore", s.name, err)
+}

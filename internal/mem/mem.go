@@ -1,0 +1,128 @@
+// Package mem is the only package of heapipc that does pointer arithmetic.
+// It hands out typed views of a byte region (a mapped segment or a Go
+// slice) after checking bounds and alignment. Callers never write
+// unsafe.Pointer(&b[i]) themselves.
+//
+// Two flavours exist: the checked ones (At, Slice, Bytes) return an error
+// wrapping errs.ErrCorrupt when an offset read from shared memory is bad;
+// the Must ones panic with "assertion failed" and are for offsets the
+// caller computed itself and has already validated.
+package mem
+
+import (
+	"fmt"
+	"sync/atomic"
+	"unsafe"
+
+	"github.com/heapipc/ipc/internal/errs"
+)
+
+// Off is an offset from the base of a shared region. Shared memory never
+// holds addresses, only Offs.
+type Off uint64
+
+// CacheLine is the padding unit between words written by different sides.
+// 128 bytes covers adjacent-line prefetch on x86 and the 128-byte lines of
+// some arm64 cores.
+const CacheLine = 128
+
+// check verifies that [off, off+size) lies in b and that b[off] is aligned
+// to align.
+func check(b []byte, off Off, size, align uintptr, what string) error {
+	n := uint64(len(b))
+	if uint64(off) > n || uint64(size) > n-uint64(off) {
+		return errs.Corrupt(what, uint64(off), "range of %d bytes outside region of %d bytes", size, n)
+	}
+	if align > 1 && len(b) > 0 {
+		p := uintptr(unsafe.Pointer(unsafe.SliceData(b))) + uintptr(off)
+		if p%align != 0 {
+			return errs.Corrupt(what, uint64(off), "misaligned for %d-byte alignment", align)
+		}
+	}
+	return nil
+}
+
+// At returns a pointer to a T at offset off of b, after checking bounds and
+// alignment. T must be a fixed-layout type without Go pointers.
+func At[T any](b []byte, off Off) (*T, error) {
+	var z T
+	if err := check(b, off, unsafe.Sizeof(z), unsafe.Alignof(z), fmt.Sprintf("%T", z)); err != nil {
+		return nil, err
+	}
+	if unsafe.Sizeof(z) == 0 {
+		return &z, nil
+	}
+	return (*T)(unsafe.Pointer(&b[off])), nil
+}
+
+// MustAt is At for offsets the caller has validated: a bad one is a broken
+// internal invariant and panics.
+func MustAt[T any](b []byte, off Off) *T {
+	p, err := At[T](b, off)
+	if err != nil {
+		panic("assertion failed: " + err.Error())
+	}
+	return p
+}
+
+// Slice returns a []T of n elements starting at offset off of b.
+func Slice[T any](b []byte, off Off, n int) ([]T, error) {
+	var z T
+	if n < 0 {
+		return nil, errs.Corrupt(fmt.Sprintf("[]%T", z), uint64(off), "negative length %d", n)
+	}
+	size := unsafe.Sizeof(z)
+	if size != 0 && uint64(n) > uint64(len(b))/uint64(size) {
+		return nil, errs.Corrupt(fmt.Sprintf("[]%T", z), uint64(off), "%d elements do not fit in %d bytes", n, len(b))
+	}
+	if err := check(b, off, size*uintptr(n), unsafe.Alignof(z), fmt.Sprintf("[]%T", z)); err != nil {
+		return nil, err
+	}
+	if n == 0 {
+		return []T{}, nil
+	}
+	return unsafe.Slice((*T)(unsafe.Pointer(&b[off])), n), nil
+}
+
+// Bytes returns b[off:off+n] after a bounds check that cannot overflow.
+func Bytes(b []byte, off Off, n uint64) ([]byte, error) {
+	if uint64(off) > uint64(len(b)) || n > uint64(len(b))-uint64(off) {
+		return nil, errs.Corrupt("bytes", uint64(off), "range of %d bytes outside region of %d bytes", n, len(b))
+	}
+	return b[off : uint64(off)+n : uint64(off)+n], nil
+}
+
+// Uint32 returns the 32-bit atomic word at off.
+func Uint32(b []byte, off Off) (*atomic.Uint32, error) { return At[atomic.Uint32](b, off) }
+
+// Uint64 returns the 64-bit atomic word at off (8-byte aligned).
+func Uint64(b []byte, off Off) (*atomic.Uint64, error) { return At[atomic.Uint64](b, off) }
+
+// OffsetOf returns the offset of p within b, and whether p points into b.
+// It is how a view handed to a user (a record's bytes) is traced back to
+// its place in the region.
+func OffsetOf(b []byte, p *byte) (Off, bool) {
+	if len(b) == 0 || p == nil {
+		return 0, false
+	}
+	base := uintptr(unsafe.Pointer(unsafe.SliceData(b)))
+	q := uintptr(unsafe.Pointer(p))
+	if q < base || q-base >= uintptr(len(b)) {
+		return 0, false
+	}
+	return Off(q - base), true
+}
+
+// Aligned returns a zeroed byte slice of n bytes whose first byte is
+// aligned to align (a power of two, at most 4096). It backs the in-process
+// backend, whose memory must look like a mapping: page-aligned words.
+func Aligned(n int, align int) []byte {
+	if align <= 0 || align&(align-1) != 0 || align > 4096 {
+		panic(fmt.Sprintf("assertion failed: alignment %d", align))
+	}
+	words := make([]uint64, (n+align+7)/8)
+	raw := unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(words))), len(words)*8)
+	p := uintptr(unsafe.Pointer(unsafe.SliceData(raw)))
+	skip := int((uintptr(align) - p%uintptr(align)) % uintptr(align))
+	return raw[skip : skip+n : skip+n]
+}

@@ -1,0 +1,99 @@
+//go:build linux
+
+package sys
+
+import (
+	"golang.org/x/sys/unix"
+)
+
+// Open flags used by the POSIX backend.
+const (
+	ORdwr     = unix.O_RDWR
+	OCreat    = unix.O_CREAT
+	OExcl     = unix.O_EXCL
+	ONofollow = unix.O_NOFOLLOW
+	OCloexec  = unix.O_CLOEXEC
+)
+
+// Open is open(2) with O_CLOEXEC and O_NOFOLLOW always added.
+func Open(path string, flags int, mode uint32) (int, error) {
+	return unix.Open(path, flags|unix.O_CLOEXEC|unix.O_NOFOLLOW, mode)
+}
+
+// Close is close(2).
+func Close(fd int) error { return unix.Close(fd) }
+
+// Ftruncate is ftruncate(2).
+func Ftruncate(fd int, size int64) error { return unix.Ftruncate(fd, size) }
+
+// Fallocate reserves [0, size) so that later page faults cannot fail with
+// SIGBUS on a full tmpfs. Filesystems without fallocate are accepted.
+func Fallocate(fd int, size int64) error {
+	err := unix.Fallocate(fd, 0, 0, size)
+	if err == unix.EOPNOTSUPP || err == unix.ENOSYS {
+		return nil
+	}
+	return err
+}
+
+// Fchmod is fchmod(2) (the umask does not apply to it).
+func Fchmod(fd int, mode uint32) error { return unix.Fchmod(fd, mode) }
+
+// FileInfo is what fstat/stat tell the backends.
+type FileInfo struct {
+	Dev, Ino uint64
+	Size     int64
+	Mode     uint32
+	Regular  bool
+}
+
+func fromStat(st *unix.Stat_t) FileInfo {
+	return FileInfo{Dev: uint64(st.Dev), Ino: st.Ino, Size: st.Size, Mode: st.Mode & 0o7777, Regular: st.Mode&unix.S_IFMT == unix.S_IFREG}
+}
+
+// Fstat is fstat(2).
+func Fstat(fd int) (FileInfo, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return FileInfo{}, err
+	}
+	return fromStat(&st), nil
+}
+
+// Lstat is lstat(2).
+func Lstat(path string) (FileInfo, error) {
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil {
+		return FileInfo{}, err
+	}
+	return fromStat(&st), nil
+}
+
+// Mmap maps size bytes of fd shared, read-write.
+func Mmap(fd int, size int) ([]byte, error) {
+	return unix.Mmap(fd, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+}
+
+// Munmap is munmap(2).
+func Munmap(b []byte) error { return unix.Munmap(b) }
+
+// Link is link(2): it fails with EEXIST if newpath exists, which is what
+// makes publishing a fully written file atomic.
+func Link(oldpath, newpath string) error { return unix.Link(oldpath, newpath) }
+
+// Unlink is unlink(2).
+func Unlink(path string) error { return unix.Unlink(path) }
+
+// Flock is flock(2) with LOCK_EX (exclusive) or LOCK_UN (unlock).
+func Flock(fd int, exclusive bool) error {
+	how := unix.LOCK_UN
+	if exclusive {
+		how = unix.LOCK_EX
+	}
+	for {
+		err := unix.Flock(fd, how)
+		if err != unix.EINTR {
+			return err
+		}
+	}
+}

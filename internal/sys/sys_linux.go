@@ -1,0 +1,98 @@
+//go:build linux
+
+package sys
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// procStat reads the start time (field 22) and state (field 3) of
+// /proc/PID/stat. The command name (field 2) may hold spaces and
+// parentheses, so fields are counted after the last ')'.
+func procStat(pid int) (start uint64, state byte, err error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, 0, err
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 || i+2 >= len(b) {
+		return 0, 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
+	}
+	f := bytes.Fields(b[i+1:])
+	// f[0] is field 3 (state); field 22 (starttime) is f[19].
+	if len(f) < 20 || len(f[0]) != 1 {
+		return 0, 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
+	}
+	start, err = strconv.ParseUint(string(f[19]), 10, 64)
+	if err != nil {
+		return 0, 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+	}
+	return start, f[0][0], nil
+}
+
+func alive(id Identity) bool {
+	start, state, err := procStat(id.PID())
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ESRCH) {
+			return false
+		}
+		// Unreadable for another reason: fall back to kill(pid, 0),
+		// which cannot tell a reused pid apart.
+		e := unix.Kill(id.PID(), 0)
+		return e == nil || e == unix.EPERM
+	}
+	if state == 'Z' || state == 'X' || state == 'x' {
+		return false
+	}
+	if id.Start() != 0 && start&(1<<(64-pidBits)-1) != id.Start() {
+		return false
+	}
+	return true
+}
+
+// Futex operations on a word that may be shared between processes (the
+// non-private flavour: the kernel keys the wait on the physical page).
+const (
+	futexWait = 0
+	futexWake = 1
+)
+
+// FutexWait blocks while *w == val, until woken, until timeout (negative:
+// no timeout) or until a signal. A nil return means "woken or the word
+// changed or interrupted": the caller re-checks its condition. Running out
+// of time returns ErrTimedOut.
+func FutexWait(w *atomic.Uint32, val uint32, timeout time.Duration) error {
+	var tsp unsafe.Pointer
+	var ts unix.Timespec
+	if timeout >= 0 {
+		ts = unix.NsecToTimespec(int64(timeout))
+		tsp = unsafe.Pointer(&ts)
+	}
+	_, _, e := unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(w)), futexWait, uintptr(val), uintptr(tsp), 0, 0)
+	switch e {
+	case 0, unix.EAGAIN, unix.EINTR:
+		return nil
+	case unix.ETIMEDOUT:
+		return ErrTimedOut
+	default:
+		return fmt.Errorf("futex wait: %w", e)
+	}
+}
+
+// FutexWake wakes at most n waiters on w and returns how many it woke.
+func FutexWake(w *atomic.Uint32, n int) (int, error) {
+	r, _, e := unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(w)), futexWake, uintptr(n), 0, 0, 0)
+	if e != 0 {
+		return 0, fmt.Errorf("futex wake: %w", e)
+	}
+	return int(r), nil
+}
