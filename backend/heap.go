@@ -25,7 +25,7 @@ type heapSegments struct{}
 func (heapSegments) Kind() Kind { return Heap }
 
 func (heapSegments) Create(name string, size int64, mode os.FileMode, fill func([]byte) error) (Segment, error) {
-	if err := ValidateName(name); err != nil {
+	if err := ValidateObjectName(name); err != nil {
 		return nil, err
 	}
 	if err := checkSegmentSize(size); err != nil {
@@ -53,7 +53,7 @@ func (heapSegments) Create(name string, size int64, mode os.FileMode, fill func(
 }
 
 func (heapSegments) Attach(name string) (Segment, error) {
-	if err := ValidateName(name); err != nil {
+	if err := ValidateObjectName(name); err != nil {
 		return nil, err
 	}
 	heapTable.Lock()
@@ -66,7 +66,7 @@ func (heapSegments) Attach(name string) (Segment, error) {
 }
 
 func (heapSegments) Remove(name string) error {
-	if err := ValidateName(name); err != nil {
+	if err := ValidateObjectName(name); err != nil {
 		return err
 	}
 	heapTable.Lock()
@@ -118,7 +118,7 @@ func (heapSemaphores) Kind() Kind    { return Heap }
 func (heapSemaphores) MaxValue() int { return semValueMax }
 
 func (heapSemaphores) Create(name string, value int, opts SemOptions) (Semaphore, error) {
-	if err := ValidateName(name); err != nil {
+	if err := ValidateObjectName(name); err != nil {
 		return nil, err
 	}
 	if value < 0 || value > semValueMax {
@@ -136,7 +136,7 @@ func (heapSemaphores) Create(name string, value int, opts SemOptions) (Semaphore
 }
 
 func (heapSemaphores) Open(name string, opts SemOptions) (Semaphore, error) {
-	if err := ValidateName(name); err != nil {
+	if err := ValidateObjectName(name); err != nil {
 		return nil, err
 	}
 	heapTable.Lock()
@@ -149,7 +149,7 @@ func (heapSemaphores) Open(name string, opts SemOptions) (Semaphore, error) {
 }
 
 func (heapSemaphores) Remove(name string) error {
-	if err := ValidateName(name); err != nil {
+	if err := ValidateObjectName(name); err != nil {
 		return err
 	}
 	heapTable.Lock()

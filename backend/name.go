@@ -2,19 +2,29 @@ package backend
 
 import "fmt"
 
-// MaxNameLen is the longest name accepted. POSIX names become files under
-// /dev/shm (NAME_MAX 255, less "sem." and the suffixes the layers above
-// append to a buffer's name for its own objects), so 128 leaves room.
+// MaxNameLen is the longest name of a region (a buffer). The layers above
+// name their own objects (semaphores, for instance) by appending a suffix of
+// at most MaxObjectNameLen-MaxNameLen bytes to the region's name.
 const MaxNameLen = 128
+
+// MaxObjectNameLen is the longest name of a segment or semaphore. POSIX
+// names become files under /dev/shm (NAME_MAX is 255, less "sem.").
+const MaxObjectNameLen = 200
 
 // ValidateName returns nil for a valid name, and an error wrapping
 // ErrInvalidName that says why otherwise.
-func ValidateName(name string) error {
+func ValidateName(name string) error { return validateName(name, MaxNameLen) }
+
+// ValidateObjectName is ValidateName with the longer limit of segment and
+// semaphore names.
+func ValidateObjectName(name string) error { return validateName(name, MaxObjectNameLen) }
+
+func validateName(name string, maxLen int) error {
 	if name == "" {
 		return fmt.Errorf("name is empty: %w", ErrInvalidName)
 	}
-	if len(name) > MaxNameLen {
-		return fmt.Errorf("name of %d bytes is longer than %d: %w", len(name), MaxNameLen, ErrInvalidName)
+	if len(name) > maxLen {
+		return fmt.Errorf("name of %d bytes is longer than %d: %w", len(name), maxLen, ErrInvalidName)
 	}
 	if name[0] == '.' || name[0] == '-' {
 		return fmt.Errorf("name %q starts with %q: %w", name, name[0], ErrInvalidName)

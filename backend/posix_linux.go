@@ -139,7 +139,7 @@ type posixSegments struct{}
 func (posixSegments) Kind() Kind { return POSIX }
 
 func (posixSegments) Create(name string, size int64, mode os.FileMode, fill func([]byte) error) (Segment, error) {
-	if err := ValidateName(name); err != nil {
+	if err := ValidateObjectName(name); err != nil {
 		return nil, err
 	}
 	if err := checkSegmentSize(size); err != nil {
@@ -153,7 +153,7 @@ func (posixSegments) Create(name string, size int64, mode os.FileMode, fill func
 }
 
 func (posixSegments) Attach(name string) (Segment, error) {
-	if err := ValidateName(name); err != nil {
+	if err := ValidateObjectName(name); err != nil {
 		return nil, err
 	}
 	b, fi, err := openMapped("attach posix segment", name, posixSegPath(name), 1)
@@ -164,7 +164,7 @@ func (posixSegments) Attach(name string) (Segment, error) {
 }
 
 func (posixSegments) Remove(name string) error {
-	if err := ValidateName(name); err != nil {
+	if err := ValidateObjectName(name); err != nil {
 		return err
 	}
 	return osError("remove posix segment", name, sys.Unlink(posixSegPath(name)))
@@ -207,7 +207,7 @@ func (posixSemaphores) Kind() Kind    { return POSIX }
 func (posixSemaphores) MaxValue() int { return semValueMax }
 
 func (posixSemaphores) Create(name string, value int, opts SemOptions) (Semaphore, error) {
-	if err := ValidateName(name); err != nil {
+	if err := ValidateObjectName(name); err != nil {
 		return nil, err
 	}
 	if value < 0 || value > semValueMax {
@@ -222,7 +222,7 @@ func (posixSemaphores) Create(name string, value int, opts SemOptions) (Semaphor
 }
 
 func (posixSemaphores) Open(name string, opts SemOptions) (Semaphore, error) {
-	if err := ValidateName(name); err != nil {
+	if err := ValidateObjectName(name); err != nil {
 		return nil, err
 	}
 	b, fi, err := openMapped("open posix semaphore", name, posixSemPath(name), semSize)
@@ -237,7 +237,7 @@ func (posixSemaphores) Open(name string, opts SemOptions) (Semaphore, error) {
 }
 
 func (posixSemaphores) Remove(name string) error {
-	if err := ValidateName(name); err != nil {
+	if err := ValidateObjectName(name); err != nil {
 		return err
 	}
 	return osError("remove posix semaphore", name, sys.Unlink(posixSemPath(name)))

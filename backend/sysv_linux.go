@@ -35,7 +35,7 @@ type sysvSegments struct{}
 func (sysvSegments) Kind() Kind { return SysV }
 
 func (sysvSegments) Create(name string, size int64, mode os.FileMode, fill func([]byte) error) (Segment, error) {
-	if err := ValidateName(name); err != nil {
+	if err := ValidateObjectName(name); err != nil {
 		return nil, err
 	}
 	if err := checkSegmentSize(size); err != nil {
@@ -65,7 +65,7 @@ func (sysvSegments) Create(name string, size int64, mode os.FileMode, fill func(
 }
 
 func (sysvSegments) Attach(name string) (Segment, error) {
-	if err := ValidateName(name); err != nil {
+	if err := ValidateObjectName(name); err != nil {
 		return nil, err
 	}
 	const op = "attach sysv segment"
@@ -81,7 +81,7 @@ func (sysvSegments) Attach(name string) (Segment, error) {
 }
 
 func (sysvSegments) Remove(name string) error {
-	if err := ValidateName(name); err != nil {
+	if err := ValidateObjectName(name); err != nil {
 		return err
 	}
 	id, err := sys.ShmGet(SysVKey("shm", name), 0, 0)
@@ -161,7 +161,7 @@ func (sysvSemaphores) Kind() Kind    { return SysV }
 func (sysvSemaphores) MaxValue() int { return sysvSemMax }
 
 func (sysvSemaphores) Create(name string, value int, opts SemOptions) (Semaphore, error) {
-	if err := ValidateName(name); err != nil {
+	if err := ValidateObjectName(name); err != nil {
 		return nil, err
 	}
 	const op = "create sysv semaphore"
@@ -184,7 +184,7 @@ func (sysvSemaphores) Create(name string, value int, opts SemOptions) (Semaphore
 }
 
 func (sysvSemaphores) Open(name string, opts SemOptions) (Semaphore, error) {
-	if err := ValidateName(name); err != nil {
+	if err := ValidateObjectName(name); err != nil {
 		return nil, err
 	}
 	const op = "open sysv semaphore"
@@ -216,7 +216,7 @@ func (sysvSemaphores) Open(name string, opts SemOptions) (Semaphore, error) {
 }
 
 func (sysvSemaphores) Remove(name string) error {
-	if err := ValidateName(name); err != nil {
+	if err := ValidateObjectName(name); err != nil {
 		return err
 	}
 	id, err := sys.SemGet(SysVKey("sem", name), 0, 0)

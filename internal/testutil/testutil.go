@@ -1,0 +1,212 @@
+// Package testutil holds what the test suites of heapipc share: unique
+// object names, re-executing the test binary as a child process, and the
+// leak check every TestMain runs.
+package testutil
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+const (
+	envRun   = "HEAPIPC_TEST_RUN"   // pid of the top test process
+	envChild = "HEAPIPC_TEST_CHILD" // set in re-executed children
+)
+
+var (
+	counter atomic.Int64
+	runID   = func() string {
+		if v := os.Getenv(envRun); v != "" {
+			return v
+		}
+		return strconv.Itoa(os.Getpid())
+	}()
+)
+
+// Prefix is what every name made by Name starts with in this test run
+// (children share their parent's).
+func Prefix() string { return "hipct." + runID + "." }
+
+// Name returns a name unique to this test run, for a buffer, segment or
+// semaphore. The leak check looks for objects with this prefix.
+func Name(tb testing.TB) string {
+	return fmt.Sprintf("%s%d", Prefix(), counter.Add(1))
+}
+
+// IsChild reports whether this process is a re-executed child.
+func IsChild() bool { return os.Getenv(envChild) != "" }
+
+// ChildOnly skips a test that only makes sense as a re-executed child.
+func ChildOnly(t *testing.T) {
+	t.Helper()
+	if !IsChild() {
+		t.Skip("helper process: runs only when a test re-executes the binary")
+	}
+}
+
+var children = struct {
+	sync.Mutex
+	pids map[int]bool
+}{pids: map[int]bool{}}
+
+// Child is a re-executed test binary running one test function.
+type Child struct {
+	Cmd    *exec.Cmd
+	out    *lockedBuffer
+	lines  chan string
+	done   chan struct{}
+	err    error
+	waited atomic.Bool
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// StartChild re-executes the test binary to run the test named test (a
+// function that calls ChildOnly), with env added ("KEY=value"). Lines the
+// child prints to stdout that start with "@" are delivered by Line; all
+// output is kept for failure messages. The child is killed at cleanup if
+// it is still running.
+func StartChild(tb testing.TB, test string, env ...string) *Child {
+	tb.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		tb.Fatalf("os.Executable: %v", err)
+	}
+	cmd := exec.Command(exe, "-test.run=^"+test+"$", "-test.count=1", "-test.timeout=120s", "-test.v")
+	cmd.Env = append(os.Environ(), envChild+"=1", envRun+"="+runID)
+	cmd.Env = append(cmd.Env, env...)
+	c := &Child{Cmd: cmd, out: &lockedBuffer{}, lines: make(chan string, 1024), done: make(chan struct{})}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cmd.Stderr = c.out
+	if err := cmd.Start(); err != nil {
+		tb.Fatalf("start child %s: %v", test, err)
+	}
+	children.Lock()
+	children.pids[cmd.Process.Pid] = true
+	children.Unlock()
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			line := sc.Text()
+			fmt.Fprintln(c.out, line)
+			if strings.HasPrefix(line, "@") {
+				c.lines <- strings.TrimPrefix(line, "@")
+			}
+		}
+		io.Copy(io.Discard, stdout)
+		close(c.lines)
+		c.err = cmd.Wait()
+		close(c.done)
+	}()
+	tb.Cleanup(func() {
+		select {
+		case <-c.done:
+		default:
+			cmd.Process.Kill()
+			<-c.done
+		}
+	})
+	return c
+}
+
+// Pid is the child's process id.
+func (c *Child) Pid() int { return c.Cmd.Process.Pid }
+
+// Line waits up to timeout for the child's next "@" line.
+func (c *Child) Line(tb testing.TB, timeout time.Duration) string {
+	tb.Helper()
+	select {
+	case l, ok := <-c.lines:
+		if !ok {
+			<-c.done
+			tb.Fatalf("child exited (%v) before printing an expected line; output:\n%s", c.err, c.out)
+		}
+		return l
+	case <-time.After(timeout):
+		tb.Fatalf("no line from child within %v; output:\n%s", timeout, c.out)
+	}
+	return ""
+}
+
+// Wait waits up to timeout for the child to exit and returns its error
+// (nil for exit status 0). A child still running then is killed.
+func (c *Child) Wait(tb testing.TB, timeout time.Duration) error {
+	tb.Helper()
+	select {
+	case <-c.done:
+	case <-time.After(timeout):
+		c.Cmd.Process.Kill()
+		<-c.done
+		tb.Fatalf("child did not exit within %v; output:\n%s", timeout, c.out)
+	}
+	return c.err
+}
+
+// MustSucceed waits for the child and fails the test if it did not exit 0.
+func (c *Child) MustSucceed(tb testing.TB, timeout time.Duration) {
+	tb.Helper()
+	if err := c.Wait(tb, timeout); err != nil {
+		tb.Fatalf("child failed: %v; output:\n%s", err, c.out)
+	}
+}
+
+// Kill sends SIGKILL and reaps the child.
+func (c *Child) Kill() {
+	c.Cmd.Process.Kill()
+	<-c.done
+}
+
+// Output is everything the child printed so far.
+func (c *Child) Output() string { return c.out.String() }
+
+// Say prints a line the parent can read with Line (from a child).
+func Say(format string, args ...any) {
+	fmt.Printf("@"+format+"\n", args...)
+}
+
+// Env returns an environment variable a child was started with, failing
+// the test if it is missing.
+func Env(t testing.TB, key string) string {
+	t.Helper()
+	v := os.Getenv(key)
+	if v == "" {
+		t.Fatalf("child: environment variable %s not set", key)
+	}
+	return v
+}
+
+// Context returns a context that ends with the test or after d.
+func Context(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(t.Context(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
