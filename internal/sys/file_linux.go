@@ -97,3 +97,13 @@ func Flock(fd int, exclusive bool) error {
 		}
 	}
 }
+
+// FreeBytes is the space available to unprivileged users on the
+// filesystem holding path (statfs f_bavail * f_bsize).
+func FreeBytes(path string) (uint64, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		return 0, err
+	}
+	return st.Bavail * uint64(st.Bsize), nil
+}

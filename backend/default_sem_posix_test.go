@@ -1,0 +1,5 @@
+//go:build !ipc_sysvsem
+
+package backend
+
+const wantSemaphoreKind = POSIX

@@ -1,0 +1,5 @@
+//go:build !ipc_sysvshm
+
+package backend
+
+const wantSegmentKind = POSIX
