@@ -147,6 +147,7 @@ const (
 	sysvReadyWait  = 2 * time.Second
 	sysvWaitSlice  = 10 * time.Millisecond
 	sysvSemsPerSet = 2
+	sysvSpin       = 40 // non-blocking attempts before a blocking wait
 )
 
 func sysvTag(name string) int {
@@ -295,6 +296,16 @@ func (s *sysvSem) wait(ctx context.Context, timeout time.Duration) error {
 		deadline = time.Now().Add(timeout)
 	}
 	ops := []sys.Sembuf{{Num: 0, Op: -1, Flg: s.flags()}}
+	// Try a few non-blocking takes first: a peer on another core usually
+	// posts within microseconds, cheaper than a sleep and a wake-up.
+	try := []sys.Sembuf{{Num: 0, Op: -1, Flg: s.flags() | sys.IPCNoWait}}
+	for i := 0; i < sysvSpin; i++ {
+		if err := sys.SemTimedOp(s.id, try, -1); err == nil {
+			return nil
+		} else if !errors.Is(err, syscall.EAGAIN) {
+			return s.err("wait", err)
+		}
+	}
 	for {
 		if err := s.check("wait"); err != nil {
 			return err

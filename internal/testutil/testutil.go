@@ -94,6 +94,13 @@ func (l *lockedBuffer) String() string {
 // it is still running.
 func StartChild(tb testing.TB, test string, env ...string) *Child {
 	tb.Helper()
+	return StartChildFiles(tb, test, nil, env...)
+}
+
+// StartChildFiles is StartChild with extra open files for the child (fd 3
+// onwards, as exec.Cmd.ExtraFiles).
+func StartChildFiles(tb testing.TB, test string, files []*os.File, env ...string) *Child {
+	tb.Helper()
 	exe, err := os.Executable()
 	if err != nil {
 		tb.Fatalf("os.Executable: %v", err)
@@ -101,6 +108,7 @@ func StartChild(tb testing.TB, test string, env ...string) *Child {
 	cmd := exec.Command(exe, "-test.run=^"+test+"$", "-test.count=1", "-test.timeout=120s", "-test.v")
 	cmd.Env = append(os.Environ(), envChild+"=1", envRun+"="+runID)
 	cmd.Env = append(cmd.Env, env...)
+	cmd.ExtraFiles = files
 	c := &Child{Cmd: cmd, out: &lockedBuffer{}, lines: make(chan string, 1024), done: make(chan struct{})}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
