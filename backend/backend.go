@@ -4,11 +4,8 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"runtime"
 	"time"
 )
-
-const goos = runtime.GOOS
 
 // Kind names a backend implementation.
 type Kind string
@@ -176,11 +173,4 @@ func Semaphores(k Kind) (SemaphoreBackend, error) {
 	}
 	_, err := ParseKind(string(k))
 	return nil, err
-}
-
-func modeOr(m os.FileMode) uint32 {
-	if m == 0 {
-		return uint32(DefaultMode)
-	}
-	return uint32(m.Perm())
 }

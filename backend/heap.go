@@ -82,7 +82,6 @@ type heapSegment struct {
 	name string
 	obj  *heapSegObj
 	mu   sync.Mutex
-	b    []byte // nil after Close
 	done bool
 }
 

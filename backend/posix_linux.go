@@ -15,13 +15,6 @@ import (
 	"github.com/heapipc/ipc/internal/sys"
 )
 
-// ShmDir is where POSIX shared memory lives on Linux (what shm_open and
-// sem_open use).
-const ShmDir = "/dev/shm"
-
-func posixSegPath(name string) string { return ShmDir + "/" + name }
-func posixSemPath(name string) string { return ShmDir + "/sem." + name }
-
 // tempPath names a file that no valid name can collide with (valid names
 // do not start with '.'); the pid in it tells whose it is.
 func tempPath() string {
@@ -133,6 +126,8 @@ func unlinkIfSame(op, name, path string, fi sys.FileInfo) error {
 	}
 	return nil
 }
+
+func posixSemPath(name string) string { return ShmDir + "/sem." + name }
 
 type posixSegments struct{}
 

@@ -101,25 +101,6 @@ func TestPosixSegmentMode(t *testing.T) {
 	}
 }
 
-func TestPosixNoSpaceIsCleanError(t *testing.T) {
-	// A segment larger than /dev/shm can hold must fail at create with
-	// ErrNoSpace (fallocate), not SIGBUS later.
-	var free uint64
-	if fi, err := os.Stat(ShmDir); err != nil || !fi.IsDir() {
-		t.Skip("no /dev/shm on this machine")
-	}
-	free = shmFree(t)
-	if free == 0 || free > 1<<45 {
-		t.Skipf("cannot size a segment beyond /dev/shm's free space (%d bytes free)", free)
-	}
-	segs, _ := Segments(POSIX)
-	name := testutil.Name(t)
-	_, err := segs.Create(name, int64(free)+1<<30, 0, nil)
-	require.ErrorIs(t, err, ErrNoSpace)
-	_, err = segs.Attach(name)
-	require.ErrorIs(t, err, ErrNotExist, "nothing is left behind")
-}
-
 // TestChildSegment is the child side of TestSegmentCrossProcess.
 func TestChildSegment(t *testing.T) {
 	testutil.ChildOnly(t)

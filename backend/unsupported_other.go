@@ -2,7 +2,15 @@
 
 package backend
 
-import "os"
+import (
+	"fmt"
+	"os"
+	"runtime"
+)
+
+func unsupported(op string, k Kind) error {
+	return fmt.Errorf("%s: %s backend on %s: %w", op, k, runtime.GOOS, ErrNotSupported)
+}
 
 type posixSegments struct{}
 type posixSemaphores struct{}

@@ -62,12 +62,11 @@ var children = struct {
 
 // Child is a re-executed test binary running one test function.
 type Child struct {
-	Cmd    *exec.Cmd
-	out    *lockedBuffer
-	lines  chan string
-	done   chan struct{}
-	err    error
-	waited atomic.Bool
+	Cmd   *exec.Cmd
+	out   *lockedBuffer
+	lines chan string
+	done  chan struct{}
+	err   error
 }
 
 type lockedBuffer struct {
