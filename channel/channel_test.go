@@ -1,0 +1,441 @@
+package channel
+
+import (
+	"context"
+	"errors"
+	"io"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/heapipc/ipc/alloc"
+	"github.com/heapipc/ipc/backend"
+	"github.com/heapipc/ipc/internal/errs"
+	"github.com/heapipc/ipc/internal/mem"
+	"github.com/heapipc/ipc/internal/sys"
+	"github.com/heapipc/ipc/internal/testutil"
+	"github.com/stretchr/testify/require"
+)
+
+func TestMain(m *testing.M) { testutil.Main(m) }
+
+type fixture struct {
+	r    *backend.Region
+	heap *alloc.Heap
+	reg  *Registry
+}
+
+func newFixture(t *testing.T, k backend.Kind) *fixture {
+	t.Helper()
+	f := &fixture{}
+	r, err := backend.OpenRegion(testutil.Name(t), backend.RegionConfig{Segments: k, Semaphores: semKindFor(k), Size: 4 << 20}, func(r *backend.Region) error {
+		h, err := alloc.Init(r, alloc.Options{})
+		if err != nil {
+			return err
+		}
+		reg, err := InitRegistry(r, h, 16)
+		if err != nil {
+			return err
+		}
+		f.heap, f.reg = h, reg
+		return nil
+	})
+	require.NoError(t, err)
+	f.r = r
+	t.Cleanup(func() {
+		require.NoError(t, f.heap.Check(), "heap consistent at the end")
+		f.reg.Unlink()
+		f.reg.Close()
+		f.heap.Unlink()
+		f.heap.Close()
+		r.Unlink()
+		r.Close()
+	})
+	return f
+}
+
+func semKindFor(k backend.Kind) backend.Kind {
+	if k == backend.Heap {
+		return backend.Heap
+	}
+	return backend.DefaultSemaphoreKind()
+}
+
+func recordSpec(n uint64) Spec {
+	return Spec{Type: TypeRecord, Size: n, Control: RecordControlSize(n), Init: func(_ mem.Off, b []byte) error { return InitRecord(b, n) }}
+}
+
+func TestRegistryCreateLookup(t *testing.T) {
+	f := newFixture(t, backend.Heap)
+	ctx := context.Background()
+	_, err := f.reg.Lookup(7)
+	require.ErrorIs(t, err, errs.ErrNotExist)
+
+	en, created, err := f.reg.LookupOrCreate(ctx, 7, recordSpec(8))
+	require.NoError(t, err)
+	require.True(t, created)
+	require.Equal(t, ID(7), en.ID)
+	require.Equal(t, TypeRecord, en.Type)
+
+	again, created, err := f.reg.LookupOrCreate(ctx, 7, recordSpec(8))
+	require.NoError(t, err)
+	require.False(t, created)
+	require.Equal(t, en.Off, again.Off)
+
+	_, _, err = f.reg.LookupOrCreate(ctx, 7, Spec{Type: TypeStatic, Size: 10, Control: 10})
+	require.ErrorIs(t, err, errs.ErrWrongType)
+
+	_, _, err = f.reg.LookupOrCreate(ctx, 8, Spec{Type: TypeStatic, Name: string(make([]byte, 100))})
+	require.ErrorIs(t, err, errs.ErrInvalidName)
+
+	// Many channels: more than one entry block, chains longer than one.
+	for id := ID(100); id < 300; id++ {
+		_, created, err := f.reg.LookupOrCreate(ctx, id, Spec{Type: TypeStatic, Size: 1})
+		require.NoError(t, err)
+		require.True(t, created)
+	}
+	require.Equal(t, uint64(201), f.reg.Live())
+	for id := ID(100); id < 300; id++ {
+		en, err := f.reg.Lookup(id)
+		require.NoError(t, err)
+		require.Equal(t, id, en.ID)
+	}
+	seen := 0
+	require.NoError(t, f.reg.Each(func(*Entry) error { seen++; return nil }))
+	require.Equal(t, 201, seen)
+
+	// Remove and reuse.
+	removed, err := f.reg.Remove(ctx, en, nil, nil)
+	require.NoError(t, err)
+	require.True(t, removed)
+	require.False(t, en.Valid(), "a removed entry is no longer valid")
+	_, err = f.reg.Lookup(7)
+	require.ErrorIs(t, err, errs.ErrNotExist)
+	removed, err = f.reg.Remove(ctx, en, nil, nil)
+	require.NoError(t, err)
+	require.False(t, removed, "removing twice does nothing")
+	en2, created, err := f.reg.LookupOrCreate(ctx, 7, Spec{Type: TypeStatic, Size: 3, Control: 3})
+	require.NoError(t, err)
+	require.True(t, created)
+	require.Equal(t, TypeStatic, en2.Type)
+	require.Equal(t, uint64(201), f.reg.Live())
+
+	// Clean up everything so the heap check sees only the registry.
+	var all []*Entry
+	f.reg.Each(func(e *Entry) error { all = append(all, e); return nil })
+	for _, e := range all {
+		_, err := f.reg.Remove(ctx, e, nil, nil)
+		require.NoError(t, err)
+	}
+	require.Zero(t, f.reg.Live())
+}
+
+func TestRegistryConcurrentCreateOneWinner(t *testing.T) {
+	f := newFixture(t, backend.Heap)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	creators := 0
+	offs := map[mem.Off]bool{}
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			en, created, err := f.reg.LookupOrCreate(context.Background(), 42, recordSpec(16))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if created {
+				creators++
+			}
+			offs[en.Off] = true
+		}()
+	}
+	wg.Wait()
+	require.Equal(t, 1, creators)
+	require.Len(t, offs, 1, "everyone got the same channel")
+}
+
+func TestRegistryInitFailureAndDeadCreator(t *testing.T) {
+	f := newFixture(t, backend.Heap)
+	ctx := context.Background()
+	boom := errors.New("boom")
+	_, _, err := f.reg.LookupOrCreate(ctx, 1, Spec{Type: TypeStatic, Size: 1}) // grows the entry pool
+	require.NoError(t, err)
+	before, _ := f.heap.Stats()
+	_, _, err = f.reg.LookupOrCreate(ctx, 5, Spec{Type: TypeStatic, Size: 100, Control: 100, Init: func(mem.Off, []byte) error { return boom }})
+	require.ErrorIs(t, err, boom)
+	_, err = f.reg.Lookup(5)
+	require.ErrorIs(t, err, errs.ErrNotExist)
+	after, _ := f.heap.Stats()
+	require.Equal(t, before.FreeBytes, after.FreeBytes, "a failed init gives its memory back")
+
+	// A creator that died while initializing: the entry is recovered.
+	e, _, err := f.reg.freeEntryLocked(t, 6)
+	require.NoError(t, err)
+	e.ID.Store(6)
+	e.Creator.Store(uint64(deadIdentity(t)))
+	e.State.Store(entryInitializing)
+	ctx2, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	en, created, err := f.reg.LookupOrCreate(ctx2, 6, Spec{Type: TypeStatic, Size: 1})
+	require.NoError(t, err)
+	require.True(t, created, "the dead creator's half-made channel was made anew")
+	require.Equal(t, ID(6), en.ID)
+
+	// A live creator that is not done: callers wait for it (bounded by ctx).
+	e2, _, err := f.reg.freeEntryLocked(t, 9)
+	require.NoError(t, err)
+	e2.ID.Store(9)
+	e2.Creator.Store(uint64(sys.Self()))
+	e2.State.Store(entryInitializing)
+	short, cancel2 := context.WithTimeout(ctx, 30*time.Millisecond)
+	defer cancel2()
+	_, _, err = f.reg.LookupOrCreate(short, 9, Spec{Type: TypeStatic, Size: 1})
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	e2.State.Store(entryFree)
+}
+
+func TestRegistryCorruptChain(t *testing.T) {
+	f := newFixture(t, backend.Heap)
+	ctx := context.Background()
+	en, _, err := f.reg.LookupOrCreate(ctx, 1, Spec{Type: TypeStatic, Size: 1})
+	require.NoError(t, err)
+	other := ID(2)
+	for f.reg.bucket(other) != f.reg.bucket(1) {
+		other++
+	}
+	en.e.Next.Store(uint64(en.Off)) // a cycle
+	_, err = f.reg.Lookup(other)
+	require.ErrorIs(t, err, errs.ErrCorrupt)
+	require.ErrorIs(t, f.reg.Each(func(*Entry) error { return nil }), errs.ErrCorrupt)
+	en.e.Next.Store(1 << 50) // out of the region
+	_, err = f.reg.Lookup(other)
+	require.ErrorIs(t, err, errs.ErrCorrupt)
+	en.e.Next.Store(0)
+	_, err = f.reg.Lookup(1)
+	require.NoError(t, err)
+	_, err = f.reg.Remove(ctx, en, nil, nil)
+	require.NoError(t, err)
+}
+
+func TestRingSPSCRace(t *testing.T) {
+	// Many records through a small ring between two goroutines, in order,
+	// on the heap backend so the race detector sees every access.
+	f := newFixture(t, backend.Heap)
+	en, _, err := f.reg.LookupOrCreate(context.Background(), 1, recordSpec(8))
+	require.NoError(t, err)
+	ring, err := OpenRing(f.r, en, WaitOptions{Spin: 10, CheckInterval: 10 * time.Millisecond})
+	require.NoError(t, err)
+	p, err := ring.AttachProducer()
+	require.NoError(t, err)
+	_, err = ring.AttachProducer()
+	require.ErrorIs(t, err, errs.ErrBusy, "one producer")
+	c, err := ring.AttachConsumer()
+	require.NoError(t, err)
+	_, err = ring.AttachConsumer()
+	require.ErrorIs(t, err, errs.ErrBusy, "one consumer")
+
+	const n = 20000
+	ctx := testutil.Context(t, time.Minute)
+	go func() {
+		batch := make([]mem.Off, 5)
+		for i := 1; i <= n; {
+			if i%3 == 0 && i+len(batch) <= n {
+				for j := range batch {
+					batch[j] = mem.Off(i + j)
+				}
+				sent := 0
+				for sent < len(batch) {
+					k, err := p.TrySendBatch(batch[sent:])
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					sent += k
+					if k == 0 {
+						if err := p.WaitRoom(ctx); err != nil {
+							t.Error(err)
+							return
+						}
+					}
+				}
+				i += len(batch)
+				continue
+			}
+			if err := p.Send(ctx, mem.Off(i)); err != nil {
+				t.Error(err)
+				return
+			}
+			i++
+		}
+		p.Close()
+	}()
+	want := mem.Off(1)
+	buf := make([]mem.Off, 7)
+	for {
+		if want%2 == 0 {
+			k, err := c.TryReceiveBatch(buf)
+			if err == io.EOF {
+				break
+			}
+			require.NoError(t, err)
+			for _, off := range buf[:k] {
+				require.Equal(t, want, off)
+				want++
+			}
+			if k == 0 {
+				if err := c.WaitData(ctx); err == io.EOF {
+					break
+				} else {
+					require.NoError(t, err)
+				}
+			}
+			continue
+		}
+		off, err := c.Receive(ctx)
+		if err == io.EOF {
+			break
+		}
+		require.NoError(t, err)
+		require.Equal(t, want, off, "in order, none lost or repeated")
+		want++
+	}
+	require.Equal(t, mem.Off(n+1), want)
+	_, err = c.TryReceive()
+	require.ErrorIs(t, err, io.EOF, "EOF stays")
+	require.True(t, c.Close(), "drained and both closed")
+	require.True(t, ring.Removable())
+	removed, err := f.reg.Remove(context.Background(), en, ring.Removable, nil)
+	require.NoError(t, err)
+	require.True(t, removed)
+}
+
+func TestRingDeliversAfterProducerClosedBeforeConsumer(t *testing.T) {
+	f := newFixture(t, backend.Heap)
+	en, _, err := f.reg.LookupOrCreate(context.Background(), 1, recordSpec(4))
+	require.NoError(t, err)
+	ring, err := OpenRing(f.r, en, WaitOptions{})
+	require.NoError(t, err)
+	p, err := ring.AttachProducer()
+	require.NoError(t, err)
+	for i := 1; i <= 4; i++ {
+		require.NoError(t, p.TrySend(mem.Off(i)))
+	}
+	require.ErrorIs(t, p.TrySend(5), errs.ErrWouldBlock, "full")
+	require.False(t, p.Close(), "no consumer yet")
+	require.ErrorIs(t, p.TrySend(5), errs.ErrClosed)
+
+	c, err := ring.AttachConsumer()
+	require.NoError(t, err)
+	for i := 1; i <= 4; i++ {
+		off, err := c.Receive(context.Background())
+		require.NoError(t, err)
+		require.Equal(t, mem.Off(i), off)
+	}
+	_, err = c.Receive(context.Background())
+	require.ErrorIs(t, err, io.EOF)
+	require.True(t, c.Close())
+	_, err = f.reg.Remove(context.Background(), en, ring.Removable, nil)
+	require.NoError(t, err)
+}
+
+func TestRingWaitCancelAndPeerDeath(t *testing.T) {
+	f := newFixture(t, backend.Heap)
+	en, _, err := f.reg.LookupOrCreate(context.Background(), 1, recordSpec(2))
+	require.NoError(t, err)
+	ring, err := OpenRing(f.r, en, WaitOptions{Spin: 1, CheckInterval: 5 * time.Millisecond})
+	require.NoError(t, err)
+	c, err := ring.AttachConsumer()
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	_, err = c.Receive(ctx)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+
+	// A producer that died: its queued record is delivered, then ErrPeerDead.
+	dead := deadIdentity(t)
+	ring.cb.Producer.Store(uint64(dead))
+	ring.ring[0] = 99
+	ring.cb.Tail.Store(1)
+	off, err := c.Receive(context.Background())
+	require.NoError(t, err)
+	require.Equal(t, mem.Off(99), off)
+	_, err = c.Receive(testutil.Context(t, 10*time.Second))
+	require.ErrorIs(t, err, errs.ErrPeerDead)
+
+	// A new producer takes the dead one's end over.
+	p, err := ring.AttachProducer()
+	require.NoError(t, err)
+	require.NoError(t, p.TrySend(5))
+	off, err = c.Receive(context.Background())
+	require.NoError(t, err)
+	require.Equal(t, mem.Off(5), off)
+
+	// A consumer that died: a producer blocked on a full ring learns it.
+	c.Close()
+	ring.cb.Consumer.Store(uint64(dead))
+	require.NoError(t, p.TrySend(1))
+	require.NoError(t, p.TrySend(2))
+	err = p.Send(testutil.Context(t, 10*time.Second), 3)
+	require.ErrorIs(t, err, errs.ErrPeerDead)
+	p.Close()
+	require.True(t, func() bool { ring.cb.Tail.Store(ring.cb.Head.Load()); return ring.Abandoned() }())
+	_, err = f.reg.Remove(context.Background(), en, ring.Abandoned, nil)
+	require.NoError(t, err)
+}
+
+func TestRingDestroyedBufferWakesWaiter(t *testing.T) {
+	f := newFixture(t, backend.Heap)
+	en, _, err := f.reg.LookupOrCreate(context.Background(), 1, recordSpec(2))
+	require.NoError(t, err)
+	ring, err := OpenRing(f.r, en, WaitOptions{Spin: 1, CheckInterval: 5 * time.Millisecond})
+	require.NoError(t, err)
+	c, err := ring.AttachConsumer()
+	require.NoError(t, err)
+	done := make(chan error, 1)
+	go func() { _, err := c.Receive(context.Background()); done <- err }()
+	time.Sleep(10 * time.Millisecond)
+	f.r.MarkDestroyed()
+	select {
+	case err := <-done:
+		require.ErrorIs(t, err, errs.ErrDestroyed)
+	case <-time.After(10 * time.Second):
+		t.Fatal("a destroyed buffer left its consumer hanging")
+	}
+	c.Close()
+	_, err = f.reg.Remove(context.Background(), en, nil, nil)
+	require.NoError(t, err)
+}
+
+func TestRingCorruptIndices(t *testing.T) {
+	f := newFixture(t, backend.Heap)
+	en, _, err := f.reg.LookupOrCreate(context.Background(), 1, recordSpec(4))
+	require.NoError(t, err)
+	ring, err := OpenRing(f.r, en, WaitOptions{})
+	require.NoError(t, err)
+	c, err := ring.AttachConsumer()
+	require.NoError(t, err)
+	ring.cb.Tail.Store(1000) // a hostile producer
+	_, err = c.TryReceive()
+	require.ErrorIs(t, err, errs.ErrCorrupt)
+	require.ErrorIs(t, ring.Check(), errs.ErrCorrupt)
+	_, err = ring.Pending()
+	require.ErrorIs(t, err, errs.ErrCorrupt)
+	ring.cb.Tail.Store(0)
+	require.NoError(t, ring.Check())
+
+	ring.cb.Cap = 3
+	_, err = OpenRing(f.r, en, WaitOptions{})
+	require.ErrorIs(t, err, errs.ErrCorrupt)
+	ring.cb.Cap = 4
+	ring.cb.Magic = 1
+	_, err = OpenRing(f.r, en, WaitOptions{})
+	require.ErrorIs(t, err, errs.ErrCorrupt)
+	ring.cb.Magic = recordMagic
+	c.Close()
+	_, err = f.reg.Remove(context.Background(), en, nil, nil)
+	require.NoError(t, err)
+}

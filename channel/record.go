@@ -1,0 +1,530 @@
+package channel
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"structs"
+	"sync/atomic"
+	"time"
+
+	"github.com/heapipc/ipc/backend"
+	"github.com/heapipc/ipc/internal/errs"
+	"github.com/heapipc/ipc/internal/mem"
+	"github.com/heapipc/ipc/internal/sys"
+)
+
+// recordCB is the control block of a record channel, followed by the ring
+// of Cap record offsets (8 bytes each). Producer-written and
+// consumer-written words sit on separate 128-byte lines.
+//
+//	0    immutable: magic, capacity            (creator, before publishing)
+//	128  Tail, Producer, ProdClosed            (producer end)
+//	256  Head, Consumer, ConsClosed            (consumer end)
+//	384  ConsWaiting, ProdWaiting              (parking: set by the waiter,
+//	                                            cleared by the waker)
+//	512  ring [Cap]uint64                      (slots: producer writes
+//	                                            [Head+Cap..Tail), consumer
+//	                                            reads [Head..Tail))
+type recordCB struct {
+	_           structs.HostLayout
+	Magic       uint64
+	Cap         uint64
+	_           [112]byte
+	Tail        atomic.Uint64 // next sequence the producer writes
+	Producer    atomic.Uint64 // sys.Identity of the producer end, 0: none
+	ProdClosed  atomic.Uint32 // 1: the producer closed; EOF once drained
+	_           [108]byte
+	Head        atomic.Uint64 // next sequence the consumer reads
+	Consumer    atomic.Uint64 // sys.Identity of the consumer end, 0: none
+	ConsClosed  atomic.Uint32 // 1: the consumer closed
+	_           [108]byte
+	ConsWaiting atomic.Uint32 // 1: the consumer is (about to be) parked on it
+	ProdWaiting atomic.Uint32 // 1: the producer is (about to be) parked on it
+	_           [120]byte
+}
+
+const recordCBSize = 512
+
+var recordMagic = binary.LittleEndian.Uint64([]byte("HIPCRING"))
+
+// RecordControlSize is the control block size of a ring of capacity n.
+func RecordControlSize(n uint64) uint64 { return recordCBSize + 8*n }
+
+// InitRecord lays out a record channel control block of capacity n.
+func InitRecord(b []byte, n uint64) error {
+	cb, err := mem.At[recordCB](b, 0)
+	if err != nil {
+		return err
+	}
+	cb.Cap = n
+	cb.Magic = recordMagic
+	return nil
+}
+
+// Ring is one end's view of a record channel.
+type Ring struct {
+	cb     *recordCB
+	ring   []uint64
+	mask   uint64
+	cbOff  mem.Off
+	region *backend.Region
+	opts   WaitOptions
+}
+
+// WaitOptions tune blocking calls.
+type WaitOptions struct {
+	// Spin is how many times a blocking call re-checks before parking.
+	Spin int
+	// CheckInterval bounds each park; after it the waiter checks the
+	// peer's liveness and the buffer's state.
+	CheckInterval time.Duration
+}
+
+func (o WaitOptions) norm() WaitOptions {
+	if o.Spin <= 0 {
+		o.Spin = 2000
+	}
+	if o.CheckInterval <= 0 {
+		o.CheckInterval = 50 * time.Millisecond
+	}
+	return o
+}
+
+// OpenRing validates a record channel's control block.
+func OpenRing(region *backend.Region, en *Entry, opts WaitOptions) (*Ring, error) {
+	b := region.Bytes()
+	cb, err := mem.At[recordCB](b, en.Control)
+	if err != nil {
+		return nil, err
+	}
+	if cb.Magic != recordMagic {
+		return nil, errs.Corrupt("record channel magic", uint64(en.Control), "magic %#x", cb.Magic)
+	}
+	n := cb.Cap
+	if n == 0 || n&(n-1) != 0 || n != en.Size || n > 1<<40 {
+		return nil, errs.Corrupt("record channel capacity", uint64(en.Control)+8, "capacity %d (registry says %d)", n, en.Size)
+	}
+	ring, err := mem.Slice[uint64](b, en.Control+recordCBSize, int(n))
+	if err != nil {
+		return nil, err
+	}
+	return &Ring{cb: cb, ring: ring, mask: n - 1, cbOff: en.Control, region: region, opts: opts.norm()}, nil
+}
+
+// Cap is the ring's capacity.
+func (r *Ring) Cap() int { return len(r.ring) }
+
+// Len is the number of records queued (a snapshot).
+func (r *Ring) Len() int {
+	return int(r.cb.Tail.Load() - r.cb.Head.Load())
+}
+
+// claim makes self the owner of an end word: free (0), or held by a dead
+// process (taken over). A live owner is ErrBusy.
+func claim(w *atomic.Uint64, self sys.Identity, what string) (takenOver sys.Identity, err error) {
+	for {
+		cur := w.Load()
+		if cur == uint64(self) {
+			return 0, fmt.Errorf("%s is already held by this process: %w", what, errs.ErrBusy)
+		}
+		if cur != 0 && sys.Alive(sys.Identity(cur)) {
+			return 0, fmt.Errorf("%s is held by %v: %w", what, sys.Identity(cur), errs.ErrBusy)
+		}
+		if w.CompareAndSwap(cur, uint64(self)) {
+			return sys.Identity(cur), nil
+		}
+	}
+}
+
+// ---- producer ----
+
+// RecordProducer is the producer end. Its methods must be called from one
+// goroutine at a time.
+type RecordProducer struct {
+	*Ring
+	self      sys.Identity
+	tail      uint64 // local copy of Tail
+	headCache uint64
+	closed    bool
+}
+
+// AttachProducer claims the producer end (ErrBusy if a live process holds
+// it; a dead holder's end is taken over).
+func (r *Ring) AttachProducer() (*RecordProducer, error) {
+	self := sys.Self()
+	if _, err := claim(&r.cb.Producer, self, "producer end"); err != nil {
+		return nil, err
+	}
+	r.cb.ProdClosed.Store(0)
+	t := r.cb.Tail.Load()
+	h := r.cb.Head.Load()
+	if t-h > uint64(len(r.ring)) {
+		r.cb.Producer.Store(0)
+		return nil, errs.Corrupt("record channel head/tail", uint64(r.cbOff)+128, "tail %d head %d capacity %d", t, h, len(r.ring))
+	}
+	return &RecordProducer{Ring: r, self: self, tail: t, headCache: h}, nil
+}
+
+var errClosedEnd = fmt.Errorf("channel end: %w", errs.ErrClosed)
+
+// TrySend queues the record at off, or returns ErrWouldBlock if the ring
+// is full.
+func (p *RecordProducer) TrySend(off mem.Off) error {
+	if p.closed {
+		return errClosedEnd
+	}
+	if p.tail-p.headCache >= uint64(len(p.ring)) {
+		p.headCache = p.cb.Head.Load()
+		if p.tail-p.headCache >= uint64(len(p.ring)) {
+			return errs.ErrWouldBlock
+		}
+	}
+	p.ring[p.tail&p.mask] = uint64(off)
+	p.tail++
+	p.cb.Tail.Store(p.tail)
+	p.wakeConsumer()
+	return nil
+}
+
+func (p *RecordProducer) wakeConsumer() {
+	if p.cb.ConsWaiting.Load() != 0 {
+		p.cb.ConsWaiting.Store(0)
+		backend.Wake(&p.cb.ConsWaiting, 1)
+	}
+}
+
+// TrySendBatch queues as many of offs as fit, publishing once, and returns
+// how many it queued.
+func (p *RecordProducer) TrySendBatch(offs []mem.Off) (int, error) {
+	if p.closed {
+		return 0, errClosedEnd
+	}
+	room := uint64(len(p.ring)) - (p.tail - p.headCache)
+	if room < uint64(len(offs)) {
+		p.headCache = p.cb.Head.Load()
+		room = uint64(len(p.ring)) - (p.tail - p.headCache)
+	}
+	n := min(uint64(len(offs)), room)
+	if n == 0 {
+		return 0, nil
+	}
+	for i := uint64(0); i < n; i++ {
+		p.ring[(p.tail+i)&p.mask] = uint64(offs[i])
+	}
+	p.tail += n
+	p.cb.Tail.Store(p.tail)
+	p.wakeConsumer()
+	return int(n), nil
+}
+
+// WaitRoom blocks until the ring has room for at least one record: spin,
+// then park; it returns ErrPeerDead if the consumer died, ErrDestroyed if
+// the buffer was destroyed, or the context's error.
+func (p *RecordProducer) WaitRoom(ctx context.Context) error {
+	if p.closed {
+		return errClosedEnd
+	}
+	hasRoom := func() bool {
+		p.headCache = p.cb.Head.Load()
+		return p.tail-p.headCache < uint64(len(p.ring))
+	}
+	for i := 0; i < p.opts.Spin; i++ {
+		if hasRoom() {
+			return nil
+		}
+	}
+	for {
+		p.cb.ProdWaiting.Store(1)
+		if hasRoom() {
+			p.cb.ProdWaiting.Store(0)
+			return nil
+		}
+		err := backend.Park(ctx, &p.cb.ProdWaiting, 1, p.opts.CheckInterval)
+		if err != nil && !errors.Is(err, errs.ErrTimeout) {
+			return err
+		}
+		if hasRoom() {
+			return nil
+		}
+		if err := p.checkPeer(&p.cb.Consumer, "consumer"); err != nil {
+			return err
+		}
+	}
+}
+
+func (r *Ring) checkPeer(w *atomic.Uint64, what string) error {
+	if r.region.State() == backend.StateDestroyed {
+		return fmt.Errorf("record channel: %w", errs.ErrDestroyed)
+	}
+	if id := sys.Identity(w.Load()); id != 0 && !sys.Alive(id) {
+		return fmt.Errorf("record channel: the %s (%v) died: %w", what, id, errs.ErrPeerDead)
+	}
+	return nil
+}
+
+// Send queues the record, waiting for room as WaitRoom does.
+func (p *RecordProducer) Send(ctx context.Context, off mem.Off) error {
+	for {
+		err := p.TrySend(off)
+		if err != errs.ErrWouldBlock {
+			return err
+		}
+		if err := p.WaitRoom(ctx); err != nil {
+			return err
+		}
+	}
+}
+
+// Close releases the producer end: the consumer drains what is queued and
+// then reads EOF. It reports whether the consumer end is closed too.
+func (p *RecordProducer) Close() (consumerClosed bool) {
+	if p.closed {
+		return false
+	}
+	p.closed = true
+	p.cb.ProdClosed.Store(1)
+	p.cb.Producer.CompareAndSwap(uint64(p.self), 0)
+	// Wake a parked consumer so it sees EOF.
+	p.cb.ConsWaiting.Store(0)
+	backend.Wake(&p.cb.ConsWaiting, 0)
+	return p.cb.ConsClosed.Load() != 0
+}
+
+// ---- consumer ----
+
+// RecordConsumer is the consumer end. Its methods must be called from one
+// goroutine at a time.
+type RecordConsumer struct {
+	*Ring
+	self      sys.Identity
+	head      uint64
+	tailCache uint64
+	closed    bool
+}
+
+// AttachConsumer claims the consumer end (ErrBusy if a live process holds
+// it; a dead holder's end is taken over).
+func (r *Ring) AttachConsumer() (*RecordConsumer, error) {
+	self := sys.Self()
+	if _, err := claim(&r.cb.Consumer, self, "consumer end"); err != nil {
+		return nil, err
+	}
+	r.cb.ConsClosed.Store(0)
+	h := r.cb.Head.Load()
+	t := r.cb.Tail.Load()
+	if t-h > uint64(len(r.ring)) {
+		r.cb.Consumer.Store(0)
+		return nil, errs.Corrupt("record channel head/tail", uint64(r.cbOff)+256, "tail %d head %d capacity %d", t, h, len(r.ring))
+	}
+	return &RecordConsumer{Ring: r, self: self, head: h, tailCache: t}, nil
+}
+
+// available returns how many records are readable, re-reading the tail
+// when the cached one is used up.
+func (c *RecordConsumer) available() (uint64, error) {
+	if c.tailCache == c.head {
+		c.tailCache = c.cb.Tail.Load()
+		if d := c.tailCache - c.head; d > uint64(len(c.ring)) {
+			return 0, errs.Corrupt("record channel tail", uint64(c.cbOff)+128, "tail %d is %d ahead of head %d (capacity %d)", c.tailCache, d, c.head, len(c.ring))
+		}
+	}
+	return c.tailCache - c.head, nil
+}
+
+// TryReceive takes the next record's offset, or returns ErrWouldBlock
+// (empty), or io.EOF (empty and the producer closed).
+func (c *RecordConsumer) TryReceive() (mem.Off, error) {
+	if c.closed {
+		return 0, errClosedEnd
+	}
+	n, err := c.available()
+	if err != nil {
+		return 0, err
+	}
+	if n == 0 {
+		if c.cb.ProdClosed.Load() != 0 {
+			// The producer stores Tail before ProdClosed: re-read.
+			if n, err = c.available(); err != nil || n == 0 {
+				if err == nil {
+					err = io.EOF
+				}
+				return 0, err
+			}
+		} else {
+			return 0, errs.ErrWouldBlock
+		}
+	}
+	off := mem.Off(c.ring[c.head&c.mask])
+	c.head++
+	c.cb.Head.Store(c.head)
+	c.wakeProducer()
+	return off, nil
+}
+
+func (c *RecordConsumer) wakeProducer() {
+	if c.cb.ProdWaiting.Load() != 0 {
+		c.cb.ProdWaiting.Store(0)
+		backend.Wake(&c.cb.ProdWaiting, 1)
+	}
+}
+
+// TryReceiveBatch takes up to len(offs) records, publishing once.
+func (c *RecordConsumer) TryReceiveBatch(offs []mem.Off) (int, error) {
+	if c.closed {
+		return 0, errClosedEnd
+	}
+	n, err := c.available()
+	if err != nil {
+		return 0, err
+	}
+	if n < uint64(len(offs)) {
+		c.tailCache = c.cb.Tail.Load()
+		if d := c.tailCache - c.head; d > uint64(len(c.ring)) {
+			return 0, errs.Corrupt("record channel tail", uint64(c.cbOff)+128, "tail %d head %d", c.tailCache, c.head)
+		}
+		n = c.tailCache - c.head
+	}
+	n = min(n, uint64(len(offs)))
+	if n == 0 {
+		if c.cb.ProdClosed.Load() != 0 && c.cb.Tail.Load() == c.head {
+			return 0, io.EOF
+		}
+		return 0, nil
+	}
+	for i := uint64(0); i < n; i++ {
+		offs[i] = mem.Off(c.ring[(c.head+i)&c.mask])
+	}
+	c.head += n
+	c.cb.Head.Store(c.head)
+	c.wakeProducer()
+	return int(n), nil
+}
+
+// WaitData blocks until a record is readable, the producer closed (then
+// io.EOF once drained), the producer died (ErrPeerDead, after what it
+// queued is delivered), the buffer was destroyed, or ctx is done.
+func (c *RecordConsumer) WaitData(ctx context.Context) error {
+	if c.closed {
+		return errClosedEnd
+	}
+	ready := func() (bool, error) {
+		n, err := c.available()
+		if err != nil || n > 0 {
+			return true, err
+		}
+		if c.cb.ProdClosed.Load() != 0 {
+			if c.tailCache = c.cb.Tail.Load(); c.tailCache == c.head {
+				return true, io.EOF
+			}
+			return true, nil
+		}
+		return false, nil
+	}
+	for i := 0; i < c.opts.Spin; i++ {
+		if ok, err := ready(); ok {
+			return err
+		}
+	}
+	for {
+		c.cb.ConsWaiting.Store(1)
+		if ok, err := ready(); ok {
+			c.cb.ConsWaiting.Store(0)
+			return err
+		}
+		err := backend.Park(ctx, &c.cb.ConsWaiting, 1, c.opts.CheckInterval)
+		if err != nil && !errors.Is(err, errs.ErrTimeout) {
+			c.cb.ConsWaiting.Store(0)
+			return err
+		}
+		if ok, err := ready(); ok {
+			return err
+		}
+		if err := c.checkPeer(&c.cb.Producer, "producer"); err != nil {
+			// Deliver what the dead producer queued first.
+			if ok, rerr := ready(); ok {
+				return rerr
+			}
+			return err
+		}
+	}
+}
+
+// Receive takes the next record's offset, waiting as WaitData does.
+func (c *RecordConsumer) Receive(ctx context.Context) (mem.Off, error) {
+	for {
+		off, err := c.TryReceive()
+		if err != errs.ErrWouldBlock {
+			return off, err
+		}
+		if err := c.WaitData(ctx); err != nil {
+			return 0, err
+		}
+	}
+}
+
+// Close releases the consumer end. It reports whether the producer has
+// closed and everything was consumed, i.e. the channel can be removed.
+func (c *RecordConsumer) Close() (drainedAndDone bool) {
+	if c.closed {
+		return false
+	}
+	c.closed = true
+	c.cb.ConsClosed.Store(1)
+	c.cb.Consumer.CompareAndSwap(uint64(c.self), 0)
+	c.cb.ProdWaiting.Store(0)
+	backend.Wake(&c.cb.ProdWaiting, 0)
+	return c.cb.ProdClosed.Load() != 0 && c.cb.Tail.Load() == c.cb.Head.Load()
+}
+
+// Removable reports whether both ends have closed and the ring is empty.
+func (r *Ring) Removable() bool {
+	return r.cb.ProdClosed.Load() != 0 && r.cb.ConsClosed.Load() != 0 &&
+		r.cb.Producer.Load() == 0 && r.cb.Consumer.Load() == 0 && r.cb.Tail.Load() == r.cb.Head.Load()
+}
+
+// Abandoned reports whether no live process holds either end (each end
+// is closed or its holder died) and the ring is empty: the channel can be
+// reclaimed by recovery.
+func (r *Ring) Abandoned() bool {
+	for _, w := range []*atomic.Uint64{&r.cb.Producer, &r.cb.Consumer} {
+		if id := sys.Identity(w.Load()); id != 0 && sys.Alive(id) {
+			return false
+		}
+	}
+	prodGone := r.cb.ProdClosed.Load() != 0 || r.cb.Producer.Load() != 0
+	consGone := r.cb.ConsClosed.Load() != 0 || r.cb.Consumer.Load() != 0
+	return prodGone && consGone && r.cb.Tail.Load() == r.cb.Head.Load()
+}
+
+// Pending returns the offsets of the records still queued (for freeing
+// them when the channel is removed). Call only when no end is active.
+func (r *Ring) Pending() ([]mem.Off, error) {
+	h, t := r.cb.Head.Load(), r.cb.Tail.Load()
+	if t-h > uint64(len(r.ring)) {
+		return nil, errs.Corrupt("record channel head/tail", uint64(r.cbOff)+128, "tail %d head %d", t, h)
+	}
+	out := make([]mem.Off, 0, t-h)
+	for s := h; s != t; s++ {
+		out = append(out, mem.Off(r.ring[s&r.mask]))
+	}
+	return out, nil
+}
+
+// Check reports what is wrong with the ring's words.
+func (r *Ring) Check() error {
+	var all []error
+	h, t := r.cb.Head.Load(), r.cb.Tail.Load()
+	if t-h > uint64(len(r.ring)) {
+		all = append(all, errs.Corrupt("record channel head/tail", uint64(r.cbOff)+128, "tail %d head %d capacity %d", t, h, len(r.ring)))
+	}
+	if v := r.cb.ProdClosed.Load(); v > 1 {
+		all = append(all, errs.Corrupt("record channel ProdClosed", uint64(r.cbOff)+144, "value %d", v))
+	}
+	if v := r.cb.ConsClosed.Load(); v > 1 {
+		all = append(all, errs.Corrupt("record channel ConsClosed", uint64(r.cbOff)+272, "value %d", v))
+	}
+	return errors.Join(all...)
+}
