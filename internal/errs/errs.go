@@ -66,6 +66,16 @@ var (
 	ErrBusy = errors.New("busy")
 	// ErrWrongType: the channel exists with another type.
 	ErrWrongType = errors.New("wrong channel type")
+	// ErrDoubleFree: the extent or record was already free. Nothing was
+	// changed.
+	ErrDoubleFree = errors.New("double free")
+	// ErrNotAllocated: the offset (or view) is not the start of a live
+	// allocation of this buffer: not an extent of the heap, not a record
+	// of a slab. Nothing was changed.
+	ErrNotAllocated = errors.New("not an allocation of this buffer")
+	// ErrForeign: the view lies outside this buffer's mapping (a record of
+	// another buffer, or Go memory). Nothing was changed.
+	ErrForeign = errors.New("memory of another buffer")
 )
 
 // CorruptError reports a bad value read from shared memory, and where.
