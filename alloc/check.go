@@ -247,4 +247,3 @@ func (h *Heap) repair() error {
 	rt.Repairs++
 	return nil
 }
-

@@ -212,7 +212,9 @@ func rootChecksum(b []byte) uint32 {
 
 func validateRoot(r *backend.Region, rt *root) error {
 	b := r.Bytes()
-	at := func(field string, o uintptr) (string, uint64) { return "heap.root." + field, uint64(rootOff) + uint64(o) }
+	at := func(field string, o uintptr) (string, uint64) {
+		return "heap.root." + field, uint64(rootOff) + uint64(o)
+	}
 	if rt.Magic != rootMagic {
 		w, o := at("Magic", 0)
 		return errs.Corrupt(w, o, "magic %#x, want %#x (no heap, or overwritten)", rt.Magic, rootMagic)

@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"structs"
 	"sync/atomic"
-
 )
 
 // Version is the layout version of the heap's shared structures (root,
@@ -146,4 +145,3 @@ func keyStart(k uint64) uint64       { return 0xffffffff - k&0xffffffff }
 
 // metaBytes is the size of the page map and index for n pages.
 func metaBytes(n uint64) uint64 { return n*16 + (n/2+1)*8 }
-
