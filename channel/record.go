@@ -528,3 +528,13 @@ func (r *Ring) Check() error {
 	}
 	return errors.Join(all...)
 }
+
+// Idle reports whether no live process holds either end.
+func (r *Ring) Idle() bool {
+	for _, w := range []*atomic.Uint64{&r.cb.Producer, &r.cb.Consumer} {
+		if id := sys.Identity(w.Load()); id != 0 && sys.Alive(id) {
+			return false
+		}
+	}
+	return true
+}

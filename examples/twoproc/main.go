@@ -1,15 +1,12 @@
-// Command twoproc is heapipc's reference example. Until the channel layer
-// exists it shows the foundation every channel stands on: two processes
-// share one named buffer (a region with a validated header) and hand
-// messages back and forth through it, paced by two named semaphores.
+// Command twoproc is heapipc's reference example (make demo).
 //
-// Process A creates the buffer and the semaphores, starts process B (the
-// same binary with -peer), and for each round writes a numbered message
-// into the buffer and posts "ping"; B checks it, writes a reply and posts
-// "pong"; A checks the reply. Both verify every message, then A reports
-// the round-trip rate, removes everything it created and exits 0.
+// Process A creates a buffer and produces numbered records on record
+// channels 1 and 2 from one handle. Process B (A re-executed with -peer)
+// consumes them with two goroutines, each with a handle of its own. Both
+// sides verify order and count; A prints the throughput, removes the buffer
+// and exits 0.
 //
-//	go run ./examples/twoproc [-n 100000] [-segments posix|sysv|heap] [-semaphores posix|sysv]
+//	go run ./examples/twoproc [-n 1000000] [-size 64] [-segments posix|sysv] [-semaphores posix|sysv]
 package main
 
 import (
@@ -18,25 +15,36 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"strconv"
+	"sync"
 	"time"
 
-	"github.com/heapipc/ipc/backend"
+	ipc "github.com/heapipc/ipc"
 )
 
+var (
+	n       = flag.Int("n", 1_000_000, "records per channel")
+	size    = flag.Int("size", 64, "record payload bytes (at least 8)")
+	segKind = flag.String("segments", "", "segment backend: posix or sysv (default: the build's)")
+	semKind = flag.String("semaphores", "", "semaphore backend: posix or sysv (default: the build's)")
+	peer    = flag.String("peer", "", "internal: run as process B on this buffer")
+)
+
+var channels = []ipc.ChannelID{1, 2}
+
 func main() {
-	n := flag.Int("n", 100_000, "round trips")
-	segKind := flag.String("segments", string(backend.DefaultSegmentKind()), "segment backend: posix or sysv")
-	semKind := flag.String("semaphores", string(backend.DefaultSemaphoreKind()), "semaphore backend: posix or sysv")
-	peer := flag.String("peer", "", "internal: run as process B on this buffer")
 	flag.Parse()
+	if *size < 8 {
+		*size = 8
+	}
 	var err error
 	if *peer != "" {
-		err = runB(*peer, backend.Kind(*segKind), backend.Kind(*semKind), *n)
+		err = consume(*peer)
 	} else {
-		err = runA(backend.Kind(*segKind), backend.Kind(*semKind), *n)
+		err = produce()
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "twoproc:", err)
@@ -44,37 +52,21 @@ func main() {
 	}
 }
 
-const msgSize = 64
-
-func runA(segKind, semKind backend.Kind, n int) (err error) {
+func produce() (err error) {
 	name := fmt.Sprintf("twoproc-%d", os.Getpid())
-	r, err := backend.OpenRegion(name, backend.RegionConfig{
-		Segments: segKind, Semaphores: semKind, Size: 1 << 20, Open: backend.CreateOnly,
-	}, nil)
+	buf, err := ipc.Open(name, ipc.WithSize(64<<20), ipc.WithBackends(*segKind, *semKind), ipc.CreateOnly())
 	if err != nil {
 		return err
 	}
-	defer func() { err = errors.Join(err, r.Unlink(), r.Close()) }()
-	sems, err := backend.Semaphores(semKind)
-	if err != nil {
-		return err
-	}
-	ping, err := sems.Create(name+".ping", 0, backend.SemOptions{})
-	if err != nil {
-		return err
-	}
-	defer func() { err = errors.Join(err, ping.Unlink(), ping.Close()) }()
-	pong, err := sems.Create(name+".pong", 0, backend.SemOptions{})
-	if err != nil {
-		return err
-	}
-	defer func() { err = errors.Join(err, pong.Unlink(), pong.Close()) }()
+	defer func() { err = errors.Join(err, buf.Destroy()) }()
+	seg, sem := buf.Backends()
 
 	exe, err := os.Executable()
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(exe, "-peer", name, "-segments", string(segKind), "-semaphores", string(semKind), "-n", strconv.Itoa(n))
+	cmd := exec.Command(exe, "-peer", name, "-n", strconv.Itoa(*n), "-size", strconv.Itoa(*size),
+		"-segments", seg, "-semaphores", sem)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	if err := cmd.Start(); err != nil {
 		return err
@@ -85,73 +77,110 @@ func runA(segKind, semKind backend.Kind, n int) (err error) {
 			cmd.Wait()
 		}
 	}()
-	fmt.Printf("A (pid %d): created buffer %q (%s segment, %d bytes, %s semaphores), started B (pid %d)\n",
-		os.Getpid(), name, segKind, len(r.Bytes()), semKind, cmd.Process.Pid)
+	fmt.Printf("A (pid %d): buffer %q (%s segment, %s semaphores); B is pid %d\n", os.Getpid(), name, seg, sem, cmd.Process.Pid)
 
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	req, rep := r.Data()[:msgSize], r.Data()[msgSize:2*msgSize]
-	start := time.Now()
-	for i := 0; i < n; i++ {
-		binary.LittleEndian.PutUint64(req, uint64(i))
-		copy(req[8:], "ping from A")
-		if err := ping.Post(); err != nil {
+	h, err := buf.NewHandle()
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	var ps []*ipc.Producer
+	for _, id := range channels {
+		p, err := h.Producer(id)
+		if err != nil {
 			return err
 		}
-		if err := pong.Wait(ctx); err != nil {
-			return fmt.Errorf("round %d: %w", i, err)
-		}
-		if got := binary.LittleEndian.Uint64(rep); got != uint64(i)+1 || string(rep[8:21]) != "pong from B  " {
-			return fmt.Errorf("round %d: bad reply %d %q", i, got, rep[8:21])
+		ps = append(ps, p)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	start := time.Now()
+	for i := 0; i < *n; i++ {
+		for _, p := range ps {
+			r, err := h.Allocate(*size)
+			if err != nil {
+				return err
+			}
+			b := r.Bytes()
+			binary.LittleEndian.PutUint64(b, uint64(i))
+			b[len(b)-1] = byte(i)
+			if err := p.Send(ctx, r); err != nil {
+				return fmt.Errorf("record %d on channel %d: %w", i, p.ID(), err)
+			}
 		}
 	}
-	elapsed := time.Since(start)
+	for _, p := range ps {
+		if err := p.Close(); err != nil {
+			return err
+		}
+	}
 	if err := cmd.Wait(); err != nil {
 		return fmt.Errorf("B failed: %w", err)
 	}
-	fmt.Printf("A: %d round trips verified in %v: %.0f round trips/s, %.0f ns each\n",
-		n, elapsed.Round(time.Millisecond), float64(n)/elapsed.Seconds(), float64(elapsed.Nanoseconds())/float64(n))
-	fmt.Println("A: removed the buffer and semaphores; done")
+	elapsed := time.Since(start)
+	total := *n * len(ps)
+	fmt.Printf("A: %d records of %d bytes sent and verified in %v: %.2f M records/s (%.0f ns each)\n",
+		total, *size, elapsed.Round(time.Millisecond), float64(total)/elapsed.Seconds()/1e6, float64(elapsed.Nanoseconds())/float64(total))
+	if err := buf.Check(); err != nil {
+		return fmt.Errorf("check: %w", err)
+	}
+	fmt.Println("A: buffer checked, destroying it; done")
 	return nil
 }
 
-func runB(name string, segKind, semKind backend.Kind, n int) error {
-	r, err := backend.OpenRegion(name, backend.RegionConfig{Segments: segKind, Semaphores: semKind, Open: backend.AttachOnly}, nil)
+func consume(name string) error {
+	buf, err := ipc.Open(name, ipc.AttachOnly(), ipc.WithBackends(*segKind, *semKind))
 	if err != nil {
 		return err
 	}
-	defer r.Close()
-	sems, err := backend.Semaphores(semKind)
-	if err != nil {
-		return err
-	}
-	ping, err := sems.Open(name+".ping", backend.SemOptions{})
-	if err != nil {
-		return err
-	}
-	defer ping.Close()
-	pong, err := sems.Open(name+".pong", backend.SemOptions{})
-	if err != nil {
-		return err
-	}
-	defer pong.Close()
-	fmt.Printf("B (pid %d): attached %q, created by %v\n", os.Getpid(), name, r.Creator())
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer buf.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	req, rep := r.Data()[:msgSize], r.Data()[msgSize:2*msgSize]
-	for i := 0; i < n; i++ {
-		if err := ping.Wait(ctx); err != nil {
-			return fmt.Errorf("round %d: %w", i, err)
+	var wg sync.WaitGroup
+	errs := make([]error, len(channels))
+	for i, id := range channels {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = consumeOne(ctx, buf, id)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	fmt.Printf("B (pid %d): %d records on each of channels %v received in order\n", os.Getpid(), *n, channels)
+	return nil
+}
+
+func consumeOne(ctx context.Context, buf *ipc.Buffer, id ipc.ChannelID) error {
+	h, err := buf.NewHandle()
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	c, err := h.Consumer(id)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	for i := 0; ; i++ {
+		r, err := c.Receive(ctx)
+		if err == io.EOF {
+			if i != *n {
+				return fmt.Errorf("channel %d: EOF after %d records, want %d", id, i, *n)
+			}
+			return nil
 		}
-		if got := binary.LittleEndian.Uint64(req); got != uint64(i) || string(req[8:19]) != "ping from A" {
-			return fmt.Errorf("round %d: bad request %d %q", i, got, req[8:19])
+		if err != nil {
+			return fmt.Errorf("channel %d: %w", id, err)
 		}
-		binary.LittleEndian.PutUint64(rep, uint64(i)+1)
-		copy(rep[8:], "pong from B  ")
-		if err := pong.Post(); err != nil {
+		b := r.Bytes()
+		if got := binary.LittleEndian.Uint64(b); got != uint64(i) || b[len(b)-1] != byte(i) {
+			return fmt.Errorf("channel %d: record %d arrived where %d was expected", id, got, i)
+		}
+		if err := h.Free(r); err != nil {
 			return err
 		}
 	}
-	fmt.Printf("B: %d requests verified\n", n)
-	return nil
 }

@@ -1,0 +1,350 @@
+package ipc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/heapipc/ipc/alloc"
+	"github.com/heapipc/ipc/backend"
+	"github.com/heapipc/ipc/channel"
+	"github.com/heapipc/ipc/internal/errs"
+	"github.com/heapipc/ipc/internal/mem"
+)
+
+// Buffer is one process's attachment to a named shared-memory buffer. Its
+// methods are safe for concurrent use; channel ends and records are used
+// through a Handle, one per goroutine.
+type Buffer struct {
+	name   string
+	cfg    config
+	region *backend.Region
+	heap   *alloc.Heap
+	reg    *channel.Registry
+	recs   *records
+
+	mu      sync.Mutex
+	handles map[*Handle]struct{}
+	statics map[*Static]struct{}
+	closed  bool
+}
+
+// Open creates the buffer called name, or attaches to it if it exists
+// (see CreateOnly and AttachOnly). The creator lays out the heap and the
+// channel registry before anyone else can attach; attachers validate
+// them. Names are 1..128 characters of [A-Za-z0-9._-].
+func Open(name string, opts ...Option) (*Buffer, error) {
+	cfg := defaultConfig()
+	for _, o := range opts {
+		if err := o(&cfg); err != nil {
+			return nil, fmt.Errorf("ipc: open %q: %w", name, err)
+		}
+	}
+	if cfg.region.Open == backend.AttachOnly {
+		cfg.region.Size = 0
+	}
+	b := &Buffer{name: name, cfg: cfg, handles: map[*Handle]struct{}{}, statics: map[*Static]struct{}{}}
+	region, err := backend.OpenRegion(name, cfg.region, func(r *backend.Region) error {
+		h, err := alloc.Init(r, alloc.Options{CheckInterval: cfg.checkInterval})
+		if err != nil {
+			return err
+		}
+		reg, err := channel.InitRegistry(r, h, cfg.buckets)
+		if err != nil {
+			h.Unlink()
+			h.Close()
+			return err
+		}
+		recs, err := initRecords(r, h, cfg)
+		if err != nil {
+			reg.Unlink()
+			reg.Close()
+			h.Unlink()
+			h.Close()
+			return err
+		}
+		b.heap, b.reg, b.recs = h, reg, recs
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("ipc: open %q: %w", name, err)
+	}
+	b.region = region
+	if !region.Created() {
+		if err := b.attach(); err != nil {
+			region.Close()
+			return nil, fmt.Errorf("ipc: open %q: %w", name, err)
+		}
+	}
+	return b, nil
+}
+
+func (b *Buffer) attach() error {
+	h, err := alloc.AttachWith(b.region, alloc.Options{CheckInterval: b.cfg.checkInterval})
+	if err != nil {
+		return err
+	}
+	reg, err := channel.OpenRegistry(b.region, h)
+	if err != nil {
+		h.Close()
+		return err
+	}
+	recs, err := attachRecords(b.region, h, b.cfg)
+	if err != nil {
+		reg.Close()
+		h.Close()
+		return err
+	}
+	b.heap, b.reg, b.recs = h, reg, recs
+	return nil
+}
+
+// Name is the buffer's name.
+func (b *Buffer) Name() string { return b.name }
+
+// Created reports whether this Open created the buffer.
+func (b *Buffer) Created() bool { return b.region.Created() }
+
+// Backends returns the segment and semaphore backends the buffer uses.
+func (b *Buffer) Backends() (segments, semaphores string) {
+	return string(b.region.SegmentKind()), string(b.region.SemaphoreKind())
+}
+
+func (b *Buffer) check(op string) error {
+	b.mu.Lock()
+	closed := b.closed
+	b.mu.Unlock()
+	if closed {
+		return fmt.Errorf("ipc: %s on buffer %q: %w", op, b.name, ErrClosed)
+	}
+	if b.region.State() == backend.StateDestroyed {
+		return fmt.Errorf("ipc: %s on buffer %q: %w", op, b.name, ErrDestroyed)
+	}
+	return nil
+}
+
+// Close closes every handle and static segment of this process on the
+// buffer, then detaches. The buffer stays for the other processes. Every
+// failure is reported (errors.Join). After Close no record or static
+// bytes of the buffer may be touched: the mapping is gone.
+func (b *Buffer) Close() error {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil
+	}
+	b.closed = true
+	handles := make([]*Handle, 0, len(b.handles))
+	for h := range b.handles {
+		handles = append(handles, h)
+	}
+	b.mu.Unlock()
+	var all []error
+	for _, h := range handles {
+		all = append(all, h.close())
+	}
+	all = append(all, b.recs.close(), b.reg.Close(), b.heap.Close(), b.region.Close())
+	if err := errors.Join(all...); err != nil {
+		return fmt.Errorf("ipc: close %q: %w", b.name, err)
+	}
+	return nil
+}
+
+// Destroy marks the buffer destroyed, removes its names (the segment and
+// its semaphores) and closes it. Processes still attached keep their
+// mapping: blocked calls there return ErrDestroyed within the check
+// interval, and new Opens of the name create a new buffer. With SysV
+// semaphores the kernel removes them at once, so those processes' waits
+// on the buffer's locks fail with ErrDestroyed instead of hanging.
+func (b *Buffer) Destroy() error {
+	if err := b.checkOpen("destroy"); err != nil {
+		return err
+	}
+	b.region.MarkDestroyed()
+	all := []error{b.recs.unlink(), b.reg.Unlink(), b.heap.Unlink(), b.region.Unlink()}
+	all = append(all, b.Close())
+	if err := errors.Join(all...); err != nil {
+		return fmt.Errorf("ipc: destroy %q: %w", b.name, err)
+	}
+	return nil
+}
+
+func (b *Buffer) checkOpen(op string) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return fmt.Errorf("ipc: %s %q: %w", op, b.name, ErrClosed)
+	}
+	return nil
+}
+
+// Remove removes the buffer called name without attaching to it: its
+// segment and the semaphores heapipc made for it (what Destroy removes),
+// on the given backends ("" for the defaults). For cleaning up after a
+// crashed program; it reports what it could not remove, and ErrNotExist
+// if there was nothing.
+func Remove(name string, segments, semaphores string) error {
+	cfg := defaultConfig()
+	if err := WithBackends(segments, semaphores)(&cfg); err != nil {
+		return err
+	}
+	segKind, semKind := cfg.region.Segments, cfg.region.Semaphores
+	if segKind == "" {
+		segKind = backend.DefaultSegmentKind()
+	}
+	if semKind == "" {
+		semKind = backend.DefaultSemaphoreKind()
+	}
+	if err := backend.ValidateName(name); err != nil {
+		return fmt.Errorf("ipc: remove: %w", err)
+	}
+	segs, err := backend.Segments(segKind)
+	if err != nil {
+		return err
+	}
+	sems, err := backend.Semaphores(semKind)
+	if err != nil {
+		return err
+	}
+	var all []error
+	found := false
+	note := func(err error) {
+		if err == nil {
+			found = true
+		} else if !errors.Is(err, ErrNotExist) {
+			all = append(all, err)
+		}
+	}
+	note(segs.Remove(name))
+	for _, suffix := range semaphoreSuffixes {
+		note(sems.Remove(name + suffix))
+	}
+	if !found && len(all) == 0 {
+		return fmt.Errorf("ipc: remove %q: %w", name, ErrNotExist)
+	}
+	return errors.Join(all...)
+}
+
+// semaphoreSuffixes name every semaphore a buffer makes, after its name.
+var semaphoreSuffixes = []string{alloc.SemSuffix, ".reg"}
+
+// Stats describes the buffer's memory and channels.
+type Stats struct {
+	Heap     alloc.Stats
+	Channels uint64 // channels in the registry
+	Records  RecordStats
+}
+
+// Stats returns a snapshot of the buffer's state.
+func (b *Buffer) Stats() (Stats, error) {
+	if err := b.check("stats"); err != nil {
+		return Stats{}, err
+	}
+	hs, err := b.heap.Stats()
+	if err != nil {
+		return Stats{}, err
+	}
+	return Stats{Heap: hs, Channels: b.reg.Live(), Records: b.recs.stats()}, nil
+}
+
+// Check walks the heap, the slabs, the registry and every channel and
+// reports every violation it finds (errors.Join of *CorruptError values),
+// or nil. It takes the heap lock while it walks the heap.
+func (b *Buffer) Check() error {
+	if err := b.check("check"); err != nil {
+		return err
+	}
+	var all []error
+	all = append(all, b.heap.Check(), b.recs.check())
+	all = append(all, b.reg.Each(func(en *channel.Entry) error {
+		return b.checkChannel(en)
+	}))
+	if err := errors.Join(all...); err != nil {
+		return fmt.Errorf("ipc: check %q: %w", b.name, err)
+	}
+	return nil
+}
+
+func (b *Buffer) checkChannel(en *channel.Entry) error {
+	switch en.Type {
+	case channel.TypeRecord:
+		r, err := channel.OpenRing(b.region, en, channel.WaitOptions{})
+		if err != nil {
+			return fmt.Errorf("channel %d: %w", en.ID, err)
+		}
+		if err := r.Check(); err != nil {
+			return fmt.Errorf("channel %d: %w", en.ID, err)
+		}
+		pending, err := r.Pending()
+		if err != nil {
+			return fmt.Errorf("channel %d: %w", en.ID, err)
+		}
+		var all []error
+		for _, off := range pending {
+			if _, err := b.recs.view(off); err != nil {
+				all = append(all, fmt.Errorf("channel %d: queued record at %#x: %w", en.ID, uint64(off), err))
+			}
+		}
+		return errors.Join(all...)
+	case channel.TypeStatic:
+		if _, err := b.heap.Extent(en.Control); err != nil {
+			return fmt.Errorf("static segment %q: %w", en.Name, err)
+		}
+		return nil
+	}
+	return errs.Corrupt("registry entry type", uint64(en.Off)+4, "channel %d has unknown type %d", en.ID, uint32(en.Type))
+}
+
+// Recover reclaims what processes that died left in the buffer: records
+// they held (allocated and not sent, or received and not freed; records
+// queued in a channel are kept for delivery), their slabs, and channels
+// that no live process holds and that are drained. It returns how many
+// bytes came back. Processes that are alive are never robbed.
+func (b *Buffer) Recover() (reclaimed uint64, err error) {
+	if err := b.check("recover"); err != nil {
+		return 0, err
+	}
+	var all []error
+	queued := map[mem.Off]bool{}
+	var abandoned []*channel.Entry
+	all = append(all, b.reg.Each(func(en *channel.Entry) error {
+		if en.Type != channel.TypeRecord {
+			return nil
+		}
+		r, err := channel.OpenRing(b.region, en, channel.WaitOptions{})
+		if err != nil {
+			return err
+		}
+		pending, err := r.Pending()
+		if err != nil {
+			return err
+		}
+		for _, off := range pending {
+			queued[off] = true
+		}
+		if r.Abandoned() {
+			abandoned = append(abandoned, en)
+		}
+		return nil
+	}))
+	n, err := b.recs.recover(queued)
+	reclaimed += n
+	all = append(all, err)
+	for _, en := range abandoned {
+		r, err := channel.OpenRing(b.region, en, channel.WaitOptions{})
+		if err != nil {
+			all = append(all, err)
+			continue
+		}
+		removed, err := b.reg.Remove(context.Background(), en, r.Abandoned, nil)
+		all = append(all, err)
+		if removed {
+			reclaimed += channel.RecordControlSize(en.Size)
+		}
+	}
+	if err := errors.Join(all...); err != nil {
+		return reclaimed, fmt.Errorf("ipc: recover %q: %w", b.name, err)
+	}
+	return reclaimed, nil
+}

@@ -1,0 +1,337 @@
+package ipc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	"github.com/heapipc/ipc/channel"
+	"github.com/heapipc/ipc/internal/mem"
+)
+
+// ChannelID is the user-chosen id of a channel.
+type ChannelID = channel.ID
+
+// Record is a block of shared memory allocated from the buffer: the unit
+// record channels carry without copying. Bytes is a view into shared
+// memory; it stays valid until the record is freed (by whoever holds it
+// last) or the Buffer is closed.
+type Record struct {
+	off mem.Off
+	b   []byte
+}
+
+// Bytes is the record's payload in shared memory.
+func (r Record) Bytes() []byte { return r.b }
+
+// Len is the payload's length.
+func (r Record) Len() int { return len(r.b) }
+
+// IsZero reports whether r is the zero Record.
+func (r Record) IsZero() bool { return r.b == nil }
+
+// Handle is a goroutine's access to a buffer (RaftLib's TLS structure): it
+// owns a slab cache to allocate records from with no lock, and the channel
+// ends it opened. A Handle must be used by one goroutine at a time (see
+// WithDebug for a check); records may be freed through any handle, in any
+// process.
+type Handle struct {
+	buf  *Buffer
+	sh   *slabHandle
+	busy atomic.Int32
+
+	mu     sync.Mutex
+	ends   map[end]struct{}
+	closed bool
+}
+
+type end interface {
+	close() error
+}
+
+// NewHandle returns a new handle on the buffer.
+func (b *Buffer) NewHandle() (*Handle, error) {
+	if err := b.check("new handle"); err != nil {
+		return nil, err
+	}
+	sh, err := b.recs.newHandle()
+	if err != nil {
+		return nil, fmt.Errorf("ipc: new handle on %q: %w", b.name, err)
+	}
+	h := &Handle{buf: b, sh: sh, ends: map[end]struct{}{}}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		sh.close()
+		return nil, fmt.Errorf("ipc: new handle on %q: %w", b.name, ErrClosed)
+	}
+	b.handles[h] = struct{}{}
+	return h, nil
+}
+
+// enter and leave bracket every call in debug mode to catch concurrent
+// use of one handle.
+func (h *Handle) enter() {
+	if h.buf.cfg.debug && h.busy.Add(1) != 1 {
+		panic("ipc: a Handle was used by two goroutines at once; use one Handle per goroutine")
+	}
+}
+
+func (h *Handle) leave() {
+	if h.buf.cfg.debug {
+		h.busy.Add(-1)
+	}
+}
+
+func (h *Handle) check(op string) error {
+	h.mu.Lock()
+	closed := h.closed
+	h.mu.Unlock()
+	if closed {
+		return fmt.Errorf("ipc: %s: handle: %w", op, ErrClosed)
+	}
+	return h.buf.check(op)
+}
+
+// Allocate returns a record of n bytes (n ≥ 0) from this handle's slabs,
+// or from its own extent if it is large. Its bytes are not zeroed.
+// ErrNoSpace: the buffer is full (nothing changed).
+func (h *Handle) Allocate(n int) (Record, error) {
+	h.enter()
+	defer h.leave()
+	if n < 0 {
+		return Record{}, fmt.Errorf("ipc: allocate %d bytes: %w", n, ErrInvalidSize)
+	}
+	if err := h.check("allocate"); err != nil {
+		return Record{}, err
+	}
+	off, b, err := h.sh.alloc(n)
+	if err != nil {
+		return Record{}, fmt.Errorf("ipc: allocate %d bytes: %w", n, err)
+	}
+	return Record{off: off, b: b}, nil
+}
+
+// Free gives a record back: ErrDoubleFree if it was freed already,
+// ErrNotAllocated or ErrForeign if it is not a live record of this buffer
+// (nothing changes then). Any handle may free any record of the buffer.
+func (h *Handle) Free(r Record) error {
+	if err := h.buf.check("free"); err != nil {
+		return err
+	}
+	return h.buf.Free(r)
+}
+
+// Free gives a record back (see Handle.Free); safe from any goroutine.
+func (b *Buffer) Free(r Record) error {
+	if err := b.check("free"); err != nil {
+		return err
+	}
+	if r.b == nil {
+		return fmt.Errorf("ipc: free: zero record: %w", ErrNotAllocated)
+	}
+	if err := b.recs.free(r.off, r.b); err != nil {
+		return fmt.Errorf("ipc: free: %w", err)
+	}
+	return nil
+}
+
+// Close closes the handle's channel ends and retires its slabs (their
+// memory goes back to the heap once every record in them is freed).
+func (h *Handle) Close() error {
+	h.buf.mu.Lock()
+	delete(h.buf.handles, h)
+	h.buf.mu.Unlock()
+	return h.close()
+}
+
+func (h *Handle) close() error {
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		return nil
+	}
+	h.closed = true
+	ends := make([]end, 0, len(h.ends))
+	for e := range h.ends {
+		ends = append(ends, e)
+	}
+	h.ends = nil
+	h.mu.Unlock()
+	var all []error
+	for _, e := range ends {
+		all = append(all, e.close())
+	}
+	all = append(all, h.sh.close())
+	return errors.Join(all...)
+}
+
+func (h *Handle) addEnd(e end) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return fmt.Errorf("ipc: handle: %w", ErrClosed)
+	}
+	h.ends[e] = struct{}{}
+	return nil
+}
+
+func (h *Handle) dropEnd(e end) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.ends, e)
+}
+
+func (h *Handle) chanConfig(opts []ChannelOption) (chanConfig, error) {
+	cfg := chanConfig{}
+	for _, o := range opts {
+		if err := o(&cfg); err != nil {
+			return cfg, err
+		}
+	}
+	return cfg, nil
+}
+
+func (h *Handle) openRing(ctx context.Context, id ChannelID, cfg chanConfig) (*channel.Entry, *channel.Ring, error) {
+	capacity := cfg.capacity
+	if capacity == 0 {
+		capacity = DefaultCapacity
+	}
+	spec := channel.Spec{
+		Type:    channel.TypeRecord,
+		Name:    cfg.name,
+		Size:    capacity,
+		Control: channel.RecordControlSize(capacity),
+		Init:    func(_ mem.Off, b []byte) error { return channel.InitRecord(b, capacity) },
+	}
+	en, created, err := h.buf.reg.LookupOrCreate(ctx, id, spec)
+	if err != nil {
+		return nil, nil, err
+	}
+	if !created && cfg.capacity != 0 && en.Size != cfg.capacity {
+		return nil, nil, fmt.Errorf("channel %d has capacity %d, %d asked: %w", id, en.Size, cfg.capacity, ErrSizeMismatch)
+	}
+	spin := cfg.spin
+	if spin < 0 {
+		spin = 1
+	}
+	ring, err := channel.OpenRing(h.buf.region, en, channel.WaitOptions{Spin: spin, CheckInterval: h.buf.cfg.checkInterval})
+	if err != nil {
+		return nil, nil, err
+	}
+	return en, ring, nil
+}
+
+// Producer opens the producer end of record channel id, creating the
+// channel if it does not exist (RaftLib's add_spsc_lf_record_channel).
+// ErrBusy: a live process holds the producer end (a dead one's is taken
+// over); ErrWrongType: id is a channel of another type.
+func (h *Handle) Producer(id ChannelID, opts ...ChannelOption) (*Producer, error) {
+	h.enter()
+	defer h.leave()
+	cfg, err := h.chanConfig(opts)
+	if err != nil {
+		return nil, fmt.Errorf("ipc: producer %d: %w", id, err)
+	}
+	if err := h.check("producer"); err != nil {
+		return nil, err
+	}
+	en, ring, err := h.openRing(context.Background(), id, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("ipc: producer %d: %w", id, err)
+	}
+	p, err := ring.AttachProducer()
+	if err != nil {
+		return nil, fmt.Errorf("ipc: producer %d: %w", id, err)
+	}
+	pr := &Producer{h: h, en: en, p: p, id: id}
+	if err := h.addEnd(pr); err != nil {
+		p.Close()
+		return nil, err
+	}
+	return pr, nil
+}
+
+// Consumer opens the consumer end of record channel id, creating the
+// channel if it does not exist.
+func (h *Handle) Consumer(id ChannelID, opts ...ChannelOption) (*Consumer, error) {
+	h.enter()
+	defer h.leave()
+	cfg, err := h.chanConfig(opts)
+	if err != nil {
+		return nil, fmt.Errorf("ipc: consumer %d: %w", id, err)
+	}
+	if err := h.check("consumer"); err != nil {
+		return nil, err
+	}
+	en, ring, err := h.openRing(context.Background(), id, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("ipc: consumer %d: %w", id, err)
+	}
+	c, err := ring.AttachConsumer()
+	if err != nil {
+		return nil, fmt.Errorf("ipc: consumer %d: %w", id, err)
+	}
+	co := &Consumer{h: h, en: en, c: c, id: id}
+	if err := h.addEnd(co); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return co, nil
+}
+
+// RemoveChannel removes record channel id for everyone, freeing the
+// records still queued in it. Its ends must be closed (ErrBusy if a live
+// process holds one).
+func (h *Handle) RemoveChannel(ctx context.Context, id ChannelID) error {
+	if err := h.check("remove channel"); err != nil {
+		return err
+	}
+	en, err := h.buf.reg.Lookup(id)
+	if err != nil {
+		return fmt.Errorf("ipc: remove channel %d: %w", id, err)
+	}
+	if en.Type != channel.TypeRecord {
+		return fmt.Errorf("ipc: remove channel %d: %w", id, ErrWrongType)
+	}
+	return h.buf.removeRecordChannel(ctx, en, false)
+}
+
+// removeRecordChannel removes a record channel: when onlyIfDone, only if
+// both ends closed and it is drained; otherwise if no live process holds
+// an end, freeing what is queued.
+func (b *Buffer) removeRecordChannel(ctx context.Context, en *channel.Entry, onlyIfDone bool) error {
+	ring, err := channel.OpenRing(b.region, en, channel.WaitOptions{})
+	if err != nil {
+		return err
+	}
+	var busy bool
+	cond := func() bool {
+		if onlyIfDone {
+			return ring.Removable()
+		}
+		if !ring.Idle() {
+			busy = true
+			return false
+		}
+		return true
+	}
+	free := func() error {
+		pending, err := ring.Pending()
+		if err != nil {
+			return err
+		}
+		var all []error
+		for _, off := range pending {
+			all = append(all, b.recs.freeOff(off))
+		}
+		return errors.Join(all...)
+	}
+	_, err = b.reg.Remove(ctx, en, cond, free)
+	if busy {
+		return fmt.Errorf("ipc: remove channel %d: an end is held by a live process: %w", en.ID, ErrBusy)
+	}
+	return err
+}

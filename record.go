@@ -1,0 +1,241 @@
+package ipc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/heapipc/ipc/channel"
+	"github.com/heapipc/ipc/internal/mem"
+)
+
+// Producer is the sending end of a record channel. It belongs to the
+// Handle that opened it and, like it, to one goroutine at a time.
+type Producer struct {
+	h      *Handle
+	en     *channel.Entry
+	p      *channel.RecordProducer
+	id     ChannelID
+	batch  []mem.Off
+	closed bool
+}
+
+// ID is the channel's id.
+func (p *Producer) ID() ChannelID { return p.id }
+
+func (p *Producer) wrap(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("ipc: %s on channel %d: %w", op, p.id, err)
+}
+
+func (p *Producer) validate(r Record) error {
+	if r.b == nil {
+		return fmt.Errorf("zero record: %w", ErrNotAllocated)
+	}
+	return p.h.buf.recs.validate(r.off, r.b)
+}
+
+// TrySend queues r without waiting: ErrWouldBlock if the ring is full.
+// After a successful send the record belongs to the consumer: do not touch
+// or free it. Sending a record that was freed is an error (ErrDoubleFree
+// or ErrNotAllocated) and sends nothing.
+func (p *Producer) TrySend(r Record) error {
+	if p.closed {
+		return p.wrap("send", ErrClosed)
+	}
+	if err := p.validate(r); err != nil {
+		return p.wrap("send", err)
+	}
+	return p.wrap("send", p.p.TrySend(r.off))
+}
+
+// Send queues r, waiting while the ring is full: spinning briefly, then
+// parked on a futex. It returns ErrPeerDead if the consumer dies,
+// ErrDestroyed if the buffer is destroyed, or ctx's error.
+func (p *Producer) Send(ctx context.Context, r Record) error {
+	if p.closed {
+		return p.wrap("send", ErrClosed)
+	}
+	if err := p.validate(r); err != nil {
+		return p.wrap("send", err)
+	}
+	return p.wrap("send", p.p.Send(ctx, r.off))
+}
+
+// SendBatch queues all of rs in order, publishing as many as fit at a time
+// and waiting for room as Send does. It returns how many were queued
+// (those belong to the consumer now) and an error if not all were.
+func (p *Producer) SendBatch(ctx context.Context, rs []Record) (int, error) {
+	if p.closed {
+		return 0, p.wrap("send batch", ErrClosed)
+	}
+	if cap(p.batch) < len(rs) {
+		p.batch = make([]mem.Off, len(rs))
+	}
+	offs := p.batch[:len(rs)]
+	for i, r := range rs {
+		if err := p.validate(r); err != nil {
+			return 0, p.wrap("send batch", fmt.Errorf("record %d: %w", i, err))
+		}
+		offs[i] = r.off
+	}
+	sent := 0
+	for sent < len(offs) {
+		n, err := p.p.TrySendBatch(offs[sent:])
+		sent += n
+		if err != nil {
+			return sent, p.wrap("send batch", err)
+		}
+		if sent < len(offs) && n == 0 {
+			if err := p.p.WaitRoom(ctx); err != nil {
+				return sent, p.wrap("send batch", err)
+			}
+		}
+	}
+	return sent, nil
+}
+
+// Close closes the producer end: the consumer receives what is queued,
+// then io.EOF. A channel whose both ends have closed and that is drained
+// is removed from the buffer.
+func (p *Producer) Close() error {
+	if p.closed {
+		return nil
+	}
+	p.h.dropEnd(p)
+	return p.close()
+}
+
+func (p *Producer) close() error {
+	if p.closed {
+		return nil
+	}
+	p.closed = true
+	if p.p.Close() {
+		return p.wrap("close", p.h.buf.removeRecordChannel(context.Background(), p.en, true))
+	}
+	return nil
+}
+
+// Consumer is the receiving end of a record channel. It belongs to the
+// Handle that opened it and, like it, to one goroutine at a time.
+type Consumer struct {
+	h      *Handle
+	en     *channel.Entry
+	c      *channel.RecordConsumer
+	id     ChannelID
+	batch  []mem.Off
+	closed bool
+}
+
+// ID is the channel's id.
+func (c *Consumer) ID() ChannelID { return c.id }
+
+func (c *Consumer) wrap(op string, err error) error {
+	if err == nil || err == io.EOF {
+		return err
+	}
+	return fmt.Errorf("ipc: %s on channel %d: %w", op, c.id, err)
+}
+
+func (c *Consumer) record(off mem.Off) (Record, error) {
+	b, err := c.h.buf.recs.view(off)
+	if err != nil {
+		return Record{}, fmt.Errorf("queued record at %#x: %w", uint64(off), err)
+	}
+	return Record{off: off, b: b}, nil
+}
+
+// TryReceive takes the next record without waiting: ErrWouldBlock if none
+// is queued, io.EOF if none is and the producer has closed. The record is
+// the caller's: free it, or send it on (zero-copy).
+func (c *Consumer) TryReceive() (Record, error) {
+	if c.closed {
+		return Record{}, c.wrap("receive", ErrClosed)
+	}
+	off, err := c.c.TryReceive()
+	if err != nil {
+		return Record{}, c.wrap("receive", err)
+	}
+	r, err := c.record(off)
+	return r, c.wrap("receive", err)
+}
+
+// Receive takes the next record, waiting while none is queued: spinning
+// briefly, then parked on a futex. It returns io.EOF once the producer has
+// closed and everything is received, ErrPeerDead if the producer died
+// (after what it queued), ErrDestroyed, or ctx's error.
+func (c *Consumer) Receive(ctx context.Context) (Record, error) {
+	if c.closed {
+		return Record{}, c.wrap("receive", ErrClosed)
+	}
+	off, err := c.c.Receive(ctx)
+	if err != nil {
+		return Record{}, c.wrap("receive", err)
+	}
+	r, err := c.record(off)
+	return r, c.wrap("receive", err)
+}
+
+// ReceiveBatch waits as Receive does until at least one record is queued,
+// then takes up to len(rs) of them at once and returns how many.
+func (c *Consumer) ReceiveBatch(ctx context.Context, rs []Record) (int, error) {
+	if c.closed {
+		return 0, c.wrap("receive batch", ErrClosed)
+	}
+	if len(rs) == 0 {
+		return 0, nil
+	}
+	if cap(c.batch) < len(rs) {
+		c.batch = make([]mem.Off, len(rs))
+	}
+	offs := c.batch[:len(rs)]
+	for {
+		n, err := c.c.TryReceiveBatch(offs)
+		if err != nil {
+			return 0, c.wrap("receive batch", err)
+		}
+		if n > 0 {
+			var all []error
+			k := 0
+			for _, off := range offs[:n] {
+				r, err := c.record(off)
+				if err != nil {
+					all = append(all, err)
+					continue
+				}
+				rs[k] = r
+				k++
+			}
+			return k, c.wrap("receive batch", errors.Join(all...))
+		}
+		if err := c.c.WaitData(ctx); err != nil {
+			return 0, c.wrap("receive batch", err)
+		}
+	}
+}
+
+// Close closes the consumer end. Records still queued stay in the channel
+// for a later consumer; a channel whose both ends have closed and that is
+// drained is removed from the buffer.
+func (c *Consumer) Close() error {
+	if c.closed {
+		return nil
+	}
+	c.h.dropEnd(c)
+	return c.close()
+}
+
+func (c *Consumer) close() error {
+	if c.closed {
+		return nil
+	}
+	c.closed = true
+	if c.c.Close() {
+		return c.wrap("close", c.h.buf.removeRecordChannel(context.Background(), c.en, true))
+	}
+	return nil
+}

@@ -1,0 +1,350 @@
+package tests
+
+import (
+	"context"
+	"io"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	ipc "github.com/heapipc/ipc"
+	"github.com/heapipc/ipc/internal/testutil"
+	"github.com/stretchr/testify/require"
+)
+
+// TestChildProduce sends N stamped records on channel 1 (or on channels 1
+// and 2 alternately with HIPC_TWO), then closes.
+func TestChildProduce(t *testing.T) {
+	testutil.ChildOnly(t)
+	b := attach(t)
+	h := newHandle(t, b)
+	n := envInt(t, envN)
+	ids := []ipc.ChannelID{1}
+	if os.Getenv("HIPC_CHANNELS") == "2" {
+		ids = []ipc.ChannelID{1, 2}
+	}
+	var ps []*ipc.Producer
+	for _, id := range ids {
+		p, err := h.Producer(id)
+		require.NoError(t, err)
+		ps = append(ps, p)
+	}
+	ctx := ctxFor(t)
+	for i := 0; i < n; i++ {
+		for _, p := range ps {
+			r, err := h.Allocate(16)
+			require.NoError(t, err)
+			stamp(r, uint64(i))
+			require.NoError(t, p.Send(ctx, r))
+		}
+	}
+	for _, p := range ps {
+		require.NoError(t, p.Close())
+	}
+	testutil.Say("sent %d", n)
+}
+
+func consumeAll(t *testing.T, h *ipc.Handle, id ipc.ChannelID, n int) {
+	t.Helper()
+	c, err := h.Consumer(id)
+	require.NoError(t, err)
+	ctx := ctxFor(t)
+	for i := 0; i < n; i++ {
+		r, err := c.Receive(ctx)
+		require.NoError(t, err, "record %d of %d", i, n)
+		check(t, r, uint64(i))
+		require.NoError(t, h.Free(r))
+	}
+	_, err = c.Receive(ctx)
+	require.ErrorIs(t, err, io.EOF, "nothing after the last record, then EOF")
+	require.NoError(t, c.Close())
+}
+
+func TestMillionRecordsAcrossProcesses(t *testing.T) {
+	b, name := openBuf(t)
+	h := newHandle(t, b)
+	const n = 1 << 20
+	before, err := b.Stats()
+	require.NoError(t, err)
+	child := testutil.StartChild(t, "TestChildProduce", envBuf+"="+name, envN+"=1048576", "HIPC_CHANNELS=1")
+	consumeAll(t, h, 1, n)
+	require.Equal(t, "sent 1048576", child.Line(t, time.Minute))
+	child.MustSucceed(t, time.Minute)
+	require.NoError(t, b.Check())
+	after, err := b.Stats()
+	require.NoError(t, err)
+	require.Zero(t, after.Channels, "a drained channel whose ends closed is removed")
+	require.Equal(t, before.Heap.FreeBytes, after.Heap.FreeBytes, "every byte came back: the child's slabs were returned by the last free")
+}
+
+// TestTwoprocShape: one producer process on channels 1 and 2 from one
+// handle; here two goroutines, each with its own handle, consume them.
+func TestTwoprocShape(t *testing.T) {
+	b, name := openBuf(t)
+	const n = 50000
+	child := testutil.StartChild(t, "TestChildProduce", envBuf+"="+name, envN+"=50000", "HIPC_CHANNELS=2")
+	var wg sync.WaitGroup
+	for _, id := range []ipc.ChannelID{1, 2} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			h, err := b.NewHandle()
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer h.Close()
+			consumeAll(t, h, id, n)
+		}()
+	}
+	wg.Wait()
+	child.MustSucceed(t, time.Minute)
+}
+
+// TestChildConsume receives N records on channel 1 and checks them.
+func TestChildConsume(t *testing.T) {
+	testutil.ChildOnly(t)
+	b := attach(t)
+	h := newHandle(t, b)
+	consumeAll(t, h, 1, envInt(t, envN))
+	testutil.Say("received")
+}
+
+func TestProducerClosesBeforeConsumerAttaches(t *testing.T) {
+	b, name := openBuf(t)
+	h := newHandle(t, b)
+	p, err := h.Producer(1, ipc.WithCapacity(512))
+	require.NoError(t, err)
+	ctx := ctxFor(t)
+	for i := 0; i < 500; i++ {
+		r, err := h.Allocate(40)
+		require.NoError(t, err)
+		stamp(r, uint64(i))
+		require.NoError(t, p.Send(ctx, r))
+	}
+	require.NoError(t, p.Close())
+	c := testutil.StartChild(t, "TestChildConsume", envBuf+"="+name, envN+"=500")
+	require.Equal(t, "received", c.Line(t, time.Minute))
+	c.MustSucceed(t, time.Minute)
+	st, err := b.Stats()
+	require.NoError(t, err)
+	require.Zero(t, st.Channels)
+}
+
+func TestBadUse(t *testing.T) {
+	b, _ := openBuf(t, ipc.WithSize(4<<20))
+	h := newHandle(t, b)
+	ctx := ctxFor(t)
+
+	// Wrong type.
+	_, err := b.Static(ctx, "cfg", 64, nil)
+	require.NoError(t, err)
+	_, err = h.Producer(ipc.StaticID("cfg"))
+	require.ErrorIs(t, err, ipc.ErrWrongType)
+
+	// Second producer, second consumer.
+	p, err := h.Producer(3)
+	require.NoError(t, err)
+	h2 := newHandle(t, b)
+	_, err = h2.Producer(3)
+	require.ErrorIs(t, err, ipc.ErrBusy)
+	c, err := h2.Consumer(3)
+	require.NoError(t, err)
+	_, err = h.Consumer(3)
+	require.ErrorIs(t, err, ipc.ErrBusy)
+	_, err = h.Producer(4, ipc.WithCapacity(3))
+	require.ErrorIs(t, err, ipc.ErrInvalidSize)
+
+	// Unknown channel and static segment.
+	require.ErrorIs(t, h.RemoveChannel(ctx, 999), ipc.ErrNotExist)
+	_, err = b.AttachStatic("nope")
+	require.ErrorIs(t, err, ipc.ErrNotExist)
+
+	// Oversize record: bigger than the whole heap.
+	_, err = h.Allocate(64 << 20)
+	require.ErrorIs(t, err, ipc.ErrNoSpace)
+	_, err = h.Allocate(-1)
+	require.ErrorIs(t, err, ipc.ErrInvalidSize)
+
+	// Sending a freed record, freeing twice.
+	r, err := h.Allocate(32)
+	require.NoError(t, err)
+	require.NoError(t, h.Free(r))
+	require.Error(t, p.TrySend(r), "a freed record is not sent")
+	require.ErrorIs(t, h.Free(r), ipc.ErrDoubleFree)
+	require.Error(t, h.Free(ipc.Record{}))
+	_, err = c.TryReceive()
+	require.ErrorIs(t, err, ipc.ErrWouldBlock, "nothing was queued by the failed send")
+
+	// A large record works, and goes through a channel.
+	big, err := h.Allocate(1 << 20)
+	require.NoError(t, err)
+	big.Bytes()[len(big.Bytes())-1] = 7
+	require.NoError(t, p.Send(ctx, big))
+	got, err := c.Receive(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 1<<20, got.Len())
+	require.Equal(t, byte(7), got.Bytes()[1<<20-1])
+	require.NoError(t, h2.Free(got))
+
+	require.NoError(t, p.Close())
+	require.NoError(t, c.Close())
+	require.NoError(t, b.Check())
+}
+
+// TestChildHoldConsumer consumes channel 1 slowly and waits to be killed.
+func TestChildHoldConsumer(t *testing.T) {
+	testutil.ChildOnly(t)
+	b := attach(t)
+	h := newHandle(t, b)
+	c, err := h.Consumer(1)
+	require.NoError(t, err)
+	ctx := ctxFor(t)
+	for i := 0; i < 10; i++ {
+		r, err := c.Receive(ctx)
+		require.NoError(t, err)
+		if i%2 == 0 {
+			require.NoError(t, h.Free(r)) // keep the odd ones: held when killed
+		}
+	}
+	testutil.Say("holding")
+	time.Sleep(time.Minute)
+}
+
+func TestConsumerKilledMidStream(t *testing.T) {
+	b, name := openBuf(t)
+	h := newHandle(t, b)
+	before, err := b.Stats()
+	require.NoError(t, err)
+	p, err := h.Producer(1, ipc.WithCapacity(64))
+	require.NoError(t, err)
+	child := testutil.StartChild(t, "TestChildHoldConsumer", envBuf+"="+name)
+	ctx := ctxFor(t)
+	sent := 0
+	send := func() error {
+		r, err := h.Allocate(100)
+		if err != nil {
+			return err
+		}
+		stamp(r, uint64(sent))
+		if err := p.Send(ctx, r); err != nil {
+			h.Free(r)
+			return err
+		}
+		sent++
+		return nil
+	}
+	for i := 0; i < 10; i++ {
+		require.NoError(t, send())
+	}
+	require.Equal(t, "holding", child.Line(t, time.Minute))
+	child.Kill()
+	var err2 error
+	for err2 == nil {
+		err2 = send()
+	}
+	require.ErrorIs(t, err2, ipc.ErrPeerDead, "the producer learns the consumer died instead of blocking")
+	require.NoError(t, p.Close())
+	require.NoError(t, h.RemoveChannel(ctx, 1), "the dead consumer's end does not block removal")
+	_, err = b.Recover()
+	require.NoError(t, err)
+	require.NoError(t, b.Check())
+	require.NoError(t, h.Close())
+	after, err := b.Stats()
+	require.NoError(t, err)
+	require.Equal(t, before.Heap.FreeBytes, after.Heap.FreeBytes, "the dead consumer's records came back")
+}
+
+// TestChildProduceForever sends until killed.
+func TestChildProduceForever(t *testing.T) {
+	testutil.ChildOnly(t)
+	b := attach(t)
+	h := newHandle(t, b)
+	p, err := h.Producer(1, ipc.WithCapacity(64))
+	require.NoError(t, err)
+	ctx := ctxFor(t)
+	for i := 0; ; i++ {
+		r, err := h.Allocate(100)
+		require.NoError(t, err)
+		stamp(r, uint64(i))
+		require.NoError(t, p.Send(ctx, r))
+		if i == 40 {
+			testutil.Say("streaming")
+		}
+	}
+}
+
+func TestProducerKilledMidStream(t *testing.T) {
+	b, name := openBuf(t)
+	h := newHandle(t, b)
+	before, err := b.Stats()
+	require.NoError(t, err)
+	c, err := h.Consumer(1, ipc.WithCapacity(64))
+	require.NoError(t, err)
+	child := testutil.StartChild(t, "TestChildProduceForever", envBuf+"="+name)
+	ctx := ctxFor(t)
+	var held []ipc.Record
+	next := uint64(0)
+	for len(held) < 20 {
+		r, err := c.Receive(ctx)
+		require.NoError(t, err)
+		check(t, r, next)
+		next++
+		held = append(held, r)
+	}
+	require.Equal(t, "streaming", child.Line(t, time.Minute))
+	child.Kill()
+	// What the dead producer queued is still delivered, then ErrPeerDead.
+	for {
+		r, err := c.Receive(ctx)
+		if err != nil {
+			require.ErrorIs(t, err, ipc.ErrPeerDead)
+			break
+		}
+		check(t, r, next)
+		next++
+		require.NoError(t, h.Free(r))
+	}
+	// Records of the dead producer that we still hold stay valid through
+	// recovery.
+	_, err = b.Recover()
+	require.NoError(t, err)
+	for i, r := range held {
+		check(t, r, uint64(i))
+		require.NoError(t, h.Free(r))
+	}
+	require.NoError(t, c.Close())
+	_, err = b.Recover()
+	require.NoError(t, err)
+	require.NoError(t, b.Check())
+	after, err := b.Stats()
+	require.NoError(t, err)
+	require.Zero(t, after.Channels)
+	require.Equal(t, before.Heap.FreeBytes, after.Heap.FreeBytes, "the dead producer's memory came back")
+}
+
+func TestDestroyWhileAttached(t *testing.T) {
+	b, name := openBuf(t)
+	other, err := ipc.Open(name, ipc.AttachOnly(), ipc.WithCheckInterval(10*time.Millisecond))
+	require.NoError(t, err)
+	h, err := other.NewHandle()
+	require.NoError(t, err)
+	c, err := h.Consumer(1)
+	require.NoError(t, err)
+	done := make(chan error, 1)
+	go func() { _, err := c.Receive(context.Background()); done <- err }()
+	time.Sleep(20 * time.Millisecond)
+	require.NoError(t, b.Check())
+	// Destroy through the first buffer (the cleanup then sees it closed).
+	require.NoError(t, b.Destroy())
+	select {
+	case err := <-done:
+		require.ErrorIs(t, err, ipc.ErrDestroyed)
+	case <-time.After(10 * time.Second):
+		t.Fatal("a consumer of a destroyed buffer hung")
+	}
+	require.NoError(t, other.Close())
+	_, err = ipc.Open(name, ipc.AttachOnly())
+	require.ErrorIs(t, err, ipc.ErrNotExist, "the name is gone")
+}
