@@ -213,11 +213,7 @@ func (h *Handle) openRing(ctx context.Context, id ChannelID, cfg chanConfig) (*c
 	if !created && cfg.capacity != 0 && en.Size != cfg.capacity {
 		return nil, nil, fmt.Errorf("channel %d has capacity %d, %d asked: %w", id, en.Size, cfg.capacity, ErrSizeMismatch)
 	}
-	spin := cfg.spin
-	if spin < 0 {
-		spin = 1
-	}
-	ring, err := channel.OpenRing(h.buf.region, en, channel.WaitOptions{Spin: spin, CheckInterval: h.buf.cfg.checkInterval})
+	ring, err := channel.OpenRing(h.buf.region, en, channel.WaitOptions{Spin: cfg.spin, CheckInterval: h.buf.cfg.checkInterval})
 	if err != nil {
 		return nil, nil, err
 	}

@@ -76,21 +76,49 @@ type Ring struct {
 
 // WaitOptions tune blocking calls.
 type WaitOptions struct {
-	// Spin is how many times a blocking call re-checks before parking.
-	Spin int
+	// Spin is how long a blocking call keeps re-checking before it
+	// parks (negative: park at once). A peer running on another core
+	// answers within microseconds, far cheaper than a futex sleep and
+	// wake-up; a peer that is descheduled costs at most this much CPU.
+	Spin time.Duration
 	// CheckInterval bounds each park; after it the waiter checks the
 	// peer's liveness and the buffer's state.
 	CheckInterval time.Duration
 }
 
 func (o WaitOptions) norm() WaitOptions {
-	if o.Spin <= 0 {
-		o.Spin = 2000
+	if o.Spin == 0 {
+		o.Spin = DefaultSpin
 	}
 	if o.CheckInterval <= 0 {
 		o.CheckInterval = 50 * time.Millisecond
 	}
 	return o
+}
+
+// DefaultSpin is the default spin time of blocking calls.
+const DefaultSpin = 20 * time.Microsecond
+
+// spin calls done until it returns true or d has passed, and reports
+// whether it returned true. The clock is read once every 64 calls.
+func spin(d time.Duration, done func() bool) bool {
+	if d <= 0 {
+		return false
+	}
+	var deadline time.Time
+	for i := 0; ; i++ {
+		if done() {
+			return true
+		}
+		if i&63 == 63 {
+			now := time.Now()
+			if deadline.IsZero() {
+				deadline = now.Add(d)
+			} else if now.After(deadline) {
+				return false
+			}
+		}
+	}
 }
 
 // OpenRing validates a record channel's control block.
@@ -231,10 +259,8 @@ func (p *RecordProducer) WaitRoom(ctx context.Context) error {
 		p.headCache = p.cb.Head.Load()
 		return p.tail-p.headCache < uint64(len(p.ring))
 	}
-	for i := 0; i < p.opts.Spin; i++ {
-		if hasRoom() {
-			return nil
-		}
+	if spin(p.opts.Spin, hasRoom) {
+		return nil
 	}
 	for {
 		p.cb.ProdWaiting.Store(1)
@@ -423,10 +449,13 @@ func (c *RecordConsumer) WaitData(ctx context.Context) error {
 		}
 		return false, nil
 	}
-	for i := 0; i < c.opts.Spin; i++ {
-		if ok, err := ready(); ok {
-			return err
-		}
+	var rerr error
+	if spin(c.opts.Spin, func() bool {
+		ok, err := ready()
+		rerr = err
+		return ok
+	}) {
+		return rerr
 	}
 	for {
 		c.cb.ConsWaiting.Store(1)

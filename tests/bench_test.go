@@ -1,0 +1,403 @@
+package tests
+
+import (
+	"context"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	ipc "github.com/heapipc/ipc"
+	"github.com/heapipc/ipc/internal/testutil"
+)
+
+// The benchmarks measure heapipc's record channel beside the stdlib peers
+// in the same run and report the ratio as a metric named x-PEER: how many
+// times faster heapipc is (above 1: faster). Payloads are written by the
+// sender and read by the receiver. One op is one record.
+
+const payload = 64
+
+func fill(b []byte, v byte) {
+	for i := range b {
+		b[i] = v + byte(i)
+	}
+}
+
+func sum(b []byte) (s byte) {
+	for _, c := range b {
+		s += c
+	}
+	return
+}
+
+func benchBuf(b *testing.B) *ipc.Buffer {
+	buf, err := ipc.Open(testutil.Name(b), ipc.WithSize(256<<20))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { buf.Destroy() })
+	return buf
+}
+
+// must keeps benchmark set-up short; a failure there is a bug, not a
+// measurement, and panics.
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
+
+// heapipcInProc moves n records between two goroutines.
+func heapipcInProc(b *testing.B, buf *ipc.Buffer, id ipc.ChannelID, n, batch int) time.Duration {
+	ph := must(buf.NewHandle())
+	defer ph.Close()
+	ch := must(buf.NewHandle())
+	defer ch.Close()
+	p := must(ph.Producer(id))
+	c := must(ch.Consumer(id))
+	ctx := context.Background()
+	done := make(chan error, 1)
+	go func() {
+		rs := make([]ipc.Record, max(batch, 1))
+		var s byte
+		for got := 0; got < n; {
+			if batch > 0 {
+				k, err := c.ReceiveBatch(ctx, rs)
+				if err != nil {
+					done <- err
+					return
+				}
+				for _, r := range rs[:k] {
+					s += sum(r.Bytes())
+					ch.Free(r)
+				}
+				got += k
+				continue
+			}
+			r, err := c.Receive(ctx)
+			if err != nil {
+				done <- err
+				return
+			}
+			s += sum(r.Bytes())
+			ch.Free(r)
+			got++
+		}
+		_ = s
+		done <- nil
+	}()
+	start := time.Now()
+	rs := make([]ipc.Record, max(batch, 1))
+	for sent := 0; sent < n; {
+		k := 1
+		if batch > 0 {
+			k = min(batch, n-sent)
+		}
+		for i := 0; i < k; i++ {
+			rs[i] = must(ph.Allocate(payload))
+			fill(rs[i].Bytes(), byte(sent+i))
+		}
+		if batch > 0 {
+			if _, err := p.SendBatch(ctx, rs[:k]); err != nil {
+				b.Fatal(err)
+			}
+		} else if err := p.Send(ctx, rs[0]); err != nil {
+			b.Fatal(err)
+		}
+		sent += k
+	}
+	if err := <-done; err != nil {
+		b.Fatal(err)
+	}
+	el := time.Since(start)
+	p.Close()
+	c.Close()
+	return el
+}
+
+// goChanInProc moves n freshly allocated 64-byte slices through a Go
+// channel of capacity 1024.
+func goChanInProc(n int) time.Duration {
+	ch := make(chan []byte, 1024)
+	done := make(chan struct{})
+	go func() {
+		var s byte
+		for b := range ch {
+			s += sum(b)
+		}
+		_ = s
+		close(done)
+	}()
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		b := make([]byte, payload)
+		fill(b, byte(i))
+		ch <- b
+	}
+	close(ch)
+	<-done
+	return time.Since(start)
+}
+
+// socketPair returns two connected Unix stream sockets.
+func socketPair(b *testing.B) (*os.File, *os.File) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return os.NewFile(uintptr(fds[0]), "sock0"), os.NewFile(uintptr(fds[1]), "sock1")
+}
+
+func unixInProc(b *testing.B, n int) time.Duration {
+	f0, f1 := socketPair(b)
+	c0 := must(net.FileConn(f0))
+	c1 := must(net.FileConn(f1))
+	f0.Close()
+	f1.Close()
+	defer c0.Close()
+	defer c1.Close()
+	done := make(chan error, 1)
+	go func() {
+		buf := make([]byte, payload)
+		var s byte
+		for i := 0; i < n; i++ {
+			if _, err := io.ReadFull(c1, buf); err != nil {
+				done <- err
+				return
+			}
+			s += sum(buf)
+		}
+		_ = s
+		done <- nil
+	}()
+	start := time.Now()
+	msg := make([]byte, payload)
+	for i := 0; i < n; i++ {
+		fill(msg, byte(i))
+		if _, err := c0.Write(msg); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := <-done; err != nil {
+		b.Fatal(err)
+	}
+	return time.Since(start)
+}
+
+func report(b *testing.B, ours time.Duration, n int, peers map[string]time.Duration) {
+	o := float64(ours.Nanoseconds()) / float64(n)
+	b.ReportMetric(o, "ns/op")
+	b.ReportMetric(float64(payload)*1e3/o, "MB/s")
+	for name, d := range peers {
+		p := float64(d.Nanoseconds()) / float64(n)
+		b.ReportMetric(p, name+"-ns/op")
+		b.ReportMetric(p/o, "x-"+name)
+	}
+}
+
+// BenchmarkRecordInProcess: allocate, write 64 B, send, receive, read,
+// free — between two goroutines — beside a Go channel and a Unix socket.
+func BenchmarkRecordInProcess(b *testing.B) {
+	buf := benchBuf(b)
+	n := b.N
+	b.ResetTimer()
+	ours := heapipcInProc(b, buf, 1, n, 0)
+	b.StopTimer()
+	report(b, ours, n, map[string]time.Duration{"gochan": goChanInProc(n), "unix": unixInProc(b, n)})
+}
+
+// BenchmarkRecordBatchInProcess is the same with SendBatch/ReceiveBatch of
+// 64 records.
+func BenchmarkRecordBatchInProcess(b *testing.B) {
+	buf := benchBuf(b)
+	n := b.N
+	b.ResetTimer()
+	ours := heapipcInProc(b, buf, 2, n, 64)
+	b.StopTimer()
+	report(b, ours, n, map[string]time.Duration{"gochan": goChanInProc(n)})
+}
+
+// TestChildBenchConsume is the consumer process of the cross-process
+// benchmarks: records on channel 1 of the buffer, or 64-byte messages on
+// the socket at fd 3; it reads every payload and says "done" at the end.
+func TestChildBenchConsume(t *testing.T) {
+	testutil.ChildOnly(t)
+	n := envInt(t, envN)
+	if os.Getenv("BENCH_SOCKET") != "" {
+		conn, err := net.FileConn(os.NewFile(3, "sock"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, payload*64)
+		var s byte
+		for got := 0; got < n*payload; {
+			k, err := conn.Read(buf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s += sum(buf[:k])
+			got += k
+		}
+		testutil.Say("done %d", s&0)
+		return
+	}
+	bf := attach(t)
+	h := newHandle(t, bf)
+	c, err := h.Consumer(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxFor(t)
+	rs := make([]ipc.Record, 64)
+	var s byte
+	for got := 0; got < n; {
+		k, err := c.ReceiveBatch(ctx, rs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rs[:k] {
+			s += sum(r.Bytes())
+			h.Free(r)
+		}
+		got += k
+	}
+	testutil.Say("done %d", s&0)
+}
+
+// BenchmarkRecordCrossProcess: this process allocates, writes and sends
+// 64-byte records; a child process receives, reads and frees them. Beside
+// it, the same bytes through a Unix socket to another child.
+func BenchmarkRecordCrossProcess(b *testing.B) {
+	buf := benchBuf(b)
+	n := b.N
+	h := must(buf.NewHandle())
+	defer h.Close()
+	p := must(h.Producer(1))
+	child := testutil.StartChild(b, "TestChildBenchConsume", envBuf+"="+buf.Name(), envN+"="+strconv.Itoa(n))
+	ctx := context.Background()
+	b.ResetTimer()
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		r := must(h.Allocate(payload))
+		fill(r.Bytes(), byte(i))
+		if err := p.Send(ctx, r); err != nil {
+			b.Fatal(err)
+		}
+	}
+	child.Line(b, 5*time.Minute)
+	ours := time.Since(start)
+	b.StopTimer()
+	child.MustSucceed(b, time.Minute)
+	p.Close()
+
+	f0, f1 := socketPair(b)
+	sc := testutil.StartChildFiles(b, "TestChildBenchConsume", []*os.File{f1}, "BENCH_SOCKET=1", envN+"="+strconv.Itoa(n))
+	f1.Close()
+	conn := must(net.FileConn(f0))
+	f0.Close()
+	msg := make([]byte, payload)
+	sstart := time.Now()
+	for i := 0; i < n; i++ {
+		fill(msg, byte(i))
+		if _, err := conn.Write(msg); err != nil {
+			b.Fatal(err)
+		}
+	}
+	sc.Line(b, 5*time.Minute)
+	sock := time.Since(sstart)
+	conn.Close()
+	sc.MustSucceed(b, time.Minute)
+	report(b, ours, n, map[string]time.Duration{"unix": sock})
+}
+
+// BenchmarkRecordPingPong: one record bounced between two goroutines over
+// two channels (round trip per op), spinning then parking (busy) or
+// parking at once (parked), beside an os.Pipe ping-pong.
+func BenchmarkRecordPingPong(b *testing.B) {
+	for _, mode := range []struct {
+		name string
+		spin time.Duration
+	}{{"busy", 0}, {"parked", -1}} {
+		b.Run(mode.name, func(b *testing.B) {
+			buf := benchBuf(b)
+			ha := must(buf.NewHandle())
+			defer ha.Close()
+			hb := must(buf.NewHandle())
+			defer hb.Close()
+			pa := must(ha.Producer(1, ipc.WithSpin(mode.spin)))
+			ca := must(ha.Consumer(2, ipc.WithSpin(mode.spin)))
+			pb := must(hb.Producer(2, ipc.WithSpin(mode.spin)))
+			cb := must(hb.Consumer(1, ipc.WithSpin(mode.spin)))
+			ctx := context.Background()
+			go func() {
+				for {
+					r, err := cb.Receive(ctx)
+					if err != nil {
+						pb.Close()
+						return
+					}
+					r.Bytes()[0]++
+					if pb.Send(ctx, r) != nil {
+						return
+					}
+				}
+			}()
+			r := must(ha.Allocate(payload))
+			n := 0
+			start := time.Now()
+			for b.Loop() {
+				if err := pa.Send(ctx, r); err != nil {
+					b.Fatal(err)
+				}
+				var err error
+				if r, err = ca.Receive(ctx); err != nil {
+					b.Fatal(err)
+				}
+				n++
+			}
+			ours := time.Since(start)
+			pa.Close()
+			ha.Free(r)
+			pipe := pipePingPong(b, n)
+			o := float64(ours.Nanoseconds()) / float64(n)
+			pp := float64(pipe.Nanoseconds()) / float64(n)
+			b.ReportMetric(pp, "pipe-ns/rt")
+			b.ReportMetric(pp/o, "x-pipe")
+		})
+	}
+}
+
+func pipePingPong(b *testing.B, n int) time.Duration {
+	r1, w1 := must2(b)
+	r2, w2 := must2(b)
+	defer func() { r1.Close(); w1.Close(); r2.Close(); w2.Close() }()
+	go func() {
+		buf := make([]byte, payload)
+		for i := 0; i < n; i++ {
+			if _, err := io.ReadFull(r1, buf); err != nil {
+				return
+			}
+			w2.Write(buf)
+		}
+	}()
+	buf := make([]byte, payload)
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		w1.Write(buf)
+		io.ReadFull(r2, buf)
+	}
+	return time.Since(start)
+}
+
+func must2(b *testing.B) (*os.File, *os.File) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	return r, w
+}
