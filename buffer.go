@@ -162,7 +162,14 @@ func (b *Buffer) Destroy() error {
 		return err
 	}
 	b.region.MarkDestroyed()
-	all := []error{b.recs.unlink(), b.reg.Unlink(), b.heap.Unlink(), b.region.Unlink()}
+	var all []error
+	all = append(all, b.reg.Each(func(en *channel.Entry) error {
+		if ops := channelTypes[en.Type]; ops.destroy != nil {
+			return ops.destroy(b, en)
+		}
+		return nil
+	}))
+	all = append(all, b.recs.unlink(), b.reg.Unlink(), b.heap.Unlink(), b.region.Unlink())
 	all = append(all, b.Close())
 	if err := errors.Join(all...); err != nil {
 		return fmt.Errorf("ipc: destroy %q: %w", b.name, err)
@@ -266,34 +273,83 @@ func (b *Buffer) Check() error {
 	return nil
 }
 
+// typeOps is what the buffer does with the channels of one type. Each
+// channel type's file registers its ops in an init function, so the
+// buffer-wide walks (Check, Recover, Destroy) reach every type.
+type typeOps struct {
+	// check reports what is wrong with the channel (nil: nothing).
+	check func(b *Buffer, en *channel.Entry) error
+	// pending returns records queued in the channel (kept by Recover).
+	pending func(b *Buffer, en *channel.Entry) ([]mem.Off, error)
+	// abandoned reports whether no live process uses the channel and it
+	// can be removed by Recover.
+	abandoned func(b *Buffer, en *channel.Entry) bool
+	// free releases what the channel holds besides its control block,
+	// under the registry lock, when it is removed.
+	free func(b *Buffer, en *channel.Entry) error
+	// destroy removes names the channel made outside the buffer (its
+	// semaphores), when the buffer is destroyed.
+	destroy func(b *Buffer, en *channel.Entry) error
+}
+
+var channelTypes = map[channel.Type]typeOps{}
+
+func registerType(t channel.Type, ops typeOps) { channelTypes[t] = ops }
+
 func (b *Buffer) checkChannel(en *channel.Entry) error {
-	switch en.Type {
-	case channel.TypeRecord:
-		r, err := channel.OpenRing(b.region, en, channel.WaitOptions{})
-		if err != nil {
-			return fmt.Errorf("channel %d: %w", en.ID, err)
-		}
-		if err := r.Check(); err != nil {
-			return fmt.Errorf("channel %d: %w", en.ID, err)
-		}
-		pending, err := r.Pending()
-		if err != nil {
-			return fmt.Errorf("channel %d: %w", en.ID, err)
-		}
-		var all []error
-		for _, off := range pending {
-			if _, err := b.recs.view(off); err != nil {
-				all = append(all, fmt.Errorf("channel %d: queued record at %#x: %w", en.ID, uint64(off), err))
-			}
-		}
-		return errors.Join(all...)
-	case channel.TypeStatic:
-		if _, err := b.heap.Extent(en.Control); err != nil {
-			return fmt.Errorf("static segment %q: %w", en.Name, err)
-		}
+	ops, ok := channelTypes[en.Type]
+	if !ok {
+		return errs.Corrupt("registry entry type", uint64(en.Off)+4, "channel %d has unknown type %d", en.ID, uint32(en.Type))
+	}
+	if ops.check == nil {
 		return nil
 	}
-	return errs.Corrupt("registry entry type", uint64(en.Off)+4, "channel %d has unknown type %d", en.ID, uint32(en.Type))
+	if err := ops.check(b, en); err != nil {
+		return fmt.Errorf("%s channel %d: %w", en.Type, en.ID, err)
+	}
+	return nil
+}
+
+func init() {
+	registerType(channel.TypeRecord, typeOps{
+		check: func(b *Buffer, en *channel.Entry) error {
+			r, err := channel.OpenRing(b.region, en, channel.WaitOptions{})
+			if err != nil {
+				return err
+			}
+			if err := r.Check(); err != nil {
+				return err
+			}
+			pending, err := r.Pending()
+			if err != nil {
+				return err
+			}
+			var all []error
+			for _, off := range pending {
+				if err := b.recs.validateQueued(off); err != nil {
+					all = append(all, fmt.Errorf("queued record at %#x: %w", uint64(off), err))
+				}
+			}
+			return errors.Join(all...)
+		},
+		pending: func(b *Buffer, en *channel.Entry) ([]mem.Off, error) {
+			r, err := channel.OpenRing(b.region, en, channel.WaitOptions{})
+			if err != nil {
+				return nil, err
+			}
+			return r.Pending()
+		},
+		abandoned: func(b *Buffer, en *channel.Entry) bool {
+			r, err := channel.OpenRing(b.region, en, channel.WaitOptions{})
+			return err == nil && r.Abandoned()
+		},
+	})
+	registerType(channel.TypeStatic, typeOps{
+		check: func(b *Buffer, en *channel.Entry) error {
+			_, err := b.heap.Extent(en.Control)
+			return err
+		},
+	})
 }
 
 // Recover reclaims what processes that died left in the buffer: records
@@ -309,21 +365,17 @@ func (b *Buffer) Recover() (reclaimed uint64, err error) {
 	queued := map[mem.Off]bool{}
 	var abandoned []*channel.Entry
 	all = append(all, b.reg.Each(func(en *channel.Entry) error {
-		if en.Type != channel.TypeRecord {
-			return nil
+		ops := channelTypes[en.Type]
+		if ops.pending != nil {
+			pending, err := ops.pending(b, en)
+			if err != nil {
+				return fmt.Errorf("%s channel %d: %w", en.Type, en.ID, err)
+			}
+			for _, off := range pending {
+				queued[off] = true
+			}
 		}
-		r, err := channel.OpenRing(b.region, en, channel.WaitOptions{})
-		if err != nil {
-			return err
-		}
-		pending, err := r.Pending()
-		if err != nil {
-			return err
-		}
-		for _, off := range pending {
-			queued[off] = true
-		}
-		if r.Abandoned() {
+		if ops.abandoned != nil && ops.abandoned(b, en) {
 			abandoned = append(abandoned, en)
 		}
 		return nil
@@ -332,15 +384,17 @@ func (b *Buffer) Recover() (reclaimed uint64, err error) {
 	reclaimed += n
 	all = append(all, err)
 	for _, en := range abandoned {
-		r, err := channel.OpenRing(b.region, en, channel.WaitOptions{})
-		if err != nil {
-			all = append(all, err)
-			continue
+		ops := channelTypes[en.Type]
+		size, _ := b.heap.Extent(en.Control)
+		cond := func() bool { return ops.abandoned(b, en) }
+		var free func() error
+		if ops.free != nil {
+			free = func() error { return ops.free(b, en) }
 		}
-		removed, err := b.reg.Remove(context.Background(), en, r.Abandoned, nil)
+		removed, err := b.reg.Remove(context.Background(), en, cond, free)
 		all = append(all, err)
 		if removed {
-			reclaimed += channel.RecordControlSize(en.Size)
+			reclaimed += size.Size
 		}
 	}
 	if err := errors.Join(all...); err != nil {

@@ -105,6 +105,12 @@ func (rs *records) view(off mem.Off) ([]byte, error) {
 	return rs.b[off : uint64(off)+n : uint64(off)+n], nil
 }
 
+// validateQueued checks a record offset found in a channel.
+func (rs *records) validateQueued(off mem.Off) error {
+	_, _, err := rs.header(off)
+	return err
+}
+
 func (rs *records) validate(off mem.Off, b []byte) error {
 	_, n, err := rs.header(off)
 	if err != nil {
