@@ -280,6 +280,10 @@ func (h *Heap) Region() *backend.Region { return h.r }
 // PageSize is the allocation unit in bytes.
 func (h *Heap) PageSize() int { return int(h.ps) }
 
+// Range is the span of the allocatable pages: every extent lies in
+// [start, end).
+func (h *Heap) Range() (start, end mem.Off) { return h.first, h.first + mem.Off(h.n*h.ps) }
+
 // Salt is a random word chosen when the heap was made, for the layers
 // above to tell their own metadata from garbage or another buffer's.
 func (h *Heap) Salt() uint64 { return h.rt.Salt }
@@ -701,6 +705,31 @@ func (h *Heap) Extent(off mem.Off) (Extent, error) {
 // View returns b[off:off+n] of the region after a bounds check only, for
 // callers that know what lies there.
 func (h *Heap) View(off mem.Off, n uint64) ([]byte, error) { return mem.Bytes(h.b, off, n) }
+
+// SetOwner changes the recorded owner of the allocated extent at off from
+// from to to (a compare-and-swap under the heap lock): for handing an
+// extent to another process, or taking it over from a dead one. An
+// extent whose owner is not from is left alone (ErrBusy).
+func (h *Heap) SetOwner(off mem.Off, from, to sys.Identity) error {
+	p, err := h.pageOf(off)
+	if err != nil {
+		return fmt.Errorf("alloc: set owner of %#x: %w", uint64(off), err)
+	}
+	if err := h.acquire(context.Background()); err != nil {
+		return err
+	}
+	defer h.release()
+	if _, err := h.allocated(p); err != nil {
+		return fmt.Errorf("alloc: set owner of %#x: %w", uint64(off), err)
+	}
+	if cur := sys.Identity(h.pages[p].Aux); cur != from {
+		return fmt.Errorf("alloc: set owner of %#x: owned by %v, not %v: %w", uint64(off), cur, from, ErrBusy)
+	}
+	var lg logBuf
+	lg.add(p, 1, uint64(to))
+	h.commit(&lg)
+	return nil
+}
 
 // Extent is an allocated extent.
 type Extent struct {

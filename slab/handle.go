@@ -1,0 +1,191 @@
+package slab
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"fmt"
+
+	"github.com/heapipc/ipc/alloc"
+	"github.com/heapipc/ipc/internal/mem"
+)
+
+// Handle carves records from slabs it takes from the heap: RaftLib's
+// per-thread allocation structure. A Handle must be used by one goroutine
+// at a time (it is not locked); Free may be called on any Pool, from any
+// goroutine or process.
+//
+// Allocation from the current slab takes no lock and does no atomic
+// read-modify-write: it bumps a local cursor and writes the record's
+// header, the only shared write. When the slab is full the handle retires
+// it (it goes back to the heap once all its records are freed) and takes
+// a new one under the heap lock. Records too large for a slab get an
+// extent of their own.
+type Handle struct {
+	p       *Pool
+	slab    mem.Off // current slab, 0: none
+	sh      *slabHeader
+	base    uint64 // granule index of the slab in the region
+	cur     uint32 // next slot (granule from the slab start)
+	limit   uint32
+	key     uint32 // salt ^ the slab's generation
+	closed  bool
+	retired int
+}
+
+// NewHandle returns a handle that allocates in this process's name.
+func (p *Pool) NewHandle() *Handle { return &Handle{p: p} }
+
+// Pool is the pool the handle allocates from.
+func (h *Handle) Pool() *Pool { return h.p }
+
+// Alloc returns a record of size bytes (size ≥ 0; its bytes are not
+// zeroed), aligned to the pool's alignment. ErrNoSpace: the heap has no
+// room for a new slab or a large record; nothing changed.
+func (h *Handle) Alloc(size int) (Record, error) {
+	if h.closed {
+		return Record{}, fmt.Errorf("slab: allocate: %w", ErrClosed)
+	}
+	if size < 0 {
+		return Record{}, fmt.Errorf("slab: allocate %d bytes: %w", size, ErrInvalidSize)
+	}
+	p := h.p
+	k := slotGranules(uint64(size), p.align)
+	if k > p.maxSmall {
+		return h.allocLarge(uint64(size))
+	}
+	if uint64(h.cur)+k > uint64(h.limit) {
+		if err := h.refill(); err != nil {
+			return Record{}, err
+		}
+	}
+	pos := h.cur
+	h.cur += uint32(k)
+	g := h.base + uint64(pos)
+	p.hdrs[g] = recHeader{Pos: pos, Len: uint32(k), Size: uint32(size), Check: recCheck(pos, uint32(k), uint32(size), h.key)}
+	off := mem.Off((g + 1) * granule)
+	return Record{Off: off, Data: p.view(off, uint64(size))}, nil
+}
+
+// Free frees a record (of any handle): Pool.Free.
+func (h *Handle) Free(off mem.Off) error { return h.p.Free(off) }
+
+func (h *Handle) allocLarge(size uint64) (Record, error) {
+	p := h.p
+	hdrOff := max(HeaderSize, p.align)
+	if size > uint64(p.hi-p.lo) {
+		return Record{}, fmt.Errorf("slab: allocate %d bytes: larger than the heap: %w", size, ErrNoSpace)
+	}
+	ext, err := p.heap.AllocFor(context.Background(), int(hdrOff+size), alloc.KindLarge, p.self)
+	if err != nil {
+		return Record{}, fmt.Errorf("slab: allocate %d bytes: %w", size, err)
+	}
+	off := ext + mem.Off(hdrOff)
+	ln, sz := uint32(size>>32), uint32(size)
+	p.hdrs[uint64(off)/granule-1] = recHeader{Pos: 0, Len: ln, Size: sz, Check: recCheck(0, ln, sz, p.salt^largeKey)}
+	return Record{Off: off, Data: p.view(off, size)}, nil
+}
+
+// refill takes a new slab, then retires the current one. If the heap is
+// full the current slab stays (smaller records may still fit).
+func (h *Handle) refill() error {
+	p := h.p
+	off, err := p.heap.AllocFor(context.Background(), int(p.slabSize), alloc.KindSlab, p.self)
+	if err != nil {
+		return fmt.Errorf("slab: new slab: %w", err)
+	}
+	h.retire()
+	var r [4]byte
+	rand.Read(r[:])
+	gen := binary.LittleEndian.Uint32(r[:])
+	sh := &p.slabs[off/slabHeaderSize]
+	g := p.geo
+	sh.Salt = p.salt
+	sh.Pages = uint32(p.slabSize / p.ps)
+	sh.Self = uint64(off)
+	sh.RecBase = g.recBase
+	sh.Limit = g.limit
+	sh.Words = g.words
+	sh.Align = uint32(p.align)
+	sh.Version = Version
+	sh.Owner.Store(uint64(p.self))
+	sh.Returner.Store(0)
+	sh.Retired.Store(0)
+	sh.Count.Store(active + int64(g.words))
+	base := uint64(off)/8 + bitmapWord
+	for i := uint64(0); i < uint64(g.words); i++ {
+		p.words[base+i].Store(0)
+	}
+	// Bits past the last granule are never allocated: set them now so
+	// that the last word can complete.
+	if bits := uint64(g.limit - g.recBase); bits%64 != 0 {
+		p.words[base+uint64(g.words)-1].Store(^uint64(0) << (bits % 64))
+	}
+	sh.Ident.Store(uint64(gen)<<32 | slabMagic)
+	h.slab, h.sh = off, sh
+	h.base = uint64(off) / granule
+	h.cur, h.limit = g.recBase, g.limit
+	h.key = p.salt ^ gen
+	return nil
+}
+
+// retire gives up the current slab: it goes back to the heap once its
+// records are all free (at once if they already are).
+func (h *Handle) retire() {
+	if h.slab == 0 {
+		return
+	}
+	sh := h.sh
+	sh.Retired.Store(uint64(h.cur) + 1)
+	h.p.retireSlab(h.slab, sh, h.cur-sh.RecBase, false)
+	h.slab, h.sh = 0, nil
+	h.cur, h.limit = 0, 0
+	h.retired++
+}
+
+// Close retires the handle's slab. Its records stay valid until freed.
+func (h *Handle) Close() error {
+	if h.closed {
+		return nil
+	}
+	h.retire()
+	h.closed = true
+	return nil
+}
+
+// retireSlab marks the granules from end bit e on as free and removes the
+// active mark from the count. takeover is true when a reclaimer finishes
+// the retirement of a dead owner, who may have set part of the bits
+// already: a completion it cannot attribute is then left uncounted (the
+// slab may leak, but is never returned while a record is live).
+func (p *Pool) retireSlab(slab mem.Off, sh *slabHeader, e uint32, takeover bool) error {
+	base := uint64(slab)/8 + bitmapWord
+	words := uint64(sh.Words)
+	wp, r := uint64(e)/64, uint64(e)%64
+	var done int64
+	if r != 0 {
+		mask := ^uint64(0) << r
+		word := &p.words[base+wp]
+		for {
+			old := word.Load()
+			if takeover && old&mask == mask {
+				break
+			}
+			if word.CompareAndSwap(old, old|mask) {
+				if old != ^uint64(0) && old|mask == ^uint64(0) {
+					done++
+				}
+				break
+			}
+		}
+		wp++
+	}
+	for w := wp; w < words; w++ {
+		p.words[base+w].Store(^uint64(0))
+		done++
+	}
+	if sh.Count.Add(-(active + done)) == 0 {
+		return p.returnSlab(slab, sh)
+	}
+	return nil
+}

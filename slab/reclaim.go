@@ -1,0 +1,290 @@
+package slab
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/heapipc/ipc/alloc"
+	"github.com/heapipc/ipc/internal/errs"
+	"github.com/heapipc/ipc/internal/mem"
+	"github.com/heapipc/ipc/internal/sys"
+)
+
+// Reclaimed counts what Reclaim and Recover did.
+type Reclaimed struct {
+	Records  int // records of slabs freed
+	Large    int // large records freed
+	Slabs    int // active slabs retired on behalf of a dead owner
+	Returned int // slabs this call gave back to the heap (half-made ones, stalled returns)
+	// Heap is what Recover freed of the heap's plain extents.
+	Heap alloc.Reclaimed
+}
+
+// KeepAll, passed as keep, frees no record: Reclaim then only retires the
+// dead process's slabs (each goes back to the heap once the live
+// processes have freed its records) and finishes what it left half-done.
+func KeepAll(mem.Off) bool { return true }
+
+// Reclaim gives back what the dead process dead allocated: its active
+// slabs are retired on its behalf; every live record of its slabs and
+// every large record it allocated is freed, except the records keep
+// reports (keep == nil: none). A slab with kept records goes back to the
+// heap when they are freed. It also finishes what dead left half-done: a
+// slab it took from the heap but never initialised, a slab it was
+// returning.
+//
+// Records are not tracked per holder: pass in keep every record of dead
+// that a live process may still use (queued in a channel, or received and
+// not yet freed). A record freed here while a live process still holds
+// it is a use after free for that process (its own Free then reports
+// ErrDoubleFree; the slabs and heap stay intact). A live owner is refused
+// with ErrBusy.
+func (p *Pool) Reclaim(dead sys.Identity, keep func(mem.Off) bool) (Reclaimed, error) {
+	if dead == 0 {
+		return Reclaimed{}, fmt.Errorf("slab: reclaim: no owner given: %w", ErrInvalidArgument)
+	}
+	if sys.Alive(dead) {
+		return Reclaimed{}, fmt.Errorf("slab: reclaim %v: the owner is alive: %w", dead, ErrBusy)
+	}
+	return p.reclaim(func(id sys.Identity) bool { return id == dead }, keep)
+}
+
+// Recover runs Reclaim for every dead process that owns slabs or large
+// records, takes over slab returns whose returner died, and frees the
+// heap's plain extents of dead owners (alloc.Heap.Recover).
+func (p *Pool) Recover(keep func(mem.Off) bool) (Reclaimed, error) {
+	hr, herr := p.heap.Recover()
+	alive := map[sys.Identity]bool{p.self: true}
+	isDead := func(id sys.Identity) bool {
+		if id == 0 {
+			return false
+		}
+		a, ok := alive[id]
+		if !ok {
+			a = sys.Alive(id)
+			alive[id] = a
+		}
+		return !a
+	}
+	rc, err := p.reclaim(isDead, keep)
+	rc.Heap = hr
+	return rc, errors.Join(herr, err)
+}
+
+func (p *Pool) reclaim(isDead func(sys.Identity) bool, keep func(mem.Off) bool) (Reclaimed, error) {
+	exts, err := p.heap.Allocated()
+	if err != nil {
+		return Reclaimed{}, fmt.Errorf("slab: reclaim: %w", err)
+	}
+	var rc Reclaimed
+	var all []error
+	for _, e := range exts {
+		switch e.Kind {
+		case alloc.KindSlab:
+			if err := p.reclaimSlab(e, isDead, keep, &rc); err != nil {
+				all = append(all, fmt.Errorf("slab: reclaim slab %#x: %w", uint64(e.Off), err))
+			}
+		case alloc.KindLarge:
+			if !isDead(e.Owner) {
+				continue
+			}
+			off, loc, err := p.largeOf(e)
+			if err != nil {
+				// Its allocator died before writing the header: the
+				// record was never handed out.
+				err := p.heap.FreeIf(e.Off, func(x alloc.Extent) error {
+					if x.Kind != alloc.KindLarge || x.Owner != e.Owner {
+						return fmt.Errorf("changed under us: %w", ErrBusy)
+					}
+					return nil
+				})
+				if err != nil {
+					all = append(all, err)
+				} else {
+					rc.Returned++
+				}
+				continue
+			}
+			if keep != nil && keep(off) {
+				continue
+			}
+			if err := p.freeLarge(off, loc, e.Owner); err != nil && !errors.Is(err, ErrDoubleFree) {
+				all = append(all, err)
+				continue
+			}
+			rc.Large++
+		}
+	}
+	return rc, errors.Join(all...)
+}
+
+// slabOK reports whether the slab header of extent e was initialised
+// (by the geometry the record arithmetic relies on).
+func (p *Pool) slabOK(e alloc.Extent, sh *slabHeader) bool {
+	if uint32(sh.Ident.Load()) != slabMagic || sh.Self != uint64(e.Off) || sh.Salt != p.salt || sh.Version != Version {
+		return false
+	}
+	if uint64(sh.Pages)*p.ps != e.Size {
+		return false
+	}
+	align := uint64(sh.Align)
+	if align < granule || align > p.ps || align&(align-1) != 0 {
+		return false
+	}
+	return slabGeometry(e.Size, align) == geometry{recBase: sh.RecBase, limit: sh.Limit, words: sh.Words}
+}
+
+func (p *Pool) reclaimSlab(e alloc.Extent, isDead func(sys.Identity) bool, keep func(mem.Off) bool, rc *Reclaimed) error {
+	sh := &p.slabs[e.Off/slabHeaderSize]
+	if !p.slabOK(e, sh) {
+		if !isDead(e.Owner) {
+			return nil // being made by a live process
+		}
+		// Taken from the heap by a process that died before it wrote
+		// the header. Decided again under the heap lock, where a slab
+		// that exists always has its magic.
+		err := p.heap.FreeIf(e.Off, func(x alloc.Extent) error {
+			if x.Kind != alloc.KindSlab || x.Owner != e.Owner || p.slabOK(x, sh) {
+				return fmt.Errorf("changed under us: %w", ErrBusy)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		rc.Returned++
+		return nil
+	}
+	if r := sys.Identity(sh.Returner.Load()); r != 0 {
+		// Being returned; take over if the returner died.
+		if isDead(r) && sh.Returner.CompareAndSwap(uint64(r), uint64(p.self)) {
+			if err := p.finishReturn(e.Off, sh); err != nil {
+				return err
+			}
+			rc.Returned++
+		}
+		return nil
+	}
+	deadAlloc := isDead(e.Owner)
+	if sh.Count.Load() >= active {
+		o := sys.Identity(sh.Owner.Load())
+		if !isDead(o) || !sh.Owner.CompareAndSwap(uint64(o), uint64(p.self)) {
+			return nil // a live owner (or reclaimer) drives it
+		}
+		end, err := p.retirePoint(e.Off, sh)
+		if err != nil {
+			return err
+		}
+		if deadAlloc {
+			n, err := p.freeRecords(e.Off, sh, end, keep)
+			rc.Records += n
+			if err != nil {
+				return err
+			}
+		}
+		rc.Slabs++
+		return p.retireSlab(e.Off, sh, end-sh.RecBase, true)
+	}
+	if !deadAlloc {
+		return nil
+	}
+	r := sh.Retired.Load()
+	if r == 0 || r-1 < uint64(sh.RecBase) || r-1 > uint64(sh.Limit) {
+		return errs.Corrupt("slab.Retired", uint64(e.Off)+152, "retired slab with retirement point %d", r)
+	}
+	n, err := p.freeRecords(e.Off, sh, uint32(r-1), keep)
+	rc.Records += n
+	return err
+}
+
+// retirePoint is where allocation stopped in a slab whose owner died: the
+// point it recorded if it got as far as retiring, or else the end of the
+// run of valid record headers (which the walk records).
+func (p *Pool) retirePoint(slab mem.Off, sh *slabHeader) (uint32, error) {
+	if r := sh.Retired.Load(); r != 0 {
+		if r-1 < uint64(sh.RecBase) || r-1 > uint64(sh.Limit) {
+			return 0, errs.Corrupt("slab.Retired", uint64(slab)+152, "retirement point %d outside [%d,%d]", r-1, sh.RecBase, sh.Limit)
+		}
+		return uint32(r - 1), nil
+	}
+	end, err := p.walk(slab, sh, 0, nil)
+	if err != nil {
+		return 0, err
+	}
+	sh.Retired.Store(uint64(end) + 1)
+	return end, nil
+}
+
+// freeRecords frees the live records of a slab below end that keep does
+// not keep.
+func (p *Pool) freeRecords(slab mem.Off, sh *slabHeader, end uint32, keep func(mem.Off) bool) (int, error) {
+	type slot struct{ bit, n uint64 }
+	var todo []slot
+	_, err := p.walk(slab, sh, end, func(pos uint32, hd recHeader) {
+		off := slab + mem.Off(pos+1)*granule
+		loc := located{slab: slab, sh: sh, hd: hd, bit: pos - sh.RecBase}
+		if p.live(loc) && (keep == nil || !keep(off)) {
+			todo = append(todo, slot{uint64(loc.bit), uint64(hd.Len)})
+		}
+	})
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	var all []error
+	for _, s := range todo {
+		err := p.freeBits(slab, sh, s.bit, s.n, true)
+		if errors.Is(err, ErrDoubleFree) {
+			continue // its holder freed it meanwhile
+		}
+		if err != nil {
+			all = append(all, err)
+			continue
+		}
+		n++
+	}
+	return n, errors.Join(all...)
+}
+
+// walk visits the record slots of a slab from the first, in order, up to
+// end (a granule from the slab start), or, with end 0, up to the first
+// slot without a valid header; it returns where it stopped. Below an end
+// it was given, every slot must have a valid header.
+func (p *Pool) walk(slab mem.Off, sh *slabHeader, end uint32, fn func(pos uint32, hd recHeader)) (uint32, error) {
+	key := p.salt ^ uint32(sh.Ident.Load()>>32)
+	base := uint64(slab) / granule
+	align := uint64(sh.Align)
+	limit := sh.Limit
+	if end != 0 {
+		limit = min(limit, end)
+	}
+	pos := sh.RecBase
+	for pos < limit {
+		hd := p.hdrs[base+uint64(pos)]
+		ok := hd.Pos == pos && hd.Len != 0 && uint64(pos)+uint64(hd.Len) <= uint64(limit) &&
+			uint64(hd.Len) == slotGranules(uint64(hd.Size), align) && hd.Check == recCheck(pos, hd.Len, hd.Size, key)
+		if !ok {
+			if end == 0 {
+				return pos, nil
+			}
+			return pos, errs.Corrupt("slab.record", (base+uint64(pos))*granule, "slot %d of the slab at %#x has no valid header (allocation went up to %d)", pos, uint64(slab), end)
+		}
+		if fn != nil {
+			fn(pos, hd)
+		}
+		pos += hd.Len
+	}
+	return pos, nil
+}
+
+// largeOf finds the record in a large-record extent.
+func (p *Pool) largeOf(e alloc.Extent) (mem.Off, located, error) {
+	for a := uint64(HeaderSize); a <= p.ps && a < e.Size; a *= 2 {
+		off := e.Off + mem.Off(a)
+		loc, err := p.locate(off)
+		if err == nil && loc.large && loc.extent == e.Off {
+			return off, loc, nil
+		}
+	}
+	return 0, located{}, errs.Corrupt("slab.large", uint64(e.Off), "extent of a large record without a valid record header")
+}

@@ -1,0 +1,479 @@
+package slab
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+	"unsafe"
+
+	"github.com/heapipc/ipc/alloc"
+	"github.com/heapipc/ipc/internal/mem"
+	"github.com/heapipc/ipc/internal/sys"
+)
+
+func TestLayout(t *testing.T) {
+	var sh slabHeader
+	var rh recHeader
+	cases := []struct {
+		name      string
+		got, want uintptr
+	}{
+		{"sizeof(slabHeader)", unsafe.Sizeof(sh), slabHeaderSize},
+		{"Ident", unsafe.Offsetof(sh.Ident), 0},
+		{"Salt", unsafe.Offsetof(sh.Salt), 8},
+		{"Pages", unsafe.Offsetof(sh.Pages), 12},
+		{"Self", unsafe.Offsetof(sh.Self), 16},
+		{"RecBase", unsafe.Offsetof(sh.RecBase), 24},
+		{"Limit", unsafe.Offsetof(sh.Limit), 28},
+		{"Words", unsafe.Offsetof(sh.Words), 32},
+		{"Align", unsafe.Offsetof(sh.Align), 36},
+		{"Version", unsafe.Offsetof(sh.Version), 40},
+		{"Owner", unsafe.Offsetof(sh.Owner), mem.CacheLine},
+		{"Returner", unsafe.Offsetof(sh.Returner), 136},
+		{"Count", unsafe.Offsetof(sh.Count), 144},
+		{"Retired", unsafe.Offsetof(sh.Retired), 152},
+		{"sizeof(recHeader)", unsafe.Sizeof(rh), HeaderSize},
+		{"recHeader.Pos", unsafe.Offsetof(rh.Pos), 0},
+		{"recHeader.Len", unsafe.Offsetof(rh.Len), 4},
+		{"recHeader.Size", unsafe.Offsetof(rh.Size), 8},
+		{"recHeader.Check", unsafe.Offsetof(rh.Check), 12},
+	}
+	for _, c := range cases {
+		if c.got != c.want {
+			t.Errorf("%s = %d, want %d", c.name, c.got, c.want)
+		}
+	}
+}
+
+func TestGeometry(t *testing.T) {
+	for _, size := range []uint64{4096, 8192, 64 << 10, 1 << 20, 64 << 20} {
+		for _, align := range []uint64{16, 32, 64, 128, 4096} {
+			g := slabGeometry(size, align)
+			bits := uint64(g.limit - g.recBase)
+			switch {
+			case g.limit != uint32(size/granule):
+				t.Errorf("%d/%d: limit %d", size, align, g.limit)
+			case slabHeaderSize+8*uint64(g.words) > uint64(g.recBase)*granule:
+				t.Errorf("%d/%d: bitmap of %d words overlaps the first record at granule %d", size, align, g.words, g.recBase)
+			case uint64(g.words)*64 < bits || uint64(g.words)*64 >= bits+64:
+				t.Errorf("%d/%d: %d words for %d bits", size, align, g.words, bits)
+			case (uint64(g.recBase)+1)*granule%align != 0:
+				t.Errorf("%d/%d: first record's data at %d is misaligned", size, align, (g.recBase+1)*granule)
+			}
+		}
+	}
+	for _, c := range []struct{ size, align, want uint64 }{{0, 16, 2}, {1, 16, 2}, {16, 16, 2}, {17, 16, 3}, {64, 16, 5}, {64, 64, 8}, {48, 64, 4}, {49, 64, 8}} {
+		if got := slotGranules(c.size, c.align); got != c.want {
+			t.Errorf("slot of %d bytes aligned %d: %d granules, want %d", c.size, c.align, got, c.want)
+		}
+	}
+	seen := map[uint32]bool{}
+	for pos := uint32(1); pos < 200; pos++ {
+		c := recCheck(pos, 5, 64, 0x1234)
+		if c == 0 || seen[c] {
+			t.Fatalf("check %#x repeats or is zero", c)
+		}
+		seen[c] = true
+	}
+}
+
+// TestAllocFree allocates records of many sizes on every backend, checks
+// alignment, isolation and views, frees them in every way, and gets every
+// byte back.
+func TestAllocFree(t *testing.T) {
+	for _, c := range inProcess() {
+		for _, align := range []int{DefaultAlign, CacheLineAlign} {
+			t.Run(fmt.Sprintf("%v/align%d", c, align), func(t *testing.T) {
+				p := newPool(t, c, 8<<20, Options{Align: align})
+				h0 := heapStats(t, p)
+				hd := p.NewHandle()
+				sizes := []int{0, 1, 15, 16, 17, 64, 100, 1000, 4096, p.MaxSmall(), p.MaxSmall() + 1, 100 << 10, 1 << 20}
+				var recs []Record
+				for round := range 30 {
+					for i, n := range sizes {
+						if i >= len(sizes)-3 && round >= 3 {
+							break // large records in the first rounds only
+						}
+						r, err := hd.Alloc(n)
+						if err != nil {
+							t.Fatalf("alloc %d: %v", n, err)
+						}
+						if len(r.Data) != n || uint64(r.Off)%uint64(align) != 0 ||
+							uintptr(unsafe.Pointer(unsafe.SliceData(r.Data)))%uintptr(align) != 0 {
+							t.Fatalf("record of %d bytes at %#x: len %d, misaligned for %d", n, r.Off, len(r.Data), align)
+						}
+						if off, err := p.OffsetOf(r.Data); err != nil || off != r.Off {
+							t.Fatalf("OffsetOf: %#x %v, want %#x", off, err, r.Off)
+						}
+						fill(r)
+						recs = append(recs, r)
+					}
+					if round == 0 {
+						mustCheck(t, p, "after the first round")
+					}
+				}
+				s := poolStats(t, p)
+				if s.LiveRecords+s.LargeRecords != len(recs) || s.LargeRecords != 3*3 || s.ActiveSlabs != 1 || s.Slabs < 2 {
+					t.Fatalf("stats %+v with %d records", s, len(recs))
+				}
+				mustCheck(t, p, "all allocated")
+				for i, r := range recs {
+					if !intact(r.Data, r.Off) {
+						t.Fatalf("record %d (%d bytes at %#x) overwritten", i, len(r.Data), r.Off)
+					}
+					b, err := p.Bytes(r.Off)
+					if err != nil || len(b) != len(r.Data) || (len(b) > 0 && &b[0] != &r.Data[0]) {
+						t.Fatalf("Bytes(%#x): %d bytes, %v", r.Off, len(b), err)
+					}
+					var ferr error
+					switch i % 3 {
+					case 0:
+						ferr = p.Free(r.Off)
+					case 1:
+						ferr = p.FreeRecord(r)
+					default:
+						if len(r.Data) == 0 {
+							ferr = hd.Free(r.Off)
+						} else {
+							ferr = p.FreeBytes(r.Data)
+						}
+					}
+					if ferr != nil {
+						t.Fatalf("free %d (%d bytes): %v", i, len(r.Data), ferr)
+					}
+				}
+				mustCheck(t, p, "all freed, handle open")
+				if s := poolStats(t, p); s.Slabs != 1 || s.ActiveSlabs != 1 || s.LiveRecords != 0 || s.LargeRecords != 0 {
+					t.Fatalf("after freeing: %+v (only the handle's slab should remain)", s)
+				}
+				hd.Close()
+				if _, err := hd.Alloc(1); !errors.Is(err, ErrClosed) {
+					t.Fatalf("alloc on a closed handle: %v", err)
+				}
+				mustCheck(t, p, "handle closed")
+				if h := heapStats(t, p); h.FreeBytes != h0.FreeBytes || h.FreeExtents != 1 {
+					t.Fatalf("heap after everything was freed: %+v, want %d free", h, h0.FreeBytes)
+				}
+			})
+		}
+	}
+}
+
+// TestSlabReturn: a slab goes back to the heap when it is retired and all
+// its records are free, in either order.
+func TestSlabReturn(t *testing.T) {
+	p := newPool(t, heapCombo, 4<<20, Options{SlabSize: 16 << 10})
+	h0 := heapStats(t, p)
+	hd := p.NewHandle()
+	var recs []Record
+	for len(recs) == 0 || poolStats(t, p).Slabs < 3 {
+		r, err := hd.Alloc(100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		recs = append(recs, r)
+	}
+	// Two retired slabs and an active one. Free the first slab's records:
+	// it goes back at once.
+	first := recs[0].Off &^ mem.Off(p.ps-1)
+	n := 0
+	for _, r := range recs {
+		if r.Off&^mem.Off(p.ps-1) < first+mem.Off(p.slabSize) && r.Off >= first {
+			if err := p.Free(r.Off); err != nil {
+				t.Fatal(err)
+			}
+			n++
+		}
+	}
+	if s := poolStats(t, p); s.Slabs != 2 || s.RetiredSlabs != 1 {
+		t.Fatalf("after freeing the %d records of the first slab: %+v", n, s)
+	}
+	if err := p.Free(recs[0].Off); !errors.Is(err, ErrDoubleFree) {
+		t.Fatalf("free of a record of a returned slab: %v", err)
+	}
+	for _, r := range recs[n:] {
+		if err := p.Free(r.Off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s := poolStats(t, p); s.Slabs != 1 || s.ActiveSlabs != 1 {
+		t.Fatalf("the active slab should stay: %+v", s)
+	}
+	hd.Close()
+	if h := heapStats(t, p); h.FreeBytes != h0.FreeBytes {
+		t.Fatalf("closing a handle with no live records should return its slab")
+	}
+	mustCheck(t, p, "end")
+}
+
+// TestFreeErrors: double frees, offsets and views that are not records,
+// records of another buffer: each is an error and nothing changes.
+func TestFreeErrors(t *testing.T) {
+	p := newPool(t, heapCombo, 4<<20, Options{})
+	other := newPool(t, heapCombo, 1<<20, Options{})
+	hd := p.NewHandle()
+	defer hd.Close()
+	oh := other.NewHandle()
+	defer oh.Close()
+	var live []Record
+	for _, n := range []int{64, 64, 200, 64, 50 << 10} {
+		r, err := hd.Alloc(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fill(r)
+		live = append(live, r)
+	}
+	small, freedSmall := live[0], live[1]
+	large, _ := hd.Alloc(100 << 10)
+	if err := p.Free(freedSmall.Off); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.FreeRecord(large); err != nil {
+		t.Fatal(err)
+	}
+	live = append(live[:1], live[2:]...)
+	foreign, _ := oh.Alloc(64)
+	before := poolStats(t, p)
+	lo, hi := p.heap.Range()
+	slabOff := small.Off &^ mem.Off(p.ps-1)
+	cases := []struct {
+		name string
+		err  error
+		want error
+	}{
+		{"double free", p.Free(freedSmall.Off), ErrDoubleFree},
+		{"double free by view", p.FreeBytes(freedSmall.Data), ErrDoubleFree},
+		{"double free of a large record", p.Free(large.Off), ErrDoubleFree},
+		{"inside a record", p.Free(small.Off + 16), ErrNotAllocated},
+		{"inside a large record", p.Free(live[3].Off + 4096), ErrNotAllocated},
+		{"misaligned", p.Free(small.Off + 1), ErrNotAllocated},
+		{"the header", p.Free(small.Off - 16), ErrNotAllocated},
+		{"the slab header", p.Free(slabOff + 16), ErrNotAllocated},
+		{"past the allocated records", p.Free(live[2].Off + 1024), ErrNotAllocated},
+		{"heap metadata", p.Free(lo - 4096 + 64), ErrNotAllocated},
+		{"region header", p.Free(64), ErrNotAllocated},
+		{"zero", p.Free(0), ErrNotAllocated},
+		{"past the end", p.Free(hi + 64), ErrNotAllocated},
+		{"huge", p.Free(^mem.Off(15)), ErrNotAllocated},
+		{"sub-slice view", p.FreeBytes(live[1].Data[16:]), ErrNotAllocated},
+		{"shortened view", p.FreeBytes(live[1].Data[:10]), ErrNotAllocated},
+		{"view of another buffer", p.FreeBytes(foreign.Data), ErrForeign},
+		{"record of another buffer", p.FreeRecord(foreign), ErrForeign},
+		{"Go memory", p.FreeBytes(make([]byte, 64)), ErrForeign},
+		{"empty view", p.FreeBytes(nil), ErrNotAllocated},
+		{"record with a mismatched view", p.FreeRecord(Record{Off: live[1].Off, Data: live[2].Data}), ErrNotAllocated},
+	}
+	for _, c := range cases {
+		if !errors.Is(c.err, c.want) {
+			t.Errorf("%s: %v, want %v", c.name, c.err, c.want)
+		}
+	}
+	// A foreign offset that happens to be a record here is not
+	// detectable: offsets carry no buffer identity (views do).
+	if _, err := p.Bytes(freedSmall.Off); !errors.Is(err, ErrNotAllocated) {
+		t.Errorf("Bytes of a freed record: %v", err)
+	}
+	if s := poolStats(t, p); s != before {
+		t.Fatalf("failed frees changed the pool:\n%+v\n%+v", s, before)
+	}
+	for _, r := range live {
+		if !intact(r.Data, r.Off) {
+			t.Fatalf("record %#x damaged", r.Off)
+		}
+	}
+	mustCheck(t, p, "after failed frees")
+	mustCheck(t, other, "other buffer")
+	for _, r := range live {
+		if err := p.FreeRecord(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	other.FreeRecord(foreign)
+}
+
+func TestOptions(t *testing.T) {
+	p := newPool(t, heapCombo, 1<<20, Options{})
+	for _, o := range []Options{{SlabSize: 1000}, {SlabSize: -4096}, {SlabSize: 128 << 20}, {Align: 8}, {Align: 48}, {Align: 8192}} {
+		if _, err := New(p.heap, o); !errors.Is(err, ErrInvalidArgument) {
+			t.Errorf("options %+v: %v", o, err)
+		}
+	}
+	if p.MaxSmall() < 7<<10 || p.MaxSmall() > 8<<10 {
+		t.Errorf("records up to %d bytes stay in 64 KiB slabs", p.MaxSmall())
+	}
+	hd := p.NewHandle()
+	if _, err := hd.Alloc(-1); !errors.Is(err, ErrInvalidSize) {
+		t.Errorf("alloc(-1): %v", err)
+	}
+	if _, err := hd.Alloc(2 << 20); !errors.Is(err, ErrNoSpace) {
+		t.Errorf("alloc of more than the heap: %v", err)
+	}
+	hd.Close()
+}
+
+// TestExhaustion: when the heap cannot give a new slab, Alloc fails with
+// ErrNoSpace and nothing changes; the current slab still serves records
+// that fit.
+func TestExhaustion(t *testing.T) {
+	p := newPool(t, heapCombo, 1<<20, Options{SlabSize: 16 << 10})
+	hd := p.NewHandle()
+	var recs []Record
+	for {
+		r, err := hd.Alloc(1000)
+		if errors.Is(err, ErrNoSpace) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		recs = append(recs, r)
+	}
+	before := poolStats(t, p)
+	if _, err := hd.Alloc(1000); !errors.Is(err, ErrNoSpace) {
+		t.Fatal(err)
+	}
+	if _, err := hd.Alloc(200 << 10); !errors.Is(err, ErrNoSpace) {
+		t.Fatal(err)
+	}
+	if s := poolStats(t, p); s != before {
+		t.Fatalf("failed allocations changed the pool")
+	}
+	if before.Heap.FreeBytes >= 16<<10 {
+		t.Fatalf("heap not exhausted: %+v", before.Heap)
+	}
+	// Small records still fit in the current slab's tail.
+	if r, err := hd.Alloc(16); err == nil {
+		recs = append(recs, r)
+	}
+	mustCheck(t, p, "exhausted")
+	for _, r := range recs {
+		p.Free(r.Off)
+	}
+	hd.Close()
+	if s := heapStats(t, p); s.AllocExtents != 0 {
+		t.Fatalf("%+v", s)
+	}
+}
+
+// TestReclaimHalfDone: a slab taken by a process that died before writing
+// its header, and a slab whose returner died, are given back by Recover.
+func TestReclaimHalfDone(t *testing.T) {
+	p := newPool(t, heapCombo, 4<<20, Options{})
+	h0 := heapStats(t, p)
+	dead := deadIdentity(t)
+	if _, err := p.heap.AllocFor(t.Context(), int(p.slabSize), alloc.KindSlab, dead); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.heap.AllocFor(t.Context(), 3*4096, alloc.KindLarge, dead); err != nil {
+		t.Fatal(err)
+	}
+	hd := p.NewHandle()
+	r, _ := hd.Alloc(64)
+	hd.Close()
+	// The last free would return the slab; pretend a dead process won the
+	// returner's CAS and died before freeing the extent.
+	sh := &p.slabs[(r.Off&^mem.Off(p.ps-1))/slabHeaderSize]
+	sh.Returner.Store(uint64(dead))
+	if err := p.Free(r.Off); err != nil {
+		t.Fatal(err)
+	}
+	if s := poolStats(t, p); s.Slabs != 2 {
+		t.Fatalf("%+v", s)
+	}
+	if err := p.Check(); err == nil {
+		t.Fatalf("check passes with a half-made slab")
+	}
+	rc, err := p.Recover(nil)
+	if err != nil || rc.Returned != 3 {
+		t.Fatalf("recover: %+v %v", rc, err)
+	}
+	if h := heapStats(t, p); h.FreeBytes != h0.FreeBytes {
+		t.Fatalf("heap %+v", h)
+	}
+	mustCheck(t, p, "end")
+}
+
+// TestReclaimInProcess drives Reclaim against a slab whose owner is made
+// to look dead: KeepAll retires only, nil frees everything, keep keeps.
+func TestReclaimInProcess(t *testing.T) {
+	p := newPool(t, heapCombo, 4<<20, Options{SlabSize: 16 << 10})
+	h0 := heapStats(t, p)
+	dead := deadIdentity(t)
+	if _, err := p.Reclaim(p.self, nil); !errors.Is(err, ErrBusy) {
+		t.Fatalf("reclaim of a live process: %v", err)
+	}
+	hd := p.NewHandle()
+	var recs []Record
+	for range 400 {
+		r, err := hd.Alloc(100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fill(r)
+		recs = append(recs, r)
+	}
+	big, _ := hd.Alloc(50 << 10)
+	// Make this process's slabs and large record look like a dead one's,
+	// and forget the handle (as a crash would).
+	exts, _ := p.heap.Allocated()
+	for _, e := range exts {
+		if e.Kind == alloc.KindSlab {
+			sh := &p.slabs[e.Off/slabHeaderSize]
+			if sh.Owner.Load() == uint64(p.self) {
+				sh.Owner.Store(uint64(dead))
+			}
+		}
+	}
+	setOwner(t, p, dead)
+	rc, err := p.Reclaim(dead, KeepAll)
+	if err != nil || rc.Slabs != 1 || rc.Records != 0 || rc.Large != 0 {
+		t.Fatalf("reclaim keeping all: %+v %v", rc, err)
+	}
+	if s := poolStats(t, p); s.ActiveSlabs != 0 || s.LiveRecords != 400 {
+		t.Fatalf("after retiring: %+v", s)
+	}
+	mustCheck(t, p, "retired on behalf")
+	kept := map[mem.Off]bool{}
+	for i := 0; i < len(recs); i += 7 {
+		kept[recs[i].Off] = true
+	}
+	kept[big.Off] = true
+	rc, err = p.Reclaim(dead, func(off mem.Off) bool { return kept[off] })
+	if err != nil || rc.Records != 400-len(kept)+1 || rc.Large != 0 {
+		t.Fatalf("reclaim keeping %d: %+v %v", len(kept), rc, err)
+	}
+	for _, r := range recs {
+		if kept[r.Off] {
+			if b, err := p.Bytes(r.Off); err != nil || !intact(b, r.Off) {
+				t.Fatalf("kept record %#x: %v", r.Off, err)
+			}
+		} else if err := p.Free(r.Off); !errors.Is(err, ErrDoubleFree) {
+			t.Fatalf("record freed by reclaim: %v", err)
+		}
+	}
+	mustCheck(t, p, "after reclaim with keep")
+	for off := range kept {
+		if err := p.Free(off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if h := heapStats(t, p); h.FreeBytes != h0.FreeBytes {
+		t.Fatalf("after freeing the kept records: %+v", h)
+	}
+	mustCheck(t, p, "end")
+}
+
+// setOwner rewrites the heap-level owner of this process's slab and
+// large extents (a test-only stand-in for a crashed allocator).
+func setOwner(t *testing.T, p *Pool, to sys.Identity) {
+	t.Helper()
+	exts, _ := p.heap.Allocated()
+	for _, e := range exts {
+		if e.Owner == p.self && (e.Kind == alloc.KindSlab || e.Kind == alloc.KindLarge) {
+			if err := p.heap.SetOwner(e.Off, p.self, to); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
