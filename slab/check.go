@@ -212,4 +212,3 @@ func (p *Pool) Stats() (Stats, error) {
 	s.LiveRecords, s.LiveBytes = sc.records, sc.bytes
 	return s, nil
 }
-
