@@ -135,9 +135,10 @@ func WithDebug() Option {
 type ChannelOption func(*chanConfig) error
 
 type chanConfig struct {
-	capacity uint64
-	name     string
-	spin     time.Duration
+	capacity  uint64
+	name      string
+	spin      time.Duration
+	producers uint64
 }
 
 // DefaultCapacity is the ring capacity of a record channel created

@@ -22,7 +22,7 @@ import (
 //
 //	0    immutable: magic, capacity            (creator, before publishing)
 //	128  Tail, Producer, ProdClosed            (producer end)
-//	256  Head, Consumer, ConsClosed            (consumer end)
+//	256  Head, Consumer, ConsClosed, Doorbell  (consumer end)
 //	384  ConsWaiting, ProdWaiting              (parking: set by the waiter,
 //	                                            cleared by the waker)
 //	512  ring [Cap]uint64                      (slots: producer writes
@@ -40,9 +40,11 @@ type recordCB struct {
 	Head        atomic.Uint64 // next sequence the consumer reads
 	Consumer    atomic.Uint64 // sys.Identity of the consumer end, 0: none
 	ConsClosed  atomic.Uint32 // 1: the consumer closed
-	_           [108]byte
-	ConsWaiting atomic.Uint32 // 1: the consumer is (about to be) parked on it
-	ProdWaiting atomic.Uint32 // 1: the producer is (about to be) parked on it
+	_           uint32
+	Doorbell    atomic.Uint64 // region offset of the consumer's doorbell word, 0: none
+	_           [96]byte
+	ConsWaiting atomic.Uint32 // waitSelf/waitBell: the consumer is (about to be) parked
+	ProdWaiting atomic.Uint32 // waitSelf: the producer is (about to be) parked on it
 	_           [120]byte
 }
 
@@ -66,6 +68,7 @@ func InitRecord(b []byte, n uint64) error {
 
 // Ring is one end's view of a record channel.
 type Ring struct {
+	buf    []byte
 	cb     *recordCB
 	ring   []uint64
 	mask   uint64
@@ -139,7 +142,7 @@ func OpenRing(region *backend.Region, en *Entry, opts WaitOptions) (*Ring, error
 	if err != nil {
 		return nil, err
 	}
-	return &Ring{cb: cb, ring: ring, mask: n - 1, cbOff: en.Control, region: region, opts: opts.norm()}, nil
+	return &Ring{buf: b, cb: cb, ring: ring, mask: n - 1, cbOff: en.Control, region: region, opts: opts.norm()}, nil
 }
 
 // Cap is the ring's capacity.
@@ -218,10 +221,7 @@ func (p *RecordProducer) TrySend(off mem.Off) error {
 }
 
 func (p *RecordProducer) wakeConsumer() {
-	if p.cb.ConsWaiting.Load() != 0 {
-		p.cb.ConsWaiting.Store(0)
-		backend.Wake(&p.cb.ConsWaiting, 1)
-	}
+	notify(p.buf, &p.cb.ConsWaiting, &p.cb.Doorbell)
 }
 
 // TrySendBatch queues as many of offs as fit, publishing once, and returns
@@ -263,12 +263,12 @@ func (p *RecordProducer) WaitRoom(ctx context.Context) error {
 		return nil
 	}
 	for {
-		p.cb.ProdWaiting.Store(1)
+		p.cb.ProdWaiting.Store(waitSelf)
 		if hasRoom() {
 			p.cb.ProdWaiting.Store(0)
 			return nil
 		}
-		err := backend.Park(ctx, &p.cb.ProdWaiting, 1, p.opts.CheckInterval)
+		err := backend.Park(ctx, &p.cb.ProdWaiting, waitSelf, p.opts.CheckInterval)
 		if err != nil && !errors.Is(err, errs.ErrTimeout) {
 			return err
 		}
@@ -314,8 +314,7 @@ func (p *RecordProducer) Close() (consumerClosed bool) {
 	p.cb.ProdClosed.Store(1)
 	p.cb.Producer.CompareAndSwap(uint64(p.self), 0)
 	// Wake a parked consumer so it sees EOF.
-	p.cb.ConsWaiting.Store(0)
-	backend.Wake(&p.cb.ConsWaiting, 0)
+	notify(p.buf, &p.cb.ConsWaiting, &p.cb.Doorbell)
 	return p.cb.ConsClosed.Load() != 0
 }
 
@@ -458,12 +457,12 @@ func (c *RecordConsumer) WaitData(ctx context.Context) error {
 		return rerr
 	}
 	for {
-		c.cb.ConsWaiting.Store(1)
+		c.cb.ConsWaiting.Store(waitSelf)
 		if ok, err := ready(); ok {
 			c.cb.ConsWaiting.Store(0)
 			return err
 		}
-		err := backend.Park(ctx, &c.cb.ConsWaiting, 1, c.opts.CheckInterval)
+		err := backend.Park(ctx, &c.cb.ConsWaiting, waitSelf, c.opts.CheckInterval)
 		if err != nil && !errors.Is(err, errs.ErrTimeout) {
 			c.cb.ConsWaiting.Store(0)
 			return err
@@ -502,6 +501,7 @@ func (c *RecordConsumer) Close() (drainedAndDone bool) {
 	}
 	c.closed = true
 	c.cb.ConsClosed.Store(1)
+	c.cb.Doorbell.Store(0)
 	c.cb.Consumer.CompareAndSwap(uint64(c.self), 0)
 	c.cb.ProdWaiting.Store(0)
 	backend.Wake(&c.cb.ProdWaiting, 0)
@@ -567,3 +567,24 @@ func (r *Ring) Idle() bool {
 	}
 	return true
 }
+
+// The RecordConsumer is Selectable: a Select waits on its doorbell.
+
+// Ready reports whether TryReceive would not return ErrWouldBlock.
+func (c *RecordConsumer) Ready() bool {
+	n, err := c.available()
+	return err != nil || n > 0 || c.cb.ProdClosed.Load() != 0
+}
+
+// SetDoorbell registers (off != 0) or removes (0) the consumer's doorbell.
+func (c *RecordConsumer) SetDoorbell(off mem.Off) { c.cb.Doorbell.Store(uint64(off)) }
+
+// Arm announces that the consumer is about to park on its doorbell.
+func (c *RecordConsumer) Arm() { c.cb.ConsWaiting.Store(waitBell) }
+
+// Disarm withdraws Arm.
+func (c *RecordConsumer) Disarm() { c.cb.ConsWaiting.Store(0) }
+
+// CheckPeer returns ErrPeerDead if the producer died, ErrDestroyed if the
+// buffer was destroyed.
+func (c *RecordConsumer) CheckPeer() error { return c.checkPeer(&c.cb.Producer, "producer") }

@@ -1,0 +1,105 @@
+package channel
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/heapipc/ipc/alloc"
+	"github.com/heapipc/ipc/backend"
+	"github.com/heapipc/ipc/internal/mem"
+)
+
+// Values of a waiting word (ConsWaiting, ProdWaiting): who is parked and
+// where. The waker reads it on every publish; it is nonzero only while a
+// waiter is (about to be) parked, so a busy peer pays no syscall.
+const (
+	waitSelf = 1 // parked on the waiting word itself
+	waitBell = 2 // parked on the doorbell the control block names
+)
+
+// notify is the waker's side: if a waiter announced itself, clear the
+// announcement and wake it where it is parked.
+func notify(buf []byte, waiting *atomic.Uint32, bell *atomic.Uint64) {
+	if waiting.Load() == 0 {
+		return
+	}
+	switch waiting.Swap(0) {
+	case waitSelf:
+		backend.Wake(waiting, 1)
+	case waitBell:
+		ringBell(buf, bell.Load())
+	}
+}
+
+// ringBell sets a doorbell word and wakes its owner. An offset that is not
+// a valid word (a hostile or stale value) is ignored: the owner then
+// notices at its next check interval.
+func ringBell(buf []byte, off uint64) {
+	if off == 0 {
+		return
+	}
+	w, err := mem.Uint32(buf, mem.Off(off))
+	if err != nil {
+		return
+	}
+	w.Store(1)
+	backend.Wake(w, 1)
+}
+
+// Doorbell is one consumer's wake-up word in shared memory: every channel
+// the consumer waits on knows its offset, so a producer in any process
+// wakes it with one futex wake, and only when it is parked.
+type Doorbell struct {
+	heap *alloc.Heap
+	off  mem.Off
+	w    *atomic.Uint32
+}
+
+// NewDoorbell allocates a doorbell from the heap.
+func NewDoorbell(heap *alloc.Heap, buf []byte) (*Doorbell, error) {
+	off, err := heap.Alloc(mem.CacheLine)
+	if err != nil {
+		return nil, fmt.Errorf("doorbell: %w", err)
+	}
+	w, err := mem.Uint32(buf, off)
+	if err != nil {
+		heap.Free(off)
+		return nil, err
+	}
+	w.Store(0)
+	return &Doorbell{heap: heap, off: off, w: w}, nil
+}
+
+// Off is the doorbell's region offset.
+func (d *Doorbell) Off() mem.Off { return d.off }
+
+// Reset clears the doorbell before the owner arms its channels.
+func (d *Doorbell) Reset() { d.w.Store(0) }
+
+// Park waits until the doorbell rings, ctx is done, or timeout passes.
+func (d *Doorbell) Park(ctx context.Context, timeout time.Duration) error {
+	return backend.Park(ctx, d.w, 0, timeout)
+}
+
+// Free gives the doorbell's memory back.
+func (d *Doorbell) Free() error { return d.heap.Free(d.off) }
+
+// Selectable is a receiving end a consumer can wait on together with
+// others through one Doorbell.
+type Selectable interface {
+	// Ready reports whether a receive would not block.
+	Ready() bool
+	// SetDoorbell registers (off != 0) or removes (0) the doorbell.
+	SetDoorbell(off mem.Off)
+	// Arm announces that the consumer is about to park on the doorbell;
+	// a producer that publishes then rings it. Disarm withdraws it.
+	Arm()
+	Disarm()
+	// CheckPeer reports a dead producer or a destroyed buffer.
+	CheckPeer() error
+}
+
+// Spin calls done until it returns true or d has passed.
+func Spin(d time.Duration, done func() bool) bool { return spin(d, done) }

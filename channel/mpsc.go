@@ -1,0 +1,542 @@
+package channel
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"structs"
+	"sync/atomic"
+	"time"
+
+	"github.com/heapipc/ipc/backend"
+	"github.com/heapipc/ipc/internal/errs"
+	"github.com/heapipc/ipc/internal/mem"
+	"github.com/heapipc/ipc/internal/sys"
+)
+
+// mpscCB is the control block of a multi-producer, single-consumer record
+// channel, followed by the producer table and the ring of slots.
+//
+//	0     immutable: magic, capacity, producer slots   (creator)
+//	128   Tail: next sequence to claim                  (producers, CAS)
+//	256   Head, Consumer, ConsClosed, Doorbell, Attached (consumer; Attached by producers)
+//	384   ConsWaiting, ProdWaiting                      (parking)
+//	512   producers [MaxProd]prodSlot, 128 bytes each   (each by its producer)
+//	...   slots [Cap]mpscSlot, 16 bytes each
+//
+// A producer claims sequence t by CAS on Tail once slots[t%Cap].Seq == t,
+// writes the record offset, and publishes with Seq = t+1; the consumer
+// takes a published slot and frees it for the next lap with Seq = t+Cap.
+// Each producer's records keep their order (its claims are increasing).
+//
+// Before it claims t a producer writes t+1 to its Claiming word, and
+// clears it after publishing. So if the slot at the consumer's head stays
+// unpublished while Tail is past it, the claimant is a producer whose
+// Claiming is head+1; when every such producer is dead, the claimant died
+// between claim and publish, and the consumer skips the slot instead of
+// waiting forever.
+type mpscCB struct {
+	_           structs.HostLayout
+	Magic       uint64
+	Cap         uint64
+	MaxProd     uint64
+	_           [104]byte
+	Tail        atomic.Uint64
+	_           [120]byte
+	Head        atomic.Uint64
+	Consumer    atomic.Uint64
+	ConsClosed  atomic.Uint32
+	_           uint32
+	Doorbell    atomic.Uint64
+	Attached    atomic.Int64  // producers attached now
+	EverAttach  atomic.Uint32 // 1 once any producer attached
+	_           [84]byte
+	ConsWaiting atomic.Uint32
+	ProdWaiting atomic.Uint32
+	_           [120]byte
+}
+
+// prodSlot is one producer's entry in the producer table.
+type prodSlot struct {
+	_        structs.HostLayout
+	Owner    atomic.Uint64 // sys.Identity of the producer using the slot, 0: free
+	Claiming atomic.Uint64 // t+1 while claiming/publishing sequence t, else 0
+	_        [112]byte
+}
+
+type mpscSlot struct {
+	_   structs.HostLayout
+	Seq atomic.Uint64
+	Off atomic.Uint64
+}
+
+const (
+	mpscCBSize        = 512
+	prodSlotSize      = 128
+	mpscSlotSize      = 16
+	DefaultProducers  = 64
+	MaxMPSCProducers  = 4096
+	mpscSkipAfterIdle = 2 // check intervals a dead claimant's slot is awaited
+)
+
+var mpscMagic = binary.LittleEndian.Uint64([]byte("HIPCMPSC"))
+
+// MPSCControlSize is the control block size for capacity n and p producer
+// slots.
+func MPSCControlSize(n, p uint64) uint64 {
+	return mpscCBSize + p*prodSlotSize + n*mpscSlotSize
+}
+
+// InitMPSC lays out an MPSC control block.
+func InitMPSC(b []byte, n, p uint64) error {
+	cb, err := mem.At[mpscCB](b, 0)
+	if err != nil {
+		return err
+	}
+	slots, err := mem.Slice[mpscSlot](b, mem.Off(mpscCBSize+p*prodSlotSize), int(n))
+	if err != nil {
+		return err
+	}
+	for i := range slots {
+		slots[i].Seq.Store(uint64(i))
+	}
+	cb.Cap = n
+	cb.MaxProd = p
+	cb.Magic = mpscMagic
+	return nil
+}
+
+// MPSC is one end's view of an MPSC channel.
+type MPSC struct {
+	buf    []byte
+	cb     *mpscCB
+	prods  []prodSlot
+	slots  []mpscSlot
+	mask   uint64
+	off    mem.Off
+	region *backend.Region
+	opts   WaitOptions
+}
+
+// OpenMPSC validates an MPSC channel's control block.
+func OpenMPSC(region *backend.Region, en *Entry, opts WaitOptions) (*MPSC, error) {
+	b := region.Bytes()
+	cb, err := mem.At[mpscCB](b, en.Control)
+	if err != nil {
+		return nil, err
+	}
+	if cb.Magic != mpscMagic {
+		return nil, errs.Corrupt("mpsc magic", uint64(en.Control), "magic %#x", cb.Magic)
+	}
+	n, p := cb.Cap, cb.MaxProd
+	if n == 0 || n&(n-1) != 0 || n != en.Size || n > 1<<40 || p == 0 || p > MaxMPSCProducers {
+		return nil, errs.Corrupt("mpsc geometry", uint64(en.Control)+8, "capacity %d (registry says %d), %d producer slots", n, en.Size, p)
+	}
+	prods, err := mem.Slice[prodSlot](b, en.Control+mpscCBSize, int(p))
+	if err != nil {
+		return nil, err
+	}
+	slots, err := mem.Slice[mpscSlot](b, en.Control+mem.Off(mpscCBSize+p*prodSlotSize), int(n))
+	if err != nil {
+		return nil, err
+	}
+	return &MPSC{buf: b, cb: cb, prods: prods, slots: slots, mask: n - 1, off: en.Control, region: region, opts: opts.norm()}, nil
+}
+
+func (m *MPSC) checkRegion() error {
+	if m.region.State() == backend.StateDestroyed {
+		return fmt.Errorf("mpsc channel: %w", errs.ErrDestroyed)
+	}
+	return nil
+}
+
+// ---- producers ----
+
+// MPSCProducer is one producer of an MPSC channel (one goroutine at a time;
+// many producers, in any processes, may send at once).
+type MPSCProducer struct {
+	*MPSC
+	me     *prodSlot
+	self   sys.Identity
+	closed bool
+}
+
+// AttachProducer takes a free producer slot (or a dead producer's).
+func (m *MPSC) AttachProducer() (*MPSCProducer, error) {
+	self := sys.Self()
+	for i := range m.prods {
+		s := &m.prods[i]
+		cur := s.Owner.Load()
+		if cur != 0 && (sys.Identity(cur) == self || sys.Alive(sys.Identity(cur))) {
+			continue
+		}
+		// A dead producer's slot keeps its Claiming word until the
+		// consumer has passed the sequence it names.
+		if cl := s.Claiming.Load(); cur != 0 && cl > m.cb.Head.Load() {
+			continue
+		}
+		if s.Owner.CompareAndSwap(cur, uint64(self)) {
+			s.Claiming.Store(0)
+			if cur != 0 {
+				m.cb.Attached.Add(-1) // the dead producer's attachment
+			}
+			m.cb.Attached.Add(1)
+			m.cb.EverAttach.Store(1)
+			return &MPSCProducer{MPSC: m, me: s, self: self}, nil
+		}
+	}
+	return nil, fmt.Errorf("mpsc channel: all %d producer slots are held by live producers: %w", len(m.prods), errs.ErrBusy)
+}
+
+// TrySend queues off, or returns ErrWouldBlock if the ring is full.
+func (p *MPSCProducer) TrySend(off mem.Off) error {
+	if p.closed {
+		return errClosedEnd
+	}
+	for {
+		t := p.cb.Tail.Load()
+		s := &p.slots[t&p.mask]
+		seq := s.Seq.Load()
+		switch {
+		case seq == t:
+			p.me.Claiming.Store(t + 1)
+			if !p.cb.Tail.CompareAndSwap(t, t+1) {
+				continue
+			}
+			s.Off.Store(uint64(off))
+			s.Seq.Store(t + 1) // publish
+			p.me.Claiming.Store(0)
+			notify(p.buf, &p.cb.ConsWaiting, &p.cb.Doorbell)
+			return nil
+		case int64(seq-t) < 0:
+			// The slot still holds the record of the previous lap.
+			return errs.ErrWouldBlock
+		}
+		// Another producer moved Tail on: look again.
+	}
+}
+
+// Send queues off, waiting while the ring is full.
+func (p *MPSCProducer) Send(ctx context.Context, off mem.Off) error {
+	for {
+		err := p.TrySend(off)
+		if err != errs.ErrWouldBlock {
+			return err
+		}
+		if err := p.waitRoom(ctx); err != nil {
+			return err
+		}
+	}
+}
+
+func (p *MPSCProducer) hasRoom() bool {
+	t := p.cb.Tail.Load()
+	return p.slots[t&p.mask].Seq.Load() == t
+}
+
+func (p *MPSCProducer) waitRoom(ctx context.Context) error {
+	if spin(p.opts.Spin, p.hasRoom) {
+		return nil
+	}
+	for {
+		p.cb.ProdWaiting.Store(waitSelf)
+		if p.hasRoom() {
+			return nil
+		}
+		err := backend.Park(ctx, &p.cb.ProdWaiting, waitSelf, p.opts.CheckInterval)
+		if err != nil && !errors.Is(err, errs.ErrTimeout) {
+			return err
+		}
+		if p.hasRoom() {
+			return nil
+		}
+		if err := p.checkRegion(); err != nil {
+			return err
+		}
+		if id := sys.Identity(p.cb.Consumer.Load()); id != 0 && !sys.Alive(id) {
+			return fmt.Errorf("mpsc channel: the consumer (%v) died: %w", id, errs.ErrPeerDead)
+		}
+	}
+}
+
+// Close releases the producer slot. When no producer is attached any
+// more, the consumer reads EOF once the ring is drained.
+func (p *MPSCProducer) Close() {
+	if p.closed {
+		return
+	}
+	p.closed = true
+	if p.me.Owner.CompareAndSwap(uint64(p.self), 0) {
+		p.cb.Attached.Add(-1)
+	}
+	notify(p.buf, &p.cb.ConsWaiting, &p.cb.Doorbell)
+}
+
+// ---- consumer ----
+
+// MPSCConsumer is the consumer (one goroutine at a time).
+type MPSCConsumer struct {
+	*MPSC
+	self    sys.Identity
+	head    uint64
+	closed  bool
+	stuckAt uint64    // head+1 while the head slot is claimed but unpublished
+	stuckT  time.Time // when that was first seen
+}
+
+// AttachConsumer claims the consumer end.
+func (m *MPSC) AttachConsumer() (*MPSCConsumer, error) {
+	self := sys.Self()
+	if _, err := claim(&m.cb.Consumer, self, "mpsc consumer end"); err != nil {
+		return nil, err
+	}
+	m.cb.ConsClosed.Store(0)
+	return &MPSCConsumer{MPSC: m, self: self, head: m.cb.Head.Load()}, nil
+}
+
+// TryReceive takes the next record: ErrWouldBlock if none is published,
+// io.EOF if none is and no producer is attached (after one was).
+func (c *MPSCConsumer) TryReceive() (mem.Off, error) {
+	if c.closed {
+		return 0, errClosedEnd
+	}
+	for {
+		h := c.head
+		s := &c.slots[h&c.mask]
+		seq := s.Seq.Load()
+		switch seq {
+		case h + 1:
+			off := mem.Off(s.Off.Load())
+			c.advance(s, h)
+			return off, nil
+		case h:
+			t := c.cb.Tail.Load()
+			if t == h {
+				if c.cb.EverAttach.Load() != 0 && c.cb.Attached.Load() <= 0 {
+					return 0, io.EOF
+				}
+				return 0, errs.ErrWouldBlock
+			}
+			if t-h > c.mask+1 {
+				return 0, errs.Corrupt("mpsc tail", uint64(c.off)+128, "tail %d head %d capacity %d", t, h, c.mask+1)
+			}
+			// Claimed, not yet published.
+			if c.claimantDead(h) {
+				c.advance(s, h) // the claimant died: skip its slot
+				continue
+			}
+			return 0, errs.ErrWouldBlock
+		default:
+			return 0, errs.Corrupt("mpsc slot", uint64(c.off), "slot %d has sequence %d at head %d", h&c.mask, seq, h)
+		}
+	}
+}
+
+func (c *MPSCConsumer) advance(s *mpscSlot, h uint64) {
+	s.Seq.Store(h + c.mask + 1)
+	c.head = h + 1
+	c.cb.Head.Store(c.head)
+	c.stuckAt = 0
+	notify(c.buf, &c.cb.ProdWaiting, &c.cb.Doorbell)
+}
+
+// claimantDead reports whether the producer that claimed sequence h is
+// dead: every producer whose Claiming is h+1 is dead, and the slot has
+// stayed unpublished for a while (a claimant that is alive has Claiming
+// = h+1 until it publishes, so it is always among them).
+func (c *MPSCConsumer) claimantDead(h uint64) bool {
+	if c.stuckAt != h+1 {
+		c.stuckAt, c.stuckT = h+1, time.Now()
+		return false
+	}
+	if time.Since(c.stuckT) < mpscSkipAfterIdle*c.opts.CheckInterval {
+		return false
+	}
+	found := false
+	for i := range c.prods {
+		ps := &c.prods[i]
+		if ps.Claiming.Load() != h+1 {
+			continue
+		}
+		found = true
+		if sys.Alive(sys.Identity(ps.Owner.Load())) {
+			return false
+		}
+	}
+	if !found {
+		return false
+	}
+	// Release the dead claimants' Claiming words so their slots can be
+	// reused.
+	for i := range c.prods {
+		ps := &c.prods[i]
+		if ps.Claiming.Load() == h+1 && !sys.Alive(sys.Identity(ps.Owner.Load())) {
+			ps.Claiming.Store(0)
+		}
+	}
+	return true
+}
+
+// Ready reports whether TryReceive would not return ErrWouldBlock (or the
+// head slot is stuck, which the caller resolves by retrying).
+func (c *MPSCConsumer) Ready() bool {
+	h := c.head
+	seq := c.slots[h&c.mask].Seq.Load()
+	if seq != h {
+		return true
+	}
+	t := c.cb.Tail.Load()
+	return t != h || (c.cb.EverAttach.Load() != 0 && c.cb.Attached.Load() <= 0)
+}
+
+// SetDoorbell registers (off != 0) or removes (0) the consumer's doorbell.
+func (c *MPSCConsumer) SetDoorbell(off mem.Off) { c.cb.Doorbell.Store(uint64(off)) }
+
+// Arm announces that the consumer is about to park on its doorbell.
+func (c *MPSCConsumer) Arm() { c.cb.ConsWaiting.Store(waitBell) }
+
+// Disarm withdraws Arm.
+func (c *MPSCConsumer) Disarm() { c.cb.ConsWaiting.Store(0) }
+
+// CheckPeer returns ErrDestroyed if the buffer was destroyed. Producers
+// dying is not an error for an MPSC consumer (their claimed slots are
+// skipped); it reads EOF when no producer is left.
+func (c *MPSCConsumer) CheckPeer() error { return c.checkRegion() }
+
+// WaitData blocks until TryReceive would not return ErrWouldBlock.
+func (c *MPSCConsumer) WaitData(ctx context.Context) error {
+	if c.closed {
+		return errClosedEnd
+	}
+	if spin(c.opts.Spin, c.Ready) {
+		return nil
+	}
+	for {
+		c.cb.ConsWaiting.Store(waitSelf)
+		if c.Ready() {
+			c.cb.ConsWaiting.Store(0)
+			return nil
+		}
+		err := backend.Park(ctx, &c.cb.ConsWaiting, waitSelf, c.opts.CheckInterval)
+		if err != nil && !errors.Is(err, errs.ErrTimeout) {
+			c.cb.ConsWaiting.Store(0)
+			return err
+		}
+		if c.Ready() {
+			return nil
+		}
+		if err := c.checkRegion(); err != nil {
+			return err
+		}
+		c.reapDead()
+	}
+}
+
+// reapDead detaches producers that died without closing (once the
+// consumer has passed whatever they claimed), so that EOF can come.
+func (c *MPSCConsumer) reapDead() {
+	for i := range c.prods {
+		ps := &c.prods[i]
+		id := ps.Owner.Load()
+		if id == 0 || sys.Alive(sys.Identity(id)) || ps.Claiming.Load() > c.head {
+			continue
+		}
+		if ps.Owner.CompareAndSwap(id, 0) {
+			c.cb.Attached.Add(-1)
+		}
+	}
+}
+
+// Receive takes the next record, waiting as needed. A slot whose claimant
+// died is skipped after about two check intervals.
+func (c *MPSCConsumer) Receive(ctx context.Context) (mem.Off, error) {
+	for {
+		off, err := c.TryReceive()
+		if err != errs.ErrWouldBlock {
+			return off, err
+		}
+		if c.stuckAt != 0 {
+			// A claimed slot is not published yet: poll (a live claimant
+			// publishes within nanoseconds; a dead one is skipped).
+			select {
+			case <-ctx.Done():
+				return 0, fmt.Errorf("wait: %w", ctx.Err())
+			case <-time.After(time.Millisecond):
+			}
+			continue
+		}
+		if err := c.WaitData(ctx); err != nil {
+			return 0, err
+		}
+	}
+}
+
+// Close releases the consumer end.
+func (c *MPSCConsumer) Close() {
+	if c.closed {
+		return
+	}
+	c.closed = true
+	c.cb.ConsClosed.Store(1)
+	c.cb.Doorbell.Store(0)
+	c.cb.Consumer.CompareAndSwap(uint64(c.self), 0)
+	notify(c.buf, &c.cb.ProdWaiting, &c.cb.Doorbell)
+}
+
+// Pending returns the offsets of published records not yet consumed.
+func (m *MPSC) Pending() ([]mem.Off, error) {
+	h, t := m.cb.Head.Load(), m.cb.Tail.Load()
+	if t-h > m.mask+1 {
+		return nil, errs.Corrupt("mpsc head/tail", uint64(m.off)+128, "tail %d head %d", t, h)
+	}
+	var out []mem.Off
+	for s := h; s != t; s++ {
+		sl := &m.slots[s&m.mask]
+		if sl.Seq.Load() == s+1 {
+			out = append(out, mem.Off(sl.Off.Load()))
+		}
+	}
+	return out, nil
+}
+
+// Abandoned reports whether no live process holds an end and the ring is
+// empty.
+func (m *MPSC) Abandoned() bool {
+	if id := sys.Identity(m.cb.Consumer.Load()); id != 0 && sys.Alive(id) {
+		return false
+	}
+	for i := range m.prods {
+		if id := sys.Identity(m.prods[i].Owner.Load()); id != 0 && sys.Alive(id) {
+			return false
+		}
+	}
+	return m.cb.Tail.Load() == m.cb.Head.Load()
+}
+
+// Removable reports whether the consumer closed, no producer is attached
+// and the ring is empty.
+func (m *MPSC) Removable() bool {
+	return m.cb.ConsClosed.Load() != 0 && m.cb.Consumer.Load() == 0 && m.cb.Attached.Load() <= 0 &&
+		m.cb.Tail.Load() == m.cb.Head.Load()
+}
+
+// Check reports what is wrong with the channel's words.
+func (m *MPSC) Check() error {
+	var all []error
+	h, t := m.cb.Head.Load(), m.cb.Tail.Load()
+	if t-h > m.mask+1 {
+		all = append(all, errs.Corrupt("mpsc head/tail", uint64(m.off)+128, "tail %d head %d capacity %d", t, h, m.mask+1))
+		return errors.Join(all...)
+	}
+	for i := range m.slots {
+		seq := m.slots[i].Seq.Load()
+		// Each slot's sequence is i modulo the capacity, within a lap of
+		// the head.
+		if seq&m.mask != uint64(i)&m.mask && (seq-1)&m.mask != uint64(i)&m.mask {
+			all = append(all, errs.Corrupt("mpsc slot", uint64(m.off), "slot %d has sequence %d", i, seq))
+		}
+	}
+	return errors.Join(all...)
+}

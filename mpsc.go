@@ -1,0 +1,282 @@
+package ipc
+
+import (
+	"context"
+	"fmt"
+	"io"
+
+	"github.com/heapipc/ipc/channel"
+	"github.com/heapipc/ipc/internal/mem"
+)
+
+// MPSCProducer is one of the many producers of a multi-producer,
+// single-consumer record channel. Producers may be goroutines (each with
+// its own Handle) and processes, in any mix; each producer's records
+// arrive in the order it sent them. It belongs to one goroutine at a time.
+type MPSCProducer struct {
+	h      *Handle
+	en     *channel.Entry
+	p      *channel.MPSCProducer
+	id     ChannelID
+	closed bool
+}
+
+// MPSCConsumer is the single consumer of an MPSC channel.
+type MPSCConsumer struct {
+	h      *Handle
+	en     *channel.Entry
+	c      *channel.MPSCConsumer
+	id     ChannelID
+	closed bool
+}
+
+// WithProducers sets how many producers an MPSC channel to create can
+// have attached at once (default 64, at most 4096).
+func WithProducers(n int) ChannelOption {
+	return func(c *chanConfig) error {
+		if n <= 0 || n > channel.MaxMPSCProducers {
+			return fmt.Errorf("producers %d (want 1..%d): %w", n, channel.MaxMPSCProducers, ErrInvalidArgument)
+		}
+		c.producers = uint64(n)
+		return nil
+	}
+}
+
+func (h *Handle) openMPSC(id ChannelID, cfg chanConfig) (*channel.Entry, *channel.MPSC, error) {
+	capacity := cfg.capacity
+	if capacity == 0 {
+		capacity = DefaultCapacity
+	}
+	prods := cfg.producers
+	if prods == 0 {
+		prods = channel.DefaultProducers
+	}
+	spec := channel.Spec{
+		Type:    channel.TypeMPSC,
+		Name:    cfg.name,
+		Size:    capacity,
+		Control: channel.MPSCControlSize(capacity, prods),
+		Init:    func(_ mem.Off, b []byte) error { return channel.InitMPSC(b, capacity, prods) },
+	}
+	en, created, err := h.buf.reg.LookupOrCreate(context.Background(), id, spec)
+	if err != nil {
+		return nil, nil, err
+	}
+	if !created && cfg.capacity != 0 && en.Size != cfg.capacity {
+		return nil, nil, fmt.Errorf("channel %d has capacity %d, %d asked: %w", id, en.Size, cfg.capacity, ErrSizeMismatch)
+	}
+	m, err := channel.OpenMPSC(h.buf.region, en, channel.WaitOptions{Spin: cfg.spin, CheckInterval: h.buf.cfg.checkInterval})
+	if err != nil {
+		return nil, nil, err
+	}
+	return en, m, nil
+}
+
+// MPSCProducer attaches a producer to MPSC channel id, creating the
+// channel if needed. ErrBusy: every producer slot is held by a live
+// producer.
+func (h *Handle) MPSCProducer(id ChannelID, opts ...ChannelOption) (*MPSCProducer, error) {
+	h.enter()
+	defer h.leave()
+	cfg, err := h.chanConfig(opts)
+	if err != nil {
+		return nil, fmt.Errorf("ipc: mpsc producer %d: %w", id, err)
+	}
+	if err := h.check("mpsc producer"); err != nil {
+		return nil, err
+	}
+	en, m, err := h.openMPSC(id, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("ipc: mpsc producer %d: %w", id, err)
+	}
+	p, err := m.AttachProducer()
+	if err != nil {
+		return nil, fmt.Errorf("ipc: mpsc producer %d: %w", id, err)
+	}
+	pr := &MPSCProducer{h: h, en: en, p: p, id: id}
+	if err := h.addEnd(pr); err != nil {
+		p.Close()
+		return nil, err
+	}
+	return pr, nil
+}
+
+// MPSCConsumer attaches the consumer of MPSC channel id, creating the
+// channel if needed. ErrBusy: a live process holds the consumer end.
+func (h *Handle) MPSCConsumer(id ChannelID, opts ...ChannelOption) (*MPSCConsumer, error) {
+	h.enter()
+	defer h.leave()
+	cfg, err := h.chanConfig(opts)
+	if err != nil {
+		return nil, fmt.Errorf("ipc: mpsc consumer %d: %w", id, err)
+	}
+	if err := h.check("mpsc consumer"); err != nil {
+		return nil, err
+	}
+	en, m, err := h.openMPSC(id, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("ipc: mpsc consumer %d: %w", id, err)
+	}
+	c, err := m.AttachConsumer()
+	if err != nil {
+		return nil, fmt.Errorf("ipc: mpsc consumer %d: %w", id, err)
+	}
+	co := &MPSCConsumer{h: h, en: en, c: c, id: id}
+	if err := h.addEnd(co); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return co, nil
+}
+
+func (p *MPSCProducer) wrap(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("ipc: %s on mpsc channel %d: %w", op, p.id, err)
+}
+
+// ID is the channel's id.
+func (p *MPSCProducer) ID() ChannelID { return p.id }
+
+// TrySend queues r without waiting (ErrWouldBlock when full).
+func (p *MPSCProducer) TrySend(r Record) error {
+	if p.closed {
+		return p.wrap("send", ErrClosed)
+	}
+	if err := p.h.buf.recs.validate(r.off, r.b); err != nil {
+		return p.wrap("send", err)
+	}
+	return p.wrap("send", p.p.TrySend(r.off))
+}
+
+// Send queues r, waiting while the ring is full (ErrPeerDead if the
+// consumer died).
+func (p *MPSCProducer) Send(ctx context.Context, r Record) error {
+	if p.closed {
+		return p.wrap("send", ErrClosed)
+	}
+	if err := p.h.buf.recs.validate(r.off, r.b); err != nil {
+		return p.wrap("send", err)
+	}
+	return p.wrap("send", p.p.Send(ctx, r.off))
+}
+
+// Close detaches the producer; when the last producer has closed, the
+// consumer reads io.EOF once it has received everything.
+func (p *MPSCProducer) Close() error {
+	if p.closed {
+		return nil
+	}
+	p.h.dropEnd(p)
+	return p.close()
+}
+
+func (p *MPSCProducer) close() error {
+	if p.closed {
+		return nil
+	}
+	p.closed = true
+	p.p.Close()
+	return p.h.buf.removeMPSCIfDone(p.en)
+}
+
+func (c *MPSCConsumer) wrap(op string, err error) error {
+	if err == nil || err == io.EOF {
+		return err
+	}
+	return fmt.Errorf("ipc: %s on mpsc channel %d: %w", op, c.id, err)
+}
+
+// ID is the channel's id.
+func (c *MPSCConsumer) ID() ChannelID { return c.id }
+
+func (c *MPSCConsumer) record(off mem.Off) (Record, error) {
+	b, err := c.h.buf.recs.view(off)
+	if err != nil {
+		return Record{}, fmt.Errorf("queued record at %#x: %w", uint64(off), err)
+	}
+	return Record{off: off, b: b}, nil
+}
+
+// TryReceive takes the next record without waiting: ErrWouldBlock, or
+// io.EOF when no producer is attached (after one was) and all is received.
+func (c *MPSCConsumer) TryReceive() (Record, error) {
+	if c.closed {
+		return Record{}, c.wrap("receive", ErrClosed)
+	}
+	off, err := c.c.TryReceive()
+	if err != nil {
+		return Record{}, c.wrap("receive", err)
+	}
+	r, err := c.record(off)
+	return r, c.wrap("receive", err)
+}
+
+// Receive takes the next record, waiting as needed. A producer that died
+// between claiming a slot and publishing it is detected and its slot
+// skipped within about two check intervals.
+func (c *MPSCConsumer) Receive(ctx context.Context) (Record, error) {
+	if c.closed {
+		return Record{}, c.wrap("receive", ErrClosed)
+	}
+	off, err := c.c.Receive(ctx)
+	if err != nil {
+		return Record{}, c.wrap("receive", err)
+	}
+	r, err := c.record(off)
+	return r, c.wrap("receive", err)
+}
+
+// Close detaches the consumer.
+func (c *MPSCConsumer) Close() error {
+	if c.closed {
+		return nil
+	}
+	c.h.dropEnd(c)
+	return c.close()
+}
+
+func (c *MPSCConsumer) close() error {
+	if c.closed {
+		return nil
+	}
+	c.closed = true
+	c.c.Close()
+	return c.h.buf.removeMPSCIfDone(c.en)
+}
+
+func (b *Buffer) removeMPSCIfDone(en *channel.Entry) error {
+	m, err := channel.OpenMPSC(b.region, en, channel.WaitOptions{})
+	if err != nil {
+		return err
+	}
+	_, err = b.reg.Remove(context.Background(), en, m.Removable, nil)
+	return err
+}
+
+func init() {
+	open := func(b *Buffer, en *channel.Entry) (*channel.MPSC, error) {
+		return channel.OpenMPSC(b.region, en, channel.WaitOptions{})
+	}
+	registerType(channel.TypeMPSC, typeOps{
+		check: func(b *Buffer, en *channel.Entry) error {
+			m, err := open(b, en)
+			if err != nil {
+				return err
+			}
+			return m.Check()
+		},
+		pending: func(b *Buffer, en *channel.Entry) ([]mem.Off, error) {
+			m, err := open(b, en)
+			if err != nil {
+				return nil, err
+			}
+			return m.Pending()
+		},
+		abandoned: func(b *Buffer, en *channel.Entry) bool {
+			m, err := open(b, en)
+			return err == nil && m.Abandoned()
+		},
+	})
+}

@@ -1,0 +1,161 @@
+package ipc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/heapipc/ipc/channel"
+)
+
+// Receiver is a receiving end a Select can wait on: *Consumer or
+// *MPSCConsumer.
+type Receiver interface {
+	ID() ChannelID
+	tryReceive() (Record, error)
+	selectable() channel.Selectable
+}
+
+func (c *Consumer) tryReceive() (Record, error)        { return c.TryReceive() }
+func (c *Consumer) selectable() channel.Selectable     { return c.c }
+func (c *MPSCConsumer) tryReceive() (Record, error)    { return c.TryReceive() }
+func (c *MPSCConsumer) selectable() channel.Selectable { return c.c }
+
+// Select waits on many receiving ends at once (fan-in). Every end knows
+// the Select's doorbell, a word in shared memory: a producer in any
+// process that publishes while the Select is parked wakes it with one
+// futex wake, and pays nothing when it is not parked. Receive serves the
+// ends round-robin, so no input starves. A Select belongs to the goroutine
+// that owns its ends.
+type Select struct {
+	h     *Handle
+	bell  *channel.Doorbell
+	cases []Receiver
+	next  int
+	spin  time.Duration
+}
+
+// NewSelect returns a Select over the given ends (more can be added).
+func (h *Handle) NewSelect(rs ...Receiver) (*Select, error) {
+	if err := h.check("select"); err != nil {
+		return nil, err
+	}
+	bell, err := channel.NewDoorbell(h.buf.heap, h.buf.region.Bytes())
+	if err != nil {
+		return nil, fmt.Errorf("ipc: select: %w", err)
+	}
+	s := &Select{h: h, bell: bell, spin: channel.DefaultSpin}
+	for _, r := range rs {
+		if err := s.Add(r); err != nil {
+			bell.Free()
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// Add puts an end in the set (cheap: one store in its control block).
+func (s *Select) Add(r Receiver) error {
+	if slices.Contains(s.cases, r) {
+		return fmt.Errorf("ipc: select: channel %d is already in the set: %w", r.ID(), ErrInvalidArgument)
+	}
+	r.selectable().SetDoorbell(s.bell.Off())
+	s.cases = append(s.cases, r)
+	return nil
+}
+
+// Remove takes an end out of the set.
+func (s *Select) Remove(r Receiver) {
+	if i := slices.Index(s.cases, r); i >= 0 {
+		r.selectable().Disarm()
+		r.selectable().SetDoorbell(0)
+		s.cases = slices.Delete(s.cases, i, i+1)
+		if s.next > i {
+			s.next--
+		}
+	}
+}
+
+// Len is the number of ends in the set.
+func (s *Select) Len() int { return len(s.cases) }
+
+func (s *Select) anyReady() bool {
+	for _, c := range s.cases {
+		if c.selectable().Ready() {
+			return true
+		}
+	}
+	return false
+}
+
+// Receive waits until one of the ends has a record (or its end of stream,
+// or an error) and returns that end with what it received: a record,
+// io.EOF (that end is finished: Remove it), ErrPeerDead (its producer
+// died), or ctx's error (with a nil Receiver).
+func (s *Select) Receive(ctx context.Context) (Receiver, Record, error) {
+	n := len(s.cases)
+	if n == 0 {
+		return nil, Record{}, fmt.Errorf("ipc: select: no channels: %w", ErrInvalidArgument)
+	}
+	for {
+		for i := 0; i < n; i++ {
+			idx := (s.next + i) % n
+			c := s.cases[idx]
+			r, err := c.tryReceive()
+			if errors.Is(err, ErrWouldBlock) {
+				continue
+			}
+			s.next = idx + 1
+			return c, r, err
+		}
+		if channel.Spin(s.spin, s.anyReady) {
+			continue
+		}
+		s.bell.Reset()
+		for _, c := range s.cases {
+			c.selectable().Arm()
+		}
+		if s.anyReady() {
+			s.disarm()
+			continue
+		}
+		err := s.bell.Park(ctx, s.h.buf.cfg.checkInterval)
+		s.disarm()
+		if err != nil && !errors.Is(err, ErrTimeout) {
+			return nil, Record{}, fmt.Errorf("ipc: select: %w", err)
+		}
+		if err != nil {
+			// A check interval passed: look for dead producers.
+			for i, c := range s.cases {
+				if perr := c.selectable().CheckPeer(); perr != nil && !c.selectable().Ready() {
+					s.next = i + 1
+					return c, Record{}, fmt.Errorf("ipc: select on channel %d: %w", c.ID(), perr)
+				}
+			}
+		}
+	}
+}
+
+func (s *Select) disarm() {
+	for _, c := range s.cases {
+		c.selectable().Disarm()
+	}
+}
+
+// Close takes every end out of the set and frees the doorbell. The ends
+// stay open.
+func (s *Select) Close() error {
+	for _, c := range s.cases {
+		c.selectable().Disarm()
+		c.selectable().SetDoorbell(0)
+	}
+	s.cases = nil
+	if s.bell == nil {
+		return nil
+	}
+	err := s.bell.Free()
+	s.bell = nil
+	return err
+}
