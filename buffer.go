@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/heapipc/ipc/alloc"
 	"github.com/heapipc/ipc/backend"
@@ -24,10 +25,11 @@ type Buffer struct {
 	reg    *channel.Registry
 	recs   *records
 
-	mu      sync.Mutex
-	handles map[*Handle]struct{}
-	statics map[*Static]struct{}
-	closed  bool
+	mu       sync.Mutex
+	handles  map[*Handle]struct{}
+	statics  map[*Static]struct{}
+	closed   bool
+	isClosed atomic.Bool // closed, for the hot paths
 }
 
 // Open creates the buffer called name, or attaches to it if it exists
@@ -112,10 +114,7 @@ func (b *Buffer) Backends() (segments, semaphores string) {
 }
 
 func (b *Buffer) check(op string) error {
-	b.mu.Lock()
-	closed := b.closed
-	b.mu.Unlock()
-	if closed {
+	if b.isClosed.Load() {
 		return fmt.Errorf("ipc: %s on buffer %q: %w", op, b.name, ErrClosed)
 	}
 	if b.region.State() == backend.StateDestroyed {
@@ -135,6 +134,7 @@ func (b *Buffer) Close() error {
 		return nil
 	}
 	b.closed = true
+	b.isClosed.Store(true)
 	handles := make([]*Handle, 0, len(b.handles))
 	for h := range b.handles {
 		handles = append(handles, h)

@@ -42,9 +42,10 @@ type Handle struct {
 	sh   *slabHandle
 	busy atomic.Int32
 
-	mu     sync.Mutex
-	ends   map[end]struct{}
-	closed bool
+	mu       sync.Mutex
+	ends     map[end]struct{}
+	closed   bool
+	isClosed atomic.Bool // closed, for the hot paths
 }
 
 type end interface {
@@ -86,10 +87,7 @@ func (h *Handle) leave() {
 }
 
 func (h *Handle) check(op string) error {
-	h.mu.Lock()
-	closed := h.closed
-	h.mu.Unlock()
-	if closed {
+	if h.isClosed.Load() {
 		return fmt.Errorf("ipc: %s: handle: %w", op, ErrClosed)
 	}
 	return h.buf.check(op)
@@ -154,6 +152,7 @@ func (h *Handle) close() error {
 		return nil
 	}
 	h.closed = true
+	h.isClosed.Store(true)
 	ends := make([]end, 0, len(h.ends))
 	for e := range h.ends {
 		ends = append(ends, e)
@@ -271,6 +270,7 @@ func (h *Handle) Consumer(id ChannelID, opts ...ChannelOption) (*Consumer, error
 		return nil, fmt.Errorf("ipc: consumer %d: %w", id, err)
 	}
 	co := &Consumer{h: h, en: en, c: c, id: id}
+	c.Take = co.taken.hook(h.buf.recs)
 	if err := h.addEnd(co); err != nil {
 		c.Close()
 		return nil, err

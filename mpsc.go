@@ -27,6 +27,7 @@ type MPSCConsumer struct {
 	en     *channel.Entry
 	c      *channel.MPSCConsumer
 	id     ChannelID
+	taken  takenViews
 	closed bool
 }
 
@@ -122,6 +123,7 @@ func (h *Handle) MPSCConsumer(id ChannelID, opts ...ChannelOption) (*MPSCConsume
 		return nil, fmt.Errorf("ipc: mpsc consumer %d: %w", id, err)
 	}
 	co := &MPSCConsumer{h: h, en: en, c: c, id: id}
+	c.Take = co.taken.hook(h.buf.recs)
 	if err := h.addEnd(co); err != nil {
 		c.Close()
 		return nil, err
@@ -191,25 +193,18 @@ func (c *MPSCConsumer) wrap(op string, err error) error {
 // ID is the channel's id.
 func (c *MPSCConsumer) ID() ChannelID { return c.id }
 
-func (c *MPSCConsumer) record(off mem.Off) (Record, error) {
-	b, err := c.h.buf.recs.view(off)
-	if err != nil {
-		return Record{}, fmt.Errorf("queued record at %#x: %w", uint64(off), err)
-	}
-	return Record{off: off, b: b}, nil
-}
-
 // TryReceive takes the next record without waiting: ErrWouldBlock, or
 // io.EOF when no producer is attached (after one was) and all is received.
 func (c *MPSCConsumer) TryReceive() (Record, error) {
 	if c.closed {
 		return Record{}, c.wrap("receive", ErrClosed)
 	}
+	c.taken.reset()
 	off, err := c.c.TryReceive()
 	if err != nil {
 		return Record{}, c.wrap("receive", err)
 	}
-	r, err := c.record(off)
+	r, err := c.taken.record(0, off)
 	return r, c.wrap("receive", err)
 }
 
@@ -220,11 +215,12 @@ func (c *MPSCConsumer) Receive(ctx context.Context) (Record, error) {
 	if c.closed {
 		return Record{}, c.wrap("receive", ErrClosed)
 	}
+	c.taken.reset()
 	off, err := c.c.Receive(ctx)
 	if err != nil {
 		return Record{}, c.wrap("receive", err)
 	}
-	r, err := c.record(off)
+	r, err := c.taken.record(0, off)
 	return r, c.wrap("receive", err)
 }
 

@@ -128,7 +128,38 @@ type Consumer struct {
 	c      *channel.RecordConsumer
 	id     ChannelID
 	batch  []mem.Off
+	taken  takenViews
 	closed bool
+}
+
+// takenViews collects what records.take returned for the records a
+// channel consumer took, in order.
+type takenViews struct {
+	views [][]byte
+	errs  []error
+}
+
+func (t *takenViews) reset() {
+	clear(t.views)
+	t.views, t.errs = t.views[:0], t.errs[:0]
+}
+
+func (t *takenViews) hook(rs *records) func(mem.Off) {
+	return func(off mem.Off) {
+		v, err := rs.take(off)
+		t.views = append(t.views, v)
+		t.errs = append(t.errs, err)
+	}
+}
+
+func (t *takenViews) record(i int, off mem.Off) (Record, error) {
+	if i >= len(t.views) {
+		return Record{}, fmt.Errorf("assertion failed: record %d of %d taken", i, len(t.views))
+	}
+	if err := t.errs[i]; err != nil {
+		return Record{}, fmt.Errorf("queued record at %#x: %w", uint64(off), err)
+	}
+	return Record{off: off, b: t.views[i]}, nil
 }
 
 // ID is the channel's id.
@@ -141,14 +172,6 @@ func (c *Consumer) wrap(op string, err error) error {
 	return fmt.Errorf("ipc: %s on channel %d: %w", op, c.id, err)
 }
 
-func (c *Consumer) record(off mem.Off) (Record, error) {
-	b, err := c.h.buf.recs.view(off)
-	if err != nil {
-		return Record{}, fmt.Errorf("queued record at %#x: %w", uint64(off), err)
-	}
-	return Record{off: off, b: b}, nil
-}
-
 // TryReceive takes the next record without waiting: ErrWouldBlock if none
 // is queued, io.EOF if none is and the producer has closed. The record is
 // the caller's: free it, or send it on (zero-copy).
@@ -156,11 +179,12 @@ func (c *Consumer) TryReceive() (Record, error) {
 	if c.closed {
 		return Record{}, c.wrap("receive", ErrClosed)
 	}
+	c.taken.reset()
 	off, err := c.c.TryReceive()
 	if err != nil {
 		return Record{}, c.wrap("receive", err)
 	}
-	r, err := c.record(off)
+	r, err := c.taken.record(0, off)
 	return r, c.wrap("receive", err)
 }
 
@@ -172,11 +196,12 @@ func (c *Consumer) Receive(ctx context.Context) (Record, error) {
 	if c.closed {
 		return Record{}, c.wrap("receive", ErrClosed)
 	}
+	c.taken.reset()
 	off, err := c.c.Receive(ctx)
 	if err != nil {
 		return Record{}, c.wrap("receive", err)
 	}
-	r, err := c.record(off)
+	r, err := c.taken.record(0, off)
 	return r, c.wrap("receive", err)
 }
 
@@ -194,6 +219,7 @@ func (c *Consumer) ReceiveBatch(ctx context.Context, rs []Record) (int, error) {
 	}
 	offs := c.batch[:len(rs)]
 	for {
+		c.taken.reset()
 		n, err := c.c.TryReceiveBatch(offs)
 		if err != nil {
 			return 0, c.wrap("receive batch", err)
@@ -201,8 +227,8 @@ func (c *Consumer) ReceiveBatch(ctx context.Context, rs []Record) (int, error) {
 		if n > 0 {
 			var all []error
 			k := 0
-			for _, off := range offs[:n] {
-				r, err := c.record(off)
+			for i, off := range offs[:n] {
+				r, err := c.taken.record(i, off)
 				if err != nil {
 					all = append(all, err)
 					continue

@@ -1,7 +1,6 @@
 package ipc
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"structs"
@@ -12,178 +11,230 @@ import (
 	"github.com/heapipc/ipc/internal/errs"
 	"github.com/heapipc/ipc/internal/mem"
 	"github.com/heapipc/ipc/internal/sys"
+	"github.com/heapipc/ipc/slab"
 )
 
-// INTERIM: records are heap extents with a 16-byte header until the slab
-// allocator lands; the interface below is what the facade uses and stays.
-
-type recHeader struct {
+// Records are slab records (package slab) with a 16-byte trailer after the
+// payload (rounded up to 8 bytes) that names the record's holder: the
+// process responsible for it now. The allocator holds a record until it is
+// sent; a consumer takes it over before the channel publishes that it was
+// received. So whoever dies, Recover knows which records died with it: a
+// record whose holder is dead and that is not queued in a channel is
+// freed, whichever process allocated it. The trailer is at the end so
+// that the payload keeps the pool's alignment (cache-line records stay
+// cache-line aligned).
+type trailer struct {
 	_      structs.HostLayout
-	Word   atomic.Uint64 // magic (high 32) | payload length (low 32)
-	Holder atomic.Uint64 // sys.Identity of the process responsible for the record
+	Holder atomic.Uint64 // sys.Identity of the holder
+	Len    uint32        // payload bytes
+	Magic  uint32        // trailerMagic
 }
 
 const (
-	recHeaderSize = 16
-	recMagic      = 0x48524543 // "HREC"
+	trailerSize  = 16
+	trailerMagic = 0x48524543 // "HREC"
 )
 
-// RecordStats describes the record allocator.
-type RecordStats struct {
-	LiveRecords uint64
-}
+func allocSize(n int) int { return (n+7)&^7 + trailerSize }
+
+// RecordStats describes the record allocator (see slab.Stats).
+type RecordStats = slab.Stats
 
 type records struct {
-	region *backend.Region
-	heap   *alloc.Heap
-	b      []byte
-	self   sys.Identity
+	pool *slab.Pool
+	b    []byte
+	self sys.Identity
 }
 
-func initRecords(r *backend.Region, h *alloc.Heap, cfg config) (*records, error) {
-	return &records{region: r, heap: h, b: r.Bytes(), self: sys.Self()}, nil
-}
-
-func attachRecords(r *backend.Region, h *alloc.Heap, cfg config) (*records, error) {
-	return initRecords(r, h, cfg)
-}
-
-type slabHandle struct{ rs *records }
-
-func (rs *records) newHandle() (*slabHandle, error) { return &slabHandle{rs: rs}, nil }
-
-func (sh *slabHandle) alloc(n int) (mem.Off, []byte, error) {
-	rs := sh.rs
-	off, err := rs.heap.AllocFor(context.Background(), recHeaderSize+n, alloc.KindLarge, rs.self)
-	if err != nil {
-		return 0, nil, err
-	}
-	hdr := mem.MustAt[recHeader](rs.b, off)
-	hdr.Holder.Store(uint64(rs.self))
-	hdr.Word.Store(recMagic<<32 | uint64(n))
-	p := off + recHeaderSize
-	return p, rs.b[p : p+mem.Off(n) : p+mem.Off(n)], nil
-}
-
-func (sh *slabHandle) close() error { return nil }
-
-func (rs *records) header(off mem.Off) (*recHeader, uint64, error) {
-	if off < recHeaderSize {
-		return nil, 0, fmt.Errorf("record %#x: %w", uint64(off), ErrNotAllocated)
-	}
-	hdr, err := mem.At[recHeader](rs.b, off-recHeaderSize)
-	if err != nil {
-		return nil, 0, err
-	}
-	w := hdr.Word.Load()
-	if w>>32 != recMagic {
-		return nil, 0, fmt.Errorf("record %#x: %w", uint64(off), ErrNotAllocated)
-	}
-	n := w & (1<<32 - 1)
-	if _, err := mem.Bytes(rs.b, off, n); err != nil {
-		return nil, 0, err
-	}
-	return hdr, n, nil
-}
-
-func (rs *records) view(off mem.Off) ([]byte, error) {
-	hdr, n, err := rs.header(off)
+func newRecords(r *backend.Region, h *alloc.Heap, cfg config) (*records, error) {
+	p, err := slab.New(h, slab.Options{SlabSize: cfg.slabSize, Align: cfg.recordAlign})
 	if err != nil {
 		return nil, err
 	}
-	// The receiver becomes responsible for the record, unless recovery
-	// reclaimed it from a dead holder first.
-	for {
-		h := hdr.Holder.Load()
-		if h == reclaimed {
-			return nil, fmt.Errorf("record %#x was reclaimed from a dead holder: %w", uint64(off), ErrNotAllocated)
-		}
-		if h == uint64(rs.self) || hdr.Holder.CompareAndSwap(h, uint64(rs.self)) {
-			break
-		}
+	return &records{pool: p, b: r.Bytes(), self: sys.Self()}, nil
+}
+
+func initRecords(r *backend.Region, h *alloc.Heap, cfg config) (*records, error) {
+	return newRecords(r, h, cfg)
+}
+
+func attachRecords(r *backend.Region, h *alloc.Heap, cfg config) (*records, error) {
+	return newRecords(r, h, cfg)
+}
+
+// slabHandle is a Handle's slab cache.
+type slabHandle struct {
+	rs *records
+	h  *slab.Handle
+}
+
+func (rs *records) newHandle() (*slabHandle, error) {
+	return &slabHandle{rs: rs, h: rs.pool.NewHandle()}, nil
+}
+
+func (sh *slabHandle) alloc(n int) (mem.Off, []byte, error) {
+	size := allocSize(n)
+	r, err := sh.h.Alloc(size)
+	if err != nil {
+		return 0, nil, err
 	}
-	return rs.b[off : uint64(off)+n : uint64(off)+n], nil
+	t := mem.MustAt[trailer](r.Data, mem.Off(size-trailerSize))
+	t.Len = uint32(n)
+	t.Magic = trailerMagic
+	t.Holder.Store(uint64(sh.rs.self))
+	return r.Off, r.Data[:n:n], nil
 }
 
-// validateQueued checks a record offset found in a channel.
-func (rs *records) validateQueued(off mem.Off) error {
-	_, _, err := rs.header(off)
-	return err
+func (sh *slabHandle) close() error { return sh.h.Close() }
+
+// trailerOf validates the live record at off and returns its trailer and
+// its whole allocation.
+func (rs *records) trailerOf(off mem.Off) (*trailer, []byte, error) {
+	data, err := rs.pool.Bytes(off)
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(data) < trailerSize || len(data)%8 != 0 {
+		return nil, nil, errs.Corrupt("record trailer", uint64(off), "record of %d bytes has no room for a trailer", len(data))
+	}
+	t, err := mem.At[trailer](data, mem.Off(len(data)-trailerSize))
+	if err != nil {
+		return nil, nil, err
+	}
+	if t.Magic != trailerMagic || allocSize(int(t.Len)) != len(data) {
+		return nil, nil, errs.Corrupt("record trailer", uint64(off)+uint64(len(data)-trailerSize), "magic %#x, length %d in a record of %d bytes", t.Magic, t.Len, len(data))
+	}
+	return t, data, nil
 }
 
+// take makes this process the holder of a record being received; the
+// channel calls it before it publishes the receipt. It returns the
+// payload view.
+func (rs *records) take(off mem.Off) ([]byte, error) {
+	t, data, err := rs.trailerOf(off)
+	if err != nil {
+		return nil, err
+	}
+	if t.Holder.Load() != uint64(rs.self) {
+		t.Holder.Store(uint64(rs.self))
+	}
+	return data[:t.Len:t.Len], nil
+}
+
+// view returns the payload of the live record at off.
+func (rs *records) view(off mem.Off) ([]byte, error) {
+	t, data, err := rs.trailerOf(off)
+	if err != nil {
+		return nil, err
+	}
+	return data[:t.Len:t.Len], nil
+}
+
+// validate checks that b is the payload view of the live record at off.
 func (rs *records) validate(off mem.Off, b []byte) error {
-	_, n, err := rs.header(off)
+	t, _, err := rs.trailerOf(off)
 	if err != nil {
 		return err
 	}
-	if uint64(len(b)) != n {
-		return fmt.Errorf("record %#x: %w", uint64(off), ErrNotAllocated)
+	if uint32(len(b)) != t.Len {
+		return fmt.Errorf("record %#x: a view of %d bytes, the record has %d: %w", uint64(off), len(b), t.Len, ErrNotAllocated)
+	}
+	if o, ok := mem.OffsetOf(rs.b, unsafeFirst(b, rs.b, off)); !ok || o != off {
+		return fmt.Errorf("record: %w", ErrForeign)
 	}
 	return nil
 }
 
+// validateQueued checks a record offset found in a channel.
+func (rs *records) validateQueued(off mem.Off) error {
+	_, _, err := rs.trailerOf(off)
+	return err
+}
+
+// unsafeFirst returns a pointer to b's first byte, or, for an empty view,
+// to where it would be: the record's offset in the region (an empty view
+// of a zero-length record has capacity 0 here, so its pointer cannot be
+// taken).
+func unsafeFirst(b, region []byte, off mem.Off) *byte {
+	if cap(b) > 0 {
+		return &b[:1][0]
+	}
+	return &region[off]
+}
+
 func (rs *records) free(off mem.Off, b []byte) error {
-	if o, ok := mem.OffsetOf(rs.b, &b[:1][0]); !ok || o != off {
-		return fmt.Errorf("record: %w", ErrForeign)
+	if cap(b) > 0 {
+		if o, ok := mem.OffsetOf(rs.b, &b[:1][0]); !ok {
+			return fmt.Errorf("record: %w", ErrForeign)
+		} else if o != off {
+			return fmt.Errorf("record %#x: view at %#x: %w", uint64(off), uint64(o), ErrNotAllocated)
+		}
 	}
 	return rs.freeOff(off)
 }
 
-func (rs *records) freeOff(off mem.Off) error {
-	hdr, _, err := rs.header(off)
-	if err != nil {
-		if errors.Is(err, ErrNotAllocated) {
-			return fmt.Errorf("record %#x: %w", uint64(off), ErrDoubleFree)
-		}
-		return err
-	}
-	hdr.Word.Store(0)
-	return rs.heap.Free(off - recHeaderSize)
+// freeOff frees a record; the pool detects double frees and offsets that
+// are not records.
+func (rs *records) freeOff(off mem.Off) error { return rs.pool.Free(off) }
+
+func (rs *records) check() error { return rs.pool.Check() }
+
+func (rs *records) stats() RecordStats {
+	s, _ := rs.pool.Stats()
+	return s
 }
 
-func (rs *records) check() error { return nil }
-
-// reclaimed marks a record's holder word while recovery frees it.
-const reclaimed = ^uint64(0)
-
-// recover frees the records whose holder died, except those in skip
-// (queued in a channel: they will be delivered).
-func (rs *records) recover(skip map[mem.Off]bool) (uint64, error) {
-	ext, err := rs.heap.Allocated()
-	if err != nil {
-		return 0, err
+// recover frees the records whose holder died, except those in keep
+// (queued in a channel: they will be delivered), and gives back what dead
+// processes left of the slabs.
+func (rs *records) recover(queued map[mem.Off]bool) (uint64, error) {
+	before, _ := rs.pool.Heap().Stats()
+	alive := map[sys.Identity]bool{rs.self: true}
+	isAlive := func(id sys.Identity) bool {
+		a, ok := alive[id]
+		if !ok {
+			a = sys.Alive(id)
+			alive[id] = a
+		}
+		return a
 	}
-	var n uint64
+	keep := func(off mem.Off) bool {
+		if queued[off] {
+			return true
+		}
+		t, _, err := rs.trailerOf(off)
+		if err != nil {
+			return false // never stamped: its allocator died first
+		}
+		h := sys.Identity(t.Holder.Load())
+		return h != 0 && isAlive(h)
+	}
+	// Records of dead allocators: freed unless kept.
+	_, err := rs.pool.Recover(keep)
+	// Records of live allocators held by dead processes.
 	var all []error
-	for _, e := range ext {
-		if e.Kind != alloc.KindLarge {
-			continue
+	all = append(all, err)
+	all = append(all, rs.pool.Walk(func(off mem.Off) {
+		if keep(off) {
+			return
 		}
-		hdr := mem.MustAt[recHeader](rs.b, e.Off)
-		h := sys.Identity(hdr.Holder.Load())
-		if hdr.Word.Load()>>32 != recMagic {
-			// Allocated but never stamped: its allocator died in between.
-			if e.Owner != 0 && !sys.Alive(e.Owner) {
-				all = append(all, rs.heap.Free(e.Off))
-				n += e.Size
+		t, _, err := rs.trailerOf(off)
+		if err != nil {
+			return
+		}
+		if h := sys.Identity(t.Holder.Load()); h != 0 && !isAlive(h) {
+			if ferr := rs.pool.Free(off); ferr != nil && !errors.Is(ferr, ErrDoubleFree) {
+				all = append(all, ferr)
 			}
-			continue
 		}
-		if h == 0 || uint64(h) == reclaimed || sys.Alive(h) || skip[e.Off+recHeaderSize] {
-			continue
-		}
-		if !hdr.Holder.CompareAndSwap(uint64(h), reclaimed) {
-			continue
-		}
-		hdr.Word.Store(0)
-		all = append(all, rs.heap.Free(e.Off))
-		n += e.Size
+	}))
+	after, _ := rs.pool.Heap().Stats()
+	var n uint64
+	if after.FreeBytes > before.FreeBytes {
+		n = after.FreeBytes - before.FreeBytes
 	}
 	return n, errors.Join(all...)
 }
 
-func (rs *records) stats() RecordStats { return RecordStats{} }
-func (rs *records) close() error       { return nil }
-func (rs *records) unlink() error      { return nil }
-
-var _ = errs.ErrCorrupt
+func (rs *records) close() error  { return nil }
+func (rs *records) unlink() error { return nil }

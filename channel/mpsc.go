@@ -279,6 +279,9 @@ func (p *MPSCProducer) Close() {
 // MPSCConsumer is the consumer (one goroutine at a time).
 type MPSCConsumer struct {
 	*MPSC
+	// Take, if set, is called with each record's offset before the
+	// consumer frees its slot (the holder hand-over).
+	Take    func(off mem.Off)
 	self    sys.Identity
 	head    uint64
 	closed  bool
@@ -309,6 +312,9 @@ func (c *MPSCConsumer) TryReceive() (mem.Off, error) {
 		switch seq {
 		case h + 1:
 			off := mem.Off(s.Off.Load())
+			if c.Take != nil {
+				c.Take(off)
+			}
 			c.advance(s, h)
 			return off, nil
 		case h:

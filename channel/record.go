@@ -324,6 +324,9 @@ func (p *RecordProducer) Close() (consumerClosed bool) {
 // goroutine at a time.
 type RecordConsumer struct {
 	*Ring
+	// Take, if set, is called with each record's offset before the
+	// consumer publishes that it took it (the holder hand-over).
+	Take      func(off mem.Off)
 	self      sys.Identity
 	head      uint64
 	tailCache uint64
@@ -383,6 +386,9 @@ func (c *RecordConsumer) TryReceive() (mem.Off, error) {
 		}
 	}
 	off := mem.Off(c.ring[c.head&c.mask])
+	if c.Take != nil {
+		c.Take(off)
+	}
 	c.head++
 	c.cb.Head.Store(c.head)
 	c.wakeProducer()
@@ -421,6 +427,9 @@ func (c *RecordConsumer) TryReceiveBatch(offs []mem.Off) (int, error) {
 	}
 	for i := uint64(0); i < n; i++ {
 		offs[i] = mem.Off(c.ring[(c.head+i)&c.mask])
+		if c.Take != nil {
+			c.Take(offs[i])
+		}
 	}
 	c.head += n
 	c.cb.Head.Store(c.head)

@@ -26,34 +26,53 @@ type Off uint64
 // some arm64 cores.
 const CacheLine = 128
 
+// Problems check finds.
+const (
+	okRange = iota
+	badRange
+	badAlign
+)
+
 // check verifies that [off, off+size) lies in b and that b[off] is aligned
-// to align.
-func check(b []byte, off Off, size, align uintptr, what string) error {
+// to align. It does not format: the hot paths call it.
+func check(b []byte, off Off, size, align uintptr) int {
 	n := uint64(len(b))
 	if uint64(off) > n || uint64(size) > n-uint64(off) {
-		return errs.Corrupt(what, uint64(off), "range of %d bytes outside region of %d bytes", size, n)
+		return badRange
 	}
 	if align > 1 && len(b) > 0 {
 		p := uintptr(unsafe.Pointer(unsafe.SliceData(b))) + uintptr(off)
 		if p%align != 0 {
-			return errs.Corrupt(what, uint64(off), "misaligned for %d-byte alignment", align)
+			return badAlign
 		}
 	}
-	return nil
+	return okRange
+}
+
+// problem builds the error for what check found.
+func problem(what string, b []byte, off Off, size, align uintptr, p int) error {
+	if p == badAlign {
+		return errs.Corrupt(what, uint64(off), "misaligned for %d-byte alignment", align)
+	}
+	return errs.Corrupt(what, uint64(off), "range of %d bytes outside region of %d bytes", size, len(b))
 }
 
 // At returns a pointer to a T at offset off of b, after checking bounds and
 // alignment. T must be a fixed-layout type without Go pointers.
 func At[T any](b []byte, off Off) (*T, error) {
 	var z T
-	if err := check(b, off, unsafe.Sizeof(z), unsafe.Alignof(z), fmt.Sprintf("%T", z)); err != nil {
-		return nil, err
+	if p := check(b, off, unsafe.Sizeof(z), unsafe.Alignof(z)); p != okRange {
+		return nil, problem(fmt.Sprintf("%T", z), b, off, unsafe.Sizeof(z), unsafe.Alignof(z), p)
 	}
 	if unsafe.Sizeof(z) == 0 {
-		return &z, nil
+		// Not &z: that would make z escape, and every call allocate.
+		return (*T)(unsafe.Pointer(&zeroSized)), nil
 	}
 	return (*T)(unsafe.Pointer(&b[off])), nil
 }
+
+// zeroSized is where views of zero-size types point.
+var zeroSized [8]byte
 
 // MustAt is At for offsets the caller has validated: a bad one is a broken
 // internal invariant and panics.
@@ -75,8 +94,8 @@ func Slice[T any](b []byte, off Off, n int) ([]T, error) {
 	if size != 0 && uint64(n) > uint64(len(b))/uint64(size) {
 		return nil, errs.Corrupt(fmt.Sprintf("[]%T", z), uint64(off), "%d elements do not fit in %d bytes", n, len(b))
 	}
-	if err := check(b, off, size*uintptr(n), unsafe.Alignof(z), fmt.Sprintf("[]%T", z)); err != nil {
-		return nil, err
+	if p := check(b, off, size*uintptr(n), unsafe.Alignof(z)); p != okRange {
+		return nil, problem(fmt.Sprintf("[]%T", z), b, off, size*uintptr(n), unsafe.Alignof(z), p)
 	}
 	if n == 0 {
 		return []T{}, nil
