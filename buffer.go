@@ -113,6 +113,16 @@ func (b *Buffer) Backends() (segments, semaphores string) {
 	return string(b.region.SegmentKind()), string(b.region.SemaphoreKind())
 }
 
+// checkFast is check for the hot paths: it does not read the buffer's
+// shared state word (a destroyed buffer is noticed by blocking calls and
+// by check).
+func (b *Buffer) checkFast(op string) error {
+	if b.isClosed.Load() {
+		return fmt.Errorf("ipc: %s on buffer %q: %w", op, b.name, ErrClosed)
+	}
+	return nil
+}
+
 func (b *Buffer) check(op string) error {
 	if b.isClosed.Load() {
 		return fmt.Errorf("ipc: %s on buffer %q: %w", op, b.name, ErrClosed)

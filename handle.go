@@ -90,7 +90,7 @@ func (h *Handle) check(op string) error {
 	if h.isClosed.Load() {
 		return fmt.Errorf("ipc: %s: handle: %w", op, ErrClosed)
 	}
-	return h.buf.check(op)
+	return h.buf.checkFast(op)
 }
 
 // Allocate returns a record of n bytes (n ≥ 0) from this handle's slabs,
@@ -115,16 +115,11 @@ func (h *Handle) Allocate(n int) (Record, error) {
 // Free gives a record back: ErrDoubleFree if it was freed already,
 // ErrNotAllocated or ErrForeign if it is not a live record of this buffer
 // (nothing changes then). Any handle may free any record of the buffer.
-func (h *Handle) Free(r Record) error {
-	if err := h.buf.check("free"); err != nil {
-		return err
-	}
-	return h.buf.Free(r)
-}
+func (h *Handle) Free(r Record) error { return h.buf.Free(r) }
 
 // Free gives a record back (see Handle.Free); safe from any goroutine.
 func (b *Buffer) Free(r Record) error {
-	if err := b.check("free"); err != nil {
+	if err := b.checkFast("free"); err != nil {
 		return err
 	}
 	if r.b == nil {

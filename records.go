@@ -130,19 +130,33 @@ func (rs *records) view(off mem.Off) ([]byte, error) {
 	return data[:t.Len:t.Len], nil
 }
 
-// validate checks that b is the payload view of the live record at off.
+// held returns the trailer of the record whose payload view is b at off,
+// if this process holds it: the cheap check of Send and Free, which know
+// the payload's length from the view and so find the trailer without
+// locating the record in its slab.
+func (rs *records) held(off mem.Off, b []byte) (*trailer, error) {
+	if cap(b) > 0 {
+		if o, ok := mem.OffsetOf(rs.b, &b[:1][0]); !ok {
+			return nil, fmt.Errorf("record: %w", ErrForeign)
+		} else if o != off {
+			return nil, fmt.Errorf("record %#x: view at %#x: %w", uint64(off), uint64(o), ErrNotAllocated)
+		}
+	}
+	t, err := mem.At[trailer](rs.b, off+mem.Off(allocSize(len(b))-trailerSize))
+	if err != nil || t.Magic != trailerMagic || t.Len != uint32(len(b)) {
+		return nil, fmt.Errorf("record %#x: not a live record (freed?): %w", uint64(off), ErrNotAllocated)
+	}
+	if h := t.Holder.Load(); h != uint64(rs.self) {
+		return nil, fmt.Errorf("record %#x is held by %v, not by this process: %w", uint64(off), sys.Identity(h), ErrNotAllocated)
+	}
+	return t, nil
+}
+
+// validate checks that b is the payload view of a live record at off that
+// this process holds (allocated, or received and not sent on).
 func (rs *records) validate(off mem.Off, b []byte) error {
-	t, _, err := rs.trailerOf(off)
-	if err != nil {
-		return err
-	}
-	if uint32(len(b)) != t.Len {
-		return fmt.Errorf("record %#x: a view of %d bytes, the record has %d: %w", uint64(off), len(b), t.Len, ErrNotAllocated)
-	}
-	if o, ok := mem.OffsetOf(rs.b, unsafeFirst(b, rs.b, off)); !ok || o != off {
-		return fmt.Errorf("record: %w", ErrForeign)
-	}
-	return nil
+	_, err := rs.held(off, b)
+	return err
 }
 
 // validateQueued checks a record offset found in a channel.
@@ -151,26 +165,18 @@ func (rs *records) validateQueued(off mem.Off) error {
 	return err
 }
 
-// unsafeFirst returns a pointer to b's first byte, or, for an empty view,
-// to where it would be: the record's offset in the region (an empty view
-// of a zero-length record has capacity 0 here, so its pointer cannot be
-// taken).
-func unsafeFirst(b, region []byte, off mem.Off) *byte {
-	if cap(b) > 0 {
-		return &b[:1][0]
-	}
-	return &region[off]
-}
-
 func (rs *records) free(off mem.Off, b []byte) error {
-	if cap(b) > 0 {
-		if o, ok := mem.OffsetOf(rs.b, &b[:1][0]); !ok {
-			return fmt.Errorf("record: %w", ErrForeign)
-		} else if o != off {
-			return fmt.Errorf("record %#x: view at %#x: %w", uint64(off), uint64(o), ErrNotAllocated)
+	t, err := rs.held(off, b)
+	if err != nil {
+		// Not ours, or freed already: the pool tells which (and frees
+		// a live record another process holds, which is allowed).
+		if ferr := rs.pool.Free(off); ferr != nil {
+			return ferr
 		}
+		return nil
 	}
-	return rs.freeOff(off)
+	t.Magic = 0 // a later Send or Free of this view is caught cheaply
+	return rs.pool.Free(off)
 }
 
 // freeOff frees a record; the pool detects double frees and offsets that
