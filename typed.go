@@ -36,3 +36,50 @@ func pointerPath(t reflect.Type, path string) (string, bool) {
 	}
 	return path + " (" + t.Kind().String() + ")", true
 }
+
+// Typed allocates records that hold one value of a pointer-free type T
+// and gives typed access to them: the zero-copy way to pass structs.
+type Typed[T any] struct {
+	h    *Handle
+	size int
+}
+
+// NewTyped returns the typed allocator of h for T. A T that holds
+// pointers, slices, strings, maps, interfaces, channels or functions is
+// refused with ErrInvalidArgument: another process could not follow them.
+func NewTyped[T any](h *Handle) (*Typed[T], error) {
+	if err := checkPlain[T](); err != nil {
+		return nil, err
+	}
+	return &Typed[T]{h: h, size: int(reflect.TypeFor[T]().Size())}, nil
+}
+
+// Allocate returns a new record holding a T (not zeroed) and the pointer
+// to it.
+func (t *Typed[T]) Allocate() (*T, Record, error) {
+	r, err := t.h.Allocate(t.size)
+	if err != nil {
+		return nil, Record{}, err
+	}
+	v, err := ValueOf[T](r)
+	if err != nil {
+		t.h.Free(r)
+		return nil, Record{}, err
+	}
+	return v, r, nil
+}
+
+// ValueOf returns the T a record holds: ErrSizeMismatch if the record is
+// not exactly one T.
+func ValueOf[T any](r Record) (*T, error) {
+	if err := checkPlain[T](); err != nil {
+		return nil, err
+	}
+	if n := int(reflect.TypeFor[T]().Size()); r.Len() != n {
+		return nil, fmt.Errorf("ipc: record of %d bytes holds no %v (%d bytes): %w", r.Len(), reflect.TypeFor[T](), n, ErrSizeMismatch)
+	}
+	if r.Len() == 0 {
+		return new(T), nil
+	}
+	return StaticAtBytes[T](r.b)
+}
