@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 	"structs"
 	"sync/atomic"
 	"time"
@@ -103,7 +104,9 @@ func (o WaitOptions) norm() WaitOptions {
 const DefaultSpin = 20 * time.Microsecond
 
 // spin calls done until it returns true or d has passed, and reports
-// whether it returned true. The clock is read once every 64 calls.
+// whether it returned true. Every 64 calls it reads the clock and yields
+// the processor, so that a peer goroutine waiting for a P (more busy
+// goroutines than GOMAXPROCS) gets to run instead of being spun against.
 func spin(d time.Duration, done func() bool) bool {
 	if d <= 0 {
 		return false
@@ -120,6 +123,7 @@ func spin(d time.Duration, done func() bool) bool {
 			} else if now.After(deadline) {
 				return false
 			}
+			runtime.Gosched()
 		}
 	}
 }
