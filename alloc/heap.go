@@ -410,7 +410,7 @@ func (h *Heap) AllocFor(ctx context.Context, n int, kind Kind, owner sys.Identit
 func (h *Heap) allocLocked(np uint64, kind Kind, owner sys.Identity) (mem.Off, error) {
 	for attempt := 0; ; attempt++ {
 		s, l, err := h.top()
-		if err == nil || attempt > 0 {
+		if err == nil || attempt > 0 || errors.Is(err, ErrNoSpace) {
 			if err != nil {
 				return 0, err
 			}

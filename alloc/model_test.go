@@ -123,7 +123,7 @@ func runModel(t *testing.T, c combo, steps int, sd uint64) {
 					t.Fatalf("step %d: alloc %d pages with largest run %d: %v, want ErrNoSpace", step, pages, run, err)
 				}
 				if s := mustStats(t, h); s != before {
-					t.Fatalf("step %d: failed alloc changed the heap", step)
+					t.Fatalf("step %d: failed alloc (%v) changed the heap: %+v -> %+v", step, err, before, s)
 				}
 				continue
 			}

@@ -62,7 +62,10 @@ func (h *Handle) Alloc(size int) (Record, error) {
 	pos := h.cur
 	h.cur += uint32(k)
 	g := h.base + uint64(pos)
-	p.hdrs[g] = recHeader{Pos: pos, Len: uint32(k), Size: uint32(size), Check: recCheck(pos, uint32(k), uint32(size), h.key)}
+	// Two plain word stores, the shape in which freers load the header
+	// (a 16-byte store read back as two words stalls store forwarding).
+	p.plain[2*g] = packHalves(pos, uint32(k))
+	p.plain[2*g+1] = packHalves(uint32(size), recCheck(pos, uint32(k), uint32(size), h.key))
 	off := mem.Off((g + 1) * granule)
 	return Record{Off: off, Data: p.view(off, uint64(size))}, nil
 }
@@ -82,7 +85,9 @@ func (h *Handle) allocLarge(size uint64) (Record, error) {
 	}
 	off := ext + mem.Off(hdrOff)
 	ln, sz := uint32(size>>32), uint32(size)
-	p.hdrs[uint64(off)/granule-1] = recHeader{Pos: 0, Len: ln, Size: sz, Check: recCheck(0, ln, sz, p.salt^largeKey)}
+	g := uint64(off)/granule - 1
+	p.plain[2*g] = packHalves(0, ln)
+	p.plain[2*g+1] = packHalves(sz, recCheck(0, ln, sz, p.salt^largeKey))
 	return Record{Off: off, Data: p.view(off, size)}, nil
 }
 
@@ -137,7 +142,10 @@ func (h *Handle) retire() {
 	}
 	sh := h.sh
 	sh.Retired.Store(uint64(h.cur) + 1)
-	h.p.retireSlab(h.slab, sh, h.cur-sh.RecBase, false)
+	// The handle's own geometry, not the header's: shared memory may have
+	// been damaged since the handle wrote it.
+	g := h.p.geo
+	h.p.retireSlab(h.slab, sh, g, h.cur-g.recBase, false)
 	h.slab, h.sh = 0, nil
 	h.cur, h.limit = 0, 0
 	h.retired++
@@ -158,9 +166,9 @@ func (h *Handle) Close() error {
 // the retirement of a dead owner, who may have set part of the bits
 // already: a completion it cannot attribute is then left uncounted (the
 // slab may leak, but is never returned while a record is live).
-func (p *Pool) retireSlab(slab mem.Off, sh *slabHeader, e uint32, takeover bool) error {
+func (p *Pool) retireSlab(slab mem.Off, sh *slabHeader, g geometry, e uint32, takeover bool) error {
 	base := uint64(slab)/8 + bitmapWord
-	words := uint64(sh.Words)
+	words := uint64(g.words)
 	wp, r := uint64(e)/64, uint64(e)%64
 	var done int64
 	if r != 0 {

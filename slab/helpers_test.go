@@ -95,13 +95,16 @@ func attachPool(tb testing.TB, name string, c combo, opts Options) *Pool {
 }
 
 func childEnv(p *Pool, c combo, extra ...string) []string {
-	return append([]string{"SLAB_NAME=" + p.heap.Region().Name(), "SLAB_SEG=" + string(c.seg), "SLAB_SEM=" + string(c.sem)}, extra...)
+	return append([]string{"SLAB_NAME=" + p.heap.Region().Name(), "SLAB_SEG=" + string(c.seg), "SLAB_SEM=" + string(c.sem),
+		"SLAB_SIZE=" + strconv.FormatUint(p.slabSize, 10), "SLAB_ALIGN=" + strconv.FormatUint(p.align, 10)}, extra...)
 }
 
 func childPool(t *testing.T) *Pool {
 	t.Helper()
 	c := combo{backend.Kind(testutil.Env(t, "SLAB_SEG")), backend.Kind(testutil.Env(t, "SLAB_SEM"))}
-	return attachPool(t, testutil.Env(t, "SLAB_NAME"), c, Options{})
+	size, _ := strconv.Atoi(testutil.Env(t, "SLAB_SIZE"))
+	align, _ := strconv.Atoi(testutil.Env(t, "SLAB_ALIGN"))
+	return attachPool(t, testutil.Env(t, "SLAB_NAME"), c, Options{SlabSize: size, Align: align})
 }
 
 func seed(tb testing.TB) uint64 {

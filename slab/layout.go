@@ -84,10 +84,8 @@ type recHeader struct {
 
 // recCheck mixes a header's fields with a key; it is never 0.
 func recCheck(pos, ln, size, key uint32) uint32 {
-	x := uint64(pos) | uint64(ln)<<32
-	x ^= (uint64(size) | uint64(key)<<32) * 0x9e3779b97f4a7c15
-	x *= 0xbf58476d1ce4e5b9
-	x ^= x >> 29
+	x := (uint64(pos) | uint64(size)<<32) ^ (uint64(ln)<<20 | uint64(key)<<40 | uint64(key)>>12)
+	x *= 0x9e3779b97f4a7c15
 	return uint32(x>>32) | 1
 }
 
@@ -110,5 +108,5 @@ func slabGeometry(bytes, align uint64) geometry {
 // slotGranules is the slot of a record of size bytes: header, data, and
 // padding to the alignment (size 0 takes the slot of size 1).
 func slotGranules(size, align uint64) uint64 {
-	return (HeaderSize + max(size, 1) + align - 1) / align * align / granule
+	return (HeaderSize + max(size, 1) + align - 1) &^ (align - 1) / granule
 }

@@ -1,6 +1,7 @@
 package slab
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"sync/atomic"
@@ -63,6 +64,7 @@ type Pool struct {
 	b        []byte
 	hdrs     []recHeader     // the region in 16-byte granules
 	words    []atomic.Uint64 // the region in words
+	plain    []uint64        // the same words, for the owner's header stores
 	slabs    []slabHeader    // the region in 256-byte blocks
 	lo, hi   mem.Off         // the heap's allocatable range
 	ps       uint64
@@ -71,7 +73,8 @@ type Pool struct {
 	slabSize uint64
 	align    uint64
 	geo      geometry
-	maxSmall uint64 // largest slot (granules) carved from a slab
+	maxSmall uint64    // largest slot (granules) carved from a slab
+	want     [3]uint64 // words 1, 3, 4 of the header of a slab of this pool's options
 }
 
 // New returns a Pool over the heap h.
@@ -100,6 +103,10 @@ func New(h *alloc.Heap, opts Options) (*Pool, error) {
 	if err != nil {
 		return nil, err
 	}
+	plain, err := mem.Slice[uint64](b, 0, len(b)/8)
+	if err != nil {
+		return nil, err
+	}
 	slabs, err := mem.Slice[slabHeader](b, 0, len(b)/slabHeaderSize)
 	if err != nil {
 		return nil, err
@@ -107,10 +114,15 @@ func New(h *alloc.Heap, opts Options) (*Pool, error) {
 	lo, hi := h.Range()
 	geo := slabGeometry(size, align)
 	p := &Pool{
-		heap: h, b: b, hdrs: hdrs, words: words, slabs: slabs, lo: lo, hi: hi, ps: ps,
+		heap: h, b: b, hdrs: hdrs, words: words, plain: plain, slabs: slabs, lo: lo, hi: hi, ps: ps,
 		salt: uint32(h.Salt()), self: sys.Self(), slabSize: size, align: align, geo: geo,
 	}
 	p.maxSmall = uint64(geo.limit-geo.recBase) / 8
+	p.want = [3]uint64{
+		packHalves(p.salt, uint32(size/ps)),
+		packHalves(geo.recBase, geo.limit),
+		packHalves(geo.words, uint32(align)),
+	}
 	if p.maxSmall < slotGranules(1, align) {
 		return nil, fmt.Errorf("slab: slab size %d too small for %d-byte alignment: %w", size, align, ErrInvalidArgument)
 	}
@@ -157,68 +169,90 @@ func notRecord(off mem.Off, why string) error {
 }
 
 // locate validates everything the record at off leads to, without
-// changing anything.
-func (p *Pool) locate(off mem.Off) (located, error) {
-	if off%granule != 0 || off < p.lo+HeaderSize || off >= p.hi {
-		return located{}, notRecord(off, "outside the heap or misaligned")
+// changing anything, and fills loc.
+func (p *Pool) locate(off mem.Off, loc *located) error {
+	if off&(granule-1) != 0 || off < p.lo+HeaderSize || off >= p.hi {
+		return notRecord(off, "outside the heap or misaligned")
 	}
 	g := uint64(off)/granule - 1
-	hd := p.hdrs[g]
+	hd := p.header(g)
 	if hd.Pos == 0 {
-		return p.locateLarge(off, hd)
+		return p.locateLarge(off, hd, loc)
 	}
 	if uint64(hd.Pos) > g {
-		return located{}, notRecord(off, "bad header")
+		return notRecord(off, "bad header")
 	}
 	slab := mem.Off((g - uint64(hd.Pos)) * granule)
-	if slab < p.lo || uint64(slab-p.lo)%p.ps != 0 {
-		return located{}, notRecord(off, "bad header")
+	if slab < p.lo || uint64(slab-p.lo)&(p.ps-1) != 0 {
+		return notRecord(off, "bad header")
+	}
+	sw := uint64(slab) / 8 // the slab header's first word
+	ident := p.words[sw].Load()
+	if recCheck(hd.Pos, hd.Len, hd.Size, p.salt^uint32(ident>>32)) != hd.Check {
+		return notRecord(off, "bad header")
 	}
 	sh := &p.slabs[slab/slabHeaderSize]
-	ident := sh.Ident.Load()
-	if recCheck(hd.Pos, hd.Len, hd.Size, p.salt^uint32(ident>>32)) != hd.Check {
-		return located{}, notRecord(off, "bad header")
-	}
 	if uint32(ident) != slabMagic {
-		return located{retired: true}, fmt.Errorf("slab: record %#x: its slab went back to the heap: %w", uint64(off), ErrDoubleFree)
+		loc.retired = true
+		return fmt.Errorf("slab: record %#x: its slab went back to the heap: %w", uint64(off), ErrDoubleFree)
 	}
-	if sh.Self != uint64(slab) || sh.Salt != p.salt {
-		return located{}, notRecord(off, "slab header does not match")
+	// The slab header's words: salt|pages, self, recbase|limit,
+	// words|align. A slab made with this pool's options matches them
+	// word for word; any other is checked field by field.
+	if p.words[sw+2].Load() != uint64(slab) {
+		return notRecord(off, "slab header does not match")
 	}
-	// The geometry is the creator's; check what the bit arithmetic below
-	// relies on, so that a damaged header cannot send it out of range.
-	end := uint64(slab) + uint64(sh.Pages)*p.ps
-	if end > uint64(p.hi) || uint64(sh.Limit)*granule > uint64(sh.Pages)*p.ps || sh.RecBase >= sh.Limit ||
-		slabHeaderSize+8*uint64(sh.Words) > uint64(sh.RecBase)*granule || uint64(sh.Words)*64 < uint64(sh.Limit-sh.RecBase) {
-		return located{}, errs.Corrupt("slab.header", uint64(slab), "geometry pages %d base %d limit %d words %d", sh.Pages, sh.RecBase, sh.Limit, sh.Words)
+	if p.words[sw+1].Load() != p.want[0] || p.words[sw+3].Load() != p.want[1] || p.words[sw+4].Load() != p.want[2] {
+		if err := p.checkGeometry(slab, sh); err != nil {
+			return err
+		}
 	}
-	if hd.Pos < sh.RecBase || hd.Len == 0 || uint64(hd.Pos)+uint64(hd.Len) > uint64(sh.Limit) ||
+	if hd.Pos < sh.RecBase || uint64(hd.Pos)+uint64(hd.Len) > uint64(sh.Limit) ||
 		uint64(hd.Len) != slotGranules(uint64(hd.Size), uint64(sh.Align)) {
-		return located{}, notRecord(off, "header does not fit its slab")
+		return notRecord(off, "header does not fit its slab")
 	}
-	return located{slab: slab, sh: sh, hd: hd, bit: hd.Pos - sh.RecBase, size: uint64(hd.Size)}, nil
+	loc.slab, loc.sh, loc.hd, loc.bit, loc.size = slab, sh, hd, hd.Pos-sh.RecBase, uint64(hd.Size)
+	return nil
 }
 
-func (p *Pool) locateLarge(off mem.Off, hd recHeader) (located, error) {
+// checkGeometry validates the header of a slab made with other options
+// than this pool's: what the bit arithmetic relies on, so that a damaged
+// header cannot send it out of range.
+func (p *Pool) checkGeometry(slab mem.Off, sh *slabHeader) error {
+	if sh.Salt != p.salt {
+		return notRecord(slab, "slab header of another buffer")
+	}
+	end := uint64(slab) + uint64(sh.Pages)*p.ps
+	if end > uint64(p.hi) || uint64(sh.Limit)*granule > uint64(sh.Pages)*p.ps || sh.RecBase >= sh.Limit ||
+		slabHeaderSize+8*uint64(sh.Words) > uint64(sh.RecBase)*granule || uint64(sh.Words)*64 < uint64(sh.Limit-sh.RecBase) ||
+		sh.Align < granule || uint64(sh.Align) > p.ps || sh.Align&(sh.Align-1) != 0 {
+		return errs.Corrupt("slab.header", uint64(slab), "geometry pages %d base %d limit %d words %d align %d", sh.Pages, sh.RecBase, sh.Limit, sh.Words, sh.Align)
+	}
+	return nil
+}
+
+func (p *Pool) locateLarge(off mem.Off, hd recHeader, loc *located) error {
 	size := uint64(hd.Len)<<32 | uint64(hd.Size)
 	extent := mem.Off(uint64(off-HeaderSize) &^ (p.ps - 1))
 	if extent < p.lo || size > uint64(p.hi-off) {
-		return located{}, notRecord(off, "bad header")
+		return notRecord(off, "bad header")
 	}
 	switch hd.Check {
 	case recCheck(0, hd.Len, hd.Size, p.salt^largeKey):
-		return located{large: true, hd: hd, size: size, extent: extent}, nil
+		loc.large, loc.hd, loc.size, loc.extent = true, hd, size, extent
+		return nil
 	case recCheck(0, hd.Len, hd.Size, p.salt^freedKey):
-		return located{large: true, freed: true}, fmt.Errorf("slab: large record %#x: %w", uint64(off), ErrDoubleFree)
+		loc.large, loc.freed = true, true
+		return fmt.Errorf("slab: large record %#x: %w", uint64(off), ErrDoubleFree)
 	}
-	return located{}, notRecord(off, "bad header")
+	return notRecord(off, "bad header")
 }
 
 // Bytes returns the view of the live record whose data starts at off.
 // It takes no lock.
 func (p *Pool) Bytes(off mem.Off) ([]byte, error) {
-	loc, err := p.locate(off)
-	if err != nil {
+	var loc located
+	if err := p.locate(off, &loc); err != nil {
 		return nil, err
 	}
 	if !loc.large && !p.live(loc) {
@@ -241,6 +275,35 @@ func (p *Pool) live(loc located) bool {
 		n -= m
 	}
 	return true
+}
+
+// header reads the record header at granule g with two atomic loads: a
+// large record's header changes when it is freed, while other processes
+// may be reading it.
+func (p *Pool) header(g uint64) recHeader {
+	w0, w1 := p.words[2*g].Load(), p.words[2*g+1].Load()
+	pos, ln := unpackHalves(w0)
+	size, check := unpackHalves(w1)
+	return recHeader{Pos: pos, Len: ln, Size: size, Check: check}
+}
+
+// littleEndian says how two uint32 fields lie in a uint64 word.
+var littleEndian = binary.NativeEndian.Uint16([]byte{1, 0}) == 1
+
+// unpackHalves splits a word into its first and second uint32 in memory
+// order; packHalves is the inverse.
+func unpackHalves(w uint64) (first, second uint32) {
+	if littleEndian {
+		return uint32(w), uint32(w >> 32)
+	}
+	return uint32(w >> 32), uint32(w)
+}
+
+func packHalves(first, second uint32) uint64 {
+	if littleEndian {
+		return uint64(first) | uint64(second)<<32
+	}
+	return uint64(first)<<32 | uint64(second)
 }
 
 // maskOf is m bits from bit b.
@@ -272,8 +335,66 @@ func (p *Pool) OffsetOf(b []byte) (mem.Off, error) {
 // ErrDoubleFree, offsets that are not live records ErrNotAllocated;
 // nothing changes then.
 func (p *Pool) Free(off mem.Off) error {
-	loc, err := p.locate(off)
-	if err != nil {
+	if p.freeFast(off) {
+		return nil
+	}
+	return p.free(off)
+}
+
+// freeFast frees, in the common case, a record of a slab made with this
+// pool's options whose slot lies in one bitmap word: the same checks as
+// locate, specialised; false means "take the general path" (which also
+// reports every error).
+func (p *Pool) freeFast(off mem.Off) bool {
+	if off&(granule-1) != 0 || off < p.lo+HeaderSize || off >= p.hi {
+		return false
+	}
+	g := uint64(off)/granule - 1
+	hw := p.words[2*g : 2*g+2 : 2*g+2]
+	pos, ln := unpackHalves(hw[0].Load())
+	size, check := unpackHalves(hw[1].Load())
+	if pos == 0 || uint64(pos) > g {
+		return false
+	}
+	slab := (g - uint64(pos)) * granule
+	if slab < uint64(p.lo) || (slab-uint64(p.lo))&(p.ps-1) != 0 {
+		return false
+	}
+	sw := slab / 8
+	sh := p.words[sw : sw+5 : sw+5]
+	ident := sh[0].Load()
+	if uint32(ident) != slabMagic || recCheck(pos, ln, size, p.salt^uint32(ident>>32)) != check ||
+		sh[2].Load() != slab || sh[1].Load() != p.want[0] || sh[3].Load() != p.want[1] || sh[4].Load() != p.want[2] {
+		return false
+	}
+	// The slab has this pool's geometry.
+	if pos < p.geo.recBase || uint64(pos)+uint64(ln) > uint64(p.geo.limit) || uint64(ln) != slotGranules(uint64(size), p.align) {
+		return false
+	}
+	bit := uint64(pos - p.geo.recBase)
+	b := bit % 64
+	if b+uint64(ln) > 64 {
+		return false
+	}
+	mask := maskOf(b, uint64(ln))
+	word := &p.words[sw+bitmapWord+bit/64]
+	old := word.Load()
+	if old&mask != 0 || !word.CompareAndSwap(old, old|mask) {
+		return false
+	}
+	if old|mask == ^uint64(0) {
+		h := &p.slabs[slab/slabHeaderSize]
+		if h.Count.Add(-1) == 0 {
+			p.returnSlab(mem.Off(slab), h)
+		}
+	}
+	return true
+}
+
+// free is Free's general path.
+func (p *Pool) free(off mem.Off) error {
+	var loc located
+	if err := p.locate(off, &loc); err != nil {
 		return err
 	}
 	if loc.large {
@@ -290,8 +411,8 @@ func (p *Pool) FreeBytes(b []byte) error {
 	if err != nil {
 		return err
 	}
-	loc, err := p.locate(off)
-	if err != nil {
+	var loc located
+	if err := p.locate(off, &loc); err != nil {
 		return err
 	}
 	if uint64(len(b)) != loc.size {
@@ -397,7 +518,7 @@ func (p *Pool) finishReturn(slab mem.Off, sh *slabHeader) error {
 func (p *Pool) freeLarge(off mem.Off, loc located, owner sys.Identity) error {
 	g := uint64(off)/granule - 1
 	err := p.heap.FreeIf(loc.extent, func(e alloc.Extent) error {
-		hd := p.hdrs[g]
+		hd := p.header(g)
 		switch {
 		case e.Kind != alloc.KindLarge:
 			return fmt.Errorf("extent of kind %v: %w", e.Kind, ErrNotAllocated)
@@ -408,7 +529,9 @@ func (p *Pool) freeLarge(off mem.Off, loc located, owner sys.Identity) error {
 		case owner != 0 && e.Owner != owner:
 			return fmt.Errorf("owner %v, not %v: %w", e.Owner, owner, ErrNotAllocated)
 		}
-		p.hdrs[g].Check = recCheck(0, hd.Len, hd.Size, p.salt^freedKey)
+		// A freer in another goroutine may be reading the header: the
+		// word is stored atomically (and read so by header).
+		p.words[2*g+1].Store(packHalves(hd.Size, recCheck(0, hd.Len, hd.Size, p.salt^freedKey)))
 		return nil
 	})
 	if err != nil {

@@ -183,7 +183,8 @@ func (p *Pool) reclaimSlab(e alloc.Extent, isDead func(sys.Identity) bool, keep 
 			}
 		}
 		rc.Slabs++
-		return p.retireSlab(e.Off, sh, end-sh.RecBase, true)
+		g := geometry{recBase: sh.RecBase, limit: sh.Limit, words: sh.Words} // checked by slabOK
+		return p.retireSlab(e.Off, sh, g, end-sh.RecBase, true)
 	}
 	if !deadAlloc {
 		return nil
@@ -281,7 +282,8 @@ func (p *Pool) walk(slab mem.Off, sh *slabHeader, end uint32, fn func(pos uint32
 func (p *Pool) largeOf(e alloc.Extent) (mem.Off, located, error) {
 	for a := uint64(HeaderSize); a <= p.ps && a < e.Size; a *= 2 {
 		off := e.Off + mem.Off(a)
-		loc, err := p.locate(off)
+		var loc located
+		err := p.locate(off, &loc)
 		if err == nil && loc.large && loc.extent == e.Off {
 			return off, loc, nil
 		}
