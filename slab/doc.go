@@ -1,0 +1,96 @@
+// Package slab carves records from slabs of a buffer's shared heap:
+// per-handle allocation with no lock and no atomic read-modify-write, and
+// lock-free freeing from any goroutine of any process.
+//
+// # Handles, slabs and records
+//
+// A Handle (one per goroutine: RaftLib's per-thread allocation structure)
+// takes a slab from the heap (alloc.Heap.AllocFor, kind KindSlab, owner
+// the process) and bumps a cursor through it. Allocation writes the
+// record's 16-byte header and hands out the bytes after it; that header
+// is the only shared write. When the slab is full the handle retires it
+// and takes another. Records larger than an eighth of a slab get their own
+// heap extent (kind KindLarge) with the same header.
+//
+// A slab of S bytes (DefaultSlabSize, 64 KiB; see there for why):
+//
+//	+0     slab header (256 bytes)
+//	       line 0: Ident (generation | magic), salt, pages, self offset,
+//	               first slot, limit, bitmap words, alignment, version
+//	       line 1: Owner, Returner, Count, Retired
+//	+256   free bitmap: one bit per 16-byte granule of the record area
+//	+16·RecBase  slot, slot, ... up to S
+//
+//	slot:  [ header 16 B | data (size bytes) | padding to the alignment ]
+//	header: Pos (slot granule from the slab start), Len (slot granules),
+//	        Size (bytes asked), Check (hash of the three, the buffer's
+//	        salt and the slab's generation)
+//
+// Record data are aligned to 16 bytes (Options.Align: up to the page
+// size; CacheLineAlign for 64). A large record's header sits at 16 (or
+// Align) bytes into its extent, with Pos 0 and the size in Len:Size.
+//
+// # Freeing
+//
+// Given a record's offset (or its view, mapped back with mem.OffsetOf),
+// any process reads the header, finds the slab at offset - 16·Pos,
+// checks the slab header (magic, its own offset, salt, geometry) and the
+// header's Check, and sets the slot's bits in the bitmap with one CAS that
+// fails if any of them is already set: a double free changes nothing and
+// returns ErrDoubleFree, a pointer that is not a record's ErrNotAllocated,
+// a view outside the buffer ErrForeign. A free whose CAS makes a bitmap
+// word complete (all 64 granules, 1 KiB, free) also decrements the slab's
+// Count; that is the only second atomic, once per KiB of records.
+//
+// Count starts at the number of bitmap words plus a large "active" value.
+// Retiring (the handle's slab is full, or Handle.Close) records where
+// allocation stopped, sets the bits of the never-allocated tail, and
+// subtracts the active value and the words it completed. Whoever brings
+// Count to zero (the last free, or the retirement) returns the slab to
+// the heap: it claims Returner with a CAS, and clears the magic and frees
+// the extent in one critical section of the heap lock.
+//
+// # Who writes what
+//
+//	record header        the allocating handle, once, before handing the
+//	                     record out (a large record's Check also when it
+//	                     is freed, atomically, under the heap lock)
+//	slab line 0          the handle that took the slab, before its first
+//	                     record; Ident's magic by the returner
+//	bitmap               freers (CAS), the retiring handle or reclaimer
+//	Count                freers that complete a word, the retirer (add)
+//	Owner                the handle's process; a reclaimer (CAS from a
+//	                     dead owner)
+//	Retired              the retiring process
+//	Returner             the process returning the slab (CAS from 0, or
+//	                     from a dead returner)
+//
+// # Concurrency
+//
+// A Pool is safe for concurrent use. A Handle is not: one goroutine uses
+// it at a time. Records may be freed by any goroutine of any process.
+// Views stay valid while the record is live and the region mapped.
+//
+// # Crashes
+//
+// Slabs and large records carry their owner (in the heap's page map and
+// in the slab header), so what a dead process allocated can be reclaimed:
+// Pool.Reclaim for one dead process, Pool.Recover for all. Its active
+// slabs are retired on its behalf (the allocation point is found by
+// walking the valid record headers), and its live records are freed except
+// those the caller keeps (records still queued in channels, or held by
+// live processes); KeepAll only retires. Slabs that a dead process took
+// but never initialised, and slab returns whose returner died, are
+// finished too. A process killed within the few instructions between a
+// word-completing CAS and the Count decrement (or in the middle of a
+// retirement) can leave one slab that never returns; Check reports it
+// when the buffer is quiet.
+//
+// # Checks
+//
+// Pool.Check runs the heap's Check and then walks every slab and large
+// record: headers against extents, every record slot all-free or
+// all-live, the granules past the allocation point, Count against the
+// bitmap, retired slabs that are free but were not returned. It takes no
+// lock and is exact when nobody allocates or frees.
+package slab
