@@ -136,6 +136,7 @@ func Init(r *backend.Region, opts Options) (*Heap, error) {
 	// One free extent of every page; the region is zeroed, so the page
 	// map and index hold nothing else.
 	clear(h.pages)
+	clear(h.index)
 	h.pages[0].Tag = headTag(tagFree, n, 0)
 	h.pages[n-1].Tag = tailTag(tagFree, n, 0)
 	h.index[0] = makeKey(n, 0)

@@ -22,15 +22,14 @@ import (
 // a new one under the heap lock. Records too large for a slab get an
 // extent of their own.
 type Handle struct {
-	p       *Pool
-	slab    mem.Off // current slab, 0: none
-	sh      *slabHeader
-	base    uint64 // granule index of the slab in the region
-	cur     uint32 // next slot (granule from the slab start)
-	limit   uint32
-	key     uint32 // salt ^ the slab's generation
-	closed  bool
-	retired int
+	p      *Pool
+	slab   mem.Off // current slab, 0: none
+	sh     *slabHeader
+	base   uint64 // granule index of the slab in the region
+	cur    uint32 // next slot (granule from the slab start)
+	limit  uint32
+	key    uint32 // salt ^ the slab's generation
+	closed bool
 }
 
 // NewHandle returns a handle that allocates in this process's name.
@@ -148,7 +147,6 @@ func (h *Handle) retire() {
 	h.p.retireSlab(h.slab, sh, g, h.cur-g.recBase, false)
 	h.slab, h.sh = 0, nil
 	h.cur, h.limit = 0, 0
-	h.retired++
 }
 
 // Close retires the handle's slab. Its records stay valid until freed.

@@ -153,15 +153,13 @@ func (p *Pool) view(off mem.Off, size uint64) []byte {
 // slab, the slab, its header and the record's bits; for a large record,
 // the extent.
 type located struct {
-	large   bool
-	slab    mem.Off
-	sh      *slabHeader
-	hd      recHeader
-	bit     uint32 // first bitmap bit of the record's slot
-	size    uint64
-	extent  mem.Off // large: the extent
-	freed   bool    // large: the header says freed
-	retired bool    // small: the slab was already returned to the heap
+	large  bool
+	slab   mem.Off
+	sh     *slabHeader
+	hd     recHeader
+	bit    uint32 // first bitmap bit of the record's slot
+	size   uint64
+	extent mem.Off // large: the extent
 }
 
 func notRecord(off mem.Off, why string) error {
@@ -193,7 +191,6 @@ func (p *Pool) locate(off mem.Off, loc *located) error {
 	}
 	sh := &p.slabs[slab/slabHeaderSize]
 	if uint32(ident) != slabMagic {
-		loc.retired = true
 		return fmt.Errorf("slab: record %#x: its slab went back to the heap: %w", uint64(off), ErrDoubleFree)
 	}
 	// The slab header's words: salt|pages, self, recbase|limit,
@@ -242,7 +239,6 @@ func (p *Pool) locateLarge(off mem.Off, hd recHeader, loc *located) error {
 		loc.large, loc.hd, loc.size, loc.extent = true, hd, size, extent
 		return nil
 	case recCheck(0, hd.Len, hd.Size, p.salt^freedKey):
-		loc.large, loc.freed = true, true
 		return fmt.Errorf("slab: large record %#x: %w", uint64(off), ErrDoubleFree)
 	}
 	return notRecord(off, "bad header")
@@ -335,60 +331,60 @@ func (p *Pool) OffsetOf(b []byte) (mem.Off, error) {
 // ErrDoubleFree, offsets that are not live records ErrNotAllocated;
 // nothing changes then.
 func (p *Pool) Free(off mem.Off) error {
-	if p.freeFast(off) {
-		return nil
+	if ok, err := p.freeFast(off); ok {
+		return err
 	}
 	return p.free(off)
 }
 
 // freeFast frees, in the common case, a record of a slab made with this
 // pool's options whose slot lies in one bitmap word: the same checks as
-// locate, specialised; false means "take the general path" (which also
-// reports every error).
-func (p *Pool) freeFast(off mem.Off) bool {
+// locate, specialised. ok false means "take the general path" (which also
+// reports every error); err is from returning the slab to the heap.
+func (p *Pool) freeFast(off mem.Off) (ok bool, err error) {
 	if off&(granule-1) != 0 || off < p.lo+HeaderSize || off >= p.hi {
-		return false
+		return false, nil
 	}
 	g := uint64(off)/granule - 1
 	hw := p.words[2*g : 2*g+2 : 2*g+2]
 	pos, ln := unpackHalves(hw[0].Load())
 	size, check := unpackHalves(hw[1].Load())
 	if pos == 0 || uint64(pos) > g {
-		return false
+		return false, nil
 	}
 	slab := (g - uint64(pos)) * granule
 	if slab < uint64(p.lo) || (slab-uint64(p.lo))&(p.ps-1) != 0 {
-		return false
+		return false, nil
 	}
 	sw := slab / 8
 	sh := p.words[sw : sw+5 : sw+5]
 	ident := sh[0].Load()
 	if uint32(ident) != slabMagic || recCheck(pos, ln, size, p.salt^uint32(ident>>32)) != check ||
 		sh[2].Load() != slab || sh[1].Load() != p.want[0] || sh[3].Load() != p.want[1] || sh[4].Load() != p.want[2] {
-		return false
+		return false, nil
 	}
 	// The slab has this pool's geometry.
 	if pos < p.geo.recBase || uint64(pos)+uint64(ln) > uint64(p.geo.limit) || uint64(ln) != slotGranules(uint64(size), p.align) {
-		return false
+		return false, nil
 	}
 	bit := uint64(pos - p.geo.recBase)
 	b := bit % 64
 	if b+uint64(ln) > 64 {
-		return false
+		return false, nil
 	}
 	mask := maskOf(b, uint64(ln))
 	word := &p.words[sw+bitmapWord+bit/64]
 	old := word.Load()
 	if old&mask != 0 || !word.CompareAndSwap(old, old|mask) {
-		return false
+		return false, nil
 	}
 	if old|mask == ^uint64(0) {
 		h := &p.slabs[slab/slabHeaderSize]
 		if h.Count.Add(-1) == 0 {
-			p.returnSlab(mem.Off(slab), h)
+			return true, p.returnSlab(mem.Off(slab), h)
 		}
 	}
-	return true
+	return true, nil
 }
 
 // free is Free's general path.
