@@ -79,7 +79,9 @@
 // slabs are retired on its behalf (the allocation point is found by
 // walking the valid record headers), and its live records are freed except
 // those the caller keeps (records still queued in channels, or held by
-// live processes); KeepAll only retires. Slabs that a dead process took
+// live processes), which are handed over: their slabs no longer name the
+// dead process, and go back to the heap when the kept records are freed.
+// KeepAll only retires and hands over. Slabs that a dead process took
 // but never initialised, and slab returns whose returner died, are
 // finished too. A process killed within the few instructions between a
 // word-completing CAS and the Count decrement (or in the middle of a

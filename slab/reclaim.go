@@ -21,16 +21,19 @@ type Reclaimed struct {
 }
 
 // KeepAll, passed as keep, frees no record: Reclaim then only retires the
-// dead process's slabs (each goes back to the heap once the live
-// processes have freed its records) and finishes what it left half-done.
+// dead process's slabs and hands all its records over (each slab goes back
+// to the heap once the live processes have freed its records), and
+// finishes what it left half-done.
 func KeepAll(mem.Off) bool { return true }
 
 // Reclaim gives back what the dead process dead allocated: its active
 // slabs are retired on its behalf; every live record of its slabs and
 // every large record it allocated is freed, except the records keep
-// reports (keep == nil: none). A slab with kept records goes back to the
-// heap when they are freed. It also finishes what dead left half-done: a
-// slab it took from the heap but never initialised, a slab it was
+// reports (keep == nil: none). Kept records are handed over: their slab
+// (or extent) no longer names dead as its owner, so a later Reclaim or
+// Recover leaves them alone, and a slab goes back to the heap when its
+// kept records are freed. Reclaim also finishes what dead left half-done:
+// a slab it took from the heap but never initialised, a slab it was
 // returning.
 //
 // Records are not tracked per holder: pass in keep every record of dead
@@ -106,6 +109,7 @@ func (p *Pool) reclaim(isDead func(sys.Identity) bool, keep func(mem.Off) bool) 
 				continue
 			}
 			if keep != nil && keep(off) {
+				all = append(all, p.disown(e))
 				continue
 			}
 			if err := p.freeLarge(off, loc, e.Owner); err != nil && !errors.Is(err, ErrDoubleFree) {
@@ -184,7 +188,13 @@ func (p *Pool) reclaimSlab(e alloc.Extent, isDead func(sys.Identity) bool, keep 
 		}
 		rc.Slabs++
 		g := geometry{recBase: sh.RecBase, limit: sh.Limit, words: sh.Words} // checked by slabOK
-		return p.retireSlab(e.Off, sh, g, end-sh.RecBase, true)
+		if err := p.retireSlab(e.Off, sh, g, end-sh.RecBase, true); err != nil {
+			return err
+		}
+		if deadAlloc {
+			return p.disown(e)
+		}
+		return nil
 	}
 	if !deadAlloc {
 		return nil
@@ -195,6 +205,21 @@ func (p *Pool) reclaimSlab(e alloc.Extent, isDead func(sys.Identity) bool, keep 
 	}
 	n, err := p.freeRecords(e.Off, sh, uint32(r-1), keep)
 	rc.Records += n
+	if err != nil {
+		return err
+	}
+	return p.disown(e)
+}
+
+// disown clears the heap-level owner of a dead process's slab or large
+// record once its records are freed or kept: the kept records now belong
+// to whoever keeps them, and a later Reclaim or Recover leaves them
+// alone. An extent already returned to the heap is no matter.
+func (p *Pool) disown(e alloc.Extent) error {
+	err := p.heap.SetOwner(e.Off, e.Owner, 0)
+	if err == nil || errors.Is(err, ErrNotAllocated) || errors.Is(err, ErrDoubleFree) || errors.Is(err, ErrBusy) {
+		return nil
+	}
 	return err
 }
 

@@ -394,8 +394,9 @@ func TestReclaimHalfDone(t *testing.T) {
 	mustCheck(t, p, "end")
 }
 
-// TestReclaimInProcess drives Reclaim against a slab whose owner is made
-// to look dead: KeepAll retires only, nil frees everything, keep keeps.
+// TestReclaimInProcess drives Reclaim against slabs whose owner is made to
+// look dead: the active slab is retired on its behalf, the records not
+// kept are freed, the kept ones stay intact and are handed over.
 func TestReclaimInProcess(t *testing.T) {
 	p := newPool(t, heapCombo, 4<<20, Options{SlabSize: 16 << 10})
 	h0 := heapStats(t, p)
@@ -426,22 +427,24 @@ func TestReclaimInProcess(t *testing.T) {
 		}
 	}
 	setOwner(t, p, dead)
-	rc, err := p.Reclaim(dead, KeepAll)
-	if err != nil || rc.Slabs != 1 || rc.Records != 0 || rc.Large != 0 {
-		t.Fatalf("reclaim keeping all: %+v %v", rc, err)
+	if s := poolStats(t, p); s.ActiveSlabs != 1 || s.LiveRecords != 400 {
+		t.Fatalf("before reclaim: %+v", s)
 	}
-	if s := poolStats(t, p); s.ActiveSlabs != 0 || s.LiveRecords != 400 {
-		t.Fatalf("after retiring: %+v", s)
-	}
-	mustCheck(t, p, "retired on behalf")
 	kept := map[mem.Off]bool{}
 	for i := 0; i < len(recs); i += 7 {
 		kept[recs[i].Off] = true
 	}
 	kept[big.Off] = true
-	rc, err = p.Reclaim(dead, func(off mem.Off) bool { return kept[off] })
-	if err != nil || rc.Records != 400-len(kept)+1 || rc.Large != 0 {
+	rc, err := p.Reclaim(dead, func(off mem.Off) bool { return kept[off] })
+	if err != nil || rc.Slabs != 1 || rc.Records != 400-len(kept)+1 || rc.Large != 0 {
 		t.Fatalf("reclaim keeping %d: %+v %v", len(kept), rc, err)
+	}
+	if s := poolStats(t, p); s.ActiveSlabs != 0 || s.LiveRecords != len(kept)-1 || s.LargeRecords != 1 {
+		t.Fatalf("after reclaim: %+v", s)
+	}
+	// The kept records were handed over: reclaiming again frees nothing.
+	if rc, err := p.Reclaim(dead, nil); err != nil || rc != (Reclaimed{}) {
+		t.Fatalf("second reclaim: %+v %v", rc, err)
 	}
 	for _, r := range recs {
 		if kept[r.Off] {
