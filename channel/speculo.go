@@ -185,7 +185,8 @@ type SpeculoConfig struct {
 	// Slots is the number of reader slots (concurrent readers).
 	Slots int
 	// MaxBlocks bounds the distinct blocks one extent may hold (default
-	// capacity/128, at least 16); the index costs 16-32 bytes per block.
+	// capacity/64, at least 16: enough for chunks of 32 payload bytes or
+	// more); the index costs 21-43 bytes per block.
 	MaxBlocks int
 	// Threshold is the GC threshold in percent of the capacity (0: GC
 	// only when full); negative: DefaultSpeculoThreshold.
@@ -213,7 +214,7 @@ func speculoGeometry(capacity uint64, slots int, maxBlocks uint64) (speculoGeom,
 		return speculoGeom{}, fmt.Errorf("speculo reader slots %d (want 1..%d): %w", slots, MaxSpeculoSlots, errs.ErrInvalidArgument)
 	}
 	if maxBlocks == 0 {
-		maxBlocks = max(16, capacity/128)
+		maxBlocks = max(16, capacity/64)
 	}
 	if maxBlocks > capacity/spChunkHdrSize || maxBlocks > 1<<32 {
 		return speculoGeom{}, fmt.Errorf("speculo max blocks %d (at most %d for %d bytes): %w", maxBlocks, min(capacity/spChunkHdrSize, 1<<32), capacity, errs.ErrInvalidArgument)

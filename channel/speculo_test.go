@@ -173,8 +173,8 @@ func TestSpeculoLayout(t *testing.T) {
 	require.Equal(t, uintptr(24), unsafe.Offsetof(spChunkHdr{}.Meta))
 	g, err := speculoGeometry(1<<16, 8, 0)
 	require.NoError(t, err)
-	require.Equal(t, uint64(512), g.maxBlocks)
-	require.Equal(t, uint64(1024), g.indexSlots, "load stays at most 3/4")
+	require.Equal(t, uint64(1024), g.maxBlocks)
+	require.Equal(t, uint64(2048), g.indexSlots, "load stays at most 3/4")
 	require.Zero(t, g.dataOff%128)
 }
 
