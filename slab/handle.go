@@ -61,10 +61,11 @@ func (h *Handle) Alloc(size int) (Record, error) {
 	pos := h.cur
 	h.cur += uint32(k)
 	g := h.base + uint64(pos)
-	// Two plain word stores, the shape in which freers load the header
-	// (a 16-byte store read back as two words stalls store forwarding).
-	p.plain[2*g] = packHalves(pos, uint32(k))
-	p.plain[2*g+1] = packHalves(uint32(size), recCheck(pos, uint32(k), uint32(size), h.key))
+	// Field by field: one 16-byte store read back in pieces would stall
+	// store forwarding.
+	hd := &p.hdrs[g]
+	hd.Pos, hd.Len = pos, uint32(k)
+	hd.Size, hd.Check = uint32(size), recCheck(pos, uint32(k), uint32(size), h.key)
 	off := mem.Off((g + 1) * granule)
 	return Record{Off: off, Data: p.view(off, uint64(size))}, nil
 }

@@ -346,12 +346,15 @@ func (p *Pool) freeFast(off mem.Off) (ok bool, err error) {
 		return false, nil
 	}
 	g := uint64(off)/granule - 1
-	hw := p.words[2*g : 2*g+2 : 2*g+2]
-	pos, ln := unpackHalves(hw[0].Load())
-	size, check := unpackHalves(hw[1].Load())
+	// Plain loads: a header with Pos != 0 is immutable once handed out;
+	// only large records' headers (Pos 0) change, and those take the
+	// general path, which loads them atomically.
+	hd := &p.hdrs[g]
+	pos := hd.Pos
 	if pos == 0 || uint64(pos) > g {
 		return false, nil
 	}
+	ln, size, check := hd.Len, hd.Size, hd.Check
 	slab := (g - uint64(pos)) * granule
 	if slab < uint64(p.lo) || (slab-uint64(p.lo))&(p.ps-1) != 0 {
 		return false, nil
