@@ -190,12 +190,13 @@ func (l *Lock) TryLock() (tookOver, ok bool) {
 }
 
 // Unlock releases the lock. It must be called by the goroutine that
-// acquired it.
+// acquired it. If the owner word no longer names this process (shared
+// memory was overwritten, or a peer wrongly judged this process dead and
+// took over), the word is left to its new value: clearing it could
+// release someone else's hold; a garbage identity is taken over by the
+// next waiter as a dead holder's.
 func (l *Lock) Unlock() {
-	if l.w.owner.Load() != uint64(l.self) {
-		panic("assertion failed: alloc: unlock of a lock this process does not hold")
-	}
-	l.w.owner.Store(0)
+	l.w.owner.CompareAndSwap(uint64(l.self), 0)
 	if l.w.waiters.Load() != 0 {
 		// Errors (closed handle, overflow of a semaphore full of stale
 		// posts) only cost waiters a check interval.

@@ -140,3 +140,26 @@ func TestTryLock(t *testing.T) {
 	}
 	l.Unlock()
 }
+
+// TestUnlockOverwritten: the owner word is overwritten while the lock is
+// held; Unlock leaves the foreign value (no panic), and the next acquirer
+// takes the lock over from the identity, which is dead.
+func TestUnlockOverwritten(t *testing.T) {
+	h := newHeap(t, combo{backend.Heap, backend.Heap}, 1<<20)
+	var w LockWord
+	l := NewLock(&w, h.sem, time.Millisecond)
+	if _, err := l.Lock(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	dead := deadIdentity(t)
+	w.owner.Store(uint64(dead))
+	l.Unlock()
+	if l.Holder() != dead {
+		t.Fatalf("unlock cleared a word it did not own")
+	}
+	took, err := l.Lock(t.Context())
+	if err != nil || !took {
+		t.Fatalf("lock after the word was overwritten: took %v, %v", took, err)
+	}
+	l.Unlock()
+}
