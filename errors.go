@@ -69,6 +69,14 @@ var (
 	ErrNotAllocated = errs.ErrNotAllocated
 	// ErrForeign: memory of another buffer (or Go memory).
 	ErrForeign = errs.ErrForeign
+	// ErrReset: a stream was reset or zeroed (by either end) while a
+	// commit or consume was in flight; it was dropped, never applied to
+	// the new state.
+	ErrReset = errs.ErrReset
+	// ErrAborted: a mailbox responder failed to produce its reply (its
+	// handler returned an error, or its reply source failed) and aborted
+	// it; the request failed, the mailbox stays usable.
+	ErrAborted = errs.ErrAborted
 )
 
 // CorruptError reports a bad value read from shared memory, and where.

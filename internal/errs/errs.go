@@ -76,6 +76,14 @@ var (
 	// ErrForeign: the view lies outside this buffer's mapping (a record of
 	// another buffer, or Go memory). Nothing was changed.
 	ErrForeign = errors.New("memory of another buffer")
+	// ErrReset: a stream was reset (or zeroed) while the operation was in
+	// flight: the commit or consume it would have made was dropped, never
+	// applied to the new state. Ask for fresh spans and go on.
+	ErrReset = errors.New("stream was reset")
+	// ErrAborted: the peer gave up a message it had begun to send (a
+	// mailbox responder whose handler or reply source failed); what came
+	// of it was dropped.
+	ErrAborted = errors.New("message aborted by the sender")
 )
 
 // CorruptError reports a bad value read from shared memory, and where.
