@@ -95,28 +95,77 @@ func (h *Handle) allocLarge(size uint64) (Record, error) {
 // full the current slab stays (smaller records may still fit).
 func (h *Handle) refill() error {
 	p := h.p
+	if h.slab != 0 && h.allFree() {
+		// Every record of the full slab was freed already: start it
+		// over, with a new generation, instead of trading it for
+		// another (no heap lock; its memory is still in the cache).
+		h.start(h.slab, true)
+		return nil
+	}
 	off, err := p.heap.AllocFor(context.Background(), int(p.slabSize), alloc.KindSlab, p.self)
 	if err != nil {
 		return fmt.Errorf("slab: new slab: %w", err)
 	}
 	h.retire()
+	h.start(off, false)
+	return nil
+}
+
+// allFree reports whether every record carved from the current slab has
+// been freed. Once true it stays true: no live record is left to free (a
+// late double free finds its bits set, or, after the restart, a header of
+// another generation).
+func (h *Handle) allFree() bool {
+	p := h.p
+	g := p.geo
+	e := uint64(h.cur - g.recBase)
+	wp, r := e/64, e%64
+	// All free means: every word below the allocation point complete,
+	// the allocated bits of the word it falls in set, and the count
+	// showing exactly those completions (a freer decrements after its
+	// CAS, so a count not yet caught up only delays the restart). The
+	// word at the allocation point completes too when it is the last one
+	// and allocation reached its preset tail.
+	complete := wp
+	if r != 0 {
+		w := p.words[uint64(h.slab)/8+bitmapWord+wp].Load()
+		if low := uint64(1)<<r - 1; w&low != low {
+			return false
+		}
+		if w == ^uint64(0) {
+			complete++
+		}
+	}
+	return h.sh.Count.Load() == active+int64(uint64(g.words)-complete)
+}
+
+// start initialises the slab at off for this handle, or restarts the
+// handle's current slab: header, bitmap, count, a fresh generation (so
+// that the headers of earlier records there no longer validate), and the
+// cursor. A new slab gets its owner first and its magic last; a
+// restarted one gets its new generation first.
+func (h *Handle) start(off mem.Off, restart bool) {
+	p := h.p
 	var r [4]byte
 	rand.Read(r[:])
 	gen := binary.LittleEndian.Uint32(r[:])
 	sh := &p.slabs[off/slabHeaderSize]
 	g := p.geo
-	sh.Salt = p.salt
-	sh.Pages = uint32(p.slabSize / p.ps)
-	sh.Self = uint64(off)
-	sh.RecBase = g.recBase
-	sh.Limit = g.limit
-	sh.Words = g.words
-	sh.Align = uint32(p.align)
-	sh.Version = Version
-	sh.Owner.Store(uint64(p.self))
-	sh.Returner.Store(0)
-	sh.Retired.Store(0)
-	sh.Count.Store(active + int64(g.words))
+	if restart {
+		sh.Ident.Store(uint64(gen)<<32 | slabMagic)
+	} else {
+		sh.Owner.Store(uint64(p.self))
+		sh.Salt = p.salt
+		sh.Pages = uint32(p.slabSize / p.ps)
+		sh.Self = uint64(off)
+		sh.RecBase = g.recBase
+		sh.Limit = g.limit
+		sh.Words = g.words
+		sh.Align = uint32(p.align)
+		sh.Version = Version
+		sh.Returner.Store(0)
+		sh.Retired.Store(0)
+	}
 	base := uint64(off)/8 + bitmapWord
 	for i := uint64(0); i < uint64(g.words); i++ {
 		p.words[base+i].Store(0)
@@ -126,12 +175,14 @@ func (h *Handle) refill() error {
 	if bits := uint64(g.limit - g.recBase); bits%64 != 0 {
 		p.words[base+uint64(g.words)-1].Store(^uint64(0) << (bits % 64))
 	}
-	sh.Ident.Store(uint64(gen)<<32 | slabMagic)
+	sh.Count.Store(active + int64(g.words))
+	if !restart {
+		sh.Ident.Store(uint64(gen)<<32 | slabMagic)
+	}
 	h.slab, h.sh = off, sh
 	h.base = uint64(off) / granule
 	h.cur, h.limit = g.recBase, g.limit
 	h.key = p.salt ^ gen
-	return nil
 }
 
 // retire gives up the current slab: it goes back to the heap once its

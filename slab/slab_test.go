@@ -480,3 +480,93 @@ func setOwner(t *testing.T, p *Pool, to sys.Identity) {
 		}
 	}
 }
+
+// TestRestart: a handle whose full slab has no live record left starts it
+// over instead of taking a new one; one live record anywhere (here in the
+// first word, with the slab filled exactly to its end, so that its last
+// bitmap word completes) prevents that.
+func TestRestart(t *testing.T) {
+	p := newPool(t, heapCombo, 4<<20, Options{SlabSize: 16 << 10})
+	g := p.geo
+	bits := uint64(g.limit - g.recBase)
+	// A slot that divides the record area exactly.
+	k := uint64(0)
+	for c := uint64(20); c < bits/4; c++ {
+		if bits%c == 0 {
+			k = c
+			break
+		}
+	}
+	if k == 0 {
+		t.Skipf("no slot size divides %d granules", bits)
+	}
+	size := int(k*granule - HeaderSize)
+	n := int(bits / k)
+	hd := p.NewHandle()
+	defer hd.Close()
+	var recs []Record
+	for range n {
+		r, err := hd.Alloc(size)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fill(r)
+		recs = append(recs, r)
+	}
+	slab := recs[0].Off &^ mem.Off(p.ps-1)
+	for _, r := range recs[1:] {
+		if err := p.Free(r.Off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := heapStats(t, p)
+	next, err := hd.Alloc(size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if next.Off&^mem.Off(p.ps-1) == slab {
+		t.Fatalf("the slab restarted while record %#x was live", recs[0].Off)
+	}
+	if b, err := p.Bytes(recs[0].Off); err != nil || !intact(b, recs[0].Off) {
+		t.Fatalf("live record after the refill: %v", err)
+	}
+	if h := heapStats(t, p); h.AllocExtents != before.AllocExtents+1 {
+		t.Fatalf("a new slab should have come from the heap")
+	}
+	p.Free(recs[0].Off) // the retired slab goes back
+	p.Free(next.Off)
+	// Now fill the new slab, free everything, and allocate again: it
+	// restarts in place.
+	recs = nil
+	for range n - 1 { // the first slot went to next
+		r, err := hd.Alloc(size)
+		if err != nil {
+			t.Fatal(err)
+		}
+		recs = append(recs, r)
+	}
+	slab = next.Off &^ mem.Off(p.ps-1)
+	for _, r := range recs {
+		if r.Off-slab >= mem.Off(p.slabSize) {
+			t.Fatalf("the slab did not fill as planned")
+		}
+	}
+	for _, r := range recs {
+		if err := p.Free(r.Off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before = heapStats(t, p)
+	again, err := hd.Alloc(size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.Off != next.Off || heapStats(t, p) != before {
+		t.Fatalf("a fully free slab should restart in place: %#x, first was %#x", again.Off, next.Off)
+	}
+	if err := p.Free(recs[1].Off); !errors.Is(err, ErrNotAllocated) {
+		t.Fatalf("a record of the earlier generation: %v, want ErrNotAllocated", err)
+	}
+	mustCheck(t, p, "after the restart")
+	p.Free(again.Off)
+}
