@@ -9,7 +9,10 @@
 // the process) and bumps a cursor through it. Allocation writes the
 // record's 16-byte header and hands out the bytes after it; that header
 // is the only shared write. When the slab is full the handle retires it
-// and takes another. Records larger than an eighth of a slab get their own
+// and takes another, unless every record it carved has been freed
+// already: then it starts the same slab over with a new generation (no
+// heap lock, memory still in the cache; headers of the earlier records no
+// longer validate). Records larger than an eighth of a slab get their own
 // heap extent (kind KindLarge) with the same header.
 //
 // A slab of S bytes (DefaultSlabSize, 64 KiB; see there for why):
