@@ -88,8 +88,8 @@
 // but never initialised, and slab returns whose returner died, are
 // finished too. A process killed within the few instructions between a
 // word-completing CAS and the Count decrement (or in the middle of a
-// retirement) can leave one slab that never returns; Check reports it
-// when the buffer is quiet.
+// retirement or of a restart) can leave one slab that never returns;
+// Check reports it when the buffer is quiet.
 //
 // # Checks
 //
