@@ -64,9 +64,64 @@ var children = struct {
 type Child struct {
 	Cmd   *exec.Cmd
 	out   *lockedBuffer
-	lines chan string
+	lines *lineQueue
 	done  chan struct{}
 	err   error
+}
+
+// lineQueue holds the child's "@" lines until the test reads them; it
+// never blocks the reader of the child's output, however many lines the
+// child prints.
+type lineQueue struct {
+	mu     sync.Mutex
+	q      []string
+	closed bool
+	ready  chan struct{} // signalled (non-blocking) on every change
+}
+
+func (l *lineQueue) push(s string) {
+	l.mu.Lock()
+	l.q = append(l.q, s)
+	l.mu.Unlock()
+	l.signal()
+}
+
+func (l *lineQueue) close() {
+	l.mu.Lock()
+	l.closed = true
+	l.mu.Unlock()
+	l.signal()
+}
+
+func (l *lineQueue) signal() {
+	select {
+	case l.ready <- struct{}{}:
+	default:
+	}
+}
+
+// pop returns the next line; ok is false once the child's output ended
+// with nothing left.
+func (l *lineQueue) pop(timeout <-chan time.Time) (line string, ok, timedOut bool) {
+	for {
+		l.mu.Lock()
+		if len(l.q) > 0 {
+			line = l.q[0]
+			l.q = l.q[1:]
+			l.mu.Unlock()
+			return line, true, false
+		}
+		closed := l.closed
+		l.mu.Unlock()
+		if closed {
+			return "", false, false
+		}
+		select {
+		case <-l.ready:
+		case <-timeout:
+			return "", false, true
+		}
+	}
 }
 
 type lockedBuffer struct {
@@ -108,7 +163,7 @@ func StartChildFiles(tb testing.TB, test string, files []*os.File, env ...string
 	cmd.Env = append(os.Environ(), envChild+"=1", envRun+"="+runID)
 	cmd.Env = append(cmd.Env, env...)
 	cmd.ExtraFiles = files
-	c := &Child{Cmd: cmd, out: &lockedBuffer{}, lines: make(chan string, 1024), done: make(chan struct{})}
+	c := &Child{Cmd: cmd, out: &lockedBuffer{}, lines: &lineQueue{ready: make(chan struct{}, 1)}, done: make(chan struct{})}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		tb.Fatal(err)
@@ -126,11 +181,11 @@ func StartChildFiles(tb testing.TB, test string, files []*os.File, env ...string
 			line := sc.Text()
 			fmt.Fprintln(c.out, line)
 			if strings.HasPrefix(line, "@") {
-				c.lines <- strings.TrimPrefix(line, "@")
+				c.lines.push(strings.TrimPrefix(line, "@"))
 			}
 		}
 		io.Copy(io.Discard, stdout)
-		close(c.lines)
+		c.lines.close()
 		c.err = cmd.Wait()
 		close(c.done)
 	}()
@@ -151,17 +206,15 @@ func (c *Child) Pid() int { return c.Cmd.Process.Pid }
 // Line waits up to timeout for the child's next "@" line.
 func (c *Child) Line(tb testing.TB, timeout time.Duration) string {
 	tb.Helper()
-	select {
-	case l, ok := <-c.lines:
-		if !ok {
-			<-c.done
-			tb.Fatalf("child exited (%v) before printing an expected line; output:\n%s", c.err, c.out)
-		}
-		return l
-	case <-time.After(timeout):
+	l, ok, timedOut := c.lines.pop(time.After(timeout))
+	switch {
+	case timedOut:
 		tb.Fatalf("no line from child within %v; output:\n%s", timeout, c.out)
+	case !ok:
+		<-c.done
+		tb.Fatalf("child exited (%v) before printing an expected line; output:\n%s", c.err, c.out)
 	}
-	return ""
+	return l
 }
 
 // Wait waits up to timeout for the child to exit and returns its error
