@@ -2,7 +2,6 @@ package ipc
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -54,7 +53,11 @@ import (
 // BlockID names a block of a speculo area: the chunks that are versions of
 // one changeable piece of data. Ids from SpeculoAutoBlock up are given by
 // Append; ids below it are free for Replace to use as well-known ids.
-type BlockID uint64
+type BlockID = channel.BlockID
+
+// SpeculoMaxRetired is how many old extents readers may keep from being
+// freed before the writer stops collecting (see SpeculoWriter.Append).
+const SpeculoMaxRetired = channel.MaxRetired
 
 // SpeculoAutoBlock is the lowest block id Append can give.
 const SpeculoAutoBlock BlockID = channel.SpeculoAutoBlock
@@ -327,8 +330,11 @@ type SpeculoWriter struct {
 // expiry is when it stops being valid (zero: never). One chunk may be
 // pending at a time. Before reserving, the writer collects the area when
 // invalid chunks reached the GC threshold or when the chunk does not fit;
-// ErrNoSpace if it still does not (the area is full of valid chunks or
-// holds MaxBlocks blocks, or the heap has no room for a new extent).
+// ErrNoSpace if it still does not: the area is full of valid chunks or
+// holds MaxBlocks blocks, the heap has no room for a new extent, or
+// readers are still on SpeculoMaxRetired old extents (a reader that is
+// descheduled, or idle without waiting or Release; retry once they move).
+// A GC by threshold is put off, not failed, in the last two cases.
 func (w *SpeculoWriter) Append(size int, expiry time.Time) ([]byte, error) {
 	b, err := w.w.Append(size, unixNano(expiry))
 	return b, w.s.wrap("speculo append", err)
@@ -339,7 +345,7 @@ func (w *SpeculoWriter) Append(size int, expiry time.Time) ([]byte, error) {
 // block's latest version, and the previous one is obsoleted — after the
 // new one is visible.
 func (w *SpeculoWriter) Replace(block BlockID, size int, expiry time.Time) ([]byte, error) {
-	b, err := w.w.Replace(uint64(block), size, unixNano(expiry))
+	b, err := w.w.Replace(block, size, unixNano(expiry))
 	return b, w.s.wrap("speculo replace", err)
 }
 
@@ -347,7 +353,7 @@ func (w *SpeculoWriter) Replace(block BlockID, size int, expiry time.Time) ([]by
 // waiting for news are woken.
 func (w *SpeculoWriter) Commit() (BlockID, error) {
 	id, err := w.w.Commit()
-	return BlockID(id), w.s.wrap("speculo commit", err)
+	return id, w.s.wrap("speculo commit", err)
 }
 
 // Abort drops the pending chunk: nobody ever sees it.
@@ -411,29 +417,11 @@ func (w *SpeculoWriter) close() error {
 	return w.s.wrap("speculo close", w.w.Close())
 }
 
-// SpeculoChunk is a chunk a reader returned.
-type SpeculoChunk struct {
-	Block  BlockID
-	Seq    uint64    // unique and increasing over the area's life
-	Expiry time.Time // zero: never
-	// Data is a view into shared memory, valid until the reader's next
-	// call (see the package notes on speculo areas).
-	Data []byte
-}
-
-// Clone returns the chunk with Data copied to Go memory.
-func (c SpeculoChunk) Clone() SpeculoChunk {
-	c.Data = append([]byte(nil), c.Data...)
-	return c
-}
-
-func chunkOf(c channel.SpeculoChunk) SpeculoChunk {
-	out := SpeculoChunk{Block: BlockID(c.Block), Seq: c.Seq, Data: c.Data}
-	if c.Expiry != 0 {
-		out.Expiry = time.Unix(0, c.Expiry)
-	}
-	return out
-}
+// SpeculoChunk is a chunk a reader returned: its block, its sequence
+// number, its payload (Data, a view into shared memory valid until the
+// reader's next call) and its expiry (Expiry; Clone copies Data to Go
+// memory).
+type SpeculoChunk = channel.SpeculoChunk
 
 // SpeculoReader reads a speculo area. It takes no lock and writes nothing
 // the writer reads on its fast path. It belongs to the Handle that opened
@@ -450,12 +438,12 @@ type SpeculoReader struct {
 func (r *SpeculoReader) TryNext() (SpeculoChunk, error) {
 	c, err := r.r.TryNext()
 	if err != nil {
-		if errors.Is(err, ErrWouldBlock) {
-			return SpeculoChunk{}, err
+		if err == ErrWouldBlock {
+			return c, err
 		}
-		return SpeculoChunk{}, r.s.wrap("speculo next", err)
+		return c, r.s.wrap("speculo next", err)
 	}
-	return chunkOf(c), nil
+	return c, nil
 }
 
 // Next returns the next valid chunk, waiting (as Wait does) until one is
@@ -464,20 +452,20 @@ func (r *SpeculoReader) TryNext() (SpeculoChunk, error) {
 func (r *SpeculoReader) Next(ctx context.Context) (SpeculoChunk, error) {
 	c, err := r.r.Next(ctx)
 	if err != nil {
-		return SpeculoChunk{}, r.s.wrap("speculo next", err)
+		return c, r.s.wrap("speculo next", err)
 	}
-	return chunkOf(c), nil
+	return c, nil
 }
 
 // Latest returns the latest valid version of block: ErrNotExist if it has
 // none (never written, or its latest version expired). It does not move
 // the iteration of Next.
 func (r *SpeculoReader) Latest(block BlockID) (SpeculoChunk, error) {
-	c, err := r.r.Latest(uint64(block))
+	c, err := r.r.Latest(block)
 	if err != nil {
-		return SpeculoChunk{}, r.s.wrap("speculo latest", err)
+		return c, r.s.wrap("speculo latest", err)
 	}
-	return chunkOf(c), nil
+	return c, nil
 }
 
 // Rewind makes the next Next start over from the oldest valid chunk.
@@ -490,6 +478,14 @@ func (r *SpeculoReader) Rewind() error { return r.s.wrap("speculo rewind", r.r.R
 func (r *SpeculoReader) Wait(ctx context.Context) error {
 	return r.s.wrap("speculo wait", r.r.Wait(ctx))
 }
+
+// Release gives up the extent the reader is on, so that the writer can
+// free it while this reader is idle (an idle reader otherwise keeps it, and
+// holding SpeculoMaxRetired old extents makes the writer's GCs wait). The
+// views it returned become invalid; its next call moves it to the
+// current extent and goes on where it was. Wait and Next release the
+// extent while they are parked.
+func (r *SpeculoReader) Release() { r.r.Release() }
 
 // Epoch is the epoch of the extent the reader is on (0: none); it grows by
 // one with every GC.
