@@ -9,47 +9,6 @@ import (
 	"github.com/heapipc/ipc/internal/mem"
 )
 
-// A speculo area is a channel with one writer and any number of readers,
-// in any processes (after the speculo C library). The writer appends
-// chunks of any size in place and commits them; readers iterate over the
-// valid chunks in order, or ask for the latest version of a block, without
-// taking a lock.
-//
-//   - A chunk becomes visible exactly when Commit publishes it (a release
-//     store readers load with acquire). Committed bytes never change.
-//   - A chunk may carry an expiry time (the wall clock every process on
-//     the host shares; SpeculoClock injects another): readers skip it
-//     after that.
-//   - Every chunk belongs to a block (BlockID). Append starts a new block;
-//     Replace writes a new version of a block, and on Commit the new
-//     version becomes visible before the old one is marked obsolete, so a
-//     block is never invisible. Latest returns a block's latest version.
-//     Block ids and sequence numbers survive updates and GC.
-//   - When the area is full, or invalid (expired or obsoleted) chunks reach
-//     the GC threshold, the writer copies the valid chunks into a new
-//     extent from the buffer's heap and switches readers to it atomically.
-//     A reader finishes the read it is doing and moves over on its next
-//     call, resuming after the last chunk it returned (none is lost, none
-//     repeated). The old extent goes back to the heap once no reader is
-//     left on it; a reader that died does not pin it.
-//   - Readers may wait for new chunks with a context; the writer pays a
-//     wake-up system call only when a reader is parked.
-//   - The writer end is exclusive (ErrBusy; a dead writer's end is taken
-//     over). A writer that dies in the middle of an append leaves nothing
-//     half-visible; one that dies mid-way through a replace or a GC has it
-//     finished or undone by the next writer.
-//
-// # Lifetime of returned bytes
-//
-// The []byte Append and Replace return is the pending chunk in shared
-// memory: fill it before Commit and do not touch it afterwards. The Data of
-// a SpeculoChunk a reader returns is a view into the extent the reader is
-// on. It stays valid (and unchanged) until that reader's next call of
-// TryNext, Next, Latest, Rewind, Wait or Close, whatever the writer does
-// meanwhile (a GC does not free an extent a reader is on); after that call
-// the extent may have been freed and reused. Use SpeculoChunk.Clone to
-// keep the bytes longer. Nothing may be touched after the Buffer is closed.
-
 // BlockID names a block of a speculo area: the chunks that are versions of
 // one changeable piece of data. Ids from SpeculoAutoBlock up are given by
 // Append; ids below it are free for Replace to use as well-known ids.
@@ -141,10 +100,49 @@ func SpeculoSpin(d time.Duration) SpeculoOption {
 	return func(c *speculoConfig) error { c.spin = d; return nil }
 }
 
-// Speculo is this handle's access to a speculo area. Its writer and
-// readers belong to the handle (closed with it) and, like it, to one
-// goroutine at a time; open readers from several handles to read from
-// several goroutines.
+// Speculo is this handle's access to a speculo area: a channel with one writer and any number of readers,
+// in any processes (after the speculo C library). Its writer and readers belong to the
+// handle (closed with it) and, like it, to one goroutine at a time; open
+// readers from several handles to read from several goroutines. The writer appends
+// chunks of any size in place and commits them; readers iterate over the
+// valid chunks in order, or ask for the latest version of a block, without
+// taking a lock.
+//
+//   - A chunk becomes visible exactly when Commit publishes it (a release
+//     store readers load with acquire). Committed bytes never change.
+//   - A chunk may carry an expiry time (the wall clock every process on
+//     the host shares; SpeculoClock injects another): readers skip it
+//     after that.
+//   - Every chunk belongs to a block (BlockID). Append starts a new block;
+//     Replace writes a new version of a block, and on Commit the new
+//     version becomes visible before the old one is marked obsolete, so a
+//     block is never invisible. Latest returns a block's latest version.
+//     Block ids and sequence numbers survive updates and GC.
+//   - When the area is full, or invalid (expired or obsoleted) chunks reach
+//     the GC threshold, the writer copies the valid chunks into a new
+//     extent from the buffer's heap and switches readers to it atomically.
+//     A reader finishes the read it is doing and moves over on its next
+//     call, resuming after the last chunk it returned (none is lost, none
+//     repeated). The old extent goes back to the heap once no reader is
+//     left on it; a reader that died does not pin it.
+//   - Readers may wait for new chunks with a context; the writer pays a
+//     wake-up system call only when a reader is parked.
+//   - The writer end is exclusive (ErrBusy; a dead writer's end is taken
+//     over). A writer that dies in the middle of an append leaves nothing
+//     half-visible; one that dies mid-way through a replace or a GC has it
+//     finished or undone by the next writer.
+//
+// # Lifetime of returned bytes
+//
+// The []byte Append and Replace return is the pending chunk in shared
+// memory: fill it before Commit and do not touch it afterwards. The Data of
+// a SpeculoChunk a reader returns is a view into the extent the reader is
+// on. It stays valid (and unchanged) until that reader's next call of
+// TryNext, Next, Latest, Rewind, Wait, Release or Close, whatever the
+// writer does meanwhile (a GC does not free an extent a reader is on);
+// after that call the extent may have been freed and reused. Use
+// SpeculoChunk.Clone to keep the bytes longer. Nothing may be touched
+// after the Buffer is closed.
 type Speculo struct {
 	h  *Handle
 	en *channel.Entry
@@ -279,6 +277,9 @@ type SpeculoStats = channel.SpeculoStats
 // Stats walks the area (O(chunks)). ErrBusy: no reader slot is free for
 // the walk.
 func (s *Speculo) Stats() (SpeculoStats, error) {
+	if err := s.h.buf.check("speculo stats"); err != nil {
+		return SpeculoStats{}, err
+	}
 	st, err := s.sp.Stats()
 	return st, s.wrap("speculo stats", err)
 }
@@ -286,6 +287,9 @@ func (s *Speculo) Stats() (SpeculoStats, error) {
 // Remove deletes the area for everyone and gives its memory back. Its
 // writer and readers must be closed (ErrBusy if a live process holds one).
 func (s *Speculo) Remove(ctx context.Context) error {
+	if err := s.h.buf.check("remove speculo"); err != nil {
+		return err
+	}
 	var busy bool
 	cond := func() bool {
 		if !s.sp.Idle() {

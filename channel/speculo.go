@@ -577,9 +577,9 @@ func (w *SpeculoWriter) recover() error {
 				x.hdr.Next.Store(0)
 			}
 		}
-		if err := w.freeExtent(pend); err != nil {
-			return fmt.Errorf("speculo: the dead writer's unfinished extent: %w", err)
-		}
+		// An extent that does not validate (cleared just before its
+		// free, or clobbered) is left alone: a leak, not a double free.
+		w.freeExtent(pend)
 	}
 	cb.Pending.Store(0)
 	if f := cb.Freeing.Load(); f != 0 {
@@ -612,8 +612,10 @@ func (w *SpeculoWriter) recover() error {
 	if err != nil {
 		return err
 	}
-	if e := cb.Epoch.Load(); e != x.epoch {
+	if e := cb.Epoch.Load(); e > x.epoch {
 		return w.corrupt("epoch", uint64(w.cbOff)+136, "epoch %d, current extent's %d", e, x.epoch)
+	} else if e < x.epoch {
+		cb.Epoch.Store(x.epoch) // died between storing Current and Epoch
 	}
 	if x.hdr.Next.Load() != 0 {
 		x.hdr.Next.Store(0)
@@ -744,6 +746,12 @@ func (w *SpeculoWriter) newExtent() (*spExtent, error) {
 	w.cb.LastEpoch.Store(epoch)
 	w.cb.Pending.Store(uint64(off))
 	return w.openExtent(uint64(off))
+}
+
+// dropPending frees the extent a failed GC was filling.
+func (w *SpeculoWriter) dropPending(nx *spExtent) {
+	w.cb.Pending.Store(0)
+	w.freeExtent(uint64(nx.off))
 }
 
 // freeExtent gives an extent of this area back to the heap, after
@@ -1012,8 +1020,7 @@ func (w *SpeculoWriter) gc() error {
 	for p := uint64(0); p < w.committed; {
 		var c spChunk
 		if err := w.chunkAt(old, p, w.committed, &c); err != nil {
-			w.freeExtent(uint64(nx.off))
-			w.cb.Pending.Store(0)
+			w.dropPending(nx)
 			return err
 		}
 		p += c.n
@@ -1027,8 +1034,7 @@ func (w *SpeculoWriter) gc() error {
 		np += c.n
 		i, found, err := w.probe(nx, c.block)
 		if err != nil {
-			w.freeExtent(uint64(nx.off))
-			w.cb.Pending.Store(0)
+			w.dropPending(nx)
 			return err
 		}
 		if found {
@@ -1057,6 +1063,7 @@ func (w *SpeculoWriter) gc() error {
 	old.hdr.Next.Store(uint64(nx.off))
 	spHook("gc:linked")
 	w.cb.Current.Store(uint64(nx.off))
+	spHook("gc:current")
 	w.cb.Epoch.Store(nx.epoch)
 	spHook("gc:switched")
 	w.cb.Pending.Store(0)
@@ -1253,7 +1260,7 @@ type SpeculoChunk struct {
 	Block BlockID
 	Seq   uint64 // unique and increasing over the area's life
 	// Data is a view into shared memory, valid until the reader's next
-	// call of TryNext, Next, Latest, Rewind, Wait or Close.
+	// call of TryNext, Next, Latest, Rewind, Wait, Release or Close.
 	Data   []byte
 	expiry int64 // Unix ns, 0: never
 }
@@ -1338,7 +1345,9 @@ func (r *SpeculoReader) pin() error {
 				r.x = nil
 				return nil
 			}
-			continue // the first extent is being published
+			// The first extent is being published (or its writer died
+			// before storing Epoch): pin everything, tightened below.
+			e = 1
 		}
 		r.slot.Epoch.Store(e)
 		cur := cb.Current.Load()
@@ -1402,7 +1411,7 @@ func (r *SpeculoReader) view(c *spChunk) SpeculoChunk {
 // TryNext returns the next valid chunk after the last one returned (in
 // sequence order; obsoleted and expired chunks are skipped), or
 // ErrWouldBlock. Data stays valid until the reader's next call of
-// TryNext, Next, Latest, Rewind, Wait or Close.
+// TryNext, Next, Latest, Rewind, Wait, Release or Close.
 func (r *SpeculoReader) TryNext() (SpeculoChunk, error) {
 	if err := r.refresh(); err != nil {
 		return SpeculoChunk{}, err
@@ -1870,7 +1879,7 @@ func (s *Speculo) Check() error {
 			return nil
 		})
 		if e := cb.Epoch.Load(); err == nil && cb.Current.Load() == cur {
-			if x, xerr := s.openExtent(cur); xerr == nil && x.epoch != e {
+			if x, xerr := s.openExtent(cur); xerr == nil && e > x.epoch {
 				bad = append(bad, s.corrupt("epoch", at+136, "epoch %d, current extent's %d", e, x.epoch))
 			}
 		}

@@ -738,7 +738,7 @@ type crash struct{ point string }
 // must finish or undo what it left, keep the block visible, and leak no
 // extent.
 func TestSpeculoCrashPoints(t *testing.T) {
-	for _, point := range []string{"commit:published", "commit:indexed", "gc:copied", "gc:linked", "gc:switched", "reap:unlinked"} {
+	for _, point := range []string{"commit:published", "commit:indexed", "gc:copied", "gc:linked", "gc:current", "gc:switched", "reap:unlinked"} {
 		t.Run(point, func(t *testing.T) {
 			f := newSpFix(t, backend.Heap, 4<<20)
 			sp, _ := f.area(t, 1, 4096, SpeculoConfig{Slots: 2}, nil)
