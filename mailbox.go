@@ -238,9 +238,10 @@ type Requester struct {
 
 // Request sends msg (any length, zero included) and returns the reply, in
 // a new slice. It returns ErrPeerDead if the responder dies before the
-// reply is through, io.ErrClosedPipe if the responder closed its end,
-// ErrAborted if the responder's handler failed, ErrDestroyed, or ctx's
-// error (while no responder is attached, it waits). After an error the
+// reply is through, io.ErrClosedPipe if a responder attached during the
+// request closes its end without answering, ErrAborted if the responder's
+// handler failed, ErrDestroyed, or ctx's error (while no responder is
+// attached, it waits for one). After an error the
 // mailbox stays usable: a late reply to a request given up is dropped.
 func (q *Requester) Request(ctx context.Context, msg []byte) ([]byte, error) {
 	return q.RequestInto(ctx, msg, nil)

@@ -317,6 +317,9 @@ type mbEnd struct {
 	epoch      uint64
 	s          [4]backend.Semaphore
 	closed     bool
+	// sawPeer: a peer end was attached during the current exchange (a
+	// requester then fails when it closes; with none, it waits for one).
+	sawPeer bool
 }
 
 var errMbGone = fmt.Errorf("mailbox was removed: %w", errs.ErrNotExist)
@@ -503,8 +506,14 @@ func (e *mbEnd) checkPeer(mid bool) error {
 	if p != 0 && !sys.Alive(p) {
 		return fmt.Errorf("mailbox: the %s (%v) died: %w", e.peerName(), p, errs.ErrPeerDead)
 	}
+	if p != 0 {
+		e.sawPeer = true
+	}
 	if p == 0 && e.peerClosed.Load() != 0 {
 		if e.role == mbRequester {
+			if !e.sawPeer {
+				return nil // closed before this request: wait for a new responder
+			}
 			return fmt.Errorf("mailbox: the responder closed its end: %w", io.ErrClosedPipe)
 		}
 		if !mid {
@@ -655,8 +664,9 @@ var errMbReplyAborted = fmt.Errorf("mailbox: the responder aborted the reply: %w
 
 // Request sends msg and waits for the reply, appended to dst[:0]. It
 // returns ErrPeerDead if the responder dies (or its end is taken over)
-// before the reply is complete, io.ErrClosedPipe if the responder closed
-// its end, ErrDestroyed, or ctx's error; after an error the mailbox stays
+// before the reply is complete, io.ErrClosedPipe if a responder that was
+// attached during the request closed its end (with none attached, it
+// waits for one), ErrDestroyed, or ctx's error; after an error the mailbox stays
 // usable (a late reply to an abandoned request is recognised by its
 // sequence number and dropped).
 func (q *MailboxRequester) Request(ctx context.Context, msg, dst []byte) ([]byte, error) {
@@ -664,6 +674,7 @@ func (q *MailboxRequester) Request(ctx context.Context, msg, dst []byte) ([]byte
 		return nil, errClosedEnd
 	}
 	seq := q.cb.Seq.Add(1)
+	q.sawPeer = q.peer.Load() != 0
 	q.cb.Want.Store(seq)
 	defer q.cb.Want.CompareAndSwap(seq, 0)
 	err := q.send(ctx, seq, uint64(len(msg)), func(dst []byte, off uint64) error {

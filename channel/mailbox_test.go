@@ -295,12 +295,19 @@ func TestMailboxEndsAndClose(t *testing.T) {
 	require.False(t, q.Close())
 	_, err = r.Receive(ctx, nil)
 	require.ErrorIs(t, err, io.EOF)
-	// The responder closes: a request fails with io.ErrClosedPipe.
+	// The responder closes while a request waits for its reply: the
+	// request fails with io.ErrClosedPipe.
 	q, err = mf.m.AttachRequester(ctx)
 	require.NoError(t, err)
+	done := make(chan error, 1)
+	go func() { _, err := q.Request(ctx, []byte("x"), nil); done <- err }()
+	require.Eventually(t, func() bool { return mf.values(t)[mbReqRead] == 1 }, 10*time.Second, time.Millisecond, "the request is in the window")
 	require.False(t, r.Close())
-	_, err = q.Request(ctx, []byte("x"), nil)
-	require.ErrorIs(t, err, io.ErrClosedPipe)
+	require.ErrorIs(t, <-done, io.ErrClosedPipe)
+	// With no responder attached (the last one closed before the
+	// request), a request waits for one.
+	_, err = q.Request(shortCtx(t, 30*time.Millisecond), []byte("y"), nil)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
 	require.True(t, q.Close(), "both closed: removable")
 	_, err = q.Request(ctx, nil, nil)
 	require.ErrorIs(t, err, errs.ErrClosed)

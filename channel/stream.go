@@ -357,6 +357,11 @@ func (s *Stream) await(ctx context.Context, word *atomic.Uint32, spinFirst bool,
 		return rerr
 	}
 	for {
+		// Announce only when not ready (a notifier coming back from
+		// delivering must not make every commit pay a wake-up).
+		if ok, err := ready(); ok {
+			return err
+		}
 		// Several waiters may share word (a blocking call and a Notify
 		// goroutine): a waiter never clears it, its waker does.
 		word.Store(1)
