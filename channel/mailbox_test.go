@@ -502,3 +502,34 @@ func TestMailboxCorruptHeader(t *testing.T) {
 	require.ErrorIs(t, err, errs.ErrCorrupt)
 	mf.m.cb.Magic = mailboxMagic
 }
+
+// FuzzMailboxHeader plants arbitrary chunk headers: Receive returns a
+// message consistent with the header or an error — never a panic or a read
+// outside the window — and the request window's unit always comes back.
+func FuzzMailboxHeader(f *testing.F) {
+	f.Add(uint64(1), uint64(10), uint64(0), uint64(10), uint32(mbChunkLast))
+	f.Add(uint64(0), uint64(1<<62), uint64(5), uint64(64), uint32(0))
+	f.Add(^uint64(0), uint64(0), uint64(0), uint64(1<<40), uint32(7))
+	f.Add(uint64(3), uint64(64), uint64(0), uint64(64), uint32(mbChunkAbort))
+	f.Fuzz(func(t *testing.T, seq, total, index, n uint64, flags uint32) {
+		mf := newMailbox(t, backend.Heap, 64)
+		q, r := mf.ends(t)
+		ctx := shortCtx(t, 20*time.Millisecond)
+		require.NoError(t, q.acquire(ctx, mbReqWrite, mbPhase{}))
+		h := &mf.m.cb.Req
+		h.Seq.Store(seq)
+		h.Total.Store(total)
+		h.Index.Store(index)
+		h.Len.Store(n)
+		h.Flags.Store(flags)
+		mf.m.cb.Want.Store(seq)
+		require.NoError(t, q.post(mbReqRead))
+		msg, err := r.Receive(ctx, nil)
+		if err == nil {
+			require.Equal(t, total, uint64(len(msg)))
+			require.LessOrEqual(t, total, uint64(64))
+		}
+		v := mf.values(t)
+		require.Equal(t, 1, v[mbReqWrite]+v[mbReqRead], "the unit is not lost")
+	})
+}
