@@ -50,9 +50,9 @@ func SpeculoReaderSlots(n int) SpeculoOption {
 }
 
 // SpeculoMaxBlocks bounds the distinct valid blocks an area to create can
-// hold (default capacity/64, at least 16: enough when chunks carry 32
-// bytes or more). The index of blocks takes 21 to 43 bytes per block in
-// every extent, besides the capacity.
+// hold (default capacity/128, at least 16: enough when chunks carry 96
+// bytes or more; raise it for smaller chunks). The index of blocks takes
+// 11 to 21 bytes per block in every extent, besides the capacity.
 func SpeculoMaxBlocks(n int) SpeculoOption {
 	return func(c *speculoConfig) error {
 		if n <= 0 {

@@ -44,7 +44,9 @@ import (
 //	     index slots, data offset                      (writer, before
 //	                                                    publishing)
 //	128  Committed, Next                               (writer)
-//	256  index [IndexSlots]{Block, Chunk}              (writer)
+//	256  index [IndexSlots]uint64: 0, or a 32-bit tag  (writer; one
+//	     of the block id | chunk offset/8 + 1           atomic store per
+//	                                                    update)
 //	DataOff chunks: {Seq, Block, Expiry, Size|Flags<<32} + payload,
 //	     8-byte aligned, in sequence order             (writer; Flags
 //	                                                    change after commit)
@@ -156,7 +158,7 @@ const (
 	// MaxSpeculoSlots bounds the reader slots of an area.
 	MaxSpeculoSlots = 1 << 16
 	// MaxSpeculoCapacity bounds an area's capacity.
-	MaxSpeculoCapacity = 1 << 40
+	MaxSpeculoCapacity = 1 << 34
 	// MinSpeculoCapacity is the smallest capacity.
 	MinSpeculoCapacity = 64
 	// DefaultSpeculoSlots is the number of reader slots by default.
@@ -185,8 +187,8 @@ type SpeculoConfig struct {
 	// Slots is the number of reader slots (concurrent readers).
 	Slots int
 	// MaxBlocks bounds the distinct blocks one extent may hold (default
-	// capacity/64, at least 16: enough for chunks of 32 payload bytes or
-	// more); the index costs 21-43 bytes per block.
+	// capacity/128, at least 16: enough for chunks of 96 payload bytes
+	// or more); the index costs 11-21 bytes per block.
 	MaxBlocks int
 	// Threshold is the GC threshold in percent of the capacity (0: GC
 	// only when full); negative: DefaultSpeculoThreshold.
@@ -214,7 +216,7 @@ func speculoGeometry(capacity uint64, slots int, maxBlocks uint64) (speculoGeom,
 		return speculoGeom{}, fmt.Errorf("speculo reader slots %d (want 1..%d): %w", slots, MaxSpeculoSlots, errs.ErrInvalidArgument)
 	}
 	if maxBlocks == 0 {
-		maxBlocks = max(16, capacity/64)
+		maxBlocks = max(16, capacity/128)
 	}
 	if maxBlocks > capacity/spChunkHdrSize || maxBlocks > 1<<32 {
 		return speculoGeom{}, fmt.Errorf("speculo max blocks %d (at most %d for %d bytes): %w", maxBlocks, min(capacity/spChunkHdrSize, 1<<32), capacity, errs.ErrInvalidArgument)
@@ -225,7 +227,7 @@ func speculoGeometry(capacity uint64, slots int, maxBlocks uint64) (speculoGeom,
 	}
 	g := speculoGeom{capacity: capacity, indexSlots: n, maxBlocks: maxBlocks, slots: slots}
 	g.shift = uint(64 - bits.TrailingZeros64(n))
-	g.dataOff = (spExtHdrSize + 16*n + 127) &^ 127
+	g.dataOff = (spExtHdrSize + 8*n + 127) &^ 127
 	g.extBytes = g.dataOff + capacity
 	return g, nil
 }
@@ -375,7 +377,7 @@ type spExtent struct {
 	off   mem.Off
 	hdr   *spExtentHdr
 	epoch uint64
-	idx   []atomic.Uint64 // IndexSlots × {Block, Chunk}
+	idx   []atomic.Uint64 // IndexSlots entries (spEntry)
 	words []atomic.Uint64 // the data, as words
 	data  []byte          // the data
 	// Plain views of the same memory, for words nobody else can read
@@ -413,7 +415,7 @@ func (s *Speculo) openExtent(off uint64) (*spExtent, error) {
 		return nil, s.corrupt("extent epoch", off+16, "epoch 0")
 	}
 	x := &spExtent{off: mem.Off(off), hdr: h, epoch: e}
-	if x.idx, err = mem.Slice[atomic.Uint64](s.buf, mem.Off(off+spExtHdrSize), int(2*s.g.indexSlots)); err != nil {
+	if x.idx, err = mem.Slice[atomic.Uint64](s.buf, mem.Off(off+spExtHdrSize), int(s.g.indexSlots)); err != nil {
 		return nil, err
 	}
 	if x.words, err = mem.Slice[atomic.Uint64](s.buf, mem.Off(off+s.g.dataOff), int(s.g.capacity/8)); err != nil {
@@ -425,7 +427,7 @@ func (s *Speculo) openExtent(off uint64) (*spExtent, error) {
 	if x.plain, err = mem.Slice[uint64](s.buf, mem.Off(off+s.g.dataOff), int(s.g.capacity/8)); err != nil {
 		return nil, err
 	}
-	if x.plainIdx, err = mem.Slice[uint64](s.buf, mem.Off(off+spExtHdrSize), int(2*s.g.indexSlots)); err != nil {
+	if x.plainIdx, err = mem.Slice[uint64](s.buf, mem.Off(off+spExtHdrSize), int(s.g.indexSlots)); err != nil {
 		return nil, err
 	}
 	return x, nil
@@ -486,22 +488,49 @@ func (s *Speculo) payload(x *spExtent, c *spChunk) []byte {
 	return x.data[start : start+c.size : start+c.size]
 }
 
-// probe finds block in x's index: its slot and true, or the empty slot
-// where it would go and false. A full table without it is corrupt.
-func (s *Speculo) probe(x *spExtent, block uint64) (uint64, bool, error) {
+// An index entry is 0 (empty) or a 32-bit tag of the block id (a hash
+// that spares most mismatches a look at the chunk) above the chunk's data
+// offset/8 + 1. The block id itself is in the chunk header; a slot only
+// ever holds versions of one block, so one atomic store updates it.
+func spTag(block uint64) uint64 { return (block * 0xBF58476D1CE4E5B9) >> 32 }
+
+func spEntry(block, off uint64) uint64 { return spTag(block)<<32 | (off/8 + 1) }
+
+// spEntryOff is the chunk offset of a non-empty entry.
+func spEntryOff(e uint64) uint64 { return (e&math.MaxUint32 - 1) * 8 }
+
+// probe finds block in x's index, reading the chunks it points at (which
+// lie below committed): its slot, the chunk offset and true, or the
+// empty slot where it would go and false. A full table without it is
+// corrupt.
+func (s *Speculo) probe(x *spExtent, block, committed uint64) (slot, off uint64, found bool, err error) {
 	mask := s.g.indexSlots - 1
+	tag := spTag(block)
 	i := (block * 0x9E3779B97F4A7C15) >> s.g.shift
 	for n := uint64(0); n < s.g.indexSlots; n++ {
-		b := x.idx[2*i].Load()
-		if b == block {
-			return i, true, nil
+		e := x.idx[i].Load()
+		if e == 0 {
+			return i, 0, false, nil
 		}
-		if b == 0 {
-			return i, false, nil
+		if e>>32 == tag {
+			off := spEntryOff(e)
+			if off >= committed || committed-off < spChunkHdrSize {
+				// A reader's committed may predate the entry (stored
+				// after Committed): look again.
+				if c := x.hdr.Committed.Load(); c > committed && c <= s.g.capacity {
+					committed = c
+				}
+				if off >= committed || committed-off < spChunkHdrSize {
+					return 0, 0, false, s.corrupt("index", uint64(x.off)+spExtHdrSize+8*i, "entry %#x points at %d of %d committed bytes", e, off, committed)
+				}
+			}
+			if x.words[off/8+1].Load() == block {
+				return i, off, true, nil
+			}
 		}
 		i = (i + 1) & mask
 	}
-	return 0, false, s.corrupt("index", uint64(x.off)+spExtHdrSize, "index of %d slots full", s.g.indexSlots)
+	return 0, 0, false, s.corrupt("index", uint64(x.off)+spExtHdrSize, "index of %d slots full", s.g.indexSlots)
 }
 
 // mark sets flags on the chunk at p and reports whether the chunk was not
@@ -677,7 +706,7 @@ func (w *SpeculoWriter) rescan() error {
 	w.cb.LastSeq.Store(w.seq)
 	w.used = 0
 	for i := uint64(0); i < w.g.indexSlots; i++ {
-		if x.idx[2*i].Load() != 0 {
+		if x.idx[i].Load() != 0 {
 			w.used++
 		}
 	}
@@ -689,16 +718,14 @@ func (w *SpeculoWriter) rescan() error {
 // than the indexed one is obsoleted itself. Either way the newer version
 // is indexed before the older is marked.
 func (w *SpeculoWriter) repairIndex(x *spExtent, c spChunk, committed uint64) error {
-	i, found, err := w.probe(x, c.block)
+	i, prev, found, err := w.probe(x, c.block, committed)
 	if err != nil {
 		return err
 	}
 	if !found {
-		x.idx[2*i+1].Store(c.off)
-		x.idx[2*i].Store(c.block)
+		x.idx[i].Store(spEntry(c.block, c.off))
 		return nil
 	}
-	prev := x.idx[2*i+1].Load()
 	if prev == c.off {
 		return nil
 	}
@@ -708,7 +735,7 @@ func (w *SpeculoWriter) repairIndex(x *spExtent, c spChunk, committed uint64) er
 		spMark(x, c.off, spObsolete) // counted by the caller
 		return nil
 	}
-	x.idx[2*i+1].Store(c.off)
+	x.idx[i].Store(spEntry(c.block, c.off))
 	if perr == nil && pc.block == c.block && spMark(x, pc.off, spObsolete|spCounted) {
 		w.invalid += pc.n
 	}
@@ -845,7 +872,7 @@ func (w *SpeculoWriter) reserve(block uint64, fresh bool, size int, expiry int64
 			w.gcRetryAt = w.ops + 1024 // no heap room now: go on while it fits
 		}
 	}
-	slot, found, err := w.probe(w.x, block)
+	slot, _, found, err := w.probe(w.x, block, w.committed)
 	if err != nil {
 		return nil, err
 	}
@@ -855,7 +882,7 @@ func (w *SpeculoWriter) reserve(block uint64, fresh bool, size int, expiry int64
 			if err := w.gc(); err != nil {
 				return nil, err
 			}
-			if slot, found, err = w.probe(w.x, block); err != nil {
+			if slot, _, found, err = w.probe(w.x, block, w.committed); err != nil {
 				return nil, err
 			}
 		}
@@ -907,14 +934,11 @@ func (w *SpeculoWriter) Commit() (BlockID, error) {
 	var err error
 	i := p.slot
 	if !p.found {
-		// Readers stop probing at an empty slot, and read a slot's
-		// chunk only after its block (release): a plain store will do.
-		w.x.plainIdx[2*i+1] = p.off
-		w.x.idx[2*i].Store(p.block)
+		w.x.idx[i].Store(spEntry(p.block, p.off))
 		w.used++
 	} else {
-		old := w.x.idx[2*i+1].Load()
-		w.x.idx[2*i+1].Store(p.off)
+		old := spEntryOff(w.x.idx[i].Load())
+		w.x.idx[i].Store(spEntry(p.block, p.off))
 		spHook("commit:indexed")
 		if old != p.off {
 			err = w.obsolete(old, p.block)
@@ -1032,21 +1056,18 @@ func (w *SpeculoWriter) gc() error {
 		h[0], h[1], h[2], h[3] = c.seq, c.block, uint64(c.expiry), c.size
 		copy(nx.data[q+spChunkHdrSize:q+spChunkHdrSize+c.size], w.payload(old, &c))
 		np += c.n
-		i, found, err := w.probe(nx, c.block)
+		i, prev, found, err := w.probe(nx, c.block, q)
 		if err != nil {
 			w.dropPending(nx)
 			return err
 		}
+		nx.plainIdx[i] = spEntry(c.block, q) // not published yet
 		if found {
 			// Two valid versions (cannot happen after recover; kept
 			// correct anyway): the older one goes.
-			prev := nx.plainIdx[2*i+1]
-			nx.plainIdx[2*i+1] = q
 			nx.plain[prev/8+3] |= uint64(spObsolete|spCounted) << 32
 			invalid += ChunkSpace(nx.plain[prev/8+3] & math.MaxUint32)
 		} else {
-			nx.plainIdx[2*i+1] = q
-			nx.plainIdx[2*i] = c.block
 			used++
 		}
 		if c.expiry != 0 {
@@ -1474,18 +1495,25 @@ func (r *SpeculoReader) Latest(id BlockID) (SpeculoChunk, error) {
 	if r.x == nil || block == 0 {
 		return SpeculoChunk{}, fmt.Errorf("speculo: block %#x: %w", block, errs.ErrNotExist)
 	}
-	i, found, err := r.probe(r.x, block)
+	committed, err := r.committedOf(r.x)
+	if err != nil {
+		return SpeculoChunk{}, err
+	}
+	i, off, found, err := r.probe(r.x, block, committed)
 	if err != nil {
 		return SpeculoChunk{}, err
 	}
 	if !found {
 		return SpeculoChunk{}, fmt.Errorf("speculo: block %#x: %w", block, errs.ErrNotExist)
 	}
+	where := uint64(r.x.off) + spExtHdrSize + 8*i
 	prev := uint64(math.MaxUint64)
 	for tries := 0; tries < 1<<20; tries++ {
-		off := r.x.idx[2*i+1].Load()
-		committed, err := r.committedOf(r.x)
-		if err != nil {
+		if tries > 0 {
+			off = spEntryOff(r.x.idx[i].Load())
+		}
+		// The index is stored after Committed: load Committed after it.
+		if committed, err = r.committedOf(r.x); err != nil {
 			return SpeculoChunk{}, err
 		}
 		var c spChunk
@@ -1493,14 +1521,14 @@ func (r *SpeculoReader) Latest(id BlockID) (SpeculoChunk, error) {
 			return SpeculoChunk{}, err
 		}
 		if c.block != block {
-			return SpeculoChunk{}, r.corrupt("index", uint64(r.x.off)+spExtHdrSize+16*i, "slot of block %#x points at a chunk of block %#x", block, c.block)
+			return SpeculoChunk{}, r.corrupt("index", where, "slot of block %#x points at a chunk of block %#x", block, c.block)
 		}
 		if c.flags&spObsolete != 0 {
 			// The writer indexes a new version before it obsoletes the
 			// old one: read the slot again. The same obsolete chunk
 			// twice means the index is stale for good.
 			if off == prev {
-				return SpeculoChunk{}, r.corrupt("index", uint64(r.x.off)+spExtHdrSize+16*i, "slot of block %#x stays on an obsolete version", block)
+				return SpeculoChunk{}, r.corrupt("index", where, "slot of block %#x stays on an obsolete version", block)
 			}
 			prev = off
 			continue
@@ -1510,7 +1538,7 @@ func (r *SpeculoReader) Latest(id BlockID) (SpeculoChunk, error) {
 		}
 		return r.view(&c), nil
 	}
-	return SpeculoChunk{}, r.corrupt("index", uint64(r.x.off)+spExtHdrSize+16*i, "slot of block %#x never settles", block)
+	return SpeculoChunk{}, r.corrupt("index", where, "slot of block %#x never settles", block)
 }
 
 // Rewind makes the next TryNext or Next start again from the oldest valid
@@ -1774,7 +1802,7 @@ func (s *Speculo) Stats() (SpeculoStats, error) {
 			p += c.n
 		}
 		for i := uint64(0); i < s.g.indexSlots; i++ {
-			if x.idx[2*i].Load() != 0 {
+			if x.idx[i].Load() != 0 {
 				st.Blocks++
 			}
 		}
@@ -1928,21 +1956,24 @@ func (s *Speculo) checkExtent(x *spExtent, current bool) error {
 	used := uint64(0)
 	indexed := map[uint64]bool{}
 	for i := uint64(0); i < s.g.indexSlots; i++ {
-		b := x.idx[2*i].Load()
-		if b == 0 {
+		e := x.idx[i].Load()
+		if e == 0 {
 			continue
 		}
 		used++
-		where := uint64(x.off) + spExtHdrSize + 16*i
+		where := uint64(x.off) + spExtHdrSize + 8*i
+		off := spEntryOff(e)
+		b, ok := chunks[off]
+		if !ok || e>>32 != spTag(b) {
+			all = append(all, s.corrupt("index", where, "entry %#x does not point at a chunk of its block", e))
+			continue
+		}
 		if indexed[b] {
 			all = append(all, s.corrupt("index", where, "block %#x indexed twice", b))
 		}
 		indexed[b] = true
-		off := x.idx[2*i+1].Load()
-		if cb, ok := chunks[off]; !ok || cb != b {
-			all = append(all, s.corrupt("index", where+8, "block %#x points at %d, not a chunk of that block", b, off))
-		} else if v := blocks[b]; v != nil && v.newest != off && !(current && v.newest == lastOff) {
-			all = append(all, s.corrupt("index", where+8, "block %#x points at %d, not at its newest version %d", b, off, v.newest))
+		if v := blocks[b]; v != nil && v.newest != off && !(current && v.newest == lastOff) {
+			all = append(all, s.corrupt("index", where, "block %#x points at %d, not at its newest version %d", b, off, v.newest))
 		}
 	}
 	if used > s.g.maxBlocks {

@@ -183,8 +183,12 @@ func TestSpeculoLayout(t *testing.T) {
 	require.Equal(t, uintptr(24), unsafe.Offsetof(spChunkHdr{}.Meta))
 	g, err := speculoGeometry(1<<16, 8, 0)
 	require.NoError(t, err)
-	require.Equal(t, uint64(1024), g.maxBlocks)
-	require.Equal(t, uint64(2048), g.indexSlots, "load stays at most 3/4")
+	require.Equal(t, uint64(512), g.maxBlocks)
+	require.Equal(t, uint64(1024), g.indexSlots, "load stays at most 3/4")
+	require.Equal(t, uint64(256+8*1024), g.dataOff, "8 bytes an index slot")
+	e := spEntry(77, 4096)
+	require.Equal(t, uint64(4096), spEntryOff(e))
+	require.Equal(t, spTag(77), e>>32)
 	require.Zero(t, g.dataOff%128)
 }
 
