@@ -645,6 +645,7 @@ func TestSpeculoViewLifetime(t *testing.T) {
 	require.Equal(t, base-3*st.ExtentBytes, f.free(t))
 	require.Equal(t, snapshot, view, "the view is intact until the reader's next call")
 	require.Equal(t, uint64(1), r.Epoch())
+	require.NoError(t, sp.Check(), "a chain of four extents checks")
 
 	// The next call moves the reader; the writer frees the old extents.
 	c, err = r.TryNext()
@@ -733,6 +734,48 @@ func TestSpeculoWriterTakeover(t *testing.T) {
 	require.NoError(t, w.Close(), "the old writer object releases nothing it does not hold")
 	_, err = sp.AttachWriter()
 	require.ErrorIs(t, err, errs.ErrBusy)
+}
+
+// TestSpeculoSequenceSurvivesGCAndCrash: the newest chunk expires and a
+// GC drops it, then the writer dies; the next writer's chunks must still
+// be new to a reader that saw the dropped one (sequence numbers and block
+// ids never go back).
+func TestSpeculoSequenceSurvivesGCAndCrash(t *testing.T) {
+	f := newSpFix(t, backend.Heap, 4<<20)
+	clk := &fakeClock{}
+	clk.ns.Store(100)
+	sp, _ := f.area(t, 1, 4096, SpeculoConfig{Slots: 2, Threshold: 0}, clk.now)
+	w, err := sp.AttachWriter()
+	require.NoError(t, err)
+	r, err := sp.AttachReader()
+	require.NoError(t, err)
+	defer r.Close()
+	a := put(t, w, 0, 10, 1, 0)
+	b := put(t, w, 0, 10, 2, 200)
+	got := drain(t, r)
+	require.Len(t, got, 2)
+	clk.ns.Store(300) // b expires
+	require.NoError(t, w.GC())
+	sp.cb.Writer.Store(uint64(deadIdentity(t))) // dies without Close
+	w2, err := sp.AttachWriter()
+	require.NoError(t, err)
+	defer w2.Close()
+	c := put(t, w2, 0, 10, 3, 0)
+	require.Greater(t, c, b, "block ids do not go back")
+	got2 := drain(t, r)
+	require.Len(t, got2, 1, "the new chunk is new to the reader")
+	require.Equal(t, c, got2[0].Block)
+	require.Greater(t, got2[0].Seq, got[1].Seq)
+	// A clean close and a new writer go on too.
+	require.NoError(t, w2.Close())
+	w3, err := sp.AttachWriter()
+	require.NoError(t, err)
+	defer w3.Close()
+	d := put(t, w3, a, 10, 4, 0)
+	require.Equal(t, a, d)
+	got3 := drain(t, r)
+	require.Len(t, got3, 1)
+	require.Greater(t, got3[0].Seq, got2[0].Seq)
 }
 
 type crash struct{ point string }

@@ -349,6 +349,7 @@ func TestSpeculoOldExtentsFreedWhenReadersMoveOrDie(t *testing.T) {
 	n, err := w.Reclaim()
 	require.NoError(t, err)
 	require.Zero(t, n, "the live child pins the first extent")
+	require.NoError(t, b.Check(), "Check walks the chain of pinned extents")
 	require.Equal(t, base-3*st.ExtentBytes, freeBytes(t, b))
 
 	goFlag.Store(1)
