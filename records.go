@@ -25,10 +25,14 @@ import (
 // cache-line aligned).
 type trailer struct {
 	_      structs.HostLayout
-	Holder atomic.Uint64 // sys.Identity of the holder
-	Len    uint32        // payload bytes
-	Magic  uint32        // trailerMagic
+	Holder uint64 // sys.Identity of the holder: written plainly at allocation, then through holder()
+	Len    uint32 // payload bytes
+	Magic  uint32 // trailerMagic
 }
+
+// holder is the Holder word as an atomic: once a record has been handed
+// out, other processes read it and receivers write it.
+func (t *trailer) holder() *atomic.Uint64 { return mem.AtomicUint64(&t.Holder) }
 
 const (
 	trailerSize  = 16
@@ -78,10 +82,8 @@ func (sh *slabHandle) alloc(n int) (mem.Off, []byte, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	t := mem.MustAt[trailer](r.Data, mem.Off(size-trailerSize))
-	t.Len = uint32(n)
-	t.Magic = trailerMagic
-	t.Holder.Store(uint64(sh.rs.self))
+	// The record is not handed out yet: plain stores (no fence) will do.
+	*mem.MustAt[trailer](r.Data, mem.Off(size-trailerSize)) = trailer{Holder: uint64(sh.rs.self), Len: uint32(n), Magic: trailerMagic}
 	return r.Off, r.Data[:n:n], nil
 }
 
@@ -115,8 +117,8 @@ func (rs *records) take(off mem.Off) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if t.Holder.Load() != uint64(rs.self) {
-		t.Holder.Store(uint64(rs.self))
+	if t.holder().Load() != uint64(rs.self) {
+		t.holder().Store(uint64(rs.self))
 	}
 	return data[:t.Len:t.Len], nil
 }
@@ -146,7 +148,7 @@ func (rs *records) held(off mem.Off, b []byte) (*trailer, error) {
 	if err != nil || t.Magic != trailerMagic || t.Len != uint32(len(b)) {
 		return nil, fmt.Errorf("record %#x: not a live record (freed?): %w", uint64(off), ErrNotAllocated)
 	}
-	if h := t.Holder.Load(); h != uint64(rs.self) {
+	if h := t.holder().Load(); h != uint64(rs.self) {
 		return nil, fmt.Errorf("record %#x is held by %v, not by this process: %w", uint64(off), sys.Identity(h), ErrNotAllocated)
 	}
 	return t, nil
@@ -212,7 +214,7 @@ func (rs *records) recover(queued map[mem.Off]bool) (uint64, error) {
 		if err != nil {
 			return false // never stamped: its allocator died first
 		}
-		h := sys.Identity(t.Holder.Load())
+		h := sys.Identity(t.holder().Load())
 		return h != 0 && isAlive(h)
 	}
 	// Records of dead allocators: freed unless kept.
@@ -228,7 +230,7 @@ func (rs *records) recover(queued map[mem.Off]bool) (uint64, error) {
 		if err != nil {
 			return
 		}
-		if h := sys.Identity(t.Holder.Load()); h != 0 && !isAlive(h) {
+		if h := sys.Identity(t.holder().Load()); h != 0 && !isAlive(h) {
 			if ferr := rs.pool.Free(off); ferr != nil && !errors.Is(ferr, ErrDoubleFree) {
 				all = append(all, ferr)
 			}

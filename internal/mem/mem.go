@@ -145,3 +145,8 @@ func Aligned(n int, align int) []byte {
 	skip := int((uintptr(align) - p%uintptr(align)) % uintptr(align))
 	return raw[skip : skip+n : skip+n]
 }
+
+// AtomicUint64 views a word of a shared struct as an atomic. It lets a
+// writer that owns the word exclusively (a record not yet handed out)
+// initialise it with a plain store, and everyone else use atomics.
+func AtomicUint64(p *uint64) *atomic.Uint64 { return (*atomic.Uint64)(unsafe.Pointer(p)) }
