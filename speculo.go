@@ -16,7 +16,7 @@ type BlockID = channel.BlockID
 
 // SpeculoMaxRetired is how many old extents readers may keep from being
 // freed before the writer stops collecting (see SpeculoWriter.Append).
-const SpeculoMaxRetired = channel.MaxRetired
+const SpeculoMaxRetired = channel.MaxSpeculoRetired
 
 // SpeculoAutoBlock is the lowest block id Append can give.
 const SpeculoAutoBlock BlockID = channel.SpeculoAutoBlock
@@ -222,8 +222,9 @@ func (s *Speculo) MaxChunk() int { return int(s.sp.MaxChunk()) }
 // MaxBlocks is how many distinct valid blocks the area can hold.
 func (s *Speculo) MaxBlocks() int { return int(s.sp.MaxBlocks()) }
 
-// ChunkSpace is the area space a chunk of size payload bytes takes.
-func ChunkSpace(size int) int { return int(channel.ChunkSpace(uint64(size))) }
+// SpeculoChunkSpace is the area space a chunk of size payload bytes takes
+// (its header and padding included).
+func SpeculoChunkSpace(size int) int { return int(channel.SpeculoChunkSpace(uint64(size))) }
 
 func (s *Speculo) wrap(op string, err error) error {
 	if err == nil {

@@ -362,9 +362,9 @@ func (s *Speculo) MaxChunk() uint64 { return min(s.g.capacity-spChunkHdrSize, ma
 // MaxBlocks is how many distinct blocks an extent can hold.
 func (s *Speculo) MaxBlocks() uint64 { return s.g.maxBlocks }
 
-// ChunkSpace is the bytes a chunk of size payload bytes takes in an
+// SpeculoChunkSpace is the bytes a chunk of size payload bytes takes in an
 // extent (header and padding included).
-func ChunkSpace(size uint64) uint64 { return spChunkHdrSize + (size+7)&^7 }
+func SpeculoChunkSpace(size uint64) uint64 { return spChunkHdrSize + (size+7)&^7 }
 
 func (s *Speculo) corrupt(where string, off uint64, format string, args ...any) error {
 	return errs.Corrupt("speculo "+where, off, format, args...)
@@ -465,7 +465,7 @@ func (s *Speculo) chunkAt(x *spExtent, p, committed uint64, c *spChunk) error {
 	meta := w[3].Load()
 	c.off, c.seq, c.block, c.expiry = p, w[0].Load(), w[1].Load(), int64(w[2].Load())
 	c.size, c.flags = meta&math.MaxUint32, uint32(meta>>32)
-	c.n = ChunkSpace(c.size)
+	c.n = SpeculoChunkSpace(c.size)
 	if c.n > committed-p || c.seq == 0 || c.block == 0 {
 		return s.badChunk(x, p, committed, c)
 	}
@@ -857,7 +857,7 @@ func (w *SpeculoWriter) reserve(block uint64, fresh bool, size int, expiry int64
 	if size < 0 || uint64(size) > w.MaxChunk() {
 		return nil, fmt.Errorf("speculo: chunk of %d bytes (at most %d): %w", size, w.MaxChunk(), errs.ErrInvalidSize)
 	}
-	n := ChunkSpace(uint64(size))
+	n := SpeculoChunkSpace(uint64(size))
 	w.ops++
 	if w.ops&63 == 0 {
 		if err := w.housekeep(); err != nil {
@@ -1015,19 +1015,19 @@ func (w *SpeculoWriter) GC() error {
 	return w.gc()
 }
 
-// MaxRetired bounds the old extents readers may keep from being freed:
+// MaxSpeculoRetired bounds the old extents readers may keep from being freed:
 // with that many, the writer does not collect (a GC by threshold waits,
 // one the append needs fails with ErrNoSpace) until readers move on. A
 // reader that stays behind (descheduled, or idle without parking or
 // Release) would otherwise make every GC cost a new extent.
-const MaxRetired = 4
+const MaxSpeculoRetired = 4
 
 func (w *SpeculoWriter) gc() error {
-	if w.retired >= MaxRetired {
+	if w.retired >= MaxSpeculoRetired {
 		if _, err := w.reap(false); err != nil {
 			return err
 		}
-		if w.retired >= MaxRetired {
+		if w.retired >= MaxSpeculoRetired {
 			return fmt.Errorf("speculo: readers are still on %d old extents: %w", w.retired, errs.ErrNoSpace)
 		}
 	}
@@ -1066,7 +1066,7 @@ func (w *SpeculoWriter) gc() error {
 			// Two valid versions (cannot happen after recover; kept
 			// correct anyway): the older one goes.
 			nx.plain[prev/8+3] |= uint64(spObsolete|spCounted) << 32
-			invalid += ChunkSpace(nx.plain[prev/8+3] & math.MaxUint32)
+			invalid += SpeculoChunkSpace(nx.plain[prev/8+3] & math.MaxUint32)
 		} else {
 			used++
 		}

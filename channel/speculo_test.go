@@ -133,7 +133,7 @@ func put(t testing.TB, w *SpeculoWriter, block BlockID, size int, tag uint64, ex
 		if !errors.Is(err, errs.ErrNoSpace) || !strings.Contains(err.Error(), "old extents") || tries > 1e6 {
 			break
 		}
-		// A reader (descheduled) still holds MaxRetired old extents:
+		// A reader (descheduled) still holds MaxSpeculoRetired old extents:
 		// let it move on.
 		runtime.Gosched()
 	}
@@ -385,7 +385,7 @@ func TestSpeculoObsoletionAndLatest(t *testing.T) {
 	require.Equal(t, 11, st.Chunks)
 	require.Equal(t, 2, st.ValidChunks)
 	require.Equal(t, 2, st.Blocks)
-	require.Equal(t, uint64(9*ChunkSpace(20)), st.InvalidBytes)
+	require.Equal(t, uint64(9*SpeculoChunkSpace(20)), st.InvalidBytes)
 	require.Equal(t, st.InvalidBytes, w.InvalidBytes())
 
 	// Ids and Latest survive a GC; the reader does not see them again.
@@ -476,7 +476,7 @@ func TestSpeculoGCThresholdAndFull(t *testing.T) {
 	defer w.Close()
 	// By threshold: replacing one block, invalid bytes grow until 30% of
 	// 8192; the next append collects.
-	n := ChunkSpace(100)
+	n := SpeculoChunkSpace(100)
 	for i := 0; i < 26; i++ {
 		put(t, w, 1, 100, uint64(i), 0)
 	}
