@@ -423,19 +423,24 @@ func TestStreamNotifySelect(t *testing.T) {
 		}
 		require.NoError(t, err)
 	}
-	for len(space) > 0 {
-		<-space // a value queued before the ring filled
-	}
 	reader := testutil.StartChild(t, "TestChildStreamReader", envBuf+"="+name, "HIPC_MODE=drain", fmt.Sprintf("HIPC_ID=%d", streamID+1))
-	select {
-	case _, ok := <-space:
-		require.True(t, ok)
-	case <-time.After(time.Minute):
-		t.Fatal("no space notification while a child reads")
+	for written := false; !written; {
+		select {
+		case _, ok := <-space:
+			require.True(t, ok)
+		case <-time.After(time.Minute):
+			t.Fatal("no space notification while a child reads")
+		}
+		// Level-triggered: a value sent before the ring filled may
+		// still arrive; then there is no room yet and we wait again.
+		n, err := w.TryWrite(make([]byte, 10))
+		if errors.Is(err, ipc.ErrWouldBlock) {
+			continue
+		}
+		require.NoError(t, err)
+		require.Positive(t, n)
+		written = true
 	}
-	n, err := w.TryWrite(make([]byte, 10))
-	require.NoError(t, err)
-	require.Positive(t, n)
 	require.NoError(t, w.Close())
 	reader.MustSucceed(t, time.Minute)
 	cancel()
