@@ -178,6 +178,8 @@ func TestMailboxSizesAcrossProcesses(t *testing.T) {
 	require.NoError(t, err)
 	child := testutil.StartChild(t, "TestChildMailbox", envBuf+"="+name, "HIPC_MODE=serve")
 	require.Equal(t, "serving", child.Line(t, time.Minute))
+	_, err = newHandle(t, b).Responder(mailboxID)
+	require.ErrorIs(t, err, ipc.ErrBusy, "one responder: the child's")
 	ctx := ctxFor(t)
 	w := ipc.DefaultWindow
 	rng := rand.New(rand.NewPCG(5, 6))

@@ -458,6 +458,8 @@ func TestStreamPeerKilled(t *testing.T) {
 	require.NoError(t, err)
 	child := testutil.StartChild(t, "TestChildStreamWriter", envBuf+"="+name, "HIPC_MODE=die")
 	require.Equal(t, "written", child.Line(t, time.Minute))
+	_, err = newHandle(t, b).StreamWriter(streamID)
+	require.ErrorIs(t, err, ipc.ErrBusy, "one writer: the child's")
 	child.Kill()
 	ctx := ctxFor(t)
 	buf := make([]byte, 64)
