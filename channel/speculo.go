@@ -32,10 +32,13 @@ import (
 //	256  Writer, Closed, Threshold, Oldest, Pending,
 //	     LastSeq, LastEpoch, LastBlock, Freeing,
 //	     WriterGen                                     (writer)
-//	384  Notify, Waiters                               (Waiters: parking
-//	                                                    readers; Notify:
-//	                                                    the writer)
-//	512  reader slots [Slots]{Owner, Epoch, Waiting}   (each its reader;
+//	384  Notify, Sleepers                              (Sleepers: set by
+//	                                                    parking readers,
+//	                                                    cleared by the
+//	                                                    writer as it wakes
+//	                                                    them; Notify: the
+//	                                                    writer)
+//	512  reader slots [Slots]{Owner, Epoch}            (each its reader;
 //	                                                    the writer reclaims
 //	                                                    dead readers' slots)
 //
@@ -102,7 +105,7 @@ type speculoCB struct {
 	WriterGen  atomic.Uint64 // 320: bumped by every writer attach
 	_          [56]byte      // 328
 	Notify     atomic.Uint32 // 384: futex word readers park on
-	Waiters    atomic.Uint32 // 388: readers (about to be) parked
+	Sleepers   atomic.Uint32 // 388: 1: a reader is (about to be) parked on Notify
 	_          [120]byte     // 392
 }
 
@@ -111,8 +114,7 @@ type speculoSlot struct {
 	_       structs.HostLayout
 	Owner   atomic.Uint64 // 0: sys.Identity of the reader, 0: free
 	Epoch   atomic.Uint64 // 8: epoch of the extent it may read, 0: none
-	Waiting atomic.Uint32 // 16: 1 while it counts in Waiters
-	_       uint32        // 20
+	_       uint64        // 16
 	_       uint64        // 24
 }
 
@@ -969,8 +971,14 @@ func (w *SpeculoWriter) obsolete(p, block uint64) error {
 // Abort drops the pending chunk: readers never see it.
 func (w *SpeculoWriter) Abort() { w.pend = spPending{} }
 
+// notify wakes the parked readers, if any: an eventcount. A reader sets
+// Sleepers, loads Notify, checks for news, then parks while Notify is
+// unchanged; the writer, after publishing, wakes only if Sleepers is set,
+// and clears it, so it pays one wake per sleep, not one per commit until
+// the woken readers get to run.
 func (w *SpeculoWriter) notify() {
-	if w.cb.Waiters.Load() != 0 {
+	if w.cb.Sleepers.Load() != 0 {
+		w.cb.Sleepers.Store(0)
 		w.cb.Notify.Add(1)
 		backend.Wake(&w.cb.Notify, 0)
 	}
@@ -1200,17 +1208,7 @@ func (s *Speculo) reclaimSlot(sl *speculoSlot, dead uint64) bool {
 }
 
 // resetSlot clears a slot the caller owns.
-func (s *Speculo) resetSlot(sl *speculoSlot) {
-	sl.Epoch.Store(0)
-	if sl.Waiting.Swap(0) != 0 {
-		for {
-			n := s.cb.Waiters.Load()
-			if n == 0 || s.cb.Waiters.CompareAndSwap(n, n-1) {
-				break
-			}
-		}
-	}
-}
+func (s *Speculo) resetSlot(sl *speculoSlot) { sl.Epoch.Store(0) }
 
 // Close releases the writer end (a pending chunk is dropped) after
 // freeing what no reader pins. The area and its chunks stay for readers
@@ -1596,16 +1594,13 @@ func (r *SpeculoReader) Wait(ctx context.Context) error {
 	}
 	cb := r.cb
 	for {
-		r.slot.Waiting.Store(1)
-		cb.Waiters.Add(1)
+		cb.Sleepers.Store(1)
 		v := cb.Notify.Load()
 		if r.available() {
-			r.stopWaiting()
-			return nil
+			return nil // Sleepers stays set: at worst one spare wake
 		}
 		r.unpin()
 		err := backend.Park(ctx, &cb.Notify, v, r.wait.CheckInterval)
-		r.stopWaiting()
 		if err != nil && !errors.Is(err, errs.ErrTimeout) {
 			return err // stays unpinned until its next call
 		}
@@ -1620,17 +1615,6 @@ func (r *SpeculoReader) Wait(ctx context.Context) error {
 		}
 		if id := sys.Identity(cb.Writer.Load()); id != 0 && !sys.Alive(id) {
 			return fmt.Errorf("speculo area: the writer (%v) died: %w", id, errs.ErrPeerDead)
-		}
-	}
-}
-
-func (r *SpeculoReader) stopWaiting() {
-	if r.slot.Waiting.Swap(0) != 0 {
-		for {
-			n := r.cb.Waiters.Load()
-			if n == 0 || r.cb.Waiters.CompareAndSwap(n, n-1) {
-				return
-			}
 		}
 	}
 }
@@ -1746,7 +1730,7 @@ type SpeculoStats struct {
 	InvalidBytes uint64 // space taken by obsolete or expired chunks
 	Blocks       int    // blocks indexed in the current extent
 	Readers      int    // reader slots held
-	Waiters      int
+	Sleepers     bool // a reader is parked (or about to be)
 	LastSeq      uint64
 	Writer       bool // a live writer holds the end
 }
@@ -1754,7 +1738,7 @@ type SpeculoStats struct {
 // Stats walks the area (O(chunks)).
 func (s *Speculo) Stats() (SpeculoStats, error) {
 	ps := uint64(s.heap.PageSize())
-	st := SpeculoStats{Capacity: s.g.capacity, ExtentBytes: (s.g.extBytes + ps - 1) / ps * ps, GCs: s.cb.GCs.Load(), LastSeq: s.cb.LastSeq.Load(), Waiters: int(s.cb.Waiters.Load())}
+	st := SpeculoStats{Capacity: s.g.capacity, ExtentBytes: (s.g.extBytes + ps - 1) / ps * ps, GCs: s.cb.GCs.Load(), LastSeq: s.cb.LastSeq.Load(), Sleepers: s.cb.Sleepers.Load() != 0}
 	if id := sys.Identity(s.cb.Writer.Load()); id != 0 && sys.Alive(id) {
 		st.Writer = true
 	}
@@ -1873,12 +1857,9 @@ func (s *Speculo) Check() error {
 		if e := sl.Epoch.Load(); e > lastEpoch {
 			all = append(all, s.corrupt("reader slot epoch", where+8, "epoch %d beyond the last %d", e, lastEpoch))
 		}
-		if v := sl.Waiting.Load(); v > 1 {
-			all = append(all, s.corrupt("reader slot waiting", where+16, "value %d", v))
-		}
 	}
-	if n := cb.Waiters.Load(); n > uint32(len(s.slots)) {
-		all = append(all, s.corrupt("waiters", at+388, "%d waiters for %d slots", n, len(s.slots)))
+	if v := cb.Sleepers.Load(); v > 1 {
+		all = append(all, s.corrupt("sleepers", at+388, "value %d", v))
 	}
 	err := s.withPin(func(pinned bool) error {
 		if !pinned {

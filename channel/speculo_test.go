@@ -173,9 +173,9 @@ func TestSpeculoLayout(t *testing.T) {
 	require.Equal(t, uintptr(312), unsafe.Offsetof(speculoCB{}.Freeing))
 	require.Equal(t, uintptr(320), unsafe.Offsetof(speculoCB{}.WriterGen))
 	require.Equal(t, uintptr(384), unsafe.Offsetof(speculoCB{}.Notify))
-	require.Equal(t, uintptr(388), unsafe.Offsetof(speculoCB{}.Waiters))
+	require.Equal(t, uintptr(388), unsafe.Offsetof(speculoCB{}.Sleepers))
 	require.Equal(t, uintptr(speculoSlotSize), unsafe.Sizeof(speculoSlot{}))
-	require.Equal(t, uintptr(16), unsafe.Offsetof(speculoSlot{}.Waiting))
+	require.Equal(t, uintptr(8), unsafe.Offsetof(speculoSlot{}.Epoch))
 	require.Equal(t, uintptr(spExtHdrSize), unsafe.Sizeof(spExtentHdr{}))
 	require.Equal(t, uintptr(128), unsafe.Offsetof(spExtentHdr{}.Committed))
 	require.Equal(t, uintptr(136), unsafe.Offsetof(spExtentHdr{}.Next))
@@ -687,8 +687,7 @@ func TestSpeculoDeadReaderDoesNotPin(t *testing.T) {
 	dead := deadIdentity(t)
 	sp.slots[0].Owner.Store(uint64(dead))
 	sp.slots[0].Epoch.Store(1)
-	sp.slots[0].Waiting.Store(1)
-	sp.cb.Waiters.Store(1)
+	sp.cb.Sleepers.Store(1)
 	require.NoError(t, w.GC())
 	_, err = w.Reclaim()
 	require.NoError(t, err)
@@ -696,7 +695,8 @@ func TestSpeculoDeadReaderDoesNotPin(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 1, st.Extents, "the dead reader's pin does not count")
 	require.Zero(t, sp.slots[0].Owner.Load(), "its slot is free again")
-	require.Zero(t, sp.cb.Waiters.Load(), "and its parked count undone")
+	put(t, w, 1, 10, 2, 0)
+	require.Zero(t, sp.cb.Sleepers.Load(), "a commit woke whoever was parked, once")
 
 	// Slots held by dead readers are taken over by new readers.
 	sp.slots[0].Owner.Store(uint64(dead))
@@ -872,19 +872,19 @@ func TestSpeculoWaitAndNotify(t *testing.T) {
 		}
 		got <- err
 	}()
-	for sp.cb.Waiters.Load() == 0 {
+	for sp.cb.Sleepers.Load() == 0 {
 		time.Sleep(time.Millisecond)
 	}
 	put(t, w, 0, 33, 1, 0)
 	require.NoError(t, <-got, "woken by the commit")
-	require.Zero(t, sp.cb.Waiters.Load())
+	require.Zero(t, sp.cb.Sleepers.Load(), "the writer cleared the flag as it woke the reader")
 
 	cctx, cancel := context.WithCancel(ctx)
 	go func() {
 		_, err := r.Next(cctx)
 		got <- err
 	}()
-	for sp.cb.Waiters.Load() == 0 {
+	for sp.cb.Sleepers.Load() == 0 {
 		time.Sleep(time.Millisecond)
 	}
 	cancel()
