@@ -111,11 +111,11 @@ type speculoCB struct {
 
 // speculoSlot is one reader's slot.
 type speculoSlot struct {
-	_       structs.HostLayout
-	Owner   atomic.Uint64 // 0: sys.Identity of the reader, 0: free
-	Epoch   atomic.Uint64 // 8: epoch of the extent it may read, 0: none
-	_       uint64        // 16
-	_       uint64        // 24
+	_     structs.HostLayout
+	Owner atomic.Uint64 // 0: sys.Identity of the reader, 0: free
+	Epoch atomic.Uint64 // 8: epoch of the extent it may read, 0: none
+	_     uint64        // 16
+	_     uint64        // 24
 }
 
 // extentHdr opens every extent. All words are atomics: a checker may read
@@ -1730,7 +1730,7 @@ type SpeculoStats struct {
 	InvalidBytes uint64 // space taken by obsolete or expired chunks
 	Blocks       int    // blocks indexed in the current extent
 	Readers      int    // reader slots held
-	Sleepers     bool // a reader is parked (or about to be)
+	Sleepers     bool   // a reader is parked (or about to be)
 	LastSeq      uint64
 	Writer       bool // a live writer holds the end
 }
