@@ -128,8 +128,11 @@ type SemOptions struct {
 	Mode os.FileMode
 	// Undo makes waits and posts on sysv use SEM_UNDO, so the kernel
 	// gives back what a process holds when it dies: for semaphores used
-	// as locks. Ignored by posix and heap, where the layers above record
-	// the holder instead.
+	// as locks, where the process that waits is the one that posts. The
+	// kernel keeps each process's adjustment within ±32767 (semop fails
+	// with ERANGE beyond), so do not use it where one process only posts
+	// and another only waits. Ignored by posix and heap, where the layers
+	// above record the holder instead.
 	Undo bool
 }
 

@@ -279,7 +279,7 @@ func attachRegion(seg Segment, name string, cfg RegionConfig) (*Region, error) {
 		m := atomicMagic(b).Load()
 		if m == 0 {
 			// sysv: the creator has not written the header yet.
-			if pid := seg.CreatorPID(); pid != 0 && !sys.Alive(sys.MakeIdentity(pid, 0)) {
+			if pid := seg.CreatorPID(); pid != 0 && !sys.AlivePID(pid) {
 				return fail(fmt.Errorf("creator pid %d died before writing the header: %w", pid, ErrStale))
 			}
 			if time.Now().After(deadline) {

@@ -64,8 +64,9 @@ func IdentityOf(pid int) (Identity, error) {
 }
 
 // Alive reports whether the process named by id is still running: the pid
-// exists, is not a zombie, and started at the recorded time. A zero
-// identity is never alive.
+// exists, is not a zombie, and started at the recorded time (a recorded
+// start of 0 matches no running process on Linux). A zero identity is
+// never alive.
 func Alive(id Identity) bool {
 	if id == 0 {
 		return false
@@ -74,4 +75,15 @@ func Alive(id Identity) bool {
 		return true
 	}
 	return alive(id)
+}
+
+// AlivePID reports whether a process with this pid exists and is not a
+// zombie, for the rare places that know a pid but no start time (the
+// creator pid the kernel records for a SysV segment). A reused pid is
+// mistaken for life.
+func AlivePID(pid int) bool {
+	if pid <= 0 {
+		return false
+	}
+	return alivePID(pid)
 }

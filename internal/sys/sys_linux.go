@@ -53,10 +53,20 @@ func alive(id Identity) bool {
 	if state == 'Z' || state == 'X' || state == 'x' {
 		return false
 	}
-	if id.Start() != 0 && start&(1<<(64-pidBits)-1) != id.Start() {
+	// A recorded start time of 0 (a corrupted or forged owner word) does
+	// not match a running process: only AlivePID checks by pid alone.
+	if start&(1<<(64-pidBits)-1) != id.Start() {
 		return false
 	}
 	return true
+}
+
+func alivePID(pid int) bool {
+	if _, state, err := procStat(pid); err == nil {
+		return state != 'Z' && state != 'X' && state != 'x'
+	}
+	e := unix.Kill(pid, 0)
+	return e == nil || e == unix.EPERM
 }
 
 // Futex operations on a word that may be shared between processes (the

@@ -17,6 +17,11 @@ func procStat(pid int) (uint64, byte, error) {
 	return 0, 'R', nil
 }
 
+func alivePID(pid int) bool {
+	e := unix.Kill(pid, 0)
+	return e == nil || e == unix.EPERM
+}
+
 func alive(id Identity) bool {
 	e := unix.Kill(id.PID(), 0)
 	return e == nil || e == unix.EPERM

@@ -36,6 +36,11 @@ func TestSelfAlive(t *testing.T) {
 		require.Equal(t, self, id)
 		// Same pid, another start time: a reused pid is not the same process.
 		require.False(t, Alive(MakeIdentity(os.Getpid(), self.Start()+1)))
+		// A start of 0 (a forged owner word) names no running process...
+		require.False(t, Alive(MakeIdentity(1, 0)))
+		// ...but AlivePID checks the pid alone.
+		require.True(t, AlivePID(os.Getpid()))
+		require.False(t, AlivePID(0))
 	}
 }
 
