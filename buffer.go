@@ -371,6 +371,7 @@ func (b *Buffer) Recover() (reclaimed uint64, err error) {
 	if err := b.check("recover"); err != nil {
 		return 0, err
 	}
+	before, _ := b.heap.Stats()
 	var all []error
 	queued := map[mem.Off]bool{}
 	var abandoned []*channel.Entry
@@ -390,22 +391,22 @@ func (b *Buffer) Recover() (reclaimed uint64, err error) {
 		}
 		return nil
 	}))
-	n, err := b.recs.recover(queued)
-	reclaimed += n
+	_, err = b.recs.recover(queued)
 	all = append(all, err)
 	for _, en := range abandoned {
 		ops := channelTypes[en.Type]
-		size, _ := b.heap.Extent(en.Control)
 		cond := func() bool { return ops.abandoned(b, en) }
 		var free func() error
 		if ops.free != nil {
 			free = func() error { return ops.free(b, en) }
 		}
-		removed, err := b.reg.Remove(context.Background(), en, cond, free)
+		_, err := b.reg.Remove(context.Background(), en, cond, free)
 		all = append(all, err)
-		if removed {
-			reclaimed += size.Size
-		}
+	}
+	// What came back, whatever gave it back (records, slabs, channel
+	// control blocks and the memory channel types free).
+	if after, err := b.heap.Stats(); err == nil && after.FreeBytes > before.FreeBytes {
+		reclaimed = after.FreeBytes - before.FreeBytes
 	}
 	if err := errors.Join(all...); err != nil {
 		return reclaimed, fmt.Errorf("ipc: recover %q: %w", b.name, err)

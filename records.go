@@ -123,15 +123,6 @@ func (rs *records) take(off mem.Off) ([]byte, error) {
 	return data[:t.Len:t.Len], nil
 }
 
-// view returns the payload of the live record at off.
-func (rs *records) view(off mem.Off) ([]byte, error) {
-	t, data, err := rs.trailerOf(off)
-	if err != nil {
-		return nil, err
-	}
-	return data[:t.Len:t.Len], nil
-}
-
 // held returns the trailer of the record whose payload view is b at off,
 // if this process holds it: the cheap check of Send and Free, which know
 // the payload's length from the view and so find the trailer without

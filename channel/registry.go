@@ -133,8 +133,6 @@ type regRoot struct {
 // area (the heap owns the first alloc.RootSize bytes).
 const RootOffset = alloc.RootSize
 
-const regRootSize = 512
-
 var regMagic = binary.LittleEndian.Uint64([]byte("HIPCREG1"))
 
 // DefaultBuckets is the default size of the registry's bucket directory.

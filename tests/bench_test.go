@@ -243,7 +243,7 @@ func TestChildBenchConsume(t *testing.T) {
 			s += sum(buf[:k])
 			got += k
 		}
-		testutil.Say("done %d", s&0)
+		testutil.Say("done %d", s)
 		return
 	}
 	bf := attach(t)
@@ -266,7 +266,7 @@ func TestChildBenchConsume(t *testing.T) {
 		}
 		got += k
 	}
-	testutil.Say("done %d", s&0)
+	testutil.Say("done %d", s)
 }
 
 // BenchmarkRecordCrossProcess: this process allocates, writes and sends

@@ -115,7 +115,7 @@ func produce() (err error) {
 		}
 	}
 	if err := cmd.Wait(); err != nil {
-		return fmt.Errorf("B failed: %w", err)
+		return fmt.Errorf("process B failed: %w", err)
 	}
 	elapsed := time.Since(start)
 	total := *n * len(ps)
