@@ -55,9 +55,21 @@ check-tags:
 	@echo "check-tags: ipc_sysvshm/ipc_sysvsem select the sysv default files"
 
 ## bench: all Go benchmarks, 5 rounds, summarised by benchstat (bench.txt keeps the raw run)
-bench:
+bench: ipcbench
 	$(GO) test -run '^$$' -bench . -count 5 -timeout 60m ./... | tee bench.txt
 	$(GO) run $(BENCHSTAT) bench.txt
+
+.PHONY: ipcbench ipcbench-quick
+
+## ipcbench: heapipc beside the stdlib peers, full run: table, $(BIN)/ipcbench.json and .png
+ipcbench:
+	@mkdir -p $(BIN)
+	$(GO) run ./cmd/ipcbench -format json > $(BIN)/ipcbench.json
+	$(GO) run ./cmd/ipcbench -in $(BIN)/ipcbench.json -png $(BIN)/ipcbench.png
+
+## ipcbench-quick: the same in under a minute
+ipcbench-quick:
+	$(GO) run ./cmd/ipcbench -quick
 
 ## lint: staticcheck on every tag set and the cross targets
 lint:

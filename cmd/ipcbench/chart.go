@@ -18,8 +18,8 @@ import (
 
 const (
 	chartW, chartH = 1500, 1000
-	titleH         = 64
-	legendW        = 280
+	titleH         = 70
+	legendW        = 340
 	textScale      = 2
 )
 
@@ -77,9 +77,8 @@ func drawChart(rep *Report) *image.RGBA {
 	draw.Draw(img, img.Bounds(), &image.Uniform{white}, image.Point{}, draw.Src)
 	drawText(img, 20, 12, "heapipc beside the stdlib peers (ipcbench)", 3, ink)
 	m := rep.Machine
-	drawText(img, 20, 44, fmt.Sprintf("%s, %d CPUs, %s, %s; median of %d rounds; %s",
-		m.CPU, m.CPUs, m.Go, rep.Started.Format("2006-01-02"), rep.Settings.Rounds,
-		"figures vary with the machine and its load"), 1, frame)
+	drawText(img, 20, 42, fmt.Sprintf("%s, %d CPUs, %s, %s; median of %d rounds; figures vary with the machine and its load",
+		m.CPU, m.CPUs, m.Go, rep.Started.Format("2006-01-02"), rep.Settings.Rounds), textScale, frame)
 
 	panelW := (chartW - legendW) / 2
 	panelH := (chartH - titleH) / 2
@@ -113,13 +112,14 @@ func drawChart(rep *Report) *image.RGBA {
 		st := styleOf(t.id)
 		line(img, x, y+8, x+40, y+8, st)
 		fillRect(img, x+20-3, y+8-3, 7, 7, st.c)
-		drawText(img, x+50, y, legendLabel(t.label), 1, ink)
-		y += 26
+		drawText(img, x+50, y, legendLabel(t.label), textScale, ink)
+		y += 30
 	}
-	y += 10
-	drawText(img, x, y, "solid: spins, then parks", 1, frame)
-	drawText(img, x, y+18, "dashed: parks at once", 1, frame)
-	drawText(img, x, y+36, "every byte written and read", 1, frame)
+	y += 16
+	for _, s := range []string{"solid: spins, then parks", "dashed: parks at once", "payloads written and read", "log scales"} {
+		drawText(img, x, y, s, textScale, frame)
+		y += 24
+	}
 	return img
 }
 

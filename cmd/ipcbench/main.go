@@ -29,8 +29,9 @@ const about = `ipcbench measures heapipc beside its stdlib peers, on this machin
 
 Transports (-transports takes these ids):
   heapipc-spin, heapipc-park            record channel, one Send/Receive per message;
-                                        blocking calls spin ~20µs before parking (spin)
-                                        or park on a futex at once (park)
+                                        blocking calls spin before parking (spin: 20µs,
+                                        the library's default, or -spin) or park on a
+                                        futex at once (park)
   heapipc-batch-spin, heapipc-batch-park  the same with SendBatch/ReceiveBatch
                                         (up to 64 records a call)
   heapipc-stream-spin, heapipc-stream-park  stream channel: bytes written into and
@@ -64,9 +65,11 @@ and its load; the ratios are the point.
 
 const jsonHelp = `JSON (-format json):
   schema                    "ipcbench/1"
-  machine                   cpu, cpus, os, arch, kernel, go
-  settings                  quick, rounds, trial_ms, sizes (bytes), reference (the
-                            heapipc transport the tables compare), transports (id → label)
+  machine                   cpu, cpus, os, arch, kernel, go, loadavg (the 1, 5 and
+                            15-minute load averages when the run started)
+  settings                  quick, rounds, trial_ms, sizes (bytes), spin_us (-spin;
+                            0: the library's default), reference (the heapipc
+                            transport the tables compare), transports (id → label)
   started, seconds          when the run started (UTC) and how long it took
   results[]                 one per scenario, placement and size:
     scenario                "throughput" or "latency"
@@ -109,6 +112,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	format := fs.String("format", "text", "output: text, markdown or json")
 	pngFile := fs.String("png", "", "also draw a chart (throughput and latency by payload size) into this PNG file")
 	in := fs.String("in", "", "render the JSON of an earlier run instead of running")
+	spin := fs.Duration("spin", 0, "how long heapipc's spinning ends (\"spin\" transports) spin before they park (default: the library's, 20µs)")
 	quiet := fs.Bool("q", false, "no progress on stderr")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: ipcbench [flags]\n\n%s\nFlags:\n", about)
@@ -170,6 +174,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 			cfg.Placements = append(cfg.Placements, p)
 		}
 		cfg.Transports = splitList(*only)
+		if *spin < 0 {
+			fmt.Fprintln(stderr, "ipcbench: -spin must be positive (the park transports park at once)")
+			return 2
+		}
+		cfg.Spin = *spin
 		if !*quiet {
 			cfg.Progress = stderr
 			if f, ok := stderr.(*os.File); ok {

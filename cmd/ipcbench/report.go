@@ -36,6 +36,7 @@ type Machine struct {
 	Arch   string `json:"arch"`
 	Kernel string `json:"kernel,omitempty"`
 	Go     string `json:"go"`
+	Load   string `json:"loadavg,omitempty"`
 }
 
 type Settings struct {
@@ -43,6 +44,7 @@ type Settings struct {
 	Rounds     int               `json:"rounds"`
 	TrialMS    float64           `json:"trial_ms"`
 	Sizes      []int             `json:"sizes"`
+	SpinUS     float64           `json:"spin_us"`
 	Reference  string            `json:"reference"`
 	Transports map[string]string `json:"transports"`
 }
@@ -105,7 +107,7 @@ type Target struct {
 func newReport(cfg Config) *Report {
 	rep := &Report{Schema: schema, Machine: machine(), Started: time.Now().UTC().Truncate(time.Second),
 		Settings: Settings{Quick: cfg.Quick, Rounds: cfg.Rounds, TrialMS: float64(cfg.Trial) / 1e6,
-			Sizes: cfg.Sizes, Reference: referenceID, Transports: map[string]string{}}}
+			Sizes: cfg.Sizes, SpinUS: float64(cfg.Spin) / 1e3, Reference: referenceID, Transports: map[string]string{}}}
 	for _, t := range transports {
 		rep.Settings.Transports[t.id] = t.label
 	}
@@ -126,6 +128,11 @@ func machine() Machine {
 	}
 	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		m.Kernel = strings.TrimSpace(string(b))
+	}
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		if f := strings.Fields(string(b)); len(f) >= 3 {
+			m.Load = strings.Join(f[:3], " ")
+		}
 	}
 	if m.CPU == "" {
 		m.CPU = "unknown CPU"
@@ -258,7 +265,7 @@ func (rep *Report) tables() []table {
 							row = append(row, "-")
 							continue
 						}
-						row = append(row, fmtNum(f.P99)+" / "+fmtNum(f.P999)+" / "+fmtNum(f.Max))
+						row = append(row, fmtNum(f.P99)+"/"+fmtNum(f.P999)+"/"+fmtNum(f.Max))
 					}
 					tails.rows = append(tails.rows, row)
 				}
@@ -346,9 +353,17 @@ func (rep *Report) header() string {
 	if rep.Settings.Quick {
 		kind = "-quick run"
 	}
-	return fmt.Sprintf("%s, %d CPUs, %s/%s, Linux %s, %s; %s: median of %d rounds of %s per figure, %s in %.0f s",
-		m.CPU, m.CPUs, m.OS, m.Arch, m.Kernel, m.Go, kind, rep.Settings.Rounds,
-		time.Duration(rep.Settings.TrialMS*1e6), rep.Started.Format("2006-01-02"), rep.Seconds)
+	spin := "heapipc's default spin"
+	if rep.Settings.SpinUS > 0 {
+		spin = fmt.Sprintf("spin %gµs", rep.Settings.SpinUS)
+	}
+	load := ""
+	if m.Load != "" {
+		load = " (load average " + m.Load + " at the start)"
+	}
+	return fmt.Sprintf("%s, %d CPUs, %s/%s, Linux %s, %s%s; %s: median of %d rounds of %s per figure, %s, %s in %.0f s",
+		m.CPU, m.CPUs, m.OS, m.Arch, m.Kernel, m.Go, load, kind, rep.Settings.Rounds,
+		time.Duration(rep.Settings.TrialMS*1e6), spin, rep.Started.Format("2006-01-02"), rep.Seconds)
 }
 
 // WriteText writes the tables for a terminal.

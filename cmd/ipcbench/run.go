@@ -34,6 +34,7 @@ type Config struct {
 	Placements []string      // placeIn, placeCross
 	Transports []string      // ids; empty: all
 	Buffer     string        // the heapipc buffer's name (made and destroyed by Run)
+	Spin       time.Duration // how long heapipc's spinning ends spin (0: the library's default)
 	Quick      bool          // recorded in the report
 	Progress   io.Writer     // progress lines; nil: none
 	Terminal   bool          // Progress is a terminal: redraw one line
@@ -217,7 +218,7 @@ type trialResult struct {
 // trial runs one contender once: the parent's end here, the other end in
 // a goroutine (in-process) or in a peer process (cross-process).
 func (r *runner) trial(ctx context.Context, c contender, scen string, size int) (res trialResult, err error) {
-	sp := &spec{Kind: c.t.kind, Scenario: scen, Size: size, Spin: c.t.spin,
+	sp := &spec{Kind: c.t.kind, Scenario: scen, Size: size, Spin: c.t.spin, SpinFor: r.cfg.Spin,
 		Cap: capacity(size), Timeout: r.cfg.Trial + 2*time.Minute}
 	if c.t.kind == kindBatch {
 		sp.Batch = batchOf(size)

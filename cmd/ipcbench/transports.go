@@ -73,12 +73,13 @@ type spec struct {
 	Scenario string        `json:"scenario"`
 	Size     int           `json:"size"`
 	Spin     bool          `json:"spin,omitempty"`
-	Buffer   string        `json:"buffer,omitempty"` // heapipc: the buffer's name
-	ID       uint64        `json:"id,omitempty"`     // heapipc: the channel id (and id+1 back)
-	Cap      int           `json:"cap,omitempty"`    // record ring, Go channel capacity
-	Batch    int           `json:"batch,omitempty"`  // records per SendBatch/ReceiveBatch
-	Files    int           `json:"files,omitempty"`  // descriptors from fd 3 on
-	Timeout  time.Duration `json:"timeout"`          // the peer gives up after this
+	SpinFor  time.Duration `json:"spin_for,omitempty"` // with Spin: how long (0: heapipc's default)
+	Buffer   string        `json:"buffer,omitempty"`   // heapipc: the buffer's name
+	ID       uint64        `json:"id,omitempty"`       // heapipc: the channel id (and id+1 back)
+	Cap      int           `json:"cap,omitempty"`      // record ring, Go channel capacity
+	Batch    int           `json:"batch,omitempty"`    // records per SendBatch/ReceiveBatch
+	Files    int           `json:"files,omitempty"`    // descriptors from fd 3 on
+	Timeout  time.Duration `json:"timeout"`            // the peer gives up after this
 }
 
 // capacity is the ring (and Go channel) capacity for messages of size
@@ -324,7 +325,7 @@ func openB(ctx context.Context, e env, sp *spec, files []*os.File, local any) (a
 
 func spinOf(sp *spec) time.Duration {
 	if sp.Spin {
-		return 0 // the default spin (20 µs)
+		return sp.SpinFor // 0: the default spin (20 µs)
 	}
 	return -1 // park at once
 }
