@@ -165,7 +165,9 @@ func evalTargets(rep *Report) []Target {
 		for hid, m := range res.Ratios {
 			tr, _ := transportByID(hid)
 			v, ok := m[t.peer]
-			if !ok || t.spinOnly && !tr.spin {
+			// Spinning: the ends whose spin WithSpin sets (not the
+			// mailbox: its semaphores spin briefly, whatever the mode).
+			if !ok || t.spinOnly && (!tr.spin || tr.kind == kindMailbox) {
 				continue
 			}
 			tg.Each[hid] = v
@@ -425,15 +427,15 @@ func (rep *Report) writeTargets(w io.Writer, md bool) {
 	for _, t := range rep.Targets {
 		verdict := "met"
 		if !t.Met {
-			verdict = fmt.Sprintf("MISSED by %.0f%% (%.2g× short)", 100*(1-t.Got/t.Want), t.Want/t.Got)
+			verdict = fmt.Sprintf("MISSED by %.3g%% (%.2f× more needed)", 100*(1-t.Got/t.Want), t.Want/t.Got)
 		}
 		var each []string
 		for _, id := range rep.transportIDs(t.Scenario, t.Placement) {
 			if v, ok := t.Each[id]; ok {
-				each = append(each, fmt.Sprintf("%s %s", id, fmtRatio(v)))
+				each = append(each, fmt.Sprintf("%s %.3g×", id, v))
 			}
 		}
-		line := fmt.Sprintf("%s: %s by %s, %s [%s]", t.Name, fmtRatio(t.Got), t.By, verdict, strings.Join(each, ", "))
+		line := fmt.Sprintf("%s: %.3g× by %s, %s [%s]", t.Name, t.Got, t.By, verdict, strings.Join(each, ", "))
 		if md {
 			fmt.Fprintf(w, "- %s\n", line)
 		} else {

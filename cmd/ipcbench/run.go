@@ -241,11 +241,18 @@ func (r *runner) trial(ctx context.Context, c contender, scen string, size int) 
 		return nil
 	}
 	aClosed := false
+	var peer *peerProc
 	defer func() {
+		// This end first: the other one may be waiting for it to close.
 		if !aClosed {
 			closeA()
 		}
 		o.closeFiles()
+		if peer != nil {
+			if werr := peer.wait(10 * time.Second); err == nil {
+				err = werr
+			}
+		}
 	}()
 
 	// The other end: ready, then a result.
@@ -255,7 +262,6 @@ func (r *runner) trial(ctx context.Context, c contender, scen string, size int) 
 		err error
 	}
 	done := make(chan outcome, 1)
-	var peer *peerProc
 	if c.place == placeIn {
 		ready := make(chan error, 1)
 		files, local := o.files, o.local
@@ -287,11 +293,6 @@ func (r *runner) trial(ctx context.Context, c contender, scen string, size int) 
 			return res, err
 		}
 		o.closeFiles()
-		defer func() {
-			if werr := peer.wait(10 * time.Second); err == nil {
-				err = werr
-			}
-		}()
 		stop := context.AfterFunc(tctx, func() {
 			peer.cmd.Process.Kill()
 			if o.abort != nil {

@@ -378,11 +378,13 @@ func (a *recordA) roundTrip(seq uint64) error {
 		a.r = r
 	}
 	a.pl.put(a.r.Bytes(), seq)
-	err := a.p.Send(a.ctx, a.r)
+	r := a.r
 	a.r = ipc.Record{}
-	if err != nil {
+	if err := a.p.Send(a.ctx, r); err != nil {
+		a.h.Free(r)
 		return err
 	}
+	var err error
 	if a.r, err = a.c.Receive(a.ctx); err != nil {
 		return err
 	}
