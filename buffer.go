@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/heapipc/ipc/alloc"
 	"github.com/heapipc/ipc/backend"
@@ -196,9 +197,10 @@ func (b *Buffer) checkOpen(op string) error {
 	return nil
 }
 
-// Remove removes the buffer called name without attaching to it: its
-// segment and the semaphores heapipc made for it (what Destroy removes),
-// on the given backends ("" for the defaults). For cleaning up after a
+// Remove removes the buffer called name without using it: its segment and
+// the semaphores heapipc made for it (what Destroy removes), on the given
+// backends ("" for segments: the default; "" for semaphores: the kind the
+// buffer's header records, or the default if it cannot be read). For cleaning up after a
 // crashed program; it reports what it could not remove, and ErrNotExist
 // if there was nothing.
 func Remove(name string, segments, semaphores string) error {
@@ -210,11 +212,17 @@ func Remove(name string, segments, semaphores string) error {
 	if segKind == "" {
 		segKind = backend.DefaultSegmentKind()
 	}
-	if semKind == "" {
-		semKind = backend.DefaultSemaphoreKind()
-	}
 	if err := backend.ValidateName(name); err != nil {
 		return fmt.Errorf("ipc: remove: %w", err)
+	}
+	if semKind == "" {
+		// The header says which semaphores the buffer made.
+		semKind = backend.DefaultSemaphoreKind()
+		r, err := backend.OpenRegion(name, backend.RegionConfig{Segments: segKind, Open: backend.AttachOnly, ReadyTimeout: time.Second}, nil)
+		if err == nil {
+			semKind = r.SemaphoreKind()
+			r.Close()
+		}
 	}
 	segs, err := backend.Segments(segKind)
 	if err != nil {

@@ -40,7 +40,9 @@ func WithSize(n int64) Option {
 }
 
 // WithBackends chooses the segment and semaphore backends by name
-// ("posix", "sysv", "heap"; "" keeps the build's default).
+// ("posix", "sysv", "heap"; "" keeps the build's default). With
+// AttachOnly, an empty semaphore backend accepts whichever the buffer was
+// made with.
 func WithBackends(segments, semaphores string) Option {
 	return func(c *config) error {
 		if segments != "" {

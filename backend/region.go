@@ -104,7 +104,7 @@ const (
 // attacher. Zero values mean defaults.
 type RegionConfig struct {
 	Segments   Kind        // segment backend; "" = DefaultSegmentKind()
-	Semaphores Kind        // semaphore backend recorded in the header; "" = default
+	Semaphores Kind        // semaphore backend recorded in the header; "" = default (attach-only: the header's)
 	Size       int64       // total bytes (rounded up to pages); 0 = attach only, any size
 	PageSize   int         // power of two in [MinPageSize, MaxPageSize]; 0 = 4096, or any on attach
 	Mode       os.FileMode // permission of a created segment; 0 = 0600
@@ -139,8 +139,10 @@ func OpenRegion(name string, cfg RegionConfig, init func(*Region) error) (*Regio
 	if err != nil {
 		return nil, err
 	}
-	if _, err := Semaphores(cfg.Semaphores); err != nil {
-		return nil, err
+	if cfg.Semaphores != "" {
+		if _, err := Semaphores(cfg.Semaphores); err != nil {
+			return nil, err
+		}
 	}
 	var lastErr error
 	for attempt := 0; attempt < 4; attempt++ {
@@ -186,7 +188,9 @@ func (cfg RegionConfig) normalize() (RegionConfig, error) {
 	if cfg.Segments == "" {
 		cfg.Segments = DefaultSegmentKind()
 	}
-	if cfg.Semaphores == "" {
+	if cfg.Semaphores == "" && cfg.Open != AttachOnly {
+		// An attach-only open with no semaphore kind accepts the
+		// header's (Region.SemaphoreKind).
 		cfg.Semaphores = DefaultSemaphoreKind()
 	}
 	if cfg.ReadyTimeout <= 0 {
@@ -345,7 +349,7 @@ func validateHeader(b []byte, h *header, name string, segKind Kind, cfg RegionCo
 	if k := kindOf(h.SegKind); k != segKind || k != cfg.Segments {
 		return fmt.Errorf("made with %s segments, opened as %s: %w", k, cfg.Segments, ErrBackendMismatch)
 	}
-	if k := kindOf(h.SemKind); k != cfg.Semaphores {
+	if k := kindOf(h.SemKind); cfg.Semaphores != "" && k != cfg.Semaphores {
 		return fmt.Errorf("made with %s semaphores, opened with %s: %w", k, cfg.Semaphores, ErrBackendMismatch)
 	}
 	if cfg.Size != 0 && uint64(cfg.Size) != h.TotalSize {

@@ -41,15 +41,16 @@ func TestIpcctl(t *testing.T) {
 			t.Errorf("list: %v\n%s", err, out)
 		}
 	}
-	out, err := run("stat", name)
+	seg, _ := b.Backends()
+	out, err := run("stat", "-backends", seg, name)
 	if err != nil || !strings.Contains(out, "channels  1") || !strings.Contains(out, "1 live") {
 		t.Errorf("stat: %v\n%s", err, out)
 	}
-	out, err = run("check", name)
+	out, err = run("check", "-backends", seg, name)
 	if err != nil || !strings.Contains(out, "no violation") {
 		t.Errorf("check: %v\n%s", err, out)
 	}
-	out, err = run("recover", name)
+	out, err = run("recover", "-backends", seg, name)
 	if err != nil || !strings.Contains(out, "bytes reclaimed") {
 		t.Errorf("recover: %v\n%s", err, out)
 	}
@@ -61,7 +62,7 @@ func TestIpcctl(t *testing.T) {
 	}
 	h.Close()
 	b.Close()
-	out, err = run("remove", name)
+	out, err = run("remove", "-backends", seg, name)
 	if err != nil || !strings.Contains(out, "removed") {
 		t.Errorf("remove: %v\n%s", err, out)
 	}
