@@ -354,17 +354,21 @@ func TestMailboxStaleSemaphoresAfterKilledRun(t *testing.T) {
 	require.NoError(t, b.Check())
 }
 
-// TestMailboxStaleSemaphoresAfterKilledBuffer: the killed run's buffer is
-// removed by name (ipc.Remove, as after a crash), which leaves the
-// mailbox's semaphores behind, lost unit and all. A new buffer of the same
-// name creates the mailbox: the stale semaphores are replaced, not
-// reused; Destroy removes them (the leak check of TestMain verifies it).
+// TestMailboxStaleSemaphoresAfterKilledBuffer: the killed run's buffer
+// segment is gone (removed by name, as a clean-up after a crash may do)
+// while the mailbox's semaphores stay behind, lost unit and all. A new
+// buffer of the same name creates the mailbox: the stale semaphores are
+// replaced, not reused; Destroy removes them (the leak check of TestMain
+// verifies it).
 func TestMailboxStaleSemaphoresAfterKilledBuffer(t *testing.T) {
 	name := testutil.Name(t)
 	child := testutil.StartChild(t, "TestChildMailbox", envBuf+"="+name, "HIPC_MODE=crash-run", "HIPC_CREATE=1")
 	require.Equal(t, "mid", child.Line(t, time.Minute))
 	child.Kill()
-	require.NoError(t, ipc.Remove(name, "", ""))
+	segs, err := backend.Segments(backend.DefaultSegmentKind())
+	require.NoError(t, err)
+	require.NoError(t, segs.Remove(name))
+	require.NoError(t, ipc.Remove(name, "", "")) // the buffer's own semaphores
 	semKind := backend.DefaultSemaphoreKind()
 	sems, err := backend.Semaphores(semKind)
 	require.NoError(t, err)
