@@ -117,7 +117,7 @@ func TestRenderFromJSON(t *testing.T) {
 	pngFile := filepath.Join(dir, "c.png")
 	require.Equal(t, 0, run([]string{"-in", in, "-format", "markdown", "-png", pngFile}, &out, &errs), errs.String())
 	require.Contains(t, out.String(), "| heapipc record, spin | 100 | 200 |")
-	require.Contains(t, out.String(), "|   vs Unix socket | 20× | 40× |")
+	require.Contains(t, out.String(), "| _vs Unix socket_ | 20× | 40× |")
 	f, err := os.Open(pngFile)
 	require.NoError(t, err)
 	defer f.Close()

@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -231,30 +232,37 @@ func (rep *Report) tables() []table {
 				}
 				t.rows = append(t.rows, row)
 			}
-			ref := rep.Settings.Transports[rep.Settings.Reference]
-			first := true
-			for _, id := range ids {
-				if isHeapipc(id) {
-					continue
-				}
-				if first {
-					blank := make([]string, len(head))
-					blank[0] = ref + ", times better:"
-					t.rows = append(t.rows, blank)
-					first = false
-				}
-				label := "  vs " + rep.Settings.Transports[id]
-				row := []string{label}
-				for _, s := range sizes {
-					v := math.NaN()
-					if res := rep.find(scen, place, s); res != nil {
-						if r, ok := res.Ratios[rep.Settings.Reference][id]; ok {
-							v = r
-						}
+			// Ratio rows: the reference against each peer; for latency
+			// also the parked record channel, whose round trips do not
+			// depend on a free core the way spinning ones do.
+			refs := []string{rep.Settings.Reference}
+			if scen == scenLatency && rep.Settings.Reference != parkedID && slices.Contains(ids, parkedID) {
+				refs = append(refs, parkedID)
+			}
+			for _, ref := range refs {
+				first := true
+				for _, id := range ids {
+					if isHeapipc(id) {
+						continue
 					}
-					row = append(row, fmtRatio(v))
+					if first {
+						blank := make([]string, len(head))
+						blank[0] = rep.Settings.Transports[ref] + ", times better:"
+						t.rows = append(t.rows, blank)
+						first = false
+					}
+					row := []string{"  vs " + rep.Settings.Transports[id]}
+					for _, s := range sizes {
+						v := math.NaN()
+						if res := rep.find(scen, place, s); res != nil {
+							if r, ok := res.Ratios[ref][id]; ok {
+								v = r
+							}
+						}
+						row = append(row, fmtRatio(v))
+					}
+					t.rows = append(t.rows, row)
 				}
-				t.rows = append(t.rows, row)
 			}
 			out = append(out, t)
 			if scen == scenLatency {
@@ -404,10 +412,26 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 	bw := bufio.NewWriter(w)
 	fmt.Fprintf(bw, "%s.\n", rep.header())
 	for _, t := range rep.tables() {
-		fmt.Fprintf(bw, "\n**%s**\n\n", t.title)
-		fmt.Fprintf(bw, "| %s |\n|%s\n", strings.Join(t.head, " | "), strings.Repeat("---:|", len(t.head)))
+		// The tails are long: folded.
+		tails := strings.HasPrefix(t.title, "Latency tails")
+		if tails {
+			fmt.Fprintf(bw, "\n<details><summary>%s</summary>\n\n", t.title)
+		} else {
+			fmt.Fprintf(bw, "\n**%s**\n\n", t.title)
+		}
+		fmt.Fprintf(bw, "| %s |\n|:---|%s\n", strings.Join(t.head, " | "), strings.Repeat("---:|", len(t.head)-1))
 		for _, row := range t.rows {
-			fmt.Fprintf(bw, "| %s |\n", strings.Join(row, " | "))
+			label := row[0]
+			switch {
+			case strings.HasPrefix(label, "  vs "):
+				label = "_" + strings.TrimSpace(label) + "_"
+			case strings.HasSuffix(label, "times better:"):
+				label = "**" + label + "**"
+			}
+			fmt.Fprintf(bw, "| %s |\n", strings.Join(append([]string{label}, row[1:]...), " | "))
+		}
+		if tails {
+			fmt.Fprintf(bw, "\n</details>\n")
 		}
 	}
 	rep.writeTargets(bw, true)

@@ -43,8 +43,12 @@ var transports = []transport{
 	{id: "tcp", label: "TCP loopback", kind: kindTCP, throughput: true, latency: true},
 }
 
-// referenceID is the heapipc transport the tables compare the peers with.
-const referenceID = "heapipc-spin"
+// referenceID is the heapipc transport the tables compare the peers with
+// (and parkedID too, in the latency tables).
+const (
+	referenceID = "heapipc-spin"
+	parkedID    = "heapipc-park"
+)
 
 func transportByID(id string) (transport, bool) {
 	for _, t := range transports {
