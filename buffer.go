@@ -197,10 +197,12 @@ func (b *Buffer) checkOpen(op string) error {
 	return nil
 }
 
-// Remove removes the buffer called name without using it: its segment and
-// the semaphores heapipc made for it (what Destroy removes), on the given
-// backends ("" for segments: the default; "" for semaphores: the kind the
-// buffer's header records, or the default if it cannot be read). For cleaning up after a
+// Remove removes the buffer called name: what Destroy removes, for
+// cleaning up after a crashed program. If the buffer can be opened it is
+// destroyed (every channel's semaphores included); otherwise its segment
+// and the heap and registry semaphores are removed by name. Backends: ""
+// for segments is the default; "" for semaphores is the kind the buffer's
+// header records (or the default if it cannot be read). For cleaning up after a
 // crashed program; it reports what it could not remove, and ErrNotExist
 // if there was nothing.
 func Remove(name string, segments, semaphores string) error {
@@ -214,6 +216,11 @@ func Remove(name string, segments, semaphores string) error {
 	}
 	if err := backend.ValidateName(name); err != nil {
 		return fmt.Errorf("ipc: remove: %w", err)
+	}
+	// If the buffer can still be opened, Destroy removes everything,
+	// the channels' own semaphores included.
+	if b, err := Open(name, AttachOnly(), WithBackends(string(segKind), string(semKind)), WithReadyTimeout(time.Second)); err == nil {
+		return b.Destroy()
 	}
 	if semKind == "" {
 		// The header says which semaphores the buffer made.

@@ -348,3 +348,20 @@ func TestDestroyWhileAttached(t *testing.T) {
 	_, err = ipc.Open(name, ipc.AttachOnly())
 	require.ErrorIs(t, err, ipc.ErrNotExist, "the name is gone")
 }
+
+// TestRemoveCleansChannelSemaphores: ipc.Remove of a buffer that a
+// program left behind also removes the semaphores its mailboxes made (the
+// leak check fails the run otherwise).
+func TestRemoveCleansChannelSemaphores(t *testing.T) {
+	name := testutil.Name(t)
+	b, err := ipc.Open(name, ipc.WithSize(16<<20))
+	require.NoError(t, err)
+	h, err := b.NewHandle()
+	require.NoError(t, err)
+	_, err = h.Requester(5, ipc.WithWindow(4096))
+	require.NoError(t, err)
+	require.NoError(t, b.Close()) // detached, not destroyed
+	require.NoError(t, ipc.Remove(name, "", ""))
+	_, err = ipc.Open(name, ipc.AttachOnly())
+	require.ErrorIs(t, err, ipc.ErrNotExist)
+}
