@@ -50,8 +50,8 @@ Scenarios:
   throughput  one way, for -time per trial: the sender writes every byte of
               every message (into a heapipc record it allocates, a new slice,
               or its write buffer) and sends it; the receiver reads every byte
-              (and checks them) and frees the record. MB/s = bytes received /
-              time from the first send to the last byte read.
+              (and checks them) and frees the record. MB/s = 10^6 bytes
+              received per second, from the first send to the last byte read.
   latency     ping-pong: a message goes there and back (the echo reads it and
               writes it anew); each round trip is timed into a histogram, the
               first tenth of the trial is warm-up. p50 / p99 / p99.9 / max.
@@ -84,7 +84,8 @@ const jsonHelp = `JSON (-format json):
                             latency: each the median over the rounds of that
                             round's statistic, in microseconds
       samples               latency: round trips timed, all rounds
-      rounds, each          rounds that succeeded; each round's figure, in run order
+      rounds, each          rounds that succeeded; each round's figure (mb_per_s or
+                            p50_us), in run order
     ratios{heapipc id}{peer id}
                             how many times better the heapipc transport is than
                             the peer: throughput mb_per_s ÷ peer's, latency
