@@ -242,7 +242,7 @@ func TestStreamBacklogLookBackAndRewind(t *testing.T) {
 	require.Empty(t, join(a, b))
 	_, err = w.Write(ctx, []byte("klmnop"))
 	require.NoError(t, err)
-	n, err = r.Read(ctx, buf)
+	_, err = r.Read(ctx, buf)
 	require.NoError(t, err)
 	a, b, _ = r.Backlog()
 	require.Equal(t, "klmnop", string(join(a, b)))
@@ -460,7 +460,6 @@ func TestStreamConcurrent(t *testing.T) {
 				var v []byte
 				if v, err = w.Reserve(n); err == errs.ErrWouldBlock {
 					err = w.WaitSpace(ctx)
-					break
 				} else if err == nil {
 					for i := range v {
 						v[i] = byte(rng.Uint32())
@@ -515,7 +514,6 @@ func TestStreamConcurrent(t *testing.T) {
 					// fewer than n left: read the rest below
 					err = nil
 				}
-				break
 			} else if err == nil {
 				h.Write(v)
 				err = r.Consume(n)

@@ -234,7 +234,7 @@ func client() (err error) {
 		return err
 	}
 	if err := cmd.Wait(); err != nil {
-		return fmt.Errorf("B failed: %w", err)
+		return fmt.Errorf("process B failed: %w", err)
 	}
 	if err := buf.Check(); err != nil {
 		return fmt.Errorf("check: %w", err)

@@ -151,7 +151,7 @@ func produce() (err error) {
 		return err
 	}
 	if err := cmd.Wait(); err != nil {
-		return fmt.Errorf("B failed: %w", err)
+		return fmt.Errorf("process B failed: %w", err)
 	}
 	el := time.Since(start)
 	fmt.Printf("A: %d s of audio (%d bytes) produced in %v: %.0fx real time, %.2f MB/s\n",
