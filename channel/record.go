@@ -104,9 +104,11 @@ func (o WaitOptions) norm() WaitOptions {
 const DefaultSpin = 20 * time.Microsecond
 
 // spin calls done until it returns true or d has passed, and reports
-// whether it returned true. Every 64 calls it reads the clock and yields
-// the processor, so that a peer goroutine waiting for a P (more busy
-// goroutines than GOMAXPROCS) gets to run instead of being spun against.
+// whether it returned true. Every 64 calls it reads the clock and yields:
+// to other goroutines (a peer goroutine waiting for a P when there are
+// more busy goroutines than GOMAXPROCS) and to other threads (a peer
+// process waiting for a core on a loaded machine), so that a spinner
+// never keeps its peer from running.
 func spin(d time.Duration, done func() bool) bool {
 	if d <= 0 {
 		return false
@@ -124,6 +126,7 @@ func spin(d time.Duration, done func() bool) bool {
 				return false
 			}
 			runtime.Gosched()
+			sys.Yield()
 		}
 	}
 }

@@ -106,3 +106,8 @@ func FutexWake(w *atomic.Uint32, n int) (int, error) {
 	}
 	return int(r), nil
 }
+
+// Yield gives the processor to another runnable thread, if any
+// (sched_yield): spinners call it so that the peer they wait for can run
+// when there are more runnable threads than cores.
+func Yield() { unix.Syscall(unix.SYS_SCHED_YIELD, 0, 0, 0) }

@@ -48,3 +48,6 @@ func FutexWait(w *atomic.Uint32, val uint32, timeout time.Duration) error {
 
 // FutexWake is a no-op where waiters poll.
 func FutexWake(w *atomic.Uint32, n int) (int, error) { return 0, nil }
+
+// Yield gives the processor to another runnable thread, if the OS lets us.
+func Yield() { time.Sleep(0) }

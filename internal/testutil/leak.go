@@ -2,6 +2,8 @@ package testutil
 
 import (
 	"fmt"
+
+	"github.com/heapipc/ipc/internal/sys"
 	"os"
 	"sort"
 	"strconv"
@@ -20,6 +22,7 @@ func Main(m *testing.M) {
 	if IsChild() {
 		os.Exit(m.Run())
 	}
+	sweepDeadRuns()
 	before := sysvSnapshot()
 	code := m.Run()
 	if leaks := findLeaks(before); len(leaks) > 0 {
@@ -129,4 +132,27 @@ func findLeaks(before map[string]bool) []string {
 	}
 	sort.Strings(leaks)
 	return leaks
+}
+
+// sweepDeadRuns removes the /dev/shm objects of earlier test runs that
+// were killed before their own leak check could run (a test timeout kills
+// the binary): names with the test prefix of a run whose process is gone.
+func sweepDeadRuns() {
+	ents, err := os.ReadDir("/dev/shm")
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		rest, ok := strings.CutPrefix(strings.TrimPrefix(e.Name(), "sem."), "hipct.")
+		if !ok {
+			continue
+		}
+		pid, err := strconv.Atoi(strings.SplitN(rest, ".", 2)[0])
+		if err != nil || pid == os.Getpid() || sys.AlivePID(pid) {
+			continue
+		}
+		if os.Remove("/dev/shm/"+e.Name()) == nil {
+			fmt.Fprintf(os.Stderr, "testutil: removed /dev/shm/%s, left by a killed test run (pid %d)\n", e.Name(), pid)
+		}
+	}
 }
