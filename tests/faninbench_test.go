@@ -3,6 +3,7 @@ package tests
 import (
 	"context"
 	"fmt"
+	"io"
 	"reflect"
 	"strconv"
 	"sync"
@@ -192,7 +193,14 @@ func BenchmarkSelect64(b *testing.B) {
 			}()
 			start := time.Now()
 			for got := 0; got < n; got++ {
-				_, r, err := sel.Receive(ctx)
+				c, r, err := sel.Receive(ctx)
+				if err == io.EOF {
+					// The producer has finished: its ends closed
+					// (drained ones report EOF).
+					sel.Remove(c)
+					got--
+					continue
+				}
 				if err != nil {
 					b.Fatal(err)
 				}
