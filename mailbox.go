@@ -88,7 +88,7 @@ func (h *Handle) openMailbox(id ChannelID, opts []MailboxOption, attach func(*ch
 		window = DefaultWindow
 	}
 	b := h.buf
-	sems, err := backend.Semaphores(b.region.SemaphoreKind())
+	sems, err := b.region.Semaphores()
 	if err != nil {
 		return nil, err
 	}
@@ -382,7 +382,7 @@ func (r *Responder) close() error {
 }
 
 func mailboxSems(b *Buffer) (backend.SemaphoreBackend, error) {
-	return backend.Semaphores(b.region.SemaphoreKind())
+	return b.region.Semaphores()
 }
 
 func init() {

@@ -144,7 +144,7 @@ func Init(r *backend.Region, opts Options) (*Heap, error) {
 	rt.HeapLen = 1
 	rt.FreePages = n
 
-	sems, err := backend.Semaphores(r.SemaphoreKind())
+	sems, err := r.Semaphores()
 	if err != nil {
 		return nil, err
 	}
@@ -192,7 +192,7 @@ func AttachWith(r *backend.Region, opts Options) (*Heap, error) {
 	if err != nil {
 		return fail(err)
 	}
-	sems, err := backend.Semaphores(r.SemaphoreKind())
+	sems, err := r.Semaphores()
 	if err != nil {
 		return fail(err)
 	}

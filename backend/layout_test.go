@@ -23,6 +23,7 @@ func TestHeaderLayout(t *testing.T) {
 	require.Equal(t, uintptr(48), unsafe.Offsetof(h.Creator))
 	require.Equal(t, uintptr(56), unsafe.Offsetof(h.CreatedNs))
 	require.Equal(t, uintptr(64), unsafe.Offsetof(h.NameLen))
+	require.Equal(t, uintptr(68), unsafe.Offsetof(h.Mode))
 	require.Equal(t, uintptr(72), unsafe.Offsetof(h.Name))
 	require.Equal(t, uintptr(checksummed), unsafe.Offsetof(h.Checksum))
 	require.Equal(t, uintptr(256), unsafe.Offsetof(h.State))

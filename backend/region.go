@@ -79,7 +79,7 @@ type header struct {
 	Creator    uint64           // 48: sys.Identity of the creator
 	CreatedNs  int64            // 56: creation time, Unix ns
 	NameLen    uint32           // 64
-	_          uint32           // 68
+	Mode       uint32           // 68: permission of the segment, and of the semaphores the layers above make
 	Name       [MaxNameLen]byte // 72
 	Checksum   uint32           // 200: CRC-32C of bytes [0,200)
 	_          [52]byte         // 204
@@ -240,6 +240,10 @@ func createRegion(segs SegmentBackend, name string, cfg RegionConfig, init func(
 		h.CreatedNs = time.Now().UnixNano()
 		h.NameLen = uint32(len(name))
 		copy(h.Name[:], name)
+		h.Mode = uint32(cfg.Mode.Perm())
+		if h.Mode == 0 {
+			h.Mode = uint32(DefaultMode)
+		}
 		h.State.Store(uint32(StateInitializing))
 		// The magic goes last: on sysv, where the segment is visible
 		// while this runs, a nonzero magic means the rest is written.
@@ -388,6 +392,38 @@ func (r *Region) PageSize() int { return int(r.hdr.PageSize) }
 // SegmentKind and SemaphoreKind are the backends recorded in the header.
 func (r *Region) SegmentKind() Kind   { return kindOf(r.hdr.SegKind) }
 func (r *Region) SemaphoreKind() Kind { return kindOf(r.hdr.SemKind) }
+
+// Mode is the permission the region was created with (0600 by default).
+func (r *Region) Mode() os.FileMode {
+	if m := os.FileMode(r.hdr.Mode).Perm(); m != 0 {
+		return m
+	}
+	return DefaultMode
+}
+
+// Semaphores returns the region's semaphore backend, creating semaphores
+// with the region's mode unless told otherwise: the layers above name
+// their semaphores after the region, and whoever may open the region must
+// be able to open them.
+func (r *Region) Semaphores() (SemaphoreBackend, error) {
+	sems, err := Semaphores(r.SemaphoreKind())
+	if err != nil {
+		return nil, err
+	}
+	return modeSemaphores{sems, r.Mode()}, nil
+}
+
+type modeSemaphores struct {
+	SemaphoreBackend
+	mode os.FileMode
+}
+
+func (m modeSemaphores) Create(name string, value int, opts SemOptions) (Semaphore, error) {
+	if opts.Mode == 0 {
+		opts.Mode = m.mode
+	}
+	return m.SemaphoreBackend.Create(name, value, opts)
+}
 
 // Creator is the identity of the process that created the region.
 func (r *Region) Creator() sys.Identity { return sys.Identity(r.hdr.Creator) }

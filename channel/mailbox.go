@@ -216,7 +216,7 @@ func OpenMailbox(reg *Registry, en *Entry, opts WaitOptions) (*Mailbox, error) {
 	if err != nil {
 		return nil, err
 	}
-	sems, err := backend.Semaphores(reg.r.SemaphoreKind())
+	sems, err := reg.r.Semaphores()
 	if err != nil {
 		return nil, err
 	}

@@ -183,7 +183,7 @@ func InitRegistry(r *backend.Region, heap *alloc.Heap, buckets int) (*Registry, 
 	root.Version = backend.LayoutVersion
 	root.Buckets = uint32(buckets)
 	root.Dir = uint64(dirOff)
-	sems, err := backend.Semaphores(r.SemaphoreKind())
+	sems, err := r.Semaphores()
 	if err != nil {
 		return nil, err
 	}
@@ -214,7 +214,7 @@ func createFresh(sems backend.SemaphoreBackend, name string) (backend.Semaphore,
 
 // OpenRegistry attaches to the registry of an existing region.
 func OpenRegistry(r *backend.Region, heap *alloc.Heap) (*Registry, error) {
-	sems, err := backend.Semaphores(r.SemaphoreKind())
+	sems, err := r.Semaphores()
 	if err != nil {
 		return nil, err
 	}

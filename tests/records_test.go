@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -364,4 +365,25 @@ func TestRemoveCleansChannelSemaphores(t *testing.T) {
 	require.NoError(t, ipc.Remove(name, "", ""))
 	_, err = ipc.Open(name, ipc.AttachOnly())
 	require.ErrorIs(t, err, ipc.ErrNotExist)
+}
+
+// TestModeReachesSemaphores: a buffer created with a mode makes its
+// semaphores with that mode too, so whoever may open the segment can open
+// them.
+func TestModeReachesSemaphores(t *testing.T) {
+	b, err := ipc.Open(testutil.Name(t), ipc.WithSize(4<<20), ipc.WithMode(0o640), ipc.WithBackends("posix", "posix"))
+	require.NoError(t, err)
+	defer b.Destroy()
+	h, err := b.NewHandle()
+	require.NoError(t, err)
+	_, err = h.Requester(1, ipc.WithWindow(4096))
+	require.NoError(t, err)
+	files, err := filepath.Glob("/dev/shm/*" + b.Name() + "*")
+	require.NoError(t, err)
+	require.GreaterOrEqual(t, len(files), 1+2+4, "segment, heap and registry semaphores, 4 mailbox semaphores")
+	for _, f := range files {
+		fi, err := os.Stat(f)
+		require.NoError(t, err)
+		require.Equal(t, os.FileMode(0o640), fi.Mode().Perm(), f)
+	}
 }
