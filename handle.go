@@ -264,7 +264,7 @@ func (h *Handle) Consumer(id ChannelID, opts ...ChannelOption) (*Consumer, error
 	if err != nil {
 		return nil, fmt.Errorf("ipc: consumer %d: %w", id, err)
 	}
-	co := &Consumer{h: h, en: en, c: c, id: id}
+	co := &Consumer{recvEnd: recvEnd{id: id, kind: "channel"}, h: h, en: en, c: c}
 	c.Take = co.taken.hook(h.buf.recs)
 	if err := h.addEnd(co); err != nil {
 		c.Close()

@@ -3,7 +3,6 @@ package ipc
 import (
 	"context"
 	"fmt"
-	"io"
 
 	"github.com/heapipc/ipc/channel"
 	"github.com/heapipc/ipc/internal/mem"
@@ -23,12 +22,10 @@ type MPSCProducer struct {
 
 // MPSCConsumer is the single consumer of an MPSC channel.
 type MPSCConsumer struct {
-	h      *Handle
-	en     *channel.Entry
-	c      *channel.MPSCConsumer
-	id     ChannelID
-	taken  takenViews
-	closed bool
+	recvEnd
+	h  *Handle
+	en *channel.Entry
+	c  *channel.MPSCConsumer
 }
 
 // WithProducers sets how many producers an MPSC channel to create can
@@ -122,7 +119,7 @@ func (h *Handle) MPSCConsumer(id ChannelID, opts ...ChannelOption) (*MPSCConsume
 	if err != nil {
 		return nil, fmt.Errorf("ipc: mpsc consumer %d: %w", id, err)
 	}
-	co := &MPSCConsumer{h: h, en: en, c: c, id: id}
+	co := &MPSCConsumer{recvEnd: recvEnd{id: id, kind: "mpsc channel"}, h: h, en: en, c: c}
 	c.Take = co.taken.hook(h.buf.recs)
 	if err := h.addEnd(co); err != nil {
 		c.Close()
@@ -183,45 +180,23 @@ func (p *MPSCProducer) close() error {
 	return p.h.buf.removeMPSCIfDone(p.en)
 }
 
-func (c *MPSCConsumer) wrap(op string, err error) error {
-	if err == nil || err == io.EOF {
-		return err
-	}
-	return fmt.Errorf("ipc: %s on mpsc channel %d: %w", op, c.id, err)
-}
-
-// ID is the channel's id.
-func (c *MPSCConsumer) ID() ChannelID { return c.id }
-
 // TryReceive takes the next record without waiting: ErrWouldBlock, or
 // io.EOF when no producer is attached (after one was) and all is received.
 func (c *MPSCConsumer) TryReceive() (Record, error) {
-	if c.closed {
-		return Record{}, c.wrap("receive", ErrClosed)
+	if err := c.begin(); err != nil {
+		return Record{}, err
 	}
-	c.taken.reset()
-	off, err := c.c.TryReceive()
-	if err != nil {
-		return Record{}, c.wrap("receive", err)
-	}
-	r, err := c.taken.record(0, off)
-	return r, c.wrap("receive", err)
+	return c.finish(c.c.TryReceive())
 }
 
 // Receive takes the next record, waiting as needed. A producer that died
 // between claiming a slot and publishing it is detected and its slot
 // skipped within about two check intervals.
 func (c *MPSCConsumer) Receive(ctx context.Context) (Record, error) {
-	if c.closed {
-		return Record{}, c.wrap("receive", ErrClosed)
+	if err := c.begin(); err != nil {
+		return Record{}, err
 	}
-	c.taken.reset()
-	off, err := c.c.Receive(ctx)
-	if err != nil {
-		return Record{}, c.wrap("receive", err)
-	}
-	r, err := c.taken.record(0, off)
-	return r, c.wrap("receive", err)
+	return c.finish(c.c.Receive(ctx))
 }
 
 // Close detaches the consumer.

@@ -123,13 +123,49 @@ func (p *Producer) close() error {
 // Consumer is the receiving end of a record channel. It belongs to the
 // Handle that opened it and, like it, to one goroutine at a time.
 type Consumer struct {
-	h      *Handle
-	en     *channel.Entry
-	c      *channel.RecordConsumer
+	recvEnd
+	h     *Handle
+	en    *channel.Entry
+	c     *channel.RecordConsumer
+	batch []mem.Off
+}
+
+// recvEnd is what the receiving ends (Consumer, MPSCConsumer) share: the
+// id, the closed flag, and the views the channel's Take hook collected.
+type recvEnd struct {
 	id     ChannelID
-	batch  []mem.Off
+	kind   string // "channel" or "mpsc channel", for errors
 	taken  takenViews
 	closed bool
+}
+
+// ID is the channel's id.
+func (e *recvEnd) ID() ChannelID { return e.id }
+
+func (e *recvEnd) wrap(op string, err error) error {
+	if err == nil || err == io.EOF {
+		return err
+	}
+	return fmt.Errorf("ipc: %s on %s %d: %w", op, e.kind, e.id, err)
+}
+
+// begin opens a receive: ErrClosed on a closed end, else the collected
+// views are cleared for the channel's Take hook.
+func (e *recvEnd) begin() error {
+	if e.closed {
+		return e.wrap("receive", ErrClosed)
+	}
+	e.taken.reset()
+	return nil
+}
+
+// finish turns what the channel returned into a Record.
+func (e *recvEnd) finish(off mem.Off, err error) (Record, error) {
+	if err != nil {
+		return Record{}, e.wrap("receive", err)
+	}
+	r, err := e.taken.record(0, off)
+	return r, e.wrap("receive", err)
 }
 
 // takenViews collects what records.take returned for the records a
@@ -162,30 +198,14 @@ func (t *takenViews) record(i int, off mem.Off) (Record, error) {
 	return Record{off: off, b: t.views[i]}, nil
 }
 
-// ID is the channel's id.
-func (c *Consumer) ID() ChannelID { return c.id }
-
-func (c *Consumer) wrap(op string, err error) error {
-	if err == nil || err == io.EOF {
-		return err
-	}
-	return fmt.Errorf("ipc: %s on channel %d: %w", op, c.id, err)
-}
-
 // TryReceive takes the next record without waiting: ErrWouldBlock if none
 // is queued, io.EOF if none is and the producer has closed. The record is
 // the caller's: free it, or send it on (zero-copy).
 func (c *Consumer) TryReceive() (Record, error) {
-	if c.closed {
-		return Record{}, c.wrap("receive", ErrClosed)
+	if err := c.begin(); err != nil {
+		return Record{}, err
 	}
-	c.taken.reset()
-	off, err := c.c.TryReceive()
-	if err != nil {
-		return Record{}, c.wrap("receive", err)
-	}
-	r, err := c.taken.record(0, off)
-	return r, c.wrap("receive", err)
+	return c.finish(c.c.TryReceive())
 }
 
 // Receive takes the next record, waiting while none is queued: spinning
@@ -193,16 +213,10 @@ func (c *Consumer) TryReceive() (Record, error) {
 // closed and everything is received, ErrPeerDead if the producer died
 // (after what it queued), ErrDestroyed, or ctx's error.
 func (c *Consumer) Receive(ctx context.Context) (Record, error) {
-	if c.closed {
-		return Record{}, c.wrap("receive", ErrClosed)
+	if err := c.begin(); err != nil {
+		return Record{}, err
 	}
-	c.taken.reset()
-	off, err := c.c.Receive(ctx)
-	if err != nil {
-		return Record{}, c.wrap("receive", err)
-	}
-	r, err := c.taken.record(0, off)
-	return r, c.wrap("receive", err)
+	return c.finish(c.c.Receive(ctx))
 }
 
 // ReceiveBatch waits as Receive does until at least one record is queued,
