@@ -234,6 +234,9 @@ func TestChildSpeculoKeep(t *testing.T) {
 		c, err := r.Next(ctx)
 		require.NoError(t, err)
 		require.Greater(t, c.Seq, lastSeq, "no chunk twice")
+		if lastSeq == 0 {
+			testutil.Say("reading") // the writer goes on only now
+		}
 		lastSeq = c.Seq
 		tag, err := spVerify(c.Data)
 		require.NoError(t, err)
@@ -267,7 +270,14 @@ func TestSpeculoGCWhileReadersInOtherProcesses(t *testing.T) {
 	for i := 0; i < 2; i++ {
 		children = append(children, testutil.StartChild(t, "TestChildSpeculoKeep", envBuf+"="+name, envN+"="+strconv.Itoa(keep)))
 	}
-	for i := 0; i < keep; i++ {
+	// Both readers are on the first extent before the GCs begin, so each
+	// sees that extent and at least the last one (moves > 1) however late
+	// the scheduler starts them.
+	spPut(t, w, 0, 40, 0)
+	for _, c := range children {
+		require.Equal(t, "reading", c.Line(t, time.Minute))
+	}
+	for i := 1; i < keep; i++ {
 		for j := 0; j < 4; j++ {
 			spPut(t, w, 1, 400+j*100, uint64(1+i*4+j))
 		}
