@@ -24,10 +24,10 @@
 //	initialize(name, size)           Open(name, WithSize(size))
 //	get_tls_structure()              Buffer.NewHandle (one Handle per goroutine)
 //	add_spsc_lf_record_channel(id)   Handle.Producer(id) / Handle.Consumer(id)
-//	allocate_record(tls, size)       Handle.Allocate(size)
+//	allocate_record(tls, size)       Handle.Allocate(size) (AllocateBatch)
 //	send_record(tls, id, rec)        Producer.Send(ctx, rec) (TrySend, SendBatch)
 //	receive_record(tls, id)          Consumer.Receive(ctx) (TryReceive, ReceiveBatch)
-//	free_record(tls, rec)            Handle.Free(rec) (any handle, any process)
+//	free_record(tls, rec)            Handle.Free(rec) (FreeBatch; any handle, any process)
 //	add_shared_segment(id, size)     Buffer.Static(ctx, name, size, init)
 //	destruct()                       Buffer.Close (detach) / Buffer.Destroy (remove)
 //

@@ -112,6 +112,41 @@ func (h *Handle) Allocate(n int) (Record, error) {
 	return Record{off: off, b: b}, nil
 }
 
+// AllocateBatch fills rs with records of n bytes each, as Allocate
+// would one by one but with one check for all: the producer's side of
+// SendBatch. On error (ErrNoSpace: the buffer is full) nothing is
+// allocated and rs is zeroed.
+func (h *Handle) AllocateBatch(n int, rs []Record) error {
+	h.enter()
+	defer h.leave()
+	if n < 0 {
+		return fmt.Errorf("ipc: allocate %d bytes: %w", n, ErrInvalidSize)
+	}
+	if err := h.check("allocate"); err != nil {
+		return err
+	}
+	if err := h.sh.allocBatch(n, rs); err != nil {
+		return fmt.Errorf("ipc: allocate %d records of %d bytes: %w", len(rs), n, err)
+	}
+	return nil
+}
+
+// FreeBatch gives back every record of rs, as Free would one by one; the
+// records of a slab that lie together (as a channel delivers them) share
+// one atomic operation. Every record is freed or reported: the error
+// joins those of the records that were not, each with its index.
+func (h *Handle) FreeBatch(rs []Record) error {
+	h.enter()
+	defer h.leave()
+	if err := h.check("free"); err != nil {
+		return err
+	}
+	if err := h.sh.freeBatch(rs); err != nil {
+		return fmt.Errorf("ipc: free batch: %w", err)
+	}
+	return nil
+}
+
 // Free gives a record back: ErrDoubleFree if it was freed already,
 // ErrNotAllocated or ErrForeign if it is not a live record of this buffer
 // (nothing changes then). Any handle may free any record of the buffer.

@@ -68,8 +68,10 @@ func attachRecords(r *backend.Region, h *alloc.Heap, cfg config) (*records, erro
 
 // slabHandle is a Handle's slab cache.
 type slabHandle struct {
-	rs *records
-	h  *slab.Handle
+	rs    *records
+	h     *slab.Handle
+	batch []slab.Record // AllocBatch's scratch
+	offs  []mem.Off     // freeBatch's scratch
 }
 
 func (rs *records) newHandle() (*slabHandle, error) {
@@ -85,6 +87,71 @@ func (sh *slabHandle) alloc(n int) (mem.Off, []byte, error) {
 	// The record is not handed out yet: plain stores (no fence) will do.
 	*mem.MustAt[trailer](r.Data, mem.Off(size-trailerSize)) = trailer{Holder: uint64(sh.rs.self), Len: uint32(n), Magic: trailerMagic}
 	return r.Off, r.Data[:n:n], nil
+}
+
+// allocBatch fills rs with records of n bytes; on error it gives back
+// what it allocated and leaves rs zeroed.
+func (sh *slabHandle) allocBatch(n int, rs []Record) error {
+	if cap(sh.batch) < len(rs) {
+		sh.batch = make([]slab.Record, len(rs))
+	}
+	out := sh.batch[:len(rs)]
+	size := allocSize(n)
+	got, err := sh.h.AllocBatch(size, out)
+	if err != nil {
+		offs := sh.offsets(got)
+		for i, r := range out[:got] {
+			offs[i] = r.Off
+		}
+		clear(rs)
+		return errors.Join(err, sh.rs.pool.FreeBatch(offs))
+	}
+	tr := trailer{Holder: uint64(sh.rs.self), Len: uint32(n), Magic: trailerMagic}
+	for i, r := range out {
+		*mem.MustAt[trailer](r.Data, mem.Off(size-trailerSize)) = tr
+		rs[i] = Record{off: r.Off, b: r.Data[:n:n]}
+	}
+	clear(out)
+	return nil
+}
+
+func (sh *slabHandle) offsets(n int) []mem.Off {
+	if cap(sh.offs) < n {
+		sh.offs = make([]mem.Off, n)
+	}
+	return sh.offs[:n]
+}
+
+// freeBatch frees rs as free frees each; records of one slab share the
+// atomic operations on its bitmap (slab.Pool.FreeBatch).
+func (sh *slabHandle) freeBatch(rs []Record) error {
+	offs := sh.offsets(len(rs))
+	for i, r := range rs {
+		if r.b == nil {
+			return sh.freeEach(rs)
+		}
+		offs[i] = r.off
+		if t, err := sh.rs.held(r.off, r.b); err == nil {
+			t.Magic = 0 // as in free
+		}
+	}
+	return sh.rs.pool.FreeBatch(offs)
+}
+
+// freeEach is freeBatch one record at a time, for a batch with a zero
+// record in it.
+func (sh *slabHandle) freeEach(rs []Record) error {
+	var all []error
+	for i, r := range rs {
+		err := fmt.Errorf("zero record: %w", ErrNotAllocated)
+		if r.b != nil {
+			err = sh.rs.free(r.off, r.b)
+		}
+		if err != nil {
+			all = append(all, fmt.Errorf("record %d: %w", i, err))
+		}
+	}
+	return errors.Join(all...)
 }
 
 func (sh *slabHandle) close() error { return sh.h.Close() }

@@ -247,6 +247,9 @@ func (p *Pool) locateLarge(off mem.Off, hd recHeader, loc *located) error {
 // Bytes returns the view of the live record whose data starts at off.
 // It takes no lock.
 func (p *Pool) Bytes(off mem.Off) ([]byte, error) {
+	if fs, ok := p.fastLocate(off); ok && fs.word.Load()&fs.mask == 0 {
+		return p.view(off, fs.size), nil
+	}
 	var loc located
 	if err := p.locate(off, &loc); err != nil {
 		return nil, err
@@ -337,13 +340,22 @@ func (p *Pool) Free(off mem.Off) error {
 	return p.free(off)
 }
 
-// freeFast frees, in the common case, a record of a slab made with this
-// pool's options whose slot lies in one bitmap word: the same checks as
-// locate, specialised. ok false means "take the general path" (which also
-// reports every error); err is from returning the slab to the heap.
-func (p *Pool) freeFast(off mem.Off) (ok bool, err error) {
+// fastSlot is what fastLocate finds out about a record: the bitmap word
+// its slot lies in, the slot's bits there, its slab and its size.
+type fastSlot struct {
+	word *atomic.Uint64
+	mask uint64
+	slab uint64
+	size uint64
+}
+
+// fastLocate validates, in the common case, a record of a slab made with
+// this pool's options whose slot lies in one bitmap word: the same checks
+// as locate, specialised. ok false means "take the general path" (which
+// reports every error).
+func (p *Pool) fastLocate(off mem.Off) (fs fastSlot, ok bool) {
 	if off&(granule-1) != 0 || off < p.lo+HeaderSize || off >= p.hi {
-		return false, nil
+		return fs, false
 	}
 	g := uint64(off)/granule - 1
 	// Plain loads: a header with Pos != 0 is immutable once handed out;
@@ -352,42 +364,58 @@ func (p *Pool) freeFast(off mem.Off) (ok bool, err error) {
 	hd := &p.hdrs[g]
 	pos := hd.Pos
 	if pos == 0 || uint64(pos) > g {
-		return false, nil
+		return fs, false
 	}
 	ln, size, check := hd.Len, hd.Size, hd.Check
 	slab := (g - uint64(pos)) * granule
 	if slab < uint64(p.lo) || (slab-uint64(p.lo))&(p.ps-1) != 0 {
-		return false, nil
+		return fs, false
 	}
 	sw := slab / 8
 	sh := p.words[sw : sw+5 : sw+5]
 	ident := sh[0].Load()
 	if uint32(ident) != slabMagic || recCheck(pos, ln, size, p.salt^uint32(ident>>32)) != check ||
 		sh[2].Load() != slab || sh[1].Load() != p.want[0] || sh[3].Load() != p.want[1] || sh[4].Load() != p.want[2] {
-		return false, nil
+		return fs, false
 	}
 	// The slab has this pool's geometry.
 	if pos < p.geo.recBase || uint64(pos)+uint64(ln) > uint64(p.geo.limit) || uint64(ln) != slotGranules(uint64(size), p.align) {
-		return false, nil
+		return fs, false
 	}
 	bit := uint64(pos - p.geo.recBase)
 	b := bit % 64
 	if b+uint64(ln) > 64 {
+		return fs, false
+	}
+	return fastSlot{word: &p.words[sw+bitmapWord+bit/64], mask: maskOf(b, uint64(ln)), slab: slab, size: uint64(size)}, true
+}
+
+// freeFast frees, in the common case, a record that fastLocate finds.
+// ok false means "take the general path" (which also reports every
+// error); err is from returning the slab to the heap.
+func (p *Pool) freeFast(off mem.Off) (ok bool, err error) {
+	fs, ok := p.fastLocate(off)
+	if !ok {
 		return false, nil
 	}
-	mask := maskOf(b, uint64(ln))
-	word := &p.words[sw+bitmapWord+bit/64]
-	old := word.Load()
-	if old&mask != 0 || !word.CompareAndSwap(old, old|mask) {
+	old := fs.word.Load()
+	if old&fs.mask != 0 || !fs.word.CompareAndSwap(old, old|fs.mask) {
 		return false, nil
 	}
-	if old|mask == ^uint64(0) {
-		h := &p.slabs[slab/slabHeaderSize]
-		if h.Count.Add(-1) == 0 {
-			return true, p.returnSlab(mem.Off(slab), h)
-		}
+	if old|fs.mask == ^uint64(0) {
+		return true, p.wordDone(mem.Off(fs.slab), 1)
 	}
 	return true, nil
+}
+
+// wordDone counts n completed bitmap words off a slab's count; the count
+// reaching zero returns the slab to the heap.
+func (p *Pool) wordDone(slab mem.Off, n int64) error {
+	h := &p.slabs[slab/slabHeaderSize]
+	if h.Count.Add(-n) == 0 {
+		return p.returnSlab(slab, h)
+	}
+	return nil
 }
 
 // free is Free's general path.
@@ -540,4 +568,58 @@ func (p *Pool) freeLarge(off mem.Off, loc located, owner sys.Identity) error {
 		return err
 	}
 	return nil
+}
+
+// FreeBatch frees the records at offs as Free frees each, in order; the
+// slots of a run of records that share a bitmap word (consecutive records
+// of one slab, as a channel delivers them) are freed with one atomic
+// operation. Every record is freed or reported: the error joins those of
+// the records that were not freed (each names the record's index).
+func (p *Pool) FreeBatch(offs []mem.Off) error {
+	var all []error
+	fail := func(i int, err error) {
+		if err != nil {
+			all = append(all, fmt.Errorf("record %d: %w", i, err))
+		}
+	}
+	var run fastSlot // the pending run: its word, the union of its slots' bits
+	start := 0       // index of the run's first record
+	flush := func(end int) {
+		if run.word == nil {
+			return
+		}
+		for {
+			old := run.word.Load()
+			if old&run.mask != 0 {
+				// A slot of the run is free already: one by one,
+				// so that the right record is reported.
+				for j := start; j < end; j++ {
+					fail(j, p.Free(offs[j]))
+				}
+				break
+			}
+			if run.word.CompareAndSwap(old, old|run.mask) {
+				if old|run.mask == ^uint64(0) {
+					fail(end-1, p.wordDone(mem.Off(run.slab), 1))
+				}
+				break
+			}
+		}
+		run.word = nil
+	}
+	for i, off := range offs {
+		fs, ok := p.fastLocate(off)
+		if ok && fs.word == run.word && fs.mask&run.mask == 0 {
+			run.mask |= fs.mask
+			continue
+		}
+		flush(i)
+		if !ok {
+			fail(i, p.free(off))
+			continue
+		}
+		run, start = fs, i
+	}
+	flush(len(offs))
+	return errors.Join(all...)
 }

@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -192,6 +193,78 @@ func TestBadUse(t *testing.T) {
 	require.NoError(t, p.Close())
 	require.NoError(t, c.Close())
 	require.NoError(t, b.Check())
+}
+
+// TestBatchForms: AllocateBatch, SendBatch, ReceiveBatch and FreeBatch
+// carry records through in order; a full buffer gives ErrNoSpace and
+// allocates nothing; FreeBatch frees every good record of a batch that
+// also holds a double free and a zero record, and names the bad ones.
+func TestBatchForms(t *testing.T) {
+	b, _ := openBuf(t, ipc.WithSize(4<<20))
+	h := newHandle(t, b)
+	h2 := newHandle(t, b)
+	ctx := ctxFor(t)
+	free0 := freeBytes(t, b)
+	p, err := h.Producer(5)
+	require.NoError(t, err)
+	c, err := h2.Consumer(5)
+	require.NoError(t, err)
+	rs := make([]ipc.Record, 100)
+	got := make([]ipc.Record, 64)
+	var seq uint64
+	for round := 0; round < 50; round++ {
+		require.NoError(t, h.AllocateBatch(24, rs))
+		for _, r := range rs {
+			require.Equal(t, 24, r.Len())
+			stamp(r, seq)
+			seq++
+		}
+		n, err := p.SendBatch(ctx, rs)
+		require.NoError(t, err)
+		require.Equal(t, len(rs), n)
+		want := seq - uint64(len(rs))
+		for want < seq {
+			k, err := c.ReceiveBatch(ctx, got)
+			require.NoError(t, err)
+			for _, r := range got[:k] {
+				check(t, r, want)
+				want++
+			}
+			require.NoError(t, h2.FreeBatch(got[:k]))
+		}
+	}
+	require.NoError(t, b.Check())
+
+	// Too many for the buffer: nothing is allocated.
+	before := freeBytes(t, b)
+	huge := make([]ipc.Record, 4<<20/64)
+	require.ErrorIs(t, h.AllocateBatch(64, huge), ipc.ErrNoSpace)
+	require.True(t, huge[0].IsZero())
+	require.Equal(t, before, freeBytes(t, b), "a failed batch gives back what it took")
+
+	// Bad records in a batch: one freed before, one twice.
+	require.NoError(t, h.AllocateBatch(40, rs[:10]))
+	require.NoError(t, h.Free(rs[3]))
+	bad := append(append([]ipc.Record{}, rs[:10]...), rs[7])
+	err = h.FreeBatch(bad)
+	require.ErrorIs(t, err, ipc.ErrDoubleFree)
+	require.Contains(t, err.Error(), "record 3:")
+	require.Contains(t, err.Error(), "record 10:")
+	require.Equal(t, 2, strings.Count(err.Error(), "\n")+1, err.Error())
+	// And a zero record among good ones.
+	require.NoError(t, h.AllocateBatch(40, rs[:3]))
+	err = h.FreeBatch([]ipc.Record{rs[0], {}, rs[1], rs[2]})
+	require.ErrorIs(t, err, ipc.ErrNotAllocated)
+	require.Contains(t, err.Error(), "record 1:")
+	require.Equal(t, 1, strings.Count(err.Error(), "\n")+1, err.Error())
+	require.ErrorIs(t, p.TrySend(rs[5]), ipc.ErrNotAllocated, "a record freed in a batch is not sent")
+
+	require.NoError(t, p.Close())
+	require.NoError(t, c.Close())
+	require.NoError(t, h.Close())
+	require.NoError(t, h2.Close())
+	require.NoError(t, b.Check())
+	require.Equal(t, free0, freeBytes(t, b), "every record and slab went back")
 }
 
 // TestChildHoldConsumer consumes channel 1 slowly and waits to be killed.

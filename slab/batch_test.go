@@ -1,0 +1,107 @@
+package slab
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/heapipc/ipc/internal/mem"
+)
+
+// TestAllocFreeBatch: batches cross slab refills, every record is its
+// own and intact, and FreeBatch frees every valid record of a batch that
+// also holds a double free, a duplicate, offsets that are not records and
+// large records, reporting exactly the bad ones.
+func TestAllocFreeBatch(t *testing.T) {
+	for _, c := range inProcess() {
+		for _, align := range []int{DefaultAlign, CacheLineAlign} {
+			t.Run(fmt.Sprintf("%v/align%d", c, align), func(t *testing.T) {
+				p := newPool(t, c, 16<<20, Options{Align: align})
+				h0 := heapStats(t, p)
+				hd := p.NewHandle()
+				var all []Record
+				for _, size := range []int{0, 1, 64, 100, 1000, p.MaxSmall(), p.MaxSmall() + 1} {
+					out := make([]Record, 300)
+					if size > p.MaxSmall() {
+						out = out[:3]
+					}
+					n, err := hd.AllocBatch(size, out)
+					if err != nil || n != len(out) {
+						t.Fatalf("AllocBatch(%d): %d, %v", size, n, err)
+					}
+					for _, r := range out {
+						if len(r.Data) != size || uint64(r.Off)%uint64(align) != 0 {
+							t.Fatalf("record of %d bytes at %#x: len %d", size, r.Off, len(r.Data))
+						}
+						if b, err := p.Bytes(r.Off); err != nil || len(b) != size {
+							t.Fatalf("Bytes(%#x): %d bytes, %v", r.Off, len(b), err)
+						}
+						fill(r)
+					}
+					all = append(all, out...)
+				}
+				mustCheck(t, p, "after the batches")
+				for i, r := range all {
+					if !intact(r.Data, r.Off) {
+						t.Fatalf("record %d (%d bytes at %#x) overwritten", i, len(r.Data), r.Off)
+					}
+				}
+				// Free one record first, then a batch of everything with
+				// that record again, a duplicate and two bogus offsets.
+				if err := p.Free(all[5].Off); err != nil {
+					t.Fatal(err)
+				}
+				offs := make([]mem.Off, 0, len(all)+3)
+				for _, r := range all {
+					offs = append(offs, r.Off)
+				}
+				offs = append(offs[:10], append([]mem.Off{all[9].Off, all[0].Off + 16}, offs[10:]...)...)
+				offs = append(offs, 64)
+				err := p.FreeBatch(offs)
+				if !errors.Is(err, ErrDoubleFree) || !errors.Is(err, ErrNotAllocated) {
+					t.Fatalf("FreeBatch: %v", err)
+				}
+				if got := strings.Count(err.Error(), "\n") + 1; got != 4 {
+					t.Fatalf("FreeBatch reported %d errors, want 4: %v", got, err)
+				}
+				for _, want := range []string{"record 5:", "record 10:", "record 11:", fmt.Sprintf("record %d:", len(offs)-1)} {
+					if !strings.Contains(err.Error(), want) {
+						t.Fatalf("FreeBatch error does not name %q: %v", want, err)
+					}
+				}
+				if s := poolStats(t, p); s.LiveRecords != 0 || s.LargeRecords != 0 {
+					t.Fatalf("after FreeBatch: %+v", s)
+				}
+				mustCheck(t, p, "after FreeBatch")
+				if err := hd.Close(); err != nil {
+					t.Fatal(err)
+				}
+				if h := heapStats(t, p); h.FreeBytes != h0.FreeBytes {
+					t.Fatalf("heap free %d, was %d", h.FreeBytes, h0.FreeBytes)
+				}
+			})
+		}
+	}
+}
+
+// TestAllocBatchNoSpace: a batch that the heap cannot hold stops at the
+// first record that does not fit and reports ErrNoSpace.
+func TestAllocBatchNoSpace(t *testing.T) {
+	p := newPool(t, heapCombo, 1<<20, Options{})
+	hd := p.NewHandle()
+	defer hd.Close()
+	out := make([]Record, 1<<20/64)
+	n, err := hd.AllocBatch(64, out)
+	if !errors.Is(err, ErrNoSpace) || n == 0 || n >= len(out) {
+		t.Fatalf("AllocBatch: %d, %v", n, err)
+	}
+	offs := make([]mem.Off, n)
+	for i, r := range out[:n] {
+		offs[i] = r.Off
+	}
+	if err := p.FreeBatch(offs); err != nil {
+		t.Fatal(err)
+	}
+	mustCheck(t, p, "after freeing the batch")
+}
