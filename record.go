@@ -188,6 +188,17 @@ func (t *takenViews) hook(rs *records) func(mem.Off) {
 	}
 }
 
+// batchHook is hook for a batch of offsets at once.
+func (t *takenViews) batchHook(rs *records) func([]mem.Off) {
+	return func(offs []mem.Off) {
+		for _, off := range offs {
+			v, err := rs.take(off)
+			t.views = append(t.views, v)
+			t.errs = append(t.errs, err)
+		}
+	}
+}
+
 func (t *takenViews) record(i int, off mem.Off) (Record, error) {
 	if i >= len(t.views) {
 		return Record{}, fmt.Errorf("assertion failed: record %d of %d taken", i, len(t.views))

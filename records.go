@@ -163,6 +163,12 @@ func (rs *records) trailerOf(off mem.Off) (*trailer, []byte, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	return rs.trailerIn(off, data)
+}
+
+// trailerIn validates the trailer at the end of data, the whole
+// allocation of the record at off.
+func (rs *records) trailerIn(off mem.Off, data []byte) (*trailer, []byte, error) {
 	if len(data) < trailerSize || len(data)%8 != 0 {
 		return nil, nil, errs.Corrupt("record trailer", uint64(off), "record of %d bytes has no room for a trailer", len(data))
 	}
@@ -179,8 +185,20 @@ func (rs *records) trailerOf(off mem.Off) (*trailer, []byte, error) {
 // take makes this process the holder of a record being received; the
 // channel calls it before it publishes the receipt. It returns the
 // payload view.
+//
+// A record that a producer sent was checked at Send (it held it), so the
+// taker checks only what finding the trailer needs: the slab's header of
+// the record (slab.Pool.Peek) and the trailer itself; Free checks the
+// rest. Other records (large ones) are located in full.
 func (rs *records) take(off mem.Off) ([]byte, error) {
-	t, data, err := rs.trailerOf(off)
+	var t *trailer
+	var err error
+	data, ok := rs.pool.Peek(off)
+	if ok {
+		t, data, err = rs.trailerIn(off, data)
+	} else {
+		t, data, err = rs.trailerOf(off)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -333,7 +333,10 @@ type RecordConsumer struct {
 	*Ring
 	// Take, if set, is called with each record's offset before the
 	// consumer publishes that it took it (the holder hand-over).
-	Take      func(off mem.Off)
+	Take func(off mem.Off)
+	// TakeBatch, if set, is called instead of Take with the records a
+	// batch receive takes.
+	TakeBatch func(offs []mem.Off)
 	self      sys.Identity
 	head      uint64
 	tailCache uint64
@@ -434,8 +437,13 @@ func (c *RecordConsumer) TryReceiveBatch(offs []mem.Off) (int, error) {
 	}
 	for i := uint64(0); i < n; i++ {
 		offs[i] = mem.Off(c.ring[(c.head+i)&c.mask])
-		if c.Take != nil {
-			c.Take(offs[i])
+	}
+	switch {
+	case c.TakeBatch != nil:
+		c.TakeBatch(offs[:n])
+	case c.Take != nil:
+		for _, off := range offs[:n] {
+			c.Take(off)
 		}
 	}
 	c.head += n

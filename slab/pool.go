@@ -260,6 +260,33 @@ func (p *Pool) Bytes(off mem.Off) ([]byte, error) {
 	return p.view(off, loc.size), nil
 }
 
+// Peek returns the view of the record of a slab whose data starts at off
+// if its header is one that the slab's current generation wrote: the
+// cheap check of a consumer taking a record from a channel (no lock, no
+// write, five loads). It checks neither that the record is live nor the
+// slab's geometry; Bytes and Free do. ok false means: use Bytes.
+func (p *Pool) Peek(off mem.Off) (b []byte, ok bool) {
+	if off&(granule-1) != 0 || off < p.lo+HeaderSize || off >= p.hi {
+		return nil, false
+	}
+	g := uint64(off)/granule - 1
+	hd := &p.hdrs[g]
+	pos := hd.Pos
+	if pos == 0 || uint64(pos) > g {
+		return nil, false
+	}
+	size, check := hd.Size, hd.Check
+	slab := (g - uint64(pos)) * granule
+	if slab < uint64(p.lo) || uint64(size) > uint64(p.hi-off) {
+		return nil, false
+	}
+	ident := p.words[slab/8].Load()
+	if uint32(ident) != slabMagic || recCheck(pos, hd.Len, size, p.salt^uint32(ident>>32)) != check {
+		return nil, false
+	}
+	return p.view(off, uint64(size)), true
+}
+
 // live reports whether a located small record's bits are clear.
 func (p *Pool) live(loc located) bool {
 	base := uint64(loc.slab)/8 + bitmapWord
