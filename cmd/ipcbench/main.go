@@ -32,8 +32,9 @@ Transports (-transports takes these ids):
                                         blocking calls spin before parking (spin: 20µs,
                                         the library's default, or -spin) or park on a
                                         futex at once (park)
-  heapipc-batch-spin, heapipc-batch-park  the same with SendBatch/ReceiveBatch
-                                        (up to 64 records a call)
+  heapipc-batch-spin, heapipc-batch-park  the same with the batch forms, up to 64
+                                        records a call: AllocateBatch, SendBatch,
+                                        ReceiveBatch, FreeBatch
   heapipc-stream-spin, heapipc-stream-park  stream channel: bytes written into and
                                         read from the ring's spans (1 MiB ring)
   heapipc-mailbox                       mailbox request/reply (latency only)

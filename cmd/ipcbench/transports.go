@@ -346,29 +346,36 @@ type recordA struct {
 	r     ipc.Record   // latency: the record going back and forth
 }
 
-// send allocates a record, writes the message into it and sends it (or
-// queues it for the next SendBatch).
+// send allocates a record, writes the message into it and sends it. In
+// the batch form the records of a batch are allocated together
+// (AllocateBatch) and sent together once all are written (SendBatch).
 func (a *recordA) send(seq uint64) error {
-	r, err := a.h.Allocate(a.pl.size)
-	if err != nil {
-		return err
-	}
-	a.pl.put(r.Bytes(), seq)
 	if a.batch == nil {
+		r, err := a.h.Allocate(a.pl.size)
+		if err != nil {
+			return err
+		}
+		a.pl.put(r.Bytes(), seq)
 		return a.p.Send(a.ctx, r)
 	}
-	a.batch = append(a.batch, r)
+	if len(a.batch) == 0 {
+		if err := a.h.AllocateBatch(a.pl.size, a.batch[:cap(a.batch)]); err != nil {
+			return err
+		}
+	}
+	a.batch = a.batch[:len(a.batch)+1]
+	a.pl.put(a.batch[len(a.batch)-1].Bytes(), seq)
 	if len(a.batch) == cap(a.batch) {
 		return a.flush()
 	}
 	return nil
 }
 
+// flush sends the written records of the batch and frees the rest: those
+// SendBatch did not take and those allocated but not written.
 func (a *recordA) flush() error {
 	n, err := a.p.SendBatch(a.ctx, a.batch)
-	for _, r := range a.batch[n:] {
-		a.h.Free(r)
-	}
+	err = errors.Join(err, a.h.FreeBatch(a.batch[n:cap(a.batch)]))
 	a.batch = a.batch[:0]
 	return err
 }
@@ -426,9 +433,9 @@ func (b *recordB) drain() (int64, uint64, error) {
 				for _, r := range rs[:k] {
 					sum += wordSum(r.Bytes())
 					n += int64(r.Len())
-					if err := b.h.Free(r); err != nil {
-						return err
-					}
+				}
+				if err := b.h.FreeBatch(rs[:k]); err != nil {
+					return err
 				}
 				if err != nil {
 					return err
