@@ -181,22 +181,22 @@ func (t *takenViews) reset() {
 }
 
 func (t *takenViews) hook(rs *records) func(mem.Off) {
-	return func(off mem.Off) {
-		v, err := rs.take(off)
-		t.views = append(t.views, v)
-		t.errs = append(t.errs, err)
-	}
+	return func(off mem.Off) { t.take(rs, off) }
 }
 
 // batchHook is hook for a batch of offsets at once.
 func (t *takenViews) batchHook(rs *records) func([]mem.Off) {
 	return func(offs []mem.Off) {
 		for _, off := range offs {
-			v, err := rs.take(off)
-			t.views = append(t.views, v)
-			t.errs = append(t.errs, err)
+			t.take(rs, off)
 		}
 	}
+}
+
+func (t *takenViews) take(rs *records, off mem.Off) {
+	v, err := rs.take(off)
+	t.views = append(t.views, v)
+	t.errs = append(t.errs, err)
 }
 
 func (t *takenViews) record(i int, off mem.Off) (Record, error) {

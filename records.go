@@ -111,7 +111,6 @@ func (sh *slabHandle) allocBatch(n int, rs []Record) error {
 		*mem.MustAt[trailer](r.Data, mem.Off(size-trailerSize)) = tr
 		rs[i] = Record{off: r.Off, b: r.Data[:n:n]}
 	}
-	clear(out)
 	return nil
 }
 

@@ -74,36 +74,12 @@ func (h *Handle) Alloc(size int) (Record, error) {
 // would one by one, and returns how many it allocated: all of them, or
 // fewer and Alloc's error.
 func (h *Handle) AllocBatch(size int, out []Record) (int, error) {
-	if h.closed || size < 0 {
-		_, err := h.Alloc(size)
-		return 0, err
-	}
-	p := h.p
-	k := slotGranules(uint64(size), p.align)
-	if k > p.maxSmall {
-		for i := range out {
-			r, err := h.allocLarge(uint64(size))
-			if err != nil {
-				return i, err
-			}
-			out[i] = r
-		}
-		return len(out), nil
-	}
 	for i := range out {
-		if uint64(h.cur)+k > uint64(h.limit) {
-			if err := h.refill(); err != nil {
-				return i, err
-			}
+		r, err := h.Alloc(size)
+		if err != nil {
+			return i, err
 		}
-		pos := h.cur
-		h.cur += uint32(k)
-		g := h.base + uint64(pos)
-		hd := &p.hdrs[g]
-		hd.Pos, hd.Len = pos, uint32(k)
-		hd.Size, hd.Check = uint32(size), recCheck(pos, uint32(k), uint32(size), h.key)
-		off := mem.Off((g + 1) * granule)
-		out[i] = Record{Off: off, Data: p.view(off, uint64(size))}
+		out[i] = r
 	}
 	return len(out), nil
 }

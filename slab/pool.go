@@ -263,28 +263,14 @@ func (p *Pool) Bytes(off mem.Off) ([]byte, error) {
 // Peek returns the view of the record of a slab whose data starts at off
 // if its header is one that the slab's current generation wrote: the
 // cheap check of a consumer taking a record from a channel (no lock, no
-// write, five loads). It checks neither that the record is live nor the
+// write). It checks neither that the record is live nor the
 // slab's geometry; Bytes and Free do. ok false means: use Bytes.
 func (p *Pool) Peek(off mem.Off) (b []byte, ok bool) {
-	if off&(granule-1) != 0 || off < p.lo+HeaderSize || off >= p.hi {
+	hd, _, ok := p.slabRecord(off)
+	if !ok || uint64(hd.Size) > uint64(p.hi-off) {
 		return nil, false
 	}
-	g := uint64(off)/granule - 1
-	hd := &p.hdrs[g]
-	pos := hd.Pos
-	if pos == 0 || uint64(pos) > g {
-		return nil, false
-	}
-	size, check := hd.Size, hd.Check
-	slab := (g - uint64(pos)) * granule
-	if slab < uint64(p.lo) || uint64(size) > uint64(p.hi-off) {
-		return nil, false
-	}
-	ident := p.words[slab/8].Load()
-	if uint32(ident) != slabMagic || recCheck(pos, hd.Len, size, p.salt^uint32(ident>>32)) != check {
-		return nil, false
-	}
-	return p.view(off, uint64(size)), true
+	return p.view(off, uint64(hd.Size)), true
 }
 
 // live reports whether a located small record's bits are clear.
@@ -381,30 +367,15 @@ type fastSlot struct {
 // as locate, specialised. ok false means "take the general path" (which
 // reports every error).
 func (p *Pool) fastLocate(off mem.Off) (fs fastSlot, ok bool) {
-	if off&(granule-1) != 0 || off < p.lo+HeaderSize || off >= p.hi {
+	hd, slab, ok := p.slabRecord(off)
+	if !ok {
 		return fs, false
 	}
-	g := uint64(off)/granule - 1
-	// Plain loads: a header with Pos != 0 is immutable once handed out;
-	// only large records' headers (Pos 0) change, and those take the
-	// general path, which loads them atomically.
-	hd := &p.hdrs[g]
-	pos := hd.Pos
-	if pos == 0 || uint64(pos) > g {
+	sh := p.words[slab/8 : slab/8+5 : slab/8+5]
+	if sh[2].Load() != slab || sh[1].Load() != p.want[0] || sh[3].Load() != p.want[1] || sh[4].Load() != p.want[2] {
 		return fs, false
 	}
-	ln, size, check := hd.Len, hd.Size, hd.Check
-	slab := (g - uint64(pos)) * granule
-	if slab < uint64(p.lo) || (slab-uint64(p.lo))&(p.ps-1) != 0 {
-		return fs, false
-	}
-	sw := slab / 8
-	sh := p.words[sw : sw+5 : sw+5]
-	ident := sh[0].Load()
-	if uint32(ident) != slabMagic || recCheck(pos, ln, size, p.salt^uint32(ident>>32)) != check ||
-		sh[2].Load() != slab || sh[1].Load() != p.want[0] || sh[3].Load() != p.want[1] || sh[4].Load() != p.want[2] {
-		return fs, false
-	}
+	pos, ln, size := hd.Pos, hd.Len, hd.Size
 	// The slab has this pool's geometry.
 	if pos < p.geo.recBase || uint64(pos)+uint64(ln) > uint64(p.geo.limit) || uint64(ln) != slotGranules(uint64(size), p.align) {
 		return fs, false
@@ -414,7 +385,35 @@ func (p *Pool) fastLocate(off mem.Off) (fs fastSlot, ok bool) {
 	if b+uint64(ln) > 64 {
 		return fs, false
 	}
-	return fastSlot{word: &p.words[sw+bitmapWord+bit/64], mask: maskOf(b, uint64(ln)), slab: slab, size: uint64(size)}, true
+	return fastSlot{word: &p.words[slab/8+bitmapWord+bit/64], mask: maskOf(b, uint64(ln)), slab: slab, size: uint64(size)}, true
+}
+
+// slabRecord reads the header of the slab record whose data starts at
+// off and checks it against the slab it names: page aligned in the heap,
+// existing, and of the generation that wrote the header. ok false: not
+// such a record (a large one, or not a record at all). Plain loads: a
+// header with Pos != 0 is immutable once handed out; only large records'
+// headers (Pos 0) change, and those are refused here.
+func (p *Pool) slabRecord(off mem.Off) (hd recHeader, slab uint64, ok bool) {
+	if off&(granule-1) != 0 || off < p.lo+HeaderSize || off >= p.hi {
+		return hd, 0, false
+	}
+	g := uint64(off)/granule - 1
+	h := &p.hdrs[g]
+	hd.Pos = h.Pos
+	if hd.Pos == 0 || uint64(hd.Pos) > g {
+		return hd, 0, false
+	}
+	hd.Len, hd.Size, hd.Check = h.Len, h.Size, h.Check
+	slab = (g - uint64(hd.Pos)) * granule
+	if slab < uint64(p.lo) || (slab-uint64(p.lo))&(p.ps-1) != 0 {
+		return hd, 0, false
+	}
+	ident := p.words[slab/8].Load()
+	if uint32(ident) != slabMagic || recCheck(hd.Pos, hd.Len, hd.Size, p.salt^uint32(ident>>32)) != hd.Check {
+		return hd, 0, false
+	}
+	return hd, slab, true
 }
 
 // freeFast frees, in the common case, a record that fastLocate finds.
