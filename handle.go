@@ -300,8 +300,6 @@ func (h *Handle) Consumer(id ChannelID, opts ...ChannelOption) (*Consumer, error
 		return nil, fmt.Errorf("ipc: consumer %d: %w", id, err)
 	}
 	co := &Consumer{recvEnd: recvEnd{id: id, kind: "channel"}, h: h, en: en, c: c}
-	c.Take = co.taken.hook(h.buf.recs)
-	c.TakeBatch = co.taken.batchHook(h.buf.recs)
 	if err := h.addEnd(co); err != nil {
 		c.Close()
 		return nil, err

@@ -23,9 +23,18 @@ type MPSCProducer struct {
 // MPSCConsumer is the single consumer of an MPSC channel.
 type MPSCConsumer struct {
 	recvEnd
-	h  *Handle
-	en *channel.Entry
-	c  *channel.MPSCConsumer
+	h     *Handle
+	en    *channel.Entry
+	c     *channel.MPSCConsumer
+	taken taken // what the channel's Take hook found
+}
+
+// taken is what records.takeOff returned for the record an MPSC consumer
+// took (the channel calls the hook before it publishes the receipt).
+type taken struct {
+	view []byte
+	err  error
+	ok   bool
 }
 
 // WithProducers sets how many producers an MPSC channel to create can
@@ -120,7 +129,7 @@ func (h *Handle) MPSCConsumer(id ChannelID, opts ...ChannelOption) (*MPSCConsume
 		return nil, fmt.Errorf("ipc: mpsc consumer %d: %w", id, err)
 	}
 	co := &MPSCConsumer{recvEnd: recvEnd{id: id, kind: "mpsc channel"}, h: h, en: en, c: c}
-	c.Take = co.taken.hook(h.buf.recs)
+	c.Take = func(off mem.Off) { co.taken.view, co.taken.err = h.buf.recs.takeOff(off); co.taken.ok = true }
 	if err := h.addEnd(co); err != nil {
 		c.Close()
 		return nil, err
@@ -187,6 +196,30 @@ func (c *MPSCConsumer) TryReceive() (Record, error) {
 		return Record{}, err
 	}
 	return c.finish(c.c.TryReceive())
+}
+
+// begin opens a receive: ErrClosed on a closed end, else the Take hook's
+// result is cleared.
+func (c *MPSCConsumer) begin() error {
+	if c.closed {
+		return c.wrap("receive", ErrClosed)
+	}
+	c.taken = taken{}
+	return nil
+}
+
+// finish turns what the channel returned into a Record.
+func (c *MPSCConsumer) finish(off mem.Off, err error) (Record, error) {
+	if err != nil {
+		return Record{}, c.wrap("receive", err)
+	}
+	if !c.taken.ok {
+		return Record{}, c.wrap("receive", fmt.Errorf("assertion failed: record %#x received but not taken", uint64(off)))
+	}
+	if c.taken.err != nil {
+		return Record{}, c.wrap("receive", fmt.Errorf("queued record at %#x: %w", uint64(off), c.taken.err))
+	}
+	return Record{off: off, b: c.taken.view}, nil
 }
 
 // Receive takes the next record, waiting as needed. A producer that died

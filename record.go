@@ -7,7 +7,6 @@ import (
 	"io"
 
 	"github.com/heapipc/ipc/channel"
-	"github.com/heapipc/ipc/internal/mem"
 )
 
 // Producer is the sending end of a record channel. It belongs to the
@@ -17,7 +16,7 @@ type Producer struct {
 	en     *channel.Entry
 	p      *channel.RecordProducer
 	id     ChannelID
-	batch  []mem.Off
+	batch  []uint64
 	closed bool
 }
 
@@ -31,11 +30,13 @@ func (p *Producer) wrap(op string, err error) error {
 	return fmt.Errorf("ipc: %s on channel %d: %w", op, p.id, err)
 }
 
-func (p *Producer) validate(r Record) error {
+// slot validates r (this process must hold it: allocated, or received and
+// not sent on) and returns its ring slot.
+func (p *Producer) slot(r Record) (uint64, error) {
 	if r.b == nil {
-		return fmt.Errorf("zero record: %w", ErrNotAllocated)
+		return 0, fmt.Errorf("zero record: %w", ErrNotAllocated)
 	}
-	return p.h.buf.recs.validate(r.off, r.b)
+	return p.h.buf.recs.slot(r.off, r.b)
 }
 
 // TrySend queues r without waiting: ErrWouldBlock if the ring is full.
@@ -46,10 +47,11 @@ func (p *Producer) TrySend(r Record) error {
 	if p.closed {
 		return p.wrap("send", ErrClosed)
 	}
-	if err := p.validate(r); err != nil {
+	s, err := p.slot(r)
+	if err != nil {
 		return p.wrap("send", err)
 	}
-	return p.wrap("send", p.p.TrySend(r.off))
+	return p.wrap("send", p.p.TrySend(s))
 }
 
 // Send queues r, waiting while the ring is full: spinning briefly, then
@@ -59,10 +61,11 @@ func (p *Producer) Send(ctx context.Context, r Record) error {
 	if p.closed {
 		return p.wrap("send", ErrClosed)
 	}
-	if err := p.validate(r); err != nil {
+	s, err := p.slot(r)
+	if err != nil {
 		return p.wrap("send", err)
 	}
-	return p.wrap("send", p.p.Send(ctx, r.off))
+	return p.wrap("send", p.p.Send(ctx, s))
 }
 
 // SendBatch queues all of rs in order, publishing as many as fit at a time
@@ -73,23 +76,24 @@ func (p *Producer) SendBatch(ctx context.Context, rs []Record) (int, error) {
 		return 0, p.wrap("send batch", ErrClosed)
 	}
 	if cap(p.batch) < len(rs) {
-		p.batch = make([]mem.Off, len(rs))
+		p.batch = make([]uint64, len(rs))
 	}
-	offs := p.batch[:len(rs)]
+	slots := p.batch[:len(rs)]
 	for i, r := range rs {
-		if err := p.validate(r); err != nil {
+		s, err := p.slot(r)
+		if err != nil {
 			return 0, p.wrap("send batch", fmt.Errorf("record %d: %w", i, err))
 		}
-		offs[i] = r.off
+		slots[i] = s
 	}
 	sent := 0
-	for sent < len(offs) {
-		n, err := p.p.TrySendBatch(offs[sent:])
+	for sent < len(slots) {
+		n, err := p.p.TrySendBatch(slots[sent:])
 		sent += n
 		if err != nil {
 			return sent, p.wrap("send batch", err)
 		}
-		if sent < len(offs) && n == 0 {
+		if sent < len(slots) && n == 0 {
 			if err := p.p.WaitRoom(ctx); err != nil {
 				return sent, p.wrap("send batch", err)
 			}
@@ -127,15 +131,14 @@ type Consumer struct {
 	h     *Handle
 	en    *channel.Entry
 	c     *channel.RecordConsumer
-	batch []mem.Off
+	batch []uint64
 }
 
 // recvEnd is what the receiving ends (Consumer, MPSCConsumer) share: the
-// id, the closed flag, and the views the channel's Take hook collected.
+// id and the closed flag.
 type recvEnd struct {
 	id     ChannelID
 	kind   string // "channel" or "mpsc channel", for errors
-	taken  takenViews
 	closed bool
 }
 
@@ -149,74 +152,28 @@ func (e *recvEnd) wrap(op string, err error) error {
 	return fmt.Errorf("ipc: %s on %s %d: %w", op, e.kind, e.id, err)
 }
 
-// begin opens a receive: ErrClosed on a closed end, else the collected
-// views are cleared for the channel's Take hook.
-func (e *recvEnd) begin() error {
-	if e.closed {
-		return e.wrap("receive", ErrClosed)
-	}
-	e.taken.reset()
-	return nil
-}
-
-// finish turns what the channel returned into a Record.
-func (e *recvEnd) finish(off mem.Off, err error) (Record, error) {
-	if err != nil {
-		return Record{}, e.wrap("receive", err)
-	}
-	r, err := e.taken.record(0, off)
-	return r, e.wrap("receive", err)
-}
-
-// takenViews collects what records.take returned for the records a
-// channel consumer took, in order.
-type takenViews struct {
-	views [][]byte
-	errs  []error
-}
-
-func (t *takenViews) reset() {
-	clear(t.views)
-	t.views, t.errs = t.views[:0], t.errs[:0]
-}
-
-func (t *takenViews) hook(rs *records) func(mem.Off) {
-	return func(off mem.Off) { t.take(rs, off) }
-}
-
-// batchHook is hook for a batch of offsets at once.
-func (t *takenViews) batchHook(rs *records) func([]mem.Off) {
-	return func(offs []mem.Off) {
-		for _, off := range offs {
-			t.take(rs, off)
-		}
-	}
-}
-
-func (t *takenViews) take(rs *records, off mem.Off) {
-	v, err := rs.take(off)
-	t.views = append(t.views, v)
-	t.errs = append(t.errs, err)
-}
-
-func (t *takenViews) record(i int, off mem.Off) (Record, error) {
-	if i >= len(t.views) {
-		return Record{}, fmt.Errorf("assertion failed: record %d of %d taken", i, len(t.views))
-	}
-	if err := t.errs[i]; err != nil {
-		return Record{}, fmt.Errorf("queued record at %#x: %w", uint64(off), err)
-	}
-	return Record{off: off, b: t.views[i]}, nil
-}
-
 // TryReceive takes the next record without waiting: ErrWouldBlock if none
 // is queued, io.EOF if none is and the producer has closed. The record is
 // the caller's: free it, or send it on (zero-copy).
 func (c *Consumer) TryReceive() (Record, error) {
-	if err := c.begin(); err != nil {
+	r, err := c.receive1()
+	return r, c.wrap("receive", err)
+}
+
+// receive1 is TryReceive with the channel's errors unwrapped.
+func (c *Consumer) receive1() (Record, error) {
+	if c.closed {
+		return Record{}, ErrClosed
+	}
+	s, err := c.c.Next()
+	if err != nil {
 		return Record{}, err
 	}
-	return c.finish(c.c.TryReceive())
+	// This process becomes the record's holder before the producer can
+	// learn that it was taken.
+	r, err := c.h.buf.recs.take(s)
+	c.c.Advance(1)
+	return r, err
 }
 
 // Receive takes the next record, waiting while none is queued: spinning
@@ -224,14 +181,21 @@ func (c *Consumer) TryReceive() (Record, error) {
 // closed and everything is received, ErrPeerDead if the producer died
 // (after what it queued), ErrDestroyed, or ctx's error.
 func (c *Consumer) Receive(ctx context.Context) (Record, error) {
-	if err := c.begin(); err != nil {
-		return Record{}, err
+	for {
+		r, err := c.receive1()
+		if err != ErrWouldBlock {
+			return r, c.wrap("receive", err)
+		}
+		if err := c.c.WaitData(ctx); err != nil {
+			return Record{}, c.wrap("receive", err)
+		}
 	}
-	return c.finish(c.c.Receive(ctx))
 }
 
 // ReceiveBatch waits as Receive does until at least one record is queued,
-// then takes up to len(rs) of them at once and returns how many.
+// then takes up to len(rs) of them at once and returns how many. A queued
+// record that fails its check is taken off the channel and reported in
+// the error (the others are returned).
 func (c *Consumer) ReceiveBatch(ctx context.Context, rs []Record) (int, error) {
 	if c.closed {
 		return 0, c.wrap("receive batch", ErrClosed)
@@ -240,20 +204,19 @@ func (c *Consumer) ReceiveBatch(ctx context.Context, rs []Record) (int, error) {
 		return 0, nil
 	}
 	if cap(c.batch) < len(rs) {
-		c.batch = make([]mem.Off, len(rs))
+		c.batch = make([]uint64, len(rs))
 	}
-	offs := c.batch[:len(rs)]
+	slots := c.batch[:len(rs)]
 	for {
-		c.taken.reset()
-		n, err := c.c.TryReceiveBatch(offs)
+		n, err := c.c.PeekBatch(slots)
 		if err != nil {
 			return 0, c.wrap("receive batch", err)
 		}
 		if n > 0 {
 			var all []error
 			k := 0
-			for i, off := range offs[:n] {
-				r, err := c.taken.record(i, off)
+			for _, s := range slots[:n] {
+				r, err := c.h.buf.recs.take(s)
 				if err != nil {
 					all = append(all, err)
 					continue
@@ -261,6 +224,7 @@ func (c *Consumer) ReceiveBatch(ctx context.Context, rs []Record) (int, error) {
 				rs[k] = r
 				k++
 			}
+			c.c.Advance(n)
 			return k, c.wrap("receive batch", errors.Join(all...))
 		}
 		if err := c.c.WaitData(ctx); err != nil {

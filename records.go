@@ -8,6 +8,7 @@ import (
 
 	"github.com/heapipc/ipc/alloc"
 	"github.com/heapipc/ipc/backend"
+	"github.com/heapipc/ipc/channel"
 	"github.com/heapipc/ipc/internal/errs"
 	"github.com/heapipc/ipc/internal/mem"
 	"github.com/heapipc/ipc/internal/sys"
@@ -45,9 +46,10 @@ func allocSize(n int) int { return (n+7)&^7 + trailerSize }
 type RecordStats = slab.Stats
 
 type records struct {
-	pool *slab.Pool
-	b    []byte
-	self sys.Identity
+	pool   *slab.Pool
+	b      []byte
+	lo, hi mem.Off // the heap's range: where records are
+	self   sys.Identity
 }
 
 func newRecords(r *backend.Region, h *alloc.Heap, cfg config) (*records, error) {
@@ -55,7 +57,8 @@ func newRecords(r *backend.Region, h *alloc.Heap, cfg config) (*records, error) 
 	if err != nil {
 		return nil, err
 	}
-	return &records{pool: p, b: r.Bytes(), self: sys.Self()}, nil
+	lo, hi := h.Range()
+	return &records{pool: p, b: r.Bytes(), lo: lo, hi: hi, self: sys.Self()}, nil
 }
 
 func initRecords(r *backend.Region, h *alloc.Heap, cfg config) (*records, error) {
@@ -68,10 +71,9 @@ func attachRecords(r *backend.Region, h *alloc.Heap, cfg config) (*records, erro
 
 // slabHandle is a Handle's slab cache.
 type slabHandle struct {
-	rs    *records
-	h     *slab.Handle
-	batch []slab.Record // AllocBatch's scratch
-	offs  []mem.Off     // freeBatch's scratch
+	rs   *records
+	h    *slab.Handle
+	offs []mem.Off // allocBatch's and freeBatch's scratch
 }
 
 func (rs *records) newHandle() (*slabHandle, error) {
@@ -92,24 +94,19 @@ func (sh *slabHandle) alloc(n int) (mem.Off, []byte, error) {
 // allocBatch fills rs with records of n bytes; on error it gives back
 // what it allocated and leaves rs zeroed.
 func (sh *slabHandle) allocBatch(n int, rs []Record) error {
-	if cap(sh.batch) < len(rs) {
-		sh.batch = make([]slab.Record, len(rs))
-	}
-	out := sh.batch[:len(rs)]
+	offs := sh.offsets(len(rs))
 	size := allocSize(n)
-	got, err := sh.h.AllocBatch(size, out)
+	got, err := sh.h.AllocBatch(size, offs)
 	if err != nil {
-		offs := sh.offsets(got)
-		for i, r := range out[:got] {
-			offs[i] = r.Off
-		}
 		clear(rs)
-		return errors.Join(err, sh.rs.pool.FreeBatch(offs))
+		return errors.Join(err, sh.rs.pool.FreeBatch(offs[:got]))
 	}
+	b := sh.rs.b
 	tr := trailer{Holder: uint64(sh.rs.self), Len: uint32(n), Magic: trailerMagic}
-	for i, r := range out {
-		*mem.MustAt[trailer](r.Data, mem.Off(size-trailerSize)) = tr
-		rs[i] = Record{off: r.Off, b: r.Data[:n:n]}
+	for i, off := range offs {
+		// Not handed out yet: plain stores.
+		*mem.MustAt[trailer](b, off+mem.Off(size-trailerSize)) = tr
+		rs[i] = Record{off: off, b: b[off : off+mem.Off(n) : off+mem.Off(n)]}
 	}
 	return nil
 }
@@ -181,15 +178,39 @@ func (rs *records) trailerIn(off mem.Off, data []byte) (*trailer, []byte, error)
 	return t, data, nil
 }
 
-// take makes this process the holder of a record being received; the
-// channel calls it before it publishes the receipt. It returns the
-// payload view.
+// take makes this process the holder of the record in a ring slot that is
+// being received (the channel publishes the receipt after it) and returns
+// the record.
 //
-// A record that a producer sent was checked at Send (it held it), so the
-// taker checks only what finding the trailer needs: the slab's header of
-// the record (slab.Pool.Peek) and the trailer itself; Free checks the
-// rest. Other records (large ones) are located in full.
-func (rs *records) take(off mem.Off) ([]byte, error) {
+// A record that a producer sent was checked at Send (it held it), and the
+// slot carries its length: the taker checks only the trailer that the
+// length leads to (Free checks the rest). A slot without the length
+// (large records) or whose trailer does not match is located in full,
+// which reports what is wrong.
+func (rs *records) take(slot uint64) (Record, error) {
+	off := channel.SlotOff(slot)
+	if n, ok := channel.SlotLen(slot); ok {
+		if t := rs.trailerAt(off, n); t != nil {
+			if t.holder().Load() != uint64(rs.self) {
+				t.holder().Store(uint64(rs.self))
+			}
+			return Record{off: off, b: rs.b[off : off+mem.Off(n) : off+mem.Off(n)]}, nil
+		}
+	}
+	b, err := rs.takeOff(off)
+	if err != nil {
+		return Record{}, fmt.Errorf("queued record at %#x: %w", uint64(off), err)
+	}
+	if n, ok := channel.SlotLen(slot); ok && n != len(b) {
+		return Record{}, fmt.Errorf("queued record at %#x: %w", uint64(off), errs.Corrupt("record channel slot", uint64(off), "length %d, the record has %d", n, len(b)))
+	}
+	return Record{off: off, b: b}, nil
+}
+
+// takeOff is take for a record known by its offset only: it is located
+// in its slab (its header checked against the slab's generation), then
+// its trailer is checked.
+func (rs *records) takeOff(off mem.Off) ([]byte, error) {
 	var t *trailer
 	var err error
 	data, ok := rs.pool.Peek(off)
@@ -207,6 +228,20 @@ func (rs *records) take(off mem.Off) ([]byte, error) {
 	return data[:t.Len:t.Len], nil
 }
 
+// trailerAt returns the trailer of a record at off with an n-byte payload
+// if it is in the heap and says so (magic and length), else nil.
+func (rs *records) trailerAt(off mem.Off, n int) *trailer {
+	end := uint64(off) + uint64(allocSize(n))
+	if off < rs.lo || end > uint64(rs.hi) || off&7 != 0 || n < 0 {
+		return nil
+	}
+	t, err := mem.At[trailer](rs.b, mem.Off(end-trailerSize))
+	if err != nil || t.Magic != trailerMagic || t.Len != uint32(n) {
+		return nil
+	}
+	return t
+}
+
 // held returns the trailer of the record whose payload view is b at off,
 // if this process holds it: the cheap check of Send and Free, which know
 // the payload's length from the view and so find the trailer without
@@ -219,14 +254,26 @@ func (rs *records) held(off mem.Off, b []byte) (*trailer, error) {
 			return nil, fmt.Errorf("record %#x: view at %#x: %w", uint64(off), uint64(o), ErrNotAllocated)
 		}
 	}
-	t, err := mem.At[trailer](rs.b, off+mem.Off(allocSize(len(b))-trailerSize))
-	if err != nil || t.Magic != trailerMagic || t.Len != uint32(len(b)) {
+	t := rs.trailerAt(off, len(b))
+	if t == nil {
 		return nil, fmt.Errorf("record %#x: not a live record (freed?): %w", uint64(off), ErrNotAllocated)
 	}
 	if h := t.holder().Load(); h != uint64(rs.self) {
 		return nil, fmt.Errorf("record %#x is held by %v, not by this process: %w", uint64(off), sys.Identity(h), ErrNotAllocated)
 	}
 	return t, nil
+}
+
+// slot validates the record as held does and returns its ring slot.
+func (rs *records) slot(off mem.Off, b []byte) (uint64, error) {
+	if _, err := rs.held(off, b); err != nil {
+		return 0, err
+	}
+	s, ok := channel.PackSlot(off, len(b))
+	if !ok {
+		return 0, fmt.Errorf("record %#x: offset beyond any segment: %w", uint64(off), ErrNotAllocated)
+	}
+	return s, nil
 }
 
 // validate checks that b is the payload view of a live record at off that

@@ -241,11 +241,11 @@ func TestRingSPSCRace(t *testing.T) {
 	const n = 20000
 	ctx := testutil.Context(t, time.Minute)
 	go func() {
-		batch := make([]mem.Off, 5)
+		batch := make([]uint64, 5)
 		for i := 1; i <= n; {
 			if i%3 == 0 && i+len(batch) <= n {
 				for j := range batch {
-					batch[j] = mem.Off(i + j)
+					batch[j] = uint64(i + j)
 				}
 				sent := 0
 				for sent < len(batch) {
@@ -265,7 +265,7 @@ func TestRingSPSCRace(t *testing.T) {
 				i += len(batch)
 				continue
 			}
-			if err := p.Send(ctx, mem.Off(i)); err != nil {
+			if err := p.Send(ctx, uint64(i)); err != nil {
 				t.Error(err)
 				return
 			}
@@ -273,8 +273,8 @@ func TestRingSPSCRace(t *testing.T) {
 		}
 		p.Close()
 	}()
-	want := mem.Off(1)
-	buf := make([]mem.Off, 7)
+	want := uint64(1)
+	buf := make([]uint64, 7)
 	for {
 		if want%2 == 0 {
 			k, err := c.TryReceiveBatch(buf)
@@ -303,7 +303,7 @@ func TestRingSPSCRace(t *testing.T) {
 		require.Equal(t, want, off, "in order, none lost or repeated")
 		want++
 	}
-	require.Equal(t, mem.Off(n+1), want)
+	require.Equal(t, uint64(n+1), want)
 	_, err = c.TryReceive()
 	require.ErrorIs(t, err, io.EOF, "EOF stays")
 	require.True(t, c.Close(), "drained and both closed")
@@ -322,7 +322,7 @@ func TestRingDeliversAfterProducerClosedBeforeConsumer(t *testing.T) {
 	p, err := ring.AttachProducer()
 	require.NoError(t, err)
 	for i := 1; i <= 4; i++ {
-		require.NoError(t, p.TrySend(mem.Off(i)))
+		require.NoError(t, p.TrySend(uint64(i)))
 	}
 	require.ErrorIs(t, p.TrySend(5), errs.ErrWouldBlock, "full")
 	require.False(t, p.Close(), "no consumer yet")
@@ -333,7 +333,7 @@ func TestRingDeliversAfterProducerClosedBeforeConsumer(t *testing.T) {
 	for i := 1; i <= 4; i++ {
 		off, err := c.Receive(context.Background())
 		require.NoError(t, err)
-		require.Equal(t, mem.Off(i), off)
+		require.Equal(t, uint64(i), off)
 	}
 	_, err = c.Receive(context.Background())
 	require.ErrorIs(t, err, io.EOF)
@@ -362,7 +362,7 @@ func TestRingWaitCancelAndPeerDeath(t *testing.T) {
 	ring.cb.Tail.Store(1)
 	off, err := c.Receive(context.Background())
 	require.NoError(t, err)
-	require.Equal(t, mem.Off(99), off)
+	require.Equal(t, uint64(99), off)
 	_, err = c.Receive(testutil.Context(t, 10*time.Second))
 	require.ErrorIs(t, err, errs.ErrPeerDead)
 
@@ -372,7 +372,7 @@ func TestRingWaitCancelAndPeerDeath(t *testing.T) {
 	require.NoError(t, p.TrySend(5))
 	off, err = c.Receive(context.Background())
 	require.NoError(t, err)
-	require.Equal(t, mem.Off(5), off)
+	require.Equal(t, uint64(5), off)
 
 	// A consumer that died: a producer blocked on a full ring learns it.
 	c.Close()
@@ -438,4 +438,29 @@ func TestRingCorruptIndices(t *testing.T) {
 	c.Close()
 	_, err = f.reg.Remove(context.Background(), en, nil, nil)
 	require.NoError(t, err)
+}
+
+// TestSlotPacking: a slot carries any segment offset and a length below
+// SlotLenNone; longer or unknown lengths read back as not recorded, and an
+// offset beyond any segment is refused.
+func TestSlotPacking(t *testing.T) {
+	for _, c := range []struct {
+		off   mem.Off
+		n     int
+		known bool
+	}{
+		{0, 0, true}, {16, 64, true}, {1<<SlotOffBits - 16, SlotLenNone - 1, true},
+		{4096, SlotLenNone, false}, {4096, 1 << 30, false}, {4096, -1, false},
+	} {
+		s, ok := PackSlot(c.off, c.n)
+		require.True(t, ok, "%+v", c)
+		require.Equal(t, c.off, SlotOff(s), "%+v", c)
+		n, known := SlotLen(s)
+		require.Equal(t, c.known, known, "%+v", c)
+		if known {
+			require.Equal(t, c.n, n, "%+v", c)
+		}
+	}
+	_, ok := PackSlot(1<<SlotOffBits, 8)
+	require.False(t, ok, "an offset beyond any segment")
 }

@@ -45,13 +45,13 @@ func FuzzRecordChannel(f *testing.F) {
 					for i := 0; i < 3; i++ {
 						c.TryReceive()
 					}
-					c.TryReceiveBatch(make([]mem.Off, 4))
+					c.TryReceiveBatch(make([]uint64, 4))
 					c.Ready()
 					c.Close()
 				}
 				if p, err := r.AttachProducer(); err == nil {
 					p.TrySend(64)
-					p.TrySendBatch([]mem.Off{64, 128})
+					p.TrySendBatch([]uint64{64, 128})
 					p.Close()
 				}
 			}

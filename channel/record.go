@@ -53,6 +53,35 @@ const recordCBSize = 512
 
 var recordMagic = binary.LittleEndian.Uint64([]byte("HIPCRING"))
 
+// A ring slot holds a record's offset in its low SlotOffBits bits (every
+// offset of a segment fits: segments are smaller than 2^46 bytes) and, in
+// the bits above, the record's payload length if it is below SlotLenNone:
+// the consumer then finds the record's trailer without reading the
+// record's slab (see package ipc). SlotLenNone means "not recorded".
+const (
+	SlotOffBits = 46
+	SlotLenNone = 1<<(64-SlotOffBits) - 1
+)
+
+// PackSlot makes the slot of the record at off with an n-byte payload
+// (n < 0: length not recorded). ok is false if off does not fit.
+func PackSlot(off mem.Off, n int) (slot uint64, ok bool) {
+	l := uint64(SlotLenNone)
+	if n >= 0 && n < SlotLenNone {
+		l = uint64(n)
+	}
+	return uint64(off) | l<<SlotOffBits, uint64(off)>>SlotOffBits == 0
+}
+
+// SlotOff is the offset in a slot.
+func SlotOff(slot uint64) mem.Off { return mem.Off(slot & (1<<SlotOffBits - 1)) }
+
+// SlotLen is the payload length in a slot, if it is recorded.
+func SlotLen(slot uint64) (n int, ok bool) {
+	l := slot >> SlotOffBits
+	return int(l), l != SlotLenNone
+}
+
 // RecordControlSize is the control block size of a ring of capacity n.
 func RecordControlSize(n uint64) uint64 { return recordCBSize + 8*n }
 
@@ -208,9 +237,9 @@ func (r *Ring) AttachProducer() (*RecordProducer, error) {
 
 var errClosedEnd = fmt.Errorf("channel end: %w", errs.ErrClosed)
 
-// TrySend queues the record at off, or returns ErrWouldBlock if the ring
+// TrySend queues a slot (PackSlot), or returns ErrWouldBlock if the ring
 // is full.
-func (p *RecordProducer) TrySend(off mem.Off) error {
+func (p *RecordProducer) TrySend(slot uint64) error {
 	if p.closed {
 		return errClosedEnd
 	}
@@ -220,7 +249,7 @@ func (p *RecordProducer) TrySend(off mem.Off) error {
 			return errs.ErrWouldBlock
 		}
 	}
-	p.ring[p.tail&p.mask] = uint64(off)
+	p.ring[p.tail&p.mask] = slot
 	p.tail++
 	p.cb.Tail.Store(p.tail)
 	p.wakeConsumer()
@@ -231,24 +260,25 @@ func (p *RecordProducer) wakeConsumer() {
 	notify(p.buf, &p.cb.ConsWaiting, &p.cb.Doorbell)
 }
 
-// TrySendBatch queues as many of offs as fit, publishing once, and returns
-// how many it queued.
-func (p *RecordProducer) TrySendBatch(offs []mem.Off) (int, error) {
+// TrySendBatch queues as many of slots as fit, publishing once, and
+// returns how many it queued.
+func (p *RecordProducer) TrySendBatch(slots []uint64) (int, error) {
 	if p.closed {
 		return 0, errClosedEnd
 	}
 	room := uint64(len(p.ring)) - (p.tail - p.headCache)
-	if room < uint64(len(offs)) {
+	if room < uint64(len(slots)) {
 		p.headCache = p.cb.Head.Load()
 		room = uint64(len(p.ring)) - (p.tail - p.headCache)
 	}
-	n := min(uint64(len(offs)), room)
+	n := min(uint64(len(slots)), room)
 	if n == 0 {
 		return 0, nil
 	}
-	for i := uint64(0); i < n; i++ {
-		p.ring[(p.tail+i)&p.mask] = uint64(offs[i])
-	}
+	// In at most two copies: up to the ring's end, then from its start.
+	i := p.tail & p.mask
+	k := copy(p.ring[i:], slots[:n])
+	copy(p.ring, slots[k:n])
 	p.tail += n
 	p.cb.Tail.Store(p.tail)
 	p.wakeConsumer()
@@ -298,10 +328,10 @@ func (r *Ring) checkPeer(w *atomic.Uint64, what string) error {
 	return nil
 }
 
-// Send queues the record, waiting for room as WaitRoom does.
-func (p *RecordProducer) Send(ctx context.Context, off mem.Off) error {
+// Send queues a slot, waiting for room as WaitRoom does.
+func (p *RecordProducer) Send(ctx context.Context, slot uint64) error {
 	for {
-		err := p.TrySend(off)
+		err := p.TrySend(slot)
 		if err != errs.ErrWouldBlock {
 			return err
 		}
@@ -329,14 +359,13 @@ func (p *RecordProducer) Close() (consumerClosed bool) {
 
 // RecordConsumer is the consumer end. Its methods must be called from one
 // goroutine at a time.
+//
+// A receive is in two steps when the caller must act on a record before
+// the producer may learn that it was taken (the holder hand-over of
+// package ipc): Next or PeekBatch read slots without consuming them, and
+// Advance consumes them. TryReceive and TryReceiveBatch do both.
 type RecordConsumer struct {
 	*Ring
-	// Take, if set, is called with each record's offset before the
-	// consumer publishes that it took it (the holder hand-over).
-	Take func(off mem.Off)
-	// TakeBatch, if set, is called instead of Take with the records a
-	// batch receive takes.
-	TakeBatch func(offs []mem.Off)
 	self      sys.Identity
 	head      uint64
 	tailCache uint64
@@ -372,9 +401,9 @@ func (c *RecordConsumer) available() (uint64, error) {
 	return c.tailCache - c.head, nil
 }
 
-// TryReceive takes the next record's offset, or returns ErrWouldBlock
+// Next returns the next slot without consuming it, or ErrWouldBlock
 // (empty), or io.EOF (empty and the producer closed).
-func (c *RecordConsumer) TryReceive() (mem.Off, error) {
+func (c *RecordConsumer) Next() (uint64, error) {
 	if c.closed {
 		return 0, errClosedEnd
 	}
@@ -383,26 +412,38 @@ func (c *RecordConsumer) TryReceive() (mem.Off, error) {
 		return 0, err
 	}
 	if n == 0 {
-		if c.cb.ProdClosed.Load() != 0 {
-			// The producer stores Tail before ProdClosed: re-read.
-			if n, err = c.available(); err != nil || n == 0 {
-				if err == nil {
-					err = io.EOF
-				}
-				return 0, err
-			}
-		} else {
+		if c.cb.ProdClosed.Load() == 0 {
 			return 0, errs.ErrWouldBlock
 		}
+		// The producer stores Tail before ProdClosed: re-read.
+		if n, err = c.available(); err != nil || n == 0 {
+			if err == nil {
+				err = io.EOF
+			}
+			return 0, err
+		}
 	}
-	off := mem.Off(c.ring[c.head&c.mask])
-	if c.Take != nil {
-		c.Take(off)
+	return c.ring[c.head&c.mask], nil
+}
+
+// Advance consumes n slots that Next or PeekBatch returned, publishing
+// that they were taken.
+func (c *RecordConsumer) Advance(n int) {
+	if n <= 0 {
+		return
 	}
-	c.head++
+	c.head += uint64(n)
 	c.cb.Head.Store(c.head)
 	c.wakeProducer()
-	return off, nil
+}
+
+// TryReceive takes the next slot (Next, then Advance).
+func (c *RecordConsumer) TryReceive() (uint64, error) {
+	s, err := c.Next()
+	if err == nil {
+		c.Advance(1)
+	}
+	return s, err
 }
 
 func (c *RecordConsumer) wakeProducer() {
@@ -412,8 +453,10 @@ func (c *RecordConsumer) wakeProducer() {
 	}
 }
 
-// TryReceiveBatch takes up to len(offs) records, publishing once.
-func (c *RecordConsumer) TryReceiveBatch(offs []mem.Off) (int, error) {
+// PeekBatch copies up to len(slots) queued slots without consuming them
+// and returns how many: 0 with a nil error if none is queued, io.EOF if
+// none is and the producer closed.
+func (c *RecordConsumer) PeekBatch(slots []uint64) (int, error) {
 	if c.closed {
 		return 0, errClosedEnd
 	}
@@ -421,35 +464,32 @@ func (c *RecordConsumer) TryReceiveBatch(offs []mem.Off) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	if n < uint64(len(offs)) {
+	if n < uint64(len(slots)) {
 		c.tailCache = c.cb.Tail.Load()
 		if d := c.tailCache - c.head; d > uint64(len(c.ring)) {
 			return 0, errs.Corrupt("record channel tail", uint64(c.cbOff)+128, "tail %d head %d", c.tailCache, c.head)
 		}
 		n = c.tailCache - c.head
 	}
-	n = min(n, uint64(len(offs)))
+	n = min(n, uint64(len(slots)))
 	if n == 0 {
 		if c.cb.ProdClosed.Load() != 0 && c.cb.Tail.Load() == c.head {
 			return 0, io.EOF
 		}
 		return 0, nil
 	}
-	for i := uint64(0); i < n; i++ {
-		offs[i] = mem.Off(c.ring[(c.head+i)&c.mask])
-	}
-	switch {
-	case c.TakeBatch != nil:
-		c.TakeBatch(offs[:n])
-	case c.Take != nil:
-		for _, off := range offs[:n] {
-			c.Take(off)
-		}
-	}
-	c.head += n
-	c.cb.Head.Store(c.head)
-	c.wakeProducer()
+	i := c.head & c.mask
+	k := copy(slots[:n], c.ring[i:])
+	copy(slots[k:n], c.ring)
 	return int(n), nil
+}
+
+// TryReceiveBatch takes up to len(slots) slots, publishing once
+// (PeekBatch, then Advance).
+func (c *RecordConsumer) TryReceiveBatch(slots []uint64) (int, error) {
+	n, err := c.PeekBatch(slots)
+	c.Advance(n)
+	return n, err
 }
 
 // WaitData blocks until a record is readable, the producer closed (then
@@ -504,8 +544,8 @@ func (c *RecordConsumer) WaitData(ctx context.Context) error {
 	}
 }
 
-// Receive takes the next record's offset, waiting as WaitData does.
-func (c *RecordConsumer) Receive(ctx context.Context) (mem.Off, error) {
+// Receive takes the next slot, waiting as WaitData does.
+func (c *RecordConsumer) Receive(ctx context.Context) (uint64, error) {
 	for {
 		off, err := c.TryReceive()
 		if err != errs.ErrWouldBlock {
@@ -561,7 +601,7 @@ func (r *Ring) Pending() ([]mem.Off, error) {
 	}
 	out := make([]mem.Off, 0, t-h)
 	for s := h; s != t; s++ {
-		out = append(out, mem.Off(r.ring[s&r.mask]))
+		out = append(out, SlotOff(r.ring[s&r.mask]))
 	}
 	return out, nil
 }

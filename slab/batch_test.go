@@ -22,24 +22,23 @@ func TestAllocFreeBatch(t *testing.T) {
 				hd := p.NewHandle()
 				var all []Record
 				for _, size := range []int{0, 1, 64, 100, 1000, p.MaxSmall(), p.MaxSmall() + 1} {
-					out := make([]Record, 300)
+					offs := make([]mem.Off, 300)
 					if size > p.MaxSmall() {
-						out = out[:3]
+						offs = offs[:3]
 					}
-					n, err := hd.AllocBatch(size, out)
-					if err != nil || n != len(out) {
+					n, err := hd.AllocBatch(size, offs)
+					if err != nil || n != len(offs) {
 						t.Fatalf("AllocBatch(%d): %d, %v", size, n, err)
 					}
-					for _, r := range out {
-						if len(r.Data) != size || uint64(r.Off)%uint64(align) != 0 {
-							t.Fatalf("record of %d bytes at %#x: len %d", size, r.Off, len(r.Data))
+					for _, off := range offs {
+						b, err := p.Bytes(off)
+						if err != nil || len(b) != size || uint64(off)%uint64(align) != 0 {
+							t.Fatalf("Bytes(%#x) of a %d-byte record: %d bytes, %v", off, size, len(b), err)
 						}
-						if b, err := p.Bytes(r.Off); err != nil || len(b) != size {
-							t.Fatalf("Bytes(%#x): %d bytes, %v", r.Off, len(b), err)
-						}
+						r := Record{Off: off, Data: b}
 						fill(r)
+						all = append(all, r)
 					}
-					all = append(all, out...)
 				}
 				mustCheck(t, p, "after the batches")
 				for i, r := range all {
@@ -91,16 +90,12 @@ func TestAllocBatchNoSpace(t *testing.T) {
 	p := newPool(t, heapCombo, 1<<20, Options{})
 	hd := p.NewHandle()
 	defer hd.Close()
-	out := make([]Record, 1<<20/64)
-	n, err := hd.AllocBatch(64, out)
-	if !errors.Is(err, ErrNoSpace) || n == 0 || n >= len(out) {
+	offs := make([]mem.Off, 1<<20/64)
+	n, err := hd.AllocBatch(64, offs)
+	if !errors.Is(err, ErrNoSpace) || n == 0 || n >= len(offs) {
 		t.Fatalf("AllocBatch: %d, %v", n, err)
 	}
-	offs := make([]mem.Off, n)
-	for i, r := range out[:n] {
-		offs[i] = r.Off
-	}
-	if err := p.FreeBatch(offs); err != nil {
+	if err := p.FreeBatch(offs[:n]); err != nil {
 		t.Fatal(err)
 	}
 	mustCheck(t, p, "after freeing the batch")

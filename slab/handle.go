@@ -61,27 +61,54 @@ func (h *Handle) Alloc(size int) (Record, error) {
 	pos := h.cur
 	h.cur += uint32(k)
 	g := h.base + uint64(pos)
-	// Field by field: one 16-byte store read back in pieces would stall
+	// Two word stores, the words the readers load (slabRecord): a load
+	// that spans several smaller stores still in flight would stall
 	// store forwarding.
-	hd := &p.hdrs[g]
-	hd.Pos, hd.Len = pos, uint32(k)
-	hd.Size, hd.Check = uint32(size), recCheck(pos, uint32(k), uint32(size), h.key)
+	p.plain[2*g] = packHalves(pos, uint32(k))
+	p.plain[2*g+1] = packHalves(uint32(size), recCheck(pos, uint32(k), uint32(size), h.key))
 	off := mem.Off((g + 1) * granule)
 	return Record{Off: off, Data: p.view(off, uint64(size))}, nil
 }
 
-// AllocBatch fills out with records of size bytes each, as Alloc
-// would one by one, and returns how many it allocated: all of them, or
-// fewer and Alloc's error.
-func (h *Handle) AllocBatch(size int, out []Record) (int, error) {
-	for i := range out {
-		r, err := h.Alloc(size)
-		if err != nil {
-			return i, err
+// AllocBatch allocates len(offs) records of size bytes each, as Alloc
+// would one by one, and stores their offsets in offs (their bytes are
+// Pool.View's). It returns how many it allocated: all of them, or fewer
+// and Alloc's error (Pool.Bytes gives their bytes). Records of a slab
+// are carved in one pass: their
+// headers are written back to back, with nothing else in between.
+func (h *Handle) AllocBatch(size int, offs []mem.Off) (int, error) {
+	p := h.p
+	k := slotGranules(uint64(max(size, 0)), p.align)
+	if h.closed || size < 0 || k > p.maxSmall {
+		for i := range offs {
+			r, err := h.Alloc(size)
+			if err != nil {
+				return i, err
+			}
+			offs[i] = r.Off
 		}
-		out[i] = r
+		return len(offs), nil
 	}
-	return len(out), nil
+	ln, sz := uint32(k), uint32(size)
+	for i := 0; i < len(offs); {
+		if uint64(h.cur)+k > uint64(h.limit) {
+			if err := h.refill(); err != nil {
+				return i, err
+			}
+		}
+		n := min(len(offs)-i, int((h.limit-h.cur)/ln))
+		pos, key, base := h.cur, h.key, h.base
+		for j := range n {
+			g := base + uint64(pos)
+			p.plain[2*g] = packHalves(pos, ln)
+			p.plain[2*g+1] = packHalves(sz, recCheck(pos, ln, sz, key))
+			offs[i+j] = mem.Off((g + 1) * granule)
+			pos += ln
+		}
+		h.cur = pos
+		i += n
+	}
+	return len(offs), nil
 }
 
 // Free frees a record (of any handle): Pool.Free.

@@ -266,11 +266,12 @@ func (p *Pool) Bytes(off mem.Off) ([]byte, error) {
 // write). It checks neither that the record is live nor the
 // slab's geometry; Bytes and Free do. ok false means: use Bytes.
 func (p *Pool) Peek(off mem.Off) (b []byte, ok bool) {
-	hd, _, ok := p.slabRecord(off)
-	if !ok || uint64(hd.Size) > uint64(p.hi-off) {
+	_, w1, _, ok := p.slabRecord(off)
+	size, _ := unpackHalves(w1)
+	if !ok || uint64(size) > uint64(p.hi-off) {
 		return nil, false
 	}
-	return p.view(off, uint64(hd.Size)), true
+	return p.view(off, uint64(size)), true
 }
 
 // live reports whether a located small record's bits are clear.
@@ -367,7 +368,7 @@ type fastSlot struct {
 // as locate, specialised. ok false means "take the general path" (which
 // reports every error).
 func (p *Pool) fastLocate(off mem.Off) (fs fastSlot, ok bool) {
-	hd, slab, ok := p.slabRecord(off)
+	w0, w1, slab, ok := p.slabRecord(off)
 	if !ok {
 		return fs, false
 	}
@@ -375,7 +376,8 @@ func (p *Pool) fastLocate(off mem.Off) (fs fastSlot, ok bool) {
 	if sh[2].Load() != slab || sh[1].Load() != p.want[0] || sh[3].Load() != p.want[1] || sh[4].Load() != p.want[2] {
 		return fs, false
 	}
-	pos, ln, size := hd.Pos, hd.Len, hd.Size
+	pos, ln := unpackHalves(w0)
+	size, _ := unpackHalves(w1)
 	// The slab has this pool's geometry.
 	if pos < p.geo.recBase || uint64(pos)+uint64(ln) > uint64(p.geo.limit) || uint64(ln) != slotGranules(uint64(size), p.align) {
 		return fs, false
@@ -393,27 +395,33 @@ func (p *Pool) fastLocate(off mem.Off) (fs fastSlot, ok bool) {
 // existing, and of the generation that wrote the header. ok false: not
 // such a record (a large one, or not a record at all). Plain loads: a
 // header with Pos != 0 is immutable once handed out; only large records'
-// headers (Pos 0) change, and those are refused here.
-func (p *Pool) slabRecord(off mem.Off) (hd recHeader, slab uint64, ok bool) {
+// headers (Pos 0) change, and those are refused here. It returns the
+// header's two words (Pos|Len, Size|Check) and the slab's offset.
+func (p *Pool) slabRecord(off mem.Off) (w0, w1 uint64, slab uint64, ok bool) {
 	if off&(granule-1) != 0 || off < p.lo+HeaderSize || off >= p.hi {
-		return hd, 0, false
+		return 0, 0, 0, false
 	}
+	// The header as the two words Alloc stored (so that the loads are
+	// forwarded from its stores when they are still in flight): Pos|Len
+	// and Size|Check.
 	g := uint64(off)/granule - 1
-	h := &p.hdrs[g]
-	hd.Pos = h.Pos
-	if hd.Pos == 0 || uint64(hd.Pos) > g {
-		return hd, 0, false
+	w0 = p.plain[2*g]
+	pos, _ := unpackHalves(w0)
+	if pos == 0 || uint64(pos) > g {
+		return 0, 0, 0, false
 	}
-	hd.Len, hd.Size, hd.Check = h.Len, h.Size, h.Check
-	slab = (g - uint64(hd.Pos)) * granule
+	w1 = p.plain[2*g+1]
+	slab = (g - uint64(pos)) * granule
 	if slab < uint64(p.lo) || (slab-uint64(p.lo))&(p.ps-1) != 0 {
-		return hd, 0, false
+		return 0, 0, 0, false
 	}
 	ident := p.words[slab/8].Load()
-	if uint32(ident) != slabMagic || recCheck(hd.Pos, hd.Len, hd.Size, p.salt^uint32(ident>>32)) != hd.Check {
-		return hd, 0, false
+	_, ln := unpackHalves(w0)
+	size, check := unpackHalves(w1)
+	if uint32(ident) != slabMagic || recCheck(pos, ln, size, p.salt^uint32(ident>>32)) != check {
+		return 0, 0, 0, false
 	}
-	return hd, slab, true
+	return w0, w1, slab, true
 }
 
 // freeFast frees, in the common case, a record that fastLocate finds.
