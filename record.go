@@ -12,12 +12,13 @@ import (
 // Producer is the sending end of a record channel. It belongs to the
 // Handle that opened it and, like it, to one goroutine at a time.
 type Producer struct {
-	h      *Handle
-	en     *channel.Entry
-	p      *channel.RecordProducer
-	id     ChannelID
-	batch  []uint64
-	closed bool
+	h        *Handle
+	en       *channel.Entry
+	p        *channel.RecordProducer
+	id       ChannelID
+	batch    []uint64   // SendBatch's slots
+	trailers []*trailer // and the records' trailers
+	closed   bool
 }
 
 // ID is the channel's id.
@@ -31,10 +32,10 @@ func (p *Producer) wrap(op string, err error) error {
 }
 
 // slot validates r (this process must hold it: allocated, or received and
-// not sent on) and returns its ring slot.
-func (p *Producer) slot(r Record) (uint64, error) {
+// not sent on) and returns its trailer and its ring slot.
+func (p *Producer) slot(r Record) (*trailer, uint64, error) {
 	if r.b == nil {
-		return 0, fmt.Errorf("zero record: %w", ErrNotAllocated)
+		return nil, 0, fmt.Errorf("zero record: %w", ErrNotAllocated)
 	}
 	return p.h.buf.recs.slot(r.off, r.b)
 }
@@ -44,59 +45,80 @@ func (p *Producer) slot(r Record) (uint64, error) {
 // or free it. Sending a record that was freed is an error (ErrDoubleFree
 // or ErrNotAllocated) and sends nothing.
 func (p *Producer) TrySend(r Record) error {
+	return p.wrap("send", p.send1(r))
+}
+
+// send1 is TrySend with the channel's errors unwrapped.
+func (p *Producer) send1(r Record) error {
 	if p.closed {
-		return p.wrap("send", ErrClosed)
+		return ErrClosed
 	}
-	s, err := p.slot(r)
+	t, s, err := p.slot(r)
 	if err != nil {
-		return p.wrap("send", err)
+		return err
 	}
-	return p.wrap("send", p.p.TrySend(s))
+	if p.p.Room(1) == 0 {
+		return ErrWouldBlock
+	}
+	p.h.buf.recs.handOver(t, p.p.Consumer())
+	return p.p.TrySend(s)
 }
 
 // Send queues r, waiting while the ring is full: spinning briefly, then
 // parked on a futex. It returns ErrPeerDead if the consumer dies,
 // ErrDestroyed if the buffer is destroyed, or ctx's error.
 func (p *Producer) Send(ctx context.Context, r Record) error {
-	if p.closed {
-		return p.wrap("send", ErrClosed)
+	for {
+		err := p.send1(r)
+		if err != ErrWouldBlock {
+			return p.wrap("send", err)
+		}
+		if err := p.p.WaitRoom(ctx); err != nil {
+			return p.wrap("send", err)
+		}
 	}
-	s, err := p.slot(r)
-	if err != nil {
-		return p.wrap("send", err)
-	}
-	return p.wrap("send", p.p.Send(ctx, s))
 }
 
 // SendBatch queues all of rs in order, publishing as many as fit at a time
 // and waiting for room as Send does. It returns how many were queued
-// (those belong to the consumer now) and an error if not all were.
+// (those belong to the consumer now) and an error if not all were. A
+// record that is not this process's to send fails the batch before any is
+// queued.
 func (p *Producer) SendBatch(ctx context.Context, rs []Record) (int, error) {
 	if p.closed {
 		return 0, p.wrap("send batch", ErrClosed)
 	}
 	if cap(p.batch) < len(rs) {
 		p.batch = make([]uint64, len(rs))
+		p.trailers = make([]*trailer, len(rs))
 	}
-	slots := p.batch[:len(rs)]
+	slots, ts := p.batch[:len(rs)], p.trailers[:len(rs)]
 	for i, r := range rs {
-		s, err := p.slot(r)
+		t, s, err := p.slot(r)
 		if err != nil {
 			return 0, p.wrap("send batch", fmt.Errorf("record %d: %w", i, err))
 		}
-		slots[i] = s
+		slots[i], ts[i] = s, t
 	}
+	recs := p.h.buf.recs
 	sent := 0
 	for sent < len(slots) {
-		n, err := p.p.TrySendBatch(slots[sent:])
-		sent += n
-		if err != nil {
-			return sent, p.wrap("send batch", err)
-		}
-		if sent < len(slots) && n == 0 {
+		k := min(p.p.Room(len(slots)-sent), len(slots)-sent)
+		if k == 0 {
 			if err := p.p.WaitRoom(ctx); err != nil {
 				return sent, p.wrap("send batch", err)
 			}
+			continue
+		}
+		if to := p.p.Consumer(); to != 0 && to != recs.self {
+			for _, t := range ts[sent : sent+k] {
+				recs.handOver(t, to)
+			}
+		}
+		n, err := p.p.TrySendBatch(slots[sent : sent+k])
+		sent += n
+		if err != nil {
+			return sent, p.wrap("send batch", err)
 		}
 	}
 	return sent, nil

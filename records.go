@@ -264,16 +264,32 @@ func (rs *records) held(off mem.Off, b []byte) (*trailer, error) {
 	return t, nil
 }
 
-// slot validates the record as held does and returns its ring slot.
-func (rs *records) slot(off mem.Off, b []byte) (uint64, error) {
-	if _, err := rs.held(off, b); err != nil {
-		return 0, err
+// slot validates the record as held does and returns its trailer and its
+// ring slot.
+func (rs *records) slot(off mem.Off, b []byte) (*trailer, uint64, error) {
+	t, err := rs.held(off, b)
+	if err != nil {
+		return nil, 0, err
 	}
 	s, ok := channel.PackSlot(off, len(b))
 	if !ok {
-		return 0, fmt.Errorf("record %#x: offset beyond any segment: %w", uint64(off), ErrNotAllocated)
+		return nil, 0, fmt.Errorf("record %#x: offset beyond any segment: %w", uint64(off), ErrNotAllocated)
 	}
-	return s, nil
+	return t, s, nil
+}
+
+// handOver makes the consumer process to, if it is another process, the
+// holder of a record that is about to be queued (the slot is written
+// next, and nothing can fail in between). The consumer then finds itself
+// the holder when it takes the record and writes nothing to it (a write
+// would pull the record's line back from this process's cache). Until it
+// is taken the record is queued, which keeps recovery off it whoever
+// dies; if this process dies before queuing it, the record is the
+// consumer's to lose (it is freed when the consumer dies).
+func (rs *records) handOver(t *trailer, to sys.Identity) {
+	if to != 0 && to != rs.self {
+		t.holder().Store(uint64(to))
+	}
 }
 
 // validate checks that b is the payload view of a live record at off that

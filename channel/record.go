@@ -256,6 +256,22 @@ func (p *RecordProducer) TrySend(slot uint64) error {
 	return nil
 }
 
+// Room is how many slots TrySendBatch would queue now, re-reading the
+// consumer's index if fewer than want are known to be free. It may only
+// grow until the next send: only the consumer changes it, making room.
+func (p *RecordProducer) Room(want int) int {
+	room := uint64(len(p.ring)) - (p.tail - p.headCache)
+	if room < uint64(want) {
+		p.headCache = p.cb.Head.Load()
+		room = uint64(len(p.ring)) - (p.tail - p.headCache)
+	}
+	return int(room)
+}
+
+// Consumer is the identity of the process holding the consumer end (0:
+// none).
+func (p *RecordProducer) Consumer() sys.Identity { return sys.Identity(p.cb.Consumer.Load()) }
+
 func (p *RecordProducer) wakeConsumer() {
 	notify(p.buf, &p.cb.ConsWaiting, &p.cb.Doorbell)
 }

@@ -247,7 +247,7 @@ func (p *Pool) locateLarge(off mem.Off, hd recHeader, loc *located) error {
 // Bytes returns the view of the live record whose data starts at off.
 // It takes no lock.
 func (p *Pool) Bytes(off mem.Off) ([]byte, error) {
-	if fs, ok := p.fastLocate(off); ok && fs.word.Load()&fs.mask == 0 {
+	if fs, ok := p.fastLocate(off, &slabSeen{}); ok && fs.word.Load()&fs.mask == 0 {
 		return p.view(off, fs.size), nil
 	}
 	var loc located
@@ -266,7 +266,7 @@ func (p *Pool) Bytes(off mem.Off) ([]byte, error) {
 // write). It checks neither that the record is live nor the
 // slab's geometry; Bytes and Free do. ok false means: use Bytes.
 func (p *Pool) Peek(off mem.Off) (b []byte, ok bool) {
-	_, w1, _, ok := p.slabRecord(off)
+	_, w1, _, _, ok := p.slabRecord(off)
 	size, _ := unpackHalves(w1)
 	if !ok || uint64(size) > uint64(p.hi-off) {
 		return nil, false
@@ -366,15 +366,20 @@ type fastSlot struct {
 // fastLocate validates, in the common case, a record of a slab made with
 // this pool's options whose slot lies in one bitmap word: the same checks
 // as locate, specialised. ok false means "take the general path" (which
-// reports every error).
-func (p *Pool) fastLocate(off mem.Off) (fs fastSlot, ok bool) {
-	w0, w1, slab, ok := p.slabRecord(off)
+// reports every error). c remembers the last slab whose geometry was
+// checked: a caller locating several records (FreeBatch) checks each
+// slab's header once while its identity word stays the same.
+func (p *Pool) fastLocate(off mem.Off, c *slabSeen) (fs fastSlot, ok bool) {
+	w0, w1, slab, ident, ok := p.slabRecord(off)
 	if !ok {
 		return fs, false
 	}
-	sh := p.words[slab/8 : slab/8+5 : slab/8+5]
-	if sh[2].Load() != slab || sh[1].Load() != p.want[0] || sh[3].Load() != p.want[1] || sh[4].Load() != p.want[2] {
-		return fs, false
+	if slab != c.slab || ident != c.ident {
+		sh := p.words[slab/8 : slab/8+5 : slab/8+5]
+		if sh[2].Load() != slab || sh[1].Load() != p.want[0] || sh[3].Load() != p.want[1] || sh[4].Load() != p.want[2] {
+			return fs, false
+		}
+		c.slab, c.ident = slab, ident
 	}
 	pos, ln := unpackHalves(w0)
 	size, _ := unpackHalves(w1)
@@ -390,16 +395,21 @@ func (p *Pool) fastLocate(off mem.Off) (fs fastSlot, ok bool) {
 	return fastSlot{word: &p.words[slab/8+bitmapWord+bit/64], mask: maskOf(b, uint64(ln)), slab: slab, size: uint64(size)}, true
 }
 
+// slabSeen is a slab whose header fastLocate checked, by its offset and
+// its identity word (a slab returned and made again has another).
+type slabSeen struct{ slab, ident uint64 }
+
 // slabRecord reads the header of the slab record whose data starts at
 // off and checks it against the slab it names: page aligned in the heap,
 // existing, and of the generation that wrote the header. ok false: not
 // such a record (a large one, or not a record at all). Plain loads: a
 // header with Pos != 0 is immutable once handed out; only large records'
 // headers (Pos 0) change, and those are refused here. It returns the
-// header's two words (Pos|Len, Size|Check) and the slab's offset.
-func (p *Pool) slabRecord(off mem.Off) (w0, w1 uint64, slab uint64, ok bool) {
+// header's two words (Pos|Len, Size|Check), the slab's offset and its
+// identity word.
+func (p *Pool) slabRecord(off mem.Off) (w0, w1, slab, ident uint64, ok bool) {
 	if off&(granule-1) != 0 || off < p.lo+HeaderSize || off >= p.hi {
-		return 0, 0, 0, false
+		return 0, 0, 0, 0, false
 	}
 	// The header as the two words Alloc stored (so that the loads are
 	// forwarded from its stores when they are still in flight): Pos|Len
@@ -408,27 +418,27 @@ func (p *Pool) slabRecord(off mem.Off) (w0, w1 uint64, slab uint64, ok bool) {
 	w0 = p.plain[2*g]
 	pos, _ := unpackHalves(w0)
 	if pos == 0 || uint64(pos) > g {
-		return 0, 0, 0, false
+		return 0, 0, 0, 0, false
 	}
 	w1 = p.plain[2*g+1]
 	slab = (g - uint64(pos)) * granule
 	if slab < uint64(p.lo) || (slab-uint64(p.lo))&(p.ps-1) != 0 {
-		return 0, 0, 0, false
+		return 0, 0, 0, 0, false
 	}
-	ident := p.words[slab/8].Load()
+	ident = p.words[slab/8].Load()
 	_, ln := unpackHalves(w0)
 	size, check := unpackHalves(w1)
 	if uint32(ident) != slabMagic || recCheck(pos, ln, size, p.salt^uint32(ident>>32)) != check {
-		return 0, 0, 0, false
+		return 0, 0, 0, 0, false
 	}
-	return w0, w1, slab, true
+	return w0, w1, slab, ident, true
 }
 
 // freeFast frees, in the common case, a record that fastLocate finds.
 // ok false means "take the general path" (which also reports every
 // error); err is from returning the slab to the heap.
 func (p *Pool) freeFast(off mem.Off) (ok bool, err error) {
-	fs, ok := p.fastLocate(off)
+	fs, ok := p.fastLocate(off, &slabSeen{})
 	if !ok {
 		return false, nil
 	}
@@ -611,49 +621,55 @@ func (p *Pool) freeLarge(off mem.Off, loc located, owner sys.Identity) error {
 // the records that were not freed (each names the record's index).
 func (p *Pool) FreeBatch(offs []mem.Off) error {
 	var all []error
-	fail := func(i int, err error) {
-		if err != nil {
-			all = append(all, fmt.Errorf("record %d: %w", i, err))
-		}
-	}
+	var seen slabSeen
 	var run fastSlot // the pending run: its word, the union of its slots' bits
 	start := 0       // index of the run's first record
-	flush := func(end int) {
-		if run.word == nil {
-			return
-		}
-		for {
-			old := run.word.Load()
-			if old&run.mask != 0 {
-				// A slot of the run is free already: one by one,
-				// so that the right record is reported.
-				for j := start; j < end; j++ {
-					fail(j, p.Free(offs[j]))
-				}
-				break
-			}
-			if run.word.CompareAndSwap(old, old|run.mask) {
-				if old|run.mask == ^uint64(0) {
-					fail(end-1, p.wordDone(mem.Off(run.slab), 1))
-				}
-				break
-			}
-		}
-		run.word = nil
-	}
 	for i, off := range offs {
-		fs, ok := p.fastLocate(off)
+		fs, ok := p.fastLocate(off, &seen)
 		if ok && fs.word == run.word && fs.mask&run.mask == 0 {
 			run.mask |= fs.mask
 			continue
 		}
-		flush(i)
+		all = p.freeRun(run, offs[start:i], start, all)
+		run.word = nil
 		if !ok {
-			fail(i, p.free(off))
+			if err := p.free(off); err != nil {
+				all = append(all, fmt.Errorf("record %d: %w", i, err))
+			}
 			continue
 		}
 		run, start = fs, i
 	}
-	flush(len(offs))
+	all = p.freeRun(run, offs[start:], start, all)
 	return errors.Join(all...)
+}
+
+// freeRun sets the bits of a run of FreeBatch (the records offs, the
+// first of which is record number first of the batch) with one CAS; if a
+// slot of the run is free already, the run's records are freed one by one
+// so that the right one is reported. It returns all with the run's errors
+// added.
+func (p *Pool) freeRun(run fastSlot, offs []mem.Off, first int, all []error) []error {
+	if run.word == nil {
+		return all
+	}
+	for {
+		old := run.word.Load()
+		if old&run.mask != 0 {
+			for j, off := range offs {
+				if err := p.Free(off); err != nil {
+					all = append(all, fmt.Errorf("record %d: %w", first+j, err))
+				}
+			}
+			return all
+		}
+		if run.word.CompareAndSwap(old, old|run.mask) {
+			if old|run.mask == ^uint64(0) {
+				if err := p.wordDone(mem.Off(run.slab), 1); err != nil {
+					all = append(all, fmt.Errorf("record %d: %w", first+len(offs)-1, err))
+				}
+			}
+			return all
+		}
+	}
 }

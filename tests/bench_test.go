@@ -6,7 +6,9 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"strconv"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -425,4 +427,65 @@ func must2(b *testing.B) (*os.File, *os.File) {
 		b.Fatal(err)
 	}
 	return r, w
+}
+
+// BenchmarkFloorInProcess is the yardstick for the in-process figures:
+// the cheapest transfer of 64-byte payloads between two goroutines that
+// any shared-memory channel can do. A ring of 96-byte slots (a heapipc
+// record's stride) is written and read in place, with no allocation and
+// no check, publishing after every record (single) or every 64 (batch),
+// beside the same Go channel as BenchmarkRecordInProcess. What it costs
+// is the payload's cache lines crossing between the two cores; its x-gochan
+// bounds what any record channel can reach on the machine.
+func BenchmarkFloorInProcess(b *testing.B) {
+	for _, c := range []struct {
+		name  string
+		batch int
+	}{{"single", 1}, {"batch", 64}} {
+		b.Run(c.name, func(b *testing.B) {
+			n := b.N
+			b.ResetTimer()
+			ours := floorInProc(n, c.batch)
+			b.StopTimer()
+			report(b, ours, n, map[string]time.Duration{"gochan": goChanInProc(n)})
+		})
+	}
+}
+
+func floorInProc(n, batch int) time.Duration {
+	const slots, stride = 1024, 96
+	ring := make([]byte, slots*stride)
+	var head, tail atomic.Uint64
+	done := make(chan byte)
+	start := time.Now()
+	go func() {
+		var s byte
+		for h := uint64(0); h < uint64(n); {
+			t := tail.Load()
+			if t == h {
+				runtime.Gosched()
+				continue
+			}
+			for ; h < t; h++ {
+				i := int(h%slots) * stride
+				s += sum(ring[i : i+payload])
+			}
+			head.Store(h)
+		}
+		done <- s
+	}()
+	for t := uint64(0); t < uint64(n); {
+		k := min(uint64(batch), uint64(n)-t)
+		for t+k-head.Load() > slots {
+			runtime.Gosched()
+		}
+		for j := t; j < t+k; j++ {
+			i := int(j%slots) * stride
+			fill(ring[i:i+payload], byte(j))
+		}
+		t += k
+		tail.Store(t)
+	}
+	<-done
+	return time.Since(start)
 }
