@@ -215,6 +215,7 @@ type RecordProducer struct {
 	self      sys.Identity
 	tail      uint64 // local copy of Tail
 	headCache uint64
+	consumer  sys.Identity // cb.Consumer when headCache was read
 	closed    bool
 }
 
@@ -232,7 +233,7 @@ func (r *Ring) AttachProducer() (*RecordProducer, error) {
 		r.cb.Producer.Store(0)
 		return nil, errs.Corrupt("record channel head/tail", uint64(r.cbOff)+128, "tail %d head %d capacity %d", t, h, len(r.ring))
 	}
-	return &RecordProducer{Ring: r, self: self, tail: t, headCache: h}, nil
+	return &RecordProducer{Ring: r, self: self, tail: t, headCache: h, consumer: sys.Identity(r.cb.Consumer.Load())}, nil
 }
 
 var errClosedEnd = fmt.Errorf("channel end: %w", errs.ErrClosed)
@@ -244,7 +245,7 @@ func (p *RecordProducer) TrySend(slot uint64) error {
 		return errClosedEnd
 	}
 	if p.tail-p.headCache >= uint64(len(p.ring)) {
-		p.headCache = p.cb.Head.Load()
+		p.loadHead()
 		if p.tail-p.headCache >= uint64(len(p.ring)) {
 			return errs.ErrWouldBlock
 		}
@@ -262,15 +263,27 @@ func (p *RecordProducer) TrySend(slot uint64) error {
 func (p *RecordProducer) Room(want int) int {
 	room := uint64(len(p.ring)) - (p.tail - p.headCache)
 	if room < uint64(want) {
-		p.headCache = p.cb.Head.Load()
+		p.loadHead()
 		room = uint64(len(p.ring)) - (p.tail - p.headCache)
 	}
 	return int(room)
 }
 
 // Consumer is the identity of the process holding the consumer end (0:
-// none).
-func (p *RecordProducer) Consumer() sys.Identity { return sys.Identity(p.cb.Consumer.Load()) }
+// none), as of the last time the producer read the consumer's index: the
+// word shares the index's line, which the consumer writes at every
+// receive, so reading it at every send would cost a cache miss each. A
+// stale value is harmless to the hand-over of package ipc: a record
+// handed to a consumer that died since is queued, and the consumer that
+// takes it over becomes its holder when it takes it.
+func (p *RecordProducer) Consumer() sys.Identity { return p.consumer }
+
+// loadHead re-reads the consumer's index, and the consumer's identity
+// beside it.
+func (p *RecordProducer) loadHead() {
+	p.headCache = p.cb.Head.Load()
+	p.consumer = sys.Identity(p.cb.Consumer.Load())
+}
 
 func (p *RecordProducer) wakeConsumer() {
 	notify(p.buf, &p.cb.ConsWaiting, &p.cb.Doorbell)
@@ -284,7 +297,7 @@ func (p *RecordProducer) TrySendBatch(slots []uint64) (int, error) {
 	}
 	room := uint64(len(p.ring)) - (p.tail - p.headCache)
 	if room < uint64(len(slots)) {
-		p.headCache = p.cb.Head.Load()
+		p.loadHead()
 		room = uint64(len(p.ring)) - (p.tail - p.headCache)
 	}
 	n := min(uint64(len(slots)), room)
@@ -309,7 +322,7 @@ func (p *RecordProducer) WaitRoom(ctx context.Context) error {
 		return errClosedEnd
 	}
 	hasRoom := func() bool {
-		p.headCache = p.cb.Head.Load()
+		p.loadHead()
 		return p.tail-p.headCache < uint64(len(p.ring))
 	}
 	if spin(p.opts.Spin, hasRoom) {
