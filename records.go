@@ -16,7 +16,7 @@ import (
 )
 
 // Records are slab records (package slab) with a 16-byte trailer after the
-// payload (rounded up to 8 bytes) that names the record's holder: the
+// payload (rounded up to 16 bytes) that names the record's holder: the
 // process responsible for it now. The allocator holds a record until it is
 // sent; a consumer takes it over before the channel publishes that it was
 // received. So whoever dies, Recover knows which records died with it: a
@@ -40,14 +40,19 @@ const (
 	trailerMagic = 0x48524543 // "HREC"
 )
 
-func allocSize(n int) int { return (n+7)&^7 + trailerSize }
+// allocSize is the slab allocation of a record of n payload bytes: the
+// payload rounded up to 16 bytes, so that the trailer is 16-byte aligned
+// (records are, and their slots are whole 16-byte granules anyway), and
+// the trailer.
+func allocSize(n int) int { return (n+15)&^15 + trailerSize }
 
 // RecordStats describes the record allocator (see slab.Stats).
 type RecordStats = slab.Stats
 
 type records struct {
-	pool   *slab.Pool
-	b      []byte
+	pool     *slab.Pool
+	b        []byte
+	trailers []trailer // the region in 16-byte blocks: trailer i is at 16*i
 	lo, hi mem.Off // the heap's range: where records are
 	self   sys.Identity
 }
@@ -58,7 +63,12 @@ func newRecords(r *backend.Region, h *alloc.Heap, cfg config) (*records, error) 
 		return nil, err
 	}
 	lo, hi := h.Range()
-	return &records{pool: p, b: r.Bytes(), lo: lo, hi: hi, self: sys.Self()}, nil
+	b := r.Bytes()
+	ts, err := mem.Slice[trailer](b, 0, len(b)/trailerSize)
+	if err != nil {
+		return nil, err
+	}
+	return &records{pool: p, b: b, trailers: ts, lo: lo, hi: hi, self: sys.Self()}, nil
 }
 
 func initRecords(r *backend.Region, h *alloc.Heap, cfg config) (*records, error) {
@@ -87,7 +97,7 @@ func (sh *slabHandle) alloc(n int) (mem.Off, []byte, error) {
 		return 0, nil, err
 	}
 	// The record is not handed out yet: plain stores (no fence) will do.
-	*mem.MustAt[trailer](r.Data, mem.Off(size-trailerSize)) = trailer{Holder: uint64(sh.rs.self), Len: uint32(n), Magic: trailerMagic}
+	sh.rs.trailers[(int(r.Off)+size)/trailerSize-1] = trailer{Holder: uint64(sh.rs.self), Len: uint32(n), Magic: trailerMagic}
 	return r.Off, r.Data[:n:n], nil
 }
 
@@ -101,11 +111,11 @@ func (sh *slabHandle) allocBatch(n int, rs []Record) error {
 		clear(rs)
 		return errors.Join(err, sh.rs.pool.FreeBatch(offs[:got]))
 	}
-	b := sh.rs.b
+	b, ts := sh.rs.b, sh.rs.trailers
 	tr := trailer{Holder: uint64(sh.rs.self), Len: uint32(n), Magic: trailerMagic}
 	for i, off := range offs {
 		// Not handed out yet: plain stores.
-		*mem.MustAt[trailer](b, off+mem.Off(size-trailerSize)) = tr
+		ts[(int(off)+size)/trailerSize-1] = tr
 		rs[i] = Record{off: off, b: b[off : off+mem.Off(n) : off+mem.Off(n)]}
 	}
 	return nil
@@ -165,7 +175,7 @@ func (rs *records) trailerOf(off mem.Off) (*trailer, []byte, error) {
 // trailerIn validates the trailer at the end of data, the whole
 // allocation of the record at off.
 func (rs *records) trailerIn(off mem.Off, data []byte) (*trailer, []byte, error) {
-	if len(data) < trailerSize || len(data)%8 != 0 {
+	if len(data) < trailerSize || len(data)%trailerSize != 0 {
 		return nil, nil, errs.Corrupt("record trailer", uint64(off), "record of %d bytes has no room for a trailer", len(data))
 	}
 	t, err := mem.At[trailer](data, mem.Off(len(data)-trailerSize))
@@ -232,11 +242,11 @@ func (rs *records) takeOff(off mem.Off) ([]byte, error) {
 // if it is in the heap and says so (magic and length), else nil.
 func (rs *records) trailerAt(off mem.Off, n int) *trailer {
 	end := uint64(off) + uint64(allocSize(n))
-	if off < rs.lo || end > uint64(rs.hi) || off&7 != 0 || n < 0 {
+	if off < rs.lo || end > uint64(rs.hi) || off%trailerSize != 0 || n < 0 {
 		return nil
 	}
-	t, err := mem.At[trailer](rs.b, mem.Off(end-trailerSize))
-	if err != nil || t.Magic != trailerMagic || t.Len != uint32(n) {
+	t := &rs.trailers[end/trailerSize-1]
+	if t.Magic != trailerMagic || t.Len != uint32(n) {
 		return nil
 	}
 	return t
