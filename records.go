@@ -53,8 +53,8 @@ type records struct {
 	pool     *slab.Pool
 	b        []byte
 	trailers []trailer // the region in 16-byte blocks: trailer i is at 16*i
-	lo, hi mem.Off // the heap's range: where records are
-	self   sys.Identity
+	lo, hi   mem.Off   // the heap's range: where records are
+	self     sys.Identity
 }
 
 func newRecords(r *backend.Region, h *alloc.Heap, cfg config) (*records, error) {
