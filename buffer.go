@@ -345,14 +345,14 @@ func init() {
 			if err := r.Check(); err != nil {
 				return err
 			}
-			pending, err := r.Pending()
+			pending, err := r.PendingSlots()
 			if err != nil {
 				return err
 			}
 			var all []error
-			for _, off := range pending {
-				if err := b.recs.validateQueued(off); err != nil {
-					all = append(all, fmt.Errorf("queued record at %#x: %w", uint64(off), err))
+			for _, s := range pending {
+				if err := b.recs.validateQueued(s); err != nil {
+					all = append(all, fmt.Errorf("queued record at %#x: %w", uint64(channel.SlotOff(s)), err))
 				}
 			}
 			return errors.Join(all...)

@@ -129,7 +129,7 @@ func (h *Handle) MPSCConsumer(id ChannelID, opts ...ChannelOption) (*MPSCConsume
 		return nil, fmt.Errorf("ipc: mpsc consumer %d: %w", id, err)
 	}
 	co := &MPSCConsumer{recvEnd: recvEnd{id: id, kind: "mpsc channel"}, h: h, en: en, c: c}
-	c.Take = func(off mem.Off) { co.taken.view, co.taken.err = h.buf.recs.takeOff(off); co.taken.ok = true }
+	c.Take = func(off mem.Off) { co.taken.view, co.taken.err = h.buf.recs.takeOff(off, 0, false); co.taken.ok = true }
 	if err := h.addEnd(co); err != nil {
 		c.Close()
 		return nil, err

@@ -12,13 +12,12 @@ import (
 // Producer is the sending end of a record channel. It belongs to the
 // Handle that opened it and, like it, to one goroutine at a time.
 type Producer struct {
-	h        *Handle
-	en       *channel.Entry
-	p        *channel.RecordProducer
-	id       ChannelID
-	batch    []uint64   // SendBatch's slots
-	trailers []*trailer // and the records' trailers
-	closed   bool
+	h      *Handle
+	en     *channel.Entry
+	p      *channel.RecordProducer
+	id     ChannelID
+	batch  []uint64 // SendBatch's slots
+	closed bool
 }
 
 // ID is the channel's id.
@@ -32,10 +31,10 @@ func (p *Producer) wrap(op string, err error) error {
 }
 
 // slot validates r (this process must hold it: allocated, or received and
-// not sent on) and returns its trailer and its ring slot.
-func (p *Producer) slot(r Record) (*trailer, uint64, error) {
+// not sent on) and returns its ring slot.
+func (p *Producer) slot(r Record) (uint64, error) {
 	if r.b == nil {
-		return nil, 0, fmt.Errorf("zero record: %w", ErrNotAllocated)
+		return 0, fmt.Errorf("zero record: %w", ErrNotAllocated)
 	}
 	return p.h.buf.recs.slot(r.off, r.b)
 }
@@ -53,14 +52,10 @@ func (p *Producer) send1(r Record) error {
 	if p.closed {
 		return ErrClosed
 	}
-	t, s, err := p.slot(r)
+	s, err := p.slot(r)
 	if err != nil {
 		return err
 	}
-	if p.p.Room(1) == 0 {
-		return ErrWouldBlock
-	}
-	p.h.buf.recs.handOver(t, p.p.Consumer())
 	return p.p.TrySend(s)
 }
 
@@ -68,15 +63,14 @@ func (p *Producer) send1(r Record) error {
 // parked on a futex. It returns ErrPeerDead if the consumer dies,
 // ErrDestroyed if the buffer is destroyed, or ctx's error.
 func (p *Producer) Send(ctx context.Context, r Record) error {
-	for {
-		err := p.send1(r)
-		if err != ErrWouldBlock {
-			return p.wrap("send", err)
-		}
-		if err := p.p.WaitRoom(ctx); err != nil {
-			return p.wrap("send", err)
-		}
+	if p.closed {
+		return p.wrap("send", ErrClosed)
 	}
+	s, err := p.slot(r)
+	if err != nil {
+		return p.wrap("send", err)
+	}
+	return p.wrap("send", p.p.Send(ctx, s))
 }
 
 // SendBatch queues all of rs in order, publishing as many as fit at a time
@@ -90,35 +84,26 @@ func (p *Producer) SendBatch(ctx context.Context, rs []Record) (int, error) {
 	}
 	if cap(p.batch) < len(rs) {
 		p.batch = make([]uint64, len(rs))
-		p.trailers = make([]*trailer, len(rs))
 	}
-	slots, ts := p.batch[:len(rs)], p.trailers[:len(rs)]
+	slots := p.batch[:len(rs)]
 	for i, r := range rs {
-		t, s, err := p.slot(r)
+		s, err := p.slot(r)
 		if err != nil {
 			return 0, p.wrap("send batch", fmt.Errorf("record %d: %w", i, err))
 		}
-		slots[i], ts[i] = s, t
+		slots[i] = s
 	}
-	recs := p.h.buf.recs
 	sent := 0
 	for sent < len(slots) {
-		k := min(p.p.Room(len(slots)-sent), len(slots)-sent)
-		if k == 0 {
-			if err := p.p.WaitRoom(ctx); err != nil {
-				return sent, p.wrap("send batch", err)
-			}
-			continue
-		}
-		if to := p.p.Consumer(); to != 0 && to != recs.self {
-			for _, t := range ts[sent : sent+k] {
-				recs.handOver(t, to)
-			}
-		}
-		n, err := p.p.TrySendBatch(slots[sent : sent+k])
+		n, err := p.p.TrySendBatch(slots[sent:])
 		sent += n
 		if err != nil {
 			return sent, p.wrap("send batch", err)
+		}
+		if sent < len(slots) && n == 0 {
+			if err := p.p.WaitRoom(ctx); err != nil {
+				return sent, p.wrap("send batch", err)
+			}
 		}
 	}
 	return sent, nil

@@ -193,44 +193,48 @@ func (rs *records) trailerIn(off mem.Off, data []byte) (*trailer, []byte, error)
 // the record.
 //
 // A record that a producer sent was checked at Send (it held it), and the
-// slot carries its length: the taker checks only the trailer that the
-// length leads to (Free checks the rest). A slot without the length
-// (large records) or whose trailer does not match is located in full,
-// which reports what is wrong.
+// slot carries its length, which leads to its trailer: the taker checks
+// the record's slab header (of the slab's current generation, the size
+// the length makes) and the trailer, and before it writes itself in as
+// the holder (a consumer in another process than the producer's) that
+// the record is live, so that a damaged slot never leads to a write into
+// memory that is not that record. Free checks the rest. A slot without the
+// length (payloads of SlotLenNone bytes or more), or whose record fails
+// the cheap checks, is located in full, which reports what is wrong. A
+// record that fails its check is not returned, and keeps its holder.
 func (rs *records) take(slot uint64) (Record, error) {
 	off := channel.SlotOff(slot)
-	if n, ok := channel.SlotLen(slot); ok {
+	n, known := channel.SlotLen(slot)
+	if known {
 		if t := rs.trailerAt(off, n); t != nil {
-			if t.holder().Load() != uint64(rs.self) {
-				t.holder().Store(uint64(rs.self))
+			if data, ok := rs.pool.Peek(off); ok && len(data) == allocSize(n) {
+				if t.holder().Load() == uint64(rs.self) {
+					return Record{off: off, b: data[:n:n]}, nil
+				}
+				if _, err := rs.pool.Bytes(off); err == nil {
+					t.holder().Store(uint64(rs.self))
+					return Record{off: off, b: data[:n:n]}, nil
+				}
 			}
-			return Record{off: off, b: rs.b[off : off+mem.Off(n) : off+mem.Off(n)]}, nil
 		}
 	}
-	b, err := rs.takeOff(off)
+	b, err := rs.takeOff(off, n, known)
 	if err != nil {
 		return Record{}, fmt.Errorf("queued record at %#x: %w", uint64(off), err)
-	}
-	if n, ok := channel.SlotLen(slot); ok && n != len(b) {
-		return Record{}, fmt.Errorf("queued record at %#x: %w", uint64(off), errs.Corrupt("record channel slot", uint64(off), "length %d, the record has %d", n, len(b)))
 	}
 	return Record{off: off, b: b}, nil
 }
 
-// takeOff is take for a record known by its offset only: it is located
-// in its slab (its header checked against the slab's generation), then
-// its trailer is checked.
-func (rs *records) takeOff(off mem.Off) ([]byte, error) {
-	var t *trailer
-	var err error
-	data, ok := rs.pool.Peek(off)
-	if ok {
-		t, data, err = rs.trailerIn(off, data)
-	} else {
-		t, data, err = rs.trailerOf(off)
-	}
+// takeOff is take for a record located in full (the fallback of take,
+// and MPSC channels, whose slots are offsets): its header, its slab and
+// its trailer are checked, and its length against n if known.
+func (rs *records) takeOff(off mem.Off, n int, known bool) ([]byte, error) {
+	t, data, err := rs.trailerOf(off)
 	if err != nil {
 		return nil, err
+	}
+	if known && uint32(n) != t.Len {
+		return nil, errs.Corrupt("record channel slot", uint64(off), "length %d, the record has %d", n, t.Len)
 	}
 	if t.holder().Load() != uint64(rs.self) {
 		t.holder().Store(uint64(rs.self))
@@ -274,32 +278,16 @@ func (rs *records) held(off mem.Off, b []byte) (*trailer, error) {
 	return t, nil
 }
 
-// slot validates the record as held does and returns its trailer and its
-// ring slot.
-func (rs *records) slot(off mem.Off, b []byte) (*trailer, uint64, error) {
-	t, err := rs.held(off, b)
-	if err != nil {
-		return nil, 0, err
+// slot validates the record as held does and returns its ring slot.
+func (rs *records) slot(off mem.Off, b []byte) (uint64, error) {
+	if _, err := rs.held(off, b); err != nil {
+		return 0, err
 	}
 	s, ok := channel.PackSlot(off, len(b))
 	if !ok {
-		return nil, 0, fmt.Errorf("record %#x: offset beyond any segment: %w", uint64(off), ErrNotAllocated)
+		return 0, fmt.Errorf("record %#x: offset beyond any segment: %w", uint64(off), ErrNotAllocated)
 	}
-	return t, s, nil
-}
-
-// handOver makes the consumer process to, if it is another process, the
-// holder of a record that is about to be queued (the slot is written
-// next, and nothing can fail in between). The consumer then finds itself
-// the holder when it takes the record and writes nothing to it (a write
-// would pull the record's line back from this process's cache). Until it
-// is taken the record is queued, which keeps recovery off it whoever
-// dies; if this process dies before queuing it, the record is the
-// consumer's to lose (it is freed when the consumer dies).
-func (rs *records) handOver(t *trailer, to sys.Identity) {
-	if to != 0 && to != rs.self {
-		t.holder().Store(uint64(to))
-	}
+	return s, nil
 }
 
 // validate checks that b is the payload view of a live record at off that
@@ -309,10 +297,17 @@ func (rs *records) validate(off mem.Off, b []byte) error {
 	return err
 }
 
-// validateQueued checks a record offset found in a channel.
-func (rs *records) validateQueued(off mem.Off) error {
-	_, _, err := rs.trailerOf(off)
-	return err
+// validateQueued checks a record channel's slot: a live record whose
+// length is the slot's, if the slot records it.
+func (rs *records) validateQueued(slot uint64) error {
+	t, _, err := rs.trailerOf(channel.SlotOff(slot))
+	if err != nil {
+		return err
+	}
+	if n, ok := channel.SlotLen(slot); ok && uint32(n) != t.Len {
+		return errs.Corrupt("record channel slot", uint64(channel.SlotOff(slot)), "length %d, the record has %d", n, t.Len)
+	}
+	return nil
 }
 
 func (rs *records) free(off mem.Off, b []byte) error {

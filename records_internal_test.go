@@ -5,6 +5,7 @@ import (
 	"os"
 	"testing"
 
+	"github.com/heapipc/ipc/channel"
 	"github.com/heapipc/ipc/internal/mem"
 	"github.com/heapipc/ipc/internal/sys"
 	"github.com/stretchr/testify/require"
@@ -64,12 +65,11 @@ func TestDamagedQueuedRecord(t *testing.T) {
 	}
 }
 
-// TestSendHandsOver: a record sent to a consumer in another process is
-// handed over to that process before it is queued (the consumer then
-// writes nothing to it when it takes it); a send that finds the ring full
-// hands nothing over, so the sender still holds the record and can send
-// it later.
-func TestSendHandsOver(t *testing.T) {
+// TestTakeMakesHolder: a record stays its sender's until a consumer in
+// another process takes it, and the taker becomes its holder before the
+// channel publishes the receipt; a record queued before the consumer
+// attached is taken the same way.
+func TestTakeMakesHolder(t *testing.T) {
 	b := heapBuf(t)
 	// A second attachment stands for the producer's process: its records
 	// carry another identity (this test's parent process, alive).
@@ -83,42 +83,73 @@ func TestSendHandsOver(t *testing.T) {
 	ph, err := pb.NewHandle()
 	require.NoError(t, err)
 	defer ph.Close()
-	ch, err := b.NewHandle()
-	require.NoError(t, err)
-	defer ch.Close()
-	co, err := ch.Consumer(1, WithCapacity(2))
-	require.NoError(t, err)
-	defer co.Close()
-	p, err := ph.Producer(1)
+	p, err := ph.Producer(1, WithCapacity(2))
 	require.NoError(t, err)
 	defer p.Close()
-
 	holder := func(r Record) sys.Identity {
-		return sys.Identity(mem.MustAt[trailer](b.recs.b, r.off+mem.Off(allocSize(len(r.b))-trailerSize)).holder().Load())
+		return sys.Identity(b.recs.trailers[(int(r.off)+allocSize(len(r.b)))/trailerSize-1].holder().Load())
 	}
 	var rs [3]Record
 	for i := range rs {
-		rs[i], err = ph.Allocate(8)
+		rs[i], err = ph.Allocate(8 + i)
 		require.NoError(t, err)
+		rs[i].Bytes()[0] = byte(i)
 		require.Equal(t, other, holder(rs[i]))
 	}
 	n, err := p.SendBatch(context.Background(), rs[:2])
 	require.NoError(t, err)
 	require.Equal(t, 2, n)
-	require.Equal(t, sys.Self(), holder(rs[0]), "handed over before it was queued")
-	require.Equal(t, sys.Self(), holder(rs[1]))
 	require.ErrorIs(t, p.TrySend(rs[2]), ErrWouldBlock)
-	require.Equal(t, other, holder(rs[2]), "a full ring hands nothing over")
+	require.Equal(t, other, holder(rs[0]), "queued: still the sender's")
 
+	ch, err := b.NewHandle()
+	require.NoError(t, err)
+	defer ch.Close()
+	co, err := ch.Consumer(1)
+	require.NoError(t, err)
+	defer co.Close()
 	got, err := co.TryReceive()
 	require.NoError(t, err)
 	require.Equal(t, rs[0].off, got.off)
-	require.NoError(t, p.TrySend(rs[2]), "the sender still holds it")
-	require.Equal(t, sys.Self(), holder(rs[2]))
+	require.Equal(t, sys.Self(), holder(got), "taken")
+	require.NoError(t, p.TrySend(rs[2]), "room again")
 	require.NoError(t, ch.Free(got))
-	for i := 0; i < 2; i++ {
+	for i := 1; i < 3; i++ {
 		r, err := co.TryReceive()
 		require.NoError(t, err)
+		require.Equal(t, byte(i), r.Bytes()[0])
+		require.Len(t, r.Bytes(), 8+i)
+		require.Equal(t, sys.Self(), holder(r))
 		require.NoError(t, ch.Free(r))
 	}
+}
+
+// TestTakeWritesOnlyLiveRecords: a slot that names a freed record whose
+// trailer still looks valid (damage, or a stale slot) is refused, and
+// nothing is written to that memory.
+func TestTakeWritesOnlyLiveRecords(t *testing.T) {
+	b := heapBuf(t)
+	pb, err := Open(b.Name(), WithBackends("heap", "heap"), AttachOnly())
+	require.NoError(t, err)
+	defer pb.Close()
+	other, err := sys.IdentityOf(os.Getppid())
+	require.NoError(t, err)
+	pb.recs.self = other
+	ph, err := pb.NewHandle()
+	require.NoError(t, err)
+	defer ph.Close()
+	keep, err := ph.Allocate(32) // keeps the slab from going back to the heap
+	require.NoError(t, err)
+	r, err := ph.Allocate(32)
+	require.NoError(t, err)
+	require.NoError(t, pb.recs.freeOff(r.off)) // by offset: the trailer stays
+	tr := &b.recs.trailers[(int(r.off)+allocSize(32))/trailerSize-1]
+	require.Equal(t, uint32(trailerMagic), tr.Magic)
+
+	slot, ok := channel.PackSlot(r.off, 32)
+	require.True(t, ok)
+	_, err = b.recs.take(slot)
+	require.ErrorIs(t, err, ErrNotAllocated)
+	require.Equal(t, other, sys.Identity(tr.holder().Load()), "nothing written")
+	require.NoError(t, ph.Free(keep))
 }

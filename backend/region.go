@@ -17,9 +17,10 @@ import (
 
 // LayoutVersion is the version of every shared structure heapipc lays out.
 // A buffer of another version is refused with ErrVersion, never
-// reinterpreted. Bump it whenever any shared layout changes (2: record
-// channel slots carry the payload length).
-const LayoutVersion = 2
+// reinterpreted. Bump it whenever any shared layout changes (3: record
+// channel slots carry the payload length, and record trailers are 16-byte
+// aligned).
+const LayoutVersion = 3
 
 // Magic is "HEAPIPC\x01" read as a little-endian word.
 var Magic = binary.LittleEndian.Uint64([]byte("HEAPIPC\x01"))

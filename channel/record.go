@@ -18,7 +18,7 @@ import (
 )
 
 // recordCB is the control block of a record channel, followed by the ring
-// of Cap record offsets (8 bytes each). Producer-written and
+// of Cap slots (8 bytes each: a record's offset and length, see PackSlot). Producer-written and
 // consumer-written words sit on separate 128-byte lines.
 //
 //	0    immutable: magic, capacity            (creator, before publishing)
@@ -215,7 +215,6 @@ type RecordProducer struct {
 	self      sys.Identity
 	tail      uint64 // local copy of Tail
 	headCache uint64
-	consumer  sys.Identity // cb.Consumer when headCache was read
 	closed    bool
 }
 
@@ -233,7 +232,7 @@ func (r *Ring) AttachProducer() (*RecordProducer, error) {
 		r.cb.Producer.Store(0)
 		return nil, errs.Corrupt("record channel head/tail", uint64(r.cbOff)+128, "tail %d head %d capacity %d", t, h, len(r.ring))
 	}
-	return &RecordProducer{Ring: r, self: self, tail: t, headCache: h, consumer: sys.Identity(r.cb.Consumer.Load())}, nil
+	return &RecordProducer{Ring: r, self: self, tail: t, headCache: h}, nil
 }
 
 var errClosedEnd = fmt.Errorf("channel end: %w", errs.ErrClosed)
@@ -245,7 +244,7 @@ func (p *RecordProducer) TrySend(slot uint64) error {
 		return errClosedEnd
 	}
 	if p.tail-p.headCache >= uint64(len(p.ring)) {
-		p.loadHead()
+		p.headCache = p.cb.Head.Load()
 		if p.tail-p.headCache >= uint64(len(p.ring)) {
 			return errs.ErrWouldBlock
 		}
@@ -255,34 +254,6 @@ func (p *RecordProducer) TrySend(slot uint64) error {
 	p.cb.Tail.Store(p.tail)
 	p.wakeConsumer()
 	return nil
-}
-
-// Room is how many slots TrySendBatch would queue now, re-reading the
-// consumer's index if fewer than want are known to be free. It may only
-// grow until the next send: only the consumer changes it, making room.
-func (p *RecordProducer) Room(want int) int {
-	room := uint64(len(p.ring)) - (p.tail - p.headCache)
-	if room < uint64(want) {
-		p.loadHead()
-		room = uint64(len(p.ring)) - (p.tail - p.headCache)
-	}
-	return int(room)
-}
-
-// Consumer is the identity of the process holding the consumer end (0:
-// none), as of the last time the producer read the consumer's index: the
-// word shares the index's line, which the consumer writes at every
-// receive, so reading it at every send would cost a cache miss each. A
-// stale value is harmless to the hand-over of package ipc: a record
-// handed to a consumer that died since is queued, and the consumer that
-// takes it over becomes its holder when it takes it.
-func (p *RecordProducer) Consumer() sys.Identity { return p.consumer }
-
-// loadHead re-reads the consumer's index, and the consumer's identity
-// beside it.
-func (p *RecordProducer) loadHead() {
-	p.headCache = p.cb.Head.Load()
-	p.consumer = sys.Identity(p.cb.Consumer.Load())
 }
 
 func (p *RecordProducer) wakeConsumer() {
@@ -297,7 +268,7 @@ func (p *RecordProducer) TrySendBatch(slots []uint64) (int, error) {
 	}
 	room := uint64(len(p.ring)) - (p.tail - p.headCache)
 	if room < uint64(len(slots)) {
-		p.loadHead()
+		p.headCache = p.cb.Head.Load()
 		room = uint64(len(p.ring)) - (p.tail - p.headCache)
 	}
 	n := min(uint64(len(slots)), room)
@@ -322,7 +293,7 @@ func (p *RecordProducer) WaitRoom(ctx context.Context) error {
 		return errClosedEnd
 	}
 	hasRoom := func() bool {
-		p.loadHead()
+		p.headCache = p.cb.Head.Load()
 		return p.tail-p.headCache < uint64(len(p.ring))
 	}
 	if spin(p.opts.Spin, hasRoom) {
@@ -624,13 +595,23 @@ func (r *Ring) Abandoned() bool {
 // Pending returns the offsets of the records still queued (for freeing
 // them when the channel is removed). Call only when no end is active.
 func (r *Ring) Pending() ([]mem.Off, error) {
+	slots, err := r.PendingSlots()
+	out := make([]mem.Off, len(slots))
+	for i, s := range slots {
+		out[i] = SlotOff(s)
+	}
+	return out, err
+}
+
+// PendingSlots returns the slots still queued, in order.
+func (r *Ring) PendingSlots() ([]uint64, error) {
 	h, t := r.cb.Head.Load(), r.cb.Tail.Load()
 	if t-h > uint64(len(r.ring)) {
 		return nil, errs.Corrupt("record channel head/tail", uint64(r.cbOff)+128, "tail %d head %d", t, h)
 	}
-	out := make([]mem.Off, 0, t-h)
+	out := make([]uint64, 0, t-h)
 	for s := h; s != t; s++ {
-		out = append(out, SlotOff(r.ring[s&r.mask]))
+		out = append(out, r.ring[s&r.mask])
 	}
 	return out, nil
 }

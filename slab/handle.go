@@ -71,11 +71,10 @@ func (h *Handle) Alloc(size int) (Record, error) {
 }
 
 // AllocBatch allocates len(offs) records of size bytes each, as Alloc
-// would one by one, and stores their offsets in offs (their bytes are
-// Pool.View's). It returns how many it allocated: all of them, or fewer
-// and Alloc's error (Pool.Bytes gives their bytes). Records of a slab
-// are carved in one pass: their
-// headers are written back to back, with nothing else in between.
+// would one by one, and stores their offsets in offs (Pool.Bytes gives
+// their bytes). It returns how many it allocated: all of them, or fewer
+// and Alloc's error. The records of a slab are carved in one pass that
+// writes their headers back to back.
 func (h *Handle) AllocBatch(size int, offs []mem.Off) (int, error) {
 	p := h.p
 	k := slotGranules(uint64(max(size, 0)), p.align)
