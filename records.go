@@ -207,14 +207,13 @@ func (rs *records) take(slot uint64) (Record, error) {
 	n, known := channel.SlotLen(slot)
 	if known {
 		if t := rs.trailerAt(off, n); t != nil {
-			if data, ok := rs.pool.Peek(off); ok && len(data) == allocSize(n) {
-				if t.holder().Load() == uint64(rs.self) {
+			if t.holder().Load() == uint64(rs.self) {
+				if data, ok := rs.pool.Peek(off); ok && len(data) == allocSize(n) {
 					return Record{off: off, b: data[:n:n]}, nil
 				}
-				if _, err := rs.pool.Bytes(off); err == nil {
-					t.holder().Store(uint64(rs.self))
-					return Record{off: off, b: data[:n:n]}, nil
-				}
+			} else if data, err := rs.pool.Bytes(off); err == nil && len(data) == allocSize(n) {
+				t.holder().Store(uint64(rs.self))
+				return Record{off: off, b: data[:n:n]}, nil
 			}
 		}
 	}
@@ -245,8 +244,11 @@ func (rs *records) takeOff(off mem.Off, n int, known bool) ([]byte, error) {
 // trailerAt returns the trailer of a record at off with an n-byte payload
 // if it is in the heap and says so (magic and length), else nil.
 func (rs *records) trailerAt(off mem.Off, n int) *trailer {
+	if n < 0 || off < rs.lo || off%trailerSize != 0 {
+		return nil
+	}
 	end := uint64(off) + uint64(allocSize(n))
-	if off < rs.lo || end > uint64(rs.hi) || off%trailerSize != 0 || n < 0 {
+	if end > uint64(rs.hi) {
 		return nil
 	}
 	t := &rs.trailers[end/trailerSize-1]

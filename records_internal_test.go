@@ -65,24 +65,32 @@ func TestDamagedQueuedRecord(t *testing.T) {
 	}
 }
 
+// otherProcess attaches b a second time as if from another process: the
+// records its handle allocates carry another identity (this test's parent
+// process, alive). The attachment is closed when the test ends.
+func otherProcess(t *testing.T, b *Buffer) (*Handle, sys.Identity) {
+	t.Helper()
+	pb, err := Open(b.Name(), WithBackends("heap", "heap"), AttachOnly())
+	require.NoError(t, err)
+	other, err := sys.IdentityOf(os.Getppid())
+	require.NoError(t, err)
+	pb.recs.self = other
+	ph, err := pb.NewHandle()
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		ph.Close()
+		pb.Close()
+	})
+	return ph, other
+}
+
 // TestTakeMakesHolder: a record stays its sender's until a consumer in
 // another process takes it, and the taker becomes its holder before the
 // channel publishes the receipt; a record queued before the consumer
 // attached is taken the same way.
 func TestTakeMakesHolder(t *testing.T) {
 	b := heapBuf(t)
-	// A second attachment stands for the producer's process: its records
-	// carry another identity (this test's parent process, alive).
-	pb, err := Open(b.Name(), WithBackends("heap", "heap"), AttachOnly())
-	require.NoError(t, err)
-	defer pb.Close()
-	other, err := sys.IdentityOf(os.Getppid())
-	require.NoError(t, err)
-	pb.recs.self = other
-
-	ph, err := pb.NewHandle()
-	require.NoError(t, err)
-	defer ph.Close()
+	ph, other := otherProcess(t, b)
 	p, err := ph.Producer(1, WithCapacity(2))
 	require.NoError(t, err)
 	defer p.Close()
@@ -129,20 +137,12 @@ func TestTakeMakesHolder(t *testing.T) {
 // nothing is written to that memory.
 func TestTakeWritesOnlyLiveRecords(t *testing.T) {
 	b := heapBuf(t)
-	pb, err := Open(b.Name(), WithBackends("heap", "heap"), AttachOnly())
-	require.NoError(t, err)
-	defer pb.Close()
-	other, err := sys.IdentityOf(os.Getppid())
-	require.NoError(t, err)
-	pb.recs.self = other
-	ph, err := pb.NewHandle()
-	require.NoError(t, err)
-	defer ph.Close()
+	ph, other := otherProcess(t, b)
 	keep, err := ph.Allocate(32) // keeps the slab from going back to the heap
 	require.NoError(t, err)
 	r, err := ph.Allocate(32)
 	require.NoError(t, err)
-	require.NoError(t, pb.recs.freeOff(r.off)) // by offset: the trailer stays
+	require.NoError(t, ph.buf.recs.freeOff(r.off)) // by offset: the trailer stays
 	tr := &b.recs.trailers[(int(r.off)+allocSize(32))/trailerSize-1]
 	require.Equal(t, uint32(trailerMagic), tr.Magic)
 
