@@ -8,12 +8,18 @@
 // takes a slab from the heap (alloc.Heap.AllocFor, kind KindSlab, owner
 // the process) and bumps a cursor through it. Allocation writes the
 // record's 16-byte header and hands out the bytes after it; that header
-// is the only shared write. When the slab is full the handle retires it
-// and takes another, unless every record it carved has been freed
-// already: then it starts the same slab over with a new generation (no
-// heap lock, memory still in the cache; headers of the earlier records no
-// longer validate). Records larger than an eighth of a slab get their own
-// heap extent (kind KindLarge) with the same header.
+// is the only shared write. When the slab is full the handle starts over
+// a slab of its own whose records have all been freed already — the full
+// one itself, or one of up to two earlier full slabs it keeps as spares —
+// with a new generation (no heap lock, memory still in the cache; headers
+// of the earlier records no longer validate). Only when none is free does
+// it take another slab from the heap; the full one becomes a spare, and
+// the oldest spare beyond two is retired. So a producer whose consumer
+// lags by up to two slabs (a record channel's ring of 1024 64-byte
+// records spans about a slab and a half) cycles through three slabs that
+// stay in the cache instead of walking the heap, and a handle pins at most
+// three slabs. Records larger than an eighth of a slab get their own heap
+// extent (kind KindLarge) with the same header.
 //
 // A slab of S bytes (DefaultSlabSize, 64 KiB; see there for why):
 //
@@ -46,7 +52,7 @@
 // Count; that is the only second atomic, once per KiB of records.
 //
 // Count starts at the number of bitmap words plus a large "active" value.
-// Retiring (the handle's slab is full, or Handle.Close) records where
+// Retiring (a spare the handle gives up, or Handle.Close) records where
 // allocation stopped, sets the bits of the never-allocated tail, and
 // subtracts the active value and the words it completed. Whoever brings
 // Count to zero (the last free, or the retirement) returns the slab to

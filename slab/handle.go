@@ -17,10 +17,10 @@ import (
 //
 // Allocation from the current slab takes no lock and does no atomic
 // read-modify-write: it bumps a local cursor and writes the record's
-// header, the only shared write. When the slab is full the handle retires
-// it (it goes back to the heap once all its records are freed) and takes
-// a new one under the heap lock. Records too large for a slab get an
-// extent of their own.
+// header, the only shared write. When the slab is full the handle starts
+// over one of its slabs whose records are all free (see the package
+// documentation), or takes a new one under the heap lock. Records too
+// large for a slab get an extent of their own.
 type Handle struct {
 	p      *Pool
 	slab   mem.Off // current slab, 0: none
@@ -28,7 +28,8 @@ type Handle struct {
 	base   uint64 // granule index of the slab in the region
 	cur    uint32 // next slot (granule from the slab start)
 	limit  uint32
-	key    uint32 // salt ^ the slab's generation
+	key    uint32  // salt ^ the slab's generation
+	spares []spare // full slabs kept to start over, oldest first
 	closed bool
 }
 
@@ -131,34 +132,68 @@ func (h *Handle) allocLarge(size uint64) (Record, error) {
 	return Record{Off: off, Data: p.view(off, size)}, nil
 }
 
-// refill takes a new slab, then retires the current one. If the heap is
-// full the current slab stays (smaller records may still fit).
+// refill gives the handle a slab with room: the current one or a spare
+// started over if all their records are free, else a new one from the
+// heap (the current slab becoming the newest spare, the oldest retired
+// beyond maxSpares). If the heap is full nothing changes (smaller records
+// may still fit the current slab).
 func (h *Handle) refill() error {
 	p := h.p
-	if h.slab != 0 && h.allFree() {
+	if h.slab != 0 && p.allFree(h.slab, h.sh, h.cur) {
 		// Every record of the full slab was freed already: start it
 		// over, with a new generation, instead of trading it for
 		// another (no heap lock; its memory is still in the cache).
 		h.start(h.slab, true)
 		return nil
 	}
+	for i, s := range h.spares {
+		if p.allFree(s.slab, s.sh, s.cur) {
+			// A spare's records are all free: it becomes the current
+			// slab again, and the full one the newest spare.
+			copy(h.spares[i:], h.spares[i+1:])
+			h.spares[len(h.spares)-1] = spare{h.slab, h.sh, h.cur}
+			h.start(s.slab, true)
+			return nil
+		}
+	}
 	off, err := p.heap.AllocFor(context.Background(), int(p.slabSize), alloc.KindSlab, p.self)
 	if err != nil {
 		return fmt.Errorf("slab: new slab: %w", err)
 	}
-	h.retire()
+	if h.slab != 0 {
+		if len(h.spares) == maxSpares {
+			s := h.spares[0]
+			p.retire(s.slab, s.sh, s.cur)
+			copy(h.spares, h.spares[1:])
+			h.spares = h.spares[:len(h.spares)-1]
+		}
+		h.spares = append(h.spares, spare{h.slab, h.sh, h.cur})
+	}
 	h.start(off, false)
 	return nil
 }
 
-// allFree reports whether every record carved from the current slab has
+// maxSpares is how many full slabs a handle keeps besides its current
+// one, to start over once their records are all free: enough to cover a
+// channel's lag (a ring of 1024 records of 64 bytes spans about a slab and
+// a half), so that a producer cycles through a few slabs that stay in the
+// cache instead of walking the heap.
+const maxSpares = 2
+
+// spare is a full slab a handle keeps (still active: not retired).
+type spare struct {
+	slab mem.Off
+	sh   *slabHeader
+	cur  uint32 // where allocation stopped
+}
+
+// allFree reports whether every record carved from a slab below cur has
 // been freed. Once true it stays true: no live record is left to free (a
 // late double free finds its bits set, or, after the restart, a header of
 // another generation).
-func (h *Handle) allFree() bool {
-	p := h.p
+func (p *Pool) allFree(slab mem.Off, sh *slabHeader, cur uint32) bool {
 	g := p.geo
-	e := uint64(h.cur - g.recBase)
+	e := uint64(cur - g.recBase)
 	wp, r := e/64, e%64
 	// All free means: every word below the allocation point complete,
 	// the allocated bits of the word it falls in set, and the count
@@ -168,7 +203,7 @@ func (h *Handle) allFree() bool {
 	// and allocation reached its preset tail.
 	complete := wp
 	if r != 0 {
-		w := p.words[uint64(h.slab)/8+bitmapWord+wp].Load()
+		w := p.words[uint64(slab)/8+bitmapWord+wp].Load()
 		if low := uint64(1)<<r - 1; w&low != low {
 			return false
 		}
@@ -176,7 +211,7 @@ func (h *Handle) allFree() bool {
 			complete++
 		}
 	}
-	return h.sh.Count.Load() == active+int64(uint64(g.words)-complete)
+	return sh.Count.Load() == active+int64(uint64(g.words)-complete)
 }
 
 // start initialises the slab at off for this handle, or restarts the
@@ -225,28 +260,30 @@ func (h *Handle) start(off mem.Off, restart bool) {
 	h.key = p.salt ^ gen
 }
 
-// retire gives up the current slab: it goes back to the heap once its
-// records are all free (at once if they already are).
-func (h *Handle) retire() {
-	if h.slab == 0 {
-		return
-	}
-	sh := h.sh
-	sh.Retired.Store(uint64(h.cur) + 1)
+// retire gives up a slab of the handle's: it goes back to the heap once
+// its records are all free (at once if they already are).
+func (p *Pool) retire(slab mem.Off, sh *slabHeader, cur uint32) {
+	sh.Retired.Store(uint64(cur) + 1)
 	// The handle's own geometry, not the header's: shared memory may have
 	// been damaged since the handle wrote it.
-	g := h.p.geo
-	h.p.retireSlab(h.slab, sh, g, h.cur-g.recBase, false)
-	h.slab, h.sh = 0, nil
-	h.cur, h.limit = 0, 0
+	g := p.geo
+	p.retireSlab(slab, sh, g, cur-g.recBase, false)
 }
 
-// Close retires the handle's slab. Its records stay valid until freed.
+// Close retires the handle's slabs. Their records stay valid until freed.
 func (h *Handle) Close() error {
 	if h.closed {
 		return nil
 	}
-	h.retire()
+	if h.slab != 0 {
+		h.p.retire(h.slab, h.sh, h.cur)
+		h.slab, h.sh = 0, nil
+		h.cur, h.limit = 0, 0
+	}
+	for _, s := range h.spares {
+		h.p.retire(s.slab, s.sh, s.cur)
+	}
+	h.spares = nil
 	h.closed = true
 	return nil
 }

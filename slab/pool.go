@@ -29,8 +29,9 @@ var (
 // DefaultSlabSize is the size of the slabs handles take from the heap:
 // 64 KiB. One heap allocation (about 0.1 µs under the lock) then serves
 // some 800 records of 64 bytes, so the lock costs nothing per record; the
-// free bitmap is 512 bytes (0.8%), one word per KiB of records; an idle
-// handle, or one long-lived record, pins at most 64 KiB; and records up to
+// free bitmap is 512 bytes (0.8%), one word per KiB of records; a handle
+// pins at most three slabs (its current one and two spares, 192 KiB), one
+// long-lived record one slab; and records up to
 // an eighth of a slab (about 8 KiB) stay in slabs, where the page
 // rounding of a heap extent would waste up to half of them.
 const DefaultSlabSize = 64 << 10

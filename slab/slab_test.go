@@ -113,7 +113,7 @@ func TestAllocFree(t *testing.T) {
 					}
 				}
 				s := poolStats(t, p)
-				if s.LiveRecords+s.LargeRecords != len(recs) || s.LargeRecords != 3*3 || s.ActiveSlabs != 1 || s.Slabs < 2 {
+				if s.LiveRecords+s.LargeRecords != len(recs) || s.LargeRecords != 3*3 || s.ActiveSlabs < 1 || s.ActiveSlabs > 1+maxSpares || s.Slabs < 2 {
 					t.Fatalf("stats %+v with %d records", s, len(recs))
 				}
 				mustCheck(t, p, "all allocated")
@@ -143,8 +143,8 @@ func TestAllocFree(t *testing.T) {
 					}
 				}
 				mustCheck(t, p, "all freed, handle open")
-				if s := poolStats(t, p); s.Slabs != 1 || s.ActiveSlabs != 1 || s.LiveRecords != 0 || s.LargeRecords != 0 {
-					t.Fatalf("after freeing: %+v (only the handle's slab should remain)", s)
+				if s := poolStats(t, p); s.Slabs != s.ActiveSlabs || s.ActiveSlabs < 1 || s.ActiveSlabs > 1+maxSpares || s.LiveRecords != 0 || s.LargeRecords != 0 {
+					t.Fatalf("after freeing: %+v (only the handle's slab and spares should remain)", s)
 				}
 				hd.Close()
 				if _, err := hd.Alloc(1); !errors.Is(err, ErrClosed) {
@@ -160,21 +160,25 @@ func TestAllocFree(t *testing.T) {
 }
 
 // TestSlabReturn: a slab goes back to the heap when it is retired and all
-// its records are free, in either order.
+// its records are free, in either order; a handle keeps its last full
+// slabs as spares, active, until it closes.
 func TestSlabReturn(t *testing.T) {
 	p := newPool(t, heapCombo, 4<<20, Options{SlabSize: 16 << 10})
 	h0 := heapStats(t, p)
 	hd := p.NewHandle()
 	var recs []Record
-	for len(recs) == 0 || poolStats(t, p).Slabs < 3 {
+	for len(recs) == 0 || poolStats(t, p).Slabs < maxSpares+3 {
 		r, err := hd.Alloc(100)
 		if err != nil {
 			t.Fatal(err)
 		}
 		recs = append(recs, r)
 	}
-	// Two retired slabs and an active one. Free the first slab's records:
-	// it goes back at once.
+	// Two retired slabs, the spares and the current one.
+	if s := poolStats(t, p); s.RetiredSlabs != 2 || s.ActiveSlabs != maxSpares+1 {
+		t.Fatalf("after filling %d slabs: %+v", maxSpares+2, s)
+	}
+	// Free the first slab's records: retired, it goes back at once.
 	first := recs[0].Off &^ mem.Off(p.ps-1)
 	n := 0
 	for _, r := range recs {
@@ -185,7 +189,7 @@ func TestSlabReturn(t *testing.T) {
 			n++
 		}
 	}
-	if s := poolStats(t, p); s.Slabs != 2 || s.RetiredSlabs != 1 {
+	if s := poolStats(t, p); s.Slabs != maxSpares+2 || s.RetiredSlabs != 1 {
 		t.Fatalf("after freeing the %d records of the first slab: %+v", n, s)
 	}
 	if err := p.Free(recs[0].Off); !errors.Is(err, ErrDoubleFree) {
@@ -196,14 +200,57 @@ func TestSlabReturn(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if s := poolStats(t, p); s.Slabs != 1 || s.ActiveSlabs != 1 {
-		t.Fatalf("the active slab should stay: %+v", s)
+	if s := poolStats(t, p); s.Slabs != maxSpares+1 || s.ActiveSlabs != maxSpares+1 {
+		t.Fatalf("the spares and the current slab should stay: %+v", s)
 	}
+	mustCheck(t, p, "all free, the handle open")
 	hd.Close()
 	if h := heapStats(t, p); h.FreeBytes != h0.FreeBytes {
-		t.Fatalf("closing a handle with no live records should return its slab")
+		t.Fatalf("closing a handle with no live records should return its slabs")
 	}
-	mustCheck(t, p, "end")
+}
+
+// TestSparesStartOver: a handle whose records are freed a little behind
+// its allocation (a consumer lagging by up to two slabs) cycles through
+// its own slabs: it takes no slab from the heap after the first three,
+// and every record it hands out is intact until freed.
+func TestSparesStartOver(t *testing.T) {
+	p := newPool(t, heapCombo, 4<<20, Options{SlabSize: 16 << 10})
+	h0 := heapStats(t, p)
+	hd := p.NewHandle()
+	const lag = 250 // records of 100 bytes: about 1.9 slabs of 16 KiB
+	var q []Record
+	for i := 0; i < 20000; i++ {
+		r, err := hd.Alloc(100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fill(r)
+		q = append(q, r)
+		if len(q) > lag {
+			if !intact(q[0].Data, q[0].Off) {
+				t.Fatalf("record %#x overwritten", q[0].Off)
+			}
+			if err := p.Free(q[0].Off); err != nil {
+				t.Fatal(err)
+			}
+			q = q[1:]
+		}
+		if s := poolStats(t, p); s.Slabs > maxSpares+1 {
+			t.Fatalf("record %d: %d slabs: %+v", i, s.Slabs, s)
+		}
+	}
+	mustCheck(t, p, "cycling")
+	for _, r := range q {
+		if err := p.Free(r.Off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hd.Close()
+	mustCheck(t, p, "closed")
+	if h := heapStats(t, p); h.FreeBytes != h0.FreeBytes {
+		t.Fatalf("heap free %d, was %d", h.FreeBytes, h0.FreeBytes)
+	}
 }
 
 // TestFreeErrors: double frees, offsets and views that are not records,
@@ -427,8 +474,9 @@ func TestReclaimInProcess(t *testing.T) {
 		}
 	}
 	setOwner(t, p, dead)
-	if s := poolStats(t, p); s.ActiveSlabs != 1 || s.LiveRecords != 400 {
-		t.Fatalf("before reclaim: %+v", s)
+	before := poolStats(t, p)
+	if before.ActiveSlabs < 1 || before.ActiveSlabs > 1+maxSpares || before.LiveRecords != 400 {
+		t.Fatalf("before reclaim: %+v", before)
 	}
 	kept := map[mem.Off]bool{}
 	for i := 0; i < len(recs); i += 7 {
@@ -436,7 +484,7 @@ func TestReclaimInProcess(t *testing.T) {
 	}
 	kept[big.Off] = true
 	rc, err := p.Reclaim(dead, func(off mem.Off) bool { return kept[off] })
-	if err != nil || rc.Slabs != 1 || rc.Records != 400-len(kept)+1 || rc.Large != 0 {
+	if err != nil || rc.Slabs != before.ActiveSlabs || rc.Records != 400-len(kept)+1 || rc.Large != 0 {
 		t.Fatalf("reclaim keeping %d: %+v %v", len(kept), rc, err)
 	}
 	if s := poolStats(t, p); s.ActiveSlabs != 0 || s.LiveRecords != len(kept)-1 || s.LargeRecords != 1 {
