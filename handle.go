@@ -33,7 +33,9 @@ func (r Record) Len() int { return len(r.b) }
 func (r Record) IsZero() bool { return r.b == nil }
 
 // Handle is a goroutine's access to a buffer (RaftLib's TLS structure): it
-// owns a slab cache to allocate records from with no lock, and the channel
+// owns a slab cache to allocate records from with no lock (up to three
+// slabs of the heap, 192 KiB with the default slab size, so that a
+// producer cycles through memory still in the cache), and the channel
 // ends it opened. A Handle must be used by one goroutine at a time (see
 // WithDebug for a check); records may be freed through any handle, in any
 // process.
@@ -115,7 +117,8 @@ func (h *Handle) Allocate(n int) (Record, error) {
 // AllocateBatch fills rs with records of n bytes each, as Allocate
 // would one by one but with one check for all: the producer's side of
 // SendBatch. On error (ErrNoSpace: the buffer is full) nothing is
-// allocated and rs is zeroed.
+// allocated, rs is zeroed, and the slabs the attempt filled go back to
+// the heap.
 func (h *Handle) AllocateBatch(n int, rs []Record) error {
 	h.enter()
 	defer h.leave()

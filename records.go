@@ -109,7 +109,9 @@ func (sh *slabHandle) allocBatch(n int, rs []Record) error {
 	got, err := sh.h.AllocBatch(size, offs)
 	if err != nil {
 		clear(rs)
-		return errors.Join(err, sh.rs.pool.FreeBatch(offs[:got]))
+		ferr := sh.rs.pool.FreeBatch(offs[:got])
+		sh.h.Trim() // the slabs the batch filled go back too
+		return errors.Join(err, ferr)
 	}
 	b, ts := sh.rs.b, sh.rs.trailers
 	tr := trailer{Holder: uint64(sh.rs.self), Len: uint32(n), Magic: trailerMagic}

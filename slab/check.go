@@ -173,7 +173,7 @@ func (p *Pool) checkSlab(e alloc.Extent, v *violations, sc *slabCounts) {
 type Stats struct {
 	Heap         alloc.Stats
 	Slabs        int    // slab extents
-	ActiveSlabs  int    // slabs a handle still allocates from
+	ActiveSlabs  int    // slabs a handle still allocates from, or keeps as spares
 	RetiredSlabs int    // slabs waiting for their last records
 	SlabBytes    uint64 // bytes in slabs
 	LiveRecords  int    // live records in slabs

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"fmt"
+	"slices"
 
 	"github.com/heapipc/ipc/alloc"
 	"github.com/heapipc/ipc/internal/mem"
@@ -55,7 +56,7 @@ func (h *Handle) Alloc(size int) (Record, error) {
 		return h.allocLarge(uint64(size))
 	}
 	if uint64(h.cur)+k > uint64(h.limit) {
-		if err := h.refill(); err != nil {
+		if err := h.refill(k); err != nil {
 			return Record{}, err
 		}
 	}
@@ -92,7 +93,7 @@ func (h *Handle) AllocBatch(size int, offs []mem.Off) (int, error) {
 	ln, sz := uint32(k), uint32(size)
 	for i := 0; i < len(offs); {
 		if uint64(h.cur)+k > uint64(h.limit) {
-			if err := h.refill(); err != nil {
+			if err := h.refill(k); err != nil {
 				return i, err
 			}
 		}
@@ -132,12 +133,12 @@ func (h *Handle) allocLarge(size uint64) (Record, error) {
 	return Record{Off: off, Data: p.view(off, size)}, nil
 }
 
-// refill gives the handle a slab with room: the current one or a spare
-// started over if all their records are free, else a new one from the
-// heap (the current slab becoming the newest spare, the oldest retired
-// beyond maxSpares). If the heap is full nothing changes (smaller records
-// may still fit the current slab).
-func (h *Handle) refill() error {
+// refill gives the handle a slab with room for a slot of k granules: the
+// current one or a spare started over if all their records are free, else
+// a new one from the heap; the current slab is shelved (kept as a spare,
+// or retired). If the heap is full nothing changes (smaller records may
+// still fit the current slab).
+func (h *Handle) refill(k uint64) error {
 	p := h.p
 	if h.slab != 0 && p.allFree(h.slab, h.sh, h.cur) {
 		// Every record of the full slab was freed already: start it
@@ -149,29 +150,65 @@ func (h *Handle) refill() error {
 	for i, s := range h.spares {
 		if p.allFree(s.slab, s.sh, s.cur) {
 			// A spare's records are all free: it becomes the current
-			// slab again, and the full one the newest spare.
-			copy(h.spares[i:], h.spares[i+1:])
-			h.spares[len(h.spares)-1] = spare{h.slab, h.sh, h.cur}
+			// slab again.
+			h.spares = slices.Delete(h.spares, i, i+1)
+			h.shelve(k)
 			h.start(s.slab, true)
 			return nil
 		}
 	}
 	off, err := p.heap.AllocFor(context.Background(), int(p.slabSize), alloc.KindSlab, p.self)
 	if err != nil {
+		h.Trim() // a spare that became free since: for others
 		return fmt.Errorf("slab: new slab: %w", err)
 	}
-	if h.slab != 0 {
-		if len(h.spares) == maxSpares {
-			s := h.spares[0]
-			p.retire(s.slab, s.sh, s.cur)
-			copy(h.spares, h.spares[1:])
-			h.spares = h.spares[:len(h.spares)-1]
-		}
-		h.spares = append(h.spares, spare{h.slab, h.sh, h.cur})
-	}
+	h.shelve(k)
 	h.start(off, false)
 	return nil
 }
+
+// shelve puts the current slab away before the handle moves on to
+// another: as the newest spare (the oldest beyond maxSpares retired), or,
+// when the handle allocates slots of k granules too large for a slab to
+// hold spareMinRecords of them, retired: a queue of such records spans
+// many slabs, and no spare would be free when wanted.
+func (h *Handle) shelve(k uint64) {
+	p := h.p
+	switch {
+	case h.slab == 0:
+		return
+	case k*spareMinRecords > uint64(p.geo.limit-p.geo.recBase):
+		p.retire(h.slab, h.sh, h.cur)
+	default:
+		if len(h.spares) == maxSpares {
+			s := h.spares[0]
+			p.retire(s.slab, s.sh, s.cur)
+			h.spares = slices.Delete(h.spares, 0, 1)
+		}
+		h.spares = append(h.spares, spare{h.slab, h.sh, h.cur})
+	}
+}
+
+// Trim retires the spares whose records are all free, giving them back to
+// the heap: what a handle that will not allocate for a while, or that
+// just failed for want of room, should not keep.
+func (h *Handle) Trim() {
+	k := 0
+	for _, s := range h.spares {
+		if h.p.allFree(s.slab, s.sh, s.cur) {
+			h.p.retire(s.slab, s.sh, s.cur)
+			continue
+		}
+		h.spares[k] = s
+		k++
+	}
+	h.spares = h.spares[:k]
+}
+
+// spareMinRecords is how many records of the size being allocated a slab
+// must hold for the handle to keep it as a spare when it is full (records
+// up to about 240 bytes with 64 KiB slabs).
+const spareMinRecords = 256
 
 // maxSpares is how many full slabs a handle keeps besides its current
 // one, to start over once their records are all free: enough to cover a
@@ -214,17 +251,22 @@ func (p *Pool) allFree(slab mem.Off, sh *slabHeader, cur uint32) bool {
 	return sh.Count.Load() == active+int64(uint64(g.words)-complete)
 }
 
-// start initialises the slab at off for this handle, or restarts the
-// handle's current slab: header, bitmap, count, a fresh generation (so
-// that the headers of earlier records there no longer validate), and the
-// cursor. A new slab gets its owner first and its magic last; a
-// restarted one gets its new generation first.
+// start initialises the slab at off for this handle, or restarts one of
+// its slabs (the current one or a spare): header, bitmap, count, a fresh
+// generation (another than the slab had, so that the headers of earlier
+// records there no longer validate), and the cursor. A new slab gets its
+// owner first and its magic last; a restarted one gets its new generation
+// first.
 func (h *Handle) start(off mem.Off, restart bool) {
 	p := h.p
-	var r [4]byte
-	rand.Read(r[:])
-	gen := binary.LittleEndian.Uint32(r[:])
 	sh := &p.slabs[off/slabHeaderSize]
+	old := uint32(sh.Ident.Load() >> 32)
+	var gen uint32
+	for gen == 0 || (restart && gen == old) {
+		var r [4]byte
+		rand.Read(r[:])
+		gen = binary.LittleEndian.Uint32(r[:])
+	}
 	g := p.geo
 	if restart {
 		sh.Ident.Store(uint64(gen)<<32 | slabMagic)

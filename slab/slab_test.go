@@ -168,7 +168,7 @@ func TestSlabReturn(t *testing.T) {
 	hd := p.NewHandle()
 	var recs []Record
 	for len(recs) == 0 || poolStats(t, p).Slabs < maxSpares+3 {
-		r, err := hd.Alloc(100)
+		r, err := hd.Alloc(16)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -204,24 +204,29 @@ func TestSlabReturn(t *testing.T) {
 		t.Fatalf("the spares and the current slab should stay: %+v", s)
 	}
 	mustCheck(t, p, "all free, the handle open")
+	hd.Trim()
+	if s := poolStats(t, p); s.Slabs != 1 || s.ActiveSlabs != 1 {
+		t.Fatalf("Trim should give the free spares back: %+v", s)
+	}
 	hd.Close()
 	if h := heapStats(t, p); h.FreeBytes != h0.FreeBytes {
 		t.Fatalf("closing a handle with no live records should return its slabs")
 	}
 }
 
-// TestSparesStartOver: a handle whose records are freed a little behind
-// its allocation (a consumer lagging by up to two slabs) cycles through
-// its own slabs: it takes no slab from the heap after the first three,
-// and every record it hands out is intact until freed.
+// TestSparesStartOver: a handle whose small records are freed a little
+// behind its allocation (a consumer lagging by up to two slabs) cycles
+// through its own slabs: it takes no slab from the heap after the first
+// three, and every record it hands out is intact until freed. Large
+// records keep no spares.
 func TestSparesStartOver(t *testing.T) {
 	p := newPool(t, heapCombo, 4<<20, Options{SlabSize: 16 << 10})
 	h0 := heapStats(t, p)
 	hd := p.NewHandle()
-	const lag = 250 // records of 100 bytes: about 1.9 slabs of 16 KiB
+	const lag = 900 // records of 16 bytes: about 1.8 slabs of 16 KiB
 	var q []Record
 	for i := 0; i < 20000; i++ {
-		r, err := hd.Alloc(100)
+		r, err := hd.Alloc(16)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -241,6 +246,24 @@ func TestSparesStartOver(t *testing.T) {
 		}
 	}
 	mustCheck(t, p, "cycling")
+	for _, r := range q {
+		if err := p.Free(r.Off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Records too large for many to fit a slab keep no spares: the free
+	// spares are used up, and full slabs are retired.
+	q = q[:0]
+	for range 80 { // about five slabs
+		r, err := hd.Alloc(1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		q = append(q, r)
+	}
+	if s := poolStats(t, p); s.ActiveSlabs != 1 || s.RetiredSlabs < 3 {
+		t.Fatalf("large records: %+v", s)
+	}
 	for _, r := range q {
 		if err := p.Free(r.Off); err != nil {
 			t.Fatal(err)

@@ -12,7 +12,6 @@ import (
 
 	ipc "github.com/heapipc/ipc"
 	"github.com/heapipc/ipc/internal/testutil"
-	"github.com/heapipc/ipc/slab"
 	"github.com/stretchr/testify/require"
 )
 
@@ -236,18 +235,13 @@ func TestBatchForms(t *testing.T) {
 	}
 	require.NoError(t, b.Check())
 
-	// Too many for the buffer: nothing is allocated, and what the batch
-	// took comes back (the handle may keep its current slab and spares,
-	// all free, until it closes).
+	// Too many for the buffer: nothing is allocated, and the slabs the
+	// batch filled come back (with the handle's spares that are free).
 	before := freeBytes(t, b)
-	hx, err := b.NewHandle()
-	require.NoError(t, err)
 	huge := make([]ipc.Record, 4<<20/64)
-	require.ErrorIs(t, hx.AllocateBatch(64, huge), ipc.ErrNoSpace)
+	require.ErrorIs(t, h.AllocateBatch(64, huge), ipc.ErrNoSpace)
 	require.True(t, huge[0].IsZero())
-	require.LessOrEqual(t, before-freeBytes(t, b), uint64(3*slab.DefaultSlabSize), "the handle keeps at most three slabs")
-	require.NoError(t, hx.Close())
-	require.Equal(t, before, freeBytes(t, b), "a failed batch gives back what it took")
+	require.GreaterOrEqual(t, freeBytes(t, b), before, "a failed batch gives back what it took")
 
 	// Bad records in a batch: one freed before, one twice.
 	require.NoError(t, h.AllocateBatch(40, rs[:10]))
