@@ -100,3 +100,52 @@ func TestAllocBatchNoSpace(t *testing.T) {
 	}
 	mustCheck(t, p, "after freeing the batch")
 }
+
+// TestFreeBatchRuns: FreeBatch frees records that lie back to back as
+// runs of bits across bitmap words; a record of the run freed already
+// (whether its slot lies in one word or across two, first in the run,
+// last or between) is reported by its index and every other record of
+// the run is freed, with the bitmap and the counts intact.
+func TestFreeBatchRuns(t *testing.T) {
+	p := newPool(t, heapCombo, 16<<20, Options{})
+	hd := p.NewHandle()
+	defer hd.Close()
+	const n = 40
+	// 80-byte records take 6 granules: their slots cross bitmap words
+	// every ten or eleven records.
+	for k := range n {
+		offs := make([]mem.Off, n)
+		if got, err := hd.AllocBatch(80, offs); err != nil || got != n {
+			t.Fatalf("AllocBatch: %d, %v", got, err)
+		}
+		if err := p.Free(offs[k]); err != nil {
+			t.Fatal(err)
+		}
+		err := p.FreeBatch(offs)
+		if !errors.Is(err, ErrDoubleFree) || strings.Count(err.Error(), "\n") != 0 || !strings.Contains(err.Error(), fmt.Sprintf("record %d:", k)) {
+			t.Fatalf("record %d freed twice: FreeBatch: %v", k, err)
+		}
+		if s := poolStats(t, p); s.LiveRecords != 0 {
+			t.Fatalf("record %d freed twice: %d records still live", k, s.LiveRecords)
+		}
+		mustCheck(t, p, fmt.Sprintf("record %d freed twice", k))
+	}
+	// A batch with the runs in reverse order, and records of two slabs.
+	offs := make([]mem.Off, 3000)
+	if got, err := hd.AllocBatch(80, offs); err != nil || got != len(offs) {
+		t.Fatalf("AllocBatch: %d, %v", got, err)
+	}
+	for i, j := 0, len(offs)-1; i < j; i, j = i+1, j-1 {
+		offs[i], offs[j] = offs[j], offs[i]
+	}
+	if err := p.FreeBatch(offs[:1000]); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.FreeBatch(offs[1000:]); err != nil {
+		t.Fatal(err)
+	}
+	if s := poolStats(t, p); s.LiveRecords != 0 {
+		t.Fatalf("%d records still live", s.LiveRecords)
+	}
+	mustCheck(t, p, "after the reversed batch")
+}

@@ -248,8 +248,8 @@ func (p *Pool) locateLarge(off mem.Off, hd recHeader, loc *located) error {
 // Bytes returns the view of the live record whose data starts at off.
 // It takes no lock.
 func (p *Pool) Bytes(off mem.Off) ([]byte, error) {
-	if fs, ok := p.fastLocate(off, &slabSeen{}); ok && fs.word.Load()&fs.mask == 0 {
-		return p.view(off, fs.size), nil
+	if sl, ok := p.slotOf(off, &slabSeen{}); ok && p.bitsClear(sl.slab, sl.bit, sl.n) {
+		return p.view(off, sl.size), nil
 	}
 	var loc located
 	if err := p.locate(off, &loc); err != nil {
@@ -277,8 +277,13 @@ func (p *Pool) Peek(off mem.Off) (b []byte, ok bool) {
 
 // live reports whether a located small record's bits are clear.
 func (p *Pool) live(loc located) bool {
-	base := uint64(loc.slab)/8 + bitmapWord
-	bit, n := uint64(loc.bit), uint64(loc.hd.Len)
+	return p.bitsClear(uint64(loc.slab), uint64(loc.bit), uint64(loc.hd.Len))
+}
+
+// bitsClear reports whether the bits [bit, bit+n) of a slab's bitmap are
+// all clear: the slot is live.
+func (p *Pool) bitsClear(slab, bit, n uint64) bool {
+	base := slab/8 + bitmapWord
 	for n > 0 {
 		w, b := bit/64, bit%64
 		m := min(n, 64-b)
@@ -355,30 +360,27 @@ func (p *Pool) Free(off mem.Off) error {
 	return p.free(off)
 }
 
-// fastSlot is what fastLocate finds out about a record: the bitmap word
-// its slot lies in, the slot's bits there, its slab and its size.
-type fastSlot struct {
-	word *atomic.Uint64
-	mask uint64
-	slab uint64
-	size uint64
+// slot is a record's slot as slotOf finds it: its slab, its first bit in
+// the slab's bitmap, its length in bits (granules) and the record's size.
+type slot struct {
+	slab, bit, n, size uint64
 }
 
-// fastLocate validates, in the common case, a record of a slab made with
-// this pool's options whose slot lies in one bitmap word: the same checks
-// as locate, specialised. ok false means "take the general path" (which
-// reports every error). c remembers the last slab whose geometry was
-// checked: a caller locating several records (FreeBatch) checks each
-// slab's header once while its identity word stays the same.
-func (p *Pool) fastLocate(off mem.Off, c *slabSeen) (fs fastSlot, ok bool) {
+// slotOf validates, in the common case, a record of a slab made with this
+// pool's options: the same checks as locate, specialised. ok false means
+// "take the general path" (which reports every error). c remembers the
+// last slab whose geometry was checked: a caller locating several records
+// (FreeBatch) checks each slab's header once while its identity word
+// stays the same.
+func (p *Pool) slotOf(off mem.Off, c *slabSeen) (sl slot, ok bool) {
 	w0, w1, slab, ident, ok := p.slabRecord(off)
 	if !ok {
-		return fs, false
+		return sl, false
 	}
 	if slab != c.slab || ident != c.ident {
 		sh := p.words[slab/8 : slab/8+5 : slab/8+5]
 		if sh[2].Load() != slab || sh[1].Load() != p.want[0] || sh[3].Load() != p.want[1] || sh[4].Load() != p.want[2] {
-			return fs, false
+			return sl, false
 		}
 		c.slab, c.ident = slab, ident
 	}
@@ -386,17 +388,12 @@ func (p *Pool) fastLocate(off mem.Off, c *slabSeen) (fs fastSlot, ok bool) {
 	size, _ := unpackHalves(w1)
 	// The slab has this pool's geometry.
 	if pos < p.geo.recBase || uint64(pos)+uint64(ln) > uint64(p.geo.limit) || uint64(ln) != slotGranules(uint64(size), p.align) {
-		return fs, false
+		return sl, false
 	}
-	bit := uint64(pos - p.geo.recBase)
-	b := bit % 64
-	if b+uint64(ln) > 64 {
-		return fs, false
-	}
-	return fastSlot{word: &p.words[slab/8+bitmapWord+bit/64], mask: maskOf(b, uint64(ln)), slab: slab, size: uint64(size)}, true
+	return slot{slab: slab, bit: uint64(pos - p.geo.recBase), n: uint64(ln), size: uint64(size)}, true
 }
 
-// slabSeen is a slab whose header fastLocate checked, by its offset and
+// slabSeen is a slab whose header slotOf checked, by its offset and
 // its identity word (a slab returned and made again has another).
 type slabSeen struct{ slab, ident uint64 }
 
@@ -435,20 +432,26 @@ func (p *Pool) slabRecord(off mem.Off) (w0, w1, slab, ident uint64, ok bool) {
 	return w0, w1, slab, ident, true
 }
 
-// freeFast frees, in the common case, a record that fastLocate finds.
+// freeFast frees, in the common case, a record that slotOf finds.
 // ok false means "take the general path" (which also reports every
-// error); err is from returning the slab to the heap.
+// error); err is from returning the slab to the heap, or, for a slot
+// across bitmap words, freeBits's.
 func (p *Pool) freeFast(off mem.Off) (ok bool, err error) {
-	fs, ok := p.fastLocate(off, &slabSeen{})
+	sl, ok := p.slotOf(off, &slabSeen{})
 	if !ok {
 		return false, nil
 	}
-	old := fs.word.Load()
-	if old&fs.mask != 0 || !fs.word.CompareAndSwap(old, old|fs.mask) {
+	b := sl.bit % 64
+	if b+sl.n > 64 {
+		return true, p.freeBits(mem.Off(sl.slab), &p.slabs[sl.slab/slabHeaderSize], sl.bit, sl.n, true)
+	}
+	word, mask := &p.words[sl.slab/8+bitmapWord+sl.bit/64], maskOf(b, sl.n)
+	old := word.Load()
+	if old&mask != 0 || !word.CompareAndSwap(old, old|mask) {
 		return false, nil
 	}
-	if old|fs.mask == ^uint64(0) {
-		return true, p.wordDone(mem.Off(fs.slab), 1)
+	if old|mask == ^uint64(0) {
+		return true, p.wordDone(mem.Off(sl.slab), 1)
 	}
 	return true, nil
 }
@@ -615,62 +618,102 @@ func (p *Pool) freeLarge(off mem.Off, loc located, owner sys.Identity) error {
 	return nil
 }
 
-// FreeBatch frees the records at offs as Free frees each, in order; the
-// slots of a run of records that share a bitmap word (consecutive records
-// of one slab, as a channel delivers them) are freed with one atomic
-// operation. Every record is freed or reported: the error joins those of
-// the records that were not freed (each names the record's index).
+// FreeBatch frees the records at offs as Free frees each, in order. The
+// slots of a run of records that lie back to back in one slab (as
+// AllocBatch carves them and a channel delivers them) are freed together:
+// one atomic operation per bitmap word the run covers. Every record is
+// freed or reported: the error joins those of the records that were not
+// freed (each names the record's index).
 func (p *Pool) FreeBatch(offs []mem.Off) error {
 	var all []error
 	var seen slabSeen
-	var run fastSlot // the pending run: its word, the union of its slots' bits
-	start := 0       // index of the run's first record
+	var run bitRun // the pending run
+	start := 0     // index of the run's first record
 	for i, off := range offs {
-		fs, ok := p.fastLocate(off, &seen)
-		if ok && fs.word == run.word && fs.mask&run.mask == 0 {
-			run.mask |= fs.mask
+		sl, ok := p.slotOf(off, &seen)
+		if ok && run.n > 0 && sl.slab == run.slab && sl.bit == run.bit+run.n {
+			run.n += sl.n
 			continue
 		}
 		all = p.freeRun(run, offs[start:i], start, all)
-		run.word = nil
+		run.n = 0
 		if !ok {
 			if err := p.free(off); err != nil {
 				all = append(all, fmt.Errorf("record %d: %w", i, err))
 			}
 			continue
 		}
-		run, start = fs, i
+		run, start = bitRun{slab: sl.slab, bit: sl.bit, n: sl.n}, i
 	}
 	all = p.freeRun(run, offs[start:], start, all)
 	return errors.Join(all...)
 }
 
+// bitRun is a run of FreeBatch: the bits [bit, bit+n) of a slab's bitmap,
+// the slots of records that lie back to back.
+type bitRun struct{ slab, bit, n uint64 }
+
 // freeRun sets the bits of a run of FreeBatch (the records offs, the
-// first of which is record number first of the batch) with one CAS; if a
-// slot of the run is free already, the run's records are freed one by one
-// so that the right one is reported. It returns all with the run's errors
-// added.
-func (p *Pool) freeRun(run fastSlot, offs []mem.Off, first int, all []error) []error {
-	if run.word == nil {
+// first of which is record number first of the batch) word by word, each
+// with one CAS that fails on any bit already set. If a word has a bit of
+// the run set already, the records from that word on are freed one by one
+// so that the right one is reported (a record whose slot began in the
+// words already done is finished first). It returns all with the run's
+// errors added.
+func (p *Pool) freeRun(run bitRun, offs []mem.Off, first int, all []error) []error {
+	if run.n == 0 {
 		return all
 	}
-	for {
-		old := run.word.Load()
-		if old&run.mask != 0 {
-			for j, off := range offs {
-				if err := p.Free(off); err != nil {
-					all = append(all, fmt.Errorf("record %d: %w", first+j, err))
-				}
-			}
-			return all
+	base := run.slab/8 + bitmapWord
+	bit, end := run.bit, run.bit+run.n
+	var done int64
+	for bit < end {
+		w, b := bit/64, bit%64
+		m := min(end-bit, 64-b)
+		mask := maskOf(b, m)
+		word := &p.words[base+w]
+		old := word.Load()
+		for old&mask == 0 && !word.CompareAndSwap(old, old|mask) {
+			old = word.Load()
 		}
-		if run.word.CompareAndSwap(old, old|run.mask) {
-			if old|run.mask == ^uint64(0) {
-				if err := p.wordDone(mem.Off(run.slab), 1); err != nil {
-					all = append(all, fmt.Errorf("record %d: %w", first+len(offs)-1, err))
-				}
-			}
-			return all
+		if old&mask != 0 {
+			break
+		}
+		if old|mask == ^uint64(0) {
+			done++
+		}
+		bit += m
+	}
+	if done > 0 {
+		if err := p.wordDone(mem.Off(run.slab), done); err != nil {
+			all = append(all, fmt.Errorf("record %d: %w", first+len(offs)-1, err))
 		}
 	}
+	if bit == end {
+		return all
+	}
+	// The word at bit had a bit of the run set: the records whose slots
+	// begin at or after bit are freed one by one; one that began before
+	// it has its remaining bits set.
+	sh := &p.slabs[run.slab/slabHeaderSize]
+	slabBase := run.slab/granule + uint64(p.geo.recBase)
+	for j, off := range offs {
+		rb := uint64(off)/granule - 1 - slabBase
+		if rb >= bit {
+			if err := p.Free(off); err != nil {
+				all = append(all, fmt.Errorf("record %d: %w", first+j, err))
+			}
+			continue
+		}
+		re := end
+		if j+1 < len(offs) {
+			re = uint64(offs[j+1])/granule - 1 - slabBase
+		}
+		if re > bit {
+			if err := p.freeBits(mem.Off(run.slab), sh, bit, re-bit, false); err != nil {
+				all = append(all, fmt.Errorf("record %d: %w", first+j, err))
+			}
+		}
+	}
+	return all
 }
