@@ -1,7 +1,6 @@
 package slab
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"sync/atomic"
@@ -305,9 +304,6 @@ func (p *Pool) header(g uint64) recHeader {
 	size, check := unpackHalves(w1)
 	return recHeader{Pos: pos, Len: ln, Size: size, Check: check}
 }
-
-// littleEndian says how two uint32 fields lie in a uint64 word.
-var littleEndian = binary.NativeEndian.Uint16([]byte{1, 0}) == 1
 
 // unpackHalves splits a word into its first and second uint32 in memory
 // order; packHalves is the inverse.

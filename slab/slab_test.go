@@ -1,6 +1,7 @@
 package slab
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"testing"
@@ -42,6 +43,12 @@ func TestLayout(t *testing.T) {
 		if c.got != c.want {
 			t.Errorf("%s = %d, want %d", c.name, c.got, c.want)
 		}
+	}
+	// The header words the hot paths pack are the fields as laid out
+	// (the build tags of endian_*.go name this architecture right).
+	w := packHalves(0x11111111, 0x22222222)
+	if h := (*[2]uint32)(unsafe.Pointer(&w)); littleEndian != (binary.NativeEndian.Uint16([]byte{1, 0}) == 1) || h[0] != 0x11111111 || h[1] != 0x22222222 {
+		t.Errorf("littleEndian %v: packHalves lays out %#x as %#x", littleEndian, w, *h)
 	}
 }
 
