@@ -247,6 +247,96 @@ func BenchmarkRecordBatchInProcess(b *testing.B) {
 	report(b, ours, n, map[string]time.Duration{"gochan": goChanInProc(n)})
 }
 
+// BenchmarkRecordOneGoroutine is the record path's own CPU cost, with no
+// cache line crossing cores: one goroutine allocates, writes, sends,
+// receives, reads and frees each 64-byte record (single: one at a time;
+// batch: the batch forms, 64 at a time), beside a Go chan []byte that the
+// goroutine sends fresh slices to and receives them from. Between two
+// goroutines each side does about half of this work, plus the transfers
+// (BenchmarkFloorInProcess).
+func BenchmarkRecordOneGoroutine(b *testing.B) {
+	for _, batch := range []int{1, 64} {
+		b.Run(map[int]string{1: "single", 64: "batch"}[batch], func(b *testing.B) {
+			buf := benchBuf(b)
+			h := must(buf.NewHandle())
+			defer h.Close()
+			p := must(h.Producer(3))
+			defer p.Close()
+			c := must(h.Consumer(3))
+			defer c.Close()
+			n := b.N
+			b.ResetTimer()
+			start := time.Now()
+			oneGoroutine(b, h, p, c, n, batch)
+			ours := time.Since(start)
+			b.StopTimer()
+			report(b, ours, n, map[string]time.Duration{"gochan": goChanOneGoroutine(n)})
+		})
+	}
+}
+
+func oneGoroutine(b *testing.B, h *ipc.Handle, p *ipc.Producer, c *ipc.Consumer, n, batch int) {
+	ctx := context.Background()
+	rs := make([]ipc.Record, batch)
+	out := make([]ipc.Record, batch)
+	var s byte
+	for done := 0; done < n; {
+		k := min(batch, n-done)
+		if batch == 1 {
+			r := must(h.Allocate(payload))
+			fill(r.Bytes(), byte(done))
+			if err := p.Send(ctx, r); err != nil {
+				b.Fatal(err)
+			}
+			r, err := c.Receive(ctx)
+			if err != nil {
+				b.Fatal(err)
+			}
+			s += sum(r.Bytes())
+			if err := h.Free(r); err != nil {
+				b.Fatal(err)
+			}
+			done++
+			continue
+		}
+		if err := h.AllocateBatch(payload, rs[:k]); err != nil {
+			b.Fatal(err)
+		}
+		for j, r := range rs[:k] {
+			fill(r.Bytes(), byte(done+j))
+		}
+		if _, err := p.SendBatch(ctx, rs[:k]); err != nil {
+			b.Fatal(err)
+		}
+		got, err := c.ReceiveBatch(ctx, out[:k])
+		if err != nil || got != k {
+			b.Fatalf("received %d of %d: %v", got, k, err)
+		}
+		for _, r := range out[:k] {
+			s += sum(r.Bytes())
+		}
+		if err := h.FreeBatch(out[:k]); err != nil {
+			b.Fatal(err)
+		}
+		done += k
+	}
+	_ = s
+}
+
+func goChanOneGoroutine(n int) time.Duration {
+	ch := make(chan []byte, 1024)
+	var s byte
+	start := time.Now()
+	for i := range n {
+		b := make([]byte, payload)
+		fill(b, byte(i))
+		ch <- b
+		s += sum(<-ch)
+	}
+	_ = s
+	return time.Since(start)
+}
+
 // TestChildBenchConsume is the consumer process of the cross-process
 // benchmarks: records on channel 1 of the buffer, or 64-byte messages on
 // the socket at fd 3; it reads every payload and says "done" at the end.
