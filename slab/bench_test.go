@@ -2,7 +2,6 @@ package slab
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
 	"runtime"
 	"strconv"
@@ -201,7 +200,7 @@ func TestChildRemoteAlloc(t *testing.T) {
 // it in the same run: the same ring over 96-byte slots of the same shared
 // memory with no allocation at all (ring-), and a Go chan []byte of
 // capacity 1024 carrying fresh 64-byte slices one by one (gochan-), the
-// peer of the in-process benchmarks in tests/. x-gochan is how many times
+// peer of the in-process benchmarks in tests/ (testutil.GoChanInProc). x-gochan is how many times
 // faster the slab stream is than the channel; ring-x-gochan the same for
 // the bare ring.
 func BenchmarkSlabStream(b *testing.B) {
@@ -215,7 +214,7 @@ func BenchmarkSlabStream(b *testing.B) {
 	slab := streamRound(b, p, n, 0)
 	b.StopTimer()
 	ring := streamRound(b, p, n, (fixed.Off+CacheLineAlign-1)&^(CacheLineAlign-1))
-	ch := streamChan(n)
+	ch := testutil.GoChanInProc(n, benchRecord)
 	per := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / float64(n) }
 	b.ReportMetric(per(slab), "ns/op")
 	b.ReportMetric(per(ring), "ring-ns/op")
@@ -251,7 +250,7 @@ func streamRound(tb testing.TB, p *Pool, n int, fixed mem.Off) time.Duration {
 			k := 0
 			for ; h < t; h++ {
 				off := ring[h%streamRing]
-				s += streamSum(p.b[off : off+benchRecord])
+				s += testutil.Sum(p.b[off : off+benchRecord])
 				offs[k] = off
 				k++
 			}
@@ -283,7 +282,7 @@ func streamRound(tb testing.TB, p *Pool, n int, fixed mem.Off) time.Duration {
 		}
 		for j := range k {
 			off := offs[j]
-			streamFill(p.b[off:off+streamStride-HeaderSize], byte(t+j))
+			testutil.Fill(p.b[off:off+streamStride-HeaderSize], byte(t+j))
 			ring[(t+j)%streamRing] = off
 		}
 		t += k
@@ -293,43 +292,4 @@ func streamRound(tb testing.TB, p *Pool, n int, fixed mem.Off) time.Duration {
 		tb.Fatal(err)
 	}
 	return time.Since(start)
-}
-
-func streamChan(n int) time.Duration {
-	ch := make(chan []byte, streamRing)
-	done := make(chan byte)
-	start := time.Now()
-	go func() {
-		var s byte
-		for b := range ch {
-			s += streamSum(b)
-		}
-		done <- s
-	}()
-	for i := range n {
-		b := make([]byte, benchRecord)
-		streamFill(b, byte(i))
-		ch <- b
-	}
-	close(ch)
-	<-done
-	return time.Since(start)
-}
-
-// streamFill writes every byte of b a word at a time (the payload, and
-// for the slab stream the 16 bytes of the trailer after it); streamSum
-// reads every byte back.
-func streamFill(b []byte, v byte) {
-	w := uint64(v) * 0x0101010101010101
-	for i := 0; i+8 <= len(b); i += 8 {
-		binary.LittleEndian.PutUint64(b[i:], w+uint64(i))
-	}
-}
-
-func streamSum(b []byte) byte {
-	var s uint64
-	for i := 0; i+8 <= len(b); i += 8 {
-		s += binary.LittleEndian.Uint64(b[i:])
-	}
-	return byte(s ^ s>>8 ^ s>>16 ^ s>>24)
 }

@@ -2,7 +2,6 @@ package tests
 
 import (
 	"context"
-	"encoding/binary"
 	"io"
 	"net"
 	"os"
@@ -24,31 +23,11 @@ import (
 
 const payload = 64
 
-// fill writes every byte of b (a pattern that depends on v), a word at a
-// time as a real producer's copy would; sum reads every byte back. Both
-// sides of every comparison use them, so their cost is common.
-func fill(b []byte, v byte) {
-	w := uint64(v) * 0x0101010101010101
-	i := 0
-	for ; i+8 <= len(b); i += 8 {
-		binary.LittleEndian.PutUint64(b[i:], w+uint64(i))
-	}
-	for ; i < len(b); i++ {
-		b[i] = v + byte(i)
-	}
-}
+// fill and sum write and read every byte of a payload (testutil.Fill,
+// testutil.Sum): both sides of every comparison use them.
+func fill(b []byte, v byte) { testutil.Fill(b, v) }
 
-func sum(b []byte) byte {
-	var s uint64
-	i := 0
-	for ; i+8 <= len(b); i += 8 {
-		s += binary.LittleEndian.Uint64(b[i:])
-	}
-	for ; i < len(b); i++ {
-		s += uint64(b[i])
-	}
-	return byte(s ^ s>>8 ^ s>>16 ^ s>>24 ^ s>>32 ^ s>>40 ^ s>>48 ^ s>>56)
-}
+func sum(b []byte) byte { return testutil.Sum(b) }
 
 func benchBuf(b *testing.B) *ipc.Buffer {
 	buf, err := ipc.Open(testutil.Name(b), ipc.WithSize(256<<20))
@@ -146,28 +125,8 @@ func heapipcInProc(b *testing.B, buf *ipc.Buffer, id ipc.ChannelID, n, batch int
 }
 
 // goChanInProc moves n freshly allocated 64-byte slices through a Go
-// channel of capacity 1024.
-func goChanInProc(n int) time.Duration {
-	ch := make(chan []byte, 1024)
-	done := make(chan struct{})
-	go func() {
-		var s byte
-		for b := range ch {
-			s += sum(b)
-		}
-		_ = s
-		close(done)
-	}()
-	start := time.Now()
-	for i := 0; i < n; i++ {
-		b := make([]byte, payload)
-		fill(b, byte(i))
-		ch <- b
-	}
-	close(ch)
-	<-done
-	return time.Since(start)
-}
+// channel of capacity 1024 (testutil.GoChanInProc).
+func goChanInProc(n int) time.Duration { return testutil.GoChanInProc(n, payload) }
 
 // socketPair returns two connected Unix stream sockets.
 func socketPair(b *testing.B) (*os.File, *os.File) {
