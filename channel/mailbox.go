@@ -239,12 +239,7 @@ func (m *Mailbox) Removable() bool {
 
 // Idle reports whether no live process holds either end.
 func (m *Mailbox) Idle() bool {
-	for _, w := range []*atomic.Uint64{&m.cb.Requester, &m.cb.Responder} {
-		if id := sys.Identity(w.Load()); id != 0 && sys.Alive(id) {
-			return false
-		}
-	}
-	return true
+	return !heldByLive(&m.cb.Requester, &m.cb.Responder)
 }
 
 // Abandoned reports whether no live process holds either end and both

@@ -510,11 +510,11 @@ func (m *MPSC) Pending() ([]mem.Off, error) {
 // Abandoned reports whether no live process holds an end and the ring is
 // empty.
 func (m *MPSC) Abandoned() bool {
-	if id := sys.Identity(m.cb.Consumer.Load()); id != 0 && sys.Alive(id) {
+	if heldByLive(&m.cb.Consumer) {
 		return false
 	}
 	for i := range m.prods {
-		if id := sys.Identity(m.prods[i].Owner.Load()); id != 0 && sys.Alive(id) {
+		if heldByLive(&m.prods[i].Owner) {
 			return false
 		}
 	}

@@ -189,6 +189,17 @@ func (r *Ring) Len() int {
 	return int(r.cb.Tail.Load() - r.cb.Head.Load())
 }
 
+// heldByLive reports whether any of the owner words (a sys.Identity, 0
+// for none) names a process that is alive.
+func heldByLive(owners ...*atomic.Uint64) bool {
+	for _, w := range owners {
+		if id := sys.Identity(w.Load()); id != 0 && sys.Alive(id) {
+			return true
+		}
+	}
+	return false
+}
+
 // claim makes self the owner of an end word: free (0), or held by a dead
 // process (taken over). A live owner is ErrBusy.
 func claim(w *atomic.Uint64, self sys.Identity, what string) (takenOver sys.Identity, err error) {
@@ -582,10 +593,8 @@ func (r *Ring) Removable() bool {
 // is closed or its holder died) and the ring is empty: the channel can be
 // reclaimed by recovery.
 func (r *Ring) Abandoned() bool {
-	for _, w := range []*atomic.Uint64{&r.cb.Producer, &r.cb.Consumer} {
-		if id := sys.Identity(w.Load()); id != 0 && sys.Alive(id) {
-			return false
-		}
+	if !r.Idle() {
+		return false
 	}
 	prodGone := r.cb.ProdClosed.Load() != 0 || r.cb.Producer.Load() != 0
 	consGone := r.cb.ConsClosed.Load() != 0 || r.cb.Consumer.Load() != 0
@@ -634,12 +643,7 @@ func (r *Ring) Check() error {
 
 // Idle reports whether no live process holds either end.
 func (r *Ring) Idle() bool {
-	for _, w := range []*atomic.Uint64{&r.cb.Producer, &r.cb.Consumer} {
-		if id := sys.Identity(w.Load()); id != 0 && sys.Alive(id) {
-			return false
-		}
-	}
-	return true
+	return !heldByLive(&r.cb.Producer, &r.cb.Consumer)
 }
 
 // The RecordConsumer is Selectable: a Select waits on its doorbell.

@@ -1636,11 +1636,11 @@ func (r *SpeculoReader) Close() {
 // Idle reports whether no live process holds the writer end or a reader
 // slot.
 func (s *Speculo) Idle() bool {
-	if id := sys.Identity(s.cb.Writer.Load()); id != 0 && sys.Alive(id) {
+	if heldByLive(&s.cb.Writer) {
 		return false
 	}
 	for i := range s.slots {
-		if id := sys.Identity(s.slots[i].Owner.Load()); id != 0 && sys.Alive(id) {
+		if heldByLive(&s.slots[i].Owner) {
 			return false
 		}
 	}
@@ -1739,9 +1739,7 @@ type SpeculoStats struct {
 func (s *Speculo) Stats() (SpeculoStats, error) {
 	ps := uint64(s.heap.PageSize())
 	st := SpeculoStats{Capacity: s.g.capacity, ExtentBytes: (s.g.extBytes + ps - 1) / ps * ps, GCs: s.cb.GCs.Load(), LastSeq: s.cb.LastSeq.Load(), Sleepers: s.cb.Sleepers.Load() != 0}
-	if id := sys.Identity(s.cb.Writer.Load()); id != 0 && sys.Alive(id) {
-		st.Writer = true
-	}
+	st.Writer = heldByLive(&s.cb.Writer)
 	for i := range s.slots {
 		if s.slots[i].Owner.Load() != 0 {
 			st.Readers++

@@ -395,12 +395,7 @@ func (s *Stream) Removable() bool {
 
 // Idle reports whether no live process holds either end.
 func (s *Stream) Idle() bool {
-	for _, w := range []*atomic.Uint64{&s.cb.Writer, &s.cb.Reader} {
-		if id := sys.Identity(w.Load()); id != 0 && sys.Alive(id) {
-			return false
-		}
-	}
-	return true
+	return !heldByLive(&s.cb.Writer, &s.cb.Reader)
 }
 
 // Abandoned reports whether no live process holds either end and both
