@@ -14,12 +14,12 @@
 // with a new generation (no heap lock, memory still in the cache; headers
 // of the earlier records no longer validate). Only when none is free does
 // it take another slab from the heap; the full one becomes a spare (the
-// oldest spare beyond two is retired), or, if the handle is allocating
-// records too large for 256 of them to fit a slab, is retired at once. So
-// a producer of small records whose consumer lags by up to two slabs (a
-// record channel's ring of 1024 64-byte records spans about a slab and a
-// half) cycles through three slabs that stay in the cache instead of
-// walking the heap, and a handle pins at most three slabs. Records larger than an eighth of a slab get their own heap
+// oldest spare beyond two is retired). So a producer whose consumer lags
+// by up to two slabs (a record channel's ring of 1024 64-byte records
+// spans about a slab and a half; a slab holds fifteen 4 KiB records)
+// cycles through three slabs that stay in the cache instead of walking
+// the heap — which hands out the largest free run, so fresh pages, page
+// faults and cache misses — and a handle pins at most three slabs. Records larger than an eighth of a slab get their own heap
 // extent (kind KindLarge) with the same header.
 //
 // A slab of S bytes (DefaultSlabSize, 64 KiB; see there for why):

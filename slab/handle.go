@@ -56,7 +56,7 @@ func (h *Handle) Alloc(size int) (Record, error) {
 		return h.allocLarge(uint64(size))
 	}
 	if uint64(h.cur)+k > uint64(h.limit) {
-		if err := h.refill(k); err != nil {
+		if err := h.refill(); err != nil {
 			return Record{}, err
 		}
 	}
@@ -93,7 +93,7 @@ func (h *Handle) AllocBatch(size int, offs []mem.Off) (int, error) {
 	ln, sz := uint32(k), uint32(size)
 	for i := 0; i < len(offs); {
 		if uint64(h.cur)+k > uint64(h.limit) {
-			if err := h.refill(k); err != nil {
+			if err := h.refill(); err != nil {
 				return i, err
 			}
 		}
@@ -133,12 +133,12 @@ func (h *Handle) allocLarge(size uint64) (Record, error) {
 	return Record{Off: off, Data: p.view(off, size)}, nil
 }
 
-// refill gives the handle a slab with room for a slot of k granules: the
+// refill gives the handle a slab with room for any small record: the
 // current one or a spare started over if all their records are free, else
-// a new one from the heap; the current slab is shelved (kept as a spare,
-// or retired). If the heap is full nothing changes (smaller records may
+// a new one from the heap; the current slab is shelved (kept as a spare;
+// the oldest spare beyond maxSpares is retired). If the heap is full nothing changes (smaller records may
 // still fit the current slab).
-func (h *Handle) refill(k uint64) error {
+func (h *Handle) refill() error {
 	p := h.p
 	if h.slab != 0 && p.allFree(h.slab, h.sh, h.cur) {
 		// Every record of the full slab was freed already: start it
@@ -152,7 +152,7 @@ func (h *Handle) refill(k uint64) error {
 			// A spare's records are all free: it becomes the current
 			// slab again.
 			h.spares = slices.Delete(h.spares, i, i+1)
-			h.shelve(k)
+			h.shelve()
 			h.start(s.slab, true)
 			return nil
 		}
@@ -162,31 +162,30 @@ func (h *Handle) refill(k uint64) error {
 		h.Trim() // a spare that became free since: for others
 		return fmt.Errorf("slab: new slab: %w", err)
 	}
-	h.shelve(k)
+	h.shelve()
 	h.start(off, false)
 	return nil
 }
 
 // shelve puts the current slab away before the handle moves on to
-// another: as the newest spare (the oldest beyond maxSpares retired), or,
-// when the handle allocates slots of k granules too large for a slab to
-// hold spareMinRecords of them, retired: a queue of such records spans
-// many slabs, and no spare would be free when wanted.
-func (h *Handle) shelve(k uint64) {
+// another: as the newest spare, the oldest beyond maxSpares retired. This
+// holds for records of every slab size class: a handle whose records are
+// a sizeable part of a slab (a few per slab) and whose consumer keeps up
+// cycles through the same three slabs as one of small records; when its
+// records queue up over more slabs, no spare is free when wanted and the
+// oldest goes back to the heap two refills later than it would if it were
+// retired at once, which costs nothing but the allFree checks.
+func (h *Handle) shelve() {
 	p := h.p
-	switch {
-	case h.slab == 0:
+	if h.slab == 0 {
 		return
-	case k*spareMinRecords > uint64(p.geo.limit-p.geo.recBase):
-		p.retire(h.slab, h.sh, h.cur)
-	default:
-		if len(h.spares) == maxSpares {
-			s := h.spares[0]
-			p.retire(s.slab, s.sh, s.cur)
-			h.spares = slices.Delete(h.spares, 0, 1)
-		}
-		h.spares = append(h.spares, spare{h.slab, h.sh, h.cur})
 	}
+	if len(h.spares) == maxSpares {
+		s := h.spares[0]
+		p.retire(s.slab, s.sh, s.cur)
+		h.spares = slices.Delete(h.spares, 0, 1)
+	}
+	h.spares = append(h.spares, spare{h.slab, h.sh, h.cur})
 }
 
 // Trim retires the spares whose records are all free, giving them back to
@@ -204,11 +203,6 @@ func (h *Handle) Trim() {
 	}
 	h.spares = h.spares[:k]
 }
-
-// spareMinRecords is how many records of the size being allocated a slab
-// must hold for the handle to keep it as a spare when it is full (records
-// up to about 240 bytes with 64 KiB slabs).
-const spareMinRecords = 256
 
 // maxSpares is how many full slabs a handle keeps besides its current
 // one, to start over once their records are all free: enough to cover a

@@ -224,8 +224,8 @@ func TestSlabReturn(t *testing.T) {
 // TestSparesStartOver: a handle whose small records are freed a little
 // behind its allocation (a consumer lagging by up to two slabs) cycles
 // through its own slabs: it takes no slab from the heap after the first
-// three, and every record it hands out is intact until freed. Large
-// records keep no spares.
+// three, and every record it hands out is intact until freed; so does one
+// of records a slab holds only fifteen of.
 func TestSparesStartOver(t *testing.T) {
 	p := newPool(t, heapCombo, 4<<20, Options{SlabSize: 16 << 10})
 	h0 := heapStats(t, p)
@@ -258,18 +258,47 @@ func TestSparesStartOver(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// Records too large for many to fit a slab keep no spares: the free
-	// spares are used up, and full slabs are retired.
+	// Records of which a slab holds only fifteen cycle the same way when
+	// freed a little behind (a lag of about 1.3 slabs)...
 	q = q[:0]
-	for range 80 { // about five slabs
+	seen := map[mem.Off]bool{}
+	for i := 0; i < 600; i++ {
+		r, err := hd.Alloc(1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fill(r)
+		seen[r.Off] = true
+		q = append(q, r)
+		if len(q) > 20 {
+			if !intact(q[0].Data, q[0].Off) {
+				t.Fatalf("record %#x overwritten", q[0].Off)
+			}
+			if err := p.Free(q[0].Off); err != nil {
+				t.Fatal(err)
+			}
+			q = q[1:]
+		}
+		if s := poolStats(t, p); s.Slabs > maxSpares+1 {
+			t.Fatalf("1000-byte record %d: %d slabs: %+v", i, s.Slabs, s)
+		}
+	}
+	// Fifteen records in each of the three slabs, not a walk through the
+	// heap's fresh pages.
+	if len(seen) > (maxSpares+1)*16 {
+		t.Fatalf("600 records of 1000 bytes at %d places", len(seen))
+	}
+	// ... and when they queue up over more slabs than the handle keeps,
+	// the oldest full slabs are retired.
+	for range 80 { // about five more slabs
 		r, err := hd.Alloc(1000)
 		if err != nil {
 			t.Fatal(err)
 		}
 		q = append(q, r)
 	}
-	if s := poolStats(t, p); s.ActiveSlabs != 1 || s.RetiredSlabs < 3 {
-		t.Fatalf("large records: %+v", s)
+	if s := poolStats(t, p); s.ActiveSlabs != maxSpares+1 || s.RetiredSlabs < 3 {
+		t.Fatalf("queued 1000-byte records: %+v", s)
 	}
 	for _, r := range q {
 		if err := p.Free(r.Off); err != nil {
