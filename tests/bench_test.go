@@ -206,6 +206,75 @@ func BenchmarkRecordBatchInProcess(b *testing.B) {
 	report(b, ours, n, map[string]time.Duration{"gochan": goChanInProc(n)})
 }
 
+// BenchmarkRecordPackInProcess is the batch form that allocates once per
+// batch: packs of 64 payloads of 64 bytes (AllocatePack, each payload
+// written, Send; Receive, PackOf, each payload read, Free) between two
+// goroutines, beside the Go channel carrying the payloads one by one. One
+// op is one payload.
+func BenchmarkRecordPackInProcess(b *testing.B) {
+	buf := benchBuf(b)
+	n := b.N
+	b.ResetTimer()
+	ours := packInProc(b, buf, 4, n, 64)
+	b.StopTimer()
+	report(b, ours, n, map[string]time.Duration{"gochan": goChanInProc(n)})
+}
+
+// packInProc moves n payloads between two goroutines in packs of per.
+func packInProc(b *testing.B, buf *ipc.Buffer, id ipc.ChannelID, n, per int) time.Duration {
+	ph := must(buf.NewHandle())
+	defer ph.Close()
+	ch := must(buf.NewHandle())
+	defer ch.Close()
+	p := must(ph.Producer(id))
+	c := must(ch.Consumer(id))
+	ctx := context.Background()
+	done := make(chan error, 1)
+	go func() {
+		var s byte
+		for got := 0; got < n; {
+			r, err := c.Receive(ctx)
+			if err != nil {
+				done <- err
+				return
+			}
+			pk, err := ipc.PackOf(r)
+			if err != nil {
+				done <- err
+				return
+			}
+			for _, pl := range pk.All() {
+				s += sum(pl)
+			}
+			if err := ch.Free(r); err != nil {
+				done <- err
+				return
+			}
+			got += pk.Len()
+		}
+		_ = s
+		done <- nil
+	}()
+	start := time.Now()
+	for sent := 0; sent < n; {
+		pk := must(ph.AllocatePack(min(per, n-sent), payload))
+		for i, pl := range pk.All() {
+			fill(pl, byte(sent+i))
+		}
+		if err := p.Send(ctx, pk.Record()); err != nil {
+			b.Fatal(err)
+		}
+		sent += pk.Len()
+	}
+	if err := <-done; err != nil {
+		b.Fatal(err)
+	}
+	el := time.Since(start)
+	p.Close()
+	c.Close()
+	return el
+}
+
 // BenchmarkRecordOneGoroutine is the record path's own CPU cost, with no
 // cache line crossing cores: one goroutine allocates, writes, sends,
 // receives, reads and frees each 64-byte record (single: one at a time;
