@@ -70,17 +70,20 @@ func newHandle(t *testing.T, b *ipc.Buffer) *ipc.Handle {
 }
 
 // stamp writes a sequence number (and a pattern derived from it) into a
-// record; check verifies it.
-func stamp(r ipc.Record, seq uint64) {
-	b := r.Bytes()
+// record; check verifies it. stampBytes and checkBytes do the same for
+// any bytes (at least 8).
+func stamp(r ipc.Record, seq uint64) { stampBytes(r.Bytes(), seq) }
+
+func check(t testing.TB, r ipc.Record, want uint64) { checkBytes(t, r.Bytes(), want) }
+
+func stampBytes(b []byte, seq uint64) {
 	binary.LittleEndian.PutUint64(b, seq)
 	for i := 8; i < len(b); i++ {
 		b[i] = byte(seq) + byte(i)
 	}
 }
 
-func check(t testing.TB, r ipc.Record, want uint64) {
-	b := r.Bytes()
+func checkBytes(t testing.TB, b []byte, want uint64) {
 	if got := binary.LittleEndian.Uint64(b); got != want {
 		t.Fatalf("record %d arrived where %d was expected", got, want)
 	}

@@ -2,6 +2,7 @@ package tests
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -266,6 +267,71 @@ func TestBatchForms(t *testing.T) {
 	require.NoError(t, h2.Close())
 	require.NoError(t, b.Check())
 	require.Equal(t, free0, freeBytes(t, b), "every record and slab went back")
+}
+
+// packShape is the shape of the i-th pack TestPacksAcrossProcesses
+// sends: 1 to 64 payloads of 8 to 71 bytes.
+func packShape(i int) (count, size int) { return 1 + i%64, 8 + i*7%64 }
+
+// TestPacksAcrossProcesses: packs of every shape reach another process
+// intact and in order, payload by payload, and every byte comes back once
+// the child has freed them.
+func TestPacksAcrossProcesses(t *testing.T) {
+	b, name := openBuf(t)
+	h := newHandle(t, b)
+	free0 := freeBytes(t, b)
+	p, err := h.Producer(1)
+	require.NoError(t, err)
+	const packs = 3000
+	child := testutil.StartChild(t, "TestChildConsumePacks", envBuf+"="+name)
+	ctx := ctxFor(t)
+	var seq uint64
+	for i := range packs {
+		pk, err := h.AllocatePack(packShape(i))
+		require.NoError(t, err)
+		for _, pl := range pk.All() {
+			stampBytes(pl, seq)
+			seq++
+		}
+		require.NoError(t, p.Send(ctx, pk.Record()))
+	}
+	require.NoError(t, p.Close())
+	require.Equal(t, fmt.Sprintf("received %d payloads", seq), child.Line(t, time.Minute))
+	child.MustSucceed(t, time.Minute)
+	require.NoError(t, h.Close())
+	require.NoError(t, b.Check())
+	require.Equal(t, free0, freeBytes(t, b), "every pack and slab went back")
+}
+
+// TestChildConsumePacks receives packs on channel 1 until EOF and checks
+// each one's shape and payloads.
+func TestChildConsumePacks(t *testing.T) {
+	testutil.ChildOnly(t)
+	b := attach(t)
+	h := newHandle(t, b)
+	c, err := h.Consumer(1)
+	require.NoError(t, err)
+	ctx := ctxFor(t)
+	var seq uint64
+	for i := 0; ; i++ {
+		r, err := c.Receive(ctx)
+		if err == io.EOF {
+			break
+		}
+		require.NoError(t, err)
+		pk, err := ipc.PackOf(r)
+		require.NoError(t, err)
+		count, size := packShape(i)
+		require.Equal(t, count, pk.Len(), "pack %d", i)
+		require.Equal(t, size, pk.Size(), "pack %d", i)
+		for _, pl := range pk.All() {
+			checkBytes(t, pl, seq)
+			seq++
+		}
+		require.NoError(t, h.Free(r))
+	}
+	require.NoError(t, c.Close())
+	testutil.Say("received %d payloads", seq)
 }
 
 // TestChildHoldConsumer consumes channel 1 slowly and waits to be killed.
