@@ -31,6 +31,11 @@
 //	add_shared_segment(id, size)     Buffer.Static(ctx, name, size, init)
 //	destruct()                       Buffer.Close (detach) / Buffer.Destroy (remove)
 //
+// Beyond RaftLib: a Pack (Handle.AllocatePack) is many payloads of one
+// size in one record, allocated, sent, received and freed as one — the
+// cheapest way to move many small payloads; Typed.AllocateSlice makes one
+// of Go values, seen as a []T.
+//
 // Differences that matter: records queued by a producer that closed before
 // the consumer attached are delivered; a dead peer is reported
 // (ErrPeerDead) instead of hanging; a record can be any size the heap can
