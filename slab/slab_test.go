@@ -221,23 +221,21 @@ func TestSlabReturn(t *testing.T) {
 	}
 }
 
-// TestSparesStartOver: a handle whose small records are freed a little
-// behind its allocation (a consumer lagging by up to two slabs) cycles
-// through its own slabs: it takes no slab from the heap after the first
-// three, and every record it hands out is intact until freed; so does one
-// of records a slab holds only fifteen of.
-func TestSparesStartOver(t *testing.T) {
-	p := newPool(t, heapCombo, 4<<20, Options{SlabSize: 16 << 10})
-	h0 := heapStats(t, p)
-	hd := p.NewHandle()
-	const lag = 900 // records of 16 bytes: about 1.8 slabs of 16 KiB
+// cycle allocates n records of size bytes from hd, freeing each once lag
+// newer ones are live and checking it intact first, and fails if the pool
+// ever has more slabs than the handle keeps. It returns the records still
+// live and the number of places records were allocated at.
+func cycle(t *testing.T, p *Pool, hd *Handle, n, size, lag int) (live []Record, places int) {
+	t.Helper()
+	seen := map[mem.Off]bool{}
 	var q []Record
-	for i := 0; i < 20000; i++ {
-		r, err := hd.Alloc(16)
+	for i := 0; i < n; i++ {
+		r, err := hd.Alloc(size)
 		if err != nil {
 			t.Fatal(err)
 		}
 		fill(r)
+		seen[r.Off] = true
 		q = append(q, r)
 		if len(q) > lag {
 			if !intact(q[0].Data, q[0].Off) {
@@ -249,9 +247,23 @@ func TestSparesStartOver(t *testing.T) {
 			q = q[1:]
 		}
 		if s := poolStats(t, p); s.Slabs > maxSpares+1 {
-			t.Fatalf("record %d: %d slabs: %+v", i, s.Slabs, s)
+			t.Fatalf("%d-byte record %d: %d slabs: %+v", size, i, s.Slabs, s)
 		}
 	}
+	return q, len(seen)
+}
+
+// TestSparesStartOver: a handle whose small records are freed a little
+// behind its allocation (a consumer lagging by up to two slabs) cycles
+// through its own slabs: it takes no slab from the heap after the first
+// three, and every record it hands out is intact until freed; so does one
+// of records a slab holds only fifteen of.
+func TestSparesStartOver(t *testing.T) {
+	p := newPool(t, heapCombo, 4<<20, Options{SlabSize: 16 << 10})
+	h0 := heapStats(t, p)
+	hd := p.NewHandle()
+	// Records of 16 bytes, about 1.8 slabs of 16 KiB behind.
+	q, _ := cycle(t, p, hd, 20000, 16, 900)
 	mustCheck(t, p, "cycling")
 	for _, r := range q {
 		if err := p.Free(r.Off); err != nil {
@@ -259,34 +271,12 @@ func TestSparesStartOver(t *testing.T) {
 		}
 	}
 	// Records of which a slab holds only fifteen cycle the same way when
-	// freed a little behind (a lag of about 1.3 slabs)...
-	q = q[:0]
-	seen := map[mem.Off]bool{}
-	for i := 0; i < 600; i++ {
-		r, err := hd.Alloc(1000)
-		if err != nil {
-			t.Fatal(err)
-		}
-		fill(r)
-		seen[r.Off] = true
-		q = append(q, r)
-		if len(q) > 20 {
-			if !intact(q[0].Data, q[0].Off) {
-				t.Fatalf("record %#x overwritten", q[0].Off)
-			}
-			if err := p.Free(q[0].Off); err != nil {
-				t.Fatal(err)
-			}
-			q = q[1:]
-		}
-		if s := poolStats(t, p); s.Slabs > maxSpares+1 {
-			t.Fatalf("1000-byte record %d: %d slabs: %+v", i, s.Slabs, s)
-		}
-	}
-	// Fifteen records in each of the three slabs, not a walk through the
-	// heap's fresh pages.
-	if len(seen) > (maxSpares+1)*16 {
-		t.Fatalf("600 records of 1000 bytes at %d places", len(seen))
+	// freed a little behind (a lag of about 1.3 slabs): fifteen records
+	// in each of the three slabs, not a walk through the heap's fresh
+	// pages...
+	q, places := cycle(t, p, hd, 600, 1000, 20)
+	if places > (maxSpares+1)*16 {
+		t.Fatalf("600 records of 1000 bytes at %d places", places)
 	}
 	// ... and when they queue up over more slabs than the handle keeps,
 	// the oldest full slabs are retired.

@@ -47,70 +47,34 @@ func must[T any](v T, err error) T {
 	return v
 }
 
-// heapipcInProc moves n records between two goroutines.
-func heapipcInProc(b *testing.B, buf *ipc.Buffer, id ipc.ChannelID, n, batch int) time.Duration {
+// inProc times n payloads between two goroutines on channel id, each
+// side with its own handle: send runs in this goroutine and sends up to
+// left payloads a call, recv in another; each returns how many it moved.
+func inProc(b *testing.B, buf *ipc.Buffer, id ipc.ChannelID, n int,
+	send func(h *ipc.Handle, p *ipc.Producer, sent, left int) (int, error),
+	recv func(h *ipc.Handle, c *ipc.Consumer) (int, error)) time.Duration {
 	ph := must(buf.NewHandle())
 	defer ph.Close()
 	ch := must(buf.NewHandle())
 	defer ch.Close()
 	p := must(ph.Producer(id))
 	c := must(ch.Consumer(id))
-	ctx := context.Background()
 	done := make(chan error, 1)
 	go func() {
-		rs := make([]ipc.Record, max(batch, 1))
-		var s byte
 		for got := 0; got < n; {
-			if batch > 0 {
-				k, err := c.ReceiveBatch(ctx, rs)
-				if err != nil {
-					done <- err
-					return
-				}
-				for _, r := range rs[:k] {
-					s += sum(r.Bytes())
-				}
-				if err := ch.FreeBatch(rs[:k]); err != nil {
-					done <- err
-					return
-				}
-				got += k
-				continue
-			}
-			r, err := c.Receive(ctx)
+			k, err := recv(ch, c)
 			if err != nil {
 				done <- err
 				return
 			}
-			s += sum(r.Bytes())
-			ch.Free(r)
-			got++
+			got += k
 		}
-		_ = s
 		done <- nil
 	}()
 	start := time.Now()
-	rs := make([]ipc.Record, max(batch, 1))
 	for sent := 0; sent < n; {
-		k := 1
-		if batch > 0 {
-			k = min(batch, n-sent)
-		}
-		if batch > 0 {
-			if err := ph.AllocateBatch(payload, rs[:k]); err != nil {
-				b.Fatal(err)
-			}
-		} else {
-			rs[0] = must(ph.Allocate(payload))
-		}
-		for i := 0; i < k; i++ {
-			fill(rs[i].Bytes(), byte(sent+i))
-		}
-		if batch > 0 {
-			if _, err := p.SendBatch(ctx, rs[:k]); err != nil {
-				b.Fatal(err)
-			}
-		} else if err := p.Send(ctx, rs[0]); err != nil {
+		k, err := send(ph, p, sent, n-sent)
+		if err != nil {
 			b.Fatal(err)
 		}
 		sent += k
@@ -122,6 +86,51 @@ func heapipcInProc(b *testing.B, buf *ipc.Buffer, id ipc.ChannelID, n, batch int
 	p.Close()
 	c.Close()
 	return el
+}
+
+// heapipcInProc moves n records between two goroutines, one per call
+// (batch 0) or with the batch forms.
+func heapipcInProc(b *testing.B, buf *ipc.Buffer, id ipc.ChannelID, n, batch int) time.Duration {
+	ctx := context.Background()
+	rs := make([]ipc.Record, max(batch, 1))
+	got := make([]ipc.Record, max(batch, 1))
+	var s byte
+	if batch == 0 {
+		return inProc(b, buf, id, n, func(h *ipc.Handle, p *ipc.Producer, sent, _ int) (int, error) {
+			r, err := h.Allocate(payload)
+			if err != nil {
+				return 0, err
+			}
+			fill(r.Bytes(), byte(sent))
+			return 1, p.Send(ctx, r)
+		}, func(h *ipc.Handle, c *ipc.Consumer) (int, error) {
+			r, err := c.Receive(ctx)
+			if err != nil {
+				return 0, err
+			}
+			s += sum(r.Bytes())
+			return 1, h.Free(r)
+		})
+	}
+	return inProc(b, buf, id, n, func(h *ipc.Handle, p *ipc.Producer, sent, left int) (int, error) {
+		k := min(batch, left)
+		if err := h.AllocateBatch(payload, rs[:k]); err != nil {
+			return 0, err
+		}
+		for i := range k {
+			fill(rs[i].Bytes(), byte(sent+i))
+		}
+		return p.SendBatch(ctx, rs[:k])
+	}, func(h *ipc.Handle, c *ipc.Consumer) (int, error) {
+		k, err := c.ReceiveBatch(ctx, got)
+		if err != nil {
+			return 0, err
+		}
+		for _, r := range got[:k] {
+			s += sum(r.Bytes())
+		}
+		return k, h.FreeBatch(got[:k])
+	})
 }
 
 // goChanInProc moves n freshly allocated 64-byte slices through a Go
@@ -222,57 +231,31 @@ func BenchmarkRecordPackInProcess(b *testing.B) {
 
 // packInProc moves n payloads between two goroutines in packs of per.
 func packInProc(b *testing.B, buf *ipc.Buffer, id ipc.ChannelID, n, per int) time.Duration {
-	ph := must(buf.NewHandle())
-	defer ph.Close()
-	ch := must(buf.NewHandle())
-	defer ch.Close()
-	p := must(ph.Producer(id))
-	c := must(ch.Consumer(id))
 	ctx := context.Background()
-	done := make(chan error, 1)
-	go func() {
-		var s byte
-		for got := 0; got < n; {
-			r, err := c.Receive(ctx)
-			if err != nil {
-				done <- err
-				return
-			}
-			pk, err := ipc.PackOf(r)
-			if err != nil {
-				done <- err
-				return
-			}
-			for _, pl := range pk.All() {
-				s += sum(pl)
-			}
-			if err := ch.Free(r); err != nil {
-				done <- err
-				return
-			}
-			got += pk.Len()
+	var s byte
+	return inProc(b, buf, id, n, func(h *ipc.Handle, p *ipc.Producer, sent, left int) (int, error) {
+		pk, err := h.AllocatePack(min(per, left), payload)
+		if err != nil {
+			return 0, err
 		}
-		_ = s
-		done <- nil
-	}()
-	start := time.Now()
-	for sent := 0; sent < n; {
-		pk := must(ph.AllocatePack(min(per, n-sent), payload))
 		for i, pl := range pk.All() {
 			fill(pl, byte(sent+i))
 		}
-		if err := p.Send(ctx, pk.Record()); err != nil {
-			b.Fatal(err)
+		return pk.Len(), p.Send(ctx, pk.Record())
+	}, func(h *ipc.Handle, c *ipc.Consumer) (int, error) {
+		r, err := c.Receive(ctx)
+		if err != nil {
+			return 0, err
 		}
-		sent += pk.Len()
-	}
-	if err := <-done; err != nil {
-		b.Fatal(err)
-	}
-	el := time.Since(start)
-	p.Close()
-	c.Close()
-	return el
+		pk, err := ipc.PackOf(r)
+		if err != nil {
+			return 0, err
+		}
+		for _, pl := range pk.All() {
+			s += sum(pl)
+		}
+		return pk.Len(), h.Free(r)
+	})
 }
 
 // BenchmarkRecordOneGoroutine is the record path's own CPU cost, with no
