@@ -108,8 +108,9 @@ func TestPackRoundTrip(t *testing.T) {
 	require.LessOrEqual(t, before.Heap.FreeBytes-after.Heap.FreeBytes, uint64(3*64<<10), "at most the handles' slabs stay taken")
 }
 
-// TestPackForward: a received pack is sent on down another channel as it
-// is (zero-copy) and freed by the last stage.
+// TestPackForward: a received pack is sent on down other channels (a
+// record channel, an MPSC channel) as it is, zero-copy, and freed by the
+// last stage.
 func TestPackForward(t *testing.T) {
 	b := heapBuf(t)
 	h, err := b.NewHandle()
@@ -124,6 +125,10 @@ func TestPackForward(t *testing.T) {
 	require.NoError(t, err)
 	c2, err := h.Consumer(2)
 	require.NoError(t, err)
+	p3, err := h.MPSCProducer(3)
+	require.NoError(t, err)
+	c3, err := h.MPSCConsumer(3)
+	require.NoError(t, err)
 	pk, err := h.AllocatePack(32, 24)
 	require.NoError(t, err)
 	fillPack(pk, 9)
@@ -133,13 +138,16 @@ func TestPackForward(t *testing.T) {
 	require.NoError(t, p2.Send(ctx, r))
 	r, err = c2.Receive(ctx)
 	require.NoError(t, err)
+	require.NoError(t, p3.Send(ctx, r), "an MPSC channel carries packs too")
+	r, err = c3.Receive(ctx)
+	require.NoError(t, err)
 	got, err := PackOf(r)
 	require.NoError(t, err)
 	require.Equal(t, &pk.At(0)[0], &got.At(0)[0], "the same bytes, not a copy")
 	require.NoError(t, checkPack(got, 9))
 	require.NoError(t, h.Free(got.Record()))
 	require.ErrorIs(t, h.Free(pk.Record()), ErrDoubleFree, "the pack is one record: freed once")
-	for _, e := range []interface{ Close() error }{p1, c1, p2, c2} {
+	for _, e := range []interface{ Close() error }{p1, c1, p2, c2, p3, c3} {
 		require.NoError(t, e.Close())
 	}
 }
