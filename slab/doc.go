@@ -19,8 +19,9 @@
 // spans about a slab and a half; a slab holds fifteen 4 KiB records)
 // cycles through three slabs that stay in the cache instead of walking
 // the heap — which hands out the largest free run, so fresh pages, page
-// faults and cache misses — and a handle pins at most three slabs. Records larger than an eighth of a slab get their own heap
-// extent (kind KindLarge) with the same header.
+// faults and cache misses — and a handle pins at most three slabs.
+// Records larger than an eighth of a slab get their own heap extent
+// (kind KindLarge) with the same header.
 //
 // A slab of S bytes (DefaultSlabSize, 64 KiB; see there for why):
 //

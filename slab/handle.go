@@ -136,8 +136,8 @@ func (h *Handle) allocLarge(size uint64) (Record, error) {
 // refill gives the handle a slab with room for any small record: the
 // current one or a spare started over if all their records are free, else
 // a new one from the heap; the current slab is shelved (kept as a spare;
-// the oldest spare beyond maxSpares is retired). If the heap is full nothing changes (smaller records may
-// still fit the current slab).
+// the oldest spare beyond maxSpares is retired). If the heap is full
+// nothing changes (smaller records may still fit the current slab).
 func (h *Handle) refill() error {
 	p := h.p
 	if h.slab != 0 && p.allFree(h.slab, h.sh, h.cur) {
