@@ -303,14 +303,20 @@ func TestPacksAcrossProcesses(t *testing.T) {
 	require.Equal(t, free0, freeBytes(t, b), "every pack and slab went back")
 }
 
+// childConsumer is a child's consumer end of channel 1 of the parent's
+// buffer, with its handle.
+func childConsumer(t *testing.T) (*ipc.Handle, *ipc.Consumer) {
+	testutil.ChildOnly(t)
+	h := newHandle(t, attach(t))
+	c, err := h.Consumer(1)
+	require.NoError(t, err)
+	return h, c
+}
+
 // TestChildConsumePacks receives packs on channel 1 until EOF and checks
 // each one's shape and payloads.
 func TestChildConsumePacks(t *testing.T) {
-	testutil.ChildOnly(t)
-	b := attach(t)
-	h := newHandle(t, b)
-	c, err := h.Consumer(1)
-	require.NoError(t, err)
+	h, c := childConsumer(t)
 	ctx := ctxFor(t)
 	var seq uint64
 	for i := 0; ; i++ {
@@ -336,11 +342,7 @@ func TestChildConsumePacks(t *testing.T) {
 
 // TestChildHoldConsumer consumes channel 1 slowly and waits to be killed.
 func TestChildHoldConsumer(t *testing.T) {
-	testutil.ChildOnly(t)
-	b := attach(t)
-	h := newHandle(t, b)
-	c, err := h.Consumer(1)
-	require.NoError(t, err)
+	h, c := childConsumer(t)
 	ctx := ctxFor(t)
 	for i := 0; i < 10; i++ {
 		r, err := c.Receive(ctx)
