@@ -160,6 +160,17 @@ func spin(d time.Duration, done func() bool) bool {
 	}
 }
 
+// relax is a short pause between two polls of a word that the peer
+// writes (Go has no pause instruction): a few dozen dependent operations.
+//
+//go:noinline
+func relax(x uint64) uint64 {
+	for range 48 {
+		x = x*0x9e3779b97f4a7c15 + 1
+	}
+	return x
+}
+
 // OpenRing validates a record channel's control block.
 func OpenRing(region *backend.Region, en *Entry, opts WaitOptions) (*Ring, error) {
 	b := region.Bytes()
@@ -226,6 +237,7 @@ type RecordProducer struct {
 	self      sys.Identity
 	tail      uint64 // local copy of Tail
 	headCache uint64
+	relaxed   uint64 // relax's results, kept so that its work is not elided
 	closed    bool
 }
 
@@ -307,7 +319,21 @@ func (p *RecordProducer) WaitRoom(ctx context.Context) error {
 		p.headCache = p.cb.Head.Load()
 		return p.tail-p.headCache < uint64(len(p.ring))
 	}
-	if spin(p.opts.Spin, hasRoom) {
+	// While it spins, the producer waits for a run of free slots (an
+	// eighth of the ring, at most 64) rather than for one, and lets a
+	// little time pass between polls: a consumer that frees one slot at
+	// a time would otherwise hand the Head line over at every record,
+	// and both sides would wait for it each time.
+	run := max(min(uint64(len(p.ring))/8, 64), 1)
+	roomy := func() bool {
+		p.headCache = p.cb.Head.Load()
+		if uint64(len(p.ring))-(p.tail-p.headCache) >= run {
+			return true
+		}
+		p.relaxed += relax(p.headCache)
+		return false
+	}
+	if spin(p.opts.Spin, roomy) || hasRoom() {
 		return nil
 	}
 	for {
