@@ -349,8 +349,9 @@ func goChanOneGoroutine(n int) time.Duration {
 }
 
 // TestChildBenchConsume is the consumer process of the cross-process
-// benchmarks: records on channel 1 of the buffer, or 64-byte messages on
-// the socket at fd 3; it reads every payload and says "done" at the end.
+// benchmarks: records on channel 1 of the buffer (packs with BENCH_PACK),
+// or 64-byte messages on the socket at fd 3; it reads every payload and
+// says "done" at the end.
 func TestChildBenchConsume(t *testing.T) {
 	testutil.ChildOnly(t)
 	n := envInt(t, envN)
@@ -379,8 +380,29 @@ func TestChildBenchConsume(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := ctxFor(t)
-	rs := make([]ipc.Record, 64)
 	var s byte
+	if os.Getenv("BENCH_PACK") != "" {
+		for got := 0; got < n; {
+			r, err := c.Receive(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pk, err := ipc.PackOf(r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, pl := range pk.All() {
+				s += sum(pl)
+			}
+			got += pk.Len()
+			if err := h.Free(r); err != nil {
+				t.Fatal(err)
+			}
+		}
+		testutil.Say("done %d", s)
+		return
+	}
+	rs := make([]ipc.Record, 64)
 	for got := 0; got < n; {
 		k, err := c.ReceiveBatch(ctx, rs)
 		if err != nil {
@@ -422,25 +444,68 @@ func BenchmarkRecordCrossProcess(b *testing.B) {
 	b.StopTimer()
 	child.MustSucceed(b, time.Minute)
 	p.Close()
+	report(b, ours, n, map[string]time.Duration{"unix": unixCrossProc(b, n, 1)})
+}
 
+// BenchmarkRecordPackCrossProcess is BenchmarkRecordCrossProcess with
+// packs of 64 payloads of 64 bytes (one op is one payload): the child
+// receives each pack, reads every payload and frees the pack. Beside it,
+// the Unix socket writing the same bytes a payload at a time (unix) and
+// 64 payloads at a time (unix-64, the socket's own batch form).
+func BenchmarkRecordPackCrossProcess(b *testing.B) {
+	const per = 64
+	buf := benchBuf(b)
+	n := b.N
+	h := must(buf.NewHandle())
+	defer h.Close()
+	p := must(h.Producer(1))
+	child := testutil.StartChild(b, "TestChildBenchConsume", envBuf+"="+buf.Name(), envN+"="+strconv.Itoa(n), "BENCH_PACK=1")
+	ctx := context.Background()
+	b.ResetTimer()
+	start := time.Now()
+	for sent := 0; sent < n; {
+		pk := must(h.AllocatePack(min(per, n-sent), payload))
+		for i, pl := range pk.All() {
+			fill(pl, byte(sent+i))
+		}
+		if err := p.Send(ctx, pk.Record()); err != nil {
+			b.Fatal(err)
+		}
+		sent += pk.Len()
+	}
+	child.Line(b, 5*time.Minute)
+	ours := time.Since(start)
+	b.StopTimer()
+	child.MustSucceed(b, time.Minute)
+	p.Close()
+	report(b, ours, n, map[string]time.Duration{"unix": unixCrossProc(b, n, 1), "unix-64": unixCrossProc(b, n, per)})
+}
+
+// unixCrossProc writes n 64-byte payloads, per at a time, through a Unix
+// socket to a child that reads them all, and returns how long that took.
+func unixCrossProc(b *testing.B, n, per int) time.Duration {
 	f0, f1 := socketPair(b)
 	sc := testutil.StartChildFiles(b, "TestChildBenchConsume", []*os.File{f1}, "BENCH_SOCKET=1", envN+"="+strconv.Itoa(n))
 	f1.Close()
 	conn := must(net.FileConn(f0))
 	f0.Close()
-	msg := make([]byte, payload)
-	sstart := time.Now()
-	for i := 0; i < n; i++ {
-		fill(msg, byte(i))
-		if _, err := conn.Write(msg); err != nil {
+	defer conn.Close()
+	msg := make([]byte, payload*per)
+	start := time.Now()
+	for sent := 0; sent < n; {
+		k := min(per, n-sent)
+		for i := range k {
+			fill(msg[i*payload:(i+1)*payload], byte(sent+i))
+		}
+		if _, err := conn.Write(msg[:k*payload]); err != nil {
 			b.Fatal(err)
 		}
+		sent += k
 	}
 	sc.Line(b, 5*time.Minute)
-	sock := time.Since(sstart)
-	conn.Close()
+	el := time.Since(start)
 	sc.MustSucceed(b, time.Minute)
-	report(b, ours, n, map[string]time.Duration{"unix": sock})
+	return el
 }
 
 // BenchmarkRecordPingPong: one record bounced between two goroutines over
