@@ -43,6 +43,8 @@ var styles = map[string]lineStyle{
 	"heapipc-park":        {color.RGBA{214, 39, 40, 255}, true, 3},
 	"heapipc-batch-spin":  {color.RGBA{255, 127, 14, 255}, false, 4},
 	"heapipc-batch-park":  {color.RGBA{255, 127, 14, 255}, true, 3},
+	"heapipc-pack-spin":   {color.RGBA{140, 86, 75, 255}, false, 4},
+	"heapipc-pack-park":   {color.RGBA{140, 86, 75, 255}, true, 3},
 	"heapipc-stream-spin": {color.RGBA{148, 103, 189, 255}, false, 4},
 	"heapipc-stream-park": {color.RGBA{148, 103, 189, 255}, true, 3},
 	"heapipc-mailbox":     {color.RGBA{227, 119, 194, 255}, false, 4},

@@ -35,6 +35,9 @@ Transports (-transports takes these ids):
   heapipc-batch-spin, heapipc-batch-park  the same with the batch forms, up to 64
                                         records a call: AllocateBatch, SendBatch,
                                         ReceiveBatch, FreeBatch
+  heapipc-pack-spin, heapipc-pack-park  the same messages in packs (ipc.Pack): up to
+                                        64 messages in one record, AllocatePack,
+                                        Send, Receive, PackOf, Free
   heapipc-stream-spin, heapipc-stream-park  stream channel: bytes written into and
                                         read from the ring's spans (1 MiB ring)
   heapipc-mailbox                       mailbox request/reply (latency only)

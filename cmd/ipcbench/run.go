@@ -220,8 +220,12 @@ type trialResult struct {
 func (r *runner) trial(ctx context.Context, c contender, scen string, size int) (res trialResult, err error) {
 	sp := &spec{Kind: c.t.kind, Scenario: scen, Size: size, Spin: c.t.spin, SpinFor: r.cfg.Spin,
 		Cap: capacity(size), Timeout: r.cfg.Trial + 2*time.Minute}
-	if c.t.kind == kindBatch {
+	if c.t.kind == kindBatch || c.t.kind == kindPack {
 		sp.Batch = batchOf(size)
+	}
+	if c.t.kind == kindPack {
+		// A slot carries a pack: as many messages in flight as the others.
+		sp.Cap /= sp.Batch
 	}
 	if c.t.heapipc {
 		sp.Buffer = r.e.buf.Name()

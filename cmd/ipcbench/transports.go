@@ -15,8 +15,8 @@ import (
 )
 
 // A transport is one way of moving messages between two goroutines or two
-// processes. heapipc's record channels (one at a time and in batches),
-// streams and mailboxes are measured beside a Go channel, os.Pipe, a Unix
+// processes. heapipc's record channels (one at a time, in batches, and
+// packs of messages in one record), streams and mailboxes are measured beside a Go channel, os.Pipe, a Unix
 // stream socket and TCP over loopback.
 type transport struct {
 	id      string // in -transports and in the JSON
@@ -34,6 +34,8 @@ var transports = []transport{
 	{id: "heapipc-park", label: "heapipc record, park", kind: kindRecord, heapipc: true, throughput: true, latency: true},
 	{id: "heapipc-batch-spin", label: "heapipc batch, spin", kind: kindBatch, spin: true, heapipc: true, throughput: true},
 	{id: "heapipc-batch-park", label: "heapipc batch, park", kind: kindBatch, heapipc: true, throughput: true},
+	{id: "heapipc-pack-spin", label: "heapipc pack, spin", kind: kindPack, spin: true, heapipc: true, throughput: true},
+	{id: "heapipc-pack-park", label: "heapipc pack, park", kind: kindPack, heapipc: true, throughput: true},
 	{id: "heapipc-stream-spin", label: "heapipc stream, spin", kind: kindStream, spin: true, heapipc: true, throughput: true, latency: true},
 	{id: "heapipc-stream-park", label: "heapipc stream, park", kind: kindStream, heapipc: true, throughput: true, latency: true},
 	{id: "heapipc-mailbox", label: "heapipc mailbox", kind: kindMailbox, spin: true, heapipc: true, latency: true},
@@ -62,6 +64,7 @@ func transportByID(id string) (transport, bool) {
 const (
 	kindRecord  = "record"
 	kindBatch   = "batch"
+	kindPack    = "pack"
 	kindStream  = "stream"
 	kindMailbox = "mailbox"
 	kindGoChan  = "gochan"
@@ -81,7 +84,7 @@ type spec struct {
 	Buffer   string        `json:"buffer,omitempty"`   // heapipc: the buffer's name
 	ID       uint64        `json:"id,omitempty"`       // heapipc: the channel id (and id+1 back)
 	Cap      int           `json:"cap,omitempty"`      // record ring, Go channel capacity
-	Batch    int           `json:"batch,omitempty"`    // records per SendBatch/ReceiveBatch
+	Batch    int           `json:"batch,omitempty"`    // records per SendBatch/ReceiveBatch, messages per pack
 	Files    int           `json:"files,omitempty"`    // descriptors from fd 3 on
 	Timeout  time.Duration `json:"timeout"`            // the peer gives up after this
 }
@@ -147,13 +150,16 @@ func openA(ctx context.Context, e env, sp *spec) (*opened, error) {
 	pl := newPayload(sp.Size)
 	lat := sp.Scenario == scenLatency
 	switch sp.Kind {
-	case kindRecord, kindBatch:
+	case kindRecord, kindBatch, kindPack:
 		h, err := e.buf.NewHandle()
 		if err != nil {
 			return nil, err
 		}
 		opts := []ipc.ChannelOption{ipc.WithCapacity(sp.Cap), ipc.WithSpin(spinOf(sp))}
 		a := &recordA{ctx: ctx, h: h, pl: pl}
+		if sp.Kind == kindPack {
+			a.per = sp.Batch
+		}
 		if a.p, err = h.Producer(ipc.ChannelID(sp.ID), opts...); err == nil && lat {
 			a.c, err = h.Consumer(ipc.ChannelID(sp.ID+1), opts...)
 		}
@@ -246,13 +252,16 @@ func openB(ctx context.Context, e env, sp *spec, files []*os.File, local any) (a
 	pl := newPayload(sp.Size)
 	lat := sp.Scenario == scenLatency
 	switch sp.Kind {
-	case kindRecord, kindBatch:
+	case kindRecord, kindBatch, kindPack:
 		h, err := e.buf.NewHandle()
 		if err != nil {
 			return nil, err
 		}
 		opts := []ipc.ChannelOption{ipc.WithCapacity(sp.Cap), ipc.WithSpin(spinOf(sp))}
-		b := &recordB{ctx: ctx, h: h, pl: pl, batch: sp.Batch}
+		b := &recordB{ctx: ctx, h: h, pl: pl, packs: sp.Kind == kindPack}
+		if sp.Kind == kindBatch {
+			b.batch = sp.Batch
+		}
 		if b.c, err = h.Consumer(ipc.ChannelID(sp.ID), opts...); err == nil && lat {
 			b.p, err = h.Producer(ipc.ChannelID(sp.ID+1), opts...)
 		}
@@ -344,12 +353,20 @@ type recordA struct {
 	pl    *payload
 	batch []ipc.Record // batch form: records allocated, not yet sent
 	r     ipc.Record   // latency: the record going back and forth
+	// packs: per messages a pack, the pack being written and how many
+	// of its messages are
+	per    int
+	pack   ipc.Pack
+	packed int
 }
 
 // send allocates a record, writes the message into it and sends it. In
 // the batch form the records of a batch are allocated together
 // (AllocateBatch) and sent together once all are written (SendBatch).
 func (a *recordA) send(seq uint64) error {
+	if a.per > 0 {
+		return a.sendPacked(seq)
+	}
 	if a.batch == nil {
 		r, err := a.h.Allocate(a.pl.size)
 		if err != nil {
@@ -380,6 +397,52 @@ func (a *recordA) flush() error {
 	return err
 }
 
+// sendPacked writes the message into the next payload of the pack being
+// filled (allocated with AllocatePack when the one before was sent), and
+// sends the pack, one record, once it is full.
+func (a *recordA) sendPacked(seq uint64) error {
+	if a.pack.IsZero() {
+		pk, err := a.h.AllocatePack(a.per, a.pl.size)
+		if err != nil {
+			return err
+		}
+		a.pack, a.packed = pk, 0
+	}
+	a.pl.put(a.pack.At(a.packed), seq)
+	a.packed++
+	if a.packed < a.pack.Len() {
+		return nil
+	}
+	r := a.pack.Record()
+	a.pack = ipc.Pack{}
+	if err := a.p.Send(a.ctx, r); err != nil {
+		return errors.Join(err, a.h.Free(r))
+	}
+	return nil
+}
+
+// flushPack sends the messages written into a pack that is not full, in
+// a pack of their number (a pack's count is fixed when it is allocated):
+// the end of a trial.
+func (a *recordA) flushPack() error {
+	full := a.pack
+	a.pack = ipc.Pack{}
+	pk, err := a.h.AllocatePack(a.packed, a.pl.size)
+	if err != nil {
+		return errors.Join(err, a.h.Free(full.Record()))
+	}
+	for i, b := range pk.All() {
+		copy(b, full.At(i))
+	}
+	if err := a.h.Free(full.Record()); err != nil {
+		return errors.Join(err, a.h.Free(pk.Record()))
+	}
+	if err := a.p.Send(a.ctx, pk.Record()); err != nil {
+		return errors.Join(err, a.h.Free(pk.Record()))
+	}
+	return nil
+}
+
 func (a *recordA) roundTrip(seq uint64) error {
 	if a.r.IsZero() {
 		r, err := a.h.Allocate(a.pl.size)
@@ -407,6 +470,9 @@ func (a *recordA) close() error {
 	if len(a.batch) > 0 {
 		err = a.flush()
 	}
+	if !a.pack.IsZero() {
+		err = errors.Join(err, a.flushPack())
+	}
 	if !a.r.IsZero() {
 		err = errors.Join(err, a.h.Free(a.r))
 	}
@@ -419,13 +485,33 @@ type recordB struct {
 	c     *ipc.Consumer
 	p     *ipc.Producer // latency: the way back
 	pl    *payload
-	batch int
+	batch int  // batch form: records per ReceiveBatch
+	packs bool // every record is a pack of messages
 }
 
 func (b *recordB) drain() (int64, uint64, error) {
 	var n int64
 	var sum uint64
 	err := func() error {
+		if b.packs {
+			for {
+				r, err := b.c.Receive(b.ctx)
+				if err != nil {
+					return err
+				}
+				pk, err := ipc.PackOf(r)
+				if err != nil {
+					return errors.Join(err, b.h.Free(r))
+				}
+				for _, m := range pk.All() {
+					sum += wordSum(m)
+					n += int64(len(m))
+				}
+				if err := b.h.Free(r); err != nil {
+					return err
+				}
+			}
+		}
 		if b.batch > 0 {
 			rs := make([]ipc.Record, b.batch)
 			for {
