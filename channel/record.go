@@ -315,10 +315,12 @@ func (p *RecordProducer) WaitRoom(ctx context.Context) error {
 	if p.closed {
 		return errClosedEnd
 	}
-	hasRoom := func() bool {
+	// room re-reads Head and reports whether k slots are free.
+	room := func(k uint64) bool {
 		p.headCache = p.cb.Head.Load()
-		return p.tail-p.headCache < uint64(len(p.ring))
+		return uint64(len(p.ring))-(p.tail-p.headCache) >= k
 	}
+	hasRoom := func() bool { return room(1) }
 	// While it spins, the producer waits for a run of free slots (an
 	// eighth of the ring, at most 64) rather than for one, and lets a
 	// little time pass between polls: a consumer that frees one slot at
@@ -326,8 +328,7 @@ func (p *RecordProducer) WaitRoom(ctx context.Context) error {
 	// and both sides would wait for it each time.
 	run := max(min(uint64(len(p.ring))/8, 64), 1)
 	roomy := func() bool {
-		p.headCache = p.cb.Head.Load()
-		if uint64(len(p.ring))-(p.tail-p.headCache) >= run {
+		if room(run) {
 			return true
 		}
 		p.relaxed += relax(p.headCache)

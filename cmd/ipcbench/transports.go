@@ -15,9 +15,10 @@ import (
 )
 
 // A transport is one way of moving messages between two goroutines or two
-// processes. heapipc's record channels (one at a time, in batches, and
-// packs of messages in one record), streams and mailboxes are measured beside a Go channel, os.Pipe, a Unix
-// stream socket and TCP over loopback.
+// processes. heapipc's record channels (one at a time, in batches, and in
+// packs of messages in one record), streams and mailboxes are measured
+// beside a Go channel, os.Pipe, a Unix stream socket and TCP over
+// loopback.
 type transport struct {
 	id      string // in -transports and in the JSON
 	label   string // in the tables and the chart
