@@ -99,8 +99,10 @@ func (h *Handle) check(op string) error {
 // or from its own extent if it is large. Its bytes are not zeroed.
 // ErrNoSpace: the buffer is full (nothing changed).
 func (h *Handle) Allocate(n int) (Record, error) {
-	h.enter()
-	defer h.leave()
+	if h.buf.cfg.debug {
+		h.enter()
+		defer h.leave()
+	}
 	if n < 0 {
 		return Record{}, fmt.Errorf("ipc: allocate %d bytes: %w", n, ErrInvalidSize)
 	}
@@ -153,7 +155,20 @@ func (h *Handle) FreeBatch(rs []Record) error {
 // Free gives a record back: ErrDoubleFree if it was freed already,
 // ErrNotAllocated or ErrForeign if it is not a live record of this buffer
 // (nothing changes then). Any handle may free any record of the buffer.
-func (h *Handle) Free(r Record) error { return h.buf.Free(r) }
+func (h *Handle) Free(r Record) error {
+	// The common case in one pass: a record this process holds, freed
+	// through the handle's slab cache (which remembers the slab whose
+	// header it checked last).
+	if !h.buf.isClosed.Load() {
+		if ok, err := h.sh.free(r.off, r.b); ok {
+			if err != nil {
+				return fmt.Errorf("ipc: free: %w", err)
+			}
+			return nil
+		}
+	}
+	return h.buf.Free(r)
+}
 
 // Free gives a record back (see Handle.Free); safe from any goroutine.
 func (b *Buffer) Free(r Record) error {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"structs"
 	"sync/atomic"
+	"unsafe"
 
 	"github.com/heapipc/ipc/alloc"
 	"github.com/heapipc/ipc/backend"
@@ -55,6 +56,7 @@ type records struct {
 	trailers []trailer // the region in 16-byte blocks: trailer i is at 16*i
 	lo, hi   mem.Off   // the heap's range: where records are
 	self     sys.Identity
+	base     uintptr // the address of b[0]: a view's offset is its address minus base
 }
 
 func newRecords(r *backend.Region, h *alloc.Heap, cfg config) (*records, error) {
@@ -68,7 +70,8 @@ func newRecords(r *backend.Region, h *alloc.Heap, cfg config) (*records, error) 
 	if err != nil {
 		return nil, err
 	}
-	return &records{pool: p, b: b, trailers: ts, lo: lo, hi: hi, self: sys.Self()}, nil
+	base := uintptr(unsafe.Pointer(unsafe.SliceData(b)))
+	return &records{pool: p, b: b, trailers: ts, lo: lo, hi: hi, self: sys.Self(), base: base}, nil
 }
 
 func initRecords(r *backend.Region, h *alloc.Heap, cfg config) (*records, error) {
@@ -81,9 +84,10 @@ func attachRecords(r *backend.Region, h *alloc.Heap, cfg config) (*records, erro
 
 // slabHandle is a Handle's slab cache.
 type slabHandle struct {
-	rs   *records
-	h    *slab.Handle
-	offs []mem.Off // allocBatch's and freeBatch's scratch
+	rs    *records
+	h     *slab.Handle
+	offs  []mem.Off // allocBatch's and freeBatch's scratch
+	taken slab.Slot // the record take returned last, for free
 }
 
 func (rs *records) newHandle() (*slabHandle, error) {
@@ -226,6 +230,53 @@ func (rs *records) take(slot uint64) (Record, error) {
 	return Record{off: off, b: b}, nil
 }
 
+// take is records.take's common case, without the error (ok false means
+// "ask records.take", which reports what is wrong): a slot with the
+// length, whose record's trailer and slab header check out and, if
+// another process holds it, is live. The handle keeps the record's slot,
+// so that free, the likely next call, does not locate it again.
+func (sh *slabHandle) take(slot uint64) (Record, bool) {
+	rs := sh.rs
+	off := channel.SlotOff(slot)
+	n, known := channel.SlotLen(slot)
+	if !known {
+		return Record{}, false
+	}
+	t := rs.trailerAt(off, n)
+	if t == nil {
+		return Record{}, false
+	}
+	s := &sh.taken
+	if !sh.h.Locate(off, s) || s.Size() != allocSize(n) {
+		return Record{}, false
+	}
+	if t.holder().Load() != uint64(rs.self) {
+		if !rs.pool.Live(s) {
+			return Record{}, false
+		}
+		t.holder().Store(uint64(rs.self))
+	}
+	end := off + mem.Off(n)
+	return Record{off: off, b: rs.b[off:end:end]}, true
+}
+
+// free frees a record this process holds (held's common case) through
+// the handle's slab cache: with the slot that take kept if it is this
+// record's. ok false means "ask records.free".
+func (sh *slabHandle) free(off mem.Off, b []byte) (ok bool, err error) {
+	t := sh.rs.heldFast(off, b)
+	if t == nil {
+		return false, nil
+	}
+	t.Magic = 0 // as records.free does
+	if sh.taken.Off() == off {
+		err := sh.h.FreeSlot(&sh.taken)
+		sh.taken = slab.Slot{}
+		return true, err
+	}
+	return true, sh.h.Free(off)
+}
+
 // takeOff is take for a record located in full (the fallback of take,
 // and MPSC channels, whose slots are offsets): its header, its slab and
 // its trailer are checked, and its length against n if known.
@@ -280,6 +331,20 @@ func (rs *records) held(off mem.Off, b []byte) (*trailer, error) {
 		return nil, fmt.Errorf("record %#x is held by %v, not by this process: %w", uint64(off), sys.Identity(h), ErrNotAllocated)
 	}
 	return t, nil
+}
+
+// heldFast is held's common case, a record this process holds whose view
+// starts at off, without the error: nil means "ask held" (which says what
+// is wrong, if anything; a zero-length view always goes there).
+func (rs *records) heldFast(off mem.Off, b []byte) *trailer {
+	if cap(b) == 0 || uintptr(unsafe.Pointer(unsafe.SliceData(b))) != rs.base+uintptr(off) {
+		return nil
+	}
+	t := rs.trailerAt(off, len(b))
+	if t == nil || t.holder().Load() != uint64(rs.self) {
+		return nil
+	}
+	return t
 }
 
 // slot validates the record as held does and returns its ring slot.

@@ -153,3 +153,61 @@ func TestTakeWritesOnlyLiveRecords(t *testing.T) {
 	require.Equal(t, other, sys.Identity(tr.holder().Load()), "nothing written")
 	require.NoError(t, ph.Free(keep))
 }
+
+// TestReceiveKeepsSlotForFree: the consumer's handle keeps the slot of the
+// record it took last, and frees it through that slot; a record received
+// earlier is freed the ordinary way; a record the handle took and that was
+// freed elsewhere (sent on, freed by the next consumer) is a double free,
+// not a second free through the kept slot.
+func TestReceiveKeepsSlotForFree(t *testing.T) {
+	b := heapBuf(t)
+	newHandle := func() *Handle {
+		h, err := b.NewHandle()
+		require.NoError(t, err)
+		t.Cleanup(func() { h.Close() })
+		return h
+	}
+	h1, h2, h3 := newHandle(), newHandle(), newHandle()
+	p, err := h1.Producer(1)
+	require.NoError(t, err)
+	c, err := h2.Consumer(1)
+	require.NoError(t, err)
+	fwd, err := h2.Producer(2)
+	require.NoError(t, err)
+	c3, err := h3.Consumer(2)
+	require.NoError(t, err)
+	ctx := context.Background()
+	for i := range 3 {
+		r, err := h1.Allocate(64)
+		require.NoError(t, err)
+		r.Bytes()[0] = byte(i)
+		require.NoError(t, p.Send(ctx, r))
+	}
+	a, err := c.Receive(ctx)
+	require.NoError(t, err)
+	bb, err := c.TryReceive()
+	require.NoError(t, err)
+	require.Equal(t, []byte{0, 1}, []byte{a.Bytes()[0], bb.Bytes()[0]})
+	require.Equal(t, bb.off, h2.sh.taken.Off(), "the slot of the record taken last")
+	require.NoError(t, h2.Free(a), "an earlier record: located afresh")
+	require.Equal(t, bb.off, h2.sh.taken.Off())
+	require.NoError(t, h2.Free(bb), "through the kept slot")
+	require.Equal(t, mem.Off(0), h2.sh.taken.Off(), "a slot is used once")
+	require.ErrorIs(t, h2.Free(bb), ErrDoubleFree)
+
+	cc, err := c.Receive(ctx)
+	require.NoError(t, err)
+	require.NoError(t, fwd.Send(ctx, cc), "sent on, zero-copy")
+	got, err := c3.Receive(ctx)
+	require.NoError(t, err)
+	require.Equal(t, cc.off, got.off)
+	require.Equal(t, byte(2), got.Bytes()[0])
+	require.NoError(t, h3.Free(got))
+	require.Equal(t, cc.off, h2.sh.taken.Off(), "h2 still keeps the slot of the record it took last")
+	require.ErrorIs(t, h2.Free(cc), ErrDoubleFree)
+
+	st, err := b.Stats()
+	require.NoError(t, err)
+	require.Zero(t, st.Records.LiveRecords, "every record came back once")
+	require.NoError(t, b.Check())
+}

@@ -279,6 +279,23 @@ func (p *RecordProducer) TrySend(slot uint64) error {
 	return nil
 }
 
+// Push is TrySend's fast path, for a ring that has room by the cached
+// Head: it queues the slot and reports true, or does nothing and reports
+// false (a closed end, or a ring full as far as the cached Head tells),
+// and then TrySend or Send says what to do.
+func (p *RecordProducer) Push(slot uint64) bool {
+	if p.closed || p.tail-p.headCache >= uint64(len(p.ring)) {
+		return false
+	}
+	p.ring[p.tail&p.mask] = slot
+	p.tail++
+	p.cb.Tail.Store(p.tail)
+	if p.cb.ConsWaiting.Load() != 0 {
+		p.wakeConsumer()
+	}
+	return true
+}
+
 func (p *RecordProducer) wakeConsumer() {
 	notify(p.buf, &p.cb.ConsWaiting, &p.cb.Doorbell)
 }
@@ -462,6 +479,23 @@ func (c *RecordConsumer) Next() (uint64, error) {
 		}
 	}
 	return c.ring[c.head&c.mask], nil
+}
+
+// Peek is Next's fast path: the next slot, if the consumer end is open
+// and the ring holds one; false means "ask Next" (which also reports
+// EOF, a closed end and a damaged Tail).
+func (c *RecordConsumer) Peek() (uint64, bool) {
+	if c.closed {
+		return 0, false
+	}
+	if c.tailCache == c.head {
+		t := c.cb.Tail.Load()
+		if t == c.head || t-c.head > uint64(len(c.ring)) {
+			return 0, false
+		}
+		c.tailCache = t
+	}
+	return c.ring[c.head&c.mask], true
 }
 
 // Advance consumes n slots that Next or PeekBatch returned, publishing

@@ -31,6 +31,7 @@ type Handle struct {
 	limit  uint32
 	key    uint32  // salt ^ the slab's generation
 	spares []spare // full slabs kept to start over, oldest first
+	seen   slabSeen
 	closed bool
 }
 
@@ -112,8 +113,61 @@ func (h *Handle) AllocBatch(size int, offs []mem.Off) (int, error) {
 	return len(offs), nil
 }
 
-// Free frees a record (of any handle): Pool.Free.
-func (h *Handle) Free(off mem.Off) error { return h.p.Free(off) }
+// Free frees a record (of any handle), as Pool.Free does. The handle
+// remembers the last slab whose header it checked, so that a run of frees
+// in one slab (a consumer's) checks that header once.
+func (h *Handle) Free(off mem.Off) error {
+	if ok, err := h.p.freeFast(off, &h.seen); ok {
+		return err
+	}
+	return h.p.free(off)
+}
+
+// Slot is where a record of a slab lies, as Handle.Locate found it: what
+// FreeSlot needs to free it without reading its header again. The zero
+// Slot is no record's.
+type Slot struct {
+	off   mem.Off
+	sl    slot
+	ident uint64 // the slab's identity word when it was located
+}
+
+// Off is the offset of the record's data.
+func (s *Slot) Off() mem.Off { return s.off }
+
+// Size is the record's size in bytes.
+func (s *Slot) Size() int { return int(s.sl.size) }
+
+// Locate validates the record of a slab whose data starts at off as
+// Free would (a header of its slab's current generation, a slab of this
+// pool's geometry) and fills s with its slot, without checking that it
+// is live (Pool.Live does). ok false: not such a record (s is zeroed);
+// Pool.Bytes and Free say what it is.
+func (h *Handle) Locate(off mem.Off, s *Slot) (ok bool) {
+	if s.sl, ok = h.p.slotOf(off, &h.seen); !ok {
+		*s = Slot{}
+		return false
+	}
+	s.off, s.ident = off, h.seen.ident
+	return true
+}
+
+// Live reports whether a located record's bits are all clear: it has not
+// been freed.
+func (p *Pool) Live(s *Slot) bool { return p.bitsClear(s.sl.slab, s.sl.bit, s.sl.n) }
+
+// FreeSlot frees the record that Locate found at s, as Free(s.Off())
+// would, without reading its header again if its slab still has the
+// identity it had then (a slab started over since has another, and the
+// record is then located afresh).
+func (h *Handle) FreeSlot(s *Slot) error {
+	if s.ident != 0 && h.p.words[s.sl.slab/8].Load() == s.ident {
+		if ok, err := h.p.freeSlot(&s.sl); ok {
+			return err
+		}
+	}
+	return h.Free(s.off)
+}
 
 func (h *Handle) allocLarge(size uint64) (Record, error) {
 	p := h.p

@@ -350,7 +350,7 @@ func (p *Pool) OffsetOf(b []byte) (mem.Off, error) {
 // ErrDoubleFree, offsets that are not live records ErrNotAllocated;
 // nothing changes then.
 func (p *Pool) Free(off mem.Off) error {
-	if ok, err := p.freeFast(off); ok {
+	if ok, err := p.freeFast(off, &slabSeen{}); ok {
 		return err
 	}
 	return p.free(off)
@@ -428,15 +428,20 @@ func (p *Pool) slabRecord(off mem.Off) (w0, w1, slab, ident uint64, ok bool) {
 	return w0, w1, slab, ident, true
 }
 
-// freeFast frees, in the common case, a record that slotOf finds.
-// ok false means "take the general path" (which also reports every
-// error); err is from returning the slab to the heap, or, for a slot
+// freeFast frees, in the common case, a record that slotOf finds (c as
+// there). ok false means "take the general path" (which also reports
+// every error); err is from returning the slab to the heap, or, for a slot
 // across bitmap words, freeBits's.
-func (p *Pool) freeFast(off mem.Off) (ok bool, err error) {
-	sl, ok := p.slotOf(off, &slabSeen{})
+func (p *Pool) freeFast(off mem.Off, c *slabSeen) (ok bool, err error) {
+	sl, ok := p.slotOf(off, c)
 	if !ok {
 		return false, nil
 	}
+	return p.freeSlot(&sl)
+}
+
+// freeSlot is freeFast for a slot found already.
+func (p *Pool) freeSlot(sl *slot) (ok bool, err error) {
 	b := sl.bit % 64
 	if b+sl.n > 64 {
 		return true, p.freeBits(mem.Off(sl.slab), &p.slabs[sl.slab/slabHeaderSize], sl.bit, sl.n, true)

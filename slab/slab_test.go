@@ -667,3 +667,79 @@ func TestRestart(t *testing.T) {
 	mustCheck(t, p, "after the restart")
 	p.Free(again.Off)
 }
+
+// TestFreeSlot: a record that Handle.Locate found is freed through its
+// slot (FreeSlot) as Free would free it: once, then ErrDoubleFree; and a
+// slot kept past its slab's restart, when a record of another size lies
+// at the same offset, frees that record by its own header, not by the
+// stale slot.
+func TestFreeSlot(t *testing.T) {
+	p := newPool(t, heapCombo, 4<<20, Options{SlabSize: 16 << 10})
+	bits := uint64(p.geo.limit - p.geo.recBase)
+	k := uint64(0) // a slot that divides the record area exactly
+	for c := uint64(20); c < bits/4 && k == 0; c++ {
+		if bits%c == 0 {
+			k = c
+		}
+	}
+	if k == 0 {
+		t.Skipf("no slot size divides %d granules", bits)
+	}
+	size := int(k*granule - HeaderSize)
+	hd := p.NewHandle()
+	defer hd.Close()
+	fr := p.NewHandle() // the freer: another handle, as a consumer's
+	defer fr.Close()
+
+	var recs []Record
+	for range bits / k { // exactly one slab
+		r, err := hd.Alloc(size)
+		if err != nil {
+			t.Fatal(err)
+		}
+		recs = append(recs, r)
+	}
+	var s, stale Slot
+	if !fr.Locate(recs[1].Off, &s) || s.Off() != recs[1].Off || s.Size() != size || !p.Live(&s) {
+		t.Fatalf("Locate %#x: %+v", recs[1].Off, s)
+	}
+	if err := fr.FreeSlot(&s); err != nil {
+		t.Fatal(err)
+	}
+	if p.Live(&s) {
+		t.Fatal("freed through its slot, the record is still live")
+	}
+	if err := fr.FreeSlot(&s); !errors.Is(err, ErrDoubleFree) {
+		t.Fatalf("second FreeSlot: %v, want ErrDoubleFree", err)
+	}
+	if fr.Locate(recs[0].Off+8, &s) || s != (Slot{}) {
+		t.Fatal("Locate accepted an offset inside a record")
+	}
+
+	if !fr.Locate(recs[0].Off, &stale) {
+		t.Fatal("Locate of the first record failed")
+	}
+	for i, r := range recs {
+		if i != 1 {
+			if err := fr.Free(r.Off); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// The full slab is all free: the next allocation, of another size,
+	// starts it over in place and lands where the first record was.
+	again, err := hd.Alloc(size + 2*granule)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.Off != recs[0].Off {
+		t.Fatalf("the slab did not restart in place: %#x, first was %#x", again.Off, recs[0].Off)
+	}
+	if err := fr.FreeSlot(&stale); err != nil {
+		t.Fatalf("FreeSlot with a slot of the earlier generation: %v", err)
+	}
+	mustCheck(t, p, "after freeing by a stale slot")
+	if err := p.Free(again.Off); !errors.Is(err, ErrDoubleFree) {
+		t.Fatalf("the record at the stale slot's offset: %v, want ErrDoubleFree (freed once, by its header)", err)
+	}
+}
