@@ -464,3 +464,47 @@ func TestSlotPacking(t *testing.T) {
 	_, ok := PackSlot(1<<SlotOffBits, 8)
 	require.False(t, ok, "an offset beyond any segment")
 }
+
+// TestRingParkedNoLostWakeup: a producer and a consumer that park at once
+// whenever the ring is full or empty (no spinning), with a check interval
+// far longer than the test, pass 10,000 records through a ring of two.
+// Each record makes one side park and the other wake it; a wake-up lost
+// in the handshake between a publish and a parking waiter (the index
+// stored, then the waiting word loaded; the waiting word stored, then
+// the index loaded) would leave a side asleep until the context's
+// deadline.
+func TestRingParkedNoLostWakeup(t *testing.T) {
+	f := newFixture(t, backend.Heap)
+	en, _, err := f.reg.LookupOrCreate(context.Background(), 1, recordSpec(2))
+	require.NoError(t, err)
+	ring, err := OpenRing(f.r, en, WaitOptions{Spin: -1, CheckInterval: time.Hour})
+	require.NoError(t, err)
+	p, err := ring.AttachProducer()
+	require.NoError(t, err)
+	c, err := ring.AttachConsumer()
+	require.NoError(t, err)
+	ctx := testutil.Context(t, 60*time.Second)
+	const n = 10000
+	done := make(chan error, 1)
+	go func() {
+		for i := uint64(1); i <= n; i++ {
+			if err := p.Send(ctx, i); err != nil {
+				done <- err
+				return
+			}
+		}
+		p.Close()
+		done <- nil
+	}()
+	for want := uint64(1); want <= n; want++ {
+		got, err := c.Receive(ctx)
+		require.NoError(t, err, "record %d", want)
+		require.Equal(t, want, got)
+	}
+	require.NoError(t, <-done)
+	_, err = c.Receive(ctx)
+	require.ErrorIs(t, err, io.EOF)
+	require.True(t, c.Close())
+	_, err = f.reg.Remove(context.Background(), en, ring.Removable, nil)
+	require.NoError(t, err)
+}
