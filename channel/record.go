@@ -266,23 +266,19 @@ func (p *RecordProducer) TrySend(slot uint64) error {
 	if p.closed {
 		return errClosedEnd
 	}
-	if p.tail-p.headCache >= uint64(len(p.ring)) {
+	if !p.Push(slot) {
 		p.headCache = p.cb.Head.Load()
-		if p.tail-p.headCache >= uint64(len(p.ring)) {
+		if !p.Push(slot) {
 			return errs.ErrWouldBlock
 		}
 	}
-	p.ring[p.tail&p.mask] = slot
-	p.tail++
-	p.cb.Tail.Store(p.tail)
-	p.wakeConsumer()
 	return nil
 }
 
-// Push is TrySend's fast path, for a ring that has room by the cached
-// Head: it queues the slot and reports true, or does nothing and reports
-// false (a closed end, or a ring full as far as the cached Head tells),
-// and then TrySend or Send says what to do.
+// Push is TrySend without re-reading Head: it queues the slot if the
+// ring has room by the cached Head and reports true, or does nothing and
+// reports false (a closed end, or a ring full as far as the cached Head
+// tells), and then TrySend or Send says what to do.
 func (p *RecordProducer) Push(slot uint64) bool {
 	if p.closed || p.tail-p.headCache >= uint64(len(p.ring)) {
 		return false
@@ -459,6 +455,9 @@ func (c *RecordConsumer) available() (uint64, error) {
 // Next returns the next slot without consuming it, or ErrWouldBlock
 // (empty), or io.EOF (empty and the producer closed).
 func (c *RecordConsumer) Next() (uint64, error) {
+	if s, ok := c.Peek(); ok {
+		return s, nil
+	}
 	if c.closed {
 		return 0, errClosedEnd
 	}
@@ -481,7 +480,7 @@ func (c *RecordConsumer) Next() (uint64, error) {
 	return c.ring[c.head&c.mask], nil
 }
 
-// Peek is Next's fast path: the next slot, if the consumer end is open
+// Peek is Next's common case: the next slot, if the consumer end is open
 // and the ring holds one; false means "ask Next" (which also reports
 // EOF, a closed end and a damaged Tail).
 func (c *RecordConsumer) Peek() (uint64, bool) {
