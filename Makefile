@@ -11,14 +11,14 @@ BENCHSTAT   := golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4d
 BIN         := $(CURDIR)/.bin
 PKGS         = $(shell $(GO) list ./...)
 
-.PHONY: demo test fmt-check vet race test-matrix cross check-tags bench lint clean
+.PHONY: demo test fmt-check vet race test-matrix test-386 cross check-tags bench lint clean
 
 ## demo: the reference example on the default backends (TAGS=... for others)
 demo:
 	$(GO) run -tags '$(TAGS)' ./examples/twoproc
 
-## test: everything CI runs — format, vet, race, the 4-combination matrix, cross-builds
-test: fmt-check vet check-tags race test-matrix cross
+## test: everything CI runs — format, vet, race, the 4-combination matrix, 32-bit x86, cross-builds
+test: fmt-check vet check-tags race test-matrix test-386 cross
 	@echo "make test: all passed"
 
 fmt-check:
@@ -38,11 +38,22 @@ test-matrix:
 	@for t in $(TAGSETS); do tags=$$( [ $$t = none ] || echo $$t ); \
 		echo "== go test -tags '$$tags'"; $(GO) test -count=1 -timeout 10m -tags "$$tags" ./... || exit 1; done
 
-## cross: the module and its tests compile for darwin and freebsd
+## test-386: the whole suite as 32-bit x86 programs on the default backends
+## (on an amd64 Linux host whose kernel runs them; otherwise it says why not)
+test-386:
+	@if [ "$$($(GO) env GOHOSTOS GOHOSTARCH | tr '\n' ' ')" != "linux amd64 " ]; then \
+		echo "test-386: skipped: not an amd64 Linux host"; exit 0; fi; \
+	mkdir -p $(BIN) && GOARCH=386 $(GO) test -c -o $(BIN)/probe386.test ./internal/mem || exit 1; \
+	if ! $(BIN)/probe386.test -test.run '^$$' >/dev/null 2>&1; then \
+		echo "test-386: skipped: this kernel does not run 32-bit x86 programs"; exit 0; fi; \
+	echo "== GOARCH=386 go test"; GOARCH=386 $(GO) test -count=1 -timeout 10m ./...
+
+## cross: the module and its tests compile for darwin, freebsd and 32-bit arm Linux
 cross:
 	@for os in $(CROSS_OS); do echo "== GOOS=$$os"; \
 		GOOS=$$os $(GO) build ./... || exit 1; \
 		for p in $(PKGS); do GOOS=$$os $(GO) test -c -o /dev/null $$p || exit 1; done; done
+	@echo "== GOARCH=arm"; GOARCH=arm $(GO) vet ./... || exit 1
 
 ## check-tags: the tags select different default-backend files
 check-tags:

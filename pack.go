@@ -3,6 +3,7 @@ package ipc
 import (
 	"fmt"
 	"iter"
+	"math"
 	"reflect"
 	"structs"
 
@@ -57,11 +58,11 @@ const (
 // packBytes is the record length of a pack of count payloads stride bytes
 // apart, and whether the geometry is one a pack can have.
 func packBytes(count, size, stride int) (int, bool) {
-	if count < 1 || size < 1 || stride < size || stride > (size+7)&^7 || count > 1<<32-1 || stride > 1<<32-1 {
+	if count < 1 || size < 1 || stride < size || stride > (size+7)&^7 || uint64(count) > math.MaxUint32 || uint64(stride) > math.MaxUint32 {
 		return 0, false
 	}
 	body := uint64(count) * uint64(stride) // < 2^64: both are below 2^32
-	if body > maxPackBytes {
+	if body > maxPackBytes || body > math.MaxInt-2*packHeaderSize {
 		return 0, false
 	}
 	return int((body+15)&^15 + packHeaderSize), true

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"math"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -160,7 +161,7 @@ func TestPackBadInput(t *testing.T) {
 	h, err := b.NewHandle()
 	require.NoError(t, err)
 	defer h.Close()
-	for _, s := range []struct{ count, size int }{{0, 8}, {-1, 8}, {8, 0}, {8, -3}, {1 << 33, 1}, {1, 1 << 33}, {1 << 31, 1 << 20}} {
+	for _, s := range []struct{ count, size int }{{0, 8}, {-1, 8}, {8, 0}, {8, -3}, {math.MaxInt, 1}, {1, math.MaxInt}, {math.MaxInt / 2, 1 << 20}} {
 		_, err := h.AllocatePack(s.count, s.size)
 		require.ErrorIs(t, err, ErrInvalidSize, "%d payloads of %d bytes", s.count, s.size)
 	}

@@ -2,6 +2,7 @@ package backend
 
 import (
 	"fmt"
+	"math"
 	"os"
 	"sync"
 
@@ -172,9 +173,9 @@ func newHeapSem(name string, obj *heapSemObj) (Semaphore, error) {
 	return newFutexSem(name, Heap, obj.b, nil, unlink)
 }
 
-// maxSegmentSize bounds segment sizes: beyond it sizes are surely a
-// mistake (and lengths would overflow int on 32-bit machines).
-const maxSegmentSize = 1 << 46
+// maxSegmentSize bounds segment sizes: beyond 64 TiB sizes are surely a
+// mistake; on 32-bit machines a mapping's length must fit an int.
+const maxSegmentSize = min(1<<46, math.MaxInt)
 
 func checkSegmentSize(size int64) error {
 	if size <= 0 || size > maxSegmentSize || int64(int(size)) != size {

@@ -33,6 +33,20 @@ const (
 	badAlign
 )
 
+// sharedAlign is the alignment that a value of a type of this size and
+// Go alignment needs in shared memory: Go's, except that on 32-bit
+// machines a type that Go aligns to 4 bytes but whose size is a multiple
+// of 8 is taken to hold 64-bit words (it does on 64-bit machines), which
+// atomic operations there need 8-byte aligned. The same layouts are then
+// valid on every machine, and a damaged offset is refused instead of
+// faulting in a 64-bit atomic operation. Constants fold it away.
+func sharedAlign(size, align uintptr) uintptr {
+	if unsafe.Sizeof(uintptr(0)) == 4 && align == 4 && size%8 == 0 {
+		return 8
+	}
+	return align
+}
+
 // check verifies that [off, off+size) lies in b and that b[off] is aligned
 // to align. It does not format: the hot paths call it.
 func check(b []byte, off Off, size, align uintptr) int {
@@ -61,8 +75,9 @@ func problem(what string, b []byte, off Off, size, align uintptr, p int) error {
 // alignment. T must be a fixed-layout type without Go pointers.
 func At[T any](b []byte, off Off) (*T, error) {
 	var z T
-	if p := check(b, off, unsafe.Sizeof(z), unsafe.Alignof(z)); p != okRange {
-		return nil, problem(fmt.Sprintf("%T", z), b, off, unsafe.Sizeof(z), unsafe.Alignof(z), p)
+	align := sharedAlign(unsafe.Sizeof(z), unsafe.Alignof(z))
+	if p := check(b, off, unsafe.Sizeof(z), align); p != okRange {
+		return nil, problem(fmt.Sprintf("%T", z), b, off, unsafe.Sizeof(z), align, p)
 	}
 	if unsafe.Sizeof(z) == 0 {
 		// Not &z: that would make z escape, and every call allocate.
@@ -94,8 +109,9 @@ func Slice[T any](b []byte, off Off, n int) ([]T, error) {
 	if size != 0 && uint64(n) > uint64(len(b))/uint64(size) {
 		return nil, errs.Corrupt(fmt.Sprintf("[]%T", z), uint64(off), "%d elements do not fit in %d bytes", n, len(b))
 	}
-	if p := check(b, off, size*uintptr(n), unsafe.Alignof(z)); p != okRange {
-		return nil, problem(fmt.Sprintf("[]%T", z), b, off, size*uintptr(n), unsafe.Alignof(z), p)
+	align := sharedAlign(size, unsafe.Alignof(z))
+	if p := check(b, off, size*uintptr(n), align); p != okRange {
+		return nil, problem(fmt.Sprintf("[]%T", z), b, off, size*uintptr(n), align, p)
 	}
 	if n == 0 {
 		return []T{}, nil

@@ -2,6 +2,7 @@ package mem
 
 import (
 	"errors"
+	"math"
 	"testing"
 	"unsafe"
 
@@ -43,7 +44,7 @@ func TestSliceAndBytes(t *testing.T) {
 	require.Len(t, s, 14)
 	_, err = Slice[uint32](b, 8, 15)
 	require.ErrorIs(t, err, errs.ErrCorrupt)
-	_, err = Slice[uint64](b, 0, 1<<61)
+	_, err = Slice[uint64](b, 0, math.MaxInt/4) // more bytes than int holds
 	require.ErrorIs(t, err, errs.ErrCorrupt)
 	_, err = Slice[uint32](b, 0, -1)
 	require.ErrorIs(t, err, errs.ErrCorrupt)

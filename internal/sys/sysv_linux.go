@@ -48,8 +48,7 @@ func SemTimedOp(id int, ops []Sembuf, timeout time.Duration) error {
 		ts = unix.NsecToTimespec(int64(timeout))
 		tsp = unsafe.Pointer(&ts)
 	}
-	_, _, e := unix.Syscall6(unix.SYS_SEMTIMEDOP, uintptr(id), uintptr(unsafe.Pointer(&ops[0])), uintptr(len(ops)), uintptr(tsp), 0, 0)
-	if e != 0 {
+	if e := semtimedop(id, unsafe.Pointer(&ops[0]), len(ops), tsp); e != 0 {
 		return e
 	}
 	return nil
@@ -112,7 +111,7 @@ func ShmStat(id int) (ShmInfo, error) {
 		return ShmInfo{}, err
 	}
 	return ShmInfo{
-		Size:       d.Segsz,
+		Size:       uint64(d.Segsz), // uint32 on 32-bit platforms
 		CreatorPID: int(d.Cpid),
 		Attached:   uint64(d.Nattch),
 		Mode:       uint32(d.Perm.Mode) & 0o777,
