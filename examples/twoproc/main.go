@@ -6,7 +6,11 @@
 // sides verify order and count; A prints the throughput, removes the buffer
 // and exits 0.
 //
-//	go run ./examples/twoproc [-n 1000000] [-size 64] [-segments posix|sysv] [-semaphores posix|sysv]
+//	go run ./examples/twoproc [-n 1000000] [-size 64] [-segments posix|sysv] [-semaphores posix|sysv] [-peer-exe B]
+//
+// With -peer-exe, process B runs from another build of this example: a
+// 32-bit x86 B beside a 64-bit A, for instance (the layouts in shared
+// memory are the same on both).
 package main
 
 import (
@@ -31,6 +35,7 @@ var (
 	segKind = flag.String("segments", "", "segment backend: posix or sysv (default: the build's)")
 	semKind = flag.String("semaphores", "", "semaphore backend: posix or sysv (default: the build's)")
 	peer    = flag.String("peer", "", "internal: run as process B on this buffer")
+	peerExe = flag.String("peer-exe", "", "run process B from this executable (default: this one), e.g. this example built for another architecture")
 )
 
 var channels = []ipc.ChannelID{1, 2}
@@ -61,9 +66,11 @@ func produce() (err error) {
 	defer func() { err = errors.Join(err, buf.Destroy()) }()
 	seg, sem := buf.Backends()
 
-	exe, err := os.Executable()
-	if err != nil {
-		return err
+	exe := *peerExe
+	if exe == "" {
+		if exe, err = os.Executable(); err != nil {
+			return err
+		}
 	}
 	cmd := exec.Command(exe, "-peer", name, "-n", strconv.Itoa(*n), "-size", strconv.Itoa(*size),
 		"-segments", seg, "-semaphores", sem)
