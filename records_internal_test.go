@@ -8,6 +8,7 @@ import (
 	"github.com/heapipc/ipc/channel"
 	"github.com/heapipc/ipc/internal/mem"
 	"github.com/heapipc/ipc/internal/sys"
+	"github.com/heapipc/ipc/internal/testutil"
 	"github.com/stretchr/testify/require"
 )
 
@@ -210,4 +211,10 @@ func TestReceiveKeepsSlotForFree(t *testing.T) {
 	require.NoError(t, err)
 	require.Zero(t, st.Records.LiveRecords, "every record came back once")
 	require.NoError(t, b.Check())
+}
+
+// TestPortableLayouts: a record's trailer and a pack's header are laid
+// out alike on 32-bit and 64-bit machines.
+func TestPortableLayouts(t *testing.T) {
+	testutil.RequirePortableLayouts(t, &trailer{}, &packHeader{})
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/heapipc/ipc/backend"
 	"github.com/heapipc/ipc/internal/mem"
+	"github.com/heapipc/ipc/internal/testutil"
 )
 
 // TestLayout pins the shared structures: they are an ABI between
@@ -16,6 +17,7 @@ import (
 func TestLayout(t *testing.T) {
 	var rt root
 	var lw LockWord
+	testutil.RequirePortableLayouts(t, &rt, &lw, &logEntry{}, &pageEnt{})
 	cases := []struct {
 		name      string
 		got, want uintptr

@@ -4,12 +4,14 @@ import (
 	"testing"
 	"unsafe"
 
+	"github.com/heapipc/ipc/internal/testutil"
 	"github.com/stretchr/testify/require"
 )
 
 // The header is an ABI between processes: its layout is pinned here.
 func TestHeaderLayout(t *testing.T) {
 	var h header
+	testutil.RequirePortableLayouts(t, &h)
 	require.Equal(t, uintptr(headerSize), unsafe.Sizeof(h))
 	require.Equal(t, uintptr(0), unsafe.Offsetof(h.Magic))
 	require.Equal(t, uintptr(8), unsafe.Offsetof(h.Version))

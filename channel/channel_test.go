@@ -508,3 +508,11 @@ func TestRingParkedNoLostWakeup(t *testing.T) {
 	_, err = f.reg.Remove(context.Background(), en, ring.Removable, nil)
 	require.NoError(t, err)
 }
+
+// TestPortableLayouts: the control blocks, slots and headers this package
+// lays out in shared memory are laid out alike on 32-bit and 64-bit
+// machines.
+func TestPortableLayouts(t *testing.T) {
+	testutil.RequirePortableLayouts(t, &mailboxCB{}, &mbChunkHeader{}, &entry{}, &regRoot{}, &speculoCB{},
+		&speculoSlot{}, &spExtentHdr{}, &spChunkHdr{}, &streamCB{}, &mpscCB{}, &prodSlot{}, &mpscSlot{}, &recordCB{})
+}

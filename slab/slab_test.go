@@ -10,11 +10,13 @@ import (
 	"github.com/heapipc/ipc/alloc"
 	"github.com/heapipc/ipc/internal/mem"
 	"github.com/heapipc/ipc/internal/sys"
+	"github.com/heapipc/ipc/internal/testutil"
 )
 
 func TestLayout(t *testing.T) {
 	var sh slabHeader
 	var rh recHeader
+	testutil.RequirePortableLayouts(t, &sh, &rh)
 	cases := []struct {
 		name      string
 		got, want uintptr

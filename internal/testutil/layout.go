@@ -7,12 +7,19 @@ import (
 	"testing"
 )
 
-// RequirePortableLayout fails t unless the shared-memory type typ has
-// the same layout on 32-bit and 64-bit machines (PortableLayout).
-func RequirePortableLayout(t testing.TB, typ reflect.Type) {
+// RequirePortableLayouts fails t unless the shared-memory types that
+// ptrs point to are laid out alike on 32-bit and 64-bit machines
+// (PortableLayout).
+func RequirePortableLayouts(t testing.TB, ptrs ...any) {
 	t.Helper()
-	if err := PortableLayout(typ); err != nil {
-		t.Fatalf("%v is not laid out alike on 32-bit and 64-bit machines: %v", typ, err)
+	for _, p := range ptrs {
+		typ := reflect.TypeOf(p)
+		if typ.Kind() != reflect.Pointer {
+			t.Fatalf("RequirePortableLayouts: %v is not a pointer", typ)
+		}
+		if err := PortableLayout(typ.Elem()); err != nil {
+			t.Errorf("%v is not laid out alike on 32-bit and 64-bit machines: %v", typ.Elem(), err)
+		}
 	}
 }
 
