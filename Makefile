@@ -88,6 +88,7 @@ lint:
 	@for t in $(TAGSETS); do tags=$$( [ $$t = none ] || echo $$t ); \
 		echo "staticcheck -tags '$$tags'"; $(BIN)/staticcheck -tags "$$tags" ./... || exit 1; done
 	@for os in $(CROSS_OS); do echo "staticcheck GOOS=$$os"; GOOS=$$os $(BIN)/staticcheck ./... || exit 1; done
+	@for arch in 386 arm; do echo "staticcheck GOARCH=$$arch"; GOARCH=$$arch $(BIN)/staticcheck ./... || exit 1; done
 
 clean:
 	$(GO) clean -testcache
