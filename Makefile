@@ -38,15 +38,18 @@ test-matrix:
 	@for t in $(TAGSETS); do tags=$$( [ $$t = none ] || echo $$t ); \
 		echo "== go test -tags '$$tags'"; $(GO) test -count=1 -timeout 10m -tags "$$tags" ./... || exit 1; done
 
-## test-386: the whole suite as 32-bit x86 programs on the default backends
-## (on an amd64 Linux host whose kernel runs them; otherwise it says why not)
+## test-386: the whole suite as 32-bit x86 programs, on the default backends and
+## on SysV segments and semaphores (on an amd64 Linux host whose kernel runs them;
+## otherwise it says why not)
 test-386:
 	@if [ "$$($(GO) env GOHOSTOS GOHOSTARCH | tr '\n' ' ')" != "linux amd64 " ]; then \
 		echo "test-386: skipped: not an amd64 Linux host"; exit 0; fi; \
 	mkdir -p $(BIN) && GOARCH=386 $(GO) test -c -o $(BIN)/probe386.test ./internal/mem || exit 1; \
 	if ! $(BIN)/probe386.test -test.run '^$$' >/dev/null 2>&1; then \
 		echo "test-386: skipped: this kernel does not run 32-bit x86 programs"; exit 0; fi; \
-	echo "== GOARCH=386 go test"; GOARCH=386 $(GO) test -count=1 -timeout 10m ./...
+	for t in none ipc_sysvshm,ipc_sysvsem; do tags=$$( [ $$t = none ] || echo $$t ); \
+		echo "== GOARCH=386 go test -tags '$$tags'"; \
+		GOARCH=386 $(GO) test -count=1 -timeout 10m -tags "$$tags" ./... || exit 1; done
 
 ## cross: the module and its tests compile for darwin, freebsd and 32-bit arm Linux
 cross:
