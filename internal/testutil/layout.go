@@ -3,7 +3,6 @@ package testutil
 import (
 	"fmt"
 	"reflect"
-	"sync/atomic"
 	"testing"
 )
 
@@ -36,63 +35,48 @@ func PortableLayout(typ reflect.Type) error {
 	return err
 }
 
-var (
-	atomicU64 = reflect.TypeFor[atomic.Uint64]()
-	atomicI64 = reflect.TypeFor[atomic.Int64]()
-	atomicU32 = reflect.TypeFor[atomic.Uint32]()
-	atomicI32 = reflect.TypeFor[atomic.Int32]()
-)
-
 // portable checks typ at byte offset off (from the start of the outer
 // type) and returns its alignment on a 64-bit machine.
 func portable(typ reflect.Type, path string, off uintptr) (uintptr, error) {
 	var align uintptr
-	switch typ {
-	case atomicU64, atomicI64:
-		align = 8
-	case atomicU32, atomicI32:
+	switch typ.Kind() {
+	case reflect.Bool, reflect.Int8, reflect.Uint8:
+		align = 1
+	case reflect.Int16, reflect.Uint16:
+		align = 2
+	case reflect.Int32, reflect.Uint32, reflect.Float32:
 		align = 4
-	}
-	if align == 0 {
-		switch typ.Kind() {
-		case reflect.Bool, reflect.Int8, reflect.Uint8:
-			align = 1
-		case reflect.Int16, reflect.Uint16:
-			align = 2
-		case reflect.Int32, reflect.Uint32, reflect.Float32:
-			align = 4
-		case reflect.Int64, reflect.Uint64, reflect.Float64:
-			align = 8
-		case reflect.Array:
-			a, err := portable(typ.Elem(), path+"[0]", off)
+	case reflect.Int64, reflect.Uint64, reflect.Float64:
+		align = 8
+	case reflect.Array:
+		a, err := portable(typ.Elem(), path+"[0]", off)
+		if err != nil {
+			return 0, err
+		}
+		align = a
+	case reflect.Struct:
+		align = 1
+		var next uintptr // where the next field starts without padding
+		for i := range typ.NumField() {
+			f := typ.Field(i)
+			if f.Offset != next {
+				return 0, fmt.Errorf("%s.%s: %d bytes of implicit padding before it", path, f.Name, f.Offset-next)
+			}
+			a, err := portable(f.Type, path+"."+f.Name, off+f.Offset)
 			if err != nil {
 				return 0, err
 			}
-			align = a
-		case reflect.Struct:
-			align = 1
-			var next uintptr // where the next field starts without padding
-			for i := range typ.NumField() {
-				f := typ.Field(i)
-				if f.Offset != next {
-					return 0, fmt.Errorf("%s.%s: %d bytes of implicit padding before it", path, f.Name, f.Offset-next)
-				}
-				a, err := portable(f.Type, path+"."+f.Name, off+f.Offset)
-				if err != nil {
-					return 0, err
-				}
-				align = max(align, a)
-				next = f.Offset + f.Type.Size()
-			}
-			if typ.Size() != next {
-				return 0, fmt.Errorf("%s: %d bytes of implicit padding at the end", path, typ.Size()-next)
-			}
-			if next%align != 0 {
-				return 0, fmt.Errorf("%s: size %d, which 64-bit machines pad to a multiple of %d", path, next, align)
-			}
-		default:
-			return 0, fmt.Errorf("%s: a %v has no fixed size across machines", path, typ)
+			align = max(align, a)
+			next = f.Offset + f.Type.Size()
 		}
+		if typ.Size() != next {
+			return 0, fmt.Errorf("%s: %d bytes of implicit padding at the end", path, typ.Size()-next)
+		}
+		if next%align != 0 {
+			return 0, fmt.Errorf("%s: size %d, which 64-bit machines pad to a multiple of %d", path, next, align)
+		}
+	default:
+		return 0, fmt.Errorf("%s: a %v has no fixed size across machines", path, typ)
 	}
 	if off%align != 0 {
 		return 0, fmt.Errorf("%s: at offset %d, misaligned for %d bytes", path, off, align)

@@ -33,6 +33,11 @@ type sized struct {
 	N int
 }
 
+type paddedAtomic struct {
+	A uint32
+	B atomic.Uint64 // Go pads before it on every machine
+}
+
 type misplaced struct {
 	A [3]uint32
 	B [2]uint32
@@ -44,7 +49,7 @@ func TestPortableLayout(t *testing.T) {
 	require.NoError(t, PortableLayout(reflect.TypeFor[[4]uint64]()))
 	for _, typ := range []reflect.Type{
 		reflect.TypeFor[padded](), reflect.TypeFor[shortTail](), reflect.TypeFor[sized](),
-		reflect.TypeFor[*uint64](), reflect.TypeFor[misplaced](),
+		reflect.TypeFor[*uint64](), reflect.TypeFor[misplaced](), reflect.TypeFor[paddedAtomic](),
 	} {
 		require.Error(t, PortableLayout(typ), "%v", typ)
 	}
