@@ -91,8 +91,12 @@ func (p *Pool) checkSlab(e alloc.Extent, v *violations, sc *slabCounts) {
 			at("bitmap", (uint64(sh.Words)-1)*8+slabHeaderSize, "bits past the last granule are not set (%#x)", w)
 		}
 	}
-	count := sh.Count.Load()
+	c := sh.Count.Load()
+	count := int64(uint32(c))
 	isActive := count >= active
+	if gen := genOf(sh.Ident.Load()); genOf(c) != gen && sh.Returner.Load() == 0 {
+		at("Count", 144, "count of generation %#x, the slab is of generation %#x", genOf(c), gen)
+	}
 	retired := sh.Retired.Load()
 	end := uint32(0)
 	switch {

@@ -59,7 +59,12 @@
 // subtracts the active value and the words it completed. Whoever brings
 // Count to zero (the last free, or the retirement) returns the slab to
 // the heap: it claims Returner with a CAS, and clears the magic and frees
-// the extent in one critical section of the heap lock.
+// the extent in one critical section of the heap lock. Count carries the
+// slab's generation in its upper half, and every change to it is a CAS
+// that expects the generation its maker saw when it located the slab: a
+// late change, by a process that was slow rather than dead, never
+// touches the count of a slab that Recover has taken over or that has
+// started over since.
 //
 // # Who writes what
 //
@@ -69,7 +74,9 @@
 //	slab line 0          the handle that took the slab, before its first
 //	                     record; Ident's magic by the returner
 //	bitmap               freers (CAS), the retiring handle or reclaimer
-//	Count                freers that complete a word, the retirer (add)
+//	Count                freers that complete a word, the retirer (CAS
+//	                     expecting the generation); Recover (stalled
+//	                     slabs)
 //	Owner                the handle's process; a reclaimer (CAS from a
 //	                     dead owner)
 //	Retired              the retiring process
@@ -95,9 +102,11 @@
 // KeepAll only retires and hands over. Slabs that a dead process took
 // but never initialised, and slab returns whose returner died, are
 // finished too. A process killed within the few instructions between a
-// word-completing CAS and the Count decrement (or in the middle of a
-// retirement or of a restart) can leave one slab that never returns;
-// Check reports it when the buffer is quiet.
+// word-completing CAS and the Count decrement, between the decrement to
+// zero and claiming Returner, or in the middle of a retirement or of a
+// restart, leaves a slab that is retired and all free but not returned
+// (stalled): Check reports it, and Pool.Recover returns it once it has
+// stayed so, its count unchanged, for a few milliseconds.
 //
 // # Checks
 //

@@ -296,7 +296,7 @@ func (p *Pool) allFree(slab mem.Off, sh *slabHeader, cur uint32) bool {
 			complete++
 		}
 	}
-	return sh.Count.Load() == active+int64(uint64(g.words)-complete)
+	return sh.Count.Load() == count(genOf(sh.Ident.Load()), active+g.words-uint32(complete))
 }
 
 // start initialises the slab at off for this handle, or restarts one of
@@ -340,7 +340,7 @@ func (h *Handle) start(off mem.Off, restart bool) {
 	if bits := uint64(g.limit - g.recBase); bits%64 != 0 {
 		p.words[base+uint64(g.words)-1].Store(^uint64(0) << (bits % 64))
 	}
-	sh.Count.Store(active + int64(g.words))
+	sh.Count.Store(count(gen, active+g.words))
 	if !restart {
 		sh.Ident.Store(uint64(gen)<<32 | slabMagic)
 	}
@@ -387,7 +387,8 @@ func (p *Pool) retireSlab(slab mem.Off, sh *slabHeader, g geometry, e uint32, ta
 	base := uint64(slab)/8 + bitmapWord
 	words := uint64(g.words)
 	wp, r := uint64(e)/64, uint64(e)%64
-	var done int64
+	gen := genOf(sh.Ident.Load())
+	var done uint64
 	if r != 0 {
 		mask := ^uint64(0) << r
 		word := &p.words[base+wp]
@@ -409,7 +410,7 @@ func (p *Pool) retireSlab(slab mem.Off, sh *slabHeader, g geometry, e uint32, ta
 		p.words[base+w].Store(^uint64(0))
 		done++
 	}
-	if sh.Count.Add(-(active + done)) == 0 {
+	if sh.countDown(gen, active+done) {
 		return p.returnSlab(slab, sh)
 	}
 	return nil

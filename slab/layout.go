@@ -5,8 +5,9 @@ import (
 	"sync/atomic"
 )
 
-// Version is the layout version of slab headers and record headers.
-const Version = 1
+// Version is the layout version of slab headers and record headers (2:
+// the count carries the slab's generation).
+const Version = 2
 
 const (
 	// HeaderSize is the size of the inline header before every record.
@@ -24,7 +25,7 @@ const (
 	slabMagic = 0x534c4231 // "SLB1"
 	// active is added to a slab's count while its owner may still carve
 	// records from it; retiring subtracts it.
-	active = 1 << 32
+	active = 1 << 31
 	// largeKey is mixed into the check of large records' headers, and
 	// freedKey marks the header of a large record that was freed.
 	largeKey = 0x4c415247 // "LARG"
@@ -41,7 +42,8 @@ const (
 //	slab's first record is handed out (Ident also when it is returned)
 //	line 1, written rarely: Owner and Retired by the owner (or by a
 //	reclaimer on behalf of a dead owner), Returner by the process that
-//	returns the slab, Count by freers that complete a bitmap word
+//	returns the slab, Count by freers that complete a bitmap word (and
+//	by Recover when it returns a stalled slab, see repairStalled)
 type slabHeader struct {
 	_       structs.HostLayout
 	Ident   atomic.Uint64 // 0: gen<<32 | slabMagic; the magic half is zeroed when the slab is returned
@@ -57,9 +59,36 @@ type slabHeader struct {
 
 	Owner    atomic.Uint64 // 128: sys.Identity of the process driving the slab (owner, or a reclaimer)
 	Returner atomic.Uint64 // 136: sys.Identity of the process returning the slab to the heap
-	Count    atomic.Int64  // 144: bitmap words not yet complete, + active until retired
+	Count    atomic.Uint64 // 144: gen<<32 | bitmap words not yet complete (+ active until retired)
 	Retired  atomic.Uint64 // 152: 1 + the granule where allocation stopped, written at retirement
 	_        [96]byte      // 160
+}
+
+// A slab's count is tagged with the generation of the slab it counts
+// (Ident's upper half): every change to it is a CAS of a count with the
+// tag the changer saw when it located the slab. So a count that Recover
+// has taken over (tag 0: the slab was stalled, see repairStalled) or that
+// a restart has reset is never changed by a freer or retirer that was
+// still on its way to it.
+func count(gen, n uint32) uint64 { return uint64(gen)<<32 | uint64(n) }
+
+// genOf is the generation in a slab's identity word.
+func genOf(ident uint64) uint32 { return uint32(ident >> 32) }
+
+// countDown takes n off the count of a slab of generation gen and
+// reports whether it reached zero (the caller then returns the slab). A
+// count of another generation is left as it is, as is one smaller than n
+// (damaged: Check reports it).
+func (sh *slabHeader) countDown(gen uint32, n uint64) bool {
+	for {
+		old := sh.Count.Load()
+		if uint32(old>>32) != gen || uint64(uint32(old)) < n {
+			return false
+		}
+		if sh.Count.CompareAndSwap(old, old-n) {
+			return uint32(old-n) == 0
+		}
+	}
 }
 
 // recHeader is the inline header before every record's data.

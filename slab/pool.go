@@ -158,6 +158,7 @@ type located struct {
 	sh     *slabHeader
 	hd     recHeader
 	bit    uint32 // first bitmap bit of the record's slot
+	gen    uint32 // the slab's generation
 	size   uint64
 	extent mem.Off // large: the extent
 }
@@ -208,7 +209,7 @@ func (p *Pool) locate(off mem.Off, loc *located) error {
 		uint64(hd.Len) != slotGranules(uint64(hd.Size), uint64(sh.Align)) {
 		return notRecord(off, "header does not fit its slab")
 	}
-	loc.slab, loc.sh, loc.hd, loc.bit, loc.size = slab, sh, hd, hd.Pos-sh.RecBase, uint64(hd.Size)
+	loc.slab, loc.sh, loc.hd, loc.bit, loc.gen, loc.size = slab, sh, hd, hd.Pos-sh.RecBase, genOf(ident), uint64(hd.Size)
 	return nil
 }
 
@@ -360,6 +361,7 @@ func (p *Pool) Free(off mem.Off) error {
 // the slab's bitmap, its length in bits (granules) and the record's size.
 type slot struct {
 	slab, bit, n, size uint64
+	gen                uint32 // the slab's generation
 }
 
 // slotOf validates, in the common case, a record of a slab made with this
@@ -386,7 +388,7 @@ func (p *Pool) slotOf(off mem.Off, c *slabSeen) (sl slot, ok bool) {
 	if pos < p.geo.recBase || uint64(pos)+uint64(ln) > uint64(p.geo.limit) || uint64(ln) != slotGranules(uint64(size), p.align) {
 		return sl, false
 	}
-	return slot{slab: slab, bit: uint64(pos - p.geo.recBase), n: uint64(ln), size: uint64(size)}, true
+	return slot{slab: slab, bit: uint64(pos - p.geo.recBase), n: uint64(ln), size: uint64(size), gen: genOf(ident)}, true
 }
 
 // slabSeen is a slab whose header slotOf checked, by its offset and
@@ -444,7 +446,7 @@ func (p *Pool) freeFast(off mem.Off, c *slabSeen) (ok bool, err error) {
 func (p *Pool) freeSlot(sl *slot) (ok bool, err error) {
 	b := sl.bit % 64
 	if b+sl.n > 64 {
-		return true, p.freeBits(mem.Off(sl.slab), &p.slabs[sl.slab/slabHeaderSize], sl.bit, sl.n, true)
+		return true, p.freeBits(mem.Off(sl.slab), &p.slabs[sl.slab/slabHeaderSize], sl.gen, sl.bit, sl.n, true)
 	}
 	word, mask := &p.words[sl.slab/8+bitmapWord+sl.bit/64], maskOf(b, sl.n)
 	old := word.Load()
@@ -452,16 +454,16 @@ func (p *Pool) freeSlot(sl *slot) (ok bool, err error) {
 		return false, nil
 	}
 	if old|mask == ^uint64(0) {
-		return true, p.wordDone(mem.Off(sl.slab), 1)
+		return true, p.wordDone(mem.Off(sl.slab), sl.gen, 1)
 	}
 	return true, nil
 }
 
-// wordDone counts n completed bitmap words off a slab's count; the count
-// reaching zero returns the slab to the heap.
-func (p *Pool) wordDone(slab mem.Off, n int64) error {
+// wordDone counts n completed bitmap words off the count of a slab of
+// generation gen; the count reaching zero returns the slab to the heap.
+func (p *Pool) wordDone(slab mem.Off, gen uint32, n uint64) error {
 	h := &p.slabs[slab/slabHeaderSize]
-	if h.Count.Add(-n) == 0 {
+	if h.countDown(gen, n) {
 		return p.returnSlab(slab, h)
 	}
 	return nil
@@ -476,7 +478,7 @@ func (p *Pool) free(off mem.Off) error {
 	if loc.large {
 		return p.freeLarge(off, loc, 0)
 	}
-	return p.freeBits(loc.slab, loc.sh, uint64(loc.bit), uint64(loc.hd.Len), true)
+	return p.freeBits(loc.slab, loc.sh, loc.gen, uint64(loc.bit), uint64(loc.hd.Len), true)
 }
 
 // FreeBytes frees the record b is the view of (see Free). A view of
@@ -497,7 +499,7 @@ func (p *Pool) FreeBytes(b []byte) error {
 	if loc.large {
 		return p.freeLarge(off, loc, 0)
 	}
-	return p.freeBits(loc.slab, loc.sh, uint64(loc.bit), uint64(loc.hd.Len), true)
+	return p.freeBits(loc.slab, loc.sh, loc.gen, uint64(loc.bit), uint64(loc.hd.Len), true)
 }
 
 // FreeRecord frees r (see FreeBytes).
@@ -514,14 +516,14 @@ func (p *Pool) FreeRecord(r Record) error {
 	return p.FreeBytes(r.Data)
 }
 
-// freeBits sets the bits of a slot [bit, bit+n) of a slab: the first word
-// with a CAS that fails on any bit already set (a double free loses there
-// and changes nothing), the others after it. A word that becomes complete
-// is counted off the slab's count; the count reaching zero returns the
-// slab to the heap.
-func (p *Pool) freeBits(slab mem.Off, sh *slabHeader, bit, n uint64, first bool) error {
+// freeBits sets the bits of a slot [bit, bit+n) of a slab of generation
+// gen: the first word with a CAS that fails on any bit already set (a
+// double free loses there and changes nothing), the others after it. A
+// word that becomes complete is counted off the slab's count; the count
+// reaching zero returns the slab to the heap.
+func (p *Pool) freeBits(slab mem.Off, sh *slabHeader, gen uint32, bit, n uint64, first bool) error {
 	base := uint64(slab)/8 + bitmapWord
-	var done int64
+	var done uint64
 	var bad error
 	for n > 0 {
 		w, b := bit/64, bit%64
@@ -553,7 +555,7 @@ func (p *Pool) freeBits(slab mem.Off, sh *slabHeader, bit, n uint64, first bool)
 		n -= m
 	}
 	if done > 0 {
-		if sh.Count.Add(-done) == 0 {
+		if sh.countDown(gen, done) {
 			if err := p.returnSlab(slab, sh); err != nil {
 				return errors.Join(bad, err)
 			}
@@ -632,7 +634,7 @@ func (p *Pool) FreeBatch(offs []mem.Off) error {
 	start := 0     // index of the run's first record
 	for i, off := range offs {
 		sl, ok := p.slotOf(off, &seen)
-		if ok && run.n > 0 && sl.slab == run.slab && sl.bit == run.bit+run.n {
+		if ok && run.n > 0 && sl.slab == run.slab && sl.gen == run.gen && sl.bit == run.bit+run.n {
 			run.n += sl.n
 			continue
 		}
@@ -644,15 +646,19 @@ func (p *Pool) FreeBatch(offs []mem.Off) error {
 			}
 			continue
 		}
-		run, start = bitRun{slab: sl.slab, bit: sl.bit, n: sl.n}, i
+		run, start = bitRun{slab: sl.slab, bit: sl.bit, n: sl.n, gen: sl.gen}, i
 	}
 	all = p.freeRun(run, offs[start:], start, all)
 	return errors.Join(all...)
 }
 
 // bitRun is a run of FreeBatch: the bits [bit, bit+n) of a slab's bitmap,
-// the slots of records that lie back to back.
-type bitRun struct{ slab, bit, n uint64 }
+// the slots of records that lie back to back, of a slab of generation
+// gen.
+type bitRun struct {
+	slab, bit, n uint64
+	gen          uint32
+}
 
 // freeRun sets the bits of a run of FreeBatch (the records offs, the
 // first of which is record number first of the batch) word by word, each
@@ -667,7 +673,7 @@ func (p *Pool) freeRun(run bitRun, offs []mem.Off, first int, all []error) []err
 	}
 	base := run.slab/8 + bitmapWord
 	bit, end := run.bit, run.bit+run.n
-	var done int64
+	var done uint64
 	for bit < end {
 		w, b := bit/64, bit%64
 		m := min(end-bit, 64-b)
@@ -686,7 +692,7 @@ func (p *Pool) freeRun(run bitRun, offs []mem.Off, first int, all []error) []err
 		bit += m
 	}
 	if done > 0 {
-		if err := p.wordDone(mem.Off(run.slab), done); err != nil {
+		if err := p.wordDone(mem.Off(run.slab), run.gen, done); err != nil {
 			all = append(all, fmt.Errorf("record %d: %w", first+len(offs)-1, err))
 		}
 	}
@@ -711,7 +717,7 @@ func (p *Pool) freeRun(run bitRun, offs []mem.Off, first int, all []error) []err
 			re = uint64(offs[j+1])/granule - 1 - slabBase
 		}
 		if re > bit {
-			if err := p.freeBits(mem.Off(run.slab), sh, bit, re-bit, false); err != nil {
+			if err := p.freeBits(mem.Off(run.slab), sh, run.gen, bit, re-bit, false); err != nil {
 				all = append(all, fmt.Errorf("record %d: %w", first+j, err))
 			}
 		}

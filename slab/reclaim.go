@@ -3,6 +3,7 @@ package slab
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/heapipc/ipc/alloc"
 	"github.com/heapipc/ipc/internal/errs"
@@ -53,8 +54,10 @@ func (p *Pool) Reclaim(dead sys.Identity, keep func(mem.Off) bool) (Reclaimed, e
 }
 
 // Recover runs Reclaim for every dead process that owns slabs or large
-// records, takes over slab returns whose returner died, and frees the
-// heap's plain extents of dead owners (alloc.Heap.Recover).
+// records, takes over slab returns whose returner died, returns stalled
+// slabs (retired and all free, but left unreturned by a process killed
+// between two of its steps; see returnStalled), and frees the heap's
+// plain extents of dead owners (alloc.Heap.Recover).
 func (p *Pool) Recover(keep func(mem.Off) bool) (Reclaimed, error) {
 	hr, herr := p.heap.Recover()
 	alive := map[sys.Identity]bool{p.self: true}
@@ -71,7 +74,79 @@ func (p *Pool) Recover(keep func(mem.Off) bool) (Reclaimed, error) {
 	}
 	rc, err := p.reclaim(isDead, keep)
 	rc.Heap = hr
-	return rc, errors.Join(herr, err)
+	n, serr := p.returnStalled()
+	rc.Returned += n
+	return rc, errors.Join(herr, err, serr)
+}
+
+// stallGrace is how long returnStalled lets a slab it found stalled be:
+// a live freer or retirer on its way to the count has had time to get
+// there, and the slab is no longer stalled.
+const stallGrace = 5 * time.Millisecond
+
+// returnStalled gives back to the heap the retired slabs whose records
+// are all free but whose count never reached zero, or that nobody
+// returned after it did: the last process to complete a bitmap word died
+// between its CAS on the bitmap and the one on the count (a freer, a
+// retirer, or a reclaimer that could not tell which completions the dead
+// owner had counted), or between the count and claiming the return. A
+// slab found so is looked at again after stallGrace; if its count is
+// unchanged, it is taken over (its count becomes 0 of generation 0, which
+// a counter still on its way, if any, no longer changes) and returned.
+func (p *Pool) returnStalled() (int, error) {
+	exts, err := p.heap.Allocated()
+	if err != nil {
+		return 0, fmt.Errorf("slab: stalled slabs: %w", err)
+	}
+	type stalledSlab struct {
+		e  alloc.Extent
+		sh *slabHeader
+		c  uint64 // its count when found
+	}
+	var found []stalledSlab
+	for _, e := range exts {
+		if e.Kind != alloc.KindSlab {
+			continue
+		}
+		sh := &p.slabs[e.Off/slabHeaderSize]
+		if c, ok := p.stalled(e, sh); ok {
+			found = append(found, stalledSlab{e, sh, c})
+		}
+	}
+	if len(found) == 0 {
+		return 0, nil
+	}
+	time.Sleep(stallGrace)
+	n := 0
+	var all []error
+	for _, s := range found {
+		if c, ok := p.stalled(s.e, s.sh); !ok || c != s.c || !s.sh.Count.CompareAndSwap(c, count(0, 0)) {
+			continue
+		}
+		if err := p.returnSlab(s.e.Off, s.sh); err != nil {
+			all = append(all, err)
+			continue
+		}
+		n++
+	}
+	return n, errors.Join(all...)
+}
+
+// stalled reports whether a slab looks stalled (see returnStalled):
+// retired, not being returned, and every bit of its bitmap set; and
+// returns its count, read before the bitmap.
+func (p *Pool) stalled(e alloc.Extent, sh *slabHeader) (c uint64, ok bool) {
+	if !p.slabOK(e, sh) || sh.Returner.Load() != 0 || sh.Retired.Load() == 0 {
+		return 0, false
+	}
+	c = sh.Count.Load()
+	base := uint64(e.Off)/8 + bitmapWord
+	for w := range uint64(sh.Words) {
+		if p.words[base+w].Load() != ^uint64(0) {
+			return 0, false
+		}
+	}
+	return c, true
 }
 
 func (p *Pool) reclaim(isDead func(sys.Identity) bool, keep func(mem.Off) bool) (Reclaimed, error) {
@@ -170,7 +245,7 @@ func (p *Pool) reclaimSlab(e alloc.Extent, isDead func(sys.Identity) bool, keep 
 		return nil
 	}
 	deadAlloc := isDead(e.Owner)
-	if sh.Count.Load() >= active {
+	if uint32(sh.Count.Load()) >= active {
 		o := sys.Identity(sh.Owner.Load())
 		if !isDead(o) || !sh.Owner.CompareAndSwap(uint64(o), uint64(p.self)) {
 			return nil // a live owner (or reclaimer) drives it
@@ -256,10 +331,11 @@ func (p *Pool) freeRecords(slab mem.Off, sh *slabHeader, end uint32, keep func(m
 	if err != nil {
 		return 0, err
 	}
+	gen := genOf(sh.Ident.Load())
 	n := 0
 	var all []error
 	for _, s := range todo {
-		err := p.freeBits(slab, sh, s.bit, s.n, true)
+		err := p.freeBits(slab, sh, gen, s.bit, s.n, true)
 		if errors.Is(err, ErrDoubleFree) {
 			continue // its holder freed it meanwhile
 		}
