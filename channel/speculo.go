@@ -608,14 +608,14 @@ func (w *SpeculoWriter) recover() error {
 				x.hdr.Next.Store(0)
 			}
 		}
-		// An extent that does not validate (cleared just before its
-		// free, or clobbered) is left alone: a leak, not a double free.
+		// An extent that does not validate (freed already: its magic
+		// is cleared as it is freed; or clobbered) is left alone.
 		w.freeExtent(pend)
 	}
 	cb.Pending.Store(0)
 	if f := cb.Freeing.Load(); f != 0 {
 		// A reap that unlinked an extent and died before freeing it:
-		// link it back (its magic is cleared just before the free).
+		// link it back (its magic is cleared as it is freed).
 		if f != cb.Oldest.Load() {
 			if h, err := mem.At[spExtentHdr](w.buf, mem.Off(f)); err == nil && h.Magic.Load() == spExtentMagic &&
 				h.Area.Load() == uint64(w.cbOff) && h.Next.Load() == cb.Oldest.Load() {
@@ -746,34 +746,41 @@ func (w *SpeculoWriter) repairIndex(x *spExtent, c spChunk, committed uint64) er
 
 // newExtent allocates and lays out an empty extent with the next epoch
 // and records it as Pending (so a writer that dies before switching to it
-// has it freed by the next writer).
+// has it freed by the next writer). The extent is marked as this area's
+// (magic, area) and recorded as Pending right after the allocation,
+// before the rest is laid out (the index is cleared: as long as the
+// area's capacity is large): a writer killed on the way leaves an extent
+// that the next one recognises and frees. Only between the allocation
+// and those three stores is an extent lost with its writer. Nothing
+// reads a Pending extent but the writer and the recovery.
 func (w *SpeculoWriter) newExtent() (*spExtent, error) {
 	off, err := w.heap.Alloc(int(w.g.extBytes))
 	if err != nil {
 		return nil, fmt.Errorf("speculo: new extent of %d bytes: %w", w.g.extBytes, err)
+	}
+	h, err := mem.At[spExtentHdr](w.buf, off)
+	if err != nil {
+		w.heap.Free(off)
+		return nil, err
 	}
 	idx, err := mem.Bytes(w.buf, off+spExtHdrSize, w.g.dataOff-spExtHdrSize)
 	if err != nil {
 		w.heap.Free(off)
 		return nil, err
 	}
-	clear(idx)
-	h, err := mem.At[spExtentHdr](w.buf, off)
-	if err != nil {
-		w.heap.Free(off)
-		return nil, err
-	}
-	epoch := w.cb.LastEpoch.Load() + 1
 	h.Area.Store(uint64(w.cbOff))
+	h.Magic.Store(spExtentMagic)
+	w.cb.Pending.Store(uint64(off))
+	spHook("extent:pending")
+	clear(idx)
+	epoch := w.cb.LastEpoch.Load() + 1
 	h.Epoch.Store(epoch)
 	h.Capacity.Store(w.g.capacity)
 	h.IndexSlots.Store(w.g.indexSlots)
 	h.DataOff.Store(w.g.dataOff)
 	h.Committed.Store(0)
 	h.Next.Store(0)
-	h.Magic.Store(spExtentMagic)
 	w.cb.LastEpoch.Store(epoch)
-	w.cb.Pending.Store(uint64(off))
 	return w.openExtent(uint64(off))
 }
 
@@ -785,17 +792,23 @@ func (w *SpeculoWriter) dropPending(nx *spExtent) {
 
 // freeExtent gives an extent of this area back to the heap, after
 // checking that it is one (an offset read from shared memory must not
-// free someone else's memory).
+// free someone else's memory). The check and clearing the magic are in
+// the heap's critical section that frees the extent: an extent of this
+// area either still has its magic or is free (or someone else's), so a
+// writer that dies freeing it leaves nothing that a later one could not
+// finish, nor free twice.
 func (s *Speculo) freeExtent(off uint64) error {
 	h, err := mem.At[spExtentHdr](s.buf, mem.Off(off))
 	if err != nil {
 		return err
 	}
-	if h.Magic.Load() != spExtentMagic || h.Area.Load() != uint64(s.cbOff) {
-		return s.corrupt("extent", off, "not an extent of this area (magic %#x, area %#x)", h.Magic.Load(), h.Area.Load())
-	}
-	h.Magic.Store(0)
-	return s.heap.Free(mem.Off(off))
+	return s.heap.FreeIf(mem.Off(off), func(e alloc.Extent) error {
+		if h.Magic.Load() != spExtentMagic || h.Area.Load() != uint64(s.cbOff) || e.Kind != alloc.KindPlain {
+			return s.corrupt("extent", off, "not an extent of this area (magic %#x, area %#x, %v)", h.Magic.Load(), h.Area.Load(), e.Kind)
+		}
+		h.Magic.Store(0)
+		return nil
+	})
 }
 
 func (w *SpeculoWriter) setThreshold(pct int) {
@@ -1149,8 +1162,7 @@ func (w *SpeculoWriter) reap(force bool) (int, error) {
 			w.cb.Freeing.Store(0)
 			return freed, nil
 		}
-		z.hdr.Magic.Store(0)
-		err = w.heap.Free(z.off)
+		err = w.freeExtent(uint64(z.off))
 		w.cb.Freeing.Store(0)
 		if err != nil {
 			return freed, fmt.Errorf("speculo: free retired extent: %w", err)

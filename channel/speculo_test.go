@@ -785,7 +785,7 @@ type crash struct{ point string }
 // must finish or undo what it left, keep the block visible, and leak no
 // extent.
 func TestSpeculoCrashPoints(t *testing.T) {
-	for _, point := range []string{"commit:published", "commit:indexed", "gc:copied", "gc:linked", "gc:current", "gc:switched", "reap:unlinked"} {
+	for _, point := range []string{"commit:published", "commit:indexed", "extent:pending", "gc:copied", "gc:linked", "gc:current", "gc:switched", "reap:unlinked"} {
 		t.Run(point, func(t *testing.T) {
 			f := newSpFix(t, backend.Heap, 4<<20)
 			sp, _ := f.area(t, 1, 4096, SpeculoConfig{Slots: 2}, nil)
@@ -795,6 +795,8 @@ func TestSpeculoCrashPoints(t *testing.T) {
 				put(t, w, 7, 50, v, 0)
 			}
 			fresh := put(t, w, 0, 50, 100, 0)
+			before, err := f.heap.Stats()
+			require.NoError(t, err)
 			speculoHook = func(p string) {
 				if p == point {
 					panic(crash{p})
@@ -805,7 +807,7 @@ func TestSpeculoCrashPoints(t *testing.T) {
 					r := recover()
 					require.Equal(t, crash{point}, r)
 				}()
-				if point[:2] == "gc" || point[:4] == "reap" {
+				if point[:2] == "gc" || point[:4] == "reap" || point[:6] == "extent" {
 					w.GC()
 				} else {
 					put(t, w, 7, 50, 4, 0)
@@ -847,6 +849,9 @@ func TestSpeculoCrashPoints(t *testing.T) {
 			st, err := sp.Stats()
 			require.NoError(t, err)
 			require.Equal(t, 1, st.Extents, "nothing left behind")
+			after, err := f.heap.Stats()
+			require.NoError(t, err)
+			require.Equal(t, before.FreeBytes, after.FreeBytes, "no extent lost in the heap")
 			// More work goes on normally.
 			put(t, w2, 7, 50, 9, 0)
 			require.NoError(t, w2.GC())
