@@ -309,6 +309,10 @@ type typeOps struct {
 	// abandoned reports whether no live process uses the channel and it
 	// can be removed by Recover.
 	abandoned func(b *Buffer, en *channel.Entry) bool
+	// deadBell clears the channel's doorbell word if it names the
+	// doorbell of a dead process, and reports whether it did (Recover,
+	// before the heap frees such doorbells).
+	deadBell func(b *Buffer, en *channel.Entry) bool
 	// free releases what the channel holds besides its control block,
 	// under the registry lock, when it is removed.
 	free func(b *Buffer, en *channel.Entry) error
@@ -368,6 +372,10 @@ func init() {
 			r, err := channel.OpenRing(b.region, en, channel.WaitOptions{})
 			return err == nil && r.Abandoned()
 		},
+		deadBell: func(b *Buffer, en *channel.Entry) bool {
+			r, err := channel.OpenRing(b.region, en, channel.WaitOptions{})
+			return err == nil && r.ClearDeadDoorbell(b.heap)
+		},
 	})
 	registerType(channel.TypeStatic, typeOps{
 		check: func(b *Buffer, en *channel.Entry) error {
@@ -377,11 +385,17 @@ func init() {
 	})
 }
 
+// bellGrace is how long Recover waits after taking dead processes'
+// doorbells out of channels before the heap frees them: a producer that
+// read a doorbell's offset just before has rung it by then.
+const bellGrace = 5 * time.Millisecond
+
 // Recover reclaims what processes that died left in the buffer: records
 // they held (allocated and not sent, or received and not freed; records
-// queued in a channel are kept for delivery), their slabs, and channels
-// that no live process holds and that are drained. It returns how many
-// bytes came back. Processes that are alive are never robbed.
+// queued in a channel are kept for delivery), their slabs, the doorbells
+// of their Selects, and channels that no live process holds and that are
+// drained. It returns how many bytes came back. Processes that are alive
+// are never robbed.
 func (b *Buffer) Recover() (reclaimed uint64, err error) {
 	if err := b.check("recover"); err != nil {
 		return 0, err
@@ -390,6 +404,7 @@ func (b *Buffer) Recover() (reclaimed uint64, err error) {
 	var all []error
 	queued := map[mem.Off]bool{}
 	var abandoned []*channel.Entry
+	bells := 0
 	all = append(all, b.reg.Each(func(en *channel.Entry) error {
 		ops := channelTypes[en.Type]
 		if ops.pending != nil {
@@ -404,8 +419,16 @@ func (b *Buffer) Recover() (reclaimed uint64, err error) {
 		if ops.abandoned != nil && ops.abandoned(b, en) {
 			abandoned = append(abandoned, en)
 		}
+		if ops.deadBell != nil && ops.deadBell(b, en) {
+			bells++
+		}
 		return nil
 	}))
+	if bells > 0 {
+		time.Sleep(bellGrace)
+	}
+	// Records, slabs, and the heap's extents of dead owners (among them
+	// the doorbells just taken out).
 	_, err = b.recs.recover(queued)
 	all = append(all, err)
 	for _, en := range abandoned {

@@ -282,5 +282,9 @@ func init() {
 			m, err := open(b, en)
 			return err == nil && m.Abandoned()
 		},
+		deadBell: func(b *Buffer, en *channel.Entry) bool {
+			m, err := open(b, en)
+			return err == nil && m.ClearDeadDoorbell(b.heap)
+		},
 	})
 }

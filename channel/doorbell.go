@@ -9,6 +9,7 @@ import (
 	"github.com/heapipc/ipc/alloc"
 	"github.com/heapipc/ipc/backend"
 	"github.com/heapipc/ipc/internal/mem"
+	"github.com/heapipc/ipc/internal/sys"
 )
 
 // Values of a waiting word (ConsWaiting, ProdWaiting): who is parked and
@@ -57,9 +58,11 @@ type Doorbell struct {
 	w    *atomic.Uint32
 }
 
-// NewDoorbell allocates a doorbell from the heap.
+// NewDoorbell allocates a doorbell from the heap, owned by this process:
+// if it dies with the doorbell, the buffer's Recover frees it (after
+// ClearDeadDoorbell has taken it out of the channels that name it).
 func NewDoorbell(heap *alloc.Heap, buf []byte) (*Doorbell, error) {
-	off, err := heap.Alloc(mem.CacheLine)
+	off, err := heap.AllocFor(context.Background(), mem.CacheLine, alloc.KindPlain, sys.Self())
 	if err != nil {
 		return nil, fmt.Errorf("doorbell: %w", err)
 	}
@@ -103,3 +106,23 @@ type Selectable interface {
 
 // Spin calls done until it returns true or d has passed.
 func Spin(d time.Duration, done func() bool) bool { return spin(d, done) }
+
+// clearDeadBell clears a control block's doorbell word if it names the
+// doorbell of a process that has died, and reports whether it did. The
+// buffer's Recover does this before the heap frees dead processes'
+// doorbells, so that no producer rings a word that has become someone
+// else's memory: a producer rings the doorbell its word names only after
+// taking the waiting flag, and a zero word is not rung. (ConsWaiting is
+// left as it is: a live consumer that took the end over may be arming
+// it.)
+func clearDeadBell(heap *alloc.Heap, w *atomic.Uint64) bool {
+	d := w.Load()
+	if d == 0 {
+		return false
+	}
+	e, err := heap.Extent(mem.Off(d))
+	if err != nil || e.Owner == 0 || e.Kind != alloc.KindPlain || sys.Alive(e.Owner) {
+		return false
+	}
+	return w.CompareAndSwap(d, 0)
+}

@@ -334,3 +334,61 @@ func TestSelectSixtyFourChannels(t *testing.T) {
 		require.NoError(t, c.(*ipc.Consumer).Close())
 	}
 }
+
+// TestChildSelectForever waits in a Select on channels 1 and 2 until it is
+// killed.
+func TestChildSelectForever(t *testing.T) {
+	testutil.ChildOnly(t)
+	h := newHandle(t, attach(t))
+	c1, err := h.Consumer(1)
+	require.NoError(t, err)
+	c2, err := h.Consumer(2)
+	require.NoError(t, err)
+	sel, err := h.NewSelect(c1, c2)
+	require.NoError(t, err)
+	testutil.Say("selecting")
+	_, _, err = sel.Receive(ctxFor(t))
+	t.Fatalf("Select returned before the kill: %v", err)
+}
+
+// TestConsumerKilledInSelect: a consumer killed while it waits in a
+// Select leaves its doorbell named in the channels' control blocks.
+// Recover takes it out of them and frees it, so that nothing is lost, and
+// a producer sending afterwards rings nothing (a stale doorbell would be
+// a write into memory the heap has handed back).
+func TestConsumerKilledInSelect(t *testing.T) {
+	b, name := openBuf(t)
+	h := newHandle(t, b)
+	before, err := b.Stats()
+	require.NoError(t, err)
+	p1, err := h.Producer(1, ipc.WithCapacity(64))
+	require.NoError(t, err)
+	p2, err := h.Producer(2, ipc.WithCapacity(64))
+	require.NoError(t, err)
+	child := testutil.StartChild(t, "TestChildSelectForever", envBuf+"="+name)
+	require.Equal(t, "selecting", child.Line(t, time.Minute))
+	time.Sleep(50 * time.Millisecond) // most likely parked on its doorbell by now
+	child.Kill()
+
+	_, err = b.Recover()
+	require.NoError(t, err)
+	require.NoError(t, b.Check())
+	ctx := ctxFor(t)
+	for _, p := range []*ipc.Producer{p1, p2} {
+		r, err := h.Allocate(64)
+		require.NoError(t, err)
+		require.NoError(t, p.Send(ctx, r), "a send after the consumer died and was recovered")
+	}
+	require.NoError(t, b.Check(), "no stale doorbell was rung into freed memory")
+	require.NoError(t, p1.Close())
+	require.NoError(t, p2.Close())
+	require.NoError(t, h.RemoveChannel(ctx, 1))
+	require.NoError(t, h.RemoveChannel(ctx, 2))
+	require.NoError(t, h.Close())
+	_, err = b.Recover()
+	require.NoError(t, err)
+	after, err := b.Stats()
+	require.NoError(t, err)
+	require.Equal(t, before.Heap.FreeBytes, after.Heap.FreeBytes, "the dead consumer's doorbell came back")
+	require.NoError(t, b.Check())
+}
