@@ -31,6 +31,22 @@ func freeBitsOnly(t *testing.T, p *Pool, off mem.Off) slot {
 	return sl
 }
 
+// allocRecords gives a new handle 40 records of 64 bytes: 40 slots of
+// 80 bytes in one slab, over several bitmap words.
+func allocRecords(t *testing.T, p *Pool) (*Handle, []Record) {
+	t.Helper()
+	hd := p.NewHandle()
+	recs := make([]Record, 40)
+	for i := range recs {
+		r, err := hd.Alloc(64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		recs[i] = r
+	}
+	return hd, recs
+}
+
 var stallCases = []stallCase{
 	{"freer died between its bitmap CAS and the count", func(t *testing.T, p *Pool, hd *Handle, recs []Record) {
 		hd.Close()
@@ -79,15 +95,7 @@ func TestRecoverStalled(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			p := newPool(t, heapCombo, 4<<20, Options{SlabSize: 16 << 10})
 			h0 := heapStats(t, p)
-			hd := p.NewHandle()
-			var recs []Record
-			for range 40 { // 40 slots of 80 bytes: several bitmap words
-				r, err := hd.Alloc(64)
-				if err != nil {
-					t.Fatal(err)
-				}
-				recs = append(recs, r)
-			}
+			hd, recs := allocRecords(t, p)
 			slab := hd.slab
 			sh := hd.sh
 			gen := genOf(sh.Ident.Load())
@@ -148,15 +156,7 @@ func TestRecoverStalled(t *testing.T) {
 // the process doing it gets there, and none with a live record.
 func TestRecoverLeavesBusySlabs(t *testing.T) {
 	p := newPool(t, heapCombo, 4<<20, Options{SlabSize: 16 << 10})
-	hd := p.NewHandle()
-	var recs []Record
-	for range 40 {
-		r, err := hd.Alloc(64)
-		if err != nil {
-			t.Fatal(err)
-		}
-		recs = append(recs, r)
-	}
+	hd, recs := allocRecords(t, p)
 	hd.Close()
 	for _, r := range recs[1:] {
 		if err := p.Free(r.Off); err != nil {
