@@ -335,8 +335,8 @@ func TestSelectSixtyFourChannels(t *testing.T) {
 	}
 }
 
-// TestChildSelectForever waits in a Select on channels 1 and 2 until it is
-// killed.
+// TestChildSelectForever waits in a Select on record channels 1 and 2 and
+// MPSC channel 3 until it is killed.
 func TestChildSelectForever(t *testing.T) {
 	testutil.ChildOnly(t)
 	h := newHandle(t, attach(t))
@@ -344,7 +344,9 @@ func TestChildSelectForever(t *testing.T) {
 	require.NoError(t, err)
 	c2, err := h.Consumer(2)
 	require.NoError(t, err)
-	sel, err := h.NewSelect(c1, c2)
+	c3, err := h.MPSCConsumer(3)
+	require.NoError(t, err)
+	sel, err := h.NewSelect(c1, c2, c3)
 	require.NoError(t, err)
 	testutil.Say("selecting")
 	_, _, err = sel.Receive(ctxFor(t))
@@ -352,7 +354,8 @@ func TestChildSelectForever(t *testing.T) {
 }
 
 // TestConsumerKilledInSelect: a consumer killed while it waits in a
-// Select leaves its doorbell named in the channels' control blocks.
+// Select (on record and MPSC channels) leaves its doorbell named in the
+// channels' control blocks.
 // Recover takes it out of them and frees it, so that nothing is lost, and
 // a producer sending afterwards rings nothing (a stale doorbell would be
 // a write into memory the heap has handed back).
@@ -365,6 +368,8 @@ func TestConsumerKilledInSelect(t *testing.T) {
 	require.NoError(t, err)
 	p2, err := h.Producer(2, ipc.WithCapacity(64))
 	require.NoError(t, err)
+	p3, err := h.MPSCProducer(3, ipc.WithCapacity(64))
+	require.NoError(t, err)
 	child := testutil.StartChild(t, "TestChildSelectForever", envBuf+"="+name)
 	require.Equal(t, "selecting", child.Line(t, time.Minute))
 	time.Sleep(50 * time.Millisecond) // most likely parked on its doorbell by now
@@ -374,7 +379,9 @@ func TestConsumerKilledInSelect(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, b.Check())
 	ctx := ctxFor(t)
-	for _, p := range []*ipc.Producer{p1, p2} {
+	for _, p := range []interface {
+		Send(context.Context, ipc.Record) error
+	}{p1, p2, p3} {
 		r, err := h.Allocate(64)
 		require.NoError(t, err)
 		require.NoError(t, p.Send(ctx, r), "a send after the consumer died and was recovered")
@@ -382,8 +389,16 @@ func TestConsumerKilledInSelect(t *testing.T) {
 	require.NoError(t, b.Check(), "no stale doorbell was rung into freed memory")
 	require.NoError(t, p1.Close())
 	require.NoError(t, p2.Close())
+	require.NoError(t, p3.Close())
 	require.NoError(t, h.RemoveChannel(ctx, 1))
 	require.NoError(t, h.RemoveChannel(ctx, 2))
+	// The MPSC channel goes when its (new) consumer has drained it.
+	c3, err := h.MPSCConsumer(3)
+	require.NoError(t, err)
+	r, err := c3.Receive(ctx)
+	require.NoError(t, err)
+	require.NoError(t, h.Free(r))
+	require.NoError(t, c3.Close())
 	require.NoError(t, h.Close())
 	_, err = b.Recover()
 	require.NoError(t, err)
