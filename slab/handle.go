@@ -382,7 +382,8 @@ func (h *Handle) Close() error {
 // active mark from the count. takeover is true when a reclaimer finishes
 // the retirement of a dead owner, who may have set part of the bits
 // already: a completion it cannot attribute is then left uncounted (the
-// slab may leak, but is never returned while a record is live).
+// slab then stalls instead of being returned while a record is live, and
+// Recover's returnStalled returns it once all is free).
 func (p *Pool) retireSlab(slab mem.Off, sh *slabHeader, g geometry, e uint32, takeover bool) error {
 	base := uint64(slab)/8 + bitmapWord
 	words := uint64(g.words)
