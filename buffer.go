@@ -407,6 +407,11 @@ func (b *Buffer) Recover() (reclaimed uint64, err error) {
 	bells := 0
 	all = append(all, b.reg.Each(func(en *channel.Entry) error {
 		ops := channelTypes[en.Type]
+		// First, whatever else fails for this channel: the heap frees
+		// dead processes' doorbells below.
+		if ops.deadBell != nil && ops.deadBell(b, en) {
+			bells++
+		}
 		if ops.pending != nil {
 			pending, err := ops.pending(b, en)
 			if err != nil {
@@ -418,9 +423,6 @@ func (b *Buffer) Recover() (reclaimed uint64, err error) {
 		}
 		if ops.abandoned != nil && ops.abandoned(b, en) {
 			abandoned = append(abandoned, en)
-		}
-		if ops.deadBell != nil && ops.deadBell(b, en) {
-			bells++
 		}
 		return nil
 	}))

@@ -688,19 +688,29 @@ func (h *Heap) Bytes(off mem.Off) ([]byte, error) {
 
 // Extent describes the allocated extent that starts at off.
 func (h *Heap) Extent(off mem.Off) (Extent, error) {
+	var e Extent
+	err := h.WithExtent(off, func(x Extent) { e = x })
+	return e, err
+}
+
+// WithExtent calls fn with the allocated extent that starts at off, under
+// the heap lock: while fn runs, nobody frees or allocates that extent.
+// fn must not call the Heap.
+func (h *Heap) WithExtent(off mem.Off, fn func(Extent)) error {
 	p, err := h.pageOf(off)
 	if err != nil {
-		return Extent{}, fmt.Errorf("alloc: extent %#x: %w", uint64(off), err)
+		return fmt.Errorf("alloc: extent %#x: %w", uint64(off), err)
 	}
 	if err := h.acquire(context.Background()); err != nil {
-		return Extent{}, err
+		return err
 	}
 	defer h.release()
 	l, err := h.allocated(p)
 	if err != nil {
-		return Extent{}, fmt.Errorf("alloc: extent %#x: %w", uint64(off), err)
+		return fmt.Errorf("alloc: extent %#x: %w", uint64(off), err)
 	}
-	return h.extentAt(p, l), nil
+	fn(h.extentAt(p, l))
+	return nil
 }
 
 // View returns b[off:off+n] of the region after a bounds check only, for

@@ -115,14 +115,21 @@ func Spin(d time.Duration, done func() bool) bool { return spin(d, done) }
 // taking the waiting flag, and a zero word is not rung. (ConsWaiting is
 // left as it is: a live consumer that took the end over may be arming
 // it.)
+//
+// The check and the CAS are made under the heap lock, so that the dead
+// doorbell cannot be freed and handed out again as a live consumer's new
+// doorbell at the same offset in between (another Recover running at the
+// same time), which would clear a live Select's word.
 func clearDeadBell(heap *alloc.Heap, w *atomic.Uint64) bool {
 	d := w.Load()
 	if d == 0 {
 		return false
 	}
-	e, err := heap.Extent(mem.Off(d))
-	if err != nil || e.Owner == 0 || e.Kind != alloc.KindPlain || sys.Alive(e.Owner) {
-		return false
-	}
-	return w.CompareAndSwap(d, 0)
+	cleared := false
+	heap.WithExtent(mem.Off(d), func(e alloc.Extent) {
+		if e.Owner != 0 && e.Kind == alloc.KindPlain && !sys.Alive(e.Owner) {
+			cleared = w.CompareAndSwap(d, 0)
+		}
+	})
+	return cleared
 }

@@ -411,8 +411,20 @@ func (p *Pool) retireSlab(slab mem.Off, sh *slabHeader, g geometry, e uint32, ta
 		p.words[base+w].Store(^uint64(0))
 		done++
 	}
+	if takeover {
+		if c := sh.Count.Load(); genOf(c) != gen {
+			// The dead owner was starting the slab over: it stored the
+			// new generation and died before the count. It handed out
+			// nothing of the new generation (the walk found no record
+			// of it), and every bit is set now: all is free.
+			if sh.Count.CompareAndSwap(c, count(gen, 0)) {
+				return p.returnSlab(slab, sh, gen)
+			}
+			return nil
+		}
+	}
 	if sh.countDown(gen, active+done) {
-		return p.returnSlab(slab, sh)
+		return p.returnSlab(slab, sh, gen)
 	}
 	return nil
 }

@@ -75,12 +75,20 @@ func count(gen, n uint32) uint64 { return uint64(gen)<<32 | uint64(n) }
 // genOf is the generation in a slab's identity word.
 func genOf(ident uint64) uint32 { return uint32(ident >> 32) }
 
+// ident is the identity word of an existing slab of generation gen.
+func ident(gen uint32) uint64 { return uint64(gen)<<32 | slabMagic }
+
 // countDown takes n off the count of a slab of generation gen and
 // reports whether it reached zero (the caller then returns the slab). A
 // count of another generation is left as it is, as is one smaller than n
-// (damaged: Check reports it).
+// (damaged: Check reports it), and so is the count of a slab that is no
+// longer one of generation gen (returned, or restarted: the memory may
+// be something else by now).
 func (sh *slabHeader) countDown(gen uint32, n uint64) bool {
 	for {
+		if sh.Ident.Load() != ident(gen) {
+			return false
+		}
 		old := sh.Count.Load()
 		if uint32(old>>32) != gen || uint64(uint32(old)) < n {
 			return false

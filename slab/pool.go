@@ -464,7 +464,7 @@ func (p *Pool) freeSlot(sl *slot) (ok bool, err error) {
 func (p *Pool) wordDone(slab mem.Off, gen uint32, n uint64) error {
 	h := &p.slabs[slab/slabHeaderSize]
 	if h.countDown(gen, n) {
-		return p.returnSlab(slab, h)
+		return p.returnSlab(slab, h, gen)
 	}
 	return nil
 }
@@ -556,7 +556,7 @@ func (p *Pool) freeBits(slab mem.Off, sh *slabHeader, gen uint32, bit, n uint64,
 	}
 	if done > 0 {
 		if sh.countDown(gen, done) {
-			if err := p.returnSlab(slab, sh); err != nil {
+			if err := p.returnSlab(slab, sh, gen); err != nil {
 				return errors.Join(bad, err)
 			}
 		}
@@ -564,25 +564,40 @@ func (p *Pool) freeBits(slab mem.Off, sh *slabHeader, gen uint32, bit, n uint64,
 	return bad
 }
 
-// returnSlab gives a retired slab whose records are all free back to the
-// heap, if nobody else is doing so.
-func (p *Pool) returnSlab(slab mem.Off, sh *slabHeader) error {
-	if !sh.Returner.CompareAndSwap(0, uint64(p.self)) {
+// returnSlab gives a retired slab of generation gen whose records are
+// all free back to the heap, if nobody else is doing so. A caller that
+// was slow getting here may find the slab returned already by Recover
+// (returnStalled) and the memory made into another slab, whose Returner
+// is clear: the generation keeps it from returning that one.
+func (p *Pool) returnSlab(slab mem.Off, sh *slabHeader, gen uint32) error {
+	if sh.Ident.Load() != ident(gen) || !sh.Returner.CompareAndSwap(0, uint64(p.self)) {
 		return nil
 	}
-	return p.finishReturn(slab, sh)
+	err := p.finishReturn(slab, sh, gen)
+	if errors.Is(err, errOtherGeneration) {
+		// Made again between the check and the claim: not ours.
+		sh.Returner.CompareAndSwap(uint64(p.self), 0)
+		return nil
+	}
+	return err
 }
 
-// finishReturn frees the slab's extent; the magic is cleared in the same
-// critical section of the heap lock, so that a slab extent seen under the
-// lock either has its magic or was never initialised.
-func (p *Pool) finishReturn(slab mem.Off, sh *slabHeader) error {
+var errOtherGeneration = errors.New("slab of another generation")
+
+// finishReturn frees the extent of a slab of generation gen whose return
+// this process claimed; the magic is cleared in the same critical section
+// of the heap lock, so that a slab extent seen under the lock either has
+// its magic or was never initialised.
+func (p *Pool) finishReturn(slab mem.Off, sh *slabHeader, gen uint32) error {
 	err := p.heap.FreeIf(slab, func(e alloc.Extent) error {
-		ident := sh.Ident.Load()
-		if e.Kind != alloc.KindSlab || uint32(ident) != slabMagic || sh.Returner.Load() != uint64(p.self) {
+		id := sh.Ident.Load()
+		if e.Kind != alloc.KindSlab || uint32(id) != slabMagic || sh.Returner.Load() != uint64(p.self) {
 			return fmt.Errorf("slab %#x: not a slab being returned by this process (kind %v): %w", uint64(slab), e.Kind, ErrNotAllocated)
 		}
-		sh.Ident.Store(ident &^ (1<<32 - 1))
+		if genOf(id) != gen {
+			return errOtherGeneration
+		}
+		sh.Ident.Store(id &^ (1<<32 - 1))
 		return nil
 	})
 	if err != nil {

@@ -99,9 +99,10 @@ func (p *Pool) returnStalled() (int, error) {
 		return 0, fmt.Errorf("slab: stalled slabs: %w", err)
 	}
 	type stalledSlab struct {
-		e  alloc.Extent
-		sh *slabHeader
-		c  uint64 // its count when found
+		e   alloc.Extent
+		sh  *slabHeader
+		c   uint64 // its count when found
+		gen uint32 // its generation
 	}
 	var found []stalledSlab
 	for _, e := range exts {
@@ -109,21 +110,24 @@ func (p *Pool) returnStalled() (int, error) {
 			continue
 		}
 		sh := &p.slabs[e.Off/slabHeaderSize]
-		if c, ok := p.stalled(e, sh); ok {
-			found = append(found, stalledSlab{e, sh, c})
+		if c, gen, ok := p.stalled(e, sh); ok {
+			found = append(found, stalledSlab{e, sh, c, gen})
 		}
 	}
 	if len(found) == 0 {
 		return 0, nil
 	}
 	time.Sleep(stallGrace)
+	if stallHook != nil {
+		stallHook()
+	}
 	n := 0
 	var all []error
 	for _, s := range found {
-		if c, ok := p.stalled(s.e, s.sh); !ok || c != s.c || !s.sh.Count.CompareAndSwap(c, count(0, 0)) {
+		if c, gen, ok := p.stalled(s.e, s.sh); !ok || c != s.c || gen != s.gen || !s.sh.Count.CompareAndSwap(c, count(0, 0)) {
 			continue
 		}
-		if err := p.returnSlab(s.e.Off, s.sh); err != nil {
+		if err := p.returnSlab(s.e.Off, s.sh, s.gen); err != nil {
 			all = append(all, err)
 			continue
 		}
@@ -132,21 +136,33 @@ func (p *Pool) returnStalled() (int, error) {
 	return n, errors.Join(all...)
 }
 
+// stallHook, when a test sets it, runs in returnStalled between the
+// grace period and the second look.
+var stallHook func()
+
 // stalled reports whether a slab looks stalled (see returnStalled):
-// retired, not being returned, and every bit of its bitmap set; and
-// returns its count, read before the bitmap.
-func (p *Pool) stalled(e alloc.Extent, sh *slabHeader) (c uint64, ok bool) {
+// retired, not being returned, every bit of its bitmap set, and, if its
+// count still has the active mark (a retirement not finished), no live
+// owner to finish it; and returns its count, read before the bitmap, and
+// its generation.
+func (p *Pool) stalled(e alloc.Extent, sh *slabHeader) (c uint64, gen uint32, ok bool) {
 	if !p.slabOK(e, sh) || sh.Returner.Load() != 0 || sh.Retired.Load() == 0 {
-		return 0, false
+		return 0, 0, false
 	}
+	gen = genOf(sh.Ident.Load())
 	c = sh.Count.Load()
+	if uint32(c) >= active {
+		if o := sys.Identity(sh.Owner.Load()); o != 0 && sys.Alive(o) {
+			return 0, 0, false
+		}
+	}
 	base := uint64(e.Off)/8 + bitmapWord
 	for w := range uint64(sh.Words) {
 		if p.words[base+w].Load() != ^uint64(0) {
-			return 0, false
+			return 0, 0, false
 		}
 	}
-	return c, true
+	return c, gen, true
 }
 
 func (p *Pool) reclaim(isDead func(sys.Identity) bool, keep func(mem.Off) bool) (Reclaimed, error) {
@@ -237,7 +253,7 @@ func (p *Pool) reclaimSlab(e alloc.Extent, isDead func(sys.Identity) bool, keep 
 	if r := sys.Identity(sh.Returner.Load()); r != 0 {
 		// Being returned; take over if the returner died.
 		if isDead(r) && sh.Returner.CompareAndSwap(uint64(r), uint64(p.self)) {
-			if err := p.finishReturn(e.Off, sh); err != nil {
+			if err := p.finishReturn(e.Off, sh, genOf(sh.Ident.Load())); err != nil {
 				return err
 			}
 			rc.Returned++

@@ -10,6 +10,9 @@ import (
 // would: retired (or being retired), every record free, not returned.
 type stallCase struct {
 	name string
+	// takeover: Recover's takeover of the dead owner returns the slab
+	// (counted in Reclaimed.Slabs), not returnStalled.
+	takeover bool
 	// stall gets a pool with one handle's slab holding recs (all live,
 	// the handle open) and leaves the slab stalled; the handle is not
 	// used again.
@@ -48,7 +51,7 @@ func allocRecords(t *testing.T, p *Pool) (*Handle, []Record) {
 }
 
 var stallCases = []stallCase{
-	{"freer died between its bitmap CAS and the count", func(t *testing.T, p *Pool, hd *Handle, recs []Record) {
+	{"freer died between its bitmap CAS and the count", false, func(t *testing.T, p *Pool, hd *Handle, recs []Record) {
 		hd.Close()
 		for _, r := range recs[:len(recs)-1] {
 			if err := p.Free(r.Off); err != nil {
@@ -57,7 +60,7 @@ var stallCases = []stallCase{
 		}
 		freeBitsOnly(t, p, recs[len(recs)-1].Off)
 	}},
-	{"last freer died before claiming the return", func(t *testing.T, p *Pool, hd *Handle, recs []Record) {
+	{"last freer died before claiming the return", false, func(t *testing.T, p *Pool, hd *Handle, recs []Record) {
 		hd.Close()
 		for _, r := range recs[:len(recs)-1] {
 			if err := p.Free(r.Off); err != nil {
@@ -69,7 +72,7 @@ var stallCases = []stallCase{
 			t.Fatal("the last free did not bring the count to zero")
 		}
 	}},
-	{"owner died in the middle of retiring", func(t *testing.T, p *Pool, hd *Handle, recs []Record) {
+	{"owner died in the middle of retiring", false, func(t *testing.T, p *Pool, hd *Handle, recs []Record) {
 		for _, r := range recs {
 			if err := p.Free(r.Off); err != nil {
 				t.Fatal(err)
@@ -81,6 +84,21 @@ var stallCases = []stallCase{
 		base := uint64(hd.slab)/8 + bitmapWord
 		for w := uint64((hd.cur - p.geo.recBase) / 64); w < uint64(p.geo.words); w++ {
 			p.words[base+w].Store(^uint64(0))
+		}
+		hd.sh.Owner.Store(uint64(deadIdentity(t)))
+	}},
+	{"owner died in the middle of a restart", true, func(t *testing.T, p *Pool, hd *Handle, recs []Record) {
+		for _, r := range recs {
+			if err := p.Free(r.Off); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// start's first steps over a slab whose records are all free:
+		// a new generation, the bitmap cleared; not the count.
+		hd.sh.Ident.Store(ident(genOf(hd.sh.Ident.Load()) + 1))
+		base := uint64(hd.slab)/8 + bitmapWord
+		for w := range uint64(p.geo.words) {
+			p.words[base+w].Store(0)
 		}
 		hd.sh.Owner.Store(uint64(deadIdentity(t)))
 	}},
@@ -108,7 +126,7 @@ func TestRecoverStalled(t *testing.T) {
 				t.Fatal("Check passes with a stalled slab")
 			}
 			rc, err := p.Recover(nil)
-			if err != nil || rc.Returned != 1 {
+			if err != nil || (c.takeover && (rc.Slabs != 1 || rc.Returned != 0)) || (!c.takeover && rc.Returned != 1) {
 				t.Fatalf("Recover: %+v, %v", rc, err)
 			}
 			if h := heapStats(t, p); h.FreeBytes != h0.FreeBytes {
@@ -139,6 +157,16 @@ func TestRecoverStalled(t *testing.T) {
 				t.Fatal("a late count of the old generation changed the new slab's count")
 			}
 			mustCheck(t, p, "new slab after a late count")
+			// A returner of the old generation arriving now (its count
+			// reached zero before Recover took the slab over): the new
+			// slab, whose Returner is clear, stays.
+			if err := p.returnSlab(slab, sh, gen); err != nil {
+				t.Fatalf("a late return: %v", err)
+			}
+			if s := poolStats(t, p); s.Slabs != 1 || s.LiveRecords != 1 || sh.Returner.Load() != 0 {
+				t.Fatalf("a late return of the old generation touched the new slab: %+v, returner %#x", s, sh.Returner.Load())
+			}
+			mustCheck(t, p, "new slab after a late return")
 			if err := p.Free(r.Off); err != nil {
 				t.Fatal(err)
 			}
@@ -172,23 +200,60 @@ func TestRecoverLeavesBusySlabs(t *testing.T) {
 		t.Fatalf("%+v", s)
 	}
 	mustCheck(t, p, "one live record")
-	// The last free's bitmap CAS done, its count about to follow: a
-	// Recover in between finds the slab stalled, and the count arriving
-	// within the grace period returns the slab; Recover leaves it.
+	// The last free's bitmap CAS done, its count still to come: Recover
+	// finds the slab stalled, and the count arrives during the grace
+	// period (stallHook runs after it, before the second look) and
+	// returns the slab. Recover then leaves it alone.
 	sl := freeBitsOnly(t, p, recs[0].Off)
-	done := make(chan error, 1)
-	go func() {
-		done <- p.wordDone(mem.Off(sl.slab), sl.gen, 1)
-	}()
+	var werr error
+	stallHook = func() { werr = p.wordDone(mem.Off(sl.slab), sl.gen, 1) }
+	defer func() { stallHook = nil }()
 	rc, err = p.Recover(nil)
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	if err != nil {
-		t.Fatal(err)
+	if err != nil || werr != nil || rc.Returned != 0 {
+		t.Fatalf("Recover: %+v, %v; the freer's count: %v", rc, err, werr)
 	}
 	if s := poolStats(t, p); s.Slabs != 0 {
-		t.Fatalf("slab not returned: %+v (Recover returned %d)", s, rc.Returned)
+		t.Fatalf("slab not returned: %+v", s)
+	}
+	mustCheck(t, p, "end")
+}
+
+// TestRecoverLeavesLiveRetirer: a retirement whose bitmap is all set but
+// whose count still has the active mark is left to its owner while the
+// owner lives, however long it takes.
+func TestRecoverLeavesLiveRetirer(t *testing.T) {
+	p := newPool(t, heapCombo, 4<<20, Options{SlabSize: 16 << 10})
+	h0 := heapStats(t, p)
+	hd, recs := allocRecords(t, p)
+	for _, r := range recs {
+		if err := p.Free(r.Off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Retire's steps up to the count, by a live owner (this process).
+	hd.sh.Retired.Store(uint64(hd.cur) + 1)
+	base := uint64(hd.slab)/8 + bitmapWord
+	for w := uint64((hd.cur - p.geo.recBase) / 64); w < uint64(p.geo.words); w++ {
+		p.words[base+w].Store(^uint64(0))
+	}
+	rc, err := p.Recover(nil)
+	if err != nil || rc.Returned != 0 || rc.Slabs != 0 {
+		t.Fatalf("Recover during a live retirement: %+v, %v", rc, err)
+	}
+	if s := poolStats(t, p); s.Slabs != 1 {
+		t.Fatalf("%+v", s)
+	}
+	// The owner finishes: its count returns the slab.
+	gen := genOf(hd.sh.Ident.Load())
+	done := uint64(p.geo.words) - uint64((hd.cur-p.geo.recBase)/64)
+	if !hd.sh.countDown(gen, active+done) {
+		t.Fatalf("the retirement's count did not reach zero: %#x", hd.sh.Count.Load())
+	}
+	if err := p.returnSlab(hd.slab, hd.sh, gen); err != nil {
+		t.Fatal(err)
+	}
+	if h := heapStats(t, p); h.FreeBytes != h0.FreeBytes {
+		t.Fatalf("heap at the end: %+v, want %d bytes free", h, h0.FreeBytes)
 	}
 	mustCheck(t, p, "end")
 }
