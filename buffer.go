@@ -13,6 +13,7 @@ import (
 	"github.com/heapipc/ipc/channel"
 	"github.com/heapipc/ipc/internal/errs"
 	"github.com/heapipc/ipc/internal/mem"
+	"github.com/heapipc/ipc/internal/sys"
 )
 
 // Buffer is one process's attachment to a named shared-memory buffer. Its
@@ -29,6 +30,8 @@ type Buffer struct {
 	mu       sync.Mutex
 	handles  map[*Handle]struct{}
 	statics  map[*Static]struct{}
+	bells    []*channel.Doorbell // doorbells closed Selects gave back
+	bellsAt  time.Time           // when the last of them was
 	closed   bool
 	isClosed atomic.Bool // closed, for the hot paths
 }
@@ -154,6 +157,9 @@ func (b *Buffer) Close() error {
 	var all []error
 	for _, h := range handles {
 		all = append(all, h.close())
+	}
+	if b.region.State() != backend.StateDestroyed {
+		all = append(all, b.freeBells())
 	}
 	all = append(all, b.recs.close(), b.reg.Close(), b.heap.Close(), b.region.Close())
 	if err := errors.Join(all...); err != nil {
@@ -309,10 +315,11 @@ type typeOps struct {
 	// abandoned reports whether no live process uses the channel and it
 	// can be removed by Recover.
 	abandoned func(b *Buffer, en *channel.Entry) bool
-	// deadBell clears the channel's doorbell word if it names the
-	// doorbell of a dead process, and reports whether it did (Recover,
-	// before the heap frees such doorbells).
-	deadBell func(b *Buffer, en *channel.Entry) bool
+	// bell clears the channel's doorbell word if it names the doorbell
+	// of a dead process, and returns the doorbell it names then (0:
+	// none). Recover frees dead processes' doorbells that no channel
+	// names.
+	bell func(b *Buffer, en *channel.Entry) mem.Off
 	// free releases what the channel holds besides its control block,
 	// under the registry lock, when it is removed.
 	free func(b *Buffer, en *channel.Entry) error
@@ -372,9 +379,13 @@ func init() {
 			r, err := channel.OpenRing(b.region, en, channel.WaitOptions{})
 			return err == nil && r.Abandoned()
 		},
-		deadBell: func(b *Buffer, en *channel.Entry) bool {
+		bell: func(b *Buffer, en *channel.Entry) mem.Off {
 			r, err := channel.OpenRing(b.region, en, channel.WaitOptions{})
-			return err == nil && r.ClearDeadDoorbell(b.heap)
+			if err != nil {
+				return 0
+			}
+			r.ClearDeadDoorbell(b.heap)
+			return r.Doorbell()
 		},
 	})
 	registerType(channel.TypeStatic, typeOps{
@@ -385,10 +396,40 @@ func init() {
 	})
 }
 
-// bellGrace is how long Recover waits after taking dead processes'
-// doorbells out of channels before the heap frees them: a producer that
-// read a doorbell's offset just before has rung it by then.
-const bellGrace = 5 * time.Millisecond
+// freeDeadBells frees the doorbells of dead processes that no channel
+// names (named: those that channels do, after Recover took the dead ones
+// out), after channel.BellGrace: a producer that read one's offset
+// before it was taken out of its channel, by this Recover or another, has
+// rung it by then.
+func (b *Buffer) freeDeadBells(named map[mem.Off]bool) error {
+	exts, err := b.heap.Allocated()
+	if err != nil {
+		return err
+	}
+	var dead []alloc.Extent
+	for _, e := range exts {
+		if e.Kind == alloc.KindDoorbell && e.Owner != 0 && !named[e.Off] && !sys.Alive(e.Owner) {
+			dead = append(dead, e)
+		}
+	}
+	if len(dead) == 0 {
+		return nil
+	}
+	time.Sleep(channel.BellGrace)
+	var all []error
+	for _, e := range dead {
+		err := b.heap.FreeIf(e.Off, func(x alloc.Extent) error {
+			if x.Kind != alloc.KindDoorbell || x.Owner != e.Owner {
+				return fmt.Errorf("doorbell %#x changed under us: %w", uint64(e.Off), ErrBusy)
+			}
+			return nil
+		})
+		if err != nil && !errors.Is(err, ErrNotAllocated) && !errors.Is(err, ErrDoubleFree) && !errors.Is(err, ErrBusy) {
+			all = append(all, err)
+		}
+	}
+	return errors.Join(all...)
+}
 
 // Recover reclaims what processes that died left in the buffer: records
 // they held (allocated and not sent, or received and not freed; records
@@ -404,13 +445,15 @@ func (b *Buffer) Recover() (reclaimed uint64, err error) {
 	var all []error
 	queued := map[mem.Off]bool{}
 	var abandoned []*channel.Entry
-	bells := 0
+	named := map[mem.Off]bool{} // doorbells that channels name
 	all = append(all, b.reg.Each(func(en *channel.Entry) error {
 		ops := channelTypes[en.Type]
-		// First, whatever else fails for this channel: the heap frees
-		// dead processes' doorbells below.
-		if ops.deadBell != nil && ops.deadBell(b, en) {
-			bells++
+		// First, whatever else fails for this channel: dead processes'
+		// doorbells that no channel names are freed below.
+		if ops.bell != nil {
+			if d := ops.bell(b, en); d != 0 {
+				named[d] = true
+			}
 		}
 		if ops.pending != nil {
 			pending, err := ops.pending(b, en)
@@ -426,11 +469,7 @@ func (b *Buffer) Recover() (reclaimed uint64, err error) {
 		}
 		return nil
 	}))
-	if bells > 0 {
-		time.Sleep(bellGrace)
-	}
-	// Records, slabs, and the heap's extents of dead owners (among them
-	// the doorbells just taken out).
+	all = append(all, b.freeDeadBells(named))
 	_, err = b.recs.recover(queued)
 	all = append(all, err)
 	for _, en := range abandoned {

@@ -282,9 +282,13 @@ func init() {
 			m, err := open(b, en)
 			return err == nil && m.Abandoned()
 		},
-		deadBell: func(b *Buffer, en *channel.Entry) bool {
+		bell: func(b *Buffer, en *channel.Entry) mem.Off {
 			m, err := open(b, en)
-			return err == nil && m.ClearDeadDoorbell(b.heap)
+			if err != nil {
+				return 0
+			}
+			m.ClearDeadDoorbell(b.heap)
+			return m.Doorbell()
 		},
 	})
 }

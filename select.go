@@ -42,14 +42,14 @@ func (h *Handle) NewSelect(rs ...Receiver) (*Select, error) {
 	if err := h.check("select"); err != nil {
 		return nil, err
 	}
-	bell, err := channel.NewDoorbell(h.buf.heap, h.buf.region.Bytes())
+	bell, err := h.buf.takeBell()
 	if err != nil {
 		return nil, fmt.Errorf("ipc: select: %w", err)
 	}
 	s := &Select{h: h, bell: bell, spin: channel.DefaultSpin}
 	for _, r := range rs {
 		if err := s.Add(r); err != nil {
-			bell.Free()
+			s.Close()
 			return nil, err
 		}
 	}
@@ -144,7 +144,8 @@ func (s *Select) disarm() {
 	}
 }
 
-// Close takes every end out of the set and frees the doorbell. The ends
+// Close takes every end out of the set and gives the doorbell back to
+// the buffer (for the next Select; the buffer's Close frees it). The ends
 // stay open.
 func (s *Select) Close() error {
 	for _, c := range s.cases {
@@ -155,7 +156,60 @@ func (s *Select) Close() error {
 	if s.bell == nil {
 		return nil
 	}
-	err := s.bell.Free()
+	err := s.h.buf.putBell(s.bell)
 	s.bell = nil
 	return err
+}
+
+// takeBell gives a Select a doorbell: one that a closed Select of this
+// buffer gave back, or a new one. A producer that read an old doorbell's
+// offset just before its Select took it out of the channels may still
+// ring it: for the new owner that is a spurious wake-up, which a Select
+// handles. Freeing the doorbell at once instead would let that ring land
+// in memory the heap has handed out again.
+func (b *Buffer) takeBell() (*channel.Doorbell, error) {
+	b.mu.Lock()
+	if n := len(b.bells); n > 0 {
+		d := b.bells[n-1]
+		b.bells = b.bells[:n-1]
+		b.mu.Unlock()
+		d.Reset()
+		return d, nil
+	}
+	b.mu.Unlock()
+	return channel.NewDoorbell(b.heap, b.region.Bytes())
+}
+
+// putBell keeps a closed Select's doorbell for the next one.
+func (b *Buffer) putBell(d *channel.Doorbell) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		// The heap is closed: the doorbell stays allocated, owned by
+		// this process; a Recover after it exits frees it.
+		return fmt.Errorf("ipc: select close: %w", ErrClosed)
+	}
+	b.bells = append(b.bells, d)
+	b.bellsAt = time.Now()
+	return nil
+}
+
+// freeBells frees the doorbells closed Selects gave back, once
+// channel.BellGrace has passed since the last of them was (Close).
+func (b *Buffer) freeBells() error {
+	b.mu.Lock()
+	bells, at := b.bells, b.bellsAt
+	b.bells = nil
+	b.mu.Unlock()
+	if len(bells) == 0 {
+		return nil
+	}
+	if d := channel.BellGrace - time.Since(at); d > 0 {
+		time.Sleep(d)
+	}
+	var all []error
+	for _, d := range bells {
+		all = append(all, d.Free())
+	}
+	return errors.Join(all...)
 }

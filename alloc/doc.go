@@ -87,5 +87,6 @@
 // AllocFor records an owner and a Kind with an extent. Reclaim frees the
 // extents of a dead owner (a live one is refused with ErrBusy); Recover
 // frees the KindPlain extents of every dead owner. The kinds KindSlab and
-// KindLarge belong to package slab, which reclaims them by its own rules.
+// KindLarge belong to package slab, and KindDoorbell to package ipc,
+// which reclaim them by their own rules.
 package alloc

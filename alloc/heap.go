@@ -40,6 +40,10 @@ const (
 	KindPlain Kind = 0 // allocated with Alloc, or AllocFor with this kind
 	KindSlab  Kind = 1 // a slab of package slab
 	KindLarge Kind = 2 // a large record of package slab
+	// KindDoorbell is a Select's doorbell (package ipc), owned by the
+	// process of the Select; the buffer's Recover frees those of dead
+	// processes once no channel names them.
+	KindDoorbell Kind = 3
 )
 
 func (k Kind) String() string {
@@ -50,6 +54,8 @@ func (k Kind) String() string {
 		return "slab"
 	case KindLarge:
 		return "large"
+	case KindDoorbell:
+		return "doorbell"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }

@@ -58,11 +58,12 @@ type Doorbell struct {
 	w    *atomic.Uint32
 }
 
-// NewDoorbell allocates a doorbell from the heap, owned by this process:
-// if it dies with the doorbell, the buffer's Recover frees it (after
-// ClearDeadDoorbell has taken it out of the channels that name it).
+// NewDoorbell allocates a doorbell from the heap (alloc.KindDoorbell),
+// owned by this process: if it dies with the doorbell, the buffer's
+// Recover frees it, once ClearDeadDoorbell has taken it out of the
+// channels that name it and a grace period has passed.
 func NewDoorbell(heap *alloc.Heap, buf []byte) (*Doorbell, error) {
-	off, err := heap.AllocFor(context.Background(), mem.CacheLine, alloc.KindPlain, sys.Self())
+	off, err := heap.AllocFor(context.Background(), mem.CacheLine, alloc.KindDoorbell, sys.Self())
 	if err != nil {
 		return nil, fmt.Errorf("doorbell: %w", err)
 	}
@@ -109,12 +110,11 @@ func Spin(d time.Duration, done func() bool) bool { return spin(d, done) }
 
 // clearDeadBell clears a control block's doorbell word if it names the
 // doorbell of a process that has died, and reports whether it did. The
-// buffer's Recover does this before the heap frees dead processes'
-// doorbells, so that no producer rings a word that has become someone
-// else's memory: a producer rings the doorbell its word names only after
-// taking the waiting flag, and a zero word is not rung. (ConsWaiting is
-// left as it is: a live consumer that took the end over may be arming
-// it.)
+// buffer's Recover does this before it frees dead processes' doorbells,
+// so that no producer rings a word that has become someone else's
+// memory: a producer rings the doorbell its word names only after taking
+// the waiting flag, and a zero word is not rung. (ConsWaiting is left as
+// it is: a live consumer that took the end over may be arming it.)
 //
 // The check and the CAS are made under the heap lock, so that the dead
 // doorbell cannot be freed and handed out again as a live consumer's new
@@ -127,9 +127,21 @@ func clearDeadBell(heap *alloc.Heap, w *atomic.Uint64) bool {
 	}
 	cleared := false
 	heap.WithExtent(mem.Off(d), func(e alloc.Extent) {
-		if e.Owner != 0 && e.Kind == alloc.KindPlain && !sys.Alive(e.Owner) {
+		if e.Owner != 0 && e.Kind == alloc.KindDoorbell && !sys.Alive(e.Owner) {
 			cleared = w.CompareAndSwap(d, 0)
 		}
 	})
 	return cleared
 }
+
+// Doorbell returns the channel's doorbell word (0: none), for Recover.
+func (r *Ring) Doorbell() mem.Off { return mem.Off(r.cb.Doorbell.Load()) }
+
+// Doorbell returns the channel's doorbell word (0: none), for Recover.
+func (m *MPSC) Doorbell() mem.Off { return mem.Off(m.cb.Doorbell.Load()) }
+
+// BellGrace is how long a doorbell that no channel names any more is kept
+// before its memory is freed: a producer that read its offset just before
+// the word was cleared has rung it by then (a few instructions, unless
+// the producer is descheduled right there).
+const BellGrace = 5 * time.Millisecond
