@@ -607,6 +607,8 @@ func (w *SpeculoWriter) recover() error {
 			if x, err := w.openExtent(cur); err == nil && x.hdr.Next.Load() == pend {
 				x.hdr.Next.Store(0)
 			}
+		} else if cb.Oldest.Load() == pend {
+			cb.Oldest.Store(0) // the first extent, killed before Current
 		}
 		// An extent that does not validate (freed already: its magic
 		// is cleared as it is freed; or clobbered) is left alone.
@@ -633,6 +635,7 @@ func (w *SpeculoWriter) recover() error {
 			return err
 		}
 		cb.Oldest.Store(uint64(x.off))
+		spHook("first:oldest")
 		cb.Current.Store(uint64(x.off))
 		cb.Epoch.Store(x.epoch)
 		cb.Pending.Store(0)
@@ -786,8 +789,11 @@ func (w *SpeculoWriter) newExtent() (*spExtent, error) {
 
 // dropPending frees the extent a failed GC was filling.
 func (w *SpeculoWriter) dropPending(nx *spExtent) {
-	w.cb.Pending.Store(0)
+	// Freed first: a writer killed in between leaves Pending naming a
+	// freed extent, which the next one's freeExtent refuses (its magic
+	// was cleared as it was freed); cleared first, it would leak.
 	w.freeExtent(uint64(nx.off))
+	w.cb.Pending.Store(0)
 }
 
 // freeExtent gives an extent of this area back to the heap, after

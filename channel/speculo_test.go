@@ -859,6 +859,49 @@ func TestSpeculoCrashPoints(t *testing.T) {
 	}
 }
 
+// TestSpeculoCrashFirstExtent kills the first writer of an area while it
+// makes the first extent (once recorded as Pending, once as Oldest too):
+// the next writer starts the area afresh and no extent is lost.
+func TestSpeculoCrashFirstExtent(t *testing.T) {
+	for _, point := range []string{"extent:pending", "first:oldest"} {
+		t.Run(point, func(t *testing.T) {
+			f := newSpFix(t, backend.Heap, 4<<20)
+			sp, _ := f.area(t, 1, 4096, SpeculoConfig{Slots: 2}, nil)
+			before, err := f.heap.Stats()
+			require.NoError(t, err)
+			speculoHook = func(p string) {
+				if p == point {
+					panic(crash{p})
+				}
+			}
+			func() {
+				defer func() {
+					require.Equal(t, crash{point}, recover())
+				}()
+				sp.AttachWriter()
+				t.Fatal("the crash point was not reached")
+			}()
+			speculoHook = nil
+			sp.cb.Writer.Store(uint64(deadIdentity(t)))
+
+			w, err := sp.AttachWriter()
+			require.NoError(t, err, "the next writer starts the area")
+			require.NoError(t, sp.Check())
+			put(t, w, 7, 50, 1, 0)
+			require.NoError(t, w.GC())
+			_, err = w.Reclaim()
+			require.NoError(t, err)
+			st, err := sp.Stats()
+			require.NoError(t, err)
+			require.Equal(t, 1, st.Extents)
+			after, err := f.heap.Stats()
+			require.NoError(t, err)
+			require.Equal(t, before.FreeBytes-st.ExtentBytes, after.FreeBytes, "one extent in use, none lost")
+			require.NoError(t, w.Close())
+		})
+	}
+}
+
 func TestSpeculoWaitAndNotify(t *testing.T) {
 	f := newSpFix(t, backend.Heap, 4<<20)
 	sp, _ := f.area(t, 1, 4096, SpeculoConfig{Slots: 2}, nil)
