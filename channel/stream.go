@@ -1143,6 +1143,15 @@ func (r *StreamReader) TryRead(p []byte) (int, error) {
 		if r.due() {
 			if err := r.checkPeer(&r.cb.Writer, "writer"); err != nil {
 				if a, _, _ := r.Spans(); len(a) == 0 {
+					// A writer that closed and then exited between
+					// the EOF check above and the liveness check is
+					// not dead: its end says so now.
+					if eof, eerr := r.eof(); eof || eerr != nil {
+						if eerr == nil {
+							eerr = io.EOF
+						}
+						return 0, eerr
+					}
 					return 0, err
 				}
 				return r.TryRead(p)
