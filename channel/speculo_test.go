@@ -780,6 +780,23 @@ func TestSpeculoSequenceSurvivesGCAndCrash(t *testing.T) {
 
 type crash struct{ point string }
 
+// crashAt runs f, which must reach the crash point point, and stops it
+// there as if its process died (a panic out of the protocol).
+func crashAt(t *testing.T, point string, f func()) {
+	t.Helper()
+	speculoHook = func(p string) {
+		if p == point {
+			panic(crash{p})
+		}
+	}
+	defer func() {
+		speculoHook = nil
+		require.Equal(t, crash{point}, recover())
+	}()
+	f()
+	t.Fatal("the crash point was not reached")
+}
+
 // TestSpeculoCrashPoints kills the writer (a panic out of the protocol,
 // then a dead identity in its end) at each crash point; the next writer
 // must finish or undo what it left, keep the block visible, and leak no
@@ -797,24 +814,13 @@ func TestSpeculoCrashPoints(t *testing.T) {
 			fresh := put(t, w, 0, 50, 100, 0)
 			before, err := f.heap.Stats()
 			require.NoError(t, err)
-			speculoHook = func(p string) {
-				if p == point {
-					panic(crash{p})
-				}
-			}
-			func() {
-				defer func() {
-					r := recover()
-					require.Equal(t, crash{point}, r)
-				}()
+			crashAt(t, point, func() {
 				if point[:2] == "gc" || point[:4] == "reap" || point[:6] == "extent" {
 					w.GC()
 				} else {
 					put(t, w, 7, 50, 4, 0)
 				}
-				t.Fatal("the crash point was not reached")
-			}()
-			speculoHook = nil
+			})
 			sp.cb.Writer.Store(uint64(deadIdentity(t)))
 
 			r, err := sp.AttachReader()
@@ -869,19 +875,7 @@ func TestSpeculoCrashFirstExtent(t *testing.T) {
 			sp, _ := f.area(t, 1, 4096, SpeculoConfig{Slots: 2}, nil)
 			before, err := f.heap.Stats()
 			require.NoError(t, err)
-			speculoHook = func(p string) {
-				if p == point {
-					panic(crash{p})
-				}
-			}
-			func() {
-				defer func() {
-					require.Equal(t, crash{point}, recover())
-				}()
-				sp.AttachWriter()
-				t.Fatal("the crash point was not reached")
-			}()
-			speculoHook = nil
+			crashAt(t, point, func() { sp.AttachWriter() })
 			sp.cb.Writer.Store(uint64(deadIdentity(t)))
 
 			w, err := sp.AttachWriter()

@@ -34,6 +34,18 @@ func freeBitsOnly(t *testing.T, p *Pool, off mem.Off) slot {
 	return sl
 }
 
+// retireBitsOnly takes retire's steps for the handle's current slab up to
+// the count: the retirement point, then every granule past it free (whole
+// words; the handle's records end on a word boundary or the rest of that
+// word is set too).
+func retireBitsOnly(p *Pool, hd *Handle) {
+	hd.sh.Retired.Store(uint64(hd.cur) + 1)
+	base := uint64(hd.slab)/8 + bitmapWord
+	for w := uint64((hd.cur - p.geo.recBase) / 64); w < uint64(p.geo.words); w++ {
+		p.words[base+w].Store(^uint64(0))
+	}
+}
+
 // allocRecords gives a new handle 40 records of 64 bytes: 40 slots of
 // 80 bytes in one slab, over several bitmap words.
 func allocRecords(t *testing.T, p *Pool) (*Handle, []Record) {
@@ -78,13 +90,7 @@ var stallCases = []stallCase{
 				t.Fatal(err)
 			}
 		}
-		// retire's steps, up to the count: the retirement point, then
-		// every granule past it free.
-		hd.sh.Retired.Store(uint64(hd.cur) + 1)
-		base := uint64(hd.slab)/8 + bitmapWord
-		for w := uint64((hd.cur - p.geo.recBase) / 64); w < uint64(p.geo.words); w++ {
-			p.words[base+w].Store(^uint64(0))
-		}
+		retireBitsOnly(p, hd)
 		hd.sh.Owner.Store(uint64(deadIdentity(t)))
 	}},
 	{"owner died in the middle of a restart", true, func(t *testing.T, p *Pool, hd *Handle, recs []Record) {
@@ -230,12 +236,7 @@ func TestRecoverLeavesLiveRetirer(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// Retire's steps up to the count, by a live owner (this process).
-	hd.sh.Retired.Store(uint64(hd.cur) + 1)
-	base := uint64(hd.slab)/8 + bitmapWord
-	for w := uint64((hd.cur - p.geo.recBase) / 64); w < uint64(p.geo.words); w++ {
-		p.words[base+w].Store(^uint64(0))
-	}
+	retireBitsOnly(p, hd) // by a live owner (this process)
 	rc, err := p.Recover(nil)
 	if err != nil || rc.Returned != 0 || rc.Slabs != 0 {
 		t.Fatalf("Recover during a live retirement: %+v, %v", rc, err)
