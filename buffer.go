@@ -384,8 +384,7 @@ func init() {
 			if err != nil {
 				return 0
 			}
-			r.ClearDeadDoorbell(b.heap)
-			return r.Doorbell()
+			return r.LiveDoorbell(b.heap)
 		},
 	})
 	registerType(channel.TypeStatic, typeOps{

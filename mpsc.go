@@ -287,8 +287,7 @@ func init() {
 			if err != nil {
 				return 0
 			}
-			m.ClearDeadDoorbell(b.heap)
-			return m.Doorbell()
+			return m.LiveDoorbell(b.heap)
 		},
 	})
 }

@@ -60,7 +60,7 @@ type Doorbell struct {
 
 // NewDoorbell allocates a doorbell from the heap (alloc.KindDoorbell),
 // owned by this process: if it dies with the doorbell, the buffer's
-// Recover frees it, once ClearDeadDoorbell has taken it out of the
+// Recover frees it, once LiveDoorbell has taken it out of the
 // channels that name it and a grace period has passed.
 func NewDoorbell(heap *alloc.Heap, buf []byte) (*Doorbell, error) {
 	off, err := heap.AllocFor(context.Background(), mem.CacheLine, alloc.KindDoorbell, sys.Self())
@@ -108,8 +108,9 @@ type Selectable interface {
 // Spin calls done until it returns true or d has passed.
 func Spin(d time.Duration, done func() bool) bool { return spin(d, done) }
 
-// clearDeadBell clears a control block's doorbell word if it names the
-// doorbell of a process that has died, and reports whether it did. The
+// liveBell clears a control block's doorbell word if it names the
+// doorbell of a process that has died, and returns the doorbell the word
+// names then (0: none). The
 // buffer's Recover does this before it frees dead processes' doorbells,
 // so that no producer rings a word that has become someone else's
 // memory: a producer rings the doorbell its word names only after taking
@@ -120,25 +121,24 @@ func Spin(d time.Duration, done func() bool) bool { return spin(d, done) }
 // doorbell cannot be freed and handed out again as a live consumer's new
 // doorbell at the same offset in between (another Recover running at the
 // same time), which would clear a live Select's word.
-func clearDeadBell(heap *alloc.Heap, w *atomic.Uint64) bool {
-	d := w.Load()
-	if d == 0 {
-		return false
+func liveBell(heap *alloc.Heap, w *atomic.Uint64) mem.Off {
+	if d := w.Load(); d != 0 {
+		heap.WithExtent(mem.Off(d), func(e alloc.Extent) {
+			if e.Owner != 0 && e.Kind == alloc.KindDoorbell && !sys.Alive(e.Owner) {
+				w.CompareAndSwap(d, 0)
+			}
+		})
 	}
-	cleared := false
-	heap.WithExtent(mem.Off(d), func(e alloc.Extent) {
-		if e.Owner != 0 && e.Kind == alloc.KindDoorbell && !sys.Alive(e.Owner) {
-			cleared = w.CompareAndSwap(d, 0)
-		}
-	})
-	return cleared
+	return mem.Off(w.Load())
 }
 
-// Doorbell returns the channel's doorbell word (0: none), for Recover.
-func (r *Ring) Doorbell() mem.Off { return mem.Off(r.cb.Doorbell.Load()) }
+// LiveDoorbell takes a dead process's doorbell out of the record channel
+// and returns the doorbell it names then (see liveBell), for Recover.
+func (r *Ring) LiveDoorbell(heap *alloc.Heap) mem.Off { return liveBell(heap, &r.cb.Doorbell) }
 
-// Doorbell returns the channel's doorbell word (0: none), for Recover.
-func (m *MPSC) Doorbell() mem.Off { return mem.Off(m.cb.Doorbell.Load()) }
+// LiveDoorbell takes a dead process's doorbell out of the MPSC channel
+// and returns the doorbell it names then (see liveBell), for Recover.
+func (m *MPSC) LiveDoorbell(heap *alloc.Heap) mem.Off { return liveBell(heap, &m.cb.Doorbell) }
 
 // BellGrace is how long a doorbell that no channel names any more is kept
 // before its memory is freed: a producer that read its offset just before

@@ -10,7 +10,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/heapipc/ipc/alloc"
 	"github.com/heapipc/ipc/backend"
 	"github.com/heapipc/ipc/internal/errs"
 	"github.com/heapipc/ipc/internal/mem"
@@ -400,10 +399,6 @@ func (c *MPSCConsumer) Ready() bool {
 
 // SetDoorbell registers (off != 0) or removes (0) the consumer's doorbell.
 func (c *MPSCConsumer) SetDoorbell(off mem.Off) { c.cb.Doorbell.Store(uint64(off)) }
-
-// ClearDeadDoorbell removes the channel's doorbell if it belongs to a
-// process that died (see clearDeadBell) and reports whether it did.
-func (m *MPSC) ClearDeadDoorbell(heap *alloc.Heap) bool { return clearDeadBell(heap, &m.cb.Doorbell) }
 
 // Arm announces that the consumer is about to park on its doorbell.
 func (c *MPSCConsumer) Arm() { c.cb.ConsWaiting.Store(waitBell) }

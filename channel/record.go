@@ -11,7 +11,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/heapipc/ipc/alloc"
 	"github.com/heapipc/ipc/backend"
 	"github.com/heapipc/ipc/internal/errs"
 	"github.com/heapipc/ipc/internal/mem"
@@ -717,10 +716,6 @@ func (c *RecordConsumer) Ready() bool {
 
 // SetDoorbell registers (off != 0) or removes (0) the consumer's doorbell.
 func (c *RecordConsumer) SetDoorbell(off mem.Off) { c.cb.Doorbell.Store(uint64(off)) }
-
-// ClearDeadDoorbell removes the channel's doorbell if it belongs to a
-// process that died (see clearDeadBell) and reports whether it did.
-func (r *Ring) ClearDeadDoorbell(heap *alloc.Heap) bool { return clearDeadBell(heap, &r.cb.Doorbell) }
 
 // Arm announces that the consumer is about to park on its doorbell.
 func (c *RecordConsumer) Arm() { c.cb.ConsWaiting.Store(waitBell) }

@@ -317,7 +317,7 @@ func (h *Handle) start(off mem.Off, restart bool) {
 	}
 	g := p.geo
 	if restart {
-		sh.Ident.Store(uint64(gen)<<32 | slabMagic)
+		sh.Ident.Store(ident(gen))
 	} else {
 		sh.Owner.Store(uint64(p.self))
 		sh.Salt = p.salt
@@ -342,7 +342,7 @@ func (h *Handle) start(off mem.Off, restart bool) {
 	}
 	sh.Count.Store(count(gen, active+g.words))
 	if !restart {
-		sh.Ident.Store(uint64(gen)<<32 | slabMagic)
+		sh.Ident.Store(ident(gen))
 	}
 	h.slab, h.sh = off, sh
 	h.base = uint64(off) / granule

@@ -43,7 +43,7 @@ const (
 //	line 1, written rarely: Owner and Retired by the owner (or by a
 //	reclaimer on behalf of a dead owner), Returner by the process that
 //	returns the slab, Count by freers that complete a bitmap word (and
-//	by Recover when it returns a stalled slab, see repairStalled)
+//	by Recover when it returns a stalled slab, see returnStalled)
 type slabHeader struct {
 	_       structs.HostLayout
 	Ident   atomic.Uint64 // 0: gen<<32 | slabMagic; the magic half is zeroed when the slab is returned
@@ -67,7 +67,7 @@ type slabHeader struct {
 // A slab's count is tagged with the generation of the slab it counts
 // (Ident's upper half): every change to it is a CAS of a count with the
 // tag the changer saw when it located the slab. So a count that Recover
-// has taken over (tag 0: the slab was stalled, see repairStalled) or that
+// has taken over (tag 0: the slab was stalled, see returnStalled) or that
 // a restart has reset is never changed by a freer or retirer that was
 // still on its way to it.
 func count(gen, n uint32) uint64 { return uint64(gen)<<32 | uint64(n) }
@@ -90,7 +90,7 @@ func (sh *slabHeader) countDown(gen uint32, n uint64) bool {
 			return false
 		}
 		old := sh.Count.Load()
-		if uint32(old>>32) != gen || uint64(uint32(old)) < n {
+		if genOf(old) != gen || uint64(uint32(old)) < n {
 			return false
 		}
 		if sh.Count.CompareAndSwap(old, old-n) {
