@@ -433,7 +433,7 @@ func (b *Buffer) freeDeadBells(named map[mem.Off]bool) error {
 // Recover reclaims what processes that died left in the buffer: records
 // they held (allocated and not sent, or received and not freed; records
 // queued in a channel are kept for delivery), their slabs, the doorbells
-// of their Selects, and channels that no live process holds and that are
+// of their Selects, speculo extents they were making, and channels that no live process holds and that are
 // drained. It returns how many bytes came back. Processes that are alive
 // are never robbed.
 func (b *Buffer) Recover() (reclaimed uint64, err error) {
@@ -468,7 +468,7 @@ func (b *Buffer) Recover() (reclaimed uint64, err error) {
 		}
 		return nil
 	}))
-	all = append(all, b.freeDeadBells(named))
+	all = append(all, b.freeDeadBells(named), b.recoverExtents())
 	_, err = b.recs.recover(queued)
 	all = append(all, err)
 	for _, en := range abandoned {

@@ -2,6 +2,7 @@ package ipc
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -514,10 +515,28 @@ func (r *SpeculoReader) close() error {
 	return nil
 }
 
+func openSpeculo(b *Buffer, en *channel.Entry) (*channel.Speculo, error) {
+	return channel.OpenSpeculo(b.region, b.heap, en, channel.SpeculoEnv{})
+}
+
+// recoverExtents frees the extents that speculo writers killed while
+// making one left unmarked (channel.RecoverExtents).
+func (b *Buffer) recoverExtents() error {
+	var areas []*channel.Speculo
+	err := b.reg.Each(func(en *channel.Entry) error {
+		if en.Type == channel.TypeSpeculo {
+			if sp, err := openSpeculo(b, en); err == nil {
+				areas = append(areas, sp)
+			}
+		}
+		return nil
+	})
+	_, rerr := channel.RecoverExtents(b.heap, b.region.Bytes(), areas)
+	return errors.Join(err, rerr)
+}
+
 func init() {
-	open := func(b *Buffer, en *channel.Entry) (*channel.Speculo, error) {
-		return channel.OpenSpeculo(b.region, b.heap, en, channel.SpeculoEnv{})
-	}
+	open := openSpeculo
 	registerType(channel.TypeSpeculo, typeOps{
 		check: func(b *Buffer, en *channel.Entry) error {
 			sp, err := open(b, en)

@@ -86,7 +86,8 @@
 //
 // AllocFor records an owner and a Kind with an extent. Reclaim frees the
 // extents of a dead owner (a live one is refused with ErrBusy); Recover
-// frees the KindPlain extents of every dead owner. The kinds KindSlab and
-// KindLarge belong to package slab, and KindDoorbell to package ipc,
-// which reclaim them by their own rules.
+// frees the KindPlain extents of every dead owner, and RecoverKind those of
+// another kind that the layer above names orphans. The kinds KindSlab and
+// KindLarge belong to package slab, KindDoorbell to package ipc and
+// KindExtent to package channel, which reclaim them by their own rules.
 package alloc

@@ -44,6 +44,10 @@ const (
 	// process of the Select; the buffer's Recover frees those of dead
 	// processes once no channel names them.
 	KindDoorbell Kind = 3
+	// KindExtent is an extent of a speculo area (package channel), owned
+	// by the writer that allocated it: the buffer's Recover frees those
+	// of dead writers that no area had claimed yet (RecoverKind).
+	KindExtent Kind = 4
 )
 
 func (k Kind) String() string {
@@ -56,6 +60,8 @@ func (k Kind) String() string {
 		return "large"
 	case KindDoorbell:
 		return "doorbell"
+	case KindExtent:
+		return "extent"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
@@ -805,10 +811,19 @@ func (h *Heap) Reclaim(dead sys.Identity, match func(Extent) bool) (Reclaimed, e
 // Recover frees every KindPlain extent whose recorded owner is a process
 // that has died, and repairs the index if a dead holder left the lock.
 // Extents of other kinds belong to the layers above (slab.Pool.Recover).
-func (h *Heap) Recover() (Reclaimed, error) {
+func (h *Heap) Recover() (Reclaimed, error) { return h.RecoverKind(KindPlain, nil) }
+
+// RecoverKind frees, under one hold of the heap lock, every extent of
+// kind whose recorded owner is a process that has died and for which
+// orphan returns true (nil: all): the rule by which a layer above frees
+// what its dead processes left of one kind. orphan runs under the heap
+// lock, so that what it reads of the extent (a mark that another process
+// clears in the critical section that frees it, say) cannot change
+// between its verdict and the free.
+func (h *Heap) RecoverKind(kind Kind, orphan func(Extent) bool) (Reclaimed, error) {
 	alive := map[sys.Identity]bool{}
 	return h.reclaim(func(e Extent) bool {
-		if e.Owner == 0 || e.Kind != KindPlain {
+		if e.Owner == 0 || e.Kind != kind {
 			return false
 		}
 		a, ok := alive[e.Owner]
@@ -816,7 +831,7 @@ func (h *Heap) Recover() (Reclaimed, error) {
 			a = sys.Alive(e.Owner)
 			alive[e.Owner] = a
 		}
-		return !a
+		return !a && (orphan == nil || orphan(e))
 	})
 }
 

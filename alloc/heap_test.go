@@ -9,6 +9,7 @@ import (
 
 	"github.com/heapipc/ipc/backend"
 	"github.com/heapipc/ipc/internal/mem"
+	"github.com/heapipc/ipc/internal/sys"
 	"github.com/heapipc/ipc/internal/testutil"
 )
 
@@ -443,6 +444,17 @@ func TestReclaim(t *testing.T) {
 			t.Fatalf("extent %+v, %v", e, err)
 		}
 	}
+	// Extents of a kind with its own rule (RecoverKind): the orphan of a
+	// dead owner goes; one the layer above claims, and a live owner's,
+	// stay.
+	var ext3 [3]mem.Off
+	for i, owner := range []sys.Identity{dead, dead, selfIdentity()} {
+		off, err := h.AllocFor(t.Context(), 4096*(7+i), KindExtent, owner)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ext3[i] = off
+	}
 	if _, err := h.Reclaim(selfIdentity(), nil); !errors.Is(err, ErrBusy) {
 		t.Fatalf("reclaim of a live owner: %v", err)
 	}
@@ -450,6 +462,12 @@ func TestReclaim(t *testing.T) {
 	if err != nil || rc.Extents != 3 || rc.Bytes != 4096*(1+3+5) {
 		t.Fatalf("recover: %+v %v", rc, err)
 	}
+	rc, err = h.RecoverKind(KindExtent, func(e Extent) bool { return e.Off != ext3[1] })
+	if err != nil || rc.Extents != 1 || rc.Bytes != 4096*7 {
+		t.Fatalf("recover extents: %+v %v", rc, err)
+	}
+	h.Free(ext3[1])
+	h.Free(ext3[2])
 	rc, err = h.Reclaim(dead, func(e Extent) bool { return e.Kind == KindSlab })
 	if err != nil || rc.Extents != 3 || rc.Bytes != 4096*(2+4+6) {
 		t.Fatalf("reclaim: %+v %v", rc, err)

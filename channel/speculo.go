@@ -749,18 +749,22 @@ func (w *SpeculoWriter) repairIndex(x *spExtent, c spChunk, committed uint64) er
 
 // newExtent allocates and lays out an empty extent with the next epoch
 // and records it as Pending (so a writer that dies before switching to it
-// has it freed by the next writer). The extent is marked as this area's
-// (magic, area) and recorded as Pending right after the allocation,
-// before the rest is laid out (the index is cleared: as long as the
-// area's capacity is large): a writer killed on the way leaves an extent
-// that the next one recognises and frees. Only between the allocation
-// and those three stores is an extent lost with its writer. Nothing
-// reads a Pending extent but the writer and the recovery.
+// has it freed by the next writer). The extent is the writer's in the
+// heap (alloc.KindExtent, owned by this process) and is recorded as
+// Pending, then marked as this area's (area, then magic), right after the
+// allocation and before the rest is laid out (the index is cleared: as
+// long as the area's capacity is large). A writer killed on the way
+// leaves either an extent without the magic, which the buffer's Recover
+// frees as its dead owner's orphan (RecoverExtents, which also clears
+// Pending if it names it), or one with the magic that Pending names,
+// which the next writer frees. Nothing reads a Pending extent but the
+// writer and the recovery.
 func (w *SpeculoWriter) newExtent() (*spExtent, error) {
-	off, err := w.heap.Alloc(int(w.g.extBytes))
+	off, err := w.heap.AllocFor(context.Background(), int(w.g.extBytes), alloc.KindExtent, w.self)
 	if err != nil {
 		return nil, fmt.Errorf("speculo: new extent of %d bytes: %w", w.g.extBytes, err)
 	}
+	spHook("extent:alloc")
 	h, err := mem.At[spExtentHdr](w.buf, off)
 	if err != nil {
 		w.heap.Free(off)
@@ -771,9 +775,10 @@ func (w *SpeculoWriter) newExtent() (*spExtent, error) {
 		w.heap.Free(off)
 		return nil, err
 	}
+	w.cb.Pending.Store(uint64(off))
+	spHook("extent:noted")
 	h.Area.Store(uint64(w.cbOff))
 	h.Magic.Store(spExtentMagic)
-	w.cb.Pending.Store(uint64(off))
 	spHook("extent:pending")
 	clear(idx)
 	epoch := w.cb.LastEpoch.Load() + 1
@@ -785,6 +790,26 @@ func (w *SpeculoWriter) newExtent() (*spExtent, error) {
 	h.Next.Store(0)
 	w.cb.LastEpoch.Store(epoch)
 	return w.openExtent(uint64(off))
+}
+
+// RecoverExtents frees the extents that speculo writers which died left
+// before marking them as their area's (alloc.KindExtent extents of a dead
+// owner without the extent magic: see newExtent), and clears the Pending
+// word of any of areas that names one, in the heap's critical section
+// that frees it (so the word cannot name a new extent at that offset
+// yet). An extent with the magic is its area's: Pending or the chain
+// names it, and the area's next writer (or its removal) frees it.
+func RecoverExtents(heap *alloc.Heap, buf []byte, areas []*Speculo) (alloc.Reclaimed, error) {
+	return heap.RecoverKind(alloc.KindExtent, func(e alloc.Extent) bool {
+		h, err := mem.At[spExtentHdr](buf, e.Off)
+		if err != nil || h.Magic.Load() == spExtentMagic {
+			return false
+		}
+		for _, a := range areas {
+			a.cb.Pending.CompareAndSwap(uint64(e.Off), 0)
+		}
+		return true
+	})
 }
 
 // dropPending frees the extent a failed GC was filling.
@@ -809,7 +834,8 @@ func (s *Speculo) freeExtent(off uint64) error {
 		return err
 	}
 	return s.heap.FreeIf(mem.Off(off), func(e alloc.Extent) error {
-		if h.Magic.Load() != spExtentMagic || h.Area.Load() != uint64(s.cbOff) || e.Kind != alloc.KindPlain {
+		// KindPlain: an extent of a buffer that an older version made.
+		if h.Magic.Load() != spExtentMagic || h.Area.Load() != uint64(s.cbOff) || (e.Kind != alloc.KindExtent && e.Kind != alloc.KindPlain) {
 			return s.corrupt("extent", off, "not an extent of this area (magic %#x, area %#x, %v)", h.Magic.Load(), h.Area.Load(), e.Kind)
 		}
 		h.Magic.Store(0)

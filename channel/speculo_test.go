@@ -896,6 +896,69 @@ func TestSpeculoCrashFirstExtent(t *testing.T) {
 	}
 }
 
+// TestSpeculoCrashNewExtent kills the writer while it makes a new extent
+// for a GC, before the extent carries the area's magic: right after the
+// allocation, and once Pending names it. The extent is its dead writer's
+// in the heap; RecoverExtents frees it, clearing Pending, whether it runs
+// before the next writer attaches or after, and leaves the area
+// consistent and the heap as it was.
+func TestSpeculoCrashNewExtent(t *testing.T) {
+	for _, point := range []string{"extent:alloc", "extent:noted"} {
+		for _, recoverFirst := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%s/recover-first=%v", point, recoverFirst), func(t *testing.T) {
+				f := newSpFix(t, backend.Heap, 4<<20)
+				sp, _ := f.area(t, 1, 4096, SpeculoConfig{Slots: 2}, nil)
+				w, err := sp.AttachWriter()
+				require.NoError(t, err)
+				put(t, w, 7, 50, 1, 0)
+				before, err := f.heap.Stats()
+				require.NoError(t, err)
+				dead := deadIdentity(t)
+				w.self = dead // the extent's owner in the heap
+				crashAt(t, point, func() { w.GC() })
+				sp.cb.Writer.Store(uint64(dead))
+				if point == "extent:noted" {
+					require.NotZero(t, sp.cb.Pending.Load())
+				}
+				recoverExtents := func() {
+					rc, err := RecoverExtents(f.heap, f.r.Bytes(), []*Speculo{sp})
+					require.NoError(t, err)
+					require.Equal(t, 1, rc.Extents, "the dead writer's unmarked extent")
+				}
+				if recoverFirst {
+					recoverExtents()
+					require.Zero(t, sp.cb.Pending.Load(), "Pending no longer names the freed extent")
+					require.NoError(t, sp.Check())
+				}
+				w2, err := sp.AttachWriter()
+				require.NoError(t, err)
+				defer w2.Close()
+				if !recoverFirst {
+					recoverExtents()
+				}
+				require.NoError(t, sp.Check())
+				after, err := f.heap.Stats()
+				require.NoError(t, err)
+				require.Equal(t, before.FreeBytes, after.FreeBytes, "no extent lost in the heap")
+				rc, err := RecoverExtents(f.heap, f.r.Bytes(), []*Speculo{sp})
+				require.NoError(t, err)
+				require.Zero(t, rc.Extents, "the area's own extents are left alone")
+				r, err := sp.AttachReader()
+				require.NoError(t, err)
+				defer r.Close()
+				c, err := r.Latest(7)
+				require.NoError(t, err)
+				v, err := verifyPayload(c.Data)
+				require.NoError(t, err)
+				require.Equal(t, uint64(1), v)
+				put(t, w2, 7, 50, 2, 0)
+				require.NoError(t, w2.GC())
+				require.NoError(t, sp.Check())
+			})
+		}
+	}
+}
+
 func TestSpeculoWaitAndNotify(t *testing.T) {
 	f := newSpFix(t, backend.Heap, 4<<20)
 	sp, _ := f.area(t, 1, 4096, SpeculoConfig{Slots: 2}, nil)
