@@ -237,12 +237,19 @@ func (s *Speculo) wrap(op string, err error) error {
 // Writer opens the writer end: ErrBusy if a live process (this one
 // included) holds it; a dead writer's end is taken over, and what it left
 // half-done is finished or undone. The first writer allocates the area's
-// first extent (ErrNoSpace if the heap has no room).
+// first extent (ErrNoSpace if the heap has no room). ErrNotExist: the
+// area was removed since AddSpeculo, by Remove or by a Recover that found
+// it abandoned (its writer closed or dead, and no live reader): a
+// *Speculo is no claim on the area, an open writer or reader is.
 func (s *Speculo) Writer() (*SpeculoWriter, error) {
 	if err := s.h.check("speculo writer"); err != nil {
 		return nil, err
 	}
-	w, err := s.sp.AttachWriter()
+	var w *channel.SpeculoWriter
+	err := s.h.buf.reg.Attach(context.Background(), s.en, func() (err error) {
+		w, err = s.sp.AttachWriter()
+		return err
+	})
 	if err != nil {
 		return nil, s.wrap("speculo writer", err)
 	}
@@ -256,12 +263,16 @@ func (s *Speculo) Writer() (*SpeculoWriter, error) {
 
 // Reader opens a reader: ErrBusy if every reader slot is held by a live
 // reader (slots of dead readers are taken over). A new reader starts at
-// the oldest valid chunk.
+// the oldest valid chunk. ErrNotExist: the area was removed (see Writer).
 func (s *Speculo) Reader() (*SpeculoReader, error) {
 	if err := s.h.check("speculo reader"); err != nil {
 		return nil, err
 	}
-	r, err := s.sp.AttachReader()
+	var r *channel.SpeculoReader
+	err := s.h.buf.reg.Attach(context.Background(), s.en, func() (err error) {
+		r, err = s.sp.AttachReader()
+		return err
+	})
 	if err != nil {
 		return nil, s.wrap("speculo reader", err)
 	}
@@ -277,12 +288,16 @@ func (s *Speculo) Reader() (*SpeculoReader, error) {
 type SpeculoStats = channel.SpeculoStats
 
 // Stats walks the area (O(chunks)). ErrBusy: no reader slot is free for
-// the walk.
+// the walk; ErrNotExist: the area was removed.
 func (s *Speculo) Stats() (SpeculoStats, error) {
 	if err := s.h.buf.check("speculo stats"); err != nil {
 		return SpeculoStats{}, err
 	}
-	st, err := s.sp.Stats()
+	var st SpeculoStats
+	err := s.h.buf.reg.Attach(context.Background(), s.en, func() (err error) {
+		st, err = s.sp.Stats() // takes a reader slot for the walk
+		return err
+	})
 	return st, s.wrap("speculo stats", err)
 }
 

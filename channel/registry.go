@@ -582,6 +582,22 @@ func (g *Registry) grow() error {
 	return nil
 }
 
+// Attach runs claim (taking an end of the channel of en) under the
+// registry lock if en still names the same ready channel, and reports
+// ErrNotExist if it does not: Remove decides under the same lock whether
+// a channel is abandoned, so a channel cannot be removed, and its control
+// block freed, between a lookup and the claim of an end (which would
+// then write into freed memory), nor after the claim on grounds the
+// claim has changed.
+func (g *Registry) Attach(ctx context.Context, en *Entry, claim func() error) error {
+	return g.withLock(ctx, func() error {
+		if !en.Valid() {
+			return fmt.Errorf("channel %d was removed: %w", en.ID, errs.ErrNotExist)
+		}
+		return claim()
+	})
+}
+
 // Remove retires the channel of en if it is still the same channel and
 // keep(en) says so under the lock; free releases its memory (called under
 // the lock, before the entry becomes reusable). It reports whether it

@@ -456,6 +456,115 @@ func TestSpeculoWriterKilledMidAppend(t *testing.T) {
 	require.NoError(t, sp.Remove(context.Background()))
 }
 
+// TestChildSpeculoChurn replaces blocks 1..8 of area HIPC_AREA over and
+// over (block b gets tags ≡ b-1 mod 8), with a GC every eight commits,
+// until it is killed.
+func TestChildSpeculoChurn(t *testing.T) {
+	testutil.ChildOnly(t)
+	b := attach(t)
+	h := newHandle(t, b)
+	sp, err := h.AddSpeculo(ipc.ChannelID(envInt(t, "HIPC_AREA")), 0)
+	require.NoError(t, err)
+	w, err := sp.Writer()
+	require.NoError(t, err)
+	for i := 0; ; i++ {
+		spPut(t, w, ipc.BlockID(1+i%8), 50+(i*37)%1500, uint64(i))
+		if i%8 == 7 {
+			require.NoError(t, w.GC())
+		}
+		if i == 64 {
+			testutil.Say("go")
+		}
+	}
+}
+
+// TestSpeculoWriterKilledAtRandom kills a writer that commits and
+// collects without pause at a random moment, several times: each time
+// Recover and Check pass, the next writer takes over with every block's
+// latest version intact, and once the area is removed the heap is back
+// to where it started (nothing the dead writer was making is lost).
+func TestSpeculoWriterKilledAtRandom(t *testing.T) {
+	b, name := openBuf(t)
+	h := newHandle(t, b)
+	ctx := testutil.Context(t, time.Minute)
+	warm, err := h.AddSpeculo(spID+100, 64<<10)
+	require.NoError(t, err)
+	require.NoError(t, warm.Remove(ctx))
+	before := freeBytes(t, b)
+	for k := range 6 {
+		id := spID + 101 + ipc.ChannelID(k)
+		sp, err := h.AddSpeculo(id, 64<<10)
+		require.NoError(t, err)
+		r, err := sp.Reader() // keeps the area from being abandoned
+		require.NoError(t, err)
+		child := testutil.StartChild(t, "TestChildSpeculoChurn", envBuf+"="+name, "HIPC_AREA="+strconv.Itoa(int(id)))
+		require.Equal(t, "go", child.Line(t, time.Minute))
+		time.Sleep(time.Duration(k*3) * time.Millisecond)
+		child.Kill()
+		_, err = b.Recover()
+		require.NoError(t, err)
+		require.NoError(t, b.Check(), "after the writer was killed (round %d)", k)
+		w, err := sp.Writer()
+		require.NoError(t, err, "the dead writer's end is taken over")
+		for blk := ipc.BlockID(1); blk <= 8; blk++ {
+			c, err := r.Latest(blk)
+			require.NoError(t, err, "block %d", blk)
+			tag, err := spVerify(c.Data)
+			require.NoError(t, err, "block %d", blk)
+			require.Equal(t, uint64(blk-1), tag%8, "block %d holds one of its own versions", blk)
+		}
+		spPut(t, w, 1, 100, 8000)
+		require.NoError(t, w.GC())
+		require.NoError(t, r.Close())
+		require.NoError(t, w.Close())
+		require.NoError(t, b.Check())
+		require.NoError(t, sp.Remove(ctx))
+		_, err = b.Recover()
+		require.NoError(t, err)
+		require.Equal(t, before, freeBytes(t, b), "round %d: the heap is back to its start", k)
+	}
+}
+
+// TestSpeculoHandleOutlivesArea: a *Speculo is no claim on its area. Its
+// writer killed and no reader attached, Recover removes the area as
+// abandoned; the handle's Writer, Reader and Stats then report
+// ErrNotExist and write nothing into the memory the area had, which a new
+// area has taken.
+func TestSpeculoHandleOutlivesArea(t *testing.T) {
+	b, name := openBuf(t)
+	h := newHandle(t, b)
+	ctx := testutil.Context(t, time.Minute)
+	before := freeBytes(t, b)
+	sp, err := h.AddSpeculo(spID+120, 64<<10)
+	require.NoError(t, err)
+	child := testutil.StartChild(t, "TestChildSpeculoChurn", envBuf+"="+name, "HIPC_AREA="+strconv.Itoa(int(spID+120)))
+	require.Equal(t, "go", child.Line(t, time.Minute))
+	child.Kill()
+	_, err = b.Recover()
+	require.NoError(t, err)
+	require.Equal(t, before, freeBytes(t, b), "removed as abandoned")
+	sp2, err := h.AddSpeculo(spID+121, 64<<10) // takes the freed memory
+	require.NoError(t, err)
+	w2, err := sp2.Writer()
+	require.NoError(t, err)
+	spPut(t, w2, 3, 100, 3)
+
+	_, err = sp.Writer()
+	require.ErrorIs(t, err, ipc.ErrNotExist)
+	_, err = sp.Reader()
+	require.ErrorIs(t, err, ipc.ErrNotExist)
+	_, err = sp.Stats()
+	require.ErrorIs(t, err, ipc.ErrNotExist)
+	require.NoError(t, b.Check(), "nothing written into the new area")
+	st, err := sp2.Stats()
+	require.NoError(t, err)
+	require.True(t, st.Writer)
+	require.Zero(t, st.Readers, "no reader slot taken in the new area")
+	require.NoError(t, w2.Close())
+	require.NoError(t, sp2.Remove(ctx))
+	require.Equal(t, before, freeBytes(t, b))
+}
+
 // TestChildSpeculoLatest hammers Latest on blocks 1..8 until block 9
 // appears: every call finds a version, never an older one than before.
 func TestChildSpeculoLatest(t *testing.T) {
