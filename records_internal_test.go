@@ -3,8 +3,10 @@ package ipc
 import (
 	"context"
 	"os"
+	"os/exec"
 	"testing"
 
+	"github.com/heapipc/ipc/alloc"
 	"github.com/heapipc/ipc/channel"
 	"github.com/heapipc/ipc/internal/mem"
 	"github.com/heapipc/ipc/internal/sys"
@@ -217,4 +219,33 @@ func TestReceiveKeepsSlotForFree(t *testing.T) {
 // out alike on 32-bit and 64-bit machines.
 func TestPortableLayouts(t *testing.T) {
 	testutil.RequirePortableLayouts(t, &trailer{}, &packHeader{})
+}
+
+// TestRecoverUnmarkedExtent: Buffer.Recover frees a speculo extent that a
+// writer died with before marking it (channel.RecoverExtents; the channel
+// package's tests cover which extents count as marked).
+func TestRecoverUnmarkedExtent(t *testing.T) {
+	b := heapBuf(t)
+	h, err := b.NewHandle()
+	require.NoError(t, err)
+	defer h.Close()
+	sp, err := h.AddSpeculo(9, 4096) // so that the walk has an area
+	require.NoError(t, err)
+	cmd := exec.Command("sleep", "0")
+	require.NoError(t, cmd.Start())
+	dead, err := sys.IdentityOf(cmd.Process.Pid)
+	require.NoError(t, err)
+	require.NoError(t, cmd.Wait())
+	before, err := b.heap.Stats()
+	require.NoError(t, err)
+	_, err = b.heap.AllocZeroed(t.Context(), 8192, alloc.KindExtent, dead, 256)
+	require.NoError(t, err)
+	n, err := b.Recover()
+	require.NoError(t, err)
+	require.Equal(t, uint64(8192), n)
+	after, err := b.heap.Stats()
+	require.NoError(t, err)
+	require.Equal(t, before.FreeBytes, after.FreeBytes)
+	require.NoError(t, b.Check())
+	require.NoError(t, sp.Remove(t.Context()))
 }

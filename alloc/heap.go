@@ -405,6 +405,15 @@ func (h *Heap) Alloc(n int) (mem.Off, error) {
 // recorded with the extent (0: none). Extents owned by a process that
 // died can be freed by Reclaim (and, for KindPlain, by Recover).
 func (h *Heap) AllocFor(ctx context.Context, n int, kind Kind, owner sys.Identity) (mem.Off, error) {
+	return h.AllocZeroed(ctx, n, kind, owner, 0)
+}
+
+// AllocZeroed is AllocFor that also zeroes the extent's first zero bytes
+// (at most n) inside the heap's critical section: so that a mark its
+// owner stores there later cannot be mistaken, by whoever inspects the
+// extent under the heap lock (a recovery), for a stale one left in the
+// memory, if the owner dies right after the allocation.
+func (h *Heap) AllocZeroed(ctx context.Context, n int, kind Kind, owner sys.Identity, zero int) (mem.Off, error) {
 	np, err := h.pagesFor(n)
 	if err != nil {
 		return 0, err
@@ -417,6 +426,7 @@ func (h *Heap) AllocFor(ctx context.Context, n int, kind Kind, owner sys.Identit
 	if err != nil {
 		return 0, fmt.Errorf("alloc: allocate %d bytes: %w", n, err)
 	}
+	clear(h.b[off : off+mem.Off(min(max(zero, 0), n))])
 	return off, nil
 }
 

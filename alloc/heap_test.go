@@ -466,8 +466,11 @@ func TestReclaim(t *testing.T) {
 	if err != nil || rc.Extents != 1 || rc.Bytes != 4096*7 {
 		t.Fatalf("recover extents: %+v %v", rc, err)
 	}
-	h.Free(ext3[1])
-	h.Free(ext3[2])
+	for _, off := range ext3[1:] {
+		if err := h.Free(off); err != nil {
+			t.Fatal(err)
+		}
+	}
 	rc, err = h.Reclaim(dead, func(e Extent) bool { return e.Kind == KindSlab })
 	if err != nil || rc.Extents != 3 || rc.Bytes != 4096*(2+4+6) {
 		t.Fatalf("reclaim: %+v %v", rc, err)

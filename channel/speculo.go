@@ -307,6 +307,7 @@ type SpeculoEnv struct {
 
 // Speculo is one process's view of a speculo area.
 type Speculo struct {
+	en     *Entry
 	region *backend.Region
 	heap   *alloc.Heap
 	buf    []byte
@@ -351,7 +352,7 @@ func OpenSpeculo(region *backend.Region, h *alloc.Heap, en *Entry, env SpeculoEn
 	if env.Clock == nil {
 		env.Clock = spWallClock
 	}
-	return &Speculo{region: region, heap: h, buf: b, cbOff: en.Control, cb: cb, slots: slots, g: g, clock: env.Clock, wait: env.Wait.norm()}, nil
+	return &Speculo{en: en, region: region, heap: h, buf: b, cbOff: en.Control, cb: cb, slots: slots, g: g, clock: env.Clock, wait: env.Wait.norm()}, nil
 }
 
 // Capacity is the data bytes of an extent.
@@ -760,7 +761,10 @@ func (w *SpeculoWriter) repairIndex(x *spExtent, c spChunk, committed uint64) er
 // which the next writer frees. Nothing reads a Pending extent but the
 // writer and the recovery.
 func (w *SpeculoWriter) newExtent() (*spExtent, error) {
-	off, err := w.heap.AllocFor(context.Background(), int(w.g.extBytes), alloc.KindExtent, w.self)
+	// The header is zeroed in the allocation's critical section: memory
+	// that held an extent (or anything) before may show the magic, and
+	// RecoverExtents must not take such an extent for a marked one.
+	off, err := w.heap.AllocZeroed(context.Background(), int(w.g.extBytes), alloc.KindExtent, w.self, spExtHdrSize)
 	if err != nil {
 		return nil, fmt.Errorf("speculo: new extent of %d bytes: %w", w.g.extBytes, err)
 	}
@@ -798,7 +802,9 @@ func (w *SpeculoWriter) newExtent() (*spExtent, error) {
 // word of any of areas that names one, in the heap's critical section
 // that frees it (so the word cannot name a new extent at that offset
 // yet). An extent with the magic is its area's: Pending or the chain
-// names it, and the area's next writer (or its removal) frees it.
+// names it, and the area's next writer (or its removal) frees it. (The
+// magic is never stale: newExtent has the header zeroed in the critical
+// section of the allocation.)
 func RecoverExtents(heap *alloc.Heap, buf []byte, areas []*Speculo) (alloc.Reclaimed, error) {
 	return heap.RecoverKind(alloc.KindExtent, func(e alloc.Extent) bool {
 		h, err := mem.At[spExtentHdr](buf, e.Off)
@@ -806,7 +812,12 @@ func RecoverExtents(heap *alloc.Heap, buf []byte, areas []*Speculo) (alloc.Recla
 			return false
 		}
 		for _, a := range areas {
-			a.cb.Pending.CompareAndSwap(uint64(e.Off), 0)
+			// The area's control block cannot be freed while the heap
+			// lock is held: if its entry is still valid now, the word
+			// is still the area's.
+			if a.en.Valid() {
+				a.cb.Pending.CompareAndSwap(uint64(e.Off), 0)
+			}
 		}
 		return true
 	})
@@ -1707,7 +1718,11 @@ func (s *Speculo) FreeExtents() error {
 	cb := s.cb
 	cur := cb.Current.Load()
 	if p := cb.Pending.Swap(0); p != 0 && p != cur {
-		all = append(all, s.freeExtent(p))
+		// One without the magic is a dead writer's unmarked extent,
+		// not damage: RecoverExtents frees it.
+		if h, err := mem.At[spExtentHdr](s.buf, mem.Off(p)); err != nil || h.Magic.Load() == spExtentMagic {
+			all = append(all, s.freeExtent(p))
+		}
 	}
 	o := cb.Oldest.Load()
 	if cur != 0 && o == 0 {

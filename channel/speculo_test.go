@@ -898,23 +898,38 @@ func TestSpeculoCrashFirstExtent(t *testing.T) {
 
 // TestSpeculoCrashNewExtent kills the writer while it makes a new extent
 // for a GC, before the extent carries the area's magic: right after the
-// allocation, and once Pending names it. The extent is its dead writer's
-// in the heap; RecoverExtents frees it, clearing Pending, whether it runs
-// before the next writer attaches or after, and leaves the area
-// consistent and the heap as it was.
+// allocation, and once Pending names it; once in memory that showed the
+// magic before (stale). The extent is its dead writer's in the heap;
+// RecoverExtents frees it, clearing Pending, whether it runs before the
+// next writer attaches or after, and leaves the area consistent and the
+// heap as it was. The area's current extent is the dead writer's too,
+// and RecoverExtents leaves it alone: it carries the magic.
 func TestSpeculoCrashNewExtent(t *testing.T) {
 	for _, point := range []string{"extent:alloc", "extent:noted"} {
-		for _, recoverFirst := range []bool{true, false} {
-			t.Run(fmt.Sprintf("%s/recover-first=%v", point, recoverFirst), func(t *testing.T) {
+		for _, c := range []struct {
+			name                string
+			recoverFirst, stale bool
+		}{{"recover-first", true, false}, {"writer-first", false, false}, {"stale-magic", true, true}} {
+			t.Run(point+"/"+c.name, func(t *testing.T) {
 				f := newSpFix(t, backend.Heap, 4<<20)
 				sp, _ := f.area(t, 1, 4096, SpeculoConfig{Slots: 2}, nil)
 				w, err := sp.AttachWriter()
 				require.NoError(t, err)
 				put(t, w, 7, 50, 1, 0)
+				dead := deadIdentity(t)
+				w.self = dead // the owner in the heap of the extents it makes
+				require.NoError(t, w.GC())
 				before, err := f.heap.Stats()
 				require.NoError(t, err)
-				dead := deadIdentity(t)
-				w.self = dead // the extent's owner in the heap
+				if c.stale {
+					// Memory that showed the magic, where the next
+					// extent goes (the heap takes the start of its
+					// largest free run).
+					off, err := f.heap.Alloc(int(sp.g.extBytes))
+					require.NoError(t, err)
+					mem.MustAt[spExtentHdr](sp.buf, off).Magic.Store(spExtentMagic)
+					require.NoError(t, f.heap.Free(off))
+				}
 				crashAt(t, point, func() { w.GC() })
 				sp.cb.Writer.Store(uint64(dead))
 				if point == "extent:noted" {
@@ -923,9 +938,9 @@ func TestSpeculoCrashNewExtent(t *testing.T) {
 				recoverExtents := func() {
 					rc, err := RecoverExtents(f.heap, f.r.Bytes(), []*Speculo{sp})
 					require.NoError(t, err)
-					require.Equal(t, 1, rc.Extents, "the dead writer's unmarked extent")
+					require.Equal(t, 1, rc.Extents, "the dead writer's unmarked extent, not its current one")
 				}
-				if recoverFirst {
+				if c.recoverFirst {
 					recoverExtents()
 					require.Zero(t, sp.cb.Pending.Load(), "Pending no longer names the freed extent")
 					require.NoError(t, sp.Check())
@@ -933,7 +948,7 @@ func TestSpeculoCrashNewExtent(t *testing.T) {
 				w2, err := sp.AttachWriter()
 				require.NoError(t, err)
 				defer w2.Close()
-				if !recoverFirst {
+				if !c.recoverFirst {
 					recoverExtents()
 				}
 				require.NoError(t, sp.Check())
@@ -957,6 +972,30 @@ func TestSpeculoCrashNewExtent(t *testing.T) {
 			})
 		}
 	}
+}
+
+// TestSpeculoRemoveAfterCrashNewExtent: an area whose writer died with an
+// unmarked extent in Pending is removed without an error (FreeExtents
+// leaves that extent to RecoverExtents), and nothing is lost.
+func TestSpeculoRemoveAfterCrashNewExtent(t *testing.T) {
+	f := newSpFix(t, backend.Heap, 4<<20)
+	sp, _ := f.area(t, 1, 4096, SpeculoConfig{Slots: 2}, nil)
+	before, err := f.heap.Stats()
+	require.NoError(t, err)
+	w, err := sp.AttachWriter()
+	require.NoError(t, err)
+	put(t, w, 7, 50, 1, 0)
+	dead := deadIdentity(t)
+	w.self = dead
+	crashAt(t, "extent:noted", func() { w.GC() })
+	sp.cb.Writer.Store(uint64(dead))
+	require.NoError(t, sp.FreeExtents())
+	rc, err := RecoverExtents(f.heap, f.r.Bytes(), []*Speculo{sp})
+	require.NoError(t, err)
+	require.Equal(t, 1, rc.Extents)
+	after, err := f.heap.Stats()
+	require.NoError(t, err)
+	require.Equal(t, before.FreeBytes, after.FreeBytes)
 }
 
 func TestSpeculoWaitAndNotify(t *testing.T) {
