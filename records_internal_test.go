@@ -3,7 +3,6 @@ package ipc
 import (
 	"context"
 	"os"
-	"os/exec"
 	"testing"
 
 	"github.com/heapipc/ipc/alloc"
@@ -231,11 +230,7 @@ func TestRecoverUnmarkedExtent(t *testing.T) {
 	defer h.Close()
 	sp, err := h.AddSpeculo(9, 4096) // so that the walk has an area
 	require.NoError(t, err)
-	cmd := exec.Command("sleep", "0")
-	require.NoError(t, cmd.Start())
-	dead, err := sys.IdentityOf(cmd.Process.Pid)
-	require.NoError(t, err)
-	require.NoError(t, cmd.Wait())
+	dead := testutil.DeadIdentity(t)
 	before, err := b.heap.Stats()
 	require.NoError(t, err)
 	_, err = b.heap.AllocZeroed(t.Context(), 8192, alloc.KindExtent, dead, 256)

@@ -425,7 +425,7 @@ func TestConcurrent(t *testing.T) {
 func TestReclaim(t *testing.T) {
 	h := newHeap(t, combo{backend.Heap, backend.Heap}, 1<<20)
 	s0 := mustStats(t, h)
-	dead := deadIdentity(t)
+	dead := testutil.DeadIdentity(t)
 	var keep mem.Off
 	for i := range 6 {
 		kind := KindPlain

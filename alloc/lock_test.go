@@ -3,31 +3,16 @@ package alloc
 import (
 	"context"
 	"errors"
-	"os"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/heapipc/ipc/backend"
 	"github.com/heapipc/ipc/internal/sys"
+	"github.com/heapipc/ipc/internal/testutil"
 )
 
 func selfIdentity() sys.Identity { return sys.Self() }
-
-// deadIdentity is this process's pid with another start time: a process
-// that is provably not running.
-func deadIdentity(tb testing.TB) sys.Identity {
-	tb.Helper()
-	self := sys.Self()
-	if self.Start() == 0 {
-		tb.Skip("no process start times on this system")
-	}
-	id := sys.MakeIdentity(os.Getpid(), self.Start()+1)
-	if sys.Alive(id) {
-		tb.Fatalf("%v should not be alive", id)
-	}
-	return id
-}
 
 // TestLockTakeover leaves the lock owned by a dead process: the next
 // acquirer takes it over within a few check intervals and repairs.
@@ -36,7 +21,7 @@ func TestLockTakeover(t *testing.T) {
 		t.Run(c.String(), func(t *testing.T) {
 			h := newHeap(t, c, 1<<20)
 			s0 := mustStats(t, h)
-			h.rt.Lock.owner.Store(uint64(deadIdentity(t)))
+			h.rt.Lock.owner.Store(uint64(testutil.DeadIdentity(t)))
 			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 			defer cancel()
 			off, err := h.AllocFor(ctx, 4096, KindPlain, 0)
@@ -134,7 +119,7 @@ func TestTryLock(t *testing.T) {
 		t.Fatalf("trylock of a held lock succeeded")
 	}
 	l.Unlock()
-	w.owner.Store(uint64(deadIdentity(t)))
+	w.owner.Store(uint64(testutil.DeadIdentity(t)))
 	if took, ok := l.TryLock(); !ok || !took {
 		t.Fatalf("trylock of a dead holder's lock: %v %v", took, ok)
 	}
@@ -151,7 +136,7 @@ func TestUnlockOverwritten(t *testing.T) {
 	if _, err := l.Lock(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	dead := deadIdentity(t)
+	dead := testutil.DeadIdentity(t)
 	w.owner.Store(uint64(dead))
 	l.Unlock()
 	if l.Holder() != dead {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"hash/crc32"
 	"os"
-	"os/exec"
 	"strconv"
 	"testing"
 	"time"
@@ -185,19 +184,6 @@ func TestRegionForeignFile(t *testing.T) {
 	}
 }
 
-// deadIdentity returns the identity of a process that has exited.
-func deadIdentity(t *testing.T) sys.Identity {
-	cmd := exec.Command("sleep", "0")
-	require.NoError(t, cmd.Start())
-	id, err := sys.IdentityOf(cmd.Process.Pid)
-	if err != nil {
-		id = sys.MakeIdentity(cmd.Process.Pid, 1)
-	}
-	require.NoError(t, cmd.Wait())
-	require.False(t, sys.Alive(id))
-	return id
-}
-
 func staleSegment(t *testing.T, k Kind, name string, creator sys.Identity) Segment {
 	segs, _ := Segments(k)
 	cfg, _ := regionCfg(k, 1<<16).normalize()
@@ -218,7 +204,7 @@ func TestRegionStaleCreatorRecovered(t *testing.T) {
 	for _, k := range Kinds {
 		t.Run(string(k), func(t *testing.T) {
 			name := testutil.Name(t)
-			stale := staleSegment(t, k, name, deadIdentity(t))
+			stale := staleSegment(t, k, name, testutil.DeadIdentity(t))
 			defer stale.Close()
 			_, err := OpenRegion(name, RegionConfig{Segments: k, Open: AttachOnly}, nil)
 			require.ErrorIs(t, err, ErrStale, "attach-only reports it")

@@ -176,7 +176,7 @@ func TestRegistryInitFailureAndDeadCreator(t *testing.T) {
 	e, _, err := f.reg.freeEntryLocked(t, 6)
 	require.NoError(t, err)
 	e.ID.Store(6)
-	e.Creator.Store(uint64(deadIdentity(t)))
+	e.Creator.Store(uint64(testutil.DeadIdentity(t)))
 	e.State.Store(entryInitializing)
 	ctx2, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -356,7 +356,7 @@ func TestRingWaitCancelAndPeerDeath(t *testing.T) {
 	require.ErrorIs(t, err, context.DeadlineExceeded)
 
 	// A producer that died: its queued record is delivered, then ErrPeerDead.
-	dead := deadIdentity(t)
+	dead := testutil.DeadIdentity(t)
 	ring.cb.Producer.Store(uint64(dead))
 	ring.ring[0] = 99
 	ring.cb.Tail.Store(1)

@@ -359,7 +359,7 @@ func TestMailboxPeerDeathAndRenewal(t *testing.T) {
 	mf := newMailbox(t, backend.Heap, 64)
 	q, r := mf.ends(t)
 	ctx := testutil.Context(t, time.Minute)
-	dead := deadIdentity(t)
+	dead := testutil.DeadIdentity(t)
 
 	// A dead responder: the request fails within a check interval or so.
 	mf.m.cb.Responder.Store(uint64(dead))

@@ -684,7 +684,7 @@ func TestSpeculoDeadReaderDoesNotPin(t *testing.T) {
 	defer w.Close()
 	put(t, w, 1, 10, 1, 0)
 	// A reader of a process that died, pinned on epoch 1 and parked.
-	dead := deadIdentity(t)
+	dead := testutil.DeadIdentity(t)
 	sp.slots[0].Owner.Store(uint64(dead))
 	sp.slots[0].Epoch.Store(1)
 	sp.cb.Sleepers.Store(1)
@@ -719,7 +719,7 @@ func TestSpeculoWriterTakeover(t *testing.T) {
 	id := put(t, w, 0, 10, 1, 0)
 	_, err = w.Append(100, 0) // dies in the middle of this append
 	require.NoError(t, err)
-	sp.cb.Writer.Store(uint64(deadIdentity(t)))
+	sp.cb.Writer.Store(uint64(testutil.DeadIdentity(t)))
 	w2, err := sp.AttachWriter()
 	require.NoError(t, err, "a dead writer's end is taken over")
 	defer w2.Close()
@@ -756,7 +756,7 @@ func TestSpeculoSequenceSurvivesGCAndCrash(t *testing.T) {
 	require.Len(t, got, 2)
 	clk.ns.Store(300) // b expires
 	require.NoError(t, w.GC())
-	sp.cb.Writer.Store(uint64(deadIdentity(t))) // dies without Close
+	sp.cb.Writer.Store(uint64(testutil.DeadIdentity(t))) // dies without Close
 	w2, err := sp.AttachWriter()
 	require.NoError(t, err)
 	defer w2.Close()
@@ -821,7 +821,7 @@ func TestSpeculoCrashPoints(t *testing.T) {
 					put(t, w, 7, 50, 4, 0)
 				}
 			})
-			sp.cb.Writer.Store(uint64(deadIdentity(t)))
+			sp.cb.Writer.Store(uint64(testutil.DeadIdentity(t)))
 
 			r, err := sp.AttachReader()
 			require.NoError(t, err)
@@ -876,7 +876,7 @@ func TestSpeculoCrashFirstExtent(t *testing.T) {
 			before, err := f.heap.Stats()
 			require.NoError(t, err)
 			crashAt(t, point, func() { sp.AttachWriter() })
-			sp.cb.Writer.Store(uint64(deadIdentity(t)))
+			sp.cb.Writer.Store(uint64(testutil.DeadIdentity(t)))
 
 			w, err := sp.AttachWriter()
 			require.NoError(t, err, "the next writer starts the area")
@@ -916,7 +916,7 @@ func TestSpeculoCrashNewExtent(t *testing.T) {
 				w, err := sp.AttachWriter()
 				require.NoError(t, err)
 				put(t, w, 7, 50, 1, 0)
-				dead := deadIdentity(t)
+				dead := testutil.DeadIdentity(t)
 				w.self = dead // the owner in the heap of the extents it makes
 				require.NoError(t, w.GC())
 				before, err := f.heap.Stats()
@@ -985,7 +985,7 @@ func TestSpeculoRemoveAfterCrashNewExtent(t *testing.T) {
 	w, err := sp.AttachWriter()
 	require.NoError(t, err)
 	put(t, w, 7, 50, 1, 0)
-	dead := deadIdentity(t)
+	dead := testutil.DeadIdentity(t)
 	w.self = dead
 	crashAt(t, "extent:noted", func() { w.GC() })
 	sp.cb.Writer.Store(uint64(dead))
@@ -1036,7 +1036,7 @@ func TestSpeculoWaitAndNotify(t *testing.T) {
 
 	// The writer dies: a waiting reader hears of it.
 	require.NoError(t, w.Close())
-	sp.cb.Writer.Store(uint64(deadIdentity(t)))
+	sp.cb.Writer.Store(uint64(testutil.DeadIdentity(t)))
 	_, err = r.Next(ctx)
 	require.ErrorIs(t, err, errs.ErrPeerDead)
 	sp.cb.Writer.Store(0)

@@ -671,7 +671,7 @@ func TestStreamPeerDeath(t *testing.T) {
 	ctx := testutil.Context(t, 10*time.Second)
 
 	// A writer that died: what it wrote is read, then ErrPeerDead.
-	dead := deadIdentity(t)
+	dead := testutil.DeadIdentity(t)
 	sf.s.cb.Writer.Store(uint64(dead))
 	copy(sf.s.ring, "last")
 	sf.s.cb.W.Store(streamPack(0, 4))

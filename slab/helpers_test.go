@@ -12,7 +12,6 @@ import (
 	"github.com/heapipc/ipc/alloc"
 	"github.com/heapipc/ipc/backend"
 	"github.com/heapipc/ipc/internal/mem"
-	"github.com/heapipc/ipc/internal/sys"
 	"github.com/heapipc/ipc/internal/testutil"
 )
 
@@ -200,13 +199,4 @@ func stampRec(r Record) {
 
 func stampOK(b []byte, off mem.Off) bool {
 	return len(b) >= 16 && binary.LittleEndian.Uint64(b) == uint64(off) && binary.LittleEndian.Uint64(b[len(b)-8:]) == ^uint64(off)
-}
-
-func deadIdentity(tb testing.TB) sys.Identity {
-	tb.Helper()
-	self := sys.Self()
-	if self.Start() == 0 {
-		tb.Skip("no process start times on this system")
-	}
-	return sys.MakeIdentity(os.Getpid(), self.Start()+1)
 }

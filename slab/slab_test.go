@@ -459,7 +459,7 @@ func TestExhaustion(t *testing.T) {
 func TestReclaimHalfDone(t *testing.T) {
 	p := newPool(t, heapCombo, 4<<20, Options{})
 	h0 := heapStats(t, p)
-	dead := deadIdentity(t)
+	dead := testutil.DeadIdentity(t)
 	if _, err := p.heap.AllocFor(t.Context(), int(p.slabSize), alloc.KindSlab, dead); err != nil {
 		t.Fatal(err)
 	}
@@ -498,7 +498,7 @@ func TestReclaimHalfDone(t *testing.T) {
 func TestReclaimInProcess(t *testing.T) {
 	p := newPool(t, heapCombo, 4<<20, Options{SlabSize: 16 << 10})
 	h0 := heapStats(t, p)
-	dead := deadIdentity(t)
+	dead := testutil.DeadIdentity(t)
 	if _, err := p.Reclaim(p.self, nil); !errors.Is(err, ErrBusy) {
 		t.Fatalf("reclaim of a live process: %v", err)
 	}

@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/heapipc/ipc/internal/mem"
+	"github.com/heapipc/ipc/internal/testutil"
 )
 
 // stallCase leaves one slab stalled as a process killed at some point
@@ -91,7 +92,7 @@ var stallCases = []stallCase{
 			}
 		}
 		retireBitsOnly(p, hd)
-		hd.sh.Owner.Store(uint64(deadIdentity(t)))
+		hd.sh.Owner.Store(uint64(testutil.DeadIdentity(t)))
 	}},
 	{"owner died in the middle of a restart", true, func(t *testing.T, p *Pool, hd *Handle, recs []Record) {
 		for _, r := range recs {
@@ -106,7 +107,7 @@ var stallCases = []stallCase{
 		for w := range uint64(p.geo.words) {
 			p.words[base+w].Store(0)
 		}
-		hd.sh.Owner.Store(uint64(deadIdentity(t)))
+		hd.sh.Owner.Store(uint64(testutil.DeadIdentity(t)))
 	}},
 }
 
