@@ -241,7 +241,9 @@ func (h *Handle) chanConfig(opts []ChannelOption) (chanConfig, error) {
 	return cfg, nil
 }
 
-func (h *Handle) openRing(ctx context.Context, id ChannelID, cfg chanConfig) (*channel.Entry, *channel.Ring, error) {
+// attachRing opens record channel id, creating it if needed, and claims
+// an end with claim (see attachChannel).
+func (h *Handle) attachRing(id ChannelID, cfg chanConfig, claim func(*channel.Entry, *channel.Ring) error) (*channel.Entry, error) {
 	capacity := cfg.capacity
 	if capacity == 0 {
 		capacity = DefaultCapacity
@@ -253,18 +255,14 @@ func (h *Handle) openRing(ctx context.Context, id ChannelID, cfg chanConfig) (*c
 		Control: channel.RecordControlSize(capacity),
 		Init:    func(_ mem.Off, b []byte) error { return channel.InitRecord(b, capacity) },
 	}
-	en, created, err := h.buf.reg.LookupOrCreate(ctx, id, spec)
-	if err != nil {
-		return nil, nil, err
+	open := func(en *channel.Entry, created bool) (*channel.Ring, error) {
+		if !created && cfg.capacity != 0 && en.Size != cfg.capacity {
+			return nil, fmt.Errorf("channel %d has capacity %d, %d asked: %w", id, en.Size, cfg.capacity, ErrSizeMismatch)
+		}
+		return channel.OpenRing(h.buf.region, en, channel.WaitOptions{Spin: cfg.spin, CheckInterval: h.buf.cfg.checkInterval})
 	}
-	if !created && cfg.capacity != 0 && en.Size != cfg.capacity {
-		return nil, nil, fmt.Errorf("channel %d has capacity %d, %d asked: %w", id, en.Size, cfg.capacity, ErrSizeMismatch)
-	}
-	ring, err := channel.OpenRing(h.buf.region, en, channel.WaitOptions{Spin: cfg.spin, CheckInterval: h.buf.cfg.checkInterval})
-	if err != nil {
-		return nil, nil, err
-	}
-	return en, ring, nil
+	en, _, err := attachChannel(context.Background(), h.buf, id, spec, open, claim)
+	return en, err
 }
 
 // Producer opens the producer end of record channel id, creating the
@@ -281,11 +279,8 @@ func (h *Handle) Producer(id ChannelID, opts ...ChannelOption) (*Producer, error
 	if err := h.check("producer"); err != nil {
 		return nil, err
 	}
-	en, ring, err := h.openRing(context.Background(), id, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("ipc: producer %d: %w", id, err)
-	}
-	p, err := ring.AttachProducer()
+	var p *channel.RecordProducer
+	en, err := h.attachRing(id, cfg, claimUnder(context.Background(), h.buf, (*channel.Ring).AttachProducer, &p))
 	if err != nil {
 		return nil, fmt.Errorf("ipc: producer %d: %w", id, err)
 	}
@@ -309,11 +304,8 @@ func (h *Handle) Consumer(id ChannelID, opts ...ChannelOption) (*Consumer, error
 	if err := h.check("consumer"); err != nil {
 		return nil, err
 	}
-	en, ring, err := h.openRing(context.Background(), id, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("ipc: consumer %d: %w", id, err)
-	}
-	c, err := ring.AttachConsumer()
+	var c *channel.RecordConsumer
+	en, err := h.attachRing(id, cfg, claimUnder(context.Background(), h.buf, (*channel.Ring).AttachConsumer, &c))
 	if err != nil {
 		return nil, fmt.Errorf("ipc: consumer %d: %w", id, err)
 	}

@@ -75,7 +75,7 @@ func WithWindow(n int) MailboxOption {
 }
 
 // openMailbox finds or creates mailbox id and attaches an end of it
-// (attach), again if the mailbox was removed in between.
+// (attach) (see attachChannel).
 func (h *Handle) openMailbox(id ChannelID, opts []MailboxOption, attach func(*channel.Mailbox) error) (*channel.Entry, error) {
 	var cfg mailboxConfig
 	for _, o := range opts {
@@ -100,25 +100,16 @@ func (h *Handle) openMailbox(id ChannelID, opts []MailboxOption, attach func(*ch
 		Control: channel.MailboxControlSize(window),
 		Init:    func(_ mem.Off, bytes []byte) error { return channel.InitMailbox(bytes, window, sems, names) },
 	}
-	ctx := context.Background()
-	for attempt := 0; ; attempt++ {
-		en, created, err := b.reg.LookupOrCreate(ctx, id, spec)
-		if err != nil {
-			return nil, err
-		}
+	open := func(en *channel.Entry, created bool) (*channel.Mailbox, error) {
 		if !created && cfg.window != 0 && en.Size != cfg.window {
 			return nil, fmt.Errorf("mailbox %d has a window of %d, %d asked: %w", id, en.Size, cfg.window, ErrSizeMismatch)
 		}
-		m, err := channel.OpenMailbox(b.reg, en, channel.WaitOptions{CheckInterval: b.cfg.checkInterval})
-		if err != nil {
-			return nil, err
-		}
-		err = attach(m)
-		if errors.Is(err, ErrNotExist) && attempt < 8 {
-			continue // removed between the lookup and the attach
-		}
-		return en, err
+		return channel.OpenMailbox(b.reg, en, channel.WaitOptions{CheckInterval: b.cfg.checkInterval})
 	}
+	// The mailbox's attach claims under the registry lock itself.
+	en, _, err := attachChannel(context.Background(), b, id, spec, open,
+		func(_ *channel.Entry, m *channel.Mailbox) error { return attach(m) })
+	return en, err
 }
 
 // Requester opens the requester end of mailbox id, creating the mailbox

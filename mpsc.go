@@ -49,7 +49,9 @@ func WithProducers(n int) ChannelOption {
 	}
 }
 
-func (h *Handle) openMPSC(id ChannelID, cfg chanConfig) (*channel.Entry, *channel.MPSC, error) {
+// attachMPSC opens MPSC channel id, creating it if needed, and claims an
+// end with claim (see attachChannel).
+func (h *Handle) attachMPSC(id ChannelID, cfg chanConfig, claim func(*channel.Entry, *channel.MPSC) error) (*channel.Entry, error) {
 	capacity := cfg.capacity
 	if capacity == 0 {
 		capacity = DefaultCapacity
@@ -65,18 +67,14 @@ func (h *Handle) openMPSC(id ChannelID, cfg chanConfig) (*channel.Entry, *channe
 		Control: channel.MPSCControlSize(capacity, prods),
 		Init:    func(_ mem.Off, b []byte) error { return channel.InitMPSC(b, capacity, prods) },
 	}
-	en, created, err := h.buf.reg.LookupOrCreate(context.Background(), id, spec)
-	if err != nil {
-		return nil, nil, err
+	open := func(en *channel.Entry, created bool) (*channel.MPSC, error) {
+		if !created && cfg.capacity != 0 && en.Size != cfg.capacity {
+			return nil, fmt.Errorf("channel %d has capacity %d, %d asked: %w", id, en.Size, cfg.capacity, ErrSizeMismatch)
+		}
+		return channel.OpenMPSC(h.buf.region, en, channel.WaitOptions{Spin: cfg.spin, CheckInterval: h.buf.cfg.checkInterval})
 	}
-	if !created && cfg.capacity != 0 && en.Size != cfg.capacity {
-		return nil, nil, fmt.Errorf("channel %d has capacity %d, %d asked: %w", id, en.Size, cfg.capacity, ErrSizeMismatch)
-	}
-	m, err := channel.OpenMPSC(h.buf.region, en, channel.WaitOptions{Spin: cfg.spin, CheckInterval: h.buf.cfg.checkInterval})
-	if err != nil {
-		return nil, nil, err
-	}
-	return en, m, nil
+	en, _, err := attachChannel(context.Background(), h.buf, id, spec, open, claim)
+	return en, err
 }
 
 // MPSCProducer attaches a producer to MPSC channel id, creating the
@@ -92,11 +90,8 @@ func (h *Handle) MPSCProducer(id ChannelID, opts ...ChannelOption) (*MPSCProduce
 	if err := h.check("mpsc producer"); err != nil {
 		return nil, err
 	}
-	en, m, err := h.openMPSC(id, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("ipc: mpsc producer %d: %w", id, err)
-	}
-	p, err := m.AttachProducer()
+	var p *channel.MPSCProducer
+	en, err := h.attachMPSC(id, cfg, claimUnder(context.Background(), h.buf, (*channel.MPSC).AttachProducer, &p))
 	if err != nil {
 		return nil, fmt.Errorf("ipc: mpsc producer %d: %w", id, err)
 	}
@@ -120,11 +115,8 @@ func (h *Handle) MPSCConsumer(id ChannelID, opts ...ChannelOption) (*MPSCConsume
 	if err := h.check("mpsc consumer"); err != nil {
 		return nil, err
 	}
-	en, m, err := h.openMPSC(id, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("ipc: mpsc consumer %d: %w", id, err)
-	}
-	c, err := m.AttachConsumer()
+	var c *channel.MPSCConsumer
+	en, err := h.attachMPSC(id, cfg, claimUnder(context.Background(), h.buf, (*channel.MPSC).AttachConsumer, &c))
 	if err != nil {
 		return nil, fmt.Errorf("ipc: mpsc consumer %d: %w", id, err)
 	}

@@ -111,11 +111,13 @@ func WithBacklog(n int) StreamOption {
 	})
 }
 
-func (h *Handle) openStream(id ChannelID, opts []StreamOption) (*channel.Entry, *channel.Stream, streamConfig, error) {
+// attachStream opens stream id, creating it if needed, and claims an end
+// with claim (see attachChannel).
+func (h *Handle) attachStream(id ChannelID, opts []StreamOption, claim func(*channel.Entry, *channel.Stream) error) (*channel.Entry, streamConfig, error) {
 	var cfg streamConfig
 	for _, o := range opts {
 		if err := o.applyStream(&cfg); err != nil {
-			return nil, nil, cfg, err
+			return nil, cfg, err
 		}
 	}
 	capacity := cfg.capacity
@@ -134,18 +136,14 @@ func (h *Handle) openStream(id ChannelID, opts []StreamOption) (*channel.Entry, 
 		Control: channel.StreamControlSize(capacity),
 		Init:    func(_ mem.Off, b []byte) error { return channel.InitStream(b, capacity, backlog) },
 	}
-	en, created, err := h.buf.reg.LookupOrCreate(context.Background(), id, spec)
-	if err != nil {
-		return nil, nil, cfg, err
+	open := func(en *channel.Entry, created bool) (*channel.Stream, error) {
+		if !created && want != 0 && en.Size != want {
+			return nil, fmt.Errorf("stream %d has capacity %d, %d asked: %w", id, en.Size, want, ErrSizeMismatch)
+		}
+		return channel.OpenStream(h.buf.region, en, channel.WaitOptions{Spin: cfg.ch.spin, CheckInterval: h.buf.cfg.checkInterval})
 	}
-	if !created && want != 0 && en.Size != want {
-		return nil, nil, cfg, fmt.Errorf("stream %d has capacity %d, %d asked: %w", id, en.Size, want, ErrSizeMismatch)
-	}
-	s, err := channel.OpenStream(h.buf.region, en, channel.WaitOptions{Spin: cfg.ch.spin, CheckInterval: h.buf.cfg.checkInterval})
-	if err != nil {
-		return nil, nil, cfg, err
-	}
-	return en, s, cfg, nil
+	en, _, err := attachChannel(context.Background(), h.buf, id, spec, open, claim)
+	return en, cfg, err
 }
 
 // StreamWriter opens the writer end of stream id, creating the stream if
@@ -157,11 +155,8 @@ func (h *Handle) StreamWriter(id ChannelID, opts ...StreamOption) (*StreamWriter
 	if err := h.check("stream writer"); err != nil {
 		return nil, err
 	}
-	en, s, _, err := h.openStream(id, opts)
-	if err != nil {
-		return nil, fmt.Errorf("ipc: stream writer %d: %w", id, err)
-	}
-	w, err := s.AttachWriter()
+	var w *channel.StreamWriter
+	en, _, err := h.attachStream(id, opts, claimUnder(context.Background(), h.buf, (*channel.Stream).AttachWriter, &w))
 	if err != nil {
 		return nil, fmt.Errorf("ipc: stream writer %d: %w", id, err)
 	}
@@ -183,11 +178,8 @@ func (h *Handle) StreamReader(id ChannelID, opts ...StreamOption) (*StreamReader
 	if err := h.check("stream reader"); err != nil {
 		return nil, err
 	}
-	en, s, cfg, err := h.openStream(id, opts)
-	if err != nil {
-		return nil, fmt.Errorf("ipc: stream reader %d: %w", id, err)
-	}
-	r, err := s.AttachReader()
+	var r *channel.StreamReader
+	en, cfg, err := h.attachStream(id, opts, claimUnder(context.Background(), h.buf, (*channel.Stream).AttachReader, &r))
 	if err != nil {
 		return nil, fmt.Errorf("ipc: stream reader %d: %w", id, err)
 	}
