@@ -119,9 +119,28 @@ type RegionConfig struct {
 // Region is a segment with a validated heapipc header.
 type Region struct {
 	seg     Segment
-	b       []byte
+	b       []byte // the mapping cut to the header's total size, once
 	hdr     *header
+	fix     fixed
 	created bool
+}
+
+// fixed is the header's immutable fields as they were when the region was
+// created or validated on attach. Accessors answer from it, never from the
+// shared header again: a damaged or hostile peer may overwrite the header
+// later, and a size read again from it would cut slices out of range.
+type fixed struct {
+	totalSize, dataOffset uint64
+	pageSize, mode        uint32
+	segKind, semKind      uint8
+	creator               uint64
+	createdNs             int64
+}
+
+func newRegion(seg Segment, b []byte, h *header, created bool) *Region {
+	f := fixed{totalSize: h.TotalSize, dataOffset: h.DataOffset, pageSize: h.PageSize, mode: h.Mode,
+		segKind: h.SegKind, semKind: h.SemKind, creator: h.Creator, createdNs: h.CreatedNs}
+	return &Region{seg: seg, b: b[:f.totalSize:f.totalSize], hdr: h, fix: f, created: created}
 }
 
 // OpenRegion creates or attaches the region called name. When this call
@@ -257,7 +276,7 @@ func createRegion(segs SegmentBackend, name string, cfg RegionConfig, init func(
 	if err != nil {
 		return nil, fmt.Errorf("create region: %w", err)
 	}
-	r := &Region{seg: seg, b: seg.Bytes(), hdr: mem.MustAt[header](seg.Bytes(), 0), created: true}
+	r := newRegion(seg, seg.Bytes(), mem.MustAt[header](seg.Bytes(), 0), true)
 	if init != nil {
 		if err := init(r); err != nil {
 			r.hdr.State.Store(uint32(StateDestroyed))
@@ -310,7 +329,7 @@ func attachRegion(seg Segment, name string, cfg RegionConfig) (*Region, error) {
 			if err := validateHeader(b, h, name, seg.Kind(), cfg); err != nil {
 				return fail(err)
 			}
-			return &Region{seg: seg, b: b, hdr: h}, nil
+			return newRegion(seg, b, h, false), nil
 		case StateDestroyed:
 			return fail(ErrDestroyed)
 		case StateInitializing:
@@ -377,27 +396,27 @@ func (r *Region) Created() bool { return r.created }
 func (r *Region) Segment() Segment { return r.seg }
 
 // Bytes is the whole mapping, header included.
-func (r *Region) Bytes() []byte { return r.b[:r.hdr.TotalSize] }
+func (r *Region) Bytes() []byte { return r.b }
 
 // DataOffset is where the data region starts in Bytes.
-func (r *Region) DataOffset() mem.Off { return mem.Off(r.hdr.DataOffset) }
+func (r *Region) DataOffset() mem.Off { return mem.Off(r.fix.dataOffset) }
 
 // Data is the data region, for the allocator.
-func (r *Region) Data() []byte { return r.b[r.hdr.DataOffset:r.hdr.TotalSize] }
+func (r *Region) Data() []byte { return r.b[r.fix.dataOffset:] }
 
 // Ext is the extension area of the header page, for the layers above.
-func (r *Region) Ext() []byte { return r.b[ExtOffset:r.hdr.DataOffset] }
+func (r *Region) Ext() []byte { return r.b[ExtOffset:r.fix.dataOffset] }
 
 // PageSize is the page size recorded in the header.
-func (r *Region) PageSize() int { return int(r.hdr.PageSize) }
+func (r *Region) PageSize() int { return int(r.fix.pageSize) }
 
 // SegmentKind and SemaphoreKind are the backends recorded in the header.
-func (r *Region) SegmentKind() Kind   { return kindOf(r.hdr.SegKind) }
-func (r *Region) SemaphoreKind() Kind { return kindOf(r.hdr.SemKind) }
+func (r *Region) SegmentKind() Kind   { return kindOf(r.fix.segKind) }
+func (r *Region) SemaphoreKind() Kind { return kindOf(r.fix.semKind) }
 
 // Mode is the permission the region was created with (0600 by default).
 func (r *Region) Mode() os.FileMode {
-	if m := os.FileMode(r.hdr.Mode).Perm(); m != 0 {
+	if m := os.FileMode(r.fix.mode).Perm(); m != 0 {
 		return m
 	}
 	return DefaultMode
@@ -428,10 +447,10 @@ func (m modeSemaphores) Create(name string, value int, opts SemOptions) (Semapho
 }
 
 // Creator is the identity of the process that created the region.
-func (r *Region) Creator() sys.Identity { return sys.Identity(r.hdr.Creator) }
+func (r *Region) Creator() sys.Identity { return sys.Identity(r.fix.creator) }
 
 // CreatedAt is when the region was created.
-func (r *Region) CreatedAt() time.Time { return time.Unix(0, r.hdr.CreatedNs) }
+func (r *Region) CreatedAt() time.Time { return time.Unix(0, r.fix.createdNs) }
 
 // State is the region's state word.
 func (r *Region) State() State { return State(r.hdr.State.Load()) }

@@ -166,6 +166,23 @@ func TestRegionCorruptHeaders(t *testing.T) {
 	}
 }
 
+// TestRegionHeaderDamagedLater: the header's sizes are validated once, on
+// create or attach; a peer that overwrites them afterwards changes nothing
+// this process cuts its slices with.
+func TestRegionHeaderDamagedLater(t *testing.T) {
+	r, err := OpenRegion(testutil.Name(t), regionCfg(Heap, 1<<16), nil)
+	require.NoError(t, err)
+	defer closeRegion(t, r)
+	n, data, ext, ps := len(r.Bytes()), len(r.Data()), len(r.Ext()), r.PageSize()
+	r.hdr.TotalSize, r.hdr.DataOffset, r.hdr.PageSize, r.hdr.SegKind = ^uint64(0), 1<<40, 3, 99
+	require.Len(t, r.Bytes(), n)
+	require.Len(t, r.Data(), data)
+	require.Len(t, r.Ext(), ext)
+	require.Equal(t, ps, r.PageSize())
+	require.Equal(t, mem.Off(ps), r.DataOffset())
+	require.Equal(t, Heap, r.SegmentKind())
+}
+
 func TestRegionForeignFile(t *testing.T) {
 	segs, _ := Segments(POSIX)
 	for _, content := range [][]byte{nil, []byte("hello"), make([]byte, 8192), []byte(string(make([]byte, 100)) + "not a header")} {

@@ -440,6 +440,35 @@ func TestRingCorruptIndices(t *testing.T) {
 	require.NoError(t, err)
 }
 
+// TestMPSCTailBehindSlot: a Tail moved back under a published slot (a
+// damaged or hostile word) is reported by TrySend as corruption, not
+// looked at again forever.
+func TestMPSCTailBehindSlot(t *testing.T) {
+	f := newFixture(t, backend.Heap)
+	spec := Spec{Type: TypeMPSC, Size: 4, Control: MPSCControlSize(4, 2), Init: func(_ mem.Off, b []byte) error { return InitMPSC(b, 4, 2) }}
+	en, _, err := f.reg.LookupOrCreate(context.Background(), 1, spec)
+	require.NoError(t, err)
+	m, err := OpenMPSC(f.r, en, WaitOptions{})
+	require.NoError(t, err)
+	p, err := m.AttachProducer()
+	require.NoError(t, err)
+	require.NoError(t, p.TrySend(4096))
+	m.cb.Tail.Add(^uint64(0)) // back to the published slot
+	done := make(chan error, 1)
+	go func() { done <- p.TrySend(8192) }()
+	select {
+	case err := <-done:
+		require.ErrorIs(t, err, errs.ErrCorrupt)
+	case <-time.After(10 * time.Second):
+		t.Fatal("TrySend spins on a Tail behind its slot")
+	}
+	m.cb.Tail.Add(1)
+	require.NoError(t, p.TrySend(8192), "usable again once the word is right")
+	p.Close()
+	_, err = f.reg.Remove(context.Background(), en, nil, nil)
+	require.NoError(t, err)
+}
+
 // TestSlotPacking: a slot carries any segment offset and a length below
 // SlotLenNone; longer or unknown lengths read back as not recorded, and an
 // offset beyond any segment is refused.

@@ -214,7 +214,14 @@ func (p *MPSCProducer) TrySend(off mem.Off) error {
 			// The slot still holds the record of the previous lap.
 			return errs.ErrWouldBlock
 		}
-		// Another producer moved Tail on: look again.
+		// The slot is ahead of Tail: another producer claimed t and
+		// moved Tail on since we read it, so look again. Tail only
+		// grows, and a slot gets sequence t+1 only after t is claimed, so
+		// a Tail still at t means damaged words (looking again would
+		// spin forever).
+		if p.cb.Tail.Load() == t {
+			return errs.Corrupt("mpsc slot", uint64(p.off), "slot %d has sequence %d at tail %d", t&p.mask, seq, t)
+		}
 	}
 }
 
