@@ -296,7 +296,11 @@ func (b *Buffer) Check() error {
 	var all []error
 	all = append(all, b.heap.Check(), b.recs.check())
 	all = append(all, b.reg.Each(func(en *channel.Entry) error {
-		return b.checkChannel(en)
+		err := b.checkChannel(en)
+		if err != nil && !en.Valid() {
+			return nil // removed while we read it: what we read was freed memory
+		}
+		return err
 	}))
 	if err := errors.Join(all...); err != nil {
 		return fmt.Errorf("ipc: check %q: %w", b.name, err)
@@ -384,7 +388,7 @@ func init() {
 			if err != nil {
 				return 0
 			}
-			return r.LiveDoorbell(b.heap)
+			return r.LiveDoorbell(b.heap, en.Valid)
 		},
 	})
 	registerType(channel.TypeStatic, typeOps{
@@ -456,6 +460,9 @@ func (b *Buffer) Recover() (reclaimed uint64, err error) {
 		}
 		if ops.pending != nil {
 			pending, err := ops.pending(b, en)
+			if !en.Valid() {
+				return nil // removed while we read it: what we read was freed memory
+			}
 			if err != nil {
 				return fmt.Errorf("%s channel %d: %w", en.Type, en.ID, err)
 			}

@@ -261,7 +261,9 @@ func (h *Handle) attachRing(id ChannelID, cfg chanConfig, claim func(*channel.En
 		}
 		return channel.OpenRing(h.buf.region, en, channel.WaitOptions{Spin: cfg.spin, CheckInterval: h.buf.cfg.checkInterval})
 	}
-	en, _, err := attachChannel(context.Background(), h.buf, id, spec, open, claim)
+	ctx, cancel := h.buf.creatorWait(context.Background())
+	defer cancel()
+	en, _, err := attachChannel(ctx, h.buf, id, spec, open, claim)
 	return en, err
 }
 
@@ -321,52 +323,19 @@ func (h *Handle) Consumer(id ChannelID, opts ...ChannelOption) (*Consumer, error
 // records still queued in it. Its ends must be closed (ErrBusy if a live
 // process holds one).
 func (h *Handle) RemoveChannel(ctx context.Context, id ChannelID) error {
-	if err := h.check("remove channel"); err != nil {
-		return err
-	}
-	en, err := h.buf.reg.Lookup(id)
-	if err != nil {
-		return fmt.Errorf("ipc: remove channel %d: %w", id, err)
-	}
-	if en.Type != channel.TypeRecord {
-		return fmt.Errorf("ipc: remove channel %d: %w", id, ErrWrongType)
-	}
-	return h.buf.removeRecordChannel(ctx, en, false)
-}
-
-// removeRecordChannel removes a record channel: when onlyIfDone, only if
-// both ends closed and it is drained; otherwise if no live process holds
-// an end, freeing what is queued.
-func (b *Buffer) removeRecordChannel(ctx context.Context, en *channel.Entry, onlyIfDone bool) error {
-	ring, err := channel.OpenRing(b.region, en, channel.WaitOptions{})
-	if err != nil {
-		return err
-	}
-	var busy bool
-	cond := func() bool {
-		if onlyIfDone {
-			return ring.Removable()
-		}
-		if !ring.Idle() {
-			busy = true
-			return false
-		}
-		return true
-	}
-	free := func() error {
-		pending, err := ring.Pending()
+	return h.removeChannel(ctx, id, channel.TypeRecord, func(en *channel.Entry) (bool, func() error, error) {
+		ring, err := channel.OpenRing(h.buf.region, en, channel.WaitOptions{})
 		if err != nil {
-			return err
+			return false, nil, err
 		}
-		var all []error
-		for _, off := range pending {
-			all = append(all, b.recs.freeOff(off))
+		free := func() error {
+			pending, err := ring.Pending()
+			all := []error{err}
+			for _, off := range pending {
+				all = append(all, h.buf.recs.freeOff(off))
+			}
+			return errors.Join(all...)
 		}
-		return errors.Join(all...)
-	}
-	_, err = b.reg.Remove(ctx, en, cond, free)
-	if busy {
-		return fmt.Errorf("ipc: remove channel %d: an end is held by a live process: %w", en.ID, ErrBusy)
-	}
-	return err
+		return ring.Idle(), free, nil
+	})
 }

@@ -107,7 +107,9 @@ func (h *Handle) openMailbox(id ChannelID, opts []MailboxOption, attach func(*ch
 		return channel.OpenMailbox(b.reg, en, channel.WaitOptions{CheckInterval: b.cfg.checkInterval})
 	}
 	// The mailbox's attach claims under the registry lock itself.
-	en, _, err := attachChannel(context.Background(), b, id, spec, open,
+	ctx, cancel := b.creatorWait(context.Background())
+	defer cancel()
+	en, _, err := attachChannel(ctx, b, id, spec, open,
 		func(_ *channel.Entry, m *channel.Mailbox) error { return attach(m) })
 	return en, err
 }
@@ -167,39 +169,13 @@ func (h *Handle) Responder(id ChannelID, opts ...MailboxOption) (*Responder, err
 // RemoveMailbox removes mailbox id and its semaphores for everyone. Its
 // ends must be closed (ErrBusy if a live process holds one).
 func (h *Handle) RemoveMailbox(ctx context.Context, id ChannelID) error {
-	if err := h.check("remove mailbox"); err != nil {
-		return err
-	}
-	en, err := h.buf.reg.Lookup(id)
-	if err != nil {
-		return fmt.Errorf("ipc: remove mailbox %d: %w", id, err)
-	}
-	if en.Type != channel.TypeMailbox {
-		return fmt.Errorf("ipc: remove mailbox %d: %w", id, ErrWrongType)
-	}
-	return h.buf.removeMailbox(ctx, en, false)
-}
-
-// removeMailbox removes a mailbox and its semaphores: when onlyIfDone,
-// only if both ends closed; otherwise if no live process holds an end.
-func (b *Buffer) removeMailbox(ctx context.Context, en *channel.Entry, onlyIfDone bool) error {
-	m, err := channel.OpenMailbox(b.reg, en, channel.WaitOptions{})
-	if err != nil {
-		return err
-	}
-	busy := false
-	cond := func() bool {
-		if onlyIfDone {
-			return m.Removable()
+	return h.removeChannel(ctx, id, channel.TypeMailbox, func(en *channel.Entry) (bool, func() error, error) {
+		m, err := channel.OpenMailbox(h.buf.reg, en, channel.WaitOptions{})
+		if err != nil {
+			return false, nil, err
 		}
-		busy = !m.Idle()
-		return !busy
-	}
-	_, err = b.reg.Remove(ctx, en, cond, m.RemoveSems)
-	if busy {
-		return fmt.Errorf("ipc: remove mailbox %d: an end is held by a live process: %w", en.ID, ErrBusy)
-	}
-	return err
+		return m.Idle(), m.RemoveSems, nil
+	})
 }
 
 // mailboxEnd is what both facade ends share.
@@ -264,10 +240,7 @@ func (q *Requester) close() error {
 		return nil
 	}
 	q.closed = true
-	if q.q.Close() {
-		return q.wrap("close", q.h.buf.removeMailbox(context.Background(), q.en, true))
-	}
-	return nil
+	return q.wrap("close", q.h.buf.closeEnd(q.en, q.q.Close, q.q.RemoveSems))
 }
 
 // Responder is the responding end of a mailbox. It belongs to the Handle
@@ -366,10 +339,7 @@ func (r *Responder) close() error {
 		return nil
 	}
 	r.closed = true
-	if r.r.Close() {
-		return r.wrap("close", r.h.buf.removeMailbox(context.Background(), r.en, true))
-	}
-	return nil
+	return r.wrap("close", r.h.buf.closeEnd(r.en, r.r.Close, r.r.RemoveSems))
 }
 
 func mailboxSems(b *Buffer) (backend.SemaphoreBackend, error) {

@@ -73,7 +73,9 @@ func (h *Handle) attachMPSC(id ChannelID, cfg chanConfig, claim func(*channel.En
 		}
 		return channel.OpenMPSC(h.buf.region, en, channel.WaitOptions{Spin: cfg.spin, CheckInterval: h.buf.cfg.checkInterval})
 	}
-	en, _, err := attachChannel(context.Background(), h.buf, id, spec, open, claim)
+	ctx, cancel := h.buf.creatorWait(context.Background())
+	defer cancel()
+	en, _, err := attachChannel(ctx, h.buf, id, spec, open, claim)
 	return en, err
 }
 
@@ -177,8 +179,7 @@ func (p *MPSCProducer) close() error {
 		return nil
 	}
 	p.closed = true
-	p.p.Close()
-	return p.h.buf.removeMPSCIfDone(p.en)
+	return p.wrap("close", p.h.buf.closeEnd(p.en, func() bool { p.p.Close(); return p.p.Removable() }, nil))
 }
 
 // TryReceive takes the next record without waiting: ErrWouldBlock, or
@@ -238,17 +239,7 @@ func (c *MPSCConsumer) close() error {
 		return nil
 	}
 	c.closed = true
-	c.c.Close()
-	return c.h.buf.removeMPSCIfDone(c.en)
-}
-
-func (b *Buffer) removeMPSCIfDone(en *channel.Entry) error {
-	m, err := channel.OpenMPSC(b.region, en, channel.WaitOptions{})
-	if err != nil {
-		return err
-	}
-	_, err = b.reg.Remove(context.Background(), en, m.Removable, nil)
-	return err
+	return c.wrap("close", c.h.buf.closeEnd(c.en, func() bool { c.c.Close(); return c.c.Removable() }, nil))
 }
 
 func init() {
@@ -279,7 +270,7 @@ func init() {
 			if err != nil {
 				return 0
 			}
-			return m.LiveDoorbell(b.heap)
+			return m.LiveDoorbell(b.heap, en.Valid)
 		},
 	})
 }

@@ -92,7 +92,8 @@ func AttachOnly() Option {
 }
 
 // WithReadyTimeout bounds how long Open waits for a live creator to finish
-// creating the buffer (default 10 s).
+// creating the buffer, and how long opening a channel end waits for a live
+// creator to finish creating the channel (default 10 s; ErrNotReady).
 func WithReadyTimeout(d time.Duration) Option {
 	return func(c *config) error { c.region.ReadyTimeout = d; return nil }
 }

@@ -142,10 +142,7 @@ func (p *Producer) close() error {
 		return nil
 	}
 	p.closed = true
-	if p.p.Close() {
-		return p.wrap("close", p.h.buf.removeRecordChannel(context.Background(), p.en, true))
-	}
-	return nil
+	return p.wrap("close", p.h.buf.closeEnd(p.en, func() bool { p.p.Close(); return p.p.Removable() }, nil))
 }
 
 // Consumer is the receiving end of a record channel. It belongs to the
@@ -281,8 +278,5 @@ func (c *Consumer) close() error {
 		return nil
 	}
 	c.closed = true
-	if c.c.Close() {
-		return c.wrap("close", c.h.buf.removeRecordChannel(context.Background(), c.en, true))
-	}
-	return nil
+	return c.wrap("close", c.h.buf.closeEnd(c.en, func() bool { c.c.Close(); return c.c.Removable() }, nil))
 }

@@ -14,9 +14,10 @@ import (
 )
 
 // scribbleTimeout bounds one damaged buffer's whole exercise: every call
-// in it waits at most a few milliseconds on its own, so only a hang
-// (a loop or a wait that damaged memory made endless) gets near it.
-const scribbleTimeout = 10 * time.Second
+// in it waits at most a few milliseconds on its own (50 ms for a channel's
+// creator), so only a hang (a loop or a wait that damaged memory made
+// endless) gets near it.
+const scribbleTimeout = 30 * time.Second
 
 // scribbleWorld is a buffer with every channel type in use: queued
 // records, held records, a stream with unread bytes, a speculo area with
@@ -49,7 +50,7 @@ const (
 )
 
 func newScribbleWorld(t *testing.T) *scribbleWorld {
-	b, err := Open(testutil.Name(t), WithBackends("heap", "heap"), WithSize(4<<20), WithCheckInterval(time.Millisecond))
+	b, err := Open(testutil.Name(t), WithBackends("heap", "heap"), WithSize(4<<20), WithCheckInterval(time.Millisecond), WithReadyTimeout(50*time.Millisecond))
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = b.Destroy() }) // damaged: only what it can
 	w := &scribbleWorld{b: b}
@@ -341,8 +342,9 @@ func FuzzScribble(f *testing.F) {
 }
 
 // TestScribbleEveryTarget damages each live structure in turn, word by
-// word over its first 512 bytes, with a value that changes it (all ones):
-// every word any structure relies on is hit at least once.
+// word over its first 512 bytes (one word in eight under the race
+// detector), with a value that changes it (all ones): every word of a
+// structure's header is hit at least once.
 func TestScribbleEveryTarget(t *testing.T) {
 	w := newScribbleWorld(t)
 	ts := w.targets(t)
@@ -350,8 +352,12 @@ func TestScribbleEveryTarget(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: the word-by-word sweep takes a while")
 	}
+	stride := uint64(8)
+	if testutil.Race {
+		stride = 64 // one word in eight: the race detector's run is ten times slower
+	}
 	for i, tg := range ts {
-		for off := uint64(0); off < min(tg[1], 512); off += 8 {
+		for off := uint64(0); off < min(tg[1], 512); off += stride {
 			d := make([]byte, 8)
 			binary.LittleEndian.PutUint16(d, uint16(i))
 			binary.LittleEndian.PutUint16(d[2:], uint16(off))

@@ -16,12 +16,17 @@ type Receiver interface {
 	ID() ChannelID
 	tryReceive() (Record, error)
 	selectable() channel.Selectable
+	// endClosed: a closed end's control block may have been freed with
+	// its channel, so a Select must not touch its words any more.
+	endClosed() bool
 }
 
 func (c *Consumer) tryReceive() (Record, error)        { return c.TryReceive() }
 func (c *Consumer) selectable() channel.Selectable     { return c.c }
 func (c *MPSCConsumer) tryReceive() (Record, error)    { return c.TryReceive() }
 func (c *MPSCConsumer) selectable() channel.Selectable { return c.c }
+func (c *Consumer) endClosed() bool                    { return c.closed }
+func (c *MPSCConsumer) endClosed() bool                { return c.closed }
 
 // Select waits on many receiving ends at once (fan-in). Every end knows
 // the Select's doorbell, a word in shared memory: a producer in any
@@ -61,6 +66,9 @@ func (s *Select) Add(r Receiver) error {
 	if slices.Contains(s.cases, r) {
 		return fmt.Errorf("ipc: select: channel %d is already in the set: %w", r.ID(), ErrInvalidArgument)
 	}
+	if r.endClosed() {
+		return fmt.Errorf("ipc: select: channel %d: %w", r.ID(), ErrClosed)
+	}
 	r.selectable().SetDoorbell(s.bell.Off())
 	s.cases = append(s.cases, r)
 	return nil
@@ -69,8 +77,10 @@ func (s *Select) Add(r Receiver) error {
 // Remove takes an end out of the set.
 func (s *Select) Remove(r Receiver) {
 	if i := slices.Index(s.cases, r); i >= 0 {
-		r.selectable().Disarm()
-		r.selectable().SetDoorbell(0)
+		if !r.endClosed() {
+			r.selectable().Disarm()
+			r.selectable().SetDoorbell(0)
+		}
 		s.cases = slices.Delete(s.cases, i, i+1)
 		if s.next > i {
 			s.next--
@@ -83,7 +93,7 @@ func (s *Select) Len() int { return len(s.cases) }
 
 func (s *Select) anyReady() bool {
 	for _, c := range s.cases {
-		if c.selectable().Ready() {
+		if !c.endClosed() && c.selectable().Ready() {
 			return true
 		}
 	}
@@ -115,7 +125,9 @@ func (s *Select) Receive(ctx context.Context) (Receiver, Record, error) {
 		}
 		s.bell.Reset()
 		for _, c := range s.cases {
-			c.selectable().Arm()
+			if !c.endClosed() {
+				c.selectable().Arm()
+			}
 		}
 		if s.anyReady() {
 			s.disarm()
@@ -129,6 +141,9 @@ func (s *Select) Receive(ctx context.Context) (Receiver, Record, error) {
 		if err != nil {
 			// A check interval passed: look for dead producers.
 			for i, c := range s.cases {
+				if c.endClosed() {
+					continue
+				}
 				if perr := c.selectable().CheckPeer(); perr != nil && !c.selectable().Ready() {
 					s.next = i + 1
 					return c, Record{}, fmt.Errorf("ipc: select on channel %d: %w", c.ID(), perr)
@@ -140,7 +155,9 @@ func (s *Select) Receive(ctx context.Context) (Receiver, Record, error) {
 
 func (s *Select) disarm() {
 	for _, c := range s.cases {
-		c.selectable().Disarm()
+		if !c.endClosed() {
+			c.selectable().Disarm()
+		}
 	}
 }
 
@@ -149,8 +166,10 @@ func (s *Select) disarm() {
 // stay open.
 func (s *Select) Close() error {
 	for _, c := range s.cases {
-		c.selectable().Disarm()
-		c.selectable().SetDoorbell(0)
+		if !c.endClosed() { // a closed end cleared its doorbell word itself
+			c.selectable().Disarm()
+			c.selectable().SetDoorbell(0)
+		}
 	}
 	s.cases = nil
 	if s.bell == nil {

@@ -190,7 +190,9 @@ func (h *Handle) AddSpeculo(id ChannelID, capacity int, opts ...SpeculoOption) (
 			Control: channel.SpeculoControlSize(cfg.slots),
 			Init:    func(_ mem.Off, b []byte) error { return channel.InitSpeculo(b, size, ccfg) },
 		}
-		en, _, err = h.buf.reg.LookupOrCreate(context.Background(), id, spec)
+		ctx, cancel := h.buf.creatorWait(context.Background())
+		en, _, err = h.buf.reg.LookupOrCreate(ctx, id, spec)
+		cancel()
 		if err == nil && en.Size != size {
 			err = fmt.Errorf("speculo area has capacity %d, %d asked: %w", en.Size, capacity, ErrSizeMismatch)
 		}

@@ -60,22 +60,26 @@ func (b *Buffer) Static(ctx context.Context, name string, size int, init func([]
 			return init(bytes)
 		},
 	}
-	en, _, err := b.reg.LookupOrCreate(ctx, StaticID(name), spec)
+	open := func(en *channel.Entry, _ bool) (*channel.Entry, error) {
+		if en.Name != name {
+			return nil, fmt.Errorf("its id belongs to %q: %w", en.Name, ErrKeyCollision)
+		}
+		if en.Size != uint64(size) {
+			return nil, fmt.Errorf("it has %d bytes, %d asked: %w", en.Size, size, ErrSizeMismatch)
+		}
+		return en, nil
+	}
+	var bytes []byte
+	en, _, err := attachChannel(ctx, b, StaticID(name), spec, open, func(en *channel.Entry, _ *channel.Entry) error {
+		return b.reg.Attach(ctx, en, func() (err error) {
+			bytes, err = b.heap.View(en.Control, en.Size)
+			return err
+		})
+	})
 	if err != nil {
 		return nil, fmt.Errorf("ipc: static %q: %w", name, err)
 	}
-	if en.Name != name {
-		return nil, fmt.Errorf("ipc: static %q: its id belongs to %q: %w", name, en.Name, ErrKeyCollision)
-	}
-	if en.Size != uint64(size) {
-		return nil, fmt.Errorf("ipc: static %q has %d bytes, %d asked: %w", name, en.Size, size, ErrSizeMismatch)
-	}
-	bytes, err := b.heap.View(en.Control, en.Size)
-	if err != nil {
-		return nil, fmt.Errorf("ipc: static %q: %w", name, err)
-	}
-	s := &Static{buf: b, en: en, name: name, bytes: bytes}
-	return s, nil
+	return &Static{buf: b, en: en, name: name, bytes: bytes}, nil
 }
 
 // AttachStatic attaches to an existing static segment of any size:
@@ -97,7 +101,13 @@ func (b *Buffer) AttachStatic(name string) (*Static, error) {
 	if en.Name != name {
 		return nil, fmt.Errorf("ipc: static %q: its id belongs to %q: %w", name, en.Name, ErrKeyCollision)
 	}
-	bytes, err := b.heap.View(en.Control, en.Size)
+	// The view is taken while the entry is known to be the segment's: a
+	// segment removed since the lookup has had its memory freed.
+	var bytes []byte
+	err = b.reg.Attach(context.Background(), en, func() (err error) {
+		bytes, err = b.heap.View(en.Control, en.Size)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("ipc: static %q: %w", name, err)
 	}

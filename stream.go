@@ -142,7 +142,9 @@ func (h *Handle) attachStream(id ChannelID, opts []StreamOption, claim func(*cha
 		}
 		return channel.OpenStream(h.buf.region, en, channel.WaitOptions{Spin: cfg.ch.spin, CheckInterval: h.buf.cfg.checkInterval})
 	}
-	en, _, err := attachChannel(context.Background(), h.buf, id, spec, open, claim)
+	ctx, cancel := h.buf.creatorWait(context.Background())
+	defer cancel()
+	en, _, err := attachChannel(ctx, h.buf, id, spec, open, claim)
 	return en, cfg, err
 }
 
@@ -201,39 +203,13 @@ func (h *Handle) StreamReader(id ChannelID, opts ...StreamOption) (*StreamReader
 // RemoveStream removes stream id for everyone, dropping what is buffered.
 // Its ends must be closed (ErrBusy if a live process holds one).
 func (h *Handle) RemoveStream(ctx context.Context, id ChannelID) error {
-	if err := h.check("remove stream"); err != nil {
-		return err
-	}
-	en, err := h.buf.reg.Lookup(id)
-	if err != nil {
-		return fmt.Errorf("ipc: remove stream %d: %w", id, err)
-	}
-	if en.Type != channel.TypeStream {
-		return fmt.Errorf("ipc: remove stream %d: %w", id, ErrWrongType)
-	}
-	return h.buf.removeStream(ctx, en, false)
-}
-
-// removeStream removes a stream: when onlyIfDone, only if both ends closed
-// and everything was read; otherwise if no live process holds an end.
-func (b *Buffer) removeStream(ctx context.Context, en *channel.Entry, onlyIfDone bool) error {
-	s, err := channel.OpenStream(b.region, en, channel.WaitOptions{})
-	if err != nil {
-		return err
-	}
-	busy := false
-	cond := func() bool {
-		if onlyIfDone {
-			return s.Removable()
+	return h.removeChannel(ctx, id, channel.TypeStream, func(en *channel.Entry) (bool, func() error, error) {
+		s, err := channel.OpenStream(h.buf.region, en, channel.WaitOptions{})
+		if err != nil {
+			return false, nil, err
 		}
-		busy = !s.Idle()
-		return !busy
-	}
-	_, err = b.reg.Remove(ctx, en, cond, nil)
-	if busy {
-		return fmt.Errorf("ipc: remove stream %d: an end is held by a live process: %w", en.ID, ErrBusy)
-	}
-	return err
+		return s.Idle(), nil, nil
+	})
 }
 
 // streamOps is what both stream ends share in the channel layer.
@@ -451,10 +427,7 @@ func (w *StreamWriter) close() error {
 		return nil
 	}
 	w.closed = true
-	if w.w.Close() {
-		return w.wrap("close", w.h.buf.removeStream(context.Background(), w.en, true))
-	}
-	return nil
+	return w.wrap("close", w.h.buf.closeEnd(w.en, w.w.Close, nil))
 }
 
 // StreamReader is the reader end of a stream. It belongs to the Handle
@@ -615,10 +588,7 @@ func (r *StreamReader) close() error {
 		return nil
 	}
 	r.closed = true
-	if r.r.Close() {
-		return r.wrap("close", r.h.buf.removeStream(context.Background(), r.en, true))
-	}
-	return nil
+	return r.wrap("close", r.h.buf.closeEnd(r.en, r.r.Close, nil))
 }
 
 func init() {

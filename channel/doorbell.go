@@ -121,10 +121,12 @@ func Spin(d time.Duration, done func() bool) bool { return spin(d, done) }
 // doorbell cannot be freed and handed out again as a live consumer's new
 // doorbell at the same offset in between (another Recover running at the
 // same time), which would clear a live Select's word.
-func liveBell(heap *alloc.Heap, w *atomic.Uint64) mem.Off {
+func liveBell(heap *alloc.Heap, w *atomic.Uint64, valid func() bool) mem.Off {
 	if d := w.Load(); d != 0 {
 		heap.WithExtent(mem.Off(d), func(e alloc.Extent) {
-			if e.Owner != 0 && e.Kind == alloc.KindDoorbell && !sys.Alive(e.Owner) {
+			// valid: the channel's control block, where w is, cannot be
+			// freed while the heap lock is held; it may have been before.
+			if e.Owner != 0 && e.Kind == alloc.KindDoorbell && !sys.Alive(e.Owner) && valid() {
 				w.CompareAndSwap(d, 0)
 			}
 		})
@@ -134,11 +136,16 @@ func liveBell(heap *alloc.Heap, w *atomic.Uint64) mem.Off {
 
 // LiveDoorbell takes a dead process's doorbell out of the record channel
 // and returns the doorbell it names then (see liveBell), for Recover.
-func (r *Ring) LiveDoorbell(heap *alloc.Heap) mem.Off { return liveBell(heap, &r.cb.Doorbell) }
+// valid reports whether the channel's registry entry is still valid.
+func (r *Ring) LiveDoorbell(heap *alloc.Heap, valid func() bool) mem.Off {
+	return liveBell(heap, &r.cb.Doorbell, valid)
+}
 
 // LiveDoorbell takes a dead process's doorbell out of the MPSC channel
 // and returns the doorbell it names then (see liveBell), for Recover.
-func (m *MPSC) LiveDoorbell(heap *alloc.Heap) mem.Off { return liveBell(heap, &m.cb.Doorbell) }
+func (m *MPSC) LiveDoorbell(heap *alloc.Heap, valid func() bool) mem.Off {
+	return liveBell(heap, &m.cb.Doorbell, valid)
+}
 
 // BellGrace is how long a doorbell that no channel names any more is kept
 // before its memory is freed: a producer that read its offset just before

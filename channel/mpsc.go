@@ -514,10 +514,15 @@ func (m *MPSC) Pending() ([]mem.Off, error) {
 	return out, nil
 }
 
-// Abandoned reports whether no live process holds an end and the ring is
+// Abandoned reports whether no live process holds an end, the consumer
+// end has gone (closed, or held by a process that died: a channel no
+// consumer ever opened is waiting for one, not abandoned) and the ring is
 // empty.
 func (m *MPSC) Abandoned() bool {
 	if heldByLive(&m.cb.Consumer) {
+		return false
+	}
+	if m.cb.ConsClosed.Load() == 0 && m.cb.Consumer.Load() == 0 {
 		return false
 	}
 	for i := range m.prods {

@@ -312,8 +312,10 @@ func (g *Registry) find(id ID, states ...uint32) (*entry, mem.Off, error) {
 func (g *Registry) Lookup(id ID) (*Entry, error) {
 	if v, ok := g.cache.Load(id); ok {
 		off := v.(mem.Off)
-		if e, err := g.entryAt(off); err == nil && e.State.Load() == entryReady && e.ID.Load() == uint64(id) {
-			return g.wrap(e, off)
+		if e, err := g.entryAt(off); err == nil {
+			if en, err := g.wrap(e, off); err == nil && en != nil && en.ID == id {
+				return en, nil
+			}
 		}
 		g.cache.Delete(id)
 	}
@@ -324,8 +326,16 @@ func (g *Registry) Lookup(id ID) (*Entry, error) {
 	if e == nil {
 		return nil, fmt.Errorf("channel %d: %w", id, errs.ErrNotExist)
 	}
+	en, err := g.wrap(e, off)
+	if err != nil {
+		return nil, err
+	}
+	if en == nil || en.ID != id {
+		// Removed (and perhaps reused) since find saw it.
+		return nil, fmt.Errorf("channel %d: %w", id, errs.ErrNotExist)
+	}
 	g.cache.Store(id, off)
-	return g.wrap(e, off)
+	return en, nil
 }
 
 // Entry is a validated view of a registry entry.
@@ -340,11 +350,24 @@ type Entry struct {
 	Name    string
 }
 
+// wrap reads the entry at off as one consistent snapshot of a ready
+// channel, or returns nil if it is not ready. Lock-free readers race with
+// Remove (which marks the entry removing, then clears Control) and with
+// create (which bumps Gen, fills the fields, then publishes ready), so
+// the snapshot counts only if the entry was ready with the same Gen both
+// before and after its fields were read: otherwise it could mix two
+// channels, or carry a control block being freed.
 func (g *Registry) wrap(e *entry, off mem.Off) (*Entry, error) {
 	for {
 		gen := e.Gen.Load()
+		if e.State.Load() != entryReady {
+			return nil, nil
+		}
 		en := &Entry{e: e, Off: off, ID: ID(e.ID.Load()), Type: Type(e.Type.Load()), Control: mem.Off(e.Control.Load()), Size: e.Size.Load(), Gen: gen}
 		name, ok := e.name()
+		if e.State.Load() != entryReady {
+			return nil, nil
+		}
 		if e.Gen.Load() != gen {
 			continue // reused while we read: read again
 		}
@@ -475,7 +498,7 @@ func (g *Registry) create(ctx context.Context, id ID, spec Spec) (*Entry, bool, 
 		// Someone else is creating (or removing) it: wait for it to settle.
 		select {
 		case <-ctx.Done():
-			return nil, false, fmt.Errorf("channel %d: waiting for its creator: %w", id, ctx.Err())
+			return nil, false, fmt.Errorf("channel %d: its creator, alive, has not finished it: %w (%w)", id, errs.ErrNotReady, ctx.Err())
 		case <-time.After(time.Millisecond):
 		}
 		return nil, false, errRetry
@@ -513,6 +536,9 @@ func (g *Registry) create(ctx context.Context, id ID, spec Spec) (*Entry, bool, 
 	g.root.Live.Add(1)
 	g.cache.Store(id, off)
 	en, err := g.wrap(e, off)
+	if err == nil && en == nil {
+		return nil, false, errRetry // removed at once by someone else
+	}
 	return en, true, err
 }
 
@@ -643,8 +669,8 @@ func (g *Registry) Each(f func(*Entry) error) error {
 				en, err := g.wrap(e, off)
 				if err != nil {
 					all = errors.Join(all, err)
-				} else if err := f(en); err != nil {
-					all = errors.Join(all, err)
+				} else if en != nil {
+					all = errors.Join(all, f(en))
 				}
 			}
 			off = mem.Off(e.Next.Load())

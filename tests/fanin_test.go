@@ -18,7 +18,7 @@ import (
 // mpscRecords is how many records each producer sends in the MPSC test:
 // 2^18 as the issue asks, fewer under the race detector.
 func mpscRecords() int {
-	if raceBuild {
+	if testutil.Race {
 		return 1 << 13
 	}
 	return 1 << 18

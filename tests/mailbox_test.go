@@ -212,7 +212,7 @@ func TestMailboxAlternationStress(t *testing.T) {
 	require.Equal(t, "serving", child.Line(t, time.Minute))
 	ctx := ctxFor(t)
 	n := 3000
-	if raceBuild {
+	if testutil.Race {
 		n = 1000
 	}
 	rng := rand.New(rand.NewPCG(seed, 7))

@@ -192,7 +192,7 @@ func TestSpeculoVisibilityAcrossProcesses(t *testing.T) {
 	w, err := sp.Writer()
 	require.NoError(t, err)
 	n := 3000
-	if raceBuild {
+	if testutil.Race {
 		n = 1000
 	}
 	first, err := w.Append(spSize(0), time.Time{})
@@ -263,7 +263,7 @@ func TestSpeculoGCWhileReadersInOtherProcesses(t *testing.T) {
 	w, err := sp.Writer()
 	require.NoError(t, err)
 	keep := 2000
-	if raceBuild {
+	if testutil.Race {
 		keep = 800
 	}
 	var children []*testutil.Child
@@ -613,7 +613,7 @@ func TestSpeculoNeverInvisibleAcrossProcesses(t *testing.T) {
 		children = append(children, c)
 	}
 	updates := 30000
-	if raceBuild {
+	if testutil.Race {
 		updates = 10000
 	}
 	for i := 1; i <= updates; i++ {

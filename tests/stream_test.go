@@ -274,7 +274,7 @@ func TestChildStreamReader(t *testing.T) {
 // match. Both sides use the zero-copy adapters (ReadFrom, WriteTo).
 func TestStreamCopyAcrossProcesses(t *testing.T) {
 	n := int64(100 << 20)
-	if raceBuild {
+	if testutil.Race {
 		n = 16 << 20
 	}
 	b, name := openBuf(t)
@@ -329,7 +329,7 @@ func TestStreamResetsAcrossProcesses(t *testing.T) {
 	require.Equal(t, "writing", child.Line(t, time.Minute))
 	ctx := ctxFor(t)
 	rounds := 20000
-	if raceBuild {
+	if testutil.Race {
 		rounds = 5000
 	}
 	var last uint64
