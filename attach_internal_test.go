@@ -1,8 +1,10 @@
 package ipc
 
 import (
+	"context"
 	"io"
 	"testing"
+	"time"
 
 	"github.com/heapipc/ipc/channel"
 	"github.com/heapipc/ipc/internal/mem"
@@ -119,4 +121,102 @@ func TestAttachRemovedUnderUs(t *testing.T) {
 			})
 		}
 	}
+}
+
+// TestSelectSkipsClosedEnds: an end closed while in a Select may have had
+// its channel removed and the control block given to another channel; the
+// Select's Remove and Close must not write there (they used to clear the
+// new channel's doorbell word, so its own Select was never woken).
+func TestSelectSkipsClosedEnds(t *testing.T) {
+	b := heapBuf(t)
+	h, err := b.NewHandle()
+	require.NoError(t, err)
+	defer h.Close()
+	// Both Selects' doorbells first, so that channel 1's control block is
+	// the last allocation and channel 2 gets it back.
+	sel, err := h.NewSelect()
+	require.NoError(t, err)
+	sel2, err := h.NewSelect()
+	require.NoError(t, err)
+	defer sel2.Close()
+	p1, err := h.Producer(1)
+	require.NoError(t, err)
+	c1, err := h.Consumer(1)
+	require.NoError(t, err)
+	old, err := b.reg.Lookup(1)
+	require.NoError(t, err)
+	require.NoError(t, sel.Add(c1))
+	require.NoError(t, p1.Close())
+	require.NoError(t, c1.Close()) // drained: channel 1 is removed
+	_, err = b.reg.Lookup(1)
+	require.ErrorIs(t, err, ErrNotExist)
+
+	c2, err := h.Consumer(2)
+	require.NoError(t, err)
+	defer c2.Close()
+	require.NoError(t, sel2.Add(c2))
+	en2, err := b.reg.Lookup(2)
+	require.NoError(t, err)
+	require.Equal(t, old.Control, en2.Control, "the test needs channel 2 in channel 1's freed control block")
+	ext, err := b.heap.Extent(en2.Control)
+	require.NoError(t, err)
+	cb, err := mem.Bytes(b.region.Bytes(), en2.Control, ext.Size)
+	require.NoError(t, err)
+	snap := append([]byte(nil), cb...)
+
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Millisecond)
+	_, _, err = sel.Receive(ctx)
+	cancel()
+	require.ErrorIs(t, err, ErrClosed, "Receive reports the closed end")
+	require.Equal(t, snap, cb, "Select.Receive wrote into channel 2's control block")
+	sel.Remove(c1)
+	require.Equal(t, snap, cb, "Select.Remove wrote into channel 2's control block")
+	require.ErrorIs(t, sel.Add(c1), ErrClosed)
+	require.NoError(t, sel.Close())
+	require.Equal(t, snap, cb, "Select.Close wrote into channel 2's control block")
+}
+
+// TestCloseReleasesUnderRegistryLock: an end is let go of inside the
+// registry's critical section that also decides the channel's removal, so
+// another process's close or Recover (which remove under that lock) cannot
+// free the control block between the release and the end's last writes.
+func TestCloseReleasesUnderRegistryLock(t *testing.T) {
+	b := heapBuf(t)
+	h, err := b.NewHandle()
+	require.NoError(t, err)
+	defer h.Close()
+	p, err := h.Producer(1)
+	require.NoError(t, err)
+	c, err := h.Consumer(1)
+	require.NoError(t, err)
+	require.NoError(t, p.Close())
+	en, err := b.reg.Lookup(1)
+	require.NoError(t, err)
+	ring, err := channel.OpenRing(b.region, en, channel.WaitOptions{})
+	require.NoError(t, err)
+
+	locked, unlock := make(chan struct{}), make(chan struct{})
+	holder := make(chan error, 1)
+	go func() {
+		holder <- b.reg.Attach(t.Context(), en, func() error {
+			close(locked)
+			<-unlock
+			return nil
+		})
+	}()
+	<-locked
+	closed := make(chan error, 1)
+	go func() { closed <- c.Close() }()
+	time.Sleep(20 * time.Millisecond) // room for a Close that does not wait for the lock
+	select {
+	case err := <-closed:
+		t.Fatalf("Close returned while another held the registry lock: %v", err)
+	default:
+	}
+	require.False(t, ring.Idle(), "the consumer end was let go of outside the registry lock")
+	close(unlock)
+	require.NoError(t, <-holder)
+	require.NoError(t, <-closed)
+	_, err = b.reg.Lookup(1)
+	require.ErrorIs(t, err, ErrNotExist, "the last close removed the drained channel")
 }

@@ -545,3 +545,58 @@ func TestPortableLayouts(t *testing.T) {
 	testutil.RequirePortableLayouts(t, &mailboxCB{}, &mbChunkHeader{}, &entry{}, &regRoot{}, &speculoCB{},
 		&speculoSlot{}, &spExtentHdr{}, &spChunkHdr{}, &streamCB{}, &mpscCB{}, &prodSlot{}, &mpscSlot{}, &recordCB{})
 }
+
+// TestLookupSnapshotUnderChurn: lock-free lookups racing removals and
+// re-creations in the same bucket return either nothing or one whole
+// channel: never a control block being freed (0) nor another channel's
+// fields.
+func TestLookupSnapshotUnderChurn(t *testing.T) {
+	f := newFixture(t, backend.Heap)
+	ctx := context.Background()
+	// A second id in the same bucket, so that entries are reused across ids.
+	other := ID(2)
+	for f.reg.bucket(other) != f.reg.bucket(1) {
+		other++
+	}
+	rounds := 20000
+	if testutil.Race {
+		rounds = 2000
+	}
+	done := make(chan error, 1)
+	go func() {
+		defer close(done)
+		for i := range rounds {
+			id, n := ID(1), uint64(8)
+			if i%2 == 1 {
+				id, n = other, 16
+			}
+			en, _, err := f.reg.LookupOrCreate(ctx, id, recordSpec(n))
+			if err == nil {
+				_, err = f.reg.Remove(ctx, en, nil, nil)
+			}
+			if err != nil {
+				done <- err
+				return
+			}
+		}
+	}()
+	seen := 0
+	for {
+		select {
+		case err := <-done:
+			require.NoError(t, err)
+			require.Positive(t, seen, "no lookup found the channel")
+			return
+		default:
+		}
+		en, err := f.reg.Lookup(1)
+		if errors.Is(err, errs.ErrNotExist) {
+			continue
+		}
+		require.NoError(t, err)
+		seen++
+		require.Equal(t, ID(1), en.ID)
+		require.Equal(t, uint64(8), en.Size, "another channel's fields")
+		require.NotZero(t, en.Control, "a control block being freed")
+	}
+}
