@@ -53,6 +53,22 @@ func attachChannel[C any](ctx context.Context, b *Buffer, id ChannelID, spec cha
 	}
 }
 
+// attachEnd is attachChannel for a handle's end of a channel: the wait
+// for a live creator is bounded (creatorWait), and an existing channel of
+// another size than asked (want; 0: any) is ErrSizeMismatch.
+func attachEnd[C any](b *Buffer, id ChannelID, spec channel.Spec, want uint64, open func(*channel.Entry) (C, error), claim func(*channel.Entry, C) error) (*channel.Entry, error) {
+	ctx, cancel := b.creatorWait(context.Background())
+	defer cancel()
+	en, _, err := attachChannel(ctx, b, id, spec, func(en *channel.Entry, created bool) (C, error) {
+		if !created && want != 0 && en.Size != want {
+			var zero C
+			return zero, fmt.Errorf("%s channel %d has size %d, %d asked: %w", spec.Type, id, en.Size, want, ErrSizeMismatch)
+		}
+		return open(en)
+	}, claim)
+	return en, err
+}
+
 // creatorWait bounds a wait for a live process to finish creating a
 // channel (what WithReadyTimeout sets for the buffer): the library's own
 // initialization takes microseconds, so a longer wait means damaged

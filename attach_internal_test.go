@@ -39,6 +39,16 @@ func attachKinds() []endKind {
 	}
 }
 
+// controlBlock is the whole heap extent of the control block at off.
+func controlBlock(t *testing.T, b *Buffer, off mem.Off) []byte {
+	t.Helper()
+	ext, err := b.heap.Extent(off)
+	require.NoError(t, err)
+	cb, err := mem.Bytes(b.region.Bytes(), off, ext.Size)
+	require.NoError(t, err)
+	return cb
+}
+
 // TestAttachRemovedUnderUs: a channel whose last end closes between
 // another handle's lookup and its claim of an end is removed, and its
 // control block given to a new channel; the claim must not write into
@@ -89,22 +99,14 @@ func TestAttachRemovedUnderUs(t *testing.T) {
 					require.NoError(t, err)
 					require.Equal(t, old.Control, yen.Control, "the test needs y in x's freed control block")
 					yCtl = yen.Control
-					ext, err := b.heap.Extent(yCtl)
-					require.NoError(t, err)
-					cb, err := mem.Bytes(b.region.Bytes(), yCtl, ext.Size)
-					require.NoError(t, err)
-					ySnap = append([]byte(nil), cb...)
+					ySnap = append([]byte(nil), controlBlock(t, b, yCtl)...)
 				}
 				defer func() { attachHook = nil }()
 
 				end, err := k.ends[role](h2, x)
 				require.NoError(t, err)
 				require.Equal(t, 2, hooked, "attach looks x up again after its removal")
-				ext, err := b.heap.Extent(yCtl)
-				require.NoError(t, err)
-				cb, err := mem.Bytes(b.region.Bytes(), yCtl, ext.Size)
-				require.NoError(t, err)
-				require.Equal(t, ySnap, cb, "the claim wrote into y's control block")
+				require.Equal(t, ySnap, controlBlock(t, b, yCtl), "the claim wrote into y's control block")
 				now, err := b.reg.Lookup(x)
 				require.NoError(t, err, "x was created anew")
 				require.NotEqual(t, old.Control, now.Control)
@@ -158,10 +160,7 @@ func TestSelectSkipsClosedEnds(t *testing.T) {
 	en2, err := b.reg.Lookup(2)
 	require.NoError(t, err)
 	require.Equal(t, old.Control, en2.Control, "the test needs channel 2 in channel 1's freed control block")
-	ext, err := b.heap.Extent(en2.Control)
-	require.NoError(t, err)
-	cb, err := mem.Bytes(b.region.Bytes(), en2.Control, ext.Size)
-	require.NoError(t, err)
+	cb := controlBlock(t, b, en2.Control)
 	snap := append([]byte(nil), cb...)
 
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Millisecond)

@@ -255,16 +255,9 @@ func (h *Handle) attachRing(id ChannelID, cfg chanConfig, claim func(*channel.En
 		Control: channel.RecordControlSize(capacity),
 		Init:    func(_ mem.Off, b []byte) error { return channel.InitRecord(b, capacity) },
 	}
-	open := func(en *channel.Entry, created bool) (*channel.Ring, error) {
-		if !created && cfg.capacity != 0 && en.Size != cfg.capacity {
-			return nil, fmt.Errorf("channel %d has capacity %d, %d asked: %w", id, en.Size, cfg.capacity, ErrSizeMismatch)
-		}
+	return attachEnd(h.buf, id, spec, cfg.capacity, func(en *channel.Entry) (*channel.Ring, error) {
 		return channel.OpenRing(h.buf.region, en, channel.WaitOptions{Spin: cfg.spin, CheckInterval: h.buf.cfg.checkInterval})
-	}
-	ctx, cancel := h.buf.creatorWait(context.Background())
-	defer cancel()
-	en, _, err := attachChannel(ctx, h.buf, id, spec, open, claim)
-	return en, err
+	}, claim)
 }
 
 // Producer opens the producer end of record channel id, creating the

@@ -100,18 +100,12 @@ func (h *Handle) openMailbox(id ChannelID, opts []MailboxOption, attach func(*ch
 		Control: channel.MailboxControlSize(window),
 		Init:    func(_ mem.Off, bytes []byte) error { return channel.InitMailbox(bytes, window, sems, names) },
 	}
-	open := func(en *channel.Entry, created bool) (*channel.Mailbox, error) {
-		if !created && cfg.window != 0 && en.Size != cfg.window {
-			return nil, fmt.Errorf("mailbox %d has a window of %d, %d asked: %w", id, en.Size, cfg.window, ErrSizeMismatch)
-		}
+	open := func(en *channel.Entry) (*channel.Mailbox, error) {
 		return channel.OpenMailbox(b.reg, en, channel.WaitOptions{CheckInterval: b.cfg.checkInterval})
 	}
 	// The mailbox's attach claims under the registry lock itself.
-	ctx, cancel := b.creatorWait(context.Background())
-	defer cancel()
-	en, _, err := attachChannel(ctx, b, id, spec, open,
+	return attachEnd(b, id, spec, cfg.window, open,
 		func(_ *channel.Entry, m *channel.Mailbox) error { return attach(m) })
-	return en, err
 }
 
 // Requester opens the requester end of mailbox id, creating the mailbox

@@ -67,16 +67,9 @@ func (h *Handle) attachMPSC(id ChannelID, cfg chanConfig, claim func(*channel.En
 		Control: channel.MPSCControlSize(capacity, prods),
 		Init:    func(_ mem.Off, b []byte) error { return channel.InitMPSC(b, capacity, prods) },
 	}
-	open := func(en *channel.Entry, created bool) (*channel.MPSC, error) {
-		if !created && cfg.capacity != 0 && en.Size != cfg.capacity {
-			return nil, fmt.Errorf("channel %d has capacity %d, %d asked: %w", id, en.Size, cfg.capacity, ErrSizeMismatch)
-		}
+	return attachEnd(h.buf, id, spec, cfg.capacity, func(en *channel.Entry) (*channel.MPSC, error) {
 		return channel.OpenMPSC(h.buf.region, en, channel.WaitOptions{Spin: cfg.spin, CheckInterval: h.buf.cfg.checkInterval})
-	}
-	ctx, cancel := h.buf.creatorWait(context.Background())
-	defer cancel()
-	en, _, err := attachChannel(ctx, h.buf, id, spec, open, claim)
-	return en, err
+	}, claim)
 }
 
 // MPSCProducer attaches a producer to MPSC channel id, creating the

@@ -136,15 +136,9 @@ func (h *Handle) attachStream(id ChannelID, opts []StreamOption, claim func(*cha
 		Control: channel.StreamControlSize(capacity),
 		Init:    func(_ mem.Off, b []byte) error { return channel.InitStream(b, capacity, backlog) },
 	}
-	open := func(en *channel.Entry, created bool) (*channel.Stream, error) {
-		if !created && want != 0 && en.Size != want {
-			return nil, fmt.Errorf("stream %d has capacity %d, %d asked: %w", id, en.Size, want, ErrSizeMismatch)
-		}
+	en, err := attachEnd(h.buf, id, spec, want, func(en *channel.Entry) (*channel.Stream, error) {
 		return channel.OpenStream(h.buf.region, en, channel.WaitOptions{Spin: cfg.ch.spin, CheckInterval: h.buf.cfg.checkInterval})
-	}
-	ctx, cancel := h.buf.creatorWait(context.Background())
-	defer cancel()
-	en, _, err := attachChannel(ctx, h.buf, id, spec, open, claim)
+	}, claim)
 	return en, cfg, err
 }
 
