@@ -11,7 +11,7 @@ BENCHSTAT   := golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4d
 BIN         := $(CURDIR)/.bin
 PKGS         = $(shell $(GO) list ./...)
 
-.PHONY: demo test fmt-check vet race test-matrix test-386 cross check-tags bench lint clean
+.PHONY: demo test fmt-check vet race test-matrix test-386 cross check-tags bench lint fuzz clean
 
 ## demo: the reference example on the default backends (TAGS=... for others)
 demo:
@@ -84,6 +84,12 @@ ipcbench:
 ## ipcbench-quick: the same in under a minute
 ipcbench-quick:
 	$(GO) run ./cmd/ipcbench -quick
+
+## fuzz: the whole-buffer damage fuzzer (FuzzScribble) for FUZZTIME; its seeds
+## already run in make test
+FUZZTIME ?= 10m
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzScribble -fuzztime $(FUZZTIME) .
 
 ## lint: staticcheck on every tag set and the cross targets
 lint:
