@@ -203,12 +203,15 @@ func client() (err error) {
 	fmt.Printf("A: G 10 MiB -> %d bytes streamed into the window and checked in %v\n", len(reply), time.Since(start).Round(time.Microsecond))
 
 	short, cancelShort := context.WithTimeout(ctx, 100*time.Millisecond)
-	_, err = q.Request(short, []byte{'S', 44, 1}) // sleeps 300 ms
+	// The nap is ten times the timeout: on a loaded machine this process
+	// may not run for a while after its timeout, and a reply that is in
+	// by then is taken.
+	_, err = q.Request(short, []byte{'S', 0xe8, 0x03}) // sleeps 1000 ms
 	cancelShort()
 	if !errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Errorf("a request for a 300 ms nap with a 100 ms timeout: %v", err)
+		return fmt.Errorf("a request for a 1000 ms nap with a 100 ms timeout: %v", err)
 	}
-	fmt.Printf("A: S 300 ms with a 100 ms timeout -> %v\n", err)
+	fmt.Printf("A: S 1000 ms with a 100 ms timeout -> %v\n", err)
 
 	_, err = q.Request(ctx, []byte("?what"))
 	if !errors.Is(err, ipc.ErrAborted) {
