@@ -103,7 +103,14 @@ func (p *Producer) SendBatch(ctx context.Context, rs []Record) (int, error) {
 		p.batch = make([]uint64, len(rs))
 	}
 	slots := p.batch[:len(rs)]
+	recs := p.h.buf.recs
 	for i, r := range rs {
+		if recs.heldFast(r.off, r.b) != nil {
+			if s, ok := channel.PackSlot(r.off, len(r.b)); ok {
+				slots[i] = s
+				continue
+			}
+		}
 		s, err := p.slot(r)
 		if err != nil {
 			return 0, p.wrap("send batch", fmt.Errorf("record %d: %w", i, err))

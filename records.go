@@ -88,6 +88,7 @@ type slabHandle struct {
 	h     *slab.Handle
 	offs  []mem.Off // allocBatch's and freeBatch's scratch
 	taken slab.Slot // the record take returned last, for free
+	last  slab.Slot // the record take located last: where the next one is expected
 }
 
 func (rs *records) newHandle() (*slabHandle, error) {
@@ -143,8 +144,10 @@ func (sh *slabHandle) freeBatch(rs []Record) error {
 			return sh.freeEach(rs)
 		}
 		offs[i] = r.off
-		if t, err := sh.rs.held(r.off, r.b); err == nil {
+		if t := sh.rs.heldFast(r.off, r.b); t != nil {
 			t.Magic = 0 // as in free
+		} else if t, err := sh.rs.held(r.off, r.b); err == nil {
+			t.Magic = 0
 		}
 	}
 	return sh.rs.pool.FreeBatch(offs)
@@ -233,12 +236,16 @@ func (rs *records) take(slot uint64) (Record, error) {
 // take is records.take's common case, without the error (ok false means
 // "ask records.take", which reports what is wrong): a slot with the
 // length, whose record's trailer and slab header check out and, if
-// another process holds it, is live. The handle keeps the record's slot,
-// so that free, the likely next call, does not locate it again.
-// ReceiveBatch keeps using records.take's cheaper check (the header
-// alone, Pool.Peek): FreeBatch frees by runs and has no use for the
-// slots, and locating each record in full costs ~70 instructions more
-// per record there (cachegrind, BenchmarkRecordOneGoroutine/batch).
+// another process holds it, is live. The record is looked for first
+// where the last one taken ended (a handle carves records back to back
+// and the channel delivers them in order, slab.Handle.LocateNext), which
+// checks its header against that place instead of locating its slab
+// afresh. The handle keeps the record's slot, so that free, the likely
+// next call, does not locate it again. ReceiveBatch keeps using
+// records.take's cheaper check (the header alone, Pool.Peek): FreeBatch
+// frees by runs and has no use for the slots, and locating each record
+// costs ~40 instructions more per record there, even where it was
+// expected (callgrind, BenchmarkRecordOneGoroutine/batch).
 func (sh *slabHandle) take(slot uint64) (Record, bool) {
 	rs := sh.rs
 	off := channel.SlotOff(slot)
@@ -250,8 +257,8 @@ func (sh *slabHandle) take(slot uint64) (Record, bool) {
 	if t == nil {
 		return Record{}, false
 	}
-	s := &sh.taken
-	if !sh.h.Locate(off, s) || s.Size() != allocSize(n) {
+	s := &sh.last
+	if !sh.h.LocateNext(off, s) || s.Size() != allocSize(n) {
 		return Record{}, false
 	}
 	if t.holder().Load() != uint64(rs.self) {
@@ -260,6 +267,7 @@ func (sh *slabHandle) take(slot uint64) (Record, bool) {
 		}
 		t.holder().Store(uint64(rs.self))
 	}
+	sh.taken = *s
 	end := off + mem.Off(n)
 	return Record{off: off, b: rs.b[off:end:end]}, true
 }

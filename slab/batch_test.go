@@ -149,3 +149,98 @@ func TestFreeBatchRuns(t *testing.T) {
 	}
 	mustCheck(t, p, "after the reversed batch")
 }
+
+// TestLocateNext: a record expected right after a located one is found
+// by its header alone, with the slot Locate would give; anything else at
+// that place (a damaged header, a slab started over since) is refused,
+// and a record elsewhere is located in full. FreeBatch's runs rely on
+// the same check: a damaged header in the middle of a run fails that
+// record alone.
+func TestLocateNext(t *testing.T) {
+	p := newPool(t, heapCombo, 16<<20, Options{})
+	hd := p.NewHandle()
+	defer hd.Close()
+	other := p.NewHandle()
+	defer other.Close()
+	offs := make([]mem.Off, 8)
+	if n, err := hd.AllocBatch(64, offs); err != nil || n != len(offs) {
+		t.Fatalf("AllocBatch: %d, %v", n, err)
+	}
+	elsewhere, err := other.Alloc(64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	located := func(off mem.Off) Slot {
+		var s Slot
+		if !hd.Locate(off, &s) {
+			t.Fatalf("Locate(%#x) failed", off)
+		}
+		return s
+	}
+	var s Slot
+	if !hd.LocateNext(offs[0], &s) || s != located(offs[0]) {
+		t.Fatalf("LocateNext from nothing: %+v, Locate gives %+v", s, located(offs[0]))
+	}
+	for _, off := range offs[1:4] {
+		if !hd.LocateNext(off, &s) || s != located(off) {
+			t.Fatalf("LocateNext(%#x): %+v, Locate gives %+v", off, s, located(off))
+		}
+	}
+	// Freed meanwhile: only the place counts (liveness is Live's).
+	if err := p.Free(offs[3]); err != nil {
+		t.Fatal(err)
+	}
+	if !hd.LocateNext(offs[4], &s) || s != located(offs[4]) {
+		t.Fatalf("LocateNext after a freed record: %+v", s)
+	}
+	// Not the next one, and in another slab: located in full.
+	if !hd.LocateNext(offs[1], &s) || s != located(offs[1]) {
+		t.Fatalf("LocateNext of an earlier record: %+v", s)
+	}
+	if !hd.LocateNext(elsewhere.Off, &s) || s.Off() != elsewhere.Off {
+		t.Fatalf("LocateNext of a record in another slab: %+v", s)
+	}
+	// A damaged header at the expected place.
+	s = located(offs[4])
+	g := uint64(offs[5])/granule - 1
+	w1 := p.plain[2*g+1]
+	p.plain[2*g+1] ^= 1 << 40
+	if hd.LocateNext(offs[5], &s) {
+		t.Fatalf("LocateNext accepted a damaged header: %+v", s)
+	}
+	// The damaged record fails FreeBatch alone, in the middle of a run.
+	err = p.FreeBatch(offs[4:7])
+	if !errors.Is(err, ErrNotAllocated) || !strings.Contains(err.Error(), "record 1:") || strings.Count(err.Error(), "\n") != 0 {
+		t.Fatalf("FreeBatch with a damaged header in the middle: %v", err)
+	}
+	p.plain[2*g+1] = w1
+	// A valid header of another record copied there.
+	g1 := uint64(offs[1])/granule - 1
+	w0 := p.plain[2*g]
+	p.plain[2*g], p.plain[2*g+1] = p.plain[2*g1], p.plain[2*g1+1]
+	s = located(offs[4])
+	if hd.LocateNext(offs[5], &s) {
+		t.Fatalf("LocateNext accepted another record's header: %+v", s)
+	}
+	p.plain[2*g], p.plain[2*g+1] = w0, w1
+	if err := p.FreeBatch(offs[5:6]); err != nil {
+		t.Fatalf("freeing the mended record: %v", err)
+	}
+	// The slab started over (another generation) since s was located:
+	// the header at the expected place is of the old one.
+	s = located(offs[6])
+	sh := &p.slabs[s.sl.slab/slabHeaderSize]
+	id := sh.Ident.Load()
+	sh.Ident.Store(ident(genOf(id) + 1))
+	if hd.LocateNext(offs[7], &s) {
+		t.Fatalf("LocateNext accepted a header of the slab's old generation: %+v", s)
+	}
+	sh.Ident.Store(id)
+	if err := p.FreeBatch(append(offs[:3:3], offs[7], elsewhere.Off)); err != nil {
+		t.Fatal(err)
+	}
+	if st := poolStats(t, p); st.LiveRecords != 0 {
+		t.Fatalf("%d records still live", st.LiveRecords)
+	}
+	mustCheck(t, p, "at the end")
+}

@@ -152,6 +152,22 @@ func (h *Handle) Locate(off mem.Off, s *Slot) (ok bool) {
 	return true
 }
 
+// LocateNext is Locate for a record expected right after the one s
+// holds (located before, and possibly freed since: only its place
+// counts), as records of one handle follow each other through a channel:
+// it checks the record's header against the slot that follows s in its
+// slab and takes Locate's full path if that is not where the record is.
+// It fills s as Locate does.
+func (h *Handle) LocateNext(off mem.Off, s *Slot) (ok bool) {
+	if s.ident != 0 {
+		if sl, ok := h.p.slotAfter(&s.sl, off, s.ident); ok {
+			s.sl, s.off = sl, off
+			return true
+		}
+	}
+	return h.Locate(off, s)
+}
+
 // Live reports whether a located record's bits are all clear: it has not
 // been freed.
 func (p *Pool) Live(s *Slot) bool { return p.bitsClear(s.sl.slab, s.sl.bit, s.sl.n) }

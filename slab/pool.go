@@ -395,6 +395,31 @@ func (p *Pool) slotOf(off mem.Off, c *slabSeen) (sl slot, ok bool) {
 // its identity word (a slab returned and made again has another).
 type slabSeen struct{ slab, ident uint64 }
 
+// slotAfter is slotOf for the record expected right after the slot prev
+// of a slab whose identity word was ident when prev was located: the
+// next slot of the same slab, as a handle carves records back to back
+// and a channel delivers them. It accepts the record only if its header
+// is at the granule where prev's slot ends and is one the slab's
+// generation wrote, the slab still has that identity, and the slot fits
+// the slab's geometry: what slotOf checks, less what the position in a
+// slab already checked implies (alignment, bounds, the slab's own
+// header). ok false: ask slotOf.
+func (p *Pool) slotAfter(prev *slot, off mem.Off, ident uint64) (sl slot, ok bool) {
+	pos := prev.bit + prev.n + uint64(p.geo.recBase) // granule of the next header in the slab
+	if pos >= uint64(p.geo.limit) || uint64(off) != prev.slab+(pos+1)*granule {
+		return sl, false
+	}
+	g := uint64(off)/granule - 1
+	w0, w1 := p.plain[2*g], p.plain[2*g+1]
+	hpos, ln := unpackHalves(w0)
+	size, check := unpackHalves(w1)
+	if uint64(hpos) != pos || pos+uint64(ln) > uint64(p.geo.limit) || uint64(ln) != slotGranules(uint64(size), p.align) ||
+		p.words[prev.slab/8].Load() != ident || recCheck(hpos, ln, size, p.salt^uint32(ident>>32)) != check {
+		return sl, false
+	}
+	return slot{slab: prev.slab, bit: prev.bit + prev.n, n: uint64(ln), size: uint64(size), gen: prev.gen}, true
+}
+
 // slabRecord reads the header of the slab record whose data starts at
 // off and checks it against the slab it names: page aligned in the heap,
 // existing, and of the generation that wrote the header. ok false: not
@@ -647,10 +672,20 @@ func (p *Pool) FreeBatch(offs []mem.Off) error {
 	var seen slabSeen
 	var run bitRun // the pending run
 	start := 0     // index of the run's first record
+	var last slot  // the run's last slot
 	for i, off := range offs {
+		if run.n > 0 {
+			// The common case: the next record of the run's slab.
+			if sl, ok := p.slotAfter(&last, off, seen.ident); ok {
+				run.n += sl.n
+				last = sl
+				continue
+			}
+		}
 		sl, ok := p.slotOf(off, &seen)
 		if ok && run.n > 0 && sl.slab == run.slab && sl.gen == run.gen && sl.bit == run.bit+run.n {
 			run.n += sl.n
+			last = sl
 			continue
 		}
 		all = p.freeRun(run, offs[start:i], start, all)
@@ -661,7 +696,7 @@ func (p *Pool) FreeBatch(offs []mem.Off) error {
 			}
 			continue
 		}
-		run, start = bitRun{slab: sl.slab, bit: sl.bit, n: sl.n, gen: sl.gen}, i
+		run, start, last = bitRun{slab: sl.slab, bit: sl.bit, n: sl.n, gen: sl.gen}, i, sl
 	}
 	all = p.freeRun(run, offs[start:], start, all)
 	return errors.Join(all...)
