@@ -71,6 +71,7 @@ func Open(name string, opts ...Option) (*Buffer, error) {
 			return err
 		}
 		b.heap, b.reg, b.recs = h, reg, recs
+		reg.SetFreeItems(b.freeItems)
 		return nil
 	})
 	if err != nil {
@@ -103,7 +104,40 @@ func (b *Buffer) attach() error {
 		return err
 	}
 	b.heap, b.reg, b.recs = h, reg, recs
+	reg.SetFreeItems(b.freeItems)
 	return nil
+}
+
+// freeItems releases what a channel being removed holds besides its
+// control block (its type's free): what the registry runs again to
+// finish a removal whose process died in the middle
+// (channel.Registry.FinishRemovals).
+func (b *Buffer) freeItems(en *channel.Entry) error {
+	if ops := channelTypes[en.Type]; ops.free != nil {
+		return ops.free(b, en)
+	}
+	return nil
+}
+
+// removeHook, when a test sets it, is called at the crash points of a
+// channel's removal.
+var removeHook func(point string)
+
+// drainRecords frees the records queued in a record channel being
+// removed, each taken off the ring before it is freed (channel.Ring.Drain)
+// so that the removal can be run again if it dies in the middle.
+func (b *Buffer) drainRecords(ring *channel.Ring) error {
+	var r Record
+	return ring.Drain(func(s uint64) error {
+		var err error
+		r, err = b.recs.take(s)
+		return err
+	}, func(uint64) error {
+		if removeHook != nil {
+			removeHook("records:taken")
+		}
+		return b.recs.free(r.off, r.b)
+	})
 }
 
 // Name is the buffer's name.
@@ -180,12 +214,15 @@ func (b *Buffer) Destroy() error {
 	}
 	b.region.MarkDestroyed()
 	var all []error
-	all = append(all, b.reg.Each(func(en *channel.Entry) error {
+	destroy := func(en *channel.Entry) error {
 		if ops := channelTypes[en.Type]; ops.destroy != nil {
 			return ops.destroy(b, en)
 		}
 		return nil
-	}))
+	}
+	// Channels that processes died removing or creating made their
+	// names too.
+	all = append(all, b.reg.Each(destroy), b.reg.EachUnfinished(destroy))
 	all = append(all, b.recs.unlink(), b.reg.Unlink(), b.heap.Unlink(), b.region.Unlink())
 	all = append(all, b.Close())
 	if err := errors.Join(all...); err != nil {
@@ -390,6 +427,13 @@ func init() {
 			}
 			return r.LiveDoorbell(b.heap, en.Valid)
 		},
+		free: func(b *Buffer, en *channel.Entry) error {
+			r, err := channel.OpenRing(b.region, en, channel.WaitOptions{})
+			if err != nil {
+				return err
+			}
+			return b.drainRecords(r)
+		},
 	})
 	registerType(channel.TypeStatic, typeOps{
 		check: func(b *Buffer, en *channel.Entry) error {
@@ -446,6 +490,11 @@ func (b *Buffer) Recover() (reclaimed uint64, err error) {
 	}
 	before, _ := b.heap.Stats()
 	var all []error
+	// First, removals that a process died in the middle of: what they had
+	// not freed yet is still queued in their channels, which the walk
+	// below no longer sees (channel.Registry.FinishRemovals).
+	_, err = b.reg.FinishRemovals(context.Background())
+	all = append(all, err)
 	queued := map[mem.Off]bool{}
 	var abandoned []*channel.Entry
 	named := map[mem.Off]bool{} // doorbells that channels name

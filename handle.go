@@ -321,14 +321,6 @@ func (h *Handle) RemoveChannel(ctx context.Context, id ChannelID) error {
 		if err != nil {
 			return false, nil, err
 		}
-		free := func() error {
-			pending, err := ring.Pending()
-			all := []error{err}
-			for _, off := range pending {
-				all = append(all, h.buf.recs.freeOff(off))
-			}
-			return errors.Join(all...)
-		}
-		return ring.Idle(), free, nil
+		return ring.Idle(), func() error { return h.buf.drainRecords(ring) }, nil
 	})
 }

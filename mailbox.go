@@ -168,7 +168,12 @@ func (h *Handle) RemoveMailbox(ctx context.Context, id ChannelID) error {
 		if err != nil {
 			return false, nil, err
 		}
-		return m.Idle(), m.RemoveSems, nil
+		return m.Idle(), func() error {
+			if removeHook != nil {
+				removeHook("mailbox:sems")
+			}
+			return m.RemoveSems()
+		}, nil
 	})
 }
 

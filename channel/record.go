@@ -672,6 +672,37 @@ func (r *Ring) Pending() ([]mem.Off, error) {
 	return out, err
 }
 
+// Drain takes the queued slots off the ring one at a time, for freeing
+// their records when the channel is removed (call only when no end is
+// active): take is called with each slot before Head moves past it, and
+// release after. So a removal that dies in the middle and is run again
+// (Registry.FinishRemovals) neither skips a record that is still queued
+// nor frees one twice: take makes the remover the record's holder, so a
+// record whose slot is gone but that was not freed yet is a dead
+// holder's, which Recover frees. An error from take drops the slot
+// (reported) without release.
+func (r *Ring) Drain(take func(slot uint64) error, release func(slot uint64) error) error {
+	var all []error
+	for {
+		h, t := r.cb.Head.Load(), r.cb.Tail.Load()
+		if t-h > uint64(len(r.ring)) {
+			return errors.Join(append(all, errs.Corrupt("record channel head/tail", uint64(r.cbOff)+128, "tail %d head %d", t, h))...)
+		}
+		if h == t {
+			return errors.Join(all...)
+		}
+		s := r.ring[h&r.mask]
+		err := take(s)
+		r.cb.Head.Store(h + 1)
+		if err == nil {
+			err = release(s)
+		}
+		if err != nil {
+			all = append(all, err)
+		}
+	}
+}
+
 // PendingSlots returns the slots still queued, in order.
 func (r *Ring) PendingSlots() ([]uint64, error) {
 	h, t := r.cb.Head.Load(), r.cb.Tail.Load()

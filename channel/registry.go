@@ -151,7 +151,18 @@ type Registry struct {
 	sem   backend.Semaphore
 	lock  *alloc.Lock
 	cache sync.Map // ID -> mem.Off of its entry (validated on use)
+	// freeItems releases what a channel holds besides its control block
+	// (SetFreeItems); nil: nothing.
+	freeItems func(en *Entry) error
 }
+
+// SetFreeItems gives the registry what releases a channel's memory
+// besides its control block, by type: what Remove's free does. The
+// registry runs it to finish a removal that a process died in the middle
+// of (FinishRemovals, and create reusing the entry), so it must pick up
+// where an interrupted run stopped: each item detached from the channel
+// in the same step that frees it, or before.
+func (g *Registry) SetFreeItems(f func(en *Entry) error) { g.freeItems = f }
 
 func semName(r *backend.Region) string { return r.Name() + ".reg" }
 
@@ -464,14 +475,10 @@ func (g *Registry) create(ctx context.Context, id ID, spec Spec) (*Entry, bool, 
 				}
 				return nil
 			}
-			// Free what the dead process left and reuse the entry.
-			if c := cur.Control.Swap(0); c != 0 {
-				g.heap.Free(mem.Off(c))
+			// Finish what the dead process left and reuse the entry.
+			if err := g.finish(cur, curOff); err != nil {
+				return err
 			}
-			if st == entryRemoving {
-				g.root.Live.Add(^uint64(0))
-			}
-			cur.State.Store(entryFree)
 			e, off = cur, curOff
 		}
 		if e == nil {
@@ -639,9 +646,7 @@ func (g *Registry) Remove(ctx context.Context, en *Entry, cond func() bool, free
 		if free != nil {
 			ferr = free()
 		}
-		if c := en.e.Control.Swap(0); c != 0 {
-			ferr = errors.Join(ferr, g.heap.Free(mem.Off(c)))
-		}
+		ferr = errors.Join(ferr, g.freeControl(en.e))
 		en.e.State.Store(entryFree)
 		g.root.Live.Add(^uint64(0))
 		g.cache.Delete(en.ID)
@@ -649,6 +654,124 @@ func (g *Registry) Remove(ctx context.Context, en *Entry, cond func() bool, free
 		return ferr
 	})
 	return removed, err
+}
+
+// freeControl frees an entry's control block and clears Control in the
+// same critical section of the heap lock, so that a removal that is run
+// again after its process died never frees the block twice (by then it
+// may be another channel's). The worst a death inside leaves is a block
+// that Control no longer names and the heap still holds.
+func (g *Registry) freeControl(e *entry) error {
+	c := e.Control.Load()
+	if c == 0 {
+		return nil
+	}
+	err := g.heap.FreeIf(mem.Off(c), func(alloc.Extent) error {
+		if e.Control.Load() != c {
+			return errControlMoved
+		}
+		e.Control.Store(0)
+		return nil
+	})
+	if errors.Is(err, errControlMoved) {
+		return nil
+	}
+	return err
+}
+
+var errControlMoved = errors.New("control block no longer the entry's")
+
+// finish completes, under the lock, what a process that died left of an
+// entry: a removal (its items freed through freeItems, then its control
+// block), or a creation (its control block). The entry becomes free.
+func (g *Registry) finish(e *entry, off mem.Off) error {
+	st := e.State.Load()
+	var all []error
+	if st == entryRemoving && g.freeItems != nil {
+		en := &Entry{e: e, Off: off, ID: ID(e.ID.Load()), Type: Type(e.Type.Load()), Control: mem.Off(e.Control.Load()), Size: e.Size.Load(), Gen: e.Gen.Load()}
+		if en.Control != 0 {
+			if err := g.freeItems(en); err != nil {
+				all = append(all, fmt.Errorf("finishing the removal of %s channel %d: %w", en.Type, en.ID, err))
+			}
+		}
+	}
+	all = append(all, g.freeControl(e))
+	if st == entryRemoving {
+		g.root.Live.Add(^uint64(0))
+	}
+	e.State.Store(entryFree)
+	g.cache.Delete(ID(e.ID.Load()))
+	return errors.Join(all...)
+}
+
+// Unfinished is what FinishRemovals found and finished.
+type Unfinished struct {
+	Removals  int // channels whose remover died in the middle
+	Creations int // channels whose creator died before publishing them
+}
+
+// FinishRemovals finishes, under the lock, every removal whose process
+// died in the middle (an entry left "removing": removals happen entirely
+// under the lock), and frees the entries of channels whose creator died
+// before publishing them. What they held comes back to the heap; the
+// entries are reused by later channels.
+func (g *Registry) FinishRemovals(ctx context.Context) (Unfinished, error) {
+	var u Unfinished
+	err := g.withLock(ctx, func() error {
+		var all []error
+		for i := range g.dir {
+			off := mem.Off(g.dir[i].Load())
+			limit := g.maxChain()
+			for steps := 0; off != 0; steps++ {
+				if steps > limit {
+					return errors.Join(append(all, errs.Corrupt("registry chain", uint64(off), "cycle or overlong chain in bucket %d", i))...)
+				}
+				e, err := g.entryAt(off)
+				if err != nil {
+					return errors.Join(append(all, err)...)
+				}
+				switch st := e.State.Load(); {
+				case st == entryRemoving:
+					u.Removals++
+					all = append(all, g.finish(e, off))
+				case st == entryInitializing && !sys.Alive(sys.Identity(e.Creator.Load())):
+					u.Creations++
+					all = append(all, g.finish(e, off))
+				}
+				off = mem.Off(e.Next.Load())
+			}
+		}
+		return errors.Join(all...)
+	})
+	return u, err
+}
+
+// EachUnfinished calls f, without the lock, for every entry that a
+// process died with: a removal it did not finish, a channel it did not
+// finish creating. The Entry carries the id and type only (its other
+// fields may be torn): for removing the names a channel made outside the
+// buffer when the buffer is destroyed.
+func (g *Registry) EachUnfinished(f func(*Entry) error) error {
+	var all []error
+	for i := range g.dir {
+		off := mem.Off(g.dir[i].Load())
+		limit := g.maxChain()
+		for steps := 0; off != 0; steps++ {
+			if steps > limit {
+				return errors.Join(append(all, errs.Corrupt("registry chain", uint64(off), "cycle or overlong chain in bucket %d", i))...)
+			}
+			e, err := g.entryAt(off)
+			if err != nil {
+				return errors.Join(append(all, err)...)
+			}
+			st := e.State.Load()
+			if st == entryRemoving || (st == entryInitializing && !sys.Alive(sys.Identity(e.Creator.Load()))) {
+				all = append(all, f(&Entry{e: e, Off: off, ID: ID(e.ID.Load()), Type: Type(e.Type.Load())}))
+			}
+			off = mem.Off(e.Next.Load())
+		}
+	}
+	return errors.Join(all...)
 }
 
 // Each calls f for every channel in the ready state.

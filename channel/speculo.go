@@ -839,7 +839,12 @@ func (w *SpeculoWriter) dropPending(nx *spExtent) {
 // area either still has its magic or is free (or someone else's), so a
 // writer that dies freeing it leaves nothing that a later one could not
 // finish, nor free twice.
-func (s *Speculo) freeExtent(off uint64) error {
+func (s *Speculo) freeExtent(off uint64) error { return s.freeExtentThen(off, nil) }
+
+// freeExtentThen is freeExtent that also runs detach, if not nil, in the
+// critical section of the heap lock that frees the extent, once it has
+// validated.
+func (s *Speculo) freeExtentThen(off uint64, detach func()) error {
 	h, err := mem.At[spExtentHdr](s.buf, mem.Off(off))
 	if err != nil {
 		return err
@@ -850,6 +855,9 @@ func (s *Speculo) freeExtent(off uint64) error {
 			return s.corrupt("extent", off, "not an extent of this area (magic %#x, area %#x, %v)", h.Magic.Load(), h.Area.Load(), e.Kind)
 		}
 		h.Magic.Store(0)
+		if detach != nil {
+			detach()
+		}
 		return nil
 	})
 }
@@ -1712,18 +1720,25 @@ func (s *Speculo) Abandoned() bool {
 
 // FreeExtents gives every extent of the area back to the heap: for
 // removing the area, when no live process uses it. Extents that do not
-// validate are reported and left alone.
+// validate are reported and left alone. Each extent is detached from the
+// area (Pending cleared, Oldest moved on, or Current cleared) in the
+// critical section of the heap lock that frees it, so that a removal
+// that dies in the middle and is run again picks up where it stopped
+// (channel.Registry.FinishRemovals): it neither frees an extent twice
+// nor loses the rest of the chain.
 func (s *Speculo) FreeExtents() error {
 	var all []error
 	cb := s.cb
 	cur := cb.Current.Load()
-	if p := cb.Pending.Swap(0); p != 0 && p != cur {
+	if p := cb.Pending.Load(); p != 0 && p != cur {
 		// One without the magic is a dead writer's unmarked extent,
 		// not damage: RecoverExtents frees it.
 		if h, err := mem.At[spExtentHdr](s.buf, mem.Off(p)); err != nil || h.Magic.Load() == spExtentMagic {
-			all = append(all, s.freeExtent(p))
+			all = append(all, s.freeExtentThen(p, func() { cb.Pending.Store(0) }))
 		}
+		cb.Pending.CompareAndSwap(p, 0)
 	}
+	last := func() { cb.Current.Store(0); cb.Oldest.Store(0) }
 	o := cb.Oldest.Load()
 	if cur != 0 && o == 0 {
 		o = cur
@@ -1737,21 +1752,27 @@ func (s *Speculo) FreeExtents() error {
 		if err != nil {
 			all = append(all, err)
 			if o != cur && cur != 0 {
-				all = append(all, s.freeExtent(cur))
+				all = append(all, s.freeExtentThen(cur, last))
 			}
 			break
 		}
 		next := x.hdr.Next.Load()
-		all = append(all, s.freeExtent(o))
 		if o == cur {
+			all = append(all, s.freeExtentThen(o, last))
 			break
 		}
 		if next == 0 {
+			all = append(all, s.freeExtentThen(o, func() { cb.Oldest.Store(cur) }))
 			if cur != 0 {
-				all = append(all, s.corrupt("extent chain", o+136, "chain ends before the current extent"), s.freeExtent(cur))
+				all = append(all, s.corrupt("extent chain", o+136, "chain ends before the current extent"), s.freeExtentThen(cur, last))
 			}
 			break
 		}
+		if err := s.freeExtentThen(o, func() { cb.Oldest.Store(next) }); err != nil {
+			all = append(all, err)
+			cb.Oldest.Store(next)
+		}
+		spHook("free:one")
 		o = next
 	}
 	cb.Current.Store(0)

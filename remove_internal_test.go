@@ -1,0 +1,165 @@
+package ipc
+
+import (
+	"testing"
+
+	"github.com/heapipc/ipc/backend"
+	"github.com/heapipc/ipc/channel"
+	"github.com/heapipc/ipc/internal/sys"
+	"github.com/heapipc/ipc/internal/testutil"
+	"github.com/stretchr/testify/require"
+)
+
+// removalCrash is the panic a test's removeHook throws to stand for the
+// remover's death.
+type removalCrash struct{}
+
+// TestFinishInterruptedRemoval: RemoveChannel dies (a panic out of the
+// registry's critical section, with a dead identity as the remover)
+// after freeing the first of five queued records and taking the second
+// off the ring. The entry is left "removing", which no lookup sees. Then
+// either Recover finishes the removal, or creating the same id again
+// does (and Recover frees the record the dead remover held): every record
+// and the control block come back to the heap, once each.
+func TestFinishInterruptedRemoval(t *testing.T) {
+	for _, finish := range []string{"recover", "recreate"} {
+		t.Run(finish, func(t *testing.T) {
+			b := heapBuf(t)
+			ctx := t.Context()
+			const id = 1
+			// A first channel, so that the registry's entry block (never
+			// given back) is in the baseline.
+			baseline := func() uint64 {
+				s, err := b.Stats()
+				require.NoError(t, err)
+				return s.Heap.FreeBytes
+			}
+			h0, err := b.NewHandle()
+			require.NoError(t, err)
+			p0, err := h0.Producer(id)
+			require.NoError(t, err)
+			require.NoError(t, p0.Close())
+			require.NoError(t, h0.RemoveChannel(ctx, id))
+			require.NoError(t, h0.Close())
+			base := baseline()
+
+			hp, err := b.NewHandle()
+			require.NoError(t, err)
+			p, err := hp.Producer(id)
+			require.NoError(t, err)
+			for i := range 5 {
+				r, err := hp.Allocate(64)
+				require.NoError(t, err)
+				r.Bytes()[0] = byte(i)
+				require.NoError(t, p.Send(ctx, r))
+			}
+			require.NoError(t, p.Close())
+
+			self := b.recs.self
+			b.recs.self = testutil.DeadIdentity(t) // the remover, as the holder of what it takes
+			taken := 0
+			removeHook = func(point string) {
+				if point == "records:taken" {
+					if taken++; taken == 2 {
+						panic(removalCrash{})
+					}
+				}
+			}
+			func() {
+				defer func() {
+					removeHook = nil
+					b.recs.self = self
+					require.Equal(t, removalCrash{}, recover())
+				}()
+				hp.RemoveChannel(ctx, id)
+				t.Fatal("the crash point was not reached")
+			}()
+			_, err = b.reg.Lookup(id)
+			require.ErrorIs(t, err, ErrNotExist, "a channel being removed is not found")
+			st, err := b.Stats()
+			require.NoError(t, err)
+			require.Equal(t, uint64(1), st.Channels, "the interrupted removal still counts")
+
+			switch finish {
+			case "recover":
+				_, err := b.Recover()
+				require.NoError(t, err)
+			case "recreate":
+				// The new channel reuses the entry, finishing the removal
+				// (the three records still queued), and is empty.
+				c, err := hp.Consumer(id)
+				require.NoError(t, err)
+				_, err = c.TryReceive()
+				require.ErrorIs(t, err, ErrWouldBlock)
+				p2, err := hp.Producer(id)
+				require.NoError(t, err)
+				require.NoError(t, p2.Close())
+				require.NoError(t, c.Close())
+				// The record the dead remover held.
+				_, err = b.Recover()
+				require.NoError(t, err)
+			}
+			u, err := b.reg.FinishRemovals(ctx)
+			require.NoError(t, err)
+			require.Zero(t, u.Removals, "nothing left to finish")
+			require.NoError(t, hp.Close())
+			require.NoError(t, b.Check())
+			st, err = b.Stats()
+			require.NoError(t, err)
+			require.Zero(t, st.Channels)
+			require.Zero(t, st.Records.LiveRecords, "every queued record freed")
+			require.Equal(t, base, baseline(), "the records' slabs and the control block are back in the heap")
+			require.True(t, sys.Alive(self))
+		})
+	}
+}
+
+// TestDestroyRemovesUnfinishedMailboxSems: a mailbox whose removal died
+// before its semaphores were removed leaves an entry "removing", which
+// the walks of ready channels skip; Destroy removes its semaphores all
+// the same (on the default backends, where they are names of the
+// system's).
+func TestDestroyRemovesUnfinishedMailboxSems(t *testing.T) {
+	b, err := Open(testutil.Name(t), WithSize(32<<20))
+	require.NoError(t, err)
+	destroyed := false
+	t.Cleanup(func() {
+		if !destroyed {
+			b.Destroy()
+		}
+	})
+	h, err := b.NewHandle()
+	require.NoError(t, err)
+	const id = 7
+	q, err := h.Requester(id)
+	require.NoError(t, err)
+	require.NoError(t, q.Close())
+	sems, err := b.region.Semaphores()
+	require.NoError(t, err)
+	names := channel.MailboxSemNames(b.region.Name(), id)
+	removeHook = func(point string) {
+		if point == "mailbox:sems" {
+			panic(removalCrash{})
+		}
+	}
+	func() {
+		defer func() {
+			removeHook = nil
+			require.Equal(t, removalCrash{}, recover())
+		}()
+		h.RemoveMailbox(t.Context(), id)
+		t.Fatal("the crash point was not reached")
+	}()
+	for _, name := range names {
+		s, err := sems.Open(name, backend.SemOptions{})
+		require.NoError(t, err, "semaphore %s still there before Destroy", name)
+		s.Close()
+	}
+	require.NoError(t, h.Close())
+	destroyed = true
+	require.NoError(t, b.Destroy())
+	for _, name := range names {
+		_, err := sems.Open(name, backend.SemOptions{})
+		require.ErrorIs(t, err, ErrNotExist, "semaphore %s left behind", name)
+	}
+}
