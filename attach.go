@@ -82,10 +82,12 @@ func (b *Buffer) creatorWait(ctx context.Context) (context.Context, context.Canc
 }
 
 // claimUnder returns a claim for attachChannel that runs attach under the
-// registry lock if the entry is still valid (ErrNotExist if not).
-func claimUnder[C, E any](ctx context.Context, b *Buffer, attach func(C) (E, error), end *E) func(*channel.Entry, C) error {
+// registry lock if the entry is still valid (ErrNotExist if not). The
+// lock is robust and held only for short critical sections, so the wait
+// for it is not bounded by a context.
+func claimUnder[C, E any](b *Buffer, attach func(C) (E, error), end *E) func(*channel.Entry, C) error {
 	return func(en *channel.Entry, c C) error {
-		return b.reg.Attach(ctx, en, func() (err error) {
+		return b.reg.Attach(context.Background(), en, func() (err error) {
 			*end, err = attach(c)
 			return err
 		})

@@ -481,9 +481,11 @@ func (b *Buffer) freeDeadBells(named map[mem.Off]bool) error {
 // Recover reclaims what processes that died left in the buffer: records
 // they held (allocated and not sent, or received and not freed; records
 // queued in a channel are kept for delivery), their slabs, the doorbells
-// of their Selects, speculo extents they were making, and channels that no live process holds and that are
-// drained. It returns how many bytes came back. Processes that are alive
-// are never robbed.
+// of their Selects, speculo extents they were making, channels that no
+// live process holds and that are drained, and what removals and
+// creations of channels that died in the middle left (finished first:
+// their queued records, extents and control blocks). It returns how many
+// bytes came back. Processes that are alive are never robbed.
 func (b *Buffer) Recover() (reclaimed uint64, err error) {
 	if err := b.check("recover"); err != nil {
 		return 0, err

@@ -275,7 +275,7 @@ func (h *Handle) Producer(id ChannelID, opts ...ChannelOption) (*Producer, error
 		return nil, err
 	}
 	var p *channel.RecordProducer
-	en, err := h.attachRing(id, cfg, claimUnder(context.Background(), h.buf, (*channel.Ring).AttachProducer, &p))
+	en, err := h.attachRing(id, cfg, claimUnder(h.buf, (*channel.Ring).AttachProducer, &p))
 	if err != nil {
 		return nil, fmt.Errorf("ipc: producer %d: %w", id, err)
 	}
@@ -300,7 +300,7 @@ func (h *Handle) Consumer(id ChannelID, opts ...ChannelOption) (*Consumer, error
 		return nil, err
 	}
 	var c *channel.RecordConsumer
-	en, err := h.attachRing(id, cfg, claimUnder(context.Background(), h.buf, (*channel.Ring).AttachConsumer, &c))
+	en, err := h.attachRing(id, cfg, claimUnder(h.buf, (*channel.Ring).AttachConsumer, &c))
 	if err != nil {
 		return nil, fmt.Errorf("ipc: consumer %d: %w", id, err)
 	}

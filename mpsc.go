@@ -86,7 +86,7 @@ func (h *Handle) MPSCProducer(id ChannelID, opts ...ChannelOption) (*MPSCProduce
 		return nil, err
 	}
 	var p *channel.MPSCProducer
-	en, err := h.attachMPSC(id, cfg, claimUnder(context.Background(), h.buf, (*channel.MPSC).AttachProducer, &p))
+	en, err := h.attachMPSC(id, cfg, claimUnder(h.buf, (*channel.MPSC).AttachProducer, &p))
 	if err != nil {
 		return nil, fmt.Errorf("ipc: mpsc producer %d: %w", id, err)
 	}
@@ -111,7 +111,7 @@ func (h *Handle) MPSCConsumer(id ChannelID, opts ...ChannelOption) (*MPSCConsume
 		return nil, err
 	}
 	var c *channel.MPSCConsumer
-	en, err := h.attachMPSC(id, cfg, claimUnder(context.Background(), h.buf, (*channel.MPSC).AttachConsumer, &c))
+	en, err := h.attachMPSC(id, cfg, claimUnder(h.buf, (*channel.MPSC).AttachConsumer, &c))
 	if err != nil {
 		return nil, fmt.Errorf("ipc: mpsc consumer %d: %w", id, err)
 	}

@@ -152,7 +152,7 @@ func (h *Handle) StreamWriter(id ChannelID, opts ...StreamOption) (*StreamWriter
 		return nil, err
 	}
 	var w *channel.StreamWriter
-	en, _, err := h.attachStream(id, opts, claimUnder(context.Background(), h.buf, (*channel.Stream).AttachWriter, &w))
+	en, _, err := h.attachStream(id, opts, claimUnder(h.buf, (*channel.Stream).AttachWriter, &w))
 	if err != nil {
 		return nil, fmt.Errorf("ipc: stream writer %d: %w", id, err)
 	}
@@ -175,7 +175,7 @@ func (h *Handle) StreamReader(id ChannelID, opts ...StreamOption) (*StreamReader
 		return nil, err
 	}
 	var r *channel.StreamReader
-	en, cfg, err := h.attachStream(id, opts, claimUnder(context.Background(), h.buf, (*channel.Stream).AttachReader, &r))
+	en, cfg, err := h.attachStream(id, opts, claimUnder(h.buf, (*channel.Stream).AttachReader, &r))
 	if err != nil {
 		return nil, fmt.Errorf("ipc: stream reader %d: %w", id, err)
 	}

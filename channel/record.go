@@ -394,6 +394,12 @@ func (p *RecordProducer) Send(ctx context.Context, slot uint64) error {
 
 // Close releases the producer end: the consumer drains what is queued and
 // then reads EOF. It reports whether the consumer end is closed too.
+//
+// Close writes to the control block after it lets go of the end (the
+// wake-up): that is safe only while nobody can remove the channel in
+// between, so call it under the registry lock against a valid entry, as
+// the ipc package's ends do (Buffer.closeEnd). The same holds for every
+// end's Close in this package.
 func (p *RecordProducer) Close() (consumerClosed bool) {
 	if p.closed {
 		return false
