@@ -71,7 +71,7 @@ func Open(name string, opts ...Option) (*Buffer, error) {
 			return err
 		}
 		b.heap, b.reg, b.recs = h, reg, recs
-		reg.SetFreeItems(b.freeItems)
+		reg.SetFreeItems(b.vetRemoval, b.freeItems)
 		return nil
 	})
 	if err != nil {
@@ -104,7 +104,7 @@ func (b *Buffer) attach() error {
 		return err
 	}
 	b.heap, b.reg, b.recs = h, reg, recs
-	reg.SetFreeItems(b.freeItems)
+	reg.SetFreeItems(b.vetRemoval, b.freeItems)
 	return nil
 }
 
@@ -115,6 +115,24 @@ func (b *Buffer) attach() error {
 func (b *Buffer) freeItems(en *channel.Entry) error {
 	if ops := channelTypes[en.Type]; ops.free != nil {
 		return ops.free(b, en)
+	}
+	return nil
+}
+
+// vetRemoval accepts a channel left "removing" for finishing only if its
+// control block opens as one of its type and no live process holds an
+// end (channel.Registry.SetFreeItems).
+func (b *Buffer) vetRemoval(en *channel.Entry) error {
+	ops := channelTypes[en.Type]
+	if ops.idle == nil {
+		return fmt.Errorf("unknown type %d", uint32(en.Type))
+	}
+	idle, err := ops.idle(b, en)
+	if err != nil {
+		return err
+	}
+	if !idle {
+		return fmt.Errorf("a live process holds an end: %w", ErrBusy)
 	}
 	return nil
 }
@@ -361,6 +379,9 @@ type typeOps struct {
 	// none). Recover frees dead processes' doorbells that no channel
 	// names.
 	bell func(b *Buffer, en *channel.Entry) mem.Off
+	// idle opens the channel and reports whether no live process holds
+	// an end of it (an error: its control block does not open).
+	idle func(b *Buffer, en *channel.Entry) (bool, error)
 	// free releases what the channel holds besides its control block,
 	// under the registry lock, when it is removed.
 	free func(b *Buffer, en *channel.Entry) error
@@ -427,6 +448,10 @@ func init() {
 			}
 			return r.LiveDoorbell(b.heap, en.Valid)
 		},
+		idle: func(b *Buffer, en *channel.Entry) (bool, error) {
+			r, err := channel.OpenRing(b.region, en, channel.WaitOptions{})
+			return err == nil && r.Idle(), err
+		},
 		free: func(b *Buffer, en *channel.Entry) error {
 			r, err := channel.OpenRing(b.region, en, channel.WaitOptions{})
 			if err != nil {
@@ -436,6 +461,11 @@ func init() {
 		},
 	})
 	registerType(channel.TypeStatic, typeOps{
+		// A static segment has no ends: its users hold views.
+		idle: func(b *Buffer, en *channel.Entry) (bool, error) {
+			_, err := b.heap.Extent(en.Control)
+			return err == nil, err
+		},
 		check: func(b *Buffer, en *channel.Entry) error {
 			_, err := b.heap.Extent(en.Control)
 			return err

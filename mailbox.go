@@ -365,6 +365,10 @@ func init() {
 			m, err := channel.OpenMailbox(b.reg, en, channel.WaitOptions{})
 			return err == nil && m.Abandoned()
 		},
+		idle: func(b *Buffer, en *channel.Entry) (bool, error) {
+			m, err := channel.OpenMailbox(b.reg, en, channel.WaitOptions{})
+			return err == nil && m.Idle(), err
+		},
 		free: func(b *Buffer, en *channel.Entry) error {
 			sems, err := mailboxSems(b)
 			if err != nil {

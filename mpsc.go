@@ -258,6 +258,10 @@ func init() {
 			m, err := open(b, en)
 			return err == nil && m.Abandoned()
 		},
+		idle: func(b *Buffer, en *channel.Entry) (bool, error) {
+			m, err := open(b, en)
+			return err == nil && m.Idle(), err
+		},
 		bell: func(b *Buffer, en *channel.Entry) mem.Off {
 			m, err := open(b, en)
 			if err != nil {

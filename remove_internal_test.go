@@ -163,3 +163,49 @@ func TestDestroyRemovesUnfinishedMailboxSems(t *testing.T) {
 		require.ErrorIs(t, err, ErrNotExist, "semaphore %s left behind", name)
 	}
 }
+
+// TestDamagedRemovingStateRefused: damage that marks a live channel
+// "removing" does not get it freed under its ends: Recover, and an attach
+// that would reuse the entry, report ErrCorrupt and leave the channel as
+// it is; with the state mended it works on.
+func TestDamagedRemovingStateRefused(t *testing.T) {
+	b := heapBuf(t)
+	ctx := t.Context()
+	h, err := b.NewHandle()
+	require.NoError(t, err)
+	defer h.Close()
+	const id = 3
+	p, err := h.Producer(id)
+	require.NoError(t, err)
+	defer p.Close()
+	c, err := h.Consumer(id)
+	require.NoError(t, err)
+	defer c.Close()
+	r, err := h.Allocate(64)
+	require.NoError(t, err)
+	r.Bytes()[0] = 42
+	require.NoError(t, p.Send(ctx, r))
+	en, err := b.reg.Lookup(id)
+	require.NoError(t, err)
+	state := b.region.Bytes()[en.Off : en.Off+4]
+	require.Equal(t, []byte{2, 0, 0, 0}, state, "the test knows where an entry's state is")
+	before := controlBlock(t, b, en.Control)
+	before = append([]byte(nil), before...)
+	state[0] = 3 // "removing"
+
+	_, err = b.Recover()
+	require.ErrorIs(t, err, ErrCorrupt)
+	h2, err := b.NewHandle()
+	require.NoError(t, err)
+	defer h2.Close()
+	_, err = h2.Producer(id)
+	require.ErrorIs(t, err, ErrCorrupt)
+	require.Equal(t, before, controlBlock(t, b, en.Control), "the control block is untouched and still allocated")
+
+	state[0] = 2
+	got, err := c.Receive(ctx)
+	require.NoError(t, err)
+	require.Equal(t, byte(42), got.Bytes()[0])
+	require.NoError(t, h.Free(got))
+	require.NoError(t, b.Check())
+}

@@ -566,6 +566,10 @@ func init() {
 			sp, err := open(b, en)
 			return err == nil && sp.Abandoned()
 		},
+		idle: func(b *Buffer, en *channel.Entry) (bool, error) {
+			sp, err := open(b, en)
+			return err == nil && sp.Idle(), err
+		},
 		free: func(b *Buffer, en *channel.Entry) error {
 			sp, err := open(b, en)
 			if err != nil {

@@ -605,5 +605,9 @@ func init() {
 			s, err := channel.OpenStream(b.region, en, channel.WaitOptions{})
 			return err == nil && s.Abandoned()
 		},
+		idle: func(b *Buffer, en *channel.Entry) (bool, error) {
+			s, err := channel.OpenStream(b.region, en, channel.WaitOptions{})
+			return err == nil && s.Idle(), err
+		},
 	})
 }

@@ -514,6 +514,19 @@ func (m *MPSC) Pending() ([]mem.Off, error) {
 	return out, nil
 }
 
+// Idle reports whether no live process holds an end of the channel.
+func (m *MPSC) Idle() bool {
+	if heldByLive(&m.cb.Consumer) {
+		return false
+	}
+	for i := range m.prods {
+		if heldByLive(&m.prods[i].Owner) {
+			return false
+		}
+	}
+	return true
+}
+
 // Abandoned reports whether no live process holds an end, the consumer
 // end has gone (closed, or held by a process that died: a channel no
 // consumer ever opened is waiting for one, not abandoned) and the ring is

@@ -151,9 +151,10 @@ type Registry struct {
 	sem   backend.Semaphore
 	lock  *alloc.Lock
 	cache sync.Map // ID -> mem.Off of its entry (validated on use)
-	// freeItems releases what a channel holds besides its control block
-	// (SetFreeItems); nil: nothing.
-	freeItems func(en *Entry) error
+	// vetRemoval and freeItems finish removals (SetFreeItems); nil:
+	// nothing to vet or free.
+	vetRemoval func(en *Entry) error
+	freeItems  func(en *Entry) error
 }
 
 // SetFreeItems gives the registry what releases a channel's memory
@@ -161,8 +162,15 @@ type Registry struct {
 // registry runs it to finish a removal that a process died in the middle
 // of (FinishRemovals, and create reusing the entry), so it must pick up
 // where an interrupted run stopped: each item detached from the channel
-// in the same step that frees it, or before.
-func (g *Registry) SetFreeItems(f func(en *Entry) error) { g.freeItems = f }
+// in the same step that frees it, or before. vet runs first and must
+// refuse (with an error) an entry that only damage made "removing": a
+// channel whose control block is not one of its type, or of which a live
+// process holds an end (no end can be claimed once a removal has begun,
+// and none was held by a live process when it began). Such an entry is
+// left as it is and reported.
+func (g *Registry) SetFreeItems(vet, free func(en *Entry) error) {
+	g.vetRemoval, g.freeItems = vet, free
+}
 
 func semName(r *backend.Region) string { return r.Name() + ".reg" }
 
@@ -687,9 +695,13 @@ var errControlMoved = errors.New("control block no longer the entry's")
 func (g *Registry) finish(e *entry, off mem.Off) error {
 	st := e.State.Load()
 	var all []error
-	if st == entryRemoving && g.freeItems != nil {
-		en := &Entry{e: e, Off: off, ID: ID(e.ID.Load()), Type: Type(e.Type.Load()), Control: mem.Off(e.Control.Load()), Size: e.Size.Load(), Gen: e.Gen.Load()}
-		if en.Control != 0 {
+	if en := (&Entry{e: e, Off: off, ID: ID(e.ID.Load()), Type: Type(e.Type.Load()), Control: mem.Off(e.Control.Load()), Size: e.Size.Load(), Gen: e.Gen.Load()}); st == entryRemoving && en.Control != 0 {
+		if g.vetRemoval != nil {
+			if err := g.vetRemoval(en); err != nil {
+				return errs.Corrupt("registry entry.State", uint64(off), "%s channel %d is marked removing, but: %v", en.Type, en.ID, err)
+			}
+		}
+		if g.freeItems != nil {
 			if err := g.freeItems(en); err != nil {
 				all = append(all, fmt.Errorf("finishing the removal of %s channel %d: %w", en.Type, en.ID, err))
 			}
