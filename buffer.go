@@ -71,7 +71,7 @@ func Open(name string, opts ...Option) (*Buffer, error) {
 			return err
 		}
 		b.heap, b.reg, b.recs = h, reg, recs
-		reg.SetFreeItems(b.vetRemoval, b.freeItems)
+		reg.SetFreeItems(b.vetRemoval, b.freeItems, b.dropNames)
 		return nil
 	})
 	if err != nil {
@@ -104,7 +104,7 @@ func (b *Buffer) attach() error {
 		return err
 	}
 	b.heap, b.reg, b.recs = h, reg, recs
-	reg.SetFreeItems(b.vetRemoval, b.freeItems)
+	reg.SetFreeItems(b.vetRemoval, b.freeItems, b.dropNames)
 	return nil
 }
 
@@ -115,6 +115,15 @@ func (b *Buffer) attach() error {
 func (b *Buffer) freeItems(en *channel.Entry) error {
 	if ops := channelTypes[en.Type]; ops.free != nil {
 		return ops.free(b, en)
+	}
+	return nil
+}
+
+// dropNames removes the names outside the buffer (semaphores) of a
+// channel whose creator died before publishing it (its type's destroy).
+func (b *Buffer) dropNames(en *channel.Entry) error {
+	if ops := channelTypes[en.Type]; ops.destroy != nil {
+		return ops.destroy(b, en)
 	}
 	return nil
 }
@@ -522,42 +531,45 @@ func (b *Buffer) Recover() (reclaimed uint64, err error) {
 	}
 	before, _ := b.heap.Stats()
 	var all []error
-	// First, removals that a process died in the middle of: what they had
-	// not freed yet is still queued in their channels, which the walk
-	// below no longer sees (channel.Registry.FinishRemovals).
-	_, err = b.reg.FinishRemovals(context.Background())
-	all = append(all, err)
 	queued := map[mem.Off]bool{}
 	var abandoned []*channel.Entry
 	named := map[mem.Off]bool{} // doorbells that channels name
-	all = append(all, b.reg.Each(func(en *channel.Entry) error {
-		ops := channelTypes[en.Type]
-		// First, whatever else fails for this channel: dead processes'
-		// doorbells that no channel names are freed below.
-		if ops.bell != nil {
-			if d := ops.bell(b, en); d != 0 {
-				named[d] = true
+	// First, removals that a process died in the middle of: what they had
+	// not freed yet is still queued in their channels, which the walk of
+	// ready channels does not see. The walk and the freeing of dead
+	// processes' records run in the same critical section of the registry
+	// lock, so that no removal begins (and dies) in between
+	// (channel.Registry.FinishRemovals).
+	_, err = b.reg.FinishRemovals(context.Background(), func() error {
+		werr := b.reg.Each(func(en *channel.Entry) error {
+			ops := channelTypes[en.Type]
+			// First, whatever else fails for this channel: dead processes'
+			// doorbells that no channel names are freed below.
+			if ops.bell != nil {
+				if d := ops.bell(b, en); d != 0 {
+					named[d] = true
+				}
 			}
-		}
-		if ops.pending != nil {
-			pending, err := ops.pending(b, en)
-			if !en.Valid() {
-				return nil // removed while we read it: what we read was freed memory
+			if ops.pending != nil {
+				pending, err := ops.pending(b, en)
+				if !en.Valid() {
+					return nil // removed while we read it: what we read was freed memory
+				}
+				if err != nil {
+					return fmt.Errorf("%s channel %d: %w", en.Type, en.ID, err)
+				}
+				for _, off := range pending {
+					queued[off] = true
+				}
 			}
-			if err != nil {
-				return fmt.Errorf("%s channel %d: %w", en.Type, en.ID, err)
+			if ops.abandoned != nil && ops.abandoned(b, en) {
+				abandoned = append(abandoned, en)
 			}
-			for _, off := range pending {
-				queued[off] = true
-			}
-		}
-		if ops.abandoned != nil && ops.abandoned(b, en) {
-			abandoned = append(abandoned, en)
-		}
-		return nil
-	}))
-	all = append(all, b.freeDeadBells(named), b.recoverExtents())
-	_, err = b.recs.recover(queued)
+			return nil
+		})
+		_, rerr := b.recs.recover(queued)
+		return errors.Join(werr, b.freeDeadBells(named), b.recoverExtents(), rerr)
+	})
 	all = append(all, err)
 	for _, en := range abandoned {
 		ops := channelTypes[en.Type]

@@ -1,6 +1,7 @@
 package ipc
 
 import (
+	"encoding/binary"
 	"testing"
 
 	"github.com/heapipc/ipc/backend"
@@ -99,7 +100,7 @@ func TestFinishInterruptedRemoval(t *testing.T) {
 				_, err = b.Recover()
 				require.NoError(t, err)
 			}
-			u, err := b.reg.FinishRemovals(ctx)
+			u, err := b.reg.FinishRemovals(ctx, nil)
 			require.NoError(t, err)
 			require.Zero(t, u.Removals, "nothing left to finish")
 			require.NoError(t, hp.Close())
@@ -207,5 +208,41 @@ func TestDamagedRemovingStateRefused(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, byte(42), got.Bytes()[0])
 	require.NoError(t, h.Free(got))
+	require.NoError(t, b.Check())
+}
+
+// TestRecoverRemovesHalfCreatedMailboxSems: a mailbox whose creator died
+// before publishing it (its semaphores made, its entry still
+// "initializing") has its semaphores removed when Recover frees its
+// entry, which Destroy would no longer see.
+func TestRecoverRemovesHalfCreatedMailboxSems(t *testing.T) {
+	b, err := Open(testutil.Name(t), WithSize(32<<20))
+	require.NoError(t, err)
+	t.Cleanup(func() { b.Destroy() })
+	h, err := b.NewHandle()
+	require.NoError(t, err)
+	defer h.Close()
+	const id = 9
+	q, err := h.Requester(id)
+	require.NoError(t, err)
+	require.NoError(t, q.Close())
+	en, err := b.reg.Lookup(id)
+	require.NoError(t, err)
+	// The entry as a creator that died left it.
+	raw := b.region.Bytes()[en.Off : en.Off+48]
+	require.Equal(t, []byte{2, 0, 0, 0}, raw[:4], "the test knows where an entry's state is")
+	raw[0] = 1
+	binary.LittleEndian.PutUint64(raw[40:], uint64(testutil.DeadIdentity(t)))
+	sems, err := b.region.Semaphores()
+	require.NoError(t, err)
+	names := channel.MailboxSemNames(b.region.Name(), id)
+	_, err = b.Recover()
+	require.NoError(t, err)
+	for _, name := range names {
+		_, err := sems.Open(name, backend.SemOptions{})
+		require.ErrorIs(t, err, ErrNotExist, "semaphore %s left behind", name)
+	}
+	_, err = b.reg.Lookup(id)
+	require.ErrorIs(t, err, ErrNotExist)
 	require.NoError(t, b.Check())
 }

@@ -155,6 +155,7 @@ type Registry struct {
 	// nothing to vet or free.
 	vetRemoval func(en *Entry) error
 	freeItems  func(en *Entry) error
+	dropNames  func(en *Entry) error
 }
 
 // SetFreeItems gives the registry what releases a channel's memory
@@ -167,9 +168,12 @@ type Registry struct {
 // channel whose control block is not one of its type, or of which a live
 // process holds an end (no end can be claimed once a removal has begun,
 // and none was held by a live process when it began). Such an entry is
-// left as it is and reported.
-func (g *Registry) SetFreeItems(vet, free func(en *Entry) error) {
-	g.vetRemoval, g.freeItems = vet, free
+// left as it is and reported. drop removes the names a channel makes
+// outside the buffer (semaphores) when its creator died before
+// publishing it: by id and type alone, as its control block may not be
+// initialized.
+func (g *Registry) SetFreeItems(vet, free, drop func(en *Entry) error) {
+	g.vetRemoval, g.freeItems, g.dropNames = vet, free, drop
 }
 
 func semName(r *backend.Region) string { return r.Name() + ".reg" }
@@ -483,8 +487,10 @@ func (g *Registry) create(ctx context.Context, id ID, spec Spec) (*Entry, bool, 
 				}
 				return nil
 			}
-			// Finish what the dead process left and reuse the entry.
-			if err := g.finish(cur, curOff); err != nil {
+			// Finish what the dead process left and reuse the entry
+			// (what could not be freed of a dead channel is no reason
+			// not to make the new one).
+			if ok, err := g.finish(cur, curOff); !ok {
 				return err
 			}
 			e, off = cur, curOff
@@ -656,7 +662,7 @@ func (g *Registry) Remove(ctx context.Context, en *Entry, cond func() bool, free
 		}
 		ferr = errors.Join(ferr, g.freeControl(en.e))
 		en.e.State.Store(entryFree)
-		g.root.Live.Add(^uint64(0))
+		g.decLive()
 		g.cache.Delete(en.ID)
 		removed = true
 		return ferr
@@ -691,14 +697,19 @@ var errControlMoved = errors.New("control block no longer the entry's")
 
 // finish completes, under the lock, what a process that died left of an
 // entry: a removal (its items freed through freeItems, then its control
-// block), or a creation (its control block). The entry becomes free.
-func (g *Registry) finish(e *entry, off mem.Off) error {
+// block), or a creation (the names it made outside the buffer, through
+// dropNames, and its control block). The entry becomes free, unless the
+// removal is refused (vetRemoval: then ok is false, err says why, and
+// nothing changed). err also reports what could not be freed.
+func (g *Registry) finish(e *entry, off mem.Off) (ok bool, err error) {
 	st := e.State.Load()
 	var all []error
-	if en := (&Entry{e: e, Off: off, ID: ID(e.ID.Load()), Type: Type(e.Type.Load()), Control: mem.Off(e.Control.Load()), Size: e.Size.Load(), Gen: e.Gen.Load()}); st == entryRemoving && en.Control != 0 {
+	en := &Entry{e: e, Off: off, ID: ID(e.ID.Load()), Type: Type(e.Type.Load()), Control: mem.Off(e.Control.Load()), Size: e.Size.Load(), Gen: e.Gen.Load()}
+	switch {
+	case st == entryRemoving && en.Control != 0:
 		if g.vetRemoval != nil {
 			if err := g.vetRemoval(en); err != nil {
-				return errs.Corrupt("registry entry.State", uint64(off), "%s channel %d is marked removing, but: %v", en.Type, en.ID, err)
+				return false, errs.Corrupt("registry entry.State", uint64(off), "%s channel %d is marked removing, but: %v", en.Type, en.ID, err)
 			}
 		}
 		if g.freeItems != nil {
@@ -706,14 +717,32 @@ func (g *Registry) finish(e *entry, off mem.Off) error {
 				all = append(all, fmt.Errorf("finishing the removal of %s channel %d: %w", en.Type, en.ID, err))
 			}
 		}
+	case st == entryInitializing && g.dropNames != nil:
+		// The id is this entry's: no other channel has these names.
+		if err := g.dropNames(en); err != nil {
+			all = append(all, fmt.Errorf("%s channel %d whose creator died: %w", en.Type, en.ID, err))
+		}
 	}
 	all = append(all, g.freeControl(e))
-	if st == entryRemoving {
-		g.root.Live.Add(^uint64(0))
-	}
+	// Free first, then counted off: a death in between leaves the count
+	// one too high rather than counting the channel off twice when the
+	// entry is finished again.
 	e.State.Store(entryFree)
-	g.cache.Delete(ID(e.ID.Load()))
-	return errors.Join(all...)
+	if st == entryRemoving {
+		g.decLive()
+	}
+	g.cache.Delete(en.ID)
+	return true, errors.Join(all...)
+}
+
+// decLive counts a channel off Live, which never goes below zero.
+func (g *Registry) decLive() {
+	for {
+		v := g.root.Live.Load()
+		if v == 0 || g.root.Live.CompareAndSwap(v, v-1) {
+			return
+		}
+	}
 }
 
 // Unfinished is what FinishRemovals found and finished.
@@ -727,7 +756,14 @@ type Unfinished struct {
 // under the lock), and frees the entries of channels whose creator died
 // before publishing them. What they held comes back to the heap; the
 // entries are reused by later channels.
-func (g *Registry) FinishRemovals(ctx context.Context) (Unfinished, error) {
+//
+// then, if not nil, runs in the same critical section after them: Recover
+// walks the channels and frees dead processes' records there, so that no
+// removal can begin and die between the walk (which sees only ready
+// channels) and the freeing (which would take the records still queued in
+// that channel for a dead holder's, and free them, while the channel still
+// names them).
+func (g *Registry) FinishRemovals(ctx context.Context, then func() error) (Unfinished, error) {
 	var u Unfinished
 	err := g.withLock(ctx, func() error {
 		var all []error
@@ -744,14 +780,21 @@ func (g *Registry) FinishRemovals(ctx context.Context) (Unfinished, error) {
 				}
 				switch st := e.State.Load(); {
 				case st == entryRemoving:
-					u.Removals++
-					all = append(all, g.finish(e, off))
+					if ok, err := g.finish(e, off); ok {
+						u.Removals++
+					} else {
+						all = append(all, err)
+					}
 				case st == entryInitializing && !sys.Alive(sys.Identity(e.Creator.Load())):
 					u.Creations++
-					all = append(all, g.finish(e, off))
+					_, err := g.finish(e, off)
+					all = append(all, err)
 				}
 				off = mem.Off(e.Next.Load())
 			}
+		}
+		if then != nil {
+			all = append(all, then())
 		}
 		return errors.Join(all...)
 	})

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/heapipc/ipc/internal/mem"
+	"github.com/stretchr/testify/require"
 )
 
 // TestAllocFreeBatch: batches cross slab refills, every record is its
@@ -243,4 +244,42 @@ func TestLocateNext(t *testing.T) {
 		t.Fatalf("%d records still live", st.LiveRecords)
 	}
 	mustCheck(t, p, "at the end")
+}
+
+// TestForgedSlabAtHeapEnd: a slab header forged (valid words, the
+// buffer's salt and a live generation) in the last pages of the heap,
+// with a record header whose data runs past the heap's end: Bytes, Free
+// and FreeBatch refuse the record instead of slicing past the mapping.
+func TestForgedSlabAtHeapEnd(t *testing.T) {
+	p := newPool(t, heapCombo, 16<<20, Options{})
+	hd := p.NewHandle()
+	defer hd.Close()
+	real, err := hd.Alloc(64)
+	require.NoError(t, err)
+	sl, ok := p.slotOf(real.Off, &slabSeen{})
+	require.True(t, ok)
+	if uint64(p.hi) != uint64(len(p.b)) {
+		t.Skipf("the heap ends %d bytes before the mapping: nothing to slice past", uint64(len(p.b))-uint64(p.hi))
+	}
+	fake := (uint64(p.hi) - 2*p.ps) &^ (p.ps - 1)
+	require.Greater(t, fake, sl.slab)
+	for w := uint64(0); w < 5; w++ {
+		p.words[fake/8+w].Store(p.words[sl.slab/8+w].Load())
+	}
+	p.words[fake/8+2].Store(fake) // Self
+	ln := uint32(slotGranules(64, p.align))
+	pos := uint32((uint64(p.hi)-fake)/granule - 2) // data starts 16 bytes before the end
+	g := fake/granule + uint64(pos)
+	key := p.salt ^ genOf(p.words[fake/8].Load())
+	p.plain[2*g] = packHalves(pos, ln)
+	p.plain[2*g+1] = packHalves(64, recCheck(pos, ln, 64, key))
+	off := mem.Off((g + 1) * granule)
+	require.Less(t, uint64(off), uint64(p.hi))
+	_, err = p.Bytes(off)
+	require.ErrorIs(t, err, ErrNotAllocated)
+	require.ErrorIs(t, p.Free(off), ErrNotAllocated)
+	require.ErrorIs(t, p.FreeBatch([]mem.Off{off, off + mem.Off(ln)*granule}), ErrNotAllocated)
+	clear(p.words[fake/8 : fake/8+5])
+	p.plain[2*g], p.plain[2*g+1] = 0, 0
+	require.NoError(t, p.Free(real.Off))
 }

@@ -204,6 +204,8 @@ func (p *Pool) locate(off mem.Off, loc *located) error {
 		if err := p.checkGeometry(slab, sh); err != nil {
 			return err
 		}
+	} else if uint64(slab)+p.slabSize > uint64(p.hi) {
+		return notRecord(off, "slab header beyond the heap")
 	}
 	if hd.Pos < sh.RecBase || uint64(hd.Pos)+uint64(hd.Len) > uint64(sh.Limit) ||
 		uint64(hd.Len) != slotGranules(uint64(hd.Size), uint64(sh.Align)) {
@@ -377,7 +379,8 @@ func (p *Pool) slotOf(off mem.Off, c *slabSeen) (sl slot, ok bool) {
 	}
 	if slab != c.slab || ident != c.ident {
 		sh := p.words[slab/8 : slab/8+5 : slab/8+5]
-		if sh[2].Load() != slab || sh[1].Load() != p.want[0] || sh[3].Load() != p.want[1] || sh[4].Load() != p.want[2] {
+		if sh[2].Load() != slab || sh[1].Load() != p.want[0] || sh[3].Load() != p.want[1] || sh[4].Load() != p.want[2] ||
+			slab+p.slabSize > uint64(p.hi) {
 			return sl, false
 		}
 		c.slab, c.ident = slab, ident
