@@ -766,37 +766,25 @@ type Unfinished struct {
 func (g *Registry) FinishRemovals(ctx context.Context, then func() error) (Unfinished, error) {
 	var u Unfinished
 	err := g.withLock(ctx, func() error {
-		var all []error
-		for i := range g.dir {
-			off := mem.Off(g.dir[i].Load())
-			limit := g.maxChain()
-			for steps := 0; off != 0; steps++ {
-				if steps > limit {
-					return errors.Join(append(all, errs.Corrupt("registry chain", uint64(off), "cycle or overlong chain in bucket %d", i))...)
+		err := g.walk(func(e *entry, off mem.Off) error {
+			switch st := e.State.Load(); {
+			case st == entryRemoving:
+				ok, err := g.finish(e, off)
+				if ok {
+					u.Removals++
 				}
-				e, err := g.entryAt(off)
-				if err != nil {
-					return errors.Join(append(all, err)...)
-				}
-				switch st := e.State.Load(); {
-				case st == entryRemoving:
-					if ok, err := g.finish(e, off); ok {
-						u.Removals++
-					} else {
-						all = append(all, err)
-					}
-				case st == entryInitializing && !sys.Alive(sys.Identity(e.Creator.Load())):
-					u.Creations++
-					_, err := g.finish(e, off)
-					all = append(all, err)
-				}
-				off = mem.Off(e.Next.Load())
+				return err
+			case st == entryInitializing && !sys.Alive(sys.Identity(e.Creator.Load())):
+				u.Creations++
+				_, err := g.finish(e, off)
+				return err
 			}
-		}
+			return nil
+		})
 		if then != nil {
-			all = append(all, then())
+			err = errors.Join(err, then())
 		}
-		return errors.Join(all...)
+		return err
 	})
 	return u, err
 }
@@ -807,6 +795,20 @@ func (g *Registry) FinishRemovals(ctx context.Context, then func() error) (Unfin
 // fields may be torn): for removing the names a channel made outside the
 // buffer when the buffer is destroyed.
 func (g *Registry) EachUnfinished(f func(*Entry) error) error {
+	return g.walk(func(e *entry, off mem.Off) error {
+		st := e.State.Load()
+		if st == entryRemoving || (st == entryInitializing && !sys.Alive(sys.Identity(e.Creator.Load()))) {
+			return f(&Entry{e: e, Off: off, ID: ID(e.ID.Load()), Type: Type(e.Type.Load())})
+		}
+		return nil
+	})
+}
+
+// walk calls f for every entry of every bucket chain (a chain's next
+// entry is read after f returns) and joins f's errors; a chain that is
+// a cycle or longer than the registry's entries ends the walk with an
+// ErrCorrupt.
+func (g *Registry) walk(f func(e *entry, off mem.Off) error) error {
 	var all []error
 	for i := range g.dir {
 		off := mem.Off(g.dir[i].Load())
@@ -819,10 +821,7 @@ func (g *Registry) EachUnfinished(f func(*Entry) error) error {
 			if err != nil {
 				return errors.Join(append(all, err)...)
 			}
-			st := e.State.Load()
-			if st == entryRemoving || (st == entryInitializing && !sys.Alive(sys.Identity(e.Creator.Load()))) {
-				all = append(all, f(&Entry{e: e, Off: off, ID: ID(e.ID.Load()), Type: Type(e.Type.Load())}))
-			}
+			all = append(all, f(e, off))
 			off = mem.Off(e.Next.Load())
 		}
 	}
@@ -831,28 +830,14 @@ func (g *Registry) EachUnfinished(f func(*Entry) error) error {
 
 // Each calls f for every channel in the ready state.
 func (g *Registry) Each(f func(*Entry) error) error {
-	var all error
-	for i := range g.dir {
-		off := mem.Off(g.dir[i].Load())
-		limit := g.maxChain()
-		for steps := 0; off != 0; steps++ {
-			if steps > limit {
-				return errors.Join(all, errs.Corrupt("registry chain", uint64(off), "cycle or overlong chain in bucket %d", i))
-			}
-			e, err := g.entryAt(off)
-			if err != nil {
-				return errors.Join(all, err)
-			}
-			if e.State.Load() == entryReady {
-				en, err := g.wrap(e, off)
-				if err != nil {
-					all = errors.Join(all, err)
-				} else if en != nil {
-					all = errors.Join(all, f(en))
-				}
-			}
-			off = mem.Off(e.Next.Load())
+	return g.walk(func(e *entry, off mem.Off) error {
+		if e.State.Load() != entryReady {
+			return nil
 		}
-	}
-	return all
+		en, err := g.wrap(e, off)
+		if err != nil || en == nil {
+			return err
+		}
+		return f(en)
+	})
 }
