@@ -15,6 +15,45 @@ import (
 // remover's death.
 type removalCrash struct{}
 
+// crashRemovalAt runs remove, which must die (panic out) at the nth time
+// it reaches the crash point.
+func crashRemovalAt(t *testing.T, point string, nth int, remove func()) {
+	t.Helper()
+	reached := 0
+	removeHook = func(p string) {
+		if p == point {
+			if reached++; reached == nth {
+				panic(removalCrash{})
+			}
+		}
+	}
+	defer func() {
+		removeHook = nil
+		require.Equal(t, removalCrash{}, recover())
+	}()
+	remove()
+	t.Fatal("the crash point was not reached")
+}
+
+// mailboxOnDefaults opens a buffer on the default backends (where
+// semaphores are names of the system's) with mailbox id created and its
+// end closed, and returns the mailbox's semaphore backend and names.
+func mailboxOnDefaults(t *testing.T, id ChannelID) (*Buffer, *Handle, backend.SemaphoreBackend, [4]string) {
+	t.Helper()
+	b, err := Open(testutil.Name(t), WithSize(32<<20))
+	require.NoError(t, err)
+	t.Cleanup(func() { b.Destroy() })
+	h, err := b.NewHandle()
+	require.NoError(t, err)
+	t.Cleanup(func() { h.Close() })
+	q, err := h.Requester(id)
+	require.NoError(t, err)
+	require.NoError(t, q.Close())
+	sems, err := b.region.Semaphores()
+	require.NoError(t, err)
+	return b, h, sems, channel.MailboxSemNames(b.region.Name(), id)
+}
+
 // TestFinishInterruptedRemoval: RemoveChannel dies (a panic out of the
 // registry's critical section, with a dead identity as the remover)
 // after freeing the first of five queued records and taking the second
@@ -58,23 +97,8 @@ func TestFinishInterruptedRemoval(t *testing.T) {
 
 			self := b.recs.self
 			b.recs.self = testutil.DeadIdentity(t) // the remover, as the holder of what it takes
-			taken := 0
-			removeHook = func(point string) {
-				if point == "records:taken" {
-					if taken++; taken == 2 {
-						panic(removalCrash{})
-					}
-				}
-			}
-			func() {
-				defer func() {
-					removeHook = nil
-					b.recs.self = self
-					require.Equal(t, removalCrash{}, recover())
-				}()
-				hp.RemoveChannel(ctx, id)
-				t.Fatal("the crash point was not reached")
-			}()
+			crashRemovalAt(t, "records:taken", 2, func() { hp.RemoveChannel(ctx, id) })
+			b.recs.self = self
 			_, err = b.reg.Lookup(id)
 			require.ErrorIs(t, err, ErrNotExist, "a channel being removed is not found")
 			st, err := b.Stats()
@@ -121,43 +145,15 @@ func TestFinishInterruptedRemoval(t *testing.T) {
 // the same (on the default backends, where they are names of the
 // system's).
 func TestDestroyRemovesUnfinishedMailboxSems(t *testing.T) {
-	b, err := Open(testutil.Name(t), WithSize(32<<20))
-	require.NoError(t, err)
-	destroyed := false
-	t.Cleanup(func() {
-		if !destroyed {
-			b.Destroy()
-		}
-	})
-	h, err := b.NewHandle()
-	require.NoError(t, err)
 	const id = 7
-	q, err := h.Requester(id)
-	require.NoError(t, err)
-	require.NoError(t, q.Close())
-	sems, err := b.region.Semaphores()
-	require.NoError(t, err)
-	names := channel.MailboxSemNames(b.region.Name(), id)
-	removeHook = func(point string) {
-		if point == "mailbox:sems" {
-			panic(removalCrash{})
-		}
-	}
-	func() {
-		defer func() {
-			removeHook = nil
-			require.Equal(t, removalCrash{}, recover())
-		}()
-		h.RemoveMailbox(t.Context(), id)
-		t.Fatal("the crash point was not reached")
-	}()
+	b, h, sems, names := mailboxOnDefaults(t, id)
+	crashRemovalAt(t, "mailbox:sems", 1, func() { h.RemoveMailbox(t.Context(), id) })
 	for _, name := range names {
 		s, err := sems.Open(name, backend.SemOptions{})
 		require.NoError(t, err, "semaphore %s still there before Destroy", name)
 		s.Close()
 	}
 	require.NoError(t, h.Close())
-	destroyed = true
 	require.NoError(t, b.Destroy())
 	for _, name := range names {
 		_, err := sems.Open(name, backend.SemOptions{})
@@ -216,16 +212,8 @@ func TestDamagedRemovingStateRefused(t *testing.T) {
 // "initializing") has its semaphores removed when Recover frees its
 // entry, which Destroy would no longer see.
 func TestRecoverRemovesHalfCreatedMailboxSems(t *testing.T) {
-	b, err := Open(testutil.Name(t), WithSize(32<<20))
-	require.NoError(t, err)
-	t.Cleanup(func() { b.Destroy() })
-	h, err := b.NewHandle()
-	require.NoError(t, err)
-	defer h.Close()
 	const id = 9
-	q, err := h.Requester(id)
-	require.NoError(t, err)
-	require.NoError(t, q.Close())
+	b, _, sems, names := mailboxOnDefaults(t, id)
 	en, err := b.reg.Lookup(id)
 	require.NoError(t, err)
 	// The entry as a creator that died left it.
@@ -233,9 +221,6 @@ func TestRecoverRemovesHalfCreatedMailboxSems(t *testing.T) {
 	require.Equal(t, []byte{2, 0, 0, 0}, raw[:4], "the test knows where an entry's state is")
 	raw[0] = 1
 	binary.LittleEndian.PutUint64(raw[40:], uint64(testutil.DeadIdentity(t)))
-	sems, err := b.region.Semaphores()
-	require.NoError(t, err)
-	names := channel.MailboxSemNames(b.region.Name(), id)
 	_, err = b.Recover()
 	require.NoError(t, err)
 	for _, name := range names {

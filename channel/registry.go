@@ -528,9 +528,7 @@ func (g *Registry) create(ctx context.Context, id ID, spec Spec) (*Entry, bool, 
 	// our identity as creator).
 	fail := func(err error) (*Entry, bool, error) {
 		g.withLock(context.Background(), func() error {
-			if c := e.Control.Swap(0); c != 0 {
-				g.heap.Free(mem.Off(c))
-			}
+			g.freeControl(e)
 			e.State.Store(entryFree)
 			return nil
 		})
