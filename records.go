@@ -84,11 +84,13 @@ func attachRecords(r *backend.Region, h *alloc.Heap, cfg config) (*records, erro
 
 // slabHandle is a Handle's slab cache.
 type slabHandle struct {
+	_     mem.Pad
 	rs    *records
 	h     *slab.Handle
 	offs  []mem.Off // allocBatch's and freeBatch's scratch
 	taken slab.Slot // the record take returned last, for free
 	last  slab.Slot // the record take located last: where the next one is expected
+	_     mem.Pad
 }
 
 func (rs *records) newHandle() (*slabHandle, error) {

@@ -3,6 +3,7 @@ package ipc
 import (
 	"context"
 	"os"
+	"reflect"
 	"testing"
 
 	"github.com/heapipc/ipc/alloc"
@@ -10,6 +11,7 @@ import (
 	"github.com/heapipc/ipc/internal/mem"
 	"github.com/heapipc/ipc/internal/sys"
 	"github.com/heapipc/ipc/internal/testutil"
+	"github.com/heapipc/ipc/slab"
 	"github.com/stretchr/testify/require"
 )
 
@@ -243,4 +245,18 @@ func TestRecoverUnmarkedExtent(t *testing.T) {
 	require.Equal(t, before.FreeBytes, after.FreeBytes)
 	require.NoError(t, b.Check())
 	require.NoError(t, sp.Remove(t.Context()))
+}
+
+// TestHotStructsPadded: the Go structures that one goroutine writes on
+// every record (channel ends' cached indices, a handle's allocation
+// cursor and located slots) start and end with a mem.Pad, so that no
+// other Go object shares their cache lines (mem.Pad says what that cost).
+func TestHotStructsPadded(t *testing.T) {
+	for _, v := range []any{channel.RecordProducer{}, channel.RecordConsumer{}, channel.MPSCConsumer{}, slab.Handle{}, slabHandle{}} {
+		typ := reflect.TypeOf(v)
+		first, last := typ.Field(0), typ.Field(typ.NumField()-1)
+		require.Equal(t, reflect.TypeFor[mem.Pad](), first.Type, "%v does not start with a mem.Pad", typ)
+		require.Equal(t, reflect.TypeFor[mem.Pad](), last.Type, "%v does not end with a mem.Pad", typ)
+		require.GreaterOrEqual(t, int(typ.Size()-last.Offset), mem.CacheLine, "%v: trailing pad", typ)
+	}
 }

@@ -285,6 +285,7 @@ func (p *MPSCProducer) Close() {
 
 // MPSCConsumer is the consumer (one goroutine at a time).
 type MPSCConsumer struct {
+	_ mem.Pad
 	*MPSC
 	// Take, if set, is called with each record's offset before the
 	// consumer frees its slot (the holder hand-over).
@@ -294,6 +295,7 @@ type MPSCConsumer struct {
 	closed  bool
 	stuckAt uint64    // head+1 while the head slot is claimed but unpublished
 	stuckT  time.Time // when that was first seen
+	_       mem.Pad
 }
 
 // AttachConsumer claims the consumer end.

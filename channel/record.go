@@ -233,12 +233,14 @@ func claim(w *atomic.Uint64, self sys.Identity, what string) (takenOver sys.Iden
 // RecordProducer is the producer end. Its methods must be called from one
 // goroutine at a time.
 type RecordProducer struct {
+	_ mem.Pad
 	*Ring
 	self      sys.Identity
 	tail      uint64 // local copy of Tail
 	headCache uint64
 	relaxed   uint64 // relax's results, kept so that its work is not elided
 	closed    bool
+	_         mem.Pad
 }
 
 // AttachProducer claims the producer end (ErrBusy if a live process holds
@@ -422,11 +424,13 @@ func (p *RecordProducer) Close() (consumerClosed bool) {
 // package ipc): Next or PeekBatch read slots without consuming them, and
 // Advance consumes them. TryReceive and TryReceiveBatch do both.
 type RecordConsumer struct {
+	_ mem.Pad
 	*Ring
 	self      sys.Identity
 	head      uint64
 	tailCache uint64
 	closed    bool
+	_         mem.Pad
 }
 
 // AttachConsumer claims the consumer end (ErrBusy if a live process holds

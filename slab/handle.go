@@ -23,6 +23,7 @@ import (
 // documentation), or takes a new one under the heap lock. Records too
 // large for a slab get an extent of their own.
 type Handle struct {
+	_      mem.Pad
 	p      *Pool
 	slab   mem.Off // current slab, 0: none
 	sh     *slabHeader
@@ -33,6 +34,7 @@ type Handle struct {
 	spares []spare // full slabs kept to start over, oldest first
 	seen   slabSeen
 	closed bool
+	_      mem.Pad
 }
 
 // NewHandle returns a handle that allocates in this process's name.

@@ -26,6 +26,16 @@ type Off uint64
 // some arm64 cores.
 const CacheLine = 128
 
+// Pad keeps a Go structure that one goroutine writes on every operation
+// (a channel end's cached indices, a handle's allocation cursor) off the
+// cache lines of its neighbours on the Go heap: placed first and last, it
+// leaves no other object within a line of the fields between. Without it
+// a producer's and a consumer's ends, allocated side by side in the same
+// size class, could share a line, and every record then moved that line
+// between the cores twice (a two-goroutine benchmark ran at a third of
+// its speed in about one run in eight).
+type Pad [CacheLine]byte
+
 // Problems check finds.
 const (
 	okRange = iota
