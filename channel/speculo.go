@@ -1722,7 +1722,8 @@ func (s *Speculo) Abandoned() bool {
 // removing the area, when no live process uses it. Extents that do not
 // validate are reported and left alone. Each extent is detached from the
 // area (Pending cleared, Oldest moved on, or Current cleared) in the
-// critical section of the heap lock that frees it, so that a removal
+// critical section of the heap lock that frees it (and so is the extent
+// a writer killed in a reap had unlinked, Freeing), so that a removal
 // that dies in the middle and is run again picks up where it stopped
 // (channel.Registry.FinishRemovals): it neither frees an extent twice
 // nor loses the rest of the chain.
@@ -1774,6 +1775,16 @@ func (s *Speculo) FreeExtents() error {
 		}
 		spHook("free:one")
 		o = next
+	}
+	if f := cb.Freeing.Load(); f != 0 {
+		// A writer killed in a reap, between unlinking the oldest
+		// extent and freeing it, left it out of the chain. Still an
+		// extent of this area: free it; without its magic it was freed
+		// (the writer died after that) and may be someone else's now.
+		if h, err := mem.At[spExtentHdr](s.buf, mem.Off(f)); err == nil && h.Magic.Load() == spExtentMagic && h.Area.Load() == uint64(s.cbOff) {
+			all = append(all, s.freeExtentThen(f, func() { cb.Freeing.Store(0) }))
+		}
+		cb.Freeing.Store(0)
 	}
 	cb.Current.Store(0)
 	cb.Oldest.Store(0)

@@ -1165,3 +1165,34 @@ func TestSpeculoFreeExtentsResumes(t *testing.T) {
 	require.Zero(t, sp.cb.Current.Load())
 	require.Zero(t, sp.cb.Oldest.Load())
 }
+
+// TestSpeculoRemoveAfterReapCrash: a writer killed in a reap, after it
+// unlinked the oldest extent and before it freed it, and no writer after
+// it: removing the area frees that extent too (it is in none of the
+// chains, only in Freeing). Killed after the free instead (Freeing names
+// a freed extent), the removal frees the rest and reports nothing.
+func TestSpeculoRemoveAfterReapCrash(t *testing.T) {
+	for _, freed := range []bool{false, true} {
+		t.Run(map[bool]string{false: "unlinked", true: "freed"}[freed], func(t *testing.T) {
+			f := newSpFix(t, backend.Heap, 4<<20)
+			sp, _ := f.area(t, 1, 4096, SpeculoConfig{Slots: 2}, nil)
+			empty := f.free(t)
+			w, err := sp.AttachWriter()
+			require.NoError(t, err)
+			for v := uint64(1); v <= 3; v++ {
+				put(t, w, 7, 50, v, 0)
+			}
+			crashAt(t, "reap:unlinked", func() { w.GC() })
+			sp.cb.Writer.Store(uint64(testutil.DeadIdentity(t)))
+			out := sp.cb.Freeing.Load()
+			require.NotZero(t, out)
+			require.NotEqual(t, out, sp.cb.Oldest.Load(), "unlinked")
+			if freed {
+				require.NoError(t, sp.freeExtent(out))
+			}
+			require.NoError(t, sp.FreeExtents())
+			require.Zero(t, sp.cb.Freeing.Load())
+			require.Equal(t, empty, f.free(t), "every extent back in the heap")
+		})
+	}
+}
