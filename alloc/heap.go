@@ -48,6 +48,11 @@ const (
 	// by the writer that allocated it: the buffer's Recover frees those
 	// of dead writers that no area had claimed yet (RecoverKind).
 	KindExtent Kind = 4
+	// KindControl is a channel's control block (package channel), with
+	// no owner: the registry frees it when it removes the channel, and
+	// frees nothing else through an entry (a damaged entry cannot make
+	// it free a slab, an extent or the registry's own blocks).
+	KindControl Kind = 5
 )
 
 func (k Kind) String() string {
@@ -62,6 +67,8 @@ func (k Kind) String() string {
 		return "doorbell"
 	case KindExtent:
 		return "extent"
+	case KindControl:
+		return "control"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }

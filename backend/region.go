@@ -19,8 +19,9 @@ import (
 // A buffer of another version is refused with ErrVersion, never
 // reinterpreted. Bump it whenever any shared layout changes (3: record
 // channel slots carry the payload length, and record trailers are 16-byte
-// aligned).
-const LayoutVersion = 3
+// aligned; 4: channel control blocks are extents of their own kind,
+// alloc.KindControl).
+const LayoutVersion = 4
 
 // Magic is "HEAPIPC\x01" read as a little-endian word.
 var Magic = binary.LittleEndian.Uint64([]byte("HEAPIPC\x01"))

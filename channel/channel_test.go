@@ -198,6 +198,48 @@ func TestRegistryInitFailureAndDeadCreator(t *testing.T) {
 	e2.State.Store(entryFree)
 }
 
+// TestFinishRefusesForeignControl: an entry whose dead creator left it
+// initializing, with its Control word damaged to name a slab or the
+// registry's own directory: finishing it frees neither (ErrCorrupt), and
+// the other entries are finished all the same.
+func TestFinishRefusesForeignControl(t *testing.T) {
+	f := newFixture(t, backend.Heap)
+	ctx := t.Context()
+	_, _, err := f.reg.LookupOrCreate(ctx, 1, Spec{Type: TypeStatic, Size: 1, Control: 64})
+	require.NoError(t, err)
+	slab, err := f.heap.AllocFor(ctx, 4096, alloc.KindSlab, sys.Self())
+	require.NoError(t, err)
+	dir := mem.Off(f.reg.root.Dir)
+	halfMade := func(id ID, control mem.Off) *entry {
+		e, _, err := f.reg.freeEntryLocked(t, id)
+		require.NoError(t, err)
+		e.ID.Store(uint64(id))
+		e.Control.Store(uint64(control))
+		e.Creator.Store(uint64(testutil.DeadIdentity(t)))
+		e.State.Store(entryInitializing)
+		return e
+	}
+	before, err := f.heap.Allocated()
+	require.NoError(t, err)
+	bad1, bad2 := halfMade(6, slab), halfMade(7, dir)
+	own, err := f.heap.AllocFor(ctx, 64, alloc.KindControl, 0)
+	require.NoError(t, err)
+	good := halfMade(8, own)
+
+	u, err := f.reg.FinishRemovals(ctx, nil)
+	require.ErrorIs(t, err, errs.ErrCorrupt)
+	require.Equal(t, 3, u.Creations)
+	after, err := f.heap.Allocated()
+	require.NoError(t, err)
+	require.Equal(t, before, after, "the slab and the directory are still allocated; the real control block was freed")
+	for _, e := range []*entry{bad1, bad2, good} {
+		require.EqualValues(t, entryFree, e.State.Load())
+	}
+	require.NoError(t, f.heap.Free(slab))
+	_, err = f.reg.Lookup(1)
+	require.NoError(t, err, "the registry still works")
+}
+
 func TestRegistryCorruptChain(t *testing.T) {
 	f := newFixture(t, backend.Heap)
 	ctx := context.Background()

@@ -535,7 +535,7 @@ func (g *Registry) create(ctx context.Context, id ID, spec Spec) (*Entry, bool, 
 		return nil, false, err
 	}
 	if spec.Control > 0 {
-		cOff, err := g.heap.Alloc(int(spec.Control))
+		cOff, err := g.heap.AllocFor(context.Background(), int(spec.Control), alloc.KindControl, 0)
 		if err != nil {
 			return fail(fmt.Errorf("channel %d control block of %d bytes: %w", id, spec.Control, err))
 		}
@@ -672,15 +672,20 @@ func (g *Registry) Remove(ctx context.Context, en *Entry, cond func() bool, free
 // same critical section of the heap lock, so that a removal that is run
 // again after its process died never frees the block twice (by then it
 // may be another channel's). The worst a death inside leaves is a block
-// that Control no longer names and the heap still holds.
+// that Control no longer names and the heap still holds. A Control that
+// does not name a control block (alloc.KindControl) is damage: nothing
+// is freed, and ErrCorrupt says so.
 func (g *Registry) freeControl(e *entry) error {
 	c := e.Control.Load()
 	if c == 0 {
 		return nil
 	}
-	err := g.heap.FreeIf(mem.Off(c), func(alloc.Extent) error {
+	err := g.heap.FreeIf(mem.Off(c), func(x alloc.Extent) error {
 		if e.Control.Load() != c {
 			return errControlMoved
+		}
+		if x.Kind != alloc.KindControl || x.Owner != 0 {
+			return errs.Corrupt("registry entry.Control", uint64(c), "names a %v extent owned by %v, not a control block", x.Kind, x.Owner)
 		}
 		e.Control.Store(0)
 		return nil
