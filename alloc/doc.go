@@ -88,6 +88,8 @@
 // extents of a dead owner (a live one is refused with ErrBusy); Recover
 // frees the KindPlain extents of every dead owner, and RecoverKind those of
 // another kind that the layer above names orphans. The kinds KindSlab and
-// KindLarge belong to package slab, KindDoorbell to package ipc and
-// KindExtent to package channel, which reclaim them by their own rules.
+// KindLarge belong to package slab, KindDoorbell to package ipc, and
+// KindExtent and KindControl (channel control blocks, with no owner: the
+// registry frees them) to package channel, which reclaim them by their
+// own rules.
 package alloc
