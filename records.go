@@ -84,13 +84,27 @@ func attachRecords(r *backend.Region, h *alloc.Heap, cfg config) (*records, erro
 
 // slabHandle is a Handle's slab cache.
 type slabHandle struct {
+	_    mem.Pad
+	rs   *records
+	h    *slab.Handle
+	offs []mem.Off // allocBatch's and freeBatch's scratch
+	// The slots of the last two records take located: slots[cur] the
+	// last (where the next one is expected, and, if taken, the record
+	// take returned last, for free). take locates into the other one
+	// and flips cur, so that no slot is copied (a copy right after the
+	// slot was written stalled the store buffer; see slab's slotAfter).
+	slots [2]slab.Slot
+	cur   uint8
+	taken bool
 	_     mem.Pad
-	rs    *records
-	h     *slab.Handle
-	offs  []mem.Off // allocBatch's and freeBatch's scratch
-	taken slab.Slot // the record take returned last, for free
-	last  slab.Slot // the record take located last: where the next one is expected
-	_     mem.Pad
+}
+
+// takenOff is the offset of the record whose slot free can use, or 0.
+func (sh *slabHandle) takenOff() mem.Off {
+	if !sh.taken {
+		return 0
+	}
+	return sh.slots[sh.cur].Off()
 }
 
 func (rs *records) newHandle() (*slabHandle, error) {
@@ -259,8 +273,11 @@ func (sh *slabHandle) take(slot uint64) (Record, bool) {
 	if t == nil {
 		return Record{}, false
 	}
-	s := &sh.last
-	if !sh.h.LocateNext(off, s) || s.Size() != allocSize(n) {
+	prev := &sh.slots[sh.cur]
+	sh.cur ^= 1
+	s := &sh.slots[sh.cur]
+	sh.taken = false
+	if !sh.h.LocateNext(prev, off, s) || s.Size() != allocSize(n) {
 		return Record{}, false
 	}
 	if t.holder().Load() != uint64(rs.self) {
@@ -269,7 +286,7 @@ func (sh *slabHandle) take(slot uint64) (Record, bool) {
 		}
 		t.holder().Store(uint64(rs.self))
 	}
-	sh.taken = *s
+	sh.taken = true
 	end := off + mem.Off(n)
 	return Record{off: off, b: rs.b[off:end:end]}, true
 }
@@ -283,10 +300,9 @@ func (sh *slabHandle) free(off mem.Off, b []byte) (ok bool, err error) {
 		return false, nil
 	}
 	t.Magic = 0 // as records.free does
-	if sh.taken.Off() == off {
-		err := sh.h.FreeSlot(&sh.taken)
-		sh.taken = slab.Slot{}
-		return true, err
+	if sh.takenOff() == off {
+		sh.taken = false
+		return true, sh.h.FreeSlot(&sh.slots[sh.cur])
 	}
 	return true, sh.h.Free(off)
 }

@@ -192,11 +192,11 @@ func TestReceiveKeepsSlotForFree(t *testing.T) {
 	bb, err := c.TryReceive()
 	require.NoError(t, err)
 	require.Equal(t, []byte{0, 1}, []byte{a.Bytes()[0], bb.Bytes()[0]})
-	require.Equal(t, bb.off, h2.sh.taken.Off(), "the slot of the record taken last")
+	require.Equal(t, bb.off, h2.sh.takenOff(), "the slot of the record taken last")
 	require.NoError(t, h2.Free(a), "an earlier record: located afresh")
-	require.Equal(t, bb.off, h2.sh.taken.Off())
+	require.Equal(t, bb.off, h2.sh.takenOff())
 	require.NoError(t, h2.Free(bb), "through the kept slot")
-	require.Equal(t, mem.Off(0), h2.sh.taken.Off(), "a slot is used once")
+	require.Equal(t, mem.Off(0), h2.sh.takenOff(), "a slot is used once")
 	require.ErrorIs(t, h2.Free(bb), ErrDoubleFree)
 
 	cc, err := c.Receive(ctx)
@@ -207,7 +207,7 @@ func TestReceiveKeepsSlotForFree(t *testing.T) {
 	require.Equal(t, cc.off, got.off)
 	require.Equal(t, byte(2), got.Bytes()[0])
 	require.NoError(t, h3.Free(got))
-	require.Equal(t, cc.off, h2.sh.taken.Off(), "h2 still keeps the slot of the record it took last")
+	require.Equal(t, cc.off, h2.sh.takenOff(), "h2 still keeps the slot of the record it took last")
 	require.ErrorIs(t, h2.Free(cc), ErrDoubleFree)
 
 	st, err := b.Stats()

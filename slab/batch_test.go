@@ -179,26 +179,32 @@ func TestLocateNext(t *testing.T) {
 		return s
 	}
 	var s Slot
-	if !hd.LocateNext(offs[0], &s) || s != located(offs[0]) {
+	if !hd.LocateNext(&s, offs[0], &s) || s != located(offs[0]) {
 		t.Fatalf("LocateNext from nothing: %+v, Locate gives %+v", s, located(offs[0]))
 	}
 	for _, off := range offs[1:4] {
-		if !hd.LocateNext(off, &s) || s != located(off) {
+		if !hd.LocateNext(&s, off, &s) || s != located(off) {
 			t.Fatalf("LocateNext(%#x): %+v, Locate gives %+v", off, s, located(off))
 		}
+	}
+	// Into another slot: the previous one is left as it was.
+	prev, want := located(offs[2]), located(offs[2])
+	var out Slot
+	if !hd.LocateNext(&prev, offs[3], &out) || out != located(offs[3]) || prev != want {
+		t.Fatalf("LocateNext into another slot: %+v from %+v", out, prev)
 	}
 	// Freed meanwhile: only the place counts (liveness is Live's).
 	if err := p.Free(offs[3]); err != nil {
 		t.Fatal(err)
 	}
-	if !hd.LocateNext(offs[4], &s) || s != located(offs[4]) {
+	if !hd.LocateNext(&s, offs[4], &s) || s != located(offs[4]) {
 		t.Fatalf("LocateNext after a freed record: %+v", s)
 	}
 	// Not the next one, and in another slab: located in full.
-	if !hd.LocateNext(offs[1], &s) || s != located(offs[1]) {
+	if !hd.LocateNext(&s, offs[1], &s) || s != located(offs[1]) {
 		t.Fatalf("LocateNext of an earlier record: %+v", s)
 	}
-	if !hd.LocateNext(elsewhere.Off, &s) || s.Off() != elsewhere.Off {
+	if !hd.LocateNext(&s, elsewhere.Off, &s) || s.Off() != elsewhere.Off {
 		t.Fatalf("LocateNext of a record in another slab: %+v", s)
 	}
 	// A damaged header at the expected place.
@@ -206,7 +212,7 @@ func TestLocateNext(t *testing.T) {
 	g := uint64(offs[5])/granule - 1
 	w1 := p.plain[2*g+1]
 	p.plain[2*g+1] ^= 1 << 40
-	if hd.LocateNext(offs[5], &s) {
+	if hd.LocateNext(&s, offs[5], &s) {
 		t.Fatalf("LocateNext accepted a damaged header: %+v", s)
 	}
 	// The damaged record fails FreeBatch alone, in the middle of a run.
@@ -220,7 +226,7 @@ func TestLocateNext(t *testing.T) {
 	w0 := p.plain[2*g]
 	p.plain[2*g], p.plain[2*g+1] = p.plain[2*g1], p.plain[2*g1+1]
 	s = located(offs[4])
-	if hd.LocateNext(offs[5], &s) {
+	if hd.LocateNext(&s, offs[5], &s) {
 		t.Fatalf("LocateNext accepted another record's header: %+v", s)
 	}
 	p.plain[2*g], p.plain[2*g+1] = w0, w1
@@ -233,7 +239,7 @@ func TestLocateNext(t *testing.T) {
 	sh := &p.slabs[s.sl.slab/slabHeaderSize]
 	id := sh.Ident.Load()
 	sh.Ident.Store(ident(genOf(id) + 1))
-	if hd.LocateNext(offs[7], &s) {
+	if hd.LocateNext(&s, offs[7], &s) {
 		t.Fatalf("LocateNext accepted a header of the slab's old generation: %+v", s)
 	}
 	sh.Ident.Store(id)

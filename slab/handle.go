@@ -154,18 +154,16 @@ func (h *Handle) Locate(off mem.Off, s *Slot) (ok bool) {
 	return true
 }
 
-// LocateNext is Locate for a record expected right after the one s
+// LocateNext is Locate for a record expected right after the one prev
 // holds (located before, and possibly freed since: only its place
 // counts), as records of one handle follow each other through a channel:
-// it checks the record's header against the slot that follows s in its
-// slab and takes Locate's full path if that is not where the record is.
-// It fills s as Locate does.
-func (h *Handle) LocateNext(off mem.Off, s *Slot) (ok bool) {
-	if s.ident != 0 {
-		if sl, ok := h.p.slotAfter(&s.sl, off, s.ident); ok {
-			s.sl, s.off = sl, off
-			return true
-		}
+// it checks the record's header against the slot that follows prev in
+// its slab and takes Locate's full path if that is not where the record
+// is. It fills s (which may be prev) as Locate does.
+func (h *Handle) LocateNext(prev *Slot, off mem.Off, s *Slot) (ok bool) {
+	if prev.ident != 0 && h.p.slotAfter(&prev.sl, off, prev.ident, &s.sl) {
+		s.off, s.ident = off, prev.ident
+		return true
 	}
 	return h.Locate(off, s)
 }

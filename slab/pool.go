@@ -406,11 +406,18 @@ type slabSeen struct{ slab, ident uint64 }
 // generation wrote, the slab still has that identity, and the slot fits
 // the slab's geometry: what slotOf checks, less what the position in a
 // slab already checked implies (alignment, bounds, the slab's own
-// header). ok false: ask slotOf.
-func (p *Pool) slotAfter(prev *slot, off mem.Off, ident uint64) (sl slot, ok bool) {
-	pos := prev.bit + prev.n + uint64(p.geo.recBase) // granule of the next header in the slab
+// header). It fills out (which may be prev) and reports true, or leaves
+// it alone and reports false: ask slotOf.
+//
+// It writes out field by field rather than returning a slot: the caller's
+// copy of a returned slot re-read the words just stored with wider loads,
+// which the store buffer cannot forward, and stalled on every record
+// (perf annotate, BenchmarkRecordBatchInProcess).
+func (p *Pool) slotAfter(prev *slot, off mem.Off, ident uint64, out *slot) bool {
+	bit := prev.bit + prev.n
+	pos := bit + uint64(p.geo.recBase) // granule of the next header in the slab
 	if pos >= uint64(p.geo.limit) || uint64(off) != prev.slab+(pos+1)*granule {
-		return sl, false
+		return false
 	}
 	g := uint64(off)/granule - 1
 	w0, w1 := p.plain[2*g], p.plain[2*g+1]
@@ -418,9 +425,11 @@ func (p *Pool) slotAfter(prev *slot, off mem.Off, ident uint64) (sl slot, ok boo
 	size, check := unpackHalves(w1)
 	if uint64(hpos) != pos || pos+uint64(ln) > uint64(p.geo.limit) || uint64(ln) != slotGranules(uint64(size), p.align) ||
 		p.words[prev.slab/8].Load() != ident || recCheck(hpos, ln, size, p.salt^uint32(ident>>32)) != check {
-		return sl, false
+		return false
 	}
-	return slot{slab: prev.slab, bit: prev.bit + prev.n, n: uint64(ln), size: uint64(size), gen: prev.gen}, true
+	out.slab, out.gen = prev.slab, prev.gen
+	out.bit, out.n, out.size = bit, uint64(ln), uint64(size)
+	return true
 }
 
 // slabRecord reads the header of the slab record whose data starts at
@@ -679,9 +688,8 @@ func (p *Pool) FreeBatch(offs []mem.Off) error {
 	for i, off := range offs {
 		if run.n > 0 {
 			// The common case: the next record of the run's slab.
-			if sl, ok := p.slotAfter(&last, off, seen.ident); ok {
-				run.n += sl.n
-				last = sl
+			if p.slotAfter(&last, off, seen.ident, &last) {
+				run.n += last.n
 				continue
 			}
 		}
