@@ -408,6 +408,15 @@ func (b *Buffer) checkChannel(en *channel.Entry) error {
 	if !ok {
 		return errs.Corrupt("registry entry type", uint64(en.Off)+4, "channel %d has unknown type %d", en.ID, uint32(en.Type))
 	}
+	if en.Control != 0 {
+		x, err := b.heap.Extent(en.Control)
+		if err != nil {
+			return fmt.Errorf("%s channel %d: control block: %w", en.Type, en.ID, err)
+		}
+		if x.Kind != alloc.KindControl || x.Owner != 0 {
+			return errs.Corrupt("registry entry.Control", uint64(en.Control), "%s channel %d names a %v extent owned by %v, not a control block", en.Type, en.ID, x.Kind, x.Owner)
+		}
+	}
 	if ops.check == nil {
 		return nil
 	}

@@ -257,6 +257,5 @@ func TestHotStructsPadded(t *testing.T) {
 		first, last := typ.Field(0), typ.Field(typ.NumField()-1)
 		require.Equal(t, reflect.TypeFor[mem.Pad](), first.Type, "%v does not start with a mem.Pad", typ)
 		require.Equal(t, reflect.TypeFor[mem.Pad](), last.Type, "%v does not end with a mem.Pad", typ)
-		require.GreaterOrEqual(t, int(typ.Size()-last.Offset), mem.CacheLine, "%v: trailing pad", typ)
 	}
 }

@@ -6,6 +6,7 @@ import (
 
 	"github.com/heapipc/ipc/backend"
 	"github.com/heapipc/ipc/channel"
+	"github.com/heapipc/ipc/internal/mem"
 	"github.com/heapipc/ipc/internal/sys"
 	"github.com/heapipc/ipc/internal/testutil"
 	"github.com/stretchr/testify/require"
@@ -229,5 +230,27 @@ func TestRecoverRemovesHalfCreatedMailboxSems(t *testing.T) {
 	}
 	_, err = b.reg.Lookup(id)
 	require.ErrorIs(t, err, ErrNotExist)
+	require.NoError(t, b.Check())
+}
+
+// TestCheckControlKind: Check reports a channel whose Control word names
+// an extent that is not a control block (alloc.KindControl).
+func TestCheckControlKind(t *testing.T) {
+	b := heapBuf(t)
+	_, err := b.Static(t.Context(), "cfg", 256, nil)
+	require.NoError(t, err)
+	var en *channel.Entry
+	require.NoError(t, b.reg.Each(func(e *channel.Entry) error { en = e; return nil }))
+	require.NotNil(t, en)
+	require.NoError(t, b.Check())
+	plain, err := b.heap.Alloc(256)
+	require.NoError(t, err)
+	w, err := mem.Uint64(b.region.Bytes(), en.Off+24)
+	require.NoError(t, err)
+	require.Equal(t, uint64(en.Control), w.Load(), "the test knows where an entry's Control is")
+	w.Store(uint64(plain))
+	require.ErrorIs(t, b.Check(), ErrCorrupt)
+	w.Store(uint64(en.Control))
+	require.NoError(t, b.heap.Free(plain))
 	require.NoError(t, b.Check())
 }
