@@ -252,7 +252,7 @@ func TestRecoverUnmarkedExtent(t *testing.T) {
 // cursor and located slots) start and end with a mem.Pad, so that no
 // other Go object shares their cache lines (mem.Pad says what that cost).
 func TestHotStructsPadded(t *testing.T) {
-	for _, v := range []any{channel.RecordProducer{}, channel.RecordConsumer{}, channel.MPSCConsumer{}, slab.Handle{}, slabHandle{}} {
+	for _, v := range []any{channel.RecordProducer{}, channel.RecordConsumer{}, channel.MPSCConsumer{}, channel.StreamWriter{}, channel.StreamReader{}, slab.Handle{}, slabHandle{}} {
 		typ := reflect.TypeOf(v)
 		first, last := typ.Field(0), typ.Field(typ.NumField()-1)
 		require.Equal(t, reflect.TypeFor[mem.Pad](), first.Type, "%v does not start with a mem.Pad", typ)

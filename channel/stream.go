@@ -650,10 +650,12 @@ func (e *streamEnd) notifyReset(ctx context.Context) <-chan struct{} {
 // StreamWriter is the writer end. Its methods must be called from one
 // goroutine at a time (Notify's goroutines only read shared words).
 type StreamWriter struct {
+	_ mem.Pad
 	streamEnd
 	span    streamWSpan
 	staging []byte
 	staged  int
+	_       mem.Pad
 }
 
 // streamWSpan is what the last Spans call handed out.
@@ -922,10 +924,12 @@ func (w *StreamWriter) Close() (removable bool) {
 // StreamReader is the reader end. Its methods must be called from one
 // goroutine at a time (Notify's goroutines only read shared words).
 type StreamReader struct {
+	_ mem.Pad
 	streamEnd
 	span    streamRSpan
 	scratch []byte
 	backlog uint64
+	_       mem.Pad
 }
 
 // streamRSpan is what the last Spans call handed out.
