@@ -96,7 +96,16 @@ type slabHandle struct {
 	slots [2]slab.Slot
 	cur   uint8
 	taken bool
-	_     mem.Pad
+	// The batch takeBatch returned last, for freeBatch: its slots, the
+	// records' offsets and allocation sizes (LocateRuns's input), and
+	// their runs. recvN is 0 when there is none (freed, or the last take
+	// failed).
+	recvSlots []uint64
+	recvOffs  []mem.Off
+	recvSizes []uint32
+	recvRuns  []slab.Run
+	recvN     int
+	_         mem.Pad
 }
 
 // takenOff is the offset of the record whose slot free can use, or 0.
@@ -154,6 +163,11 @@ func (sh *slabHandle) offsets(n int) []mem.Off {
 // freeBatch frees rs as free frees each; records of one slab share the
 // atomic operations on its bitmap (slab.Pool.FreeBatch).
 func (sh *slabHandle) freeBatch(rs []Record) error {
+	if sh.recvN > 0 && sh.recvN == len(rs) {
+		if ok, err := sh.freeReceived(rs); ok {
+			return err
+		}
+	}
 	offs := sh.offsets(len(rs))
 	for i, r := range rs {
 		if r.b == nil {
@@ -167,6 +181,103 @@ func (sh *slabHandle) freeBatch(rs []Record) error {
 		}
 	}
 	return sh.rs.pool.FreeBatch(offs)
+}
+
+// freeReceived is freeBatch's common case: rs is the batch takeBatch
+// returned last, every record of it still live and held by this process
+// (its trailer's magic intact: not freed since through a view). It frees
+// the records by the runs takeBatch located, without locating them again.
+// ok false means "free them as freeBatch does" (nothing changed).
+func (sh *slabHandle) freeReceived(rs []Record) (ok bool, err error) {
+	rcs := sh.rs
+	slots := sh.recvSlots[:len(rs)]
+	sizes := sh.recvSizes[:len(rs)]
+	for i, r := range rs {
+		n := uint64(len(r.b))
+		if uint64(r.off)|n<<channel.SlotOffBits != slots[i] || cap(r.b) == 0 ||
+			uintptr(unsafe.Pointer(unsafe.SliceData(r.b))) != rcs.base+uintptr(r.off) {
+			return false, nil
+		}
+		t := &rcs.trailers[(uint64(r.off)+uint64(sizes[i]))/trailerSize-1]
+		if t.Magic != trailerMagic || uint64(t.Len) != n || t.holder().Load() != uint64(rcs.self) {
+			return false, nil
+		}
+	}
+	for i, r := range rs {
+		rcs.trailers[(uint64(r.off)+uint64(sizes[i]))/trailerSize-1].Magic = 0 // as in free
+	}
+	sh.recvN = 0
+	return true, rcs.pool.FreeRuns(sh.recvRuns, sh.recvOffs[:len(rs)])
+}
+
+// takeBatch is ReceiveBatch's common case, without the error: it takes
+// the records of slots into rs as records.take takes each, and remembers
+// them for freeBatch. ok false means "take them one by one" (nothing
+// changed): a slot without the length, a record that is not where a
+// record of that length must be, a trailer that does not say so, or a
+// record another process holds that is not live.
+//
+// The records are located together (slab.Handle.LocateRuns), which
+// checks the header of a record that follows the last one against its
+// place and finds the runs of records that lie back to back; freeBatch
+// frees those runs if it is given this batch.
+func (sh *slabHandle) takeBatch(slots []uint64, rs []Record) bool {
+	rcs := sh.rs
+	sh.recvN = 0
+	n := len(slots)
+	if cap(sh.recvOffs) < n {
+		sh.recvSlots = make([]uint64, n)
+		sh.recvOffs = make([]mem.Off, n)
+		sh.recvSizes = make([]uint32, n)
+		sh.recvRuns = make([]slab.Run, 0, n)
+	}
+	offs, sizes := sh.recvOffs[:n], sh.recvSizes[:n]
+	for i, s := range slots {
+		l, known := channel.SlotLen(s)
+		if !known {
+			return false
+		}
+		offs[i], sizes[i] = channel.SlotOff(s), uint32(allocSize(l))
+	}
+	k, runs := sh.h.LocateRuns(offs, sizes, sh.recvRuns[:0])
+	sh.recvRuns = runs
+	if k < n {
+		return false
+	}
+	// Each record is a record of its size: its trailer lies in it.
+	foreign := false
+	for i, s := range slots {
+		t := &rcs.trailers[(uint64(offs[i])+uint64(sizes[i]))/trailerSize-1]
+		if t.Magic != trailerMagic || uint64(t.Len) != s>>channel.SlotOffBits {
+			return false
+		}
+		if t.holder().Load() != uint64(rcs.self) {
+			foreign = true
+		}
+	}
+	if foreign {
+		// Before this process writes itself in as the holder: the
+		// records are live (a damaged slot never leads to a write into
+		// memory that is no longer that record).
+		for i := range runs {
+			if !rcs.pool.RunLive(&runs[i]) {
+				return false
+			}
+		}
+		for i := range slots {
+			if t := rcs.trailers[(uint64(offs[i])+uint64(sizes[i]))/trailerSize-1].holder(); t.Load() != uint64(rcs.self) {
+				t.Store(uint64(rcs.self))
+			}
+		}
+	}
+	for i, s := range slots {
+		off := offs[i]
+		end := off + mem.Off(s>>channel.SlotOffBits)
+		rs[i] = Record{off: off, b: rcs.b[off:end:end]}
+	}
+	copy(sh.recvSlots[:n], slots)
+	sh.recvN = n
+	return true
 }
 
 // freeEach is freeBatch one record at a time, for a batch with a zero

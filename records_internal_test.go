@@ -259,3 +259,100 @@ func TestHotStructsPadded(t *testing.T) {
 		require.Equal(t, reflect.TypeFor[mem.Pad](), last.Type, "%v does not end with a mem.Pad", typ)
 	}
 }
+
+// TestFreeReceivedBatch: FreeBatch of the batch a handle's consumer
+// received last frees it by the runs ReceiveBatch located, and is used
+// only for exactly that batch of records still held: a record of it freed
+// since is reported by its index (the others freed), a reordered batch or
+// a part of it is freed the ordinary way, and a freed record's view can no
+// longer be sent. A batch of another process's records in which one was
+// freed while queued (its trailer intact) is taken record by record: the
+// freed one is reported and not written to.
+func TestFreeReceivedBatch(t *testing.T) {
+	b := heapBuf(t)
+	h, err := b.NewHandle()
+	require.NoError(t, err)
+	defer h.Close()
+	p, err := h.Producer(1)
+	require.NoError(t, err)
+	defer p.Close()
+	co, err := h.Consumer(1)
+	require.NoError(t, err)
+	defer co.Close()
+	ctx := context.Background()
+	live := func() int {
+		st, err := b.Stats()
+		require.NoError(t, err)
+		return st.Records.LiveRecords
+	}
+	receive := func(n int) []Record {
+		rs := make([]Record, n)
+		require.NoError(t, h.AllocateBatch(80, rs))
+		for i, r := range rs {
+			r.Bytes()[0] = byte(i)
+		}
+		k, err := p.SendBatch(ctx, rs)
+		require.NoError(t, err)
+		require.Equal(t, n, k)
+		got := make([]Record, n)
+		k, err = co.ReceiveBatch(ctx, got)
+		require.NoError(t, err)
+		require.Equal(t, n, k)
+		require.Equal(t, n, h.sh.recvN, "taken as a batch")
+		for i, r := range got {
+			require.Equal(t, rs[i].off, r.off)
+			require.Equal(t, byte(i), r.Bytes()[0])
+		}
+		return got
+	}
+
+	rs := receive(40)
+	require.NoError(t, h.FreeBatch(rs))
+	require.Zero(t, h.sh.recvN, "used once")
+	require.Zero(t, live())
+	require.ErrorIs(t, p.Send(ctx, rs[3]), ErrNotAllocated, "a freed record's view")
+	require.ErrorIs(t, h.FreeBatch(rs), ErrDoubleFree)
+
+	rs = receive(40)
+	require.NoError(t, h.Free(rs[13]))
+	err = h.FreeBatch(rs)
+	require.ErrorIs(t, err, ErrDoubleFree)
+	require.Contains(t, err.Error(), "record 13:")
+	require.NotContains(t, err.Error(), "\n", "one error")
+	require.Zero(t, live())
+
+	rs = receive(40)
+	rs[0], rs[39] = rs[39], rs[0]
+	require.NoError(t, h.FreeBatch(rs))
+	require.Zero(t, live())
+	rs = receive(40)
+	require.NoError(t, h.FreeBatch(rs[:20]))
+	require.NoError(t, h.FreeBatch(rs[20:]))
+	require.Zero(t, live())
+	require.NoError(t, b.Check())
+
+	// Another process's records; one freed while queued, by offset (its
+	// trailer stays intact): ReceiveBatch refuses it alone.
+	ph, other := otherProcess(t, b)
+	pp, err := ph.Producer(2)
+	require.NoError(t, err)
+	defer pp.Close()
+	c2, err := h.Consumer(2)
+	require.NoError(t, err)
+	defer c2.Close()
+	sent := make([]Record, 3)
+	require.NoError(t, ph.AllocateBatch(80, sent))
+	k, err := pp.SendBatch(ctx, sent)
+	require.NoError(t, err)
+	require.Equal(t, 3, k)
+	require.NoError(t, b.recs.freeOff(sent[1].off))
+	got := make([]Record, 3)
+	k, err = c2.ReceiveBatch(ctx, got)
+	require.ErrorIs(t, err, ErrNotAllocated)
+	require.Equal(t, 2, k)
+	require.Equal(t, []mem.Off{sent[0].off, sent[2].off}, []mem.Off{got[0].off, got[1].off})
+	tr := &b.recs.trailers[(int(sent[1].off)+allocSize(80))/trailerSize-1]
+	require.Equal(t, other, sys.Identity(tr.holder().Load()), "nothing written to the freed record")
+	require.NoError(t, h.FreeBatch(got[:2]))
+	require.Zero(t, live())
+}

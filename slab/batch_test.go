@@ -289,3 +289,138 @@ func TestForgedSlabAtHeapEnd(t *testing.T) {
 	p.plain[2*g], p.plain[2*g+1] = 0, 0
 	require.NoError(t, p.Free(real.Off))
 }
+
+// TestLocateRuns: a consumer's batch is located as runs of records that
+// lie back to back in a slab (a run per slab, or per record where records
+// of several handles alternate), with the bits Locate gives each record;
+// the first record that is not what the caller says (another size, a
+// damaged header, a large record, a slab of another generation) ends the
+// prefix located; RunLive sees a record freed since; FreeRuns frees the
+// runs, reports a record freed already by its index, and frees a run
+// whose slab changed identity record by record.
+func TestLocateRuns(t *testing.T) {
+	p := newPool(t, heapCombo, 16<<20, Options{})
+	hd := p.NewHandle()
+	defer hd.Close()
+	other := p.NewHandle()
+	defer other.Close()
+	const n = 1500 // 96-byte slots: three slabs
+	offs := make([]mem.Off, n)
+	if got, err := hd.AllocBatch(80, offs); err != nil || got != n {
+		t.Fatalf("AllocBatch: %d, %v", got, err)
+	}
+	sizes := make([]uint32, n)
+	for i := range sizes {
+		sizes[i] = 80
+	}
+	slabOf := func(off mem.Off) uint64 {
+		var s Slot
+		if !hd.Locate(off, &s) {
+			t.Fatalf("Locate(%#x) failed", off)
+		}
+		return s.sl.slab
+	}
+	k, runs := hd.LocateRuns(offs, sizes, nil)
+	if k != n {
+		t.Fatalf("LocateRuns located %d of %d", k, n)
+	}
+	i := 0
+	for _, r := range runs {
+		var first Slot
+		hd.Locate(offs[i], &first)
+		if r.Count == 0 || r.slab != first.sl.slab || r.bit != first.sl.bit || r.n != uint64(r.Count)*6 {
+			t.Fatalf("run %+v for records from %d: first slot %+v", r, i, first.sl)
+		}
+		for _, off := range offs[i : i+r.Count] {
+			if slabOf(off) != r.slab {
+				t.Fatalf("run %+v holds %#x of another slab", r, off)
+			}
+		}
+		if i+r.Count < n && slabOf(offs[i+r.Count]) == r.slab {
+			t.Fatalf("run %+v ends before the end of its slab's records", r)
+		}
+		if !p.RunLive(&r) {
+			t.Fatalf("run %+v not live", r)
+		}
+		i += r.Count
+	}
+	if i != n || len(runs) != 3 {
+		t.Fatalf("%d runs covering %d records", len(runs), i)
+	}
+
+	// Records of two handles, alternating: a run each.
+	mixed := make([]mem.Off, 0, 8)
+	for j := range 4 {
+		r, err := other.Alloc(80)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mixed = append(mixed, offs[j], r.Off)
+	}
+	if k, runs := hd.LocateRuns(mixed, sizes[:8], nil); k != 8 || len(runs) != 8 {
+		t.Fatalf("alternating records: %d located in %d runs", k, len(runs))
+	}
+
+	// What ends the prefix.
+	g := uint64(offs[10])/granule - 1
+	w1 := p.plain[2*g+1]
+	p.plain[2*g+1] ^= 1 << 40
+	if k, _ := hd.LocateRuns(offs[:20], sizes, nil); k != 10 {
+		t.Fatalf("a damaged header at 10: %d located", k)
+	}
+	p.plain[2*g+1] = w1
+	sizes[10] = 64
+	if k, _ := hd.LocateRuns(offs[:20], sizes, nil); k != 10 {
+		t.Fatalf("a record of another size at 10: %d located", k)
+	}
+	sizes[10] = 80
+	large, err := hd.Alloc(p.MaxSmall() + 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k, _ := hd.LocateRuns([]mem.Off{offs[0], large.Off}, []uint32{80, uint32(p.MaxSmall() + 1)}, nil); k != 1 {
+		t.Fatalf("a large record: %d located", k)
+	}
+	if err := p.Free(large.Off); err != nil {
+		t.Fatal(err)
+	}
+
+	// A record of the first run freed since: the run is no longer live,
+	// and FreeRuns reports it and frees the rest.
+	if err := p.Free(offs[7]); err != nil {
+		t.Fatal(err)
+	}
+	if p.RunLive(&runs[0]) {
+		t.Fatal("RunLive: a run with a freed record")
+	}
+	// The second run's slab changes identity (as if started over):
+	// FreeRuns frees its records one by one, which refuses them.
+	sh := &p.slabs[runs[1].slab/slabHeaderSize]
+	id := sh.Ident.Load()
+	sh.Ident.Store(ident(genOf(id) + 1))
+	if p.RunLive(&runs[1]) {
+		t.Fatal("RunLive: a run of a slab of another generation")
+	}
+	err = p.FreeRuns(runs, offs)
+	sh.Ident.Store(id)
+	if !errors.Is(err, ErrDoubleFree) || !strings.Contains(err.Error(), "record 7:") {
+		t.Fatalf("FreeRuns with record 7 freed already: %v", err)
+	}
+	if got := strings.Count(err.Error(), "\n") + 1; got != 1+runs[1].Count {
+		t.Fatalf("FreeRuns reported %d errors, want %d: %v", got, 1+runs[1].Count, err)
+	}
+	second := offs[runs[0].Count : runs[0].Count+runs[1].Count]
+	if !strings.Contains(err.Error(), fmt.Sprintf("record %d:", runs[0].Count)) {
+		t.Fatalf("FreeRuns does not name the second run's first record: %v", err)
+	}
+	if err := p.FreeBatch(second); err != nil {
+		t.Fatalf("freeing the second run with its slab's identity back: %v", err)
+	}
+	if err := p.FreeBatch([]mem.Off{mixed[1], mixed[3], mixed[5], mixed[7]}); err != nil {
+		t.Fatal(err)
+	}
+	if s := poolStats(t, p); s.LiveRecords != 0 {
+		t.Fatalf("%d records still live", s.LiveRecords)
+	}
+	mustCheck(t, p, "at the end")
+}
