@@ -104,14 +104,8 @@ func (p *Producer) SendBatch(ctx context.Context, rs []Record) (int, error) {
 	}
 	slots := p.batch[:len(rs)]
 	recs := p.h.buf.recs
-	for i, r := range rs {
-		if recs.heldFast(r.off, r.b) != nil {
-			if s, ok := channel.PackSlot(r.off, len(r.b)); ok {
-				slots[i] = s
-				continue
-			}
-		}
-		s, err := p.slot(r)
+	for i := recs.slots(rs, slots); i < len(rs); i++ {
+		s, err := p.slot(rs[i])
 		if err != nil {
 			return 0, p.wrap("send batch", fmt.Errorf("record %d: %w", i, err))
 		}

@@ -143,14 +143,19 @@ func (sh *slabHandle) allocBatch(n int, rs []Record) error {
 		sh.h.Trim() // the slabs the batch filled go back too
 		return errors.Join(err, ferr)
 	}
-	b, ts := sh.rs.b, sh.rs.trailers
-	tr := trailer{Holder: uint64(sh.rs.self), Len: uint32(n), Magic: trailerMagic}
-	for i, off := range offs {
-		// Not handed out yet: plain stores.
-		ts[(int(off)+size)/trailerSize-1] = tr
-		rs[i] = Record{off: off, b: b[off : off+mem.Off(n) : off+mem.Off(n)]}
-	}
+	stamp(sh.rs.b, sh.rs.trailers, offs, rs, size, trailer{Holder: uint64(sh.rs.self), Len: uint32(n), Magic: trailerMagic})
 	return nil
+}
+
+// stamp is allocBatch's loop, apart so that it makes no call: it writes
+// the trailer tr into each record of offs (of size bytes, n = tr.Len of
+// them payload; not handed out yet: plain stores) and fills rs with them.
+func stamp(b []byte, ts []trailer, offs []mem.Off, rs []Record, size int, tr trailer) {
+	n := mem.Off(tr.Len)
+	for i, off := range offs {
+		ts[(uint64(off)+uint64(size))/trailerSize-1] = tr
+		rs[i] = Record{off: off, b: b[off : off+n : off+n]}
+	}
 }
 
 func (sh *slabHandle) offsets(n int) []mem.Off {
@@ -194,17 +199,18 @@ func (sh *slabHandle) freeReceived(rs []Record) (ok bool, err error) {
 	sizes := sh.recvSizes[:len(rs)]
 	for i, r := range rs {
 		n := uint64(len(r.b))
-		if uint64(r.off)|n<<channel.SlotOffBits != slots[i] || cap(r.b) == 0 ||
-			uintptr(unsafe.Pointer(unsafe.SliceData(r.b))) != rcs.base+uintptr(r.off) {
-			return false, nil
-		}
 		t := &rcs.trailers[(uint64(r.off)+uint64(sizes[i]))/trailerSize-1]
-		if t.Magic != trailerMagic || uint64(t.Len) != n || t.holder().Load() != uint64(rcs.self) {
+		if uint64(r.off)|n<<channel.SlotOffBits != slots[i] || cap(r.b) == 0 ||
+			uintptr(unsafe.Pointer(unsafe.SliceData(r.b))) != rcs.base+uintptr(r.off) ||
+			t.Magic != trailerMagic || uint64(t.Len) != n || t.holder().Load() != uint64(rcs.self) {
+			// Not this batch as received: the magics cleared so far
+			// are put back, and freeBatch takes its usual path.
+			for j := range i {
+				rcs.trailers[(uint64(rs[j].off)+uint64(sizes[j]))/trailerSize-1].Magic = trailerMagic
+			}
 			return false, nil
 		}
-	}
-	for i, r := range rs {
-		rcs.trailers[(uint64(r.off)+uint64(sizes[i]))/trailerSize-1].Magic = 0 // as in free
+		t.Magic = 0 // as in free
 	}
 	sh.recvN = 0
 	return true, rcs.pool.FreeRuns(sh.recvRuns, sh.recvOffs[:len(rs)])
@@ -244,16 +250,9 @@ func (sh *slabHandle) takeBatch(slots []uint64, rs []Record) bool {
 	if k < n {
 		return false
 	}
-	// Each record is a record of its size: its trailer lies in it.
-	foreign := false
-	for i, s := range slots {
-		t := &rcs.trailers[(uint64(offs[i])+uint64(sizes[i]))/trailerSize-1]
-		if t.Magic != trailerMagic || uint64(t.Len) != s>>channel.SlotOffBits {
-			return false
-		}
-		if t.holder().Load() != uint64(rcs.self) {
-			foreign = true
-		}
+	ok, foreign := rcs.views(slots, offs, sizes, rs)
+	if !ok {
+		return false
 	}
 	if foreign {
 		// Before this process writes itself in as the holder: the
@@ -270,14 +269,31 @@ func (sh *slabHandle) takeBatch(slots []uint64, rs []Record) bool {
 			}
 		}
 	}
-	for i, s := range slots {
-		off := offs[i]
-		end := off + mem.Off(s>>channel.SlotOffBits)
-		rs[i] = Record{off: off, b: rcs.b[off:end:end]}
-	}
 	copy(sh.recvSlots[:n], slots)
 	sh.recvN = n
 	return true
+}
+
+// views is takeBatch's check of the trailers, apart so that it makes no
+// call: each record (of the length its slot says, at offs[i], sizes[i]
+// bytes in all, located) is a record of its size, its trailer in it; rs
+// is filled as they pass (what a failure leaves there is overwritten by
+// the caller's slow path). foreign: another process holds one of them.
+func (rs *records) views(slots []uint64, offs []mem.Off, sizes []uint32, out []Record) (ok, foreign bool) {
+	ts, b, self := rs.trailers, rs.b, uint64(rs.self)
+	offs, sizes, out = offs[:len(slots)], sizes[:len(slots)], out[:len(slots)]
+	for i, s := range slots {
+		off := offs[i]
+		l := s >> channel.SlotOffBits
+		t := &ts[(uint64(off)+uint64(sizes[i]))/trailerSize-1]
+		if t.Magic != trailerMagic || uint64(t.Len) != l {
+			return false, false
+		}
+		foreign = foreign || t.holder().Load() != self
+		end := off + mem.Off(l)
+		out[i] = Record{off: off, b: b[off:end:end]}
+	}
+	return true, foreign
 }
 
 // freeEach is freeBatch one record at a time, for a batch with a zero
@@ -599,3 +615,28 @@ func (rs *records) recover(queued map[mem.Off]bool) (uint64, error) {
 
 func (rs *records) close() error  { return nil }
 func (rs *records) unlink() error { return nil }
+
+// slots is SendBatch's check, heldFast's for a batch, apart so that it
+// makes no call: it fills slots with the ring slots of the records of rs
+// that this process holds, up to the first that is not (or whose slot
+// cannot carry its length), and returns how many it did.
+func (rs *records) slots(recs []Record, slots []uint64) int {
+	ts, base, self := rs.trailers, rs.base, uint64(rs.self)
+	lo, hi := uint64(rs.lo), uint64(rs.hi)
+	slots = slots[:len(recs)]
+	for i := range recs {
+		r := &recs[i]
+		off, n := uint64(r.off), uint64(len(r.b))
+		end := off + uint64(allocSize(int(n)))
+		if cap(r.b) == 0 || uintptr(unsafe.Pointer(unsafe.SliceData(r.b))) != base+uintptr(off) ||
+			off < lo || off%trailerSize != 0 || end > hi || n >= channel.SlotLenNone || off>>channel.SlotOffBits != 0 {
+			return i
+		}
+		t := &ts[end/trailerSize-1]
+		if t.Magic != trailerMagic || uint64(t.Len) != n || t.holder().Load() != self {
+			return i
+		}
+		slots[i] = off | n<<channel.SlotOffBits
+	}
+	return len(recs)
+}

@@ -101,18 +101,27 @@ func (h *Handle) AllocBatch(size int, offs []mem.Off) (int, error) {
 			}
 		}
 		n := min(len(offs)-i, int((h.limit-h.cur)/ln))
-		pos, key, base := h.cur, h.key, h.base
-		for j := range n {
-			g := base + uint64(pos)
-			p.plain[2*g] = packHalves(pos, ln)
-			p.plain[2*g+1] = packHalves(sz, recCheck(pos, ln, sz, key))
-			offs[i+j] = mem.Off((g + 1) * granule)
-			pos += ln
-		}
-		h.cur = pos
+		h.cur = carve(p.plain, offs[i:i+n], h.base, h.cur, ln, sz, recCheckOf(ln, sz, h.key))
 		i += n
 	}
 	return len(offs), nil
+}
+
+// carve is AllocBatch's inner loop, apart so that it makes no call: it
+// writes the headers of len(offs) records of sz bytes (ln granules each)
+// back to back from granule pos of the slab at granule base (of:
+// recCheckOf for them), stores their offsets in offs and returns the
+// granule after the last.
+func carve(plain []uint64, offs []mem.Off, base uint64, pos, ln, sz uint32, of uint64) uint32 {
+	for j := range offs {
+		g := base + uint64(pos)
+		// Two word stores, the words the readers load (slabRecord).
+		plain[2*g] = packHalves(pos, ln)
+		plain[2*g+1] = packHalves(sz, recCheckAt(pos, of))
+		offs[j] = mem.Off((g + 1) * granule)
+		pos += ln
+	}
+	return pos
 }
 
 // Free frees a record (of any handle), as Pool.Free does. The handle

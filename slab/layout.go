@@ -120,9 +120,17 @@ type recHeader struct {
 }
 
 // recCheck mixes a header's fields with a key; it is never 0.
-func recCheck(pos, ln, size, key uint32) uint32 {
-	x := (uint64(pos) | uint64(size)<<32) ^ (uint64(ln)<<20 | uint64(key)<<40 | uint64(key)>>12)
-	x *= 0x9e3779b97f4a7c15
+func recCheck(pos, ln, size, key uint32) uint32 { return recCheckAt(pos, recCheckOf(ln, size, key)) }
+
+// recCheckOf and recCheckAt are recCheck in two steps, for a loop over
+// the records of one slab and one size: recCheckOf is the part that does
+// not depend on the position.
+func recCheckOf(ln, size, key uint32) uint64 {
+	return uint64(size)<<32 ^ (uint64(ln)<<20 | uint64(key)<<40 | uint64(key)>>12)
+}
+
+func recCheckAt(pos uint32, of uint64) uint32 {
+	x := (uint64(pos) ^ of) * 0x9e3779b97f4a7c15
 	return uint32(x>>32) | 1
 }
 

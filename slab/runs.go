@@ -36,44 +36,45 @@ func (h *Handle) LocateRuns(offs []mem.Off, sizes []uint32, runs []Run) (int, []
 	if len(sizes) < len(offs) {
 		return 0, runs
 	}
-	var (
-		r              *Run
-		next           mem.Off // data offset of the record after r's last
-		pos            uint64  // its header's granule in the slab
-		key            uint32  // the check key of r's slab
-		lastSize, slot uint32  // the last size seen and its slot length (granules)
-	)
-	limit := uint64(p.geo.limit)
-	for i, off := range offs {
-		size := sizes[i]
-		if size != lastSize || slot == 0 {
-			k := slotGranules(uint64(size), p.align)
-			if k > p.maxSmall {
-				return i, runs
-			}
-			lastSize, slot = size, uint32(k)
+	for i := 0; i < len(offs); {
+		sl, ok := p.slotOf(offs[i], &h.seen)
+		if !ok || sl.size != uint64(sizes[i]) {
+			return i, runs
 		}
-		if r != nil && off == next && pos+uint64(slot) <= limit {
-			g := uint64(off)/granule - 1
-			if p.plain[2*g] != packHalves(uint32(pos), slot) ||
-				p.plain[2*g+1] != packHalves(size, recCheck(uint32(pos), slot, size, key)) {
-				return i, runs
-			}
-		} else {
-			sl, ok := p.slotOf(off, &h.seen)
-			if !ok || sl.size != uint64(size) {
-				return i, runs
-			}
-			runs = append(runs, Run{slab: sl.slab, bit: sl.bit, ident: h.seen.ident})
-			r = &runs[len(runs)-1]
-			pos, key = sl.bit+uint64(p.geo.recBase), p.salt^sl.gen
-		}
-		r.n += uint64(slot)
-		r.Count++
-		pos += uint64(slot)
-		next = mem.Off(r.slab + (pos+1)*granule)
+		first := sl.bit + uint64(p.geo.recBase)
+		j, end := p.extendRun(offs, sizes, i+1, sl.slab, first+sl.n, p.salt^sl.gen)
+		runs = append(runs, Run{slab: sl.slab, bit: sl.bit, n: end - first, ident: h.seen.ident, Count: j - i})
+		i = j
 	}
 	return len(offs), runs
+}
+
+// extendRun is LocateRuns's inner loop, apart so that it makes no call:
+// it returns how far from i on the records of offs follow each other in
+// the slab at slab (the first expected with its header at granule pos),
+// each with the header its slab's generation (check key key) writes
+// there, and the granule after the last.
+func (p *Pool) extendRun(offs []mem.Off, sizes []uint32, i int, slab, pos uint64, key uint32) (int, uint64) {
+	plain, align, maxSmall, limit := p.plain, p.align, p.maxSmall, uint64(p.geo.limit)
+	var lastSize, slot uint32
+	var of uint64
+	for ; i < len(offs) && i < len(sizes); i++ {
+		if size := sizes[i]; size != lastSize || slot == 0 {
+			k := slotGranules(uint64(size), align)
+			if k > maxSmall {
+				break
+			}
+			lastSize, slot = size, uint32(k)
+			of = recCheckOf(slot, size, key)
+		}
+		g := slab/granule + pos
+		if uint64(offs[i]) != (g+1)*granule || pos+uint64(slot) > limit || 2*g+1 >= uint64(len(plain)) ||
+			plain[2*g] != packHalves(uint32(pos), slot) || plain[2*g+1] != packHalves(lastSize, recCheckAt(uint32(pos), of)) {
+			break
+		}
+		pos += uint64(slot)
+	}
+	return i, pos
 }
 
 // RunLive reports whether every record of a run is live: none of its
