@@ -356,3 +356,54 @@ func TestFreeReceivedBatch(t *testing.T) {
 	require.NoError(t, h.FreeBatch(got[:2]))
 	require.Zero(t, live())
 }
+
+// TestSendBatchChecksEach: SendBatch checks every record before it sends
+// any: a batch with a freed record in it sends nothing and names it; a
+// batch with records that the quick check leaves to the full one (empty,
+// and too long for a slot to carry the length) is sent whole, in order.
+func TestSendBatchChecksEach(t *testing.T) {
+	b := heapBuf(t, WithSize(64<<20))
+	h, err := b.NewHandle()
+	require.NoError(t, err)
+	defer h.Close()
+	p, err := h.Producer(1)
+	require.NoError(t, err)
+	defer p.Close()
+	co, err := h.Consumer(1)
+	require.NoError(t, err)
+	defer co.Close()
+	ctx := context.Background()
+
+	rs := make([]Record, 5)
+	require.NoError(t, h.AllocateBatch(48, rs))
+	require.NoError(t, h.Free(rs[2]))
+	n, err := p.SendBatch(ctx, rs)
+	require.ErrorIs(t, err, ErrNotAllocated)
+	require.Contains(t, err.Error(), "record 2:")
+	require.Zero(t, n)
+	_, err = co.TryReceive()
+	require.ErrorIs(t, err, ErrWouldBlock, "nothing sent")
+	require.NoError(t, h.FreeBatch(append(rs[:2:2], rs[3:]...)))
+
+	require.NoError(t, h.AllocateBatch(48, rs))
+	empty, err := h.Allocate(0)
+	require.NoError(t, err)
+	long, err := h.Allocate(channel.SlotLenNone + 100)
+	require.NoError(t, err)
+	batch := []Record{rs[0], empty, rs[1], long, rs[2], rs[3], rs[4]}
+	n, err = p.SendBatch(ctx, batch)
+	require.NoError(t, err)
+	require.Equal(t, len(batch), n)
+	got := make([]Record, len(batch))
+	k, err := co.ReceiveBatch(ctx, got)
+	require.NoError(t, err)
+	require.Equal(t, len(batch), k)
+	for i, r := range got {
+		require.Equal(t, batch[i].off, r.off)
+		require.Equal(t, batch[i].Len(), r.Len())
+	}
+	require.NoError(t, h.FreeBatch(got))
+	st, err := b.Stats()
+	require.NoError(t, err)
+	require.Zero(t, st.Records.LiveRecords)
+}
