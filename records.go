@@ -195,25 +195,40 @@ func (sh *slabHandle) freeBatch(rs []Record) error {
 // ok false means "free them as freeBatch does" (nothing changed).
 func (sh *slabHandle) freeReceived(rs []Record) (ok bool, err error) {
 	rcs := sh.rs
-	slots := sh.recvSlots[:len(rs)]
 	sizes := sh.recvSizes[:len(rs)]
-	for i, r := range rs {
-		n := uint64(len(r.b))
-		t := &rcs.trailers[(uint64(r.off)+uint64(sizes[i]))/trailerSize-1]
-		if uint64(r.off)|n<<channel.SlotOffBits != slots[i] || cap(r.b) == 0 ||
-			uintptr(unsafe.Pointer(unsafe.SliceData(r.b))) != rcs.base+uintptr(r.off) ||
-			t.Magic != trailerMagic || uint64(t.Len) != n || t.holder().Load() != uint64(rcs.self) {
-			// Not this batch as received: the magics cleared so far
-			// are put back, and freeBatch takes its usual path.
-			for j := range i {
-				rcs.trailers[(uint64(rs[j].off)+uint64(sizes[j]))/trailerSize-1].Magic = trailerMagic
-			}
-			return false, nil
+	if k := rcs.unstamp(rs, sh.recvSlots[:len(rs)], sizes); k < len(rs) {
+		// Not this batch as received: the magics cleared so far are
+		// put back, and freeBatch takes its usual path.
+		for j := range k {
+			rcs.trailers[(uint64(rs[j].off)+uint64(sizes[j]))/trailerSize-1].Magic = trailerMagic
 		}
-		t.Magic = 0 // as in free
+		return false, nil
 	}
 	sh.recvN = 0
 	return true, rcs.pool.FreeRuns(sh.recvRuns, sh.recvOffs[:len(rs)])
+}
+
+// unstamp is freeReceived's loop, apart so that it makes no call: it
+// clears the trailer's magic (as free does) of each record of recs that
+// is the one received in slots (sizes[i] bytes in all), held here and not
+// freed since, up to the first that is not, and returns how many it
+// cleared.
+func (rs *records) unstamp(recs []Record, slots []uint64, sizes []uint32) int {
+	ts, base, self := rs.trailers, rs.base, uint64(rs.self)
+	slots, sizes = slots[:len(recs)], sizes[:len(recs)]
+	for i := range recs {
+		r := &recs[i]
+		off, n := uint64(r.off), uint64(len(r.b))
+		if off|n<<channel.SlotOffBits != slots[i] || cap(r.b) == 0 || uintptr(unsafe.Pointer(unsafe.SliceData(r.b))) != base+uintptr(off) {
+			return i
+		}
+		t := &ts[(off+uint64(sizes[i]))/trailerSize-1]
+		if t.Magic != trailerMagic || uint64(t.Len) != n || t.holder().Load() != self {
+			return i
+		}
+		t.Magic = 0
+	}
+	return len(recs)
 }
 
 // takeBatch is ReceiveBatch's common case, without the error: it takes
@@ -280,7 +295,8 @@ func (sh *slabHandle) takeBatch(slots []uint64, rs []Record) bool {
 // is filled as they pass (what a failure leaves there is overwritten by
 // the caller's slow path). foreign: another process holds one of them.
 func (rs *records) views(slots []uint64, offs []mem.Off, sizes []uint32, out []Record) (ok, foreign bool) {
-	ts, b, self := rs.trailers, rs.b, uint64(rs.self)
+	ts, self := rs.trailers, uint64(rs.self)
+	base := unsafe.Pointer(unsafe.SliceData(rs.b))
 	offs, sizes, out = offs[:len(slots)], sizes[:len(slots)], out[:len(slots)]
 	for i, s := range slots {
 		off := offs[i]
@@ -290,8 +306,9 @@ func (rs *records) views(slots []uint64, offs []mem.Off, sizes []uint32, out []R
 			return false, false
 		}
 		foreign = foreign || t.holder().Load() != self
-		end := off + mem.Off(l)
-		out[i] = Record{off: off, b: b[off:end:end]}
+		// The record was located (in the heap) with a size that holds
+		// l bytes and the trailer.
+		out[i] = Record{off: off, b: unsafe.Slice((*byte)(unsafe.Add(base, off)), l)}
 	}
 	return true, foreign
 }

@@ -49,27 +49,38 @@ func (h *Handle) LocateRuns(offs []mem.Off, sizes []uint32, runs []Run) (int, []
 	return len(offs), runs
 }
 
-// extendRun is LocateRuns's inner loop, apart so that it makes no call:
-// it returns how far from i on the records of offs follow each other in
-// the slab at slab (the first expected with its header at granule pos),
-// each with the header its slab's generation (check key key) writes
-// there, and the granule after the last.
+// extendRun is LocateRuns's inner loop, apart so that it makes no call
+// per record: it returns how far from i on the records of offs follow
+// each other in the slab at slab (the first expected with its header at
+// granule pos), each with the header its slab's generation (check key
+// key) writes there, and the granule after the last. A stretch of one
+// size is checked by extendSame.
 func (p *Pool) extendRun(offs []mem.Off, sizes []uint32, i int, slab, pos uint64, key uint32) (int, uint64) {
-	plain, align, maxSmall, limit := p.plain, p.align, p.maxSmall, uint64(p.geo.limit)
-	var lastSize, slot uint32
-	var of uint64
-	for ; i < len(offs) && i < len(sizes); i++ {
-		if size := sizes[i]; size != lastSize || slot == 0 {
-			k := slotGranules(uint64(size), align)
-			if k > maxSmall {
-				break
-			}
-			lastSize, slot = size, uint32(k)
-			of = recCheckOf(slot, size, key)
+	offs, sizes = offs[:min(len(offs), len(sizes))], sizes[:min(len(offs), len(sizes))]
+	for i < len(offs) {
+		size := sizes[i]
+		k := slotGranules(uint64(size), p.align)
+		if k > p.maxSmall {
+			break
 		}
-		g := slab/granule + pos
-		if uint64(offs[i]) != (g+1)*granule || pos+uint64(slot) > limit || 2*g+1 >= uint64(len(plain)) ||
-			plain[2*g] != packHalves(uint32(pos), slot) || plain[2*g+1] != packHalves(lastSize, recCheckAt(uint32(pos), of)) {
+		j, end := p.extendSame(offs, sizes, i, slab/granule, pos, size, uint32(k), recCheckOf(uint32(k), size, key))
+		if j == i {
+			break
+		}
+		i, pos = j, end
+	}
+	return i, pos
+}
+
+// extendSame is extendRun for the records of size bytes (slot granules
+// each, of: recCheckOf for them) from i on, in the slab at granule sg.
+func (p *Pool) extendSame(offs []mem.Off, sizes []uint32, i int, sg, pos uint64, size, slot uint32, of uint64) (int, uint64) {
+	plain, limit := p.plain, uint64(p.geo.limit)
+	sizes = sizes[:len(offs)]
+	for ; i < len(offs); i++ {
+		g := sg + pos
+		if sizes[i] != size || uint64(offs[i]) != (g+1)*granule || pos+uint64(slot) > limit || 2*g+1 >= uint64(len(plain)) ||
+			plain[2*g] != packHalves(uint32(pos), slot) || plain[2*g+1] != packHalves(size, recCheckAt(uint32(pos), of)) {
 			break
 		}
 		pos += uint64(slot)
