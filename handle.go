@@ -304,7 +304,7 @@ func (h *Handle) Consumer(id ChannelID, opts ...ChannelOption) (*Consumer, error
 	if err != nil {
 		return nil, fmt.Errorf("ipc: consumer %d: %w", id, err)
 	}
-	co := &Consumer{recvEnd: recvEnd{id: id, kind: "channel"}, h: h, en: en, c: c}
+	co := &Consumer{recvEnd: recvEnd{id: id, kind: "channel"}, h: h, en: en, c: c, ahead: newAhead()}
 	if err := h.addEnd(co); err != nil {
 		c.Close()
 		return nil, err

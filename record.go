@@ -7,6 +7,8 @@ import (
 	"io"
 
 	"github.com/heapipc/ipc/channel"
+	"github.com/heapipc/ipc/internal/mem"
+	"github.com/heapipc/ipc/slab"
 )
 
 // Producer is the sending end of a record channel. It belongs to the
@@ -154,6 +156,87 @@ type Consumer struct {
 	en    *channel.Entry
 	c     *channel.RecordConsumer
 	batch []uint64
+	ahead *ahead // records taken ahead: Receive delivers them first
+}
+
+// ahead is what a Consumer took ahead of Receive: when a run of records
+// is queued already (aheadMin or more that the consumer knows of, without
+// reading the producer's index again), Receive takes up to aheadMax of
+// them at once, as ReceiveBatch does (their runs located together, each
+// record's slot computed from them), and delivers them one per call. The
+// records stay queued (the head does not move) until each is delivered:
+// one not yet delivered when the consumer closes is still the channel's,
+// and ReceiveBatch, which takes from the head, drops them and takes them
+// again.
+type ahead struct {
+	recs    []Record
+	slots   []slab.Slot
+	raw     []uint64
+	offs    []mem.Off
+	sizes   []uint32
+	runs    []slab.Run
+	next, n int // recs[next:n] are to be delivered
+}
+
+const (
+	aheadMin = 4
+	aheadMax = 16
+)
+
+// quick is Receive's and TryReceive's common case, without the error: a
+// record taken ahead, or the next one if it passes the cheap checks
+// (slabHandle.take). ok false means "take the general path" (nothing
+// taken ahead is left then).
+func (c *Consumer) quick() (Record, bool) {
+	if c.closed {
+		return Record{}, false
+	}
+	a := c.ahead
+	if a.next == a.n && c.c.Known() >= aheadMin {
+		c.takeAhead()
+	}
+	if a.next < a.n {
+		i := a.next
+		a.next++
+		c.h.sh.keep(&a.slots[i])
+		c.c.Advance(1)
+		return a.recs[i], true
+	}
+	if s, ok := c.c.Peek(); ok {
+		if r, ok := c.h.sh.take(s); ok {
+			c.c.Advance(1)
+			return r, true
+		}
+	}
+	return Record{}, false
+}
+
+// takeAhead takes up to aheadMax of the records the consumer knows are
+// queued, if they all pass ReceiveBatch's checks.
+func (c *Consumer) takeAhead() {
+	a := c.ahead
+	k := c.c.PeekKnown(a.raw)
+	if k < aheadMin {
+		return
+	}
+	runs, ok := c.h.sh.takeRecords(a.raw[:k], a.recs[:k], a.offs[:k], a.sizes[:k], a.runs[:0])
+	a.runs = runs
+	if !ok {
+		return
+	}
+	c.h.sh.h.RunSlots(runs, a.offs[:k], a.sizes[:k], a.slots[:k])
+	a.next, a.n = 0, k
+}
+
+func newAhead() *ahead {
+	return &ahead{
+		recs:  make([]Record, aheadMax),
+		slots: make([]slab.Slot, aheadMax),
+		raw:   make([]uint64, aheadMax),
+		offs:  make([]mem.Off, aheadMax),
+		sizes: make([]uint32, aheadMax),
+		runs:  make([]slab.Run, 0, aheadMax),
+	}
 }
 
 // recvEnd is what the receiving ends (Consumer, MPSCConsumer) share: the
@@ -178,6 +261,9 @@ func (e *recvEnd) wrap(op string, err error) error {
 // is queued, io.EOF if none is and the producer has closed. The record is
 // the caller's: free it, or send it on (zero-copy).
 func (c *Consumer) TryReceive() (Record, error) {
+	if r, ok := c.quick(); ok {
+		return r, nil
+	}
 	r, err := c.receive1()
 	return r, c.wrap("receive", err)
 }
@@ -187,13 +273,8 @@ func (c *Consumer) receive1() (Record, error) {
 	if c.closed {
 		return Record{}, ErrClosed
 	}
-	// The common case in one pass: a slot is queued and its record
-	// passes the cheap checks (slabHandle.take).
-	if s, ok := c.c.Peek(); ok {
-		if r, ok := c.h.sh.take(s); ok {
-			c.c.Advance(1)
-			return r, nil
-		}
+	if r, ok := c.quick(); ok {
+		return r, nil
 	}
 	s, err := c.c.Next()
 	if err != nil {
@@ -211,6 +292,9 @@ func (c *Consumer) receive1() (Record, error) {
 // closed and everything is received, ErrPeerDead if the producer died
 // (after what it queued), ErrDestroyed, or ctx's error.
 func (c *Consumer) Receive(ctx context.Context) (Record, error) {
+	if r, ok := c.quick(); ok {
+		return r, nil
+	}
 	for {
 		r, err := c.receive1()
 		if err != ErrWouldBlock {
@@ -237,6 +321,8 @@ func (c *Consumer) ReceiveBatch(ctx context.Context, rs []Record) (int, error) {
 		c.batch = make([]uint64, len(rs))
 	}
 	slots := c.batch[:len(rs)]
+	// Records taken ahead are still at the head: taken again below.
+	c.ahead.next, c.ahead.n = 0, 0
 	for {
 		n, err := c.c.PeekBatch(slots)
 		if err != nil {
@@ -284,5 +370,6 @@ func (c *Consumer) close() error {
 		return nil
 	}
 	c.closed = true
+	c.ahead.next, c.ahead.n = 0, 0 // still queued
 	return c.wrap("close", c.h.buf.closeEnd(c.en, func() bool { c.c.Close(); return c.c.Removable() }, nil))
 }

@@ -243,7 +243,6 @@ func (rs *records) unstamp(recs []Record, slots []uint64, sizes []uint32) int {
 // place and finds the runs of records that lie back to back; freeBatch
 // frees those runs if it is given this batch.
 func (sh *slabHandle) takeBatch(slots []uint64, rs []Record) bool {
-	rcs := sh.rs
 	sh.recvN = 0
 	n := len(slots)
 	if cap(sh.recvOffs) < n {
@@ -252,22 +251,37 @@ func (sh *slabHandle) takeBatch(slots []uint64, rs []Record) bool {
 		sh.recvSizes = make([]uint32, n)
 		sh.recvRuns = make([]slab.Run, 0, n)
 	}
-	offs, sizes := sh.recvOffs[:n], sh.recvSizes[:n]
+	runs, ok := sh.takeRecords(slots, rs, sh.recvOffs[:n], sh.recvSizes[:n], sh.recvRuns[:0])
+	sh.recvRuns = runs
+	if !ok {
+		return false
+	}
+	copy(sh.recvSlots[:n], slots)
+	sh.recvN = n
+	return true
+}
+
+// takeRecords is takeBatch's taking, with the caller's scratch: offs and
+// sizes (len(slots) each) get the records' offsets and allocation sizes,
+// and the records' runs are appended to runs.
+func (sh *slabHandle) takeRecords(slots []uint64, rs []Record, offs []mem.Off, sizes []uint32, runs []slab.Run) ([]slab.Run, bool) {
+	rcs := sh.rs
+	n := len(slots)
+	offs, sizes = offs[:n], sizes[:n]
 	for i, s := range slots {
 		l, known := channel.SlotLen(s)
 		if !known {
-			return false
+			return runs, false
 		}
 		offs[i], sizes[i] = channel.SlotOff(s), uint32(allocSize(l))
 	}
-	k, runs := sh.h.LocateRuns(offs, sizes, sh.recvRuns[:0])
-	sh.recvRuns = runs
+	k, runs := sh.h.LocateRuns(offs, sizes, runs)
 	if k < n {
-		return false
+		return runs, false
 	}
 	ok, foreign := rcs.views(slots, offs, sizes, rs)
 	if !ok {
-		return false
+		return runs, false
 	}
 	if foreign {
 		// Before this process writes itself in as the holder: the
@@ -275,7 +289,7 @@ func (sh *slabHandle) takeBatch(slots []uint64, rs []Record) bool {
 		// memory that is no longer that record).
 		for i := range runs {
 			if !rcs.pool.RunLive(&runs[i]) {
-				return false
+				return runs, false
 			}
 		}
 		for i := range slots {
@@ -284,9 +298,15 @@ func (sh *slabHandle) takeBatch(slots []uint64, rs []Record) bool {
 			}
 		}
 	}
-	copy(sh.recvSlots[:n], slots)
-	sh.recvN = n
-	return true
+	return runs, true
+}
+
+// keep makes s, the slot of a record a consumer took ahead and delivers
+// now, the one free can use (as take does for the record it takes).
+func (sh *slabHandle) keep(s *slab.Slot) {
+	sh.cur ^= 1
+	sh.slots[sh.cur] = *s
+	sh.taken = true
 }
 
 // views is takeBatch's check of the trailers, apart so that it makes no

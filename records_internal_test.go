@@ -407,3 +407,115 @@ func TestSendBatchChecksEach(t *testing.T) {
 	require.NoError(t, err)
 	require.Zero(t, st.Records.LiveRecords)
 }
+
+// TestReceiveTakesAhead: when records are queued, Receive takes a run of
+// them at once and delivers them one per call, in order, each freed
+// through the slot it was taken with; they stay queued until delivered,
+// so that a consumer closed with records taken ahead, or a ReceiveBatch
+// after them, loses and repeats none. Another process's records are taken
+// ahead only if all are live: one freed while queued fails alone, and is
+// not written to.
+func TestReceiveTakesAhead(t *testing.T) {
+	b := heapBuf(t)
+	newHandle := func() *Handle {
+		h, err := b.NewHandle()
+		require.NoError(t, err)
+		t.Cleanup(func() { h.Close() })
+		return h
+	}
+	h, h2 := newHandle(), newHandle()
+	p, err := h.Producer(1)
+	require.NoError(t, err)
+	defer p.Close()
+	co, err := h2.Consumer(1)
+	require.NoError(t, err)
+	ctx := context.Background()
+	var seq byte
+	send := func(n int) {
+		for range n {
+			r, err := h.Allocate(40)
+			require.NoError(t, err)
+			r.Bytes()[0] = seq
+			seq++
+			require.NoError(t, p.Send(ctx, r))
+		}
+	}
+	var want byte
+	receive := func(c *Consumer, hd *Handle) {
+		r, err := c.Receive(ctx)
+		require.NoError(t, err)
+		require.Equal(t, want, r.Bytes()[0], "in order")
+		require.Len(t, r.Bytes(), 40)
+		require.Equal(t, r.off, hd.sh.takenOff(), "freed through its slot")
+		require.NoError(t, hd.Free(r))
+		want++
+	}
+	send(40)
+	receive(co, h2) // reads the tail: 39 more known
+	receive(co, h2)
+	require.Equal(t, aheadMax, co.ahead.n, "taken ahead")
+	require.Equal(t, 38, co.c.Len(), "still queued")
+	for range 10 {
+		receive(co, h2)
+	}
+	require.Equal(t, 28, co.c.Len())
+	// Closed with records taken ahead: the next consumer gets them.
+	require.NoError(t, co.Close())
+	h3 := newHandle()
+	co, err = h3.Consumer(1)
+	require.NoError(t, err)
+	defer co.Close()
+	receive(co, h3)
+	receive(co, h3)
+	require.Positive(t, co.ahead.n)
+	// A batch after records taken ahead starts at the first not delivered.
+	rs := make([]Record, 64)
+	k, err := co.ReceiveBatch(ctx, rs)
+	require.NoError(t, err)
+	require.Equal(t, 26, k)
+	for _, r := range rs[:k] {
+		require.Equal(t, want, r.Bytes()[0])
+		want++
+	}
+	require.NoError(t, h3.FreeBatch(rs[:k]))
+	send(3) // and Receive after the batch: none of those again
+	for range 3 {
+		receive(co, h3)
+	}
+	st, err := b.Stats()
+	require.NoError(t, err)
+	require.Zero(t, st.Records.LiveRecords)
+
+	// Another process's records, one freed (by offset) while queued.
+	ph, other := otherProcess(t, b)
+	pp, err := ph.Producer(2)
+	require.NoError(t, err)
+	defer pp.Close()
+	c2, err := h3.Consumer(2)
+	require.NoError(t, err)
+	defer c2.Close()
+	sent := make([]Record, 20)
+	require.NoError(t, ph.AllocateBatch(40, sent))
+	for i, r := range sent {
+		r.Bytes()[0] = byte(i)
+	}
+	k, err = pp.SendBatch(ctx, sent)
+	require.NoError(t, err)
+	require.Equal(t, 20, k)
+	require.NoError(t, b.recs.freeOff(sent[10].off))
+	for i := range 20 {
+		r, err := c2.Receive(ctx)
+		if i == 10 {
+			require.ErrorIs(t, err, ErrNotAllocated)
+			continue
+		}
+		require.NoError(t, err)
+		require.Equal(t, byte(i), r.Bytes()[0])
+		require.NoError(t, h3.Free(r))
+	}
+	tr := &b.recs.trailers[(int(sent[10].off)+allocSize(40))/trailerSize-1]
+	require.Equal(t, other, sys.Identity(tr.holder().Load()), "nothing written to the freed record")
+	st, err = b.Stats()
+	require.NoError(t, err)
+	require.Zero(t, st.Records.LiveRecords)
+}

@@ -507,6 +507,31 @@ func (c *RecordConsumer) Peek() (uint64, bool) {
 	return c.ring[c.head&c.mask], true
 }
 
+// PeekKnown copies into slots the slots queued that the consumer knows
+// of already (up to the tail it read last, without reading it again) and
+// returns how many; they are consumed by Advance, as PeekBatch's are.
+func (c *RecordConsumer) PeekKnown(slots []uint64) int {
+	if c.closed {
+		return 0
+	}
+	n := min(c.tailCache-c.head, uint64(len(slots)))
+	if n > uint64(len(c.ring)) {
+		return 0
+	}
+	i := c.head & c.mask
+	k := copy(slots[:n], c.ring[i:])
+	copy(slots[k:n], c.ring)
+	return int(n)
+}
+
+// Known is how many slots PeekKnown would return at most.
+func (c *RecordConsumer) Known() int {
+	if c.closed || c.tailCache-c.head > uint64(len(c.ring)) {
+		return 0
+	}
+	return int(c.tailCache - c.head)
+}
+
 // Advance consumes n slots that Next or PeekBatch returned, publishing
 // that they were taken.
 func (c *RecordConsumer) Advance(n int) {
@@ -515,7 +540,9 @@ func (c *RecordConsumer) Advance(n int) {
 	}
 	c.head += uint64(n)
 	c.cb.Head.Store(c.head)
-	c.wakeProducer()
+	if c.cb.ProdWaiting.Load() != 0 {
+		c.wakeProducer()
+	}
 }
 
 // TryReceive takes the next slot (Next, then Advance).

@@ -347,6 +347,43 @@ func TestLocateRuns(t *testing.T) {
 	if i != n || len(runs) != 3 {
 		t.Fatalf("%d runs covering %d records", len(runs), i)
 	}
+	// Each record's slot, from the runs alone, is Locate's.
+	ss := make([]Slot, n)
+	hd.RunSlots(runs, offs, sizes, ss)
+	for j, off := range offs {
+		var want Slot
+		hd.Locate(off, &want)
+		if ss[j] != want {
+			t.Fatalf("RunSlots: record %d: %+v, Locate gives %+v", j, ss[j], want)
+		}
+	}
+
+	// Records of mixed sizes back to back: still runs, the same slots.
+	var moffs []mem.Off
+	var msizes []uint32
+	for j := range 30 {
+		r, err := other.Alloc(16 + 24*(j%7))
+		if err != nil {
+			t.Fatal(err)
+		}
+		moffs, msizes = append(moffs, r.Off), append(msizes, uint32(len(r.Data)))
+	}
+	k, mruns := hd.LocateRuns(moffs, msizes, nil)
+	if k != len(moffs) || len(mruns) > 2 {
+		t.Fatalf("mixed sizes: %d located in %d runs", k, len(mruns))
+	}
+	mss := make([]Slot, len(moffs))
+	hd.RunSlots(mruns, moffs, msizes, mss)
+	for j, off := range moffs {
+		var want Slot
+		hd.Locate(off, &want)
+		if mss[j] != want {
+			t.Fatalf("RunSlots, mixed sizes: record %d: %+v, Locate gives %+v", j, mss[j], want)
+		}
+	}
+	if err := p.FreeRuns(mruns, moffs); err != nil {
+		t.Fatal(err)
+	}
 
 	// Records of two handles, alternating: a run each.
 	mixed := make([]mem.Off, 0, 8)
