@@ -106,8 +106,8 @@ func (h *Handle) Allocate(n int) (Record, error) {
 	if n < 0 {
 		return Record{}, fmt.Errorf("ipc: allocate %d bytes: %w", n, ErrInvalidSize)
 	}
-	if err := h.check("allocate"); err != nil {
-		return Record{}, err
+	if h.isClosed.Load() || h.buf.isClosed.Load() {
+		return Record{}, h.check("allocate")
 	}
 	off, b, err := h.sh.alloc(n)
 	if err != nil {

@@ -122,13 +122,15 @@ func (rs *records) newHandle() (*slabHandle, error) {
 
 func (sh *slabHandle) alloc(n int) (mem.Off, []byte, error) {
 	size := allocSize(n)
-	r, err := sh.h.Alloc(size)
+	off, err := sh.h.AllocOff(size)
 	if err != nil {
 		return 0, nil, err
 	}
+	rs := sh.rs
 	// The record is not handed out yet: plain stores (no fence) will do.
-	sh.rs.trailers[(int(r.Off)+size)/trailerSize-1] = trailer{Holder: uint64(sh.rs.self), Len: uint32(n), Magic: trailerMagic}
-	return r.Off, r.Data[:n:n], nil
+	rs.trailers[(uint64(off)+uint64(size))/trailerSize-1] = trailer{Holder: uint64(rs.self), Len: uint32(n), Magic: trailerMagic}
+	// The pool carved size bytes at off, in the region.
+	return off, unsafe.Slice((*byte)(unsafe.Add(unsafe.Pointer(unsafe.SliceData(rs.b)), off)), n), nil
 }
 
 // allocBatch fills rs with records of n bytes; on error it gives back
@@ -459,6 +461,21 @@ func (sh *slabHandle) take(slot uint64) (Record, bool) {
 // the handle's slab cache: with the slot that take kept if it is this
 // record's. ok false means "ask records.free".
 func (sh *slabHandle) free(off mem.Off, b []byte) (ok bool, err error) {
+	if sh.taken {
+		if s := &sh.slots[sh.cur]; s.Off() == off {
+			// The record take returned last: its slot leads to its
+			// trailer (heldFast's checks, less the bounds that the
+			// located slot already implies).
+			rs := sh.rs
+			t := &rs.trailers[(uint64(off)+uint64(s.Size()))/trailerSize-1]
+			if uint64(len(b)) < uint64(s.Size()) && cap(b) > 0 && uintptr(unsafe.Pointer(unsafe.SliceData(b))) == rs.base+uintptr(off) &&
+				t.Magic == trailerMagic && t.Len == uint32(len(b)) && t.holder().Load() == uint64(rs.self) {
+				t.Magic = 0 // as records.free does
+				sh.taken = false
+				return true, sh.h.FreeSlot(s)
+			}
+		}
+	}
 	t := sh.rs.heldFast(off, b)
 	if t == nil {
 		return false, nil

@@ -461,3 +461,35 @@ func TestLocateRuns(t *testing.T) {
 	}
 	mustCheck(t, p, "at the end")
 }
+
+// TestAllocOff: AllocOff carves what Alloc would (records of every size
+// class, large ones, across slab refills), and its records free alike.
+func TestAllocOff(t *testing.T) {
+	p := newPool(t, heapCombo, 16<<20, Options{})
+	hd := p.NewHandle()
+	defer hd.Close()
+	var offs []mem.Off
+	for i := range 3000 {
+		size := []int{0, 1, 64, 1000, p.MaxSmall(), p.MaxSmall() + 1}[i%6]
+		off, err := hd.AllocOff(size)
+		if err != nil {
+			t.Fatalf("AllocOff(%d): %v", size, err)
+		}
+		b, err := p.Bytes(off)
+		if err != nil || len(b) != size {
+			t.Fatalf("Bytes of a %d-byte record: %d bytes, %v", size, len(b), err)
+		}
+		offs = append(offs, off)
+	}
+	mustCheck(t, p, "after AllocOff")
+	if err := p.FreeBatch(offs); err != nil {
+		t.Fatal(err)
+	}
+	if s := poolStats(t, p); s.LiveRecords != 0 || s.LargeRecords != 0 {
+		t.Fatalf("after FreeBatch: %+v", s)
+	}
+	hd.Close()
+	if _, err := hd.AllocOff(64); !errors.Is(err, ErrClosed) {
+		t.Fatalf("AllocOff on a closed handle: %v", err)
+	}
+}

@@ -63,16 +63,35 @@ func (h *Handle) Alloc(size int) (Record, error) {
 			return Record{}, err
 		}
 	}
+	off := h.carveOne(size, uint32(k))
+	return Record{Off: off, Data: p.view(off, uint64(size))}, nil
+}
+
+// carveOne carves a record of size bytes (k granules, room checked) at
+// the cursor and returns its offset.
+func (h *Handle) carveOne(size int, k uint32) mem.Off {
+	p := h.p
 	pos := h.cur
-	h.cur += uint32(k)
+	h.cur += k
 	g := h.base + uint64(pos)
 	// Two word stores, the words the readers load (slabRecord): a load
 	// that spans several smaller stores still in flight would stall
 	// store forwarding.
-	p.plain[2*g] = packHalves(pos, uint32(k))
-	p.plain[2*g+1] = packHalves(uint32(size), recCheck(pos, uint32(k), uint32(size), h.key))
-	off := mem.Off((g + 1) * granule)
-	return Record{Off: off, Data: p.view(off, uint64(size))}, nil
+	p.plain[2*g] = packHalves(pos, k)
+	p.plain[2*g+1] = packHalves(uint32(size), recCheck(pos, k, uint32(size), h.key))
+	return mem.Off((g + 1) * granule)
+}
+
+// AllocOff is Alloc that returns the record's offset alone (Pool.Bytes
+// gives its bytes).
+func (h *Handle) AllocOff(size int) (mem.Off, error) {
+	p := h.p
+	k := slotGranules(uint64(max(size, 0)), p.align)
+	if h.closed || size < 0 || k > p.maxSmall || uint64(h.cur)+k > uint64(h.limit) {
+		r, err := h.Alloc(size)
+		return r.Off, err
+	}
+	return h.carveOne(size, uint32(k)), nil
 }
 
 // AllocBatch allocates len(offs) records of size bytes each, as Alloc
