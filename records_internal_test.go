@@ -29,15 +29,7 @@ func TestDamagedQueuedRecord(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			b := heapBuf(t)
-			h, err := b.NewHandle()
-			require.NoError(t, err)
-			defer h.Close()
-			p, err := h.Producer(1)
-			require.NoError(t, err)
-			defer p.Close()
-			co, err := h.Consumer(1)
-			require.NoError(t, err)
-			defer co.Close()
+			h, p, co := loopback(t, b, 1)
 			ctx := context.Background()
 			var sent []Record
 			for i := 0; i < 3; i++ {
@@ -51,7 +43,7 @@ func TestDamagedQueuedRecord(t *testing.T) {
 			tr := mem.MustAt[trailer](b.recs.b, sent[0].off+mem.Off(allocSize(64)-trailerSize))
 			c.damage(tr)
 
-			_, err = co.Receive(ctx)
+			_, err := co.Receive(ctx)
 			require.ErrorIs(t, err, ErrCorrupt)
 			rs := make([]Record, 4)
 			k, err := co.ReceiveBatch(ctx, rs)
@@ -165,13 +157,7 @@ func TestTakeWritesOnlyLiveRecords(t *testing.T) {
 // not a second free through the kept slot.
 func TestReceiveKeepsSlotForFree(t *testing.T) {
 	b := heapBuf(t)
-	newHandle := func() *Handle {
-		h, err := b.NewHandle()
-		require.NoError(t, err)
-		t.Cleanup(func() { h.Close() })
-		return h
-	}
-	h1, h2, h3 := newHandle(), newHandle(), newHandle()
+	h1, h2, h3 := testHandle(t, b), testHandle(t, b), testHandle(t, b)
 	p, err := h1.Producer(1)
 	require.NoError(t, err)
 	c, err := h2.Consumer(1)
@@ -270,15 +256,7 @@ func TestHotStructsPadded(t *testing.T) {
 // freed one is reported and not written to.
 func TestFreeReceivedBatch(t *testing.T) {
 	b := heapBuf(t)
-	h, err := b.NewHandle()
-	require.NoError(t, err)
-	defer h.Close()
-	p, err := h.Producer(1)
-	require.NoError(t, err)
-	defer p.Close()
-	co, err := h.Consumer(1)
-	require.NoError(t, err)
-	defer co.Close()
+	h, p, co := loopback(t, b, 1)
 	ctx := context.Background()
 	live := func() int {
 		st, err := b.Stats()
@@ -315,7 +293,7 @@ func TestFreeReceivedBatch(t *testing.T) {
 
 	rs = receive(40)
 	require.NoError(t, h.Free(rs[13]))
-	err = h.FreeBatch(rs)
+	err := h.FreeBatch(rs)
 	require.ErrorIs(t, err, ErrDoubleFree)
 	require.Contains(t, err.Error(), "record 13:")
 	require.NotContains(t, err.Error(), "\n", "one error")
@@ -363,15 +341,7 @@ func TestFreeReceivedBatch(t *testing.T) {
 // and too long for a slot to carry the length) is sent whole, in order.
 func TestSendBatchChecksEach(t *testing.T) {
 	b := heapBuf(t, WithSize(64<<20))
-	h, err := b.NewHandle()
-	require.NoError(t, err)
-	defer h.Close()
-	p, err := h.Producer(1)
-	require.NoError(t, err)
-	defer p.Close()
-	co, err := h.Consumer(1)
-	require.NoError(t, err)
-	defer co.Close()
+	h, p, co := loopback(t, b, 1)
 	ctx := context.Background()
 
 	rs := make([]Record, 5)
@@ -417,13 +387,7 @@ func TestSendBatchChecksEach(t *testing.T) {
 // not written to.
 func TestReceiveTakesAhead(t *testing.T) {
 	b := heapBuf(t)
-	newHandle := func() *Handle {
-		h, err := b.NewHandle()
-		require.NoError(t, err)
-		t.Cleanup(func() { h.Close() })
-		return h
-	}
-	h, h2 := newHandle(), newHandle()
+	h, h2 := testHandle(t, b), testHandle(t, b)
 	p, err := h.Producer(1)
 	require.NoError(t, err)
 	defer p.Close()
@@ -461,7 +425,7 @@ func TestReceiveTakesAhead(t *testing.T) {
 	require.Equal(t, 28, co.c.Len())
 	// Closed with records taken ahead: the next consumer gets them.
 	require.NoError(t, co.Close())
-	h3 := newHandle()
+	h3 := testHandle(t, b)
 	co, err = h3.Consumer(1)
 	require.NoError(t, err)
 	defer co.Close()
@@ -518,4 +482,27 @@ func TestReceiveTakesAhead(t *testing.T) {
 	st, err = b.Stats()
 	require.NoError(t, err)
 	require.Zero(t, st.Records.LiveRecords)
+}
+
+// testHandle is a new handle on b, closed when the test ends.
+func testHandle(t *testing.T, b *Buffer) *Handle {
+	t.Helper()
+	h, err := b.NewHandle()
+	require.NoError(t, err)
+	t.Cleanup(func() { h.Close() })
+	return h
+}
+
+// loopback opens both ends of record channel id on one new handle: all
+// are closed when the test ends.
+func loopback(t *testing.T, b *Buffer, id ChannelID) (*Handle, *Producer, *Consumer) {
+	t.Helper()
+	h := testHandle(t, b)
+	p, err := h.Producer(id)
+	require.NoError(t, err)
+	t.Cleanup(func() { p.Close() })
+	co, err := h.Consumer(id)
+	require.NoError(t, err)
+	t.Cleanup(func() { co.Close() })
+	return h, p, co
 }
