@@ -106,12 +106,16 @@ func (p *Producer) SendBatch(ctx context.Context, rs []Record) (int, error) {
 	}
 	slots := p.batch[:len(rs)]
 	recs := p.h.buf.recs
-	for i := recs.slots(rs, slots); i < len(rs); i++ {
+	for i := recs.slots(rs, slots); i < len(rs); {
+		// A record the quick check leaves to the full one; the quick
+		// check goes on after it.
 		s, err := p.slot(rs[i])
 		if err != nil {
 			return 0, p.wrap("send batch", fmt.Errorf("record %d: %w", i, err))
 		}
 		slots[i] = s
+		i++
+		i += recs.slots(rs[i:], slots[i:])
 	}
 	sent := 0
 	for sent < len(slots) {
@@ -176,6 +180,10 @@ type ahead struct {
 	sizes   []uint32
 	runs    []slab.Run
 	next, n int // recs[next:n] are to be delivered
+	// skip: records to deliver one by one before taking ahead again,
+	// after a window that failed the checks (a large record, say), so
+	// that the window is not checked again at every call.
+	skip int
 }
 
 const (
@@ -192,7 +200,7 @@ func (c *Consumer) quick() (Record, bool) {
 		return Record{}, false
 	}
 	a := c.ahead
-	if a.next == a.n && c.c.Known() >= aheadMin {
+	if a.next == a.n && a.skip == 0 && c.c.Known() >= aheadMin {
 		c.takeAhead()
 	}
 	if a.next < a.n {
@@ -205,6 +213,7 @@ func (c *Consumer) quick() (Record, bool) {
 	if s, ok := c.c.Peek(); ok {
 		if r, ok := c.h.sh.take(s); ok {
 			c.c.Advance(1)
+			a.skip = max(a.skip-1, 0)
 			return r, true
 		}
 	}
@@ -222,6 +231,8 @@ func (c *Consumer) takeAhead() {
 	runs, ok := c.h.sh.takeRecords(a.raw[:k], a.recs[:k], a.offs[:k], a.sizes[:k], a.runs[:0])
 	a.runs = runs
 	if !ok {
+		clear(a.recs[:k])
+		a.skip = k
 		return
 	}
 	c.h.sh.h.RunSlots(runs, a.offs[:k], a.sizes[:k], a.slots[:k])
@@ -268,13 +279,11 @@ func (c *Consumer) TryReceive() (Record, error) {
 	return r, c.wrap("receive", err)
 }
 
-// receive1 is TryReceive with the channel's errors unwrapped.
+// receive1 is TryReceive's general path, after quick, with the channel's
+// errors unwrapped.
 func (c *Consumer) receive1() (Record, error) {
 	if c.closed {
 		return Record{}, ErrClosed
-	}
-	if r, ok := c.quick(); ok {
-		return r, nil
 	}
 	s, err := c.c.Next()
 	if err != nil {
@@ -284,6 +293,7 @@ func (c *Consumer) receive1() (Record, error) {
 	// learn that it was taken.
 	r, err := c.h.buf.recs.take(s)
 	c.c.Advance(1)
+	c.ahead.skip = max(c.ahead.skip-1, 0)
 	return r, err
 }
 
@@ -292,10 +302,10 @@ func (c *Consumer) receive1() (Record, error) {
 // closed and everything is received, ErrPeerDead if the producer died
 // (after what it queued), ErrDestroyed, or ctx's error.
 func (c *Consumer) Receive(ctx context.Context) (Record, error) {
-	if r, ok := c.quick(); ok {
-		return r, nil
-	}
 	for {
+		if r, ok := c.quick(); ok {
+			return r, nil
+		}
 		r, err := c.receive1()
 		if err != ErrWouldBlock {
 			return r, c.wrap("receive", err)
@@ -334,6 +344,9 @@ func (c *Consumer) ReceiveBatch(ctx context.Context, rs []Record) (int, error) {
 				c.c.Advance(n)
 				return n, nil
 			}
+			// Not all pass: what takeBatch wrote past the records
+			// taken below is cleared.
+			clear(rs[:n])
 			var all []error
 			k := 0
 			for _, s := range slots[:n] {

@@ -20,7 +20,8 @@ import (
 // payload (rounded up to 16 bytes) that names the record's holder: the
 // process responsible for it now. The allocator holds a record until it is
 // sent; a consumer takes it over before the channel publishes that it was
-// received. So whoever dies, Recover knows which records died with it: a
+// received (Receive may take over up to aheadMax records still queued,
+// which it then delivers one by one). So whoever dies, Recover knows which records died with it: a
 // record whose holder is dead and that is not queued in a channel is
 // freed, whichever process allocated it. The trailer is at the end so
 // that the payload keeps the pool's alignment (cache-line records stay
@@ -314,8 +315,7 @@ func (sh *slabHandle) keep(s *slab.Slot) {
 // views is takeBatch's check of the trailers, apart so that it makes no
 // call: each record (of the length its slot says, at offs[i], sizes[i]
 // bytes in all, located) is a record of its size, its trailer in it; rs
-// is filled as they pass (what a failure leaves there is overwritten by
-// the caller's slow path). foreign: another process holds one of them.
+// is filled as they pass (after a failure the caller clears it). foreign: another process holds one of them.
 func (rs *records) views(slots []uint64, offs []mem.Off, sizes []uint32, out []Record) (ok, foreign bool) {
 	ts, self := rs.trailers, uint64(rs.self)
 	base := unsafe.Pointer(unsafe.SliceData(rs.b))
@@ -423,11 +423,9 @@ func (rs *records) take(slot uint64) (Record, error) {
 // and the channel delivers them in order, slab.Handle.LocateNext), which
 // checks its header against that place instead of locating its slab
 // afresh. The handle keeps the record's slot, so that free, the likely
-// next call, does not locate it again. ReceiveBatch keeps using
-// records.take's cheaper check (the header alone, Pool.Peek): FreeBatch
-// frees by runs and has no use for the slots, and locating each record
-// costs ~40 instructions more per record there, even where it was
-// expected (callgrind, BenchmarkRecordOneGoroutine/batch).
+// next call, does not locate it again. Batches (ReceiveBatch, and
+// Receive when it takes ahead) are located together instead
+// (takeRecords), and records.take is the fallback of both.
 func (sh *slabHandle) take(slot uint64) (Record, bool) {
 	rs := sh.rs
 	off := channel.SlotOff(slot)

@@ -299,6 +299,16 @@ func TestFreeReceivedBatch(t *testing.T) {
 	require.NotContains(t, err.Error(), "\n", "one error")
 	require.Zero(t, live())
 
+	// Freed by offset (as another process would: the trailer stays
+	// intact): the batch's runs report it.
+	rs = receive(40)
+	require.NoError(t, b.recs.freeOff(rs[13].off))
+	err = h.FreeBatch(rs)
+	require.ErrorIs(t, err, ErrDoubleFree)
+	require.Contains(t, err.Error(), "record 13:")
+	require.NotContains(t, err.Error(), "\n", "one error")
+	require.Zero(t, live())
+
 	rs = receive(40)
 	rs[0], rs[39] = rs[39], rs[0]
 	require.NoError(t, h.FreeBatch(rs))
@@ -309,9 +319,30 @@ func TestFreeReceivedBatch(t *testing.T) {
 	require.Zero(t, live())
 	require.NoError(t, b.Check())
 
-	// Another process's records; one freed while queued, by offset (its
-	// trailer stays intact): ReceiveBatch refuses it alone.
+	// Another process's records: this one becomes their holder.
 	ph, other := otherProcess(t, b)
+	pp1, err := ph.Producer(3)
+	require.NoError(t, err)
+	defer pp1.Close()
+	c1, err := h.Consumer(3)
+	require.NoError(t, err)
+	defer c1.Close()
+	theirs := make([]Record, 20)
+	require.NoError(t, ph.AllocateBatch(80, theirs))
+	k, err := pp1.SendBatch(ctx, theirs)
+	require.NoError(t, err)
+	require.Equal(t, 20, k)
+	mine := make([]Record, 20)
+	k, err = c1.ReceiveBatch(ctx, mine)
+	require.NoError(t, err)
+	require.Equal(t, 20, k)
+	for _, r := range mine {
+		require.Equal(t, sys.Self(), sys.Identity(b.recs.trailers[(int(r.off)+allocSize(80))/trailerSize-1].holder().Load()))
+	}
+	require.NoError(t, h.FreeBatch(mine))
+
+	// One freed while queued, by offset (its trailer stays intact):
+	// ReceiveBatch refuses it alone.
 	pp, err := ph.Producer(2)
 	require.NoError(t, err)
 	defer pp.Close()
@@ -320,7 +351,7 @@ func TestFreeReceivedBatch(t *testing.T) {
 	defer c2.Close()
 	sent := make([]Record, 3)
 	require.NoError(t, ph.AllocateBatch(80, sent))
-	k, err := pp.SendBatch(ctx, sent)
+	k, err = pp.SendBatch(ctx, sent)
 	require.NoError(t, err)
 	require.Equal(t, 3, k)
 	require.NoError(t, b.recs.freeOff(sent[1].off))
@@ -329,6 +360,7 @@ func TestFreeReceivedBatch(t *testing.T) {
 	require.ErrorIs(t, err, ErrNotAllocated)
 	require.Equal(t, 2, k)
 	require.Equal(t, []mem.Off{sent[0].off, sent[2].off}, []mem.Off{got[0].off, got[1].off})
+	require.True(t, got[2].IsZero(), "nothing past the records returned")
 	tr := &b.recs.trailers[(int(sent[1].off)+allocSize(80))/trailerSize-1]
 	require.Equal(t, other, sys.Identity(tr.holder().Load()), "nothing written to the freed record")
 	require.NoError(t, h.FreeBatch(got[:2]))
@@ -479,6 +511,62 @@ func TestReceiveTakesAhead(t *testing.T) {
 	}
 	tr := &b.recs.trailers[(int(sent[10].off)+allocSize(40))/trailerSize-1]
 	require.Equal(t, other, sys.Identity(tr.holder().Load()), "nothing written to the freed record")
+
+	// All live: the records taken ahead become this process's before
+	// they are delivered, while still queued.
+	k, err = pp.SendBatch(ctx, func() []Record {
+		require.NoError(t, ph.AllocateBatch(40, sent))
+		return sent
+	}())
+	require.NoError(t, err)
+	require.Equal(t, 20, k)
+	for range 2 {
+		r, err := c2.Receive(ctx)
+		require.NoError(t, err)
+		require.NoError(t, h3.Free(r))
+	}
+	require.Equal(t, aheadMax, c2.ahead.n)
+	require.Equal(t, 18, c2.c.Len(), "still queued")
+	holder := func(r Record) sys.Identity {
+		return sys.Identity(b.recs.trailers[(int(r.off)+allocSize(40))/trailerSize-1].holder().Load())
+	}
+	for _, r := range sent[2 : 1+aheadMax] {
+		require.Equal(t, sys.Self(), holder(r), "taken ahead")
+	}
+	require.Equal(t, other, holder(sent[1+aheadMax]), "not taken yet")
+	for range 18 {
+		r, err := c2.Receive(ctx)
+		require.NoError(t, err)
+		require.NoError(t, h3.Free(r))
+	}
+
+	// A record the batch check leaves to the full one (too long for a
+	// slot to carry its length) among small ones: delivered in order;
+	// the window that held it is not checked again at every call.
+	var order []int
+	for i := range 30 {
+		n := 40
+		if i == 12 {
+			n = channel.SlotLenNone + 100
+		}
+		r, err := h.Allocate(n)
+		require.NoError(t, err)
+		r.Bytes()[0] = byte(i)
+		require.NoError(t, p.Send(ctx, r))
+	}
+	skipped := false
+	for range 30 {
+		r, err := co.Receive(ctx)
+		require.NoError(t, err)
+		order = append(order, int(r.Bytes()[0]))
+		skipped = skipped || co.ahead.skip > 0
+		require.NoError(t, h3.Free(r))
+	}
+	require.Equal(t, 29, order[29])
+	for i, v := range order {
+		require.Equal(t, i, v)
+	}
+	require.True(t, skipped, "the window with the long record was skipped")
 	st, err = b.Stats()
 	require.NoError(t, err)
 	require.Zero(t, st.Records.LiveRecords)

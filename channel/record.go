@@ -532,8 +532,8 @@ func (c *RecordConsumer) Known() int {
 	return int(c.tailCache - c.head)
 }
 
-// Advance consumes n slots that Next or PeekBatch returned, publishing
-// that they were taken.
+// Advance consumes n slots that Peek, Next, PeekKnown or PeekBatch
+// returned, publishing that they were taken.
 func (c *RecordConsumer) Advance(n int) {
 	if n <= 0 {
 		return

@@ -422,6 +422,11 @@ func TestLocateRuns(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// Offsets that no run covers are reported, not dropped.
+	if err := p.FreeRuns(nil, offs[:1]); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("FreeRuns without runs: %v", err)
+	}
+
 	// A record of the first run freed since: the run is no longer live,
 	// and FreeRuns reports it and frees the rest.
 	if err := p.Free(offs[7]); err != nil {

@@ -121,6 +121,9 @@ func (p *Pool) FreeRuns(runs []Run, offs []mem.Off) error {
 		}
 		i += r.Count
 	}
+	if i < len(offs) {
+		all = append(all, fmt.Errorf("slab: free runs: records %d to %d are in no run: %w", i, len(offs)-1, ErrInvalidArgument))
+	}
 	return errors.Join(all...)
 }
 
