@@ -479,10 +479,6 @@ func (sh *slabHandle) free(off mem.Off, b []byte) (ok bool, err error) {
 		return false, nil
 	}
 	t.Magic = 0 // as records.free does
-	if sh.takenOff() == off {
-		sh.taken = false
-		return true, sh.h.FreeSlot(&sh.slots[sh.cur])
-	}
 	return true, sh.h.Free(off)
 }
 

@@ -321,12 +321,7 @@ func TestFreeReceivedBatch(t *testing.T) {
 
 	// Another process's records: this one becomes their holder.
 	ph, other := otherProcess(t, b)
-	pp1, err := ph.Producer(3)
-	require.NoError(t, err)
-	defer pp1.Close()
-	c1, err := h.Consumer(3)
-	require.NoError(t, err)
-	defer c1.Close()
+	pp1, c1 := ends(t, ph, h, 3)
 	theirs := make([]Record, 20)
 	require.NoError(t, ph.AllocateBatch(80, theirs))
 	k, err := pp1.SendBatch(ctx, theirs)
@@ -343,12 +338,7 @@ func TestFreeReceivedBatch(t *testing.T) {
 
 	// One freed while queued, by offset (its trailer stays intact):
 	// ReceiveBatch refuses it alone.
-	pp, err := ph.Producer(2)
-	require.NoError(t, err)
-	defer pp.Close()
-	c2, err := h.Consumer(2)
-	require.NoError(t, err)
-	defer c2.Close()
+	pp, c2 := ends(t, ph, h, 2)
 	sent := make([]Record, 3)
 	require.NoError(t, ph.AllocateBatch(80, sent))
 	k, err = pp.SendBatch(ctx, sent)
@@ -484,12 +474,7 @@ func TestReceiveTakesAhead(t *testing.T) {
 
 	// Another process's records, one freed (by offset) while queued.
 	ph, other := otherProcess(t, b)
-	pp, err := ph.Producer(2)
-	require.NoError(t, err)
-	defer pp.Close()
-	c2, err := h3.Consumer(2)
-	require.NoError(t, err)
-	defer c2.Close()
+	pp, c2 := ends(t, ph, h3, 2)
 	sent := make([]Record, 20)
 	require.NoError(t, ph.AllocateBatch(40, sent))
 	for i, r := range sent {
@@ -586,11 +571,19 @@ func testHandle(t *testing.T, b *Buffer) *Handle {
 func loopback(t *testing.T, b *Buffer, id ChannelID) (*Handle, *Producer, *Consumer) {
 	t.Helper()
 	h := testHandle(t, b)
-	p, err := h.Producer(id)
+	p, co := ends(t, h, h, id)
+	return h, p, co
+}
+
+// ends opens the producer end of record channel id on ph and its
+// consumer end on ch, closed when the test ends.
+func ends(t *testing.T, ph, ch *Handle, id ChannelID) (*Producer, *Consumer) {
+	t.Helper()
+	p, err := ph.Producer(id)
 	require.NoError(t, err)
 	t.Cleanup(func() { p.Close() })
-	co, err := h.Consumer(id)
+	co, err := ch.Consumer(id)
 	require.NoError(t, err)
 	t.Cleanup(func() { co.Close() })
-	return h, p, co
+	return p, co
 }

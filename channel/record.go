@@ -511,13 +511,7 @@ func (c *RecordConsumer) Peek() (uint64, bool) {
 // of already (up to the tail it read last, without reading it again) and
 // returns how many; they are consumed by Advance, as PeekBatch's are.
 func (c *RecordConsumer) PeekKnown(slots []uint64) int {
-	if c.closed {
-		return 0
-	}
-	n := min(c.tailCache-c.head, uint64(len(slots)))
-	if n > uint64(len(c.ring)) {
-		return 0
-	}
+	n := min(c.Known(), len(slots))
 	i := c.head & c.mask
 	k := copy(slots[:n], c.ring[i:])
 	copy(slots[k:n], c.ring)
