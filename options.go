@@ -5,6 +5,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/heapipc/ipc/alloc"
 	"github.com/heapipc/ipc/backend"
 )
 
@@ -18,6 +19,15 @@ type config struct {
 	slabSize      int
 	recordAlign   int
 	debug         bool
+}
+
+// interval is the check interval of blocked calls: WithCheckInterval's,
+// or the default (alloc.DefaultCheckInterval, as the channels' own).
+func (c *config) interval() time.Duration {
+	if c.checkInterval > 0 {
+		return c.checkInterval
+	}
+	return alloc.DefaultCheckInterval
 }
 
 // DefaultSize is the size of a buffer created without WithSize: 64 MiB.

@@ -40,7 +40,12 @@ type Select struct {
 	cases []Receiver
 	next  int
 	spin  time.Duration
+	parks int // how many times Receive parked (for tests)
 }
+
+// testSelectBeforePark, if set (by tests), runs when Receive has armed its
+// ends and found none ready, just before it parks.
+var testSelectBeforePark func()
 
 // NewSelect returns a Select over the given ends (more can be added).
 func (h *Handle) NewSelect(rs ...Receiver) (*Select, error) {
@@ -109,7 +114,7 @@ func (s *Select) Receive(ctx context.Context) (Receiver, Record, error) {
 	if n == 0 {
 		return nil, Record{}, fmt.Errorf("ipc: select: no channels: %w", ErrInvalidArgument)
 	}
-	for {
+	for parks := 0; ; {
 		for i := 0; i < n; i++ {
 			idx := (s.next + i) % n
 			c := s.cases[idx]
@@ -133,12 +138,21 @@ func (s *Select) Receive(ctx context.Context) (Receiver, Record, error) {
 			s.disarm()
 			continue
 		}
-		err := s.bell.Park(ctx, s.h.buf.cfg.checkInterval)
+		// The first park of a wait is short: a producer's publication
+		// may have reached the ends just after they were checked,
+		// unannounced (channel.PublishGrace).
+		timeout, grace := channel.ParkTimeout(s.h.buf.cfg.interval(), parks)
+		parks++
+		s.parks++
+		if testSelectBeforePark != nil {
+			testSelectBeforePark()
+		}
+		err := s.bell.Park(ctx, timeout)
 		s.disarm()
 		if err != nil && !errors.Is(err, ErrTimeout) {
 			return nil, Record{}, fmt.Errorf("ipc: select: %w", err)
 		}
-		if err != nil {
+		if err != nil && !grace {
 			// A check interval passed: look for dead producers.
 			for i, c := range s.cases {
 				if c.endClosed() {

@@ -1,10 +1,13 @@
 package ipc
 
 import (
+	"context"
 	"testing"
+	"time"
 
 	"github.com/heapipc/ipc/alloc"
 	"github.com/heapipc/ipc/internal/mem"
+	"github.com/heapipc/ipc/internal/testutil"
 	"github.com/stretchr/testify/require"
 )
 
@@ -50,4 +53,68 @@ func TestClosedSelectDoorbell(t *testing.T) {
 	_, err = b.heap.Extent(off)
 	require.ErrorIs(t, err, ErrDoubleFree, "freed: its page starts a free extent")
 	require.NoError(t, b.Check())
+}
+
+// TestSelectIdleParks: an idle Select parks for the check interval at a
+// time (the default one when the buffer was opened without
+// WithCheckInterval); it used to pass a zero timeout and spin on the
+// futex.
+func TestSelectIdleParks(t *testing.T) {
+	b, err := Open(testutil.Name(t), WithBackends("heap", "heap"), WithSize(8<<20))
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, b.Destroy()) })
+	h, err := b.NewHandle()
+	require.NoError(t, err)
+	c, err := h.Consumer(1)
+	require.NoError(t, err)
+	sel, err := h.NewSelect(c)
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	_, _, err = sel.Receive(ctx)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	// One short park (channel.PublishGrace), then 50 ms ones: 7 in 300
+	// ms, far fewer than a loop that does not sleep.
+	require.LessOrEqual(t, sel.parks, 30, "parks in 300 ms")
+	require.NoError(t, sel.Close())
+	require.NoError(t, h.Close())
+}
+
+// TestSelectPublishGrace: a producer that publishes just after the
+// Select checked its ends, and read the consumer's waiting word before
+// the Select armed it (so it rings no bell), still reaches the Select:
+// its first park is short (channel.PublishGrace), long before the check
+// interval (an hour here).
+func TestSelectPublishGrace(t *testing.T) {
+	b := heapBuf(t, WithCheckInterval(time.Hour))
+	h, err := b.NewHandle()
+	require.NoError(t, err)
+	c, err := h.Consumer(1)
+	require.NoError(t, err)
+	ph, err := b.NewHandle()
+	require.NoError(t, err)
+	p, err := ph.Producer(1)
+	require.NoError(t, err)
+	sel, err := h.NewSelect(c)
+	require.NoError(t, err)
+	r, err := ph.Allocate(8)
+	require.NoError(t, err)
+	sent := false
+	testSelectBeforePark = func() {
+		if !sent {
+			sent = true
+			c.c.Disarm() // the producer saw no waiter
+			require.NoError(t, p.TrySend(r))
+		}
+	}
+	t.Cleanup(func() { testSelectBeforePark = nil })
+	from, got, err := sel.Receive(testutil.Context(t, 10*time.Second))
+	require.NoError(t, err)
+	require.True(t, sent, "the Select parked")
+	require.Equal(t, Receiver(c), from)
+	require.Equal(t, r.off, got.off)
+	require.NoError(t, h.Free(got))
+	require.NoError(t, sel.Close())
+	require.NoError(t, ph.Close())
+	require.NoError(t, h.Close())
 }

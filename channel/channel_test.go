@@ -14,6 +14,7 @@ import (
 	"github.com/heapipc/ipc/internal/mem"
 	"github.com/heapipc/ipc/internal/sys"
 	"github.com/heapipc/ipc/internal/testutil"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -575,6 +576,67 @@ func TestRingParkedNoLostWakeup(t *testing.T) {
 	require.NoError(t, <-done)
 	_, err = c.Receive(ctx)
 	require.ErrorIs(t, err, io.EOF)
+	require.True(t, c.Close())
+	_, err = f.reg.Remove(context.Background(), en, ring.Removable, nil)
+	require.NoError(t, err)
+}
+
+// TestRingPublishGrace: the indexes are published without a fence, so a
+// waiter may check the index just before the peer's publication reaches
+// it, and park without being woken (the peer read the waiting word before
+// the waiter set it). Its first park is short: it finds the record, or
+// the room, without a wake and long before the check interval (an hour
+// here). The test publishes without a wake right after the waiter's
+// check.
+func TestRingPublishGrace(t *testing.T) {
+	f := newFixture(t, backend.Heap)
+	en, _, err := f.reg.LookupOrCreate(context.Background(), 1, recordSpec(2))
+	require.NoError(t, err)
+	ring, err := OpenRing(f.r, en, WaitOptions{Spin: -1, CheckInterval: time.Hour})
+	require.NoError(t, err)
+	p, err := ring.AttachProducer()
+	require.NoError(t, err)
+	c, err := ring.AttachConsumer()
+	require.NoError(t, err)
+	ctx := testutil.Context(t, 10*time.Second)
+	var once func()
+	testBeforePark = func() {
+		if f := once; f != nil {
+			once = nil
+			f()
+		}
+	}
+	t.Cleanup(func() { testBeforePark = nil })
+
+	// A record published with no wake reaches the parked consumer.
+	once = func() {
+		ring.ring[0] = 7
+		publish(&ring.cb.Tail, 1) // what Push does, less the wake
+		p.tail = 1
+	}
+	s, err := c.Receive(ctx)
+	require.NoError(t, err)
+	require.Equal(t, uint64(7), s)
+	require.Nil(t, once, "the consumer parked")
+
+	// Room made with no wake reaches the parked producer.
+	require.NoError(t, p.TrySend(8))
+	require.NoError(t, p.TrySend(9)) // full: 2 of 2
+	once = func() {
+		s, err := c.Next()
+		assert.NoError(t, err)
+		assert.Equal(t, uint64(8), s)
+		c.head++
+		publish(&ring.cb.Head, c.head) // what Advance does, less the wake
+	}
+	require.NoError(t, p.Send(ctx, 10))
+	require.Nil(t, once, "the producer parked")
+	for _, want := range []uint64{9, 10} {
+		s, err := c.TryReceive()
+		require.NoError(t, err)
+		require.Equal(t, want, s)
+	}
+	p.Close()
 	require.True(t, c.Close())
 	_, err = f.reg.Remove(context.Background(), en, ring.Removable, nil)
 	require.NoError(t, err)

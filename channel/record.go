@@ -132,6 +132,32 @@ func (o WaitOptions) norm() WaitOptions {
 // DefaultSpin is the default spin time of blocking calls.
 const DefaultSpin = 20 * time.Microsecond
 
+// PublishGrace is how long the first park of a wait lasts at most. The
+// ring's indexes are published without a fence (publish), so a publisher
+// may read the waiting word as clear just before the waiter sets it, and
+// the waiter, reading the index just after, may still miss the
+// publication, which is in the publisher's store buffer for a few more
+// nanoseconds: both go on, the waiter parked with a record (or room)
+// it was not told about. The short first park bounds that: the waiter
+// then looks again and finds it. A wait that outlasts it costs one more
+// futex wait (a wake-up per wait of an idle end, not per record).
+const PublishGrace = 200 * time.Microsecond
+
+// ParkTimeout is the timeout of a waiter's park number parks (from 0) in
+// one wait: PublishGrace for the first, if that is shorter than the
+// check interval, then the check interval. grace reports the first:
+// after it the waiter looks again before it checks on its peer.
+func ParkTimeout(interval time.Duration, parks int) (timeout time.Duration, grace bool) {
+	if parks == 0 && (interval < 0 || interval > PublishGrace) {
+		return PublishGrace, true
+	}
+	return interval, false
+}
+
+// testBeforePark, if set (by tests), runs when a waiter has announced
+// itself and found nothing, just before it parks.
+var testBeforePark func()
+
 // spin calls done until it returns true or d has passed, and reports
 // whether it returned true. Every 64 calls it reads the clock and yields:
 // to other goroutines (a peer goroutine waiting for a P when there are
@@ -287,7 +313,7 @@ func (p *RecordProducer) Push(slot uint64) bool {
 	}
 	p.ring[p.tail&p.mask] = slot
 	p.tail++
-	p.cb.Tail.Store(p.tail)
+	publish(&p.cb.Tail, p.tail)
 	if p.cb.ConsWaiting.Load() != 0 {
 		p.wakeConsumer()
 	}
@@ -318,7 +344,7 @@ func (p *RecordProducer) TrySendBatch(slots []uint64) (int, error) {
 	k := copy(p.ring[i:], slots[:n])
 	copy(p.ring, slots[k:n])
 	p.tail += n
-	p.cb.Tail.Store(p.tail)
+	publish(&p.cb.Tail, p.tail)
 	p.wakeConsumer()
 	return int(n), nil
 }
@@ -352,18 +378,25 @@ func (p *RecordProducer) WaitRoom(ctx context.Context) error {
 	if spin(p.opts.Spin, roomy) || hasRoom() {
 		return nil
 	}
-	for {
+	for parks := 0; ; parks++ {
 		p.cb.ProdWaiting.Store(waitSelf)
 		if hasRoom() {
 			p.cb.ProdWaiting.Store(0)
 			return nil
 		}
-		err := backend.Park(ctx, &p.cb.ProdWaiting, waitSelf, p.opts.CheckInterval)
+		timeout, grace := ParkTimeout(p.opts.CheckInterval, parks)
+		if testBeforePark != nil {
+			testBeforePark()
+		}
+		err := backend.Park(ctx, &p.cb.ProdWaiting, waitSelf, timeout)
 		if err != nil && !errors.Is(err, errs.ErrTimeout) {
 			return err
 		}
 		if hasRoom() {
 			return nil
+		}
+		if grace {
+			continue
 		}
 		if err := p.checkPeer(&p.cb.Consumer, "consumer"); err != nil {
 			return err
@@ -533,7 +566,7 @@ func (c *RecordConsumer) Advance(n int) {
 		return
 	}
 	c.head += uint64(n)
-	c.cb.Head.Store(c.head)
+	publish(&c.cb.Head, c.head)
 	if c.cb.ProdWaiting.Load() != 0 {
 		c.wakeProducer()
 	}
@@ -622,19 +655,26 @@ func (c *RecordConsumer) WaitData(ctx context.Context) error {
 	}) {
 		return rerr
 	}
-	for {
+	for parks := 0; ; parks++ {
 		c.cb.ConsWaiting.Store(waitSelf)
 		if ok, err := ready(); ok {
 			c.cb.ConsWaiting.Store(0)
 			return err
 		}
-		err := backend.Park(ctx, &c.cb.ConsWaiting, waitSelf, c.opts.CheckInterval)
+		timeout, grace := ParkTimeout(c.opts.CheckInterval, parks)
+		if testBeforePark != nil {
+			testBeforePark()
+		}
+		err := backend.Park(ctx, &c.cb.ConsWaiting, waitSelf, timeout)
 		if err != nil && !errors.Is(err, errs.ErrTimeout) {
 			c.cb.ConsWaiting.Store(0)
 			return err
 		}
 		if ok, err := ready(); ok {
 			return err
+		}
+		if grace {
+			continue
 		}
 		if err := c.checkPeer(&c.cb.Producer, "producer"); err != nil {
 			// Deliver what the dead producer queued first.
