@@ -114,7 +114,7 @@ func (s *Select) Receive(ctx context.Context) (Receiver, Record, error) {
 	if n == 0 {
 		return nil, Record{}, fmt.Errorf("ipc: select: no channels: %w", ErrInvalidArgument)
 	}
-	for parks := 0; ; {
+	for {
 		for i := 0; i < n; i++ {
 			idx := (s.next + i) % n
 			c := s.cases[idx]
@@ -125,7 +125,15 @@ func (s *Select) Receive(ctx context.Context) (Receiver, Record, error) {
 			s.next = idx + 1
 			return c, r, err
 		}
+		// The ends are announced for the whole spin (a record channel's
+		// producer then fences what it publishes: channel.publish).
+		for _, c := range s.cases {
+			if !c.endClosed() {
+				c.selectable().Announce()
+			}
+		}
 		if channel.Spin(s.spin, s.anyReady) {
+			s.disarm()
 			continue
 		}
 		s.bell.Reset()
@@ -138,21 +146,16 @@ func (s *Select) Receive(ctx context.Context) (Receiver, Record, error) {
 			s.disarm()
 			continue
 		}
-		// The first park of a wait is short: a producer's publication
-		// may have reached the ends just after they were checked,
-		// unannounced (channel.PublishGrace).
-		timeout, grace := channel.ParkTimeout(s.h.buf.cfg.interval(), parks)
-		parks++
 		s.parks++
 		if testSelectBeforePark != nil {
 			testSelectBeforePark()
 		}
-		err := s.bell.Park(ctx, timeout)
+		err := s.bell.Park(ctx, s.h.buf.cfg.interval())
 		s.disarm()
 		if err != nil && !errors.Is(err, ErrTimeout) {
 			return nil, Record{}, fmt.Errorf("ipc: select: %w", err)
 		}
-		if err != nil && !grace {
+		if err != nil {
 			// A check interval passed: look for dead producers.
 			for i, c := range s.cases {
 				if c.endClosed() {

@@ -80,12 +80,11 @@ func TestSelectIdleParks(t *testing.T) {
 	require.NoError(t, h.Close())
 }
 
-// TestSelectPublishGrace: a producer that publishes just after the
-// Select checked its ends, and read the consumer's waiting word before
-// the Select armed it (so it rings no bell), still reaches the Select:
-// its first park is short (channel.PublishGrace), long before the check
-// interval (an hour here).
-func TestSelectPublishGrace(t *testing.T) {
+// TestSelectAnnouncedEnds: a producer that publishes while the Select is
+// parked rings its doorbell and leaves the end announced (a record
+// channel's waiting word; see channel.publish); the Select puts its ends
+// back to idle when it wakes.
+func TestSelectAnnouncedEnds(t *testing.T) {
 	b := heapBuf(t, WithCheckInterval(time.Hour))
 	h, err := b.NewHandle()
 	require.NoError(t, err)
@@ -99,18 +98,22 @@ func TestSelectPublishGrace(t *testing.T) {
 	require.NoError(t, err)
 	r, err := ph.Allocate(8)
 	require.NoError(t, err)
-	sent := false
+	waiting := func() uint32 { return c.c.Ring.Waiting() }
+	var armed, woke uint32
 	testSelectBeforePark = func() {
-		if !sent {
-			sent = true
-			c.c.Disarm() // the producer saw no waiter
-			require.NoError(t, p.TrySend(r))
-		}
+		testSelectBeforePark = nil
+		armed = waiting()
+		require.NoError(t, p.TrySend(r))
+		woke = waiting()
 	}
 	t.Cleanup(func() { testSelectBeforePark = nil })
 	from, got, err := sel.Receive(testutil.Context(t, 10*time.Second))
 	require.NoError(t, err)
-	require.True(t, sent, "the Select parked")
+	require.Equal(t, 1, sel.parks, "the Select parked")
+	require.NotZero(t, armed, "armed")
+	require.NotEqual(t, armed, woke, "the producer rang")
+	require.NotZero(t, woke, "left announced")
+	require.Zero(t, waiting(), "idle after the wait")
 	require.Equal(t, Receiver(c), from)
 	require.Equal(t, r.off, got.off)
 	require.NoError(t, h.Free(got))

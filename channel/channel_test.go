@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -581,65 +582,114 @@ func TestRingParkedNoLostWakeup(t *testing.T) {
 	require.NoError(t, err)
 }
 
-// TestRingPublishGrace: the indexes are published without a fence, so a
-// waiter may check the index just before the peer's publication reaches
-// it, and park without being woken (the peer read the waiting word before
-// the waiter set it). Its first park is short: it finds the record, or
-// the room, without a wake and long before the check interval (an hour
-// here). The test publishes without a wake right after the waiter's
-// check.
-func TestRingPublishGrace(t *testing.T) {
+// TestRingAnnouncedWait: the waiting words of a record channel, which
+// publishes its indexes without a fence (publish). A waiter announces
+// itself (waitSoon) for the last announceLead of its spin and goes back
+// to idle when it stops waiting; a publisher that wakes a parked waiter
+// leaves it announced, and one that finds it announced leaves it so; an
+// end that spins less than the lead is announced for as long as it is
+// open.
+func TestRingAnnouncedWait(t *testing.T) {
 	f := newFixture(t, backend.Heap)
 	en, _, err := f.reg.LookupOrCreate(context.Background(), 1, recordSpec(2))
 	require.NoError(t, err)
-	ring, err := OpenRing(f.r, en, WaitOptions{Spin: -1, CheckInterval: time.Hour})
+	ring, err := OpenRing(f.r, en, WaitOptions{Spin: 200 * time.Millisecond, CheckInterval: time.Hour})
 	require.NoError(t, err)
 	p, err := ring.AttachProducer()
 	require.NoError(t, err)
 	c, err := ring.AttachConsumer()
 	require.NoError(t, err)
+	cw, pw := &ring.cb.ConsWaiting, &ring.cb.ProdWaiting
+	require.Zero(t, cw.Load(), "idle")
+	require.Zero(t, pw.Load(), "idle")
 	ctx := testutil.Context(t, 10*time.Second)
-	var once func()
+
+	// Waiting (announced, then parked), idle after.
+	got := make(chan uint64, 1)
+	go func() {
+		s, err := c.Receive(ctx)
+		assert.NoError(t, err)
+		got <- s
+	}()
+	require.Eventually(t, func() bool { return cw.Load() != 0 }, 10*time.Second, 10*time.Microsecond)
+	require.True(t, p.Push(1))
+	require.Equal(t, uint64(1), <-got)
+	require.Zero(t, cw.Load(), "idle after the wait")
+
+	// An announced word stays announced when a publisher sees it.
+	cw.Store(waitSoon)
+	require.True(t, p.Push(2))
+	require.Equal(t, uint32(waitSoon), cw.Load())
+	cw.Store(0)
+	s, err := c.TryReceive()
+	require.NoError(t, err)
+	require.Equal(t, uint64(2), s)
+
+	// A parked consumer is woken and left announced; a parked producer
+	// too.
+	require.False(t, c.Close())
+	parked, err := OpenRing(f.r, en, WaitOptions{Spin: -1, CheckInterval: time.Hour})
+	require.NoError(t, err)
+	c2, err := parked.AttachConsumer()
+	require.NoError(t, err)
+	require.Equal(t, uint32(waitSoon), cw.Load(), "a consumer that does not spin is announced while open")
+	var woke uint32
 	testBeforePark = func() {
-		if f := once; f != nil {
-			once = nil
-			f()
-		}
+		testBeforePark = nil
+		require.NoError(t, p.TrySend(3))
+		woke = cw.Load()
 	}
 	t.Cleanup(func() { testBeforePark = nil })
-
-	// A record published with no wake reaches the parked consumer.
-	once = func() {
-		ring.ring[0] = 7
-		publish(&ring.cb.Tail, 1) // what Push does, less the wake
-		p.tail = 1
-	}
-	s, err := c.Receive(ctx)
+	s, err = c2.Receive(ctx)
 	require.NoError(t, err)
-	require.Equal(t, uint64(7), s)
-	require.Nil(t, once, "the consumer parked")
+	require.Equal(t, uint64(3), s)
+	require.Equal(t, uint32(waitSoon), woke, "left announced by the waker")
+	require.Equal(t, uint32(waitSoon), cw.Load(), "a consumer that does not spin is announced while open")
 
-	// Room made with no wake reaches the parked producer.
-	require.NoError(t, p.TrySend(8))
-	require.NoError(t, p.TrySend(9)) // full: 2 of 2
-	once = func() {
-		s, err := c.Next()
+	require.NoError(t, p.TrySend(4))
+	require.NoError(t, p.TrySend(5)) // full
+	testBeforePark = func() {
+		testBeforePark = nil
+		s, err := c2.TryReceive()
 		assert.NoError(t, err)
-		assert.Equal(t, uint64(8), s)
-		c.head++
-		publish(&ring.cb.Head, c.head) // what Advance does, less the wake
+		assert.Equal(t, uint64(4), s)
+		woke = pw.Load()
 	}
-	require.NoError(t, p.Send(ctx, 10))
-	require.Nil(t, once, "the producer parked")
-	for _, want := range []uint64{9, 10} {
-		s, err := c.TryReceive()
+	require.NoError(t, p.Send(ctx, 6))
+	require.Equal(t, uint32(waitSoon), woke, "left announced by the waker")
+	require.Zero(t, pw.Load(), "idle after the wait")
+	for _, want := range []uint64{5, 6} {
+		s, err := c2.TryReceive()
 		require.NoError(t, err)
 		require.Equal(t, want, s)
 	}
 	p.Close()
-	require.True(t, c.Close())
+	require.True(t, c2.Close())
+	require.Zero(t, cw.Load(), "idle once closed")
 	_, err = f.reg.Remove(context.Background(), en, ring.Removable, nil)
 	require.NoError(t, err)
+}
+
+// TestSpinAnnounced: a waiter's spin is announced for its last
+// announceLead only; a spin shorter than that, all through.
+func TestSpinAnnounced(t *testing.T) {
+	for _, d := range []time.Duration{20 * time.Millisecond, announceLead / 2} {
+		var w atomic.Uint32
+		var seen []uint32
+		require.False(t, spinAnnounced(d, &w, func() bool { seen = append(seen, w.Load()); return false }))
+		require.NotEmpty(t, seen)
+		require.Equal(t, uint32(waitSoon), seen[len(seen)-1], "announced at the end")
+		if d > announceLead {
+			require.Zero(t, seen[0], "not announced at first")
+		} else {
+			require.Equal(t, uint32(waitSoon), seen[0], "announced all through")
+		}
+		w.Store(0)
+		require.True(t, spinAnnounced(d, &w, func() bool { return true }))
+		if d > announceLead {
+			require.Zero(t, w.Load(), "done before the lead: not announced")
+		}
+	}
 }
 
 // TestPortableLayouts: the control blocks, slots and headers this package

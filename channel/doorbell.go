@@ -15,9 +15,14 @@ import (
 // Values of a waiting word (ConsWaiting, ProdWaiting): who is parked and
 // where. The waker reads it on every publish; it is nonzero only while a
 // waiter is (about to be) parked, so a busy peer pays no syscall.
+//
+// waitSoon is the record channel's (see publish): the waiter may park
+// soon, and a publisher that sees it stores its index again with a fence
+// before it looks for a parked waiter.
 const (
 	waitSelf = 1 // parked on the waiting word itself
 	waitBell = 2 // parked on the doorbell the control block names
+	waitSoon = 3 // announced: may park soon (record channels)
 )
 
 // notify is the waker's side: if a waiter announced itself, clear the
@@ -97,8 +102,12 @@ type Selectable interface {
 	Ready() bool
 	// SetDoorbell registers (off != 0) or removes (0) the doorbell.
 	SetDoorbell(off mem.Off)
-	// Arm announces that the consumer is about to park on the doorbell;
-	// a producer that publishes then rings it. Disarm withdraws it.
+	// Announce says that the consumer may park soon: Select announces
+	// its ends before it spins (a record channel's producer then fences
+	// its publications; see publish). Arm announces that the consumer
+	// is about to park on the doorbell; a producer that publishes then
+	// rings it. Disarm withdraws both.
+	Announce()
 	Arm()
 	Disarm()
 	// CheckPeer reports a dead producer or a destroyed buffer.

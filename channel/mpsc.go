@@ -415,6 +415,9 @@ func (c *MPSCConsumer) Arm() { c.cb.ConsWaiting.Store(waitBell) }
 // Disarm withdraws Arm.
 func (c *MPSCConsumer) Disarm() { c.cb.ConsWaiting.Store(0) }
 
+// Announce does nothing: MPSC producers publish with a fence.
+func (c *MPSCConsumer) Announce() {}
+
 // CheckPeer returns ErrDestroyed if the buffer was destroyed. Producers
 // dying is not an error for an MPSC consumer (their claimed slots are
 // skipped); it reads EOF when no producer is left.

@@ -12,15 +12,22 @@ import (
 // store order: the peer that sees v sees every store made before it, the
 // slots and the records), so the index needs no lock-prefixed exchange,
 // which Go's atomic Store is and which costs the publishing core a wait
-// for its store buffer to drain on every record (BenchmarkRecordInProcess:
-// about a quarter of the single-record path on an Intel host).
+// for its store buffer to drain on every record.
 //
 // What the plain store gives up is the fence before the publisher's next
-// load: it may read the peer's waiting word before v is visible to the
-// peer. A waiter that announced itself and checked the index in that
-// window parks although the index moved and nobody wakes it; its first
-// park is therefore short (publishGrace), after which it sees v. See
-// RecordConsumer.WaitData.
+// load, of the peer's waiting word: it may read that word before v
+// reaches the peer (Dekker's problem). So a waiter announces itself
+// (waitSoon) a lead (announceLead, 5 µs) before its last look at the
+// index, and a publisher that sees any announcement stores the index
+// again with a fence before it looks for a parked waiter (wakeConsumer,
+// wakeProducer): the classic fenced handshake. A publisher that read no
+// announcement published before the waiter announced itself, and the
+// waiter's last look comes a lead later, by when the store has left the
+// publisher's store buffer (a store leaves it within a few hundred
+// nanoseconds, and on any interrupt, exit to the hypervisor or context
+// switch). Were one ever slower, the waiter would find the record at its
+// check interval, not hang. An end that spins less than the lead is
+// announced all the time (idleValue): its peer fences every publication.
 //
 // The race detector cannot see that the plain store is ordered (it is
 // not, in Go's memory model); race builds use the atomic store.

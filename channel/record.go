@@ -24,8 +24,8 @@ import (
 //	0    immutable: magic, capacity            (creator, before publishing)
 //	128  Tail, Producer, ProdClosed            (producer end)
 //	256  Head, Consumer, ConsClosed, Doorbell  (consumer end)
-//	384  ConsWaiting, ProdWaiting              (parking: set by the waiter,
-//	                                            cleared by the waker)
+//	384  ConsWaiting, ProdWaiting              (waiting: set by the waiter,
+//	                                            see waitSoon)
 //	512  ring [Cap]uint64                      (slots: producer writes
 //	                                            [Head+Cap..Tail), consumer
 //	                                            reads [Head..Tail))
@@ -44,8 +44,8 @@ type recordCB struct {
 	_           uint32
 	Doorbell    atomic.Uint64 // region offset of the consumer's doorbell word, 0: none
 	_           [96]byte
-	ConsWaiting atomic.Uint32 // waitSelf/waitBell: the consumer is (about to be) parked
-	ProdWaiting atomic.Uint32 // waitSelf: the producer is (about to be) parked on it
+	ConsWaiting atomic.Uint32 // waitSoon, waitSelf, waitBell: the consumer waits (see waitSoon)
+	ProdWaiting atomic.Uint32 // waitSoon, waitSelf: the producer waits
 	_           [120]byte
 }
 
@@ -132,31 +132,63 @@ func (o WaitOptions) norm() WaitOptions {
 // DefaultSpin is the default spin time of blocking calls.
 const DefaultSpin = 20 * time.Microsecond
 
-// PublishGrace is how long the first park of a wait lasts at most. The
-// ring's indexes are published without a fence (publish), so a publisher
-// may read the waiting word as clear just before the waiter sets it, and
-// the waiter, reading the index just after, may still miss the
-// publication, which is in the publisher's store buffer for a few more
-// nanoseconds: both go on, the waiter parked with a record (or room)
-// it was not told about. The short first park bounds that: the waiter
-// then looks again and finds it. A wait that outlasts it costs one more
-// futex wait (a wake-up per wait of an idle end, not per record).
-const PublishGrace = 200 * time.Microsecond
+// testBeforePark, if set (by tests), runs when a waiter has armed its
+// waiting word and found nothing, just before it parks.
+var testBeforePark func()
 
-// ParkTimeout is the timeout of a waiter's park number parks (from 0) in
-// one wait: PublishGrace for the first, if that is shorter than the
-// check interval, then the check interval. grace reports the first:
-// after it the waiter looks again before it checks on its peer.
-func ParkTimeout(interval time.Duration, parks int) (timeout time.Duration, grace bool) {
-	if parks == 0 && (interval < 0 || interval > PublishGrace) {
-		return PublishGrace, true
+// announceLead is how long before its last look at the peer's index a
+// waiter announces that it may park (waitSoon): see publish. An end whose
+// spin is shorter is announced all the time it is open (its idle value
+// is waitSoon, not 0), and its peer fences every publication.
+const announceLead = 5 * time.Microsecond
+
+// idleValue is the waiting word of an end that is not waiting: 0, or
+// waitSoon for an end that spins less than announceLead.
+func idleValue(opts WaitOptions) uint32 {
+	if opts.Spin < announceLead {
+		return waitSoon
 	}
-	return interval, false
+	return 0
 }
 
-// testBeforePark, if set (by tests), runs when a waiter has announced
-// itself and found nothing, just before it parks.
-var testBeforePark func()
+// spinAnnounced is a waiter's spin: done polled for d, the last
+// announceLead of it (all of it, for a shorter d) with w announced
+// (waitSoon). It reports whether done returned true. The caller puts w
+// back to its idle value when it stops waiting.
+func spinAnnounced(d time.Duration, w *atomic.Uint32, done func() bool) bool {
+	if d > announceLead && spin(d-announceLead, done) {
+		return true
+	}
+	w.Store(waitSoon)
+	return spin(min(d, announceLead), done)
+}
+
+// settle puts a waiting word back to the end's idle value, with no store
+// if it is idle already (the peer reads the word at every publication:
+// a store takes its cache line away).
+func settle(w *atomic.Uint32, idle uint32) {
+	if w.Load() != idle {
+		w.Store(idle)
+	}
+}
+
+// notifyRing is notify for a record channel, whose waiters announce
+// themselves before they park: a parked waiter is woken, and its word
+// left announced (waitSoon: publishers go on fencing until the waiter,
+// awake, puts it back to idle); an announced waiter that has not parked
+// needs nothing more (the caller fenced: it will see the publication).
+func notifyRing(buf []byte, waiting *atomic.Uint32, bell *atomic.Uint64) {
+	switch v := waiting.Load(); v {
+	case waitSelf:
+		if waiting.CompareAndSwap(v, waitSoon) {
+			backend.Wake(waiting, 1)
+		}
+	case waitBell:
+		if waiting.CompareAndSwap(v, waitSoon) {
+			ringBell(buf, bell.Load())
+		}
+	}
+}
 
 // spin calls done until it returns true or d has passed, and reports
 // whether it returned true. Every 64 calls it reads the clock and yields:
@@ -265,6 +297,7 @@ type RecordProducer struct {
 	tail      uint64 // local copy of Tail
 	headCache uint64
 	relaxed   uint64 // relax's results, kept so that its work is not elided
+	idle      uint32 // ProdWaiting when not waiting (idleValue)
 	closed    bool
 	_         mem.Pad
 }
@@ -283,7 +316,9 @@ func (r *Ring) AttachProducer() (*RecordProducer, error) {
 		r.cb.Producer.Store(0)
 		return nil, errs.Corrupt("record channel head/tail", uint64(r.cbOff)+128, "tail %d head %d capacity %d", t, h, len(r.ring))
 	}
-	return &RecordProducer{Ring: r, self: self, tail: t, headCache: h}, nil
+	idle := idleValue(r.opts)
+	r.cb.ProdWaiting.Store(idle)
+	return &RecordProducer{Ring: r, self: self, tail: t, headCache: h, idle: idle}, nil
 }
 
 var errClosedEnd = fmt.Errorf("channel end: %w", errs.ErrClosed)
@@ -320,8 +355,12 @@ func (p *RecordProducer) Push(slot uint64) bool {
 	return true
 }
 
+// wakeConsumer is the producer's side of a consumer that announced a
+// wait: the tail is stored again, with a fence (publish did not fence),
+// and a parked consumer is woken.
 func (p *RecordProducer) wakeConsumer() {
-	notify(p.buf, &p.cb.ConsWaiting, &p.cb.Doorbell)
+	p.cb.Tail.Store(p.tail)
+	notifyRing(p.buf, &p.cb.ConsWaiting, &p.cb.Doorbell)
 }
 
 // TrySendBatch queues as many of slots as fit, publishing once, and
@@ -345,7 +384,9 @@ func (p *RecordProducer) TrySendBatch(slots []uint64) (int, error) {
 	copy(p.ring, slots[k:n])
 	p.tail += n
 	publish(&p.cb.Tail, p.tail)
-	p.wakeConsumer()
+	if p.cb.ConsWaiting.Load() != 0 {
+		p.wakeConsumer()
+	}
 	return int(n), nil
 }
 
@@ -375,28 +416,25 @@ func (p *RecordProducer) WaitRoom(ctx context.Context) error {
 		p.relaxed += relax(p.headCache)
 		return false
 	}
-	if spin(p.opts.Spin, roomy) || hasRoom() {
+	// Every return puts the waiting word back to idle.
+	defer settle(&p.cb.ProdWaiting, p.idle)
+	if spinAnnounced(p.opts.Spin, &p.cb.ProdWaiting, roomy) || hasRoom() {
 		return nil
 	}
-	for parks := 0; ; parks++ {
+	for {
 		p.cb.ProdWaiting.Store(waitSelf)
 		if hasRoom() {
-			p.cb.ProdWaiting.Store(0)
 			return nil
 		}
-		timeout, grace := ParkTimeout(p.opts.CheckInterval, parks)
 		if testBeforePark != nil {
 			testBeforePark()
 		}
-		err := backend.Park(ctx, &p.cb.ProdWaiting, waitSelf, timeout)
+		err := backend.Park(ctx, &p.cb.ProdWaiting, waitSelf, p.opts.CheckInterval)
 		if err != nil && !errors.Is(err, errs.ErrTimeout) {
 			return err
 		}
 		if hasRoom() {
 			return nil
-		}
-		if grace {
-			continue
 		}
 		if err := p.checkPeer(&p.cb.Consumer, "consumer"); err != nil {
 			return err
@@ -441,9 +479,10 @@ func (p *RecordProducer) Close() (consumerClosed bool) {
 	}
 	p.closed = true
 	p.cb.ProdClosed.Store(1)
+	p.cb.ProdWaiting.Store(0) // no producer waits any more
 	p.cb.Producer.CompareAndSwap(uint64(p.self), 0)
 	// Wake a parked consumer so it sees EOF.
-	notify(p.buf, &p.cb.ConsWaiting, &p.cb.Doorbell)
+	notifyRing(p.buf, &p.cb.ConsWaiting, &p.cb.Doorbell)
 	return p.cb.ConsClosed.Load() != 0
 }
 
@@ -462,6 +501,7 @@ type RecordConsumer struct {
 	self      sys.Identity
 	head      uint64
 	tailCache uint64
+	idle      uint32 // ConsWaiting when not waiting (idleValue)
 	closed    bool
 	_         mem.Pad
 }
@@ -480,7 +520,9 @@ func (r *Ring) AttachConsumer() (*RecordConsumer, error) {
 		r.cb.Consumer.Store(0)
 		return nil, errs.Corrupt("record channel head/tail", uint64(r.cbOff)+256, "tail %d head %d capacity %d", t, h, len(r.ring))
 	}
-	return &RecordConsumer{Ring: r, self: self, head: h, tailCache: t}, nil
+	idle := idleValue(r.opts)
+	r.cb.ConsWaiting.Store(idle)
+	return &RecordConsumer{Ring: r, self: self, head: h, tailCache: t, idle: idle}, nil
 }
 
 // available returns how many records are readable, re-reading the tail
@@ -581,10 +623,13 @@ func (c *RecordConsumer) TryReceive() (uint64, error) {
 	return s, err
 }
 
+// wakeProducer is the consumer's side of a producer that announced a
+// wait (wakeConsumer's counterpart): the head is stored again with a
+// fence, and a parked producer is woken (its word left announced).
 func (c *RecordConsumer) wakeProducer() {
-	if c.cb.ProdWaiting.Load() != 0 {
-		c.cb.ProdWaiting.Store(0)
-		backend.Wake(&c.cb.ProdWaiting, 1)
+	c.cb.Head.Store(c.head)
+	if w := &c.cb.ProdWaiting; w.Load() == waitSelf && w.CompareAndSwap(waitSelf, waitSoon) {
+		backend.Wake(w, 1)
 	}
 }
 
@@ -647,34 +692,30 @@ func (c *RecordConsumer) WaitData(ctx context.Context) error {
 		}
 		return false, nil
 	}
+	// Every return puts the waiting word back to idle.
+	defer settle(&c.cb.ConsWaiting, c.idle)
 	var rerr error
-	if spin(c.opts.Spin, func() bool {
+	if spinAnnounced(c.opts.Spin, &c.cb.ConsWaiting, func() bool {
 		ok, err := ready()
 		rerr = err
 		return ok
 	}) {
 		return rerr
 	}
-	for parks := 0; ; parks++ {
+	for {
 		c.cb.ConsWaiting.Store(waitSelf)
 		if ok, err := ready(); ok {
-			c.cb.ConsWaiting.Store(0)
 			return err
 		}
-		timeout, grace := ParkTimeout(c.opts.CheckInterval, parks)
 		if testBeforePark != nil {
 			testBeforePark()
 		}
-		err := backend.Park(ctx, &c.cb.ConsWaiting, waitSelf, timeout)
+		err := backend.Park(ctx, &c.cb.ConsWaiting, waitSelf, c.opts.CheckInterval)
 		if err != nil && !errors.Is(err, errs.ErrTimeout) {
-			c.cb.ConsWaiting.Store(0)
 			return err
 		}
 		if ok, err := ready(); ok {
 			return err
-		}
-		if grace {
-			continue
 		}
 		if err := c.checkPeer(&c.cb.Producer, "producer"); err != nil {
 			// Deliver what the dead producer queued first.
@@ -707,12 +748,17 @@ func (c *RecordConsumer) Close() (drainedAndDone bool) {
 	}
 	c.closed = true
 	c.cb.ConsClosed.Store(1)
+	c.cb.ConsWaiting.Store(0) // no consumer waits any more
 	c.cb.Doorbell.Store(0)
 	c.cb.Consumer.CompareAndSwap(uint64(c.self), 0)
 	c.cb.ProdWaiting.Store(0)
 	backend.Wake(&c.cb.ProdWaiting, 0)
 	return c.cb.ProdClosed.Load() != 0 && c.cb.Tail.Load() == c.cb.Head.Load()
 }
+
+// Waiting is the consumer's waiting word (for tests of the packages that
+// wait on it).
+func (r *Ring) Waiting() uint32 { return r.cb.ConsWaiting.Load() }
 
 // Removable reports whether both ends have closed and the ring is empty.
 func (r *Ring) Removable() bool {
@@ -823,7 +869,10 @@ func (c *RecordConsumer) SetDoorbell(off mem.Off) { c.cb.Doorbell.Store(uint64(o
 func (c *RecordConsumer) Arm() { c.cb.ConsWaiting.Store(waitBell) }
 
 // Disarm withdraws Arm.
-func (c *RecordConsumer) Disarm() { c.cb.ConsWaiting.Store(0) }
+func (c *RecordConsumer) Disarm() { c.cb.ConsWaiting.Store(c.idle) }
+
+// Announce says that the consumer may soon park (waitSoon): see publish.
+func (c *RecordConsumer) Announce() { c.cb.ConsWaiting.Store(waitSoon) }
 
 // CheckPeer returns ErrPeerDead if the producer died, ErrDestroyed if the
 // buffer was destroyed.
