@@ -125,14 +125,10 @@ func (s *Select) Receive(ctx context.Context) (Receiver, Record, error) {
 			s.next = idx + 1
 			return c, r, err
 		}
-		// The ends are announced for the whole spin (a record channel's
-		// producer then fences what it publishes: channel.publish).
-		for _, c := range s.cases {
-			if !c.endClosed() {
-				c.selectable().Announce()
-			}
-		}
-		if channel.Spin(s.spin, s.anyReady) {
+		// The ends are announced for the end of the spin (a record
+		// channel's producer then fences what it publishes: see the
+		// channel package's publish).
+		if channel.SpinAnnounced(s.spin, s.announce, s.anyReady) {
 			s.disarm()
 			continue
 		}
@@ -166,6 +162,14 @@ func (s *Select) Receive(ctx context.Context) (Receiver, Record, error) {
 					return c, Record{}, fmt.Errorf("ipc: select on channel %d: %w", c.ID(), perr)
 				}
 			}
+		}
+	}
+}
+
+func (s *Select) announce() {
+	for _, c := range s.cases {
+		if !c.endClosed() {
+			c.selectable().Announce()
 		}
 	}
 }

@@ -73,8 +73,8 @@ func TestSelectIdleParks(t *testing.T) {
 	defer cancel()
 	_, _, err = sel.Receive(ctx)
 	require.ErrorIs(t, err, context.DeadlineExceeded)
-	// One short park (channel.PublishGrace), then 50 ms ones: 7 in 300
-	// ms, far fewer than a loop that does not sleep.
+	// 50 ms parks: 6 in 300 ms, far fewer than a loop that does not
+	// sleep.
 	require.LessOrEqual(t, sel.parks, 30, "parks in 300 ms")
 	require.NoError(t, sel.Close())
 	require.NoError(t, h.Close())
@@ -110,9 +110,9 @@ func TestSelectAnnouncedEnds(t *testing.T) {
 	from, got, err := sel.Receive(testutil.Context(t, 10*time.Second))
 	require.NoError(t, err)
 	require.Equal(t, 1, sel.parks, "the Select parked")
-	require.NotZero(t, armed, "armed")
-	require.NotEqual(t, armed, woke, "the producer rang")
-	require.NotZero(t, woke, "left announced")
+	// The channel package's waitBell (armed) and waitSoon (announced).
+	require.Equal(t, uint32(2), armed, "armed")
+	require.Equal(t, uint32(3), woke, "rung, and left announced")
 	require.Zero(t, waiting(), "idle after the wait")
 	require.Equal(t, Receiver(c), from)
 	require.Equal(t, r.off, got.off)

@@ -593,7 +593,7 @@ func TestRingAnnouncedWait(t *testing.T) {
 	f := newFixture(t, backend.Heap)
 	en, _, err := f.reg.LookupOrCreate(context.Background(), 1, recordSpec(2))
 	require.NoError(t, err)
-	ring, err := OpenRing(f.r, en, WaitOptions{Spin: 200 * time.Millisecond, CheckInterval: time.Hour})
+	ring, err := OpenRing(f.r, en, WaitOptions{Spin: 50 * time.Millisecond, CheckInterval: time.Hour})
 	require.NoError(t, err)
 	p, err := ring.AttachProducer()
 	require.NoError(t, err)
@@ -663,32 +663,100 @@ func TestRingAnnouncedWait(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, want, s)
 	}
+	// A producer that does not spin stays announced when the consumer
+	// closes and another attaches.
 	p.Close()
-	require.True(t, c2.Close())
+	require.Zero(t, pw.Load(), "idle once closed")
+	p2, err := parked.AttachProducer()
+	require.NoError(t, err)
+	require.Equal(t, uint32(waitSoon), pw.Load(), "a producer that does not spin is announced while open")
+	require.False(t, c2.Close())
 	require.Zero(t, cw.Load(), "idle once closed")
+	require.Equal(t, uint32(waitSoon), pw.Load(), "the consumer's Close leaves it announced")
+	c3, err := ring.AttachConsumer()
+	require.NoError(t, err)
+	require.Zero(t, cw.Load(), "a consumer that spins is idle")
+	require.Equal(t, uint32(waitSoon), pw.Load())
+	p2.Close()
+	require.True(t, c3.Close())
 	_, err = f.reg.Remove(context.Background(), en, ring.Removable, nil)
 	require.NoError(t, err)
 }
 
 // TestSpinAnnounced: a waiter's spin is announced for its last
-// announceLead only; a spin shorter than that, all through.
+// announceLead only; an end that spins less is announced from its attach
+// (since) on, and its spin lasts until a lead after that.
 func TestSpinAnnounced(t *testing.T) {
-	for _, d := range []time.Duration{20 * time.Millisecond, announceLead / 2} {
-		var w atomic.Uint32
-		var seen []uint32
-		require.False(t, spinAnnounced(d, &w, func() bool { seen = append(seen, w.Load()); return false }))
-		require.NotEmpty(t, seen)
-		require.Equal(t, uint32(waitSoon), seen[len(seen)-1], "announced at the end")
-		if d > announceLead {
-			require.Zero(t, seen[0], "not announced at first")
-		} else {
-			require.Equal(t, uint32(waitSoon), seen[0], "announced all through")
-		}
-		w.Store(0)
-		require.True(t, spinAnnounced(d, &w, func() bool { return true }))
-		if d > announceLead {
-			require.Zero(t, w.Load(), "done before the lead: not announced")
-		}
+	var w atomic.Uint32
+	var seen []uint32
+	look := func() bool { seen = append(seen, w.Load()); return false }
+	require.False(t, spinAnnounced(2*time.Millisecond, &w, time.Time{}, look))
+	require.NotEmpty(t, seen)
+	require.Zero(t, seen[0], "not announced at first")
+	require.Equal(t, uint32(waitSoon), seen[len(seen)-1], "announced at the end")
+	w.Store(0)
+	require.True(t, spinAnnounced(2*time.Millisecond, &w, time.Time{}, func() bool { return true }))
+	require.Zero(t, w.Load(), "done before the lead: not announced")
+
+	// A short spin just after the end's announcement lasts the lead;
+	// long after it, its own length.
+	since := time.Now()
+	require.False(t, spinAnnounced(-1, &w, since, func() bool { return false }))
+	require.GreaterOrEqual(t, time.Since(since), announceLead, "the last look a lead after the announcement")
+	calls := 0
+	require.False(t, spinAnnounced(-1, &w, since.Add(-time.Second), func() bool { calls++; return false }))
+	require.Zero(t, calls, "no spin: the announcement is old")
+}
+
+// TestRingUnfencedNoLostWakeup: records and room published without a
+// fence reach a waiter that announced itself a lead before its last look,
+// with spins just above the lead and the default, and check intervals of
+// an hour: a lost wake-up would hang the test (and fail it at its
+// deadline). Each side pauses now and then, so that the other waits,
+// spins and parks over and over.
+func TestRingUnfencedNoLostWakeup(t *testing.T) {
+	for _, spinFor := range []time.Duration{announceLead + time.Microsecond, DefaultSpin} {
+		t.Run(spinFor.String(), func(t *testing.T) {
+			f := newFixture(t, backend.Heap)
+			en, _, err := f.reg.LookupOrCreate(context.Background(), 1, recordSpec(4))
+			require.NoError(t, err)
+			ring, err := OpenRing(f.r, en, WaitOptions{Spin: spinFor, CheckInterval: time.Hour})
+			require.NoError(t, err)
+			p, err := ring.AttachProducer()
+			require.NoError(t, err)
+			c, err := ring.AttachConsumer()
+			require.NoError(t, err)
+			ctx := testutil.Context(t, 60*time.Second)
+			const n = 20000
+			done := make(chan error, 1)
+			go func() {
+				for i := uint64(1); i <= n; i++ {
+					if i%97 == 0 {
+						time.Sleep(time.Duration(i%5) * 10 * time.Microsecond)
+					}
+					if err := p.Send(ctx, i); err != nil {
+						done <- err
+						return
+					}
+				}
+				p.Close()
+				done <- nil
+			}()
+			for want := uint64(1); want <= n; want++ {
+				if want%89 == 0 {
+					time.Sleep(time.Duration(want%7) * 10 * time.Microsecond)
+				}
+				got, err := c.Receive(ctx)
+				require.NoError(t, err, "record %d", want)
+				require.Equal(t, want, got)
+			}
+			require.NoError(t, <-done)
+			_, err = c.Receive(ctx)
+			require.ErrorIs(t, err, io.EOF)
+			require.True(t, c.Close())
+			_, err = f.reg.Remove(context.Background(), en, ring.Removable, nil)
+			require.NoError(t, err)
+		})
 	}
 }
 

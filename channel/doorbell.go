@@ -14,11 +14,15 @@ import (
 
 // Values of a waiting word (ConsWaiting, ProdWaiting): who is parked and
 // where. The waker reads it on every publish; it is nonzero only while a
-// waiter is (about to be) parked, so a busy peer pays no syscall.
+// waiter is (about to be) parked, or announced, so a busy peer pays no
+// syscall.
 //
 // waitSoon is the record channel's (see publish): the waiter may park
 // soon, and a publisher that sees it stores its index again with a fence
-// before it looks for a parked waiter.
+// before it looks for a parked waiter. A record channel's waiting word is
+// waitSoon for the last announceLead of a waiter's spin, from a wake-up
+// until the woken waiter settles it back to idle, and all the time an end
+// that spins less than announceLead is open.
 const (
 	waitSelf = 1 // parked on the waiting word itself
 	waitBell = 2 // parked on the doorbell the control block names

@@ -1,4 +1,4 @@
-//go:build amd64 && !race
+//go:build amd64 && gc && !race
 
 package channel
 
@@ -27,7 +27,14 @@ import (
 // nanoseconds, and on any interrupt, exit to the hypervisor or context
 // switch). Were one ever slower, the waiter would find the record at its
 // check interval, not hang. An end that spins less than the lead is
-// announced all the time (idleValue): its peer fences every publication.
+// announced from its attach on (idleValue), and its first waits last a
+// lead after the attach at least: its peer fences every publication.
+// Only the end itself puts its word back to 0 (a waker, or the peer's
+// Close, leaves it announced).
+//
+// The gc compiler keeps memory operations in program order (stores are
+// never moved past each other or past the atomic load that follows);
+// the build tag limits the plain store to it.
 //
 // The race detector cannot see that the plain store is ordered (it is
 // not, in Go's memory model); race builds use the atomic store.
@@ -37,3 +44,7 @@ func publish(w *atomic.Uint64, v uint64) {
 	// 8-byte aligned address.
 	*(*uint64)(unsafe.Pointer(w)) = v
 }
+
+// atomic.Uint64 must be the one word publish stores.
+var _ [8 - unsafe.Sizeof(atomic.Uint64{})]struct{}
+var _ [unsafe.Sizeof(atomic.Uint64{}) - 8]struct{}

@@ -113,6 +113,8 @@ type WaitOptions struct {
 	// parks (negative: park at once). A peer running on another core
 	// answers within microseconds, far cheaper than a futex sleep and
 	// wake-up; a peer that is descheduled costs at most this much CPU.
+	// A record channel end that spins less than 5 µs (announceLead)
+	// makes its peer fence every publication (see publish).
 	Spin time.Duration
 	// CheckInterval bounds each park; after it the waiter checks the
 	// peer's liveness and the buffer's state.
@@ -143,7 +145,8 @@ var testBeforePark func()
 const announceLead = 5 * time.Microsecond
 
 // idleValue is the waiting word of an end that is not waiting: 0, or
-// waitSoon for an end that spins less than announceLead.
+// waitSoon for an end that spins less than announceLead (announced for as
+// long as it is open).
 func idleValue(opts WaitOptions) uint32 {
 	if opts.Spin < announceLead {
 		return waitSoon
@@ -152,15 +155,31 @@ func idleValue(opts WaitOptions) uint32 {
 }
 
 // spinAnnounced is a waiter's spin: done polled for d, the last
-// announceLead of it (all of it, for a shorter d) with w announced
-// (waitSoon). It reports whether done returned true. The caller puts w
-// back to its idle value when it stops waiting.
-func spinAnnounced(d time.Duration, w *atomic.Uint32, done func() bool) bool {
+// announceLead of it with w announced (waitSoon). An end that spins less
+// is announced from its attach on (idleValue, since): its spin is
+// stretched, if need be, to end a lead after that. It reports whether
+// done returned true. The caller puts w back to its idle value when it
+// stops waiting.
+func spinAnnounced(d time.Duration, w *atomic.Uint32, since time.Time, done func() bool) bool {
+	if d >= announceLead {
+		if spin(d-announceLead, done) {
+			return true
+		}
+		w.Store(waitSoon)
+		return spin(announceLead, done)
+	}
+	return spin(max(d, announceLead-time.Since(since)), done)
+}
+
+// SpinAnnounced is a Select's spin: done polled for d (at least
+// announceLead), with announce called announceLead before its end (the
+// Select announces its ends; see publish).
+func SpinAnnounced(d time.Duration, announce func(), done func() bool) bool {
 	if d > announceLead && spin(d-announceLead, done) {
 		return true
 	}
-	w.Store(waitSoon)
-	return spin(min(d, announceLead), done)
+	announce()
+	return spin(announceLead, done)
 }
 
 // settle puts a waiting word back to the end's idle value, with no store
@@ -296,8 +315,9 @@ type RecordProducer struct {
 	self      sys.Identity
 	tail      uint64 // local copy of Tail
 	headCache uint64
-	relaxed   uint64 // relax's results, kept so that its work is not elided
-	idle      uint32 // ProdWaiting when not waiting (idleValue)
+	relaxed   uint64    // relax's results, kept so that its work is not elided
+	idle      uint32    // ProdWaiting when not waiting (idleValue)
+	since     time.Time // when the end was announced, if idle is waitSoon
 	closed    bool
 	_         mem.Pad
 }
@@ -318,7 +338,7 @@ func (r *Ring) AttachProducer() (*RecordProducer, error) {
 	}
 	idle := idleValue(r.opts)
 	r.cb.ProdWaiting.Store(idle)
-	return &RecordProducer{Ring: r, self: self, tail: t, headCache: h, idle: idle}, nil
+	return &RecordProducer{Ring: r, self: self, tail: t, headCache: h, idle: idle, since: time.Now()}, nil
 }
 
 var errClosedEnd = fmt.Errorf("channel end: %w", errs.ErrClosed)
@@ -418,7 +438,7 @@ func (p *RecordProducer) WaitRoom(ctx context.Context) error {
 	}
 	// Every return puts the waiting word back to idle.
 	defer settle(&p.cb.ProdWaiting, p.idle)
-	if spinAnnounced(p.opts.Spin, &p.cb.ProdWaiting, roomy) || hasRoom() {
+	if spinAnnounced(p.opts.Spin, &p.cb.ProdWaiting, p.since, roomy) || hasRoom() {
 		return nil
 	}
 	for {
@@ -501,7 +521,8 @@ type RecordConsumer struct {
 	self      sys.Identity
 	head      uint64
 	tailCache uint64
-	idle      uint32 // ConsWaiting when not waiting (idleValue)
+	idle      uint32    // ConsWaiting when not waiting (idleValue)
+	since     time.Time // when the end was announced, if idle is waitSoon
 	closed    bool
 	_         mem.Pad
 }
@@ -522,7 +543,7 @@ func (r *Ring) AttachConsumer() (*RecordConsumer, error) {
 	}
 	idle := idleValue(r.opts)
 	r.cb.ConsWaiting.Store(idle)
-	return &RecordConsumer{Ring: r, self: self, head: h, tailCache: t, idle: idle}, nil
+	return &RecordConsumer{Ring: r, self: self, head: h, tailCache: t, idle: idle, since: time.Now()}, nil
 }
 
 // available returns how many records are readable, re-reading the tail
@@ -695,7 +716,7 @@ func (c *RecordConsumer) WaitData(ctx context.Context) error {
 	// Every return puts the waiting word back to idle.
 	defer settle(&c.cb.ConsWaiting, c.idle)
 	var rerr error
-	if spinAnnounced(c.opts.Spin, &c.cb.ConsWaiting, func() bool {
+	if spinAnnounced(c.opts.Spin, &c.cb.ConsWaiting, c.since, func() bool {
 		ok, err := ready()
 		rerr = err
 		return ok
@@ -751,8 +772,11 @@ func (c *RecordConsumer) Close() (drainedAndDone bool) {
 	c.cb.ConsWaiting.Store(0) // no consumer waits any more
 	c.cb.Doorbell.Store(0)
 	c.cb.Consumer.CompareAndSwap(uint64(c.self), 0)
-	c.cb.ProdWaiting.Store(0)
-	backend.Wake(&c.cb.ProdWaiting, 0)
+	// Wake a parked producer (it learns that the consumer is gone at its
+	// check); its word stays announced (notifyRing).
+	if c.cb.ProdWaiting.CompareAndSwap(waitSelf, waitSoon) {
+		backend.Wake(&c.cb.ProdWaiting, 0)
+	}
 	return c.cb.ProdClosed.Load() != 0 && c.cb.Tail.Load() == c.cb.Head.Load()
 }
 
@@ -869,7 +893,7 @@ func (c *RecordConsumer) SetDoorbell(off mem.Off) { c.cb.Doorbell.Store(uint64(o
 func (c *RecordConsumer) Arm() { c.cb.ConsWaiting.Store(waitBell) }
 
 // Disarm withdraws Arm.
-func (c *RecordConsumer) Disarm() { c.cb.ConsWaiting.Store(c.idle) }
+func (c *RecordConsumer) Disarm() { settle(&c.cb.ConsWaiting, c.idle) }
 
 // Announce says that the consumer may soon park (waitSoon): see publish.
 func (c *RecordConsumer) Announce() { c.cb.ConsWaiting.Store(waitSoon) }
