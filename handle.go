@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"unsafe"
 
 	"github.com/heapipc/ipc/channel"
 	"github.com/heapipc/ipc/internal/mem"
@@ -109,11 +110,19 @@ func (h *Handle) Allocate(n int) (Record, error) {
 	if h.isClosed.Load() || h.buf.isClosed.Load() {
 		return Record{}, h.check("allocate")
 	}
-	off, b, err := h.sh.alloc(n)
+	// The handle's slab cache carves the record, and its trailer is
+	// written here (one call on the producer's path).
+	sh := h.sh
+	size := allocSize(n)
+	off, err := sh.h.AllocOff(size)
 	if err != nil {
 		return Record{}, fmt.Errorf("ipc: allocate %d bytes: %w", n, err)
 	}
-	return Record{off: off, b: b}, nil
+	rs := sh.rs
+	// The record is not handed out yet: plain stores (no fence) will do.
+	rs.trailers[(uint64(off)+uint64(size))/trailerSize-1] = trailer{Holder: uint64(rs.self), Len: uint32(n), Magic: trailerMagic}
+	// The pool carved size bytes at off, in the region.
+	return Record{off: off, b: unsafe.Slice((*byte)(unsafe.Add(unsafe.Pointer(unsafe.SliceData(rs.b)), off)), n)}, nil
 }
 
 // AllocateBatch fills rs with records of n bytes each, as Allocate
@@ -159,15 +168,34 @@ func (h *Handle) Free(r Record) error {
 	// The common case in one pass: a record this process holds, freed
 	// through the handle's slab cache (which remembers the slab whose
 	// header it checked last).
-	if !h.buf.isClosed.Load() {
-		if ok, err := h.sh.free(r.off, r.b); ok {
-			if err != nil {
-				return fmt.Errorf("ipc: free: %w", err)
-			}
-			return nil
-		}
+	if h.buf.isClosed.Load() {
+		return h.buf.Free(r)
 	}
-	return h.buf.Free(r)
+	var err error
+	off, b, sh := r.off, r.b, h.sh
+	if s := &sh.slots[sh.cur]; sh.taken && s.Off() == off {
+		// The record take returned last: its slot leads to its trailer
+		// (heldFast's checks, less the bounds that the located slot
+		// already implies).
+		rs := sh.rs
+		t := &rs.trailers[(uint64(off)+uint64(s.Size()))/trailerSize-1]
+		if uint64(len(b)) >= uint64(s.Size()) || cap(b) == 0 || uintptr(unsafe.Pointer(unsafe.SliceData(b))) != rs.base+uintptr(off) ||
+			t.Magic != trailerMagic || t.Len != uint32(len(b)) || t.holder().Load() != uint64(rs.self) {
+			return h.buf.Free(r)
+		}
+		t.Magic = 0 // as records.free does
+		sh.taken = false
+		err = sh.h.FreeSlot(s)
+	} else if t := sh.rs.heldFast(off, b); t != nil {
+		t.Magic = 0 // as records.free does
+		err = sh.h.Free(off)
+	} else {
+		return h.buf.Free(r)
+	}
+	if err != nil {
+		return fmt.Errorf("ipc: free: %w", err)
+	}
+	return nil
 }
 
 // Free gives a record back (see Handle.Free); safe from any goroutine.

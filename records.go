@@ -91,7 +91,7 @@ type slabHandle struct {
 	offs []mem.Off // allocBatch's and freeBatch's scratch
 	// The slots of the last two records take located: slots[cur] the
 	// last (where the next one is expected, and, if taken, the record
-	// take returned last, for free). take locates into the other one
+	// take returned last, for Handle.Free). take locates into the other one
 	// and flips cur, so that no slot is copied (a copy right after the
 	// slot was written stalled the store buffer; see slab's slotAfter).
 	slots [2]slab.Slot
@@ -109,7 +109,7 @@ type slabHandle struct {
 	_         mem.Pad
 }
 
-// takenOff is the offset of the record whose slot free can use, or 0.
+// takenOff is the offset of the record whose slot Handle.Free can use, or 0.
 func (sh *slabHandle) takenOff() mem.Off {
 	if !sh.taken {
 		return 0
@@ -119,19 +119,6 @@ func (sh *slabHandle) takenOff() mem.Off {
 
 func (rs *records) newHandle() (*slabHandle, error) {
 	return &slabHandle{rs: rs, h: rs.pool.NewHandle()}, nil
-}
-
-func (sh *slabHandle) alloc(n int) (mem.Off, []byte, error) {
-	size := allocSize(n)
-	off, err := sh.h.AllocOff(size)
-	if err != nil {
-		return 0, nil, err
-	}
-	rs := sh.rs
-	// The record is not handed out yet: plain stores (no fence) will do.
-	rs.trailers[(uint64(off)+uint64(size))/trailerSize-1] = trailer{Holder: uint64(rs.self), Len: uint32(n), Magic: trailerMagic}
-	// The pool carved size bytes at off, in the region.
-	return off, unsafe.Slice((*byte)(unsafe.Add(unsafe.Pointer(unsafe.SliceData(rs.b)), off)), n), nil
 }
 
 // allocBatch fills rs with records of n bytes; on error it gives back
@@ -305,7 +292,7 @@ func (sh *slabHandle) takeRecords(slots []uint64, rs []Record, offs []mem.Off, s
 }
 
 // keep makes s, the slot of a record a consumer took ahead and delivers
-// now, the one free can use (as take does for the record it takes).
+// now, the one Handle.Free can use (as take does for the record it takes).
 func (sh *slabHandle) keep(s *slab.Slot) {
 	sh.cur ^= 1
 	sh.slots[sh.cur] = *s
@@ -422,7 +409,7 @@ func (rs *records) take(slot uint64) (Record, error) {
 // where the last one taken ended (a handle carves records back to back
 // and the channel delivers them in order, slab.Handle.LocateNext), which
 // checks its header against that place instead of locating its slab
-// afresh. The handle keeps the record's slot, so that free, the likely
+// afresh. The handle keeps the record's slot, so that Handle.Free, the likely
 // next call, does not locate it again. Batches (ReceiveBatch, and
 // Receive when it takes ahead) are located together instead
 // (takeRecords), and records.take is the fallback of both.
@@ -453,33 +440,6 @@ func (sh *slabHandle) take(slot uint64) (Record, bool) {
 	sh.taken = true
 	end := off + mem.Off(n)
 	return Record{off: off, b: rs.b[off:end:end]}, true
-}
-
-// free frees a record this process holds (held's common case) through
-// the handle's slab cache: with the slot that take kept if it is this
-// record's. ok false means "ask records.free".
-func (sh *slabHandle) free(off mem.Off, b []byte) (ok bool, err error) {
-	if sh.taken {
-		if s := &sh.slots[sh.cur]; s.Off() == off {
-			// The record take returned last: its slot leads to its
-			// trailer (heldFast's checks, less the bounds that the
-			// located slot already implies).
-			rs := sh.rs
-			t := &rs.trailers[(uint64(off)+uint64(s.Size()))/trailerSize-1]
-			if uint64(len(b)) < uint64(s.Size()) && cap(b) > 0 && uintptr(unsafe.Pointer(unsafe.SliceData(b))) == rs.base+uintptr(off) &&
-				t.Magic == trailerMagic && t.Len == uint32(len(b)) && t.holder().Load() == uint64(rs.self) {
-				t.Magic = 0 // as records.free does
-				sh.taken = false
-				return true, sh.h.FreeSlot(s)
-			}
-		}
-	}
-	t := sh.rs.heldFast(off, b)
-	if t == nil {
-		return false, nil
-	}
-	t.Magic = 0 // as records.free does
-	return true, sh.h.Free(off)
 }
 
 // takeOff is take for a record located in full (the fallback of take,
