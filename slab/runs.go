@@ -3,6 +3,7 @@ package slab
 import (
 	"errors"
 	"fmt"
+	"unsafe"
 
 	"github.com/heapipc/ipc/internal/mem"
 )
@@ -74,18 +75,29 @@ func (p *Pool) extendRun(offs []mem.Off, sizes []uint32, i int, slab, pos uint64
 
 // extendSame is extendRun for the records of size bytes (slot granules
 // each, of: recCheckOf for them) from i on, in the slab at granule sg.
+// How many such records fit between pos and the slab's limit (and in the
+// region) is worked out first, so that the loop checks no bound per
+// record and steps through the headers by pointer.
 func (p *Pool) extendSame(offs []mem.Off, sizes []uint32, i int, sg, pos uint64, size, slot uint32, of uint64) (int, uint64) {
-	plain, limit := p.plain, uint64(p.geo.limit)
-	sizes = sizes[:len(offs)]
-	for ; i < len(offs); i++ {
-		g := sg + pos
-		if sizes[i] != size || uint64(offs[i]) != (g+1)*granule || pos+uint64(slot) > limit || 2*g+1 >= uint64(len(plain)) ||
-			plain[2*g] != packHalves(uint32(pos), slot) || plain[2*g+1] != packHalves(size, recCheckAt(uint32(pos), of)) {
-			break
+	limit, granules := uint64(p.geo.limit), uint64(len(p.plain))/2
+	if slot == 0 || i >= len(offs) || len(sizes) < len(offs) || pos > limit || sg+pos >= granules {
+		return i, pos
+	}
+	n := min(uint64(len(offs)-i), (limit-pos)/uint64(slot), (granules-sg-pos)/uint64(slot))
+	os, ss := offs[i:i+int(n)], sizes[i:i+int(n)]
+	hdr := unsafe.Pointer(&p.plain[2*(sg+pos)]) // the first record's header: n of them fit
+	want, stride := (sg+pos+1)*granule, uint64(slot)*granule
+	for j := range os {
+		h := (*[2]uint64)(hdr)
+		if ss[j] != size || uint64(os[j]) != want ||
+			h[0] != packHalves(uint32(pos), slot) || h[1] != packHalves(size, recCheckAt(uint32(pos), of)) {
+			return i + j, pos
 		}
 		pos += uint64(slot)
+		want += stride
+		hdr = unsafe.Add(hdr, stride)
 	}
-	return i, pos
+	return i + len(os), pos
 }
 
 // RunLive reports whether every record of a run is live: none of its
