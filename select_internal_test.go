@@ -18,12 +18,7 @@ import (
 // Close frees it.
 func TestClosedSelectDoorbell(t *testing.T) {
 	b := heapBuf(t)
-	h, err := b.NewHandle()
-	require.NoError(t, err)
-	c, err := h.Consumer(1)
-	require.NoError(t, err)
-	sel, err := h.NewSelect(c)
-	require.NoError(t, err)
+	h, c, sel := selectOne(t, b)
 	off := sel.bell.Off()
 	require.NoError(t, sel.Close())
 
@@ -63,12 +58,7 @@ func TestSelectIdleParks(t *testing.T) {
 	b, err := Open(testutil.Name(t), WithBackends("heap", "heap"), WithSize(8<<20))
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, b.Destroy()) })
-	h, err := b.NewHandle()
-	require.NoError(t, err)
-	c, err := h.Consumer(1)
-	require.NoError(t, err)
-	sel, err := h.NewSelect(c)
-	require.NoError(t, err)
+	h, _, sel := selectOne(t, b)
 	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
 	defer cancel()
 	_, _, err = sel.Receive(ctx)
@@ -86,15 +76,10 @@ func TestSelectIdleParks(t *testing.T) {
 // back to idle when it wakes.
 func TestSelectAnnouncedEnds(t *testing.T) {
 	b := heapBuf(t, WithCheckInterval(time.Hour))
-	h, err := b.NewHandle()
-	require.NoError(t, err)
-	c, err := h.Consumer(1)
-	require.NoError(t, err)
+	h, c, sel := selectOne(t, b)
 	ph, err := b.NewHandle()
 	require.NoError(t, err)
 	p, err := ph.Producer(1)
-	require.NoError(t, err)
-	sel, err := h.NewSelect(c)
 	require.NoError(t, err)
 	r, err := ph.Allocate(8)
 	require.NoError(t, err)
@@ -120,4 +105,17 @@ func TestSelectAnnouncedEnds(t *testing.T) {
 	require.NoError(t, sel.Close())
 	require.NoError(t, ph.Close())
 	require.NoError(t, h.Close())
+}
+
+// selectOne opens a handle on b, the consumer end of channel 1 on it, and
+// a Select over that end.
+func selectOne(t *testing.T, b *Buffer) (*Handle, *Consumer, *Select) {
+	t.Helper()
+	h, err := b.NewHandle()
+	require.NoError(t, err)
+	c, err := h.Consumer(1)
+	require.NoError(t, err)
+	sel, err := h.NewSelect(c)
+	require.NoError(t, err)
+	return h, c, sel
 }

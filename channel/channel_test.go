@@ -547,20 +547,33 @@ func TestSlotPacking(t *testing.T) {
 // the index loaded) would leave a side asleep until the context's
 // deadline.
 func TestRingParkedNoLostWakeup(t *testing.T) {
+	streamRing(t, WaitOptions{Spin: -1, CheckInterval: time.Hour}, 2, 10000, nil)
+}
+
+// streamRing sends records 1 to n through a ring of the given capacity
+// whose ends wait as opts say, checks that they arrive in order, then the
+// end of stream, and removes the channel. pause, if set, is called by
+// each side before each record (the producer with true): it may sleep,
+// so that the other side waits.
+func streamRing(t *testing.T, opts WaitOptions, capacity uint64, n uint64, pause func(i uint64, producer bool)) {
+	t.Helper()
+	if pause == nil {
+		pause = func(uint64, bool) {}
+	}
 	f := newFixture(t, backend.Heap)
-	en, _, err := f.reg.LookupOrCreate(context.Background(), 1, recordSpec(2))
+	en, _, err := f.reg.LookupOrCreate(context.Background(), 1, recordSpec(capacity))
 	require.NoError(t, err)
-	ring, err := OpenRing(f.r, en, WaitOptions{Spin: -1, CheckInterval: time.Hour})
+	ring, err := OpenRing(f.r, en, opts)
 	require.NoError(t, err)
 	p, err := ring.AttachProducer()
 	require.NoError(t, err)
 	c, err := ring.AttachConsumer()
 	require.NoError(t, err)
 	ctx := testutil.Context(t, 60*time.Second)
-	const n = 10000
 	done := make(chan error, 1)
 	go func() {
 		for i := uint64(1); i <= n; i++ {
+			pause(i, true)
 			if err := p.Send(ctx, i); err != nil {
 				done <- err
 				return
@@ -570,6 +583,7 @@ func TestRingParkedNoLostWakeup(t *testing.T) {
 		done <- nil
 	}()
 	for want := uint64(1); want <= n; want++ {
+		pause(want, false)
 		got, err := c.Receive(ctx)
 		require.NoError(t, err, "record %d", want)
 		require.Equal(t, want, got)
@@ -717,45 +731,13 @@ func TestSpinAnnounced(t *testing.T) {
 func TestRingUnfencedNoLostWakeup(t *testing.T) {
 	for _, spinFor := range []time.Duration{announceLead + time.Microsecond, DefaultSpin} {
 		t.Run(spinFor.String(), func(t *testing.T) {
-			f := newFixture(t, backend.Heap)
-			en, _, err := f.reg.LookupOrCreate(context.Background(), 1, recordSpec(4))
-			require.NoError(t, err)
-			ring, err := OpenRing(f.r, en, WaitOptions{Spin: spinFor, CheckInterval: time.Hour})
-			require.NoError(t, err)
-			p, err := ring.AttachProducer()
-			require.NoError(t, err)
-			c, err := ring.AttachConsumer()
-			require.NoError(t, err)
-			ctx := testutil.Context(t, 60*time.Second)
-			const n = 20000
-			done := make(chan error, 1)
-			go func() {
-				for i := uint64(1); i <= n; i++ {
-					if i%97 == 0 {
-						time.Sleep(time.Duration(i%5) * 10 * time.Microsecond)
-					}
-					if err := p.Send(ctx, i); err != nil {
-						done <- err
-						return
-					}
+			streamRing(t, WaitOptions{Spin: spinFor, CheckInterval: time.Hour}, 4, 20000, func(i uint64, producer bool) {
+				if producer && i%97 == 0 {
+					time.Sleep(time.Duration(i%5) * 10 * time.Microsecond)
+				} else if !producer && i%89 == 0 {
+					time.Sleep(time.Duration(i%7) * 10 * time.Microsecond)
 				}
-				p.Close()
-				done <- nil
-			}()
-			for want := uint64(1); want <= n; want++ {
-				if want%89 == 0 {
-					time.Sleep(time.Duration(want%7) * 10 * time.Microsecond)
-				}
-				got, err := c.Receive(ctx)
-				require.NoError(t, err, "record %d", want)
-				require.Equal(t, want, got)
-			}
-			require.NoError(t, <-done)
-			_, err = c.Receive(ctx)
-			require.ErrorIs(t, err, io.EOF)
-			require.True(t, c.Close())
-			_, err = f.reg.Remove(context.Background(), en, ring.Removable, nil)
-			require.NoError(t, err)
+			})
 		})
 	}
 }
