@@ -600,9 +600,14 @@ func must2(b *testing.B) (*os.File, *os.File) {
 // any shared-memory channel can do. A ring of 96-byte slots (a heapipc
 // record's stride) is written and read in place, with no allocation and
 // no check, publishing after every record (single) or every 64 (batch),
-// beside the same Go channel as BenchmarkRecordInProcess. What it costs
-// is the payload's cache lines crossing between the two cores; its x-gochan
-// bounds what any record channel can reach on the machine.
+// beside the same Go channel as BenchmarkRecordInProcess. What batch
+// costs is the payload's cache lines crossing between the two cores; its
+// x-gochan bounds what a record channel's batch forms can reach on the
+// machine. Single publishes every record with Go's atomic store (a locked
+// exchange) while the reader polls the tail: on hosts where that exchange
+// is dear (an Intel Xeon VM) it runs slower than heapipc's record channel,
+// which publishes without a fence (package channel's publish), and bounds
+// nothing there.
 func BenchmarkFloorInProcess(b *testing.B) {
 	for _, c := range []struct {
 		name  string
