@@ -128,7 +128,7 @@ func (s *Select) Receive(ctx context.Context) (Receiver, Record, error) {
 		// The ends are announced for the end of the spin (a record
 		// channel's producer then fences what it publishes: see the
 		// channel package's publish).
-		if channel.SpinAnnounced(s.spin, s.announce, s.anyReady) {
+		if channel.SpinAnnounced(s.spin, time.Now(), s.announce, s.anyReady) {
 			s.disarm()
 			continue
 		}

@@ -704,21 +704,21 @@ func TestSpinAnnounced(t *testing.T) {
 	var w atomic.Uint32
 	var seen []uint32
 	look := func() bool { seen = append(seen, w.Load()); return false }
-	require.False(t, spinAnnounced(2*time.Millisecond, &w, time.Time{}, look))
+	require.False(t, SpinAnnounced(2*time.Millisecond, time.Time{}, announceWord(&w), look))
 	require.NotEmpty(t, seen)
 	require.Zero(t, seen[0], "not announced at first")
 	require.Equal(t, uint32(waitSoon), seen[len(seen)-1], "announced at the end")
 	w.Store(0)
-	require.True(t, spinAnnounced(2*time.Millisecond, &w, time.Time{}, func() bool { return true }))
+	require.True(t, SpinAnnounced(2*time.Millisecond, time.Time{}, announceWord(&w), func() bool { return true }))
 	require.Zero(t, w.Load(), "done before the lead: not announced")
 
 	// A short spin just after the end's announcement lasts the lead;
 	// long after it, its own length.
 	since := time.Now()
-	require.False(t, spinAnnounced(-1, &w, since, func() bool { return false }))
+	require.False(t, SpinAnnounced(-1, since, announceWord(&w), func() bool { return false }))
 	require.GreaterOrEqual(t, time.Since(since), announceLead, "the last look a lead after the announcement")
 	calls := 0
-	require.False(t, spinAnnounced(-1, &w, since.Add(-time.Second), func() bool { calls++; return false }))
+	require.False(t, SpinAnnounced(-1, since.Add(-time.Second), announceWord(&w), func() bool { calls++; return false }))
 	require.Zero(t, calls, "no spin: the announcement is old")
 }
 

@@ -154,33 +154,28 @@ func idleValue(opts WaitOptions) uint32 {
 	return 0
 }
 
-// spinAnnounced is a waiter's spin: done polled for d, the last
-// announceLead of it with w announced (waitSoon). An end that spins less
-// is announced from its attach on (idleValue, since): its spin is
-// stretched, if need be, to end a lead after that. It reports whether
-// done returned true. The caller puts w back to its idle value when it
-// stops waiting.
-func spinAnnounced(d time.Duration, w *atomic.Uint32, since time.Time, done func() bool) bool {
+// SpinAnnounced is a waiter's spin: done polled for d, with announce
+// called announceLead before its end (the waiter's word, or a Select's
+// ends, announced: see publish). A spin shorter than the lead announces
+// at once and is stretched, if need be, to end a lead after since, when
+// the announcement began (an end that spins less than the lead is
+// announced from its attach on: idleValue). It reports whether done
+// returned true. The caller puts the words back to idle when it stops
+// waiting.
+func SpinAnnounced(d time.Duration, since time.Time, announce func(), done func() bool) bool {
 	if d >= announceLead {
 		if spin(d-announceLead, done) {
 			return true
 		}
-		w.Store(waitSoon)
+		announce()
 		return spin(announceLead, done)
 	}
+	announce()
 	return spin(max(d, announceLead-time.Since(since)), done)
 }
 
-// SpinAnnounced is a Select's spin: done polled for d (at least
-// announceLead), with announce called announceLead before its end (the
-// Select announces its ends; see publish).
-func SpinAnnounced(d time.Duration, announce func(), done func() bool) bool {
-	if d > announceLead && spin(d-announceLead, done) {
-		return true
-	}
-	announce()
-	return spin(announceLead, done)
-}
+// announceWord is the announce of SpinAnnounced for an end's waiting word.
+func announceWord(w *atomic.Uint32) func() { return func() { settle(w, waitSoon) } }
 
 // settle puts a waiting word back to the end's idle value, with no store
 // if it is idle already (the peer reads the word at every publication:
@@ -438,7 +433,7 @@ func (p *RecordProducer) WaitRoom(ctx context.Context) error {
 	}
 	// Every return puts the waiting word back to idle.
 	defer settle(&p.cb.ProdWaiting, p.idle)
-	if spinAnnounced(p.opts.Spin, &p.cb.ProdWaiting, p.since, roomy) || hasRoom() {
+	if SpinAnnounced(p.opts.Spin, p.since, announceWord(&p.cb.ProdWaiting), roomy) || hasRoom() {
 		return nil
 	}
 	for {
@@ -722,7 +717,7 @@ func (c *RecordConsumer) WaitData(ctx context.Context) error {
 	// producer wrote it, and the producer waited for it each time (busy
 	// ping-pong, BenchmarkRecordPingPong: ~1.0 -> ~0.7 µs per round trip).
 	var rerr error
-	if spinAnnounced(c.opts.Spin, &c.cb.ConsWaiting, c.since, func() bool {
+	if SpinAnnounced(c.opts.Spin, c.since, announceWord(&c.cb.ConsWaiting), func() bool {
 		ok, err := ready()
 		rerr = err
 		if !ok {

@@ -62,24 +62,16 @@ func (h *Handle) Alloc(size int) (Record, error) {
 		if err := h.refill(); err != nil {
 			return Record{}, err
 		}
+		if uint64(h.cur)+k > uint64(h.limit) {
+			return Record{}, fmt.Errorf("slab: allocate %d bytes: a refilled slab has no room: %w", size, ErrCorrupt)
+		}
 	}
-	off := h.carveOne(size, uint32(k))
+	// Room is there: AllocOff carves at once.
+	off, err := h.AllocOff(size)
+	if err != nil {
+		return Record{}, err
+	}
 	return Record{Off: off, Data: p.view(off, uint64(size))}, nil
-}
-
-// carveOne carves a record of size bytes (k granules, room checked) at
-// the cursor and returns its offset.
-func (h *Handle) carveOne(size int, k uint32) mem.Off {
-	p := h.p
-	pos := h.cur
-	h.cur += k
-	g := h.base + uint64(pos)
-	// Two word stores, the words the readers load (slabRecord): a load
-	// that spans several smaller stores still in flight would stall
-	// store forwarding.
-	p.plain[2*g] = packHalves(pos, k)
-	p.plain[2*g+1] = packHalves(uint32(size), recCheck(pos, k, uint32(size), h.key))
-	return mem.Off((g + 1) * granule)
 }
 
 // AllocOff is Alloc that returns the record's offset alone (Pool.Bytes
@@ -91,7 +83,9 @@ func (h *Handle) AllocOff(size int) (mem.Off, error) {
 		r, err := h.Alloc(size)
 		return r.Off, err
 	}
-	// carveOne, written out (a call less on the producer's path).
+	// Carved at the cursor: two word stores, the words the readers load
+	// (slabRecord; a load that spans several smaller stores still in
+	// flight would stall store forwarding).
 	pos, ln := h.cur, uint32(k)
 	h.cur += ln
 	g := h.base + uint64(pos)
