@@ -349,9 +349,10 @@ func goChanOneGoroutine(n int) time.Duration {
 }
 
 // TestChildBenchConsume is the consumer process of the cross-process
-// benchmarks: records on channel 1 of the buffer (packs with BENCH_PACK),
-// or 64-byte messages on the socket at fd 3; it reads every payload and
-// says "done" at the end.
+// benchmarks: records on channel 1 of the buffer, one at a time (packs
+// with BENCH_PACK, up to 64 at a time with BENCH_RECV_BATCH), or 64-byte
+// messages on the socket at fd 3; it reads every payload and says "done"
+// at the end.
 func TestChildBenchConsume(t *testing.T) {
 	testutil.ChildOnly(t)
 	n := envInt(t, envN)
@@ -402,6 +403,20 @@ func TestChildBenchConsume(t *testing.T) {
 		testutil.Say("done %d", s)
 		return
 	}
+	if os.Getenv(envRecvBatch) == "" {
+		for got := 0; got < n; got++ {
+			r, err := c.Receive(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s += sum(r.Bytes())
+			if err := h.Free(r); err != nil {
+				t.Fatal(err)
+			}
+		}
+		testutil.Say("done %d", s)
+		return
+	}
 	rs := make([]ipc.Record, 64)
 	for got := 0; got < n; {
 		k, err := c.ReceiveBatch(ctx, rs)
@@ -420,15 +435,32 @@ func TestChildBenchConsume(t *testing.T) {
 }
 
 // BenchmarkRecordCrossProcess: this process allocates, writes and sends
-// 64-byte records; a child process receives, reads and frees them. Beside
-// it, the same bytes through a Unix socket to another child.
-func BenchmarkRecordCrossProcess(b *testing.B) {
+// 64-byte records one at a time; a child process receives, reads and
+// frees them one at a time (the per-record forms, as in
+// BenchmarkRecordInProcess). Beside it, the same bytes through a Unix
+// socket to another child.
+func BenchmarkRecordCrossProcess(b *testing.B) { recordCrossProcess(b, false) }
+
+// BenchmarkRecordCrossProcessReceiveBatch is BenchmarkRecordCrossProcess
+// with a child that takes what is queued with ReceiveBatch (up to 64 at a
+// time) and frees it with FreeBatch, while this process still sends one
+// record at a time.
+func BenchmarkRecordCrossProcessReceiveBatch(b *testing.B) { recordCrossProcess(b, true) }
+
+// envRecvBatch tells TestChildBenchConsume to receive with ReceiveBatch.
+const envRecvBatch = "BENCH_RECV_BATCH"
+
+func recordCrossProcess(b *testing.B, recvBatch bool) {
 	buf := benchBuf(b)
 	n := b.N
 	h := must(buf.NewHandle())
 	defer h.Close()
 	p := must(h.Producer(1))
-	child := testutil.StartChild(b, "TestChildBenchConsume", envBuf+"="+buf.Name(), envN+"="+strconv.Itoa(n))
+	env := []string{envBuf + "=" + buf.Name(), envN + "=" + strconv.Itoa(n)}
+	if recvBatch {
+		env = append(env, envRecvBatch+"=1")
+	}
+	child := testutil.StartChild(b, "TestChildBenchConsume", env...)
 	ctx := context.Background()
 	b.ResetTimer()
 	start := time.Now()
