@@ -104,12 +104,9 @@ func heapipcInProc(b *testing.B, buf *ipc.Buffer, id ipc.ChannelID, n, batch int
 			fill(r.Bytes(), byte(sent))
 			return 1, p.Send(ctx, r)
 		}, func(h *ipc.Handle, c *ipc.Consumer) (int, error) {
-			r, err := c.Receive(ctx)
-			if err != nil {
-				return 0, err
-			}
-			s += sum(r.Bytes())
-			return 1, h.Free(r)
+			v, err := receiveOne(ctx, h, c)
+			s += v
+			return 1, err
 		})
 	}
 	return inProc(b, buf, id, n, func(h *ipc.Handle, p *ipc.Producer, sent, left int) (int, error) {
@@ -131,6 +128,17 @@ func heapipcInProc(b *testing.B, buf *ipc.Buffer, id ipc.ChannelID, n, batch int
 		}
 		return k, h.FreeBatch(got[:k])
 	})
+}
+
+// receiveOne is the per-record consumer of the benchmarks: it receives a
+// record, reads it (the sum of its bytes) and frees it.
+func receiveOne(ctx context.Context, h *ipc.Handle, c *ipc.Consumer) (byte, error) {
+	r, err := c.Receive(ctx)
+	if err != nil {
+		return 0, err
+	}
+	v := sum(r.Bytes())
+	return v, h.Free(r)
 }
 
 // goChanInProc moves n freshly allocated 64-byte slices through a Go
@@ -299,14 +307,11 @@ func oneGoroutine(b *testing.B, h *ipc.Handle, p *ipc.Producer, c *ipc.Consumer,
 			if err := p.Send(ctx, r); err != nil {
 				b.Fatal(err)
 			}
-			r, err := c.Receive(ctx)
+			v, err := receiveOne(ctx, h, c)
 			if err != nil {
 				b.Fatal(err)
 			}
-			s += sum(r.Bytes())
-			if err := h.Free(r); err != nil {
-				b.Fatal(err)
-			}
+			s += v
 			done++
 			continue
 		}
@@ -405,14 +410,11 @@ func TestChildBenchConsume(t *testing.T) {
 	}
 	if os.Getenv(envRecvBatch) == "" {
 		for got := 0; got < n; got++ {
-			r, err := c.Receive(ctx)
+			v, err := receiveOne(ctx, h, c)
 			if err != nil {
 				t.Fatal(err)
 			}
-			s += sum(r.Bytes())
-			if err := h.Free(r); err != nil {
-				t.Fatal(err)
-			}
+			s += v
 		}
 		testutil.Say("done %d", s)
 		return
