@@ -105,8 +105,11 @@ func heapipcInProc(b *testing.B, buf *ipc.Buffer, id ipc.ChannelID, n, batch int
 			return 1, p.Send(ctx, r)
 		}, func(h *ipc.Handle, c *ipc.Consumer) (int, error) {
 			v, err := receiveOne(ctx, h, c)
+			if err != nil {
+				return 0, err
+			}
 			s += v
-			return 1, err
+			return 1, nil
 		})
 	}
 	return inProc(b, buf, id, n, func(h *ipc.Handle, p *ipc.Producer, sent, left int) (int, error) {
