@@ -115,14 +115,9 @@ func heapipcInProc(b *testing.B, buf *ipc.Buffer, id ipc.ChannelID, n, batch int
 		}
 		return p.SendBatch(ctx, rs[:k])
 	}, func(h *ipc.Handle, c *ipc.Consumer) (int, error) {
-		k, err := c.ReceiveBatch(ctx, got)
-		if err != nil {
-			return 0, err
-		}
-		for _, r := range got[:k] {
-			s += sum(r.Bytes())
-		}
-		return k, h.FreeBatch(got[:k])
+		k, v, err := receiveBatch(ctx, h, c, got)
+		s += v
+		return k, err
 	})
 }
 
@@ -232,6 +227,21 @@ func BenchmarkRecordBatchInProcess(b *testing.B) {
 	report(b, ours, n, map[string]time.Duration{"gochan": goChanInProc(n)})
 }
 
+// receiveBatch is the batch consumer of the benchmarks: it receives up to
+// len(rs) records with ReceiveBatch, reads each (the sum of their bytes)
+// and frees them with FreeBatch, and returns how many.
+func receiveBatch(ctx context.Context, h *ipc.Handle, c *ipc.Consumer, rs []ipc.Record) (int, byte, error) {
+	k, err := c.ReceiveBatch(ctx, rs)
+	if err != nil {
+		return 0, 0, err
+	}
+	var v byte
+	for _, r := range rs[:k] {
+		v += sum(r.Bytes())
+	}
+	return k, v, h.FreeBatch(rs[:k])
+}
+
 // BenchmarkRecordInProcessReceiveBatch is BenchmarkRecordInProcess with
 // a consumer that takes what is queued with ReceiveBatch (up to 64 at a
 // time) and frees it with FreeBatch, while the producer still sends one
@@ -249,15 +259,17 @@ func BenchmarkRecordInProcessReceiveBatch(b *testing.B) {
 			var s byte
 			b.ResetTimer()
 			ours := inProc(b, buf, 3, n, sendOne(ctx), func(h *ipc.Handle, c *ipc.Consumer) (int, error) {
+				if !each {
+					k, v, err := receiveBatch(ctx, h, c, got)
+					s += v
+					return k, err
+				}
 				k, err := c.ReceiveBatch(ctx, got)
 				if err != nil {
 					return 0, err
 				}
 				for _, r := range got[:k] {
 					s += sum(r.Bytes())
-				}
-				if !each {
-					return k, h.FreeBatch(got[:k])
 				}
 				for _, r := range got[:k] {
 					if err := h.Free(r); err != nil {
@@ -373,16 +385,11 @@ func oneGoroutine(b *testing.B, h *ipc.Handle, p *ipc.Producer, c *ipc.Consumer,
 		if _, err := p.SendBatch(ctx, rs[:k]); err != nil {
 			b.Fatal(err)
 		}
-		got, err := c.ReceiveBatch(ctx, out[:k])
+		got, v, err := receiveBatch(ctx, h, c, out[:k])
 		if err != nil || got != k {
 			b.Fatalf("received %d of %d: %v", got, k, err)
 		}
-		for _, r := range out[:k] {
-			s += sum(r.Bytes())
-		}
-		if err := h.FreeBatch(out[:k]); err != nil {
-			b.Fatal(err)
-		}
+		s += v
 		done += k
 	}
 	_ = s
@@ -470,16 +477,11 @@ func TestChildBenchConsume(t *testing.T) {
 	}
 	rs := make([]ipc.Record, 64)
 	for got := 0; got < n; {
-		k, err := c.ReceiveBatch(ctx, rs)
+		k, v, err := receiveBatch(ctx, h, c, rs)
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, r := range rs[:k] {
-			s += sum(r.Bytes())
-		}
-		if err := h.FreeBatch(rs[:k]); err != nil {
-			t.Fatal(err)
-		}
+		s += v
 		got += k
 	}
 	testutil.Say("done %d", s)
