@@ -27,13 +27,16 @@ type Buffer struct {
 	reg    *channel.Registry
 	recs   *records
 
-	mu       sync.Mutex
-	handles  map[*Handle]struct{}
-	statics  map[*Static]struct{}
-	bells    []*channel.Doorbell // doorbells closed Selects gave back
-	bellsAt  time.Time           // when the last of them was
-	closed   bool
-	isClosed atomic.Bool // closed, for the hot paths
+	mu      sync.Mutex
+	handles map[*Handle]struct{}
+	statics map[*Static]struct{}
+	bells   []*channel.Doorbell // doorbells closed Selects gave back
+	bellsAt time.Time           // when the last of them was
+	// bellsFreed: Close has taken the doorbells to free; none is given
+	// back after that.
+	bellsFreed bool
+	closed     bool
+	isClosed   atomic.Bool // closed, for the hot paths
 }
 
 // Open creates the buffer called name, or attaches to it if it exists

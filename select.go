@@ -33,7 +33,10 @@ func (c *MPSCConsumer) endClosed() bool                { return c.closed }
 // process that publishes while the Select is parked wakes it with one
 // futex wake, and pays nothing when it is not parked. Receive serves the
 // ends round-robin, so no input starves. A Select belongs to the goroutine
-// that owns its ends.
+// that owns its ends. Its handle's Close closes it too (as it closes the
+// handle's channel ends), so a Select that was never closed gives its
+// doorbell back when its handle closes, at the latest when the buffer
+// does.
 type Select struct {
 	h     *Handle
 	bell  *channel.Doorbell
@@ -57,6 +60,10 @@ func (h *Handle) NewSelect(rs ...Receiver) (*Select, error) {
 		return nil, fmt.Errorf("ipc: select: %w", err)
 	}
 	s := &Select{h: h, bell: bell, spin: channel.DefaultSpin}
+	if err := h.addEnd(s); err != nil {
+		// The handle closed meanwhile: the doorbell goes back.
+		return nil, errors.Join(err, h.buf.putBell(bell))
+	}
 	for _, r := range rs {
 		if err := s.Add(r); err != nil {
 			s.Close()
@@ -67,7 +74,11 @@ func (h *Handle) NewSelect(rs ...Receiver) (*Select, error) {
 }
 
 // Add puts an end in the set (cheap: one store in its control block).
+// ErrClosed: the Select or the end is closed.
 func (s *Select) Add(r Receiver) error {
+	if s.bell == nil {
+		return fmt.Errorf("ipc: select: %w", ErrClosed)
+	}
 	if slices.Contains(s.cases, r) {
 		return fmt.Errorf("ipc: select: channel %d is already in the set: %w", r.ID(), ErrInvalidArgument)
 	}
@@ -108,8 +119,12 @@ func (s *Select) anyReady() bool {
 // Receive waits until one of the ends has a record (or its end of stream,
 // or an error) and returns that end with what it received: a record,
 // io.EOF (that end is finished: Remove it), ErrPeerDead (its producer
-// died), or ctx's error (with a nil Receiver).
+// died), or ctx's error (with a nil Receiver). ErrClosed: the Select is
+// closed (Close, or its handle's).
 func (s *Select) Receive(ctx context.Context) (Receiver, Record, error) {
+	if s.bell == nil {
+		return nil, Record{}, fmt.Errorf("ipc: select: %w", ErrClosed)
+	}
 	n := len(s.cases)
 	if n == 0 {
 		return nil, Record{}, fmt.Errorf("ipc: select: no channels: %w", ErrInvalidArgument)
@@ -186,6 +201,16 @@ func (s *Select) disarm() {
 // the buffer (for the next Select; the buffer's Close frees it). The ends
 // stay open.
 func (s *Select) Close() error {
+	if s.bell == nil {
+		return nil
+	}
+	s.h.dropEnd(s)
+	return s.close()
+}
+
+// close is Close without leaving the handle's set of ends (the handle's
+// close, which has emptied it, calls it).
+func (s *Select) close() error {
 	for _, c := range s.cases {
 		if !c.endClosed() { // a closed end cleared its doorbell word itself
 			c.selectable().Disarm()
@@ -220,13 +245,16 @@ func (b *Buffer) takeBell() (*channel.Doorbell, error) {
 	return channel.NewDoorbell(b.heap, b.region.Bytes())
 }
 
-// putBell keeps a closed Select's doorbell for the next one.
+// putBell keeps a closed Select's doorbell for the next one, or for the
+// buffer's Close to free (Selects its handles' Close closes come back
+// while it closes them).
 func (b *Buffer) putBell(d *channel.Doorbell) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.closed {
-		// The heap is closed: the doorbell stays allocated, owned by
-		// this process; a Recover after it exits frees it.
+	if b.bellsFreed {
+		// The buffer's Close has freed the doorbells given back, or is
+		// doing it: this one stays allocated, owned by this process,
+		// and a Recover after it exits frees it.
 		return fmt.Errorf("ipc: select close: %w", ErrClosed)
 	}
 	b.bells = append(b.bells, d)
@@ -239,7 +267,7 @@ func (b *Buffer) putBell(d *channel.Doorbell) error {
 func (b *Buffer) freeBells() error {
 	b.mu.Lock()
 	bells, at := b.bells, b.bellsAt
-	b.bells = nil
+	b.bells, b.bellsFreed = nil, true
 	b.mu.Unlock()
 	if len(bells) == 0 {
 		return nil

@@ -50,6 +50,37 @@ func TestClosedSelectDoorbell(t *testing.T) {
 	require.NoError(t, b.Check())
 }
 
+// TestUnclosedSelect: a Select nobody closed is closed by its handle's
+// Close (its doorbell goes back to the buffer for the next Select), and
+// by the buffer's Close if its handle was not closed either (the
+// doorbell is freed). A closed Select refuses Receive and Add with
+// ErrClosed; Add on one used to dereference its given-back doorbell.
+func TestUnclosedSelect(t *testing.T) {
+	b := heapBuf(t)
+	h, c, sel := selectOne(t, b)
+	off := sel.bell.Off()
+	require.NoError(t, h.Close())
+	_, _, err := sel.Receive(t.Context())
+	require.ErrorIs(t, err, ErrClosed)
+	require.ErrorIs(t, sel.Add(c), ErrClosed)
+	require.NoError(t, sel.Close(), "closed already: nothing to do")
+
+	h2, _, sel2 := selectOne(t, b)
+	require.Equal(t, off, sel2.bell.Off(), "the next Select gets the doorbell back")
+
+	// Neither sel2 nor h2 closed: the buffer's Close frees the doorbell.
+	other, err := Open(b.Name(), WithBackends("heap", "heap"), AttachOnly())
+	require.NoError(t, err)
+	defer other.Close()
+	require.NoError(t, b.Close())
+	_, err = other.heap.Extent(off)
+	require.ErrorIs(t, err, ErrDoubleFree, "freed: its page starts a free extent")
+	require.NoError(t, other.Check())
+	_, _, err = sel2.Receive(t.Context())
+	require.ErrorIs(t, err, ErrClosed)
+	require.NoError(t, h2.Close())
+}
+
 // TestSelectIdleParks: an idle Select parks for the check interval at a
 // time (the default one when the buffer was opened without
 // WithCheckInterval); it used to pass a zero timeout and spin on the
