@@ -494,12 +494,19 @@ func init() {
 	})
 }
 
+// graceSleep is time.Sleep; tests look at what is locked during a grace.
+var graceSleep = time.Sleep
+
 // freeDeadBells frees the doorbells of dead processes that no channel
 // names (named: those that channels do, after Recover took the dead ones
-// out), after channel.BellGrace: a producer that read one's offset
-// before it was taken out of its channel, by this Recover or another, has
-// rung it by then.
-func (b *Buffer) freeDeadBells(named map[mem.Off]bool) error {
+// out, which it finished doing at cleared), once channel.BellGrace has
+// passed since: a producer that read one's offset before it was taken out
+// of its channel, by this Recover or another, has rung it by then.
+// Recover calls it after it has let go of the registry lock, so that
+// nobody waits for the lock through the grace: no channel can come to
+// name a dead process's doorbell (only its owner's Selects put one in),
+// and each is freed only if it is still that process's doorbell.
+func (b *Buffer) freeDeadBells(named map[mem.Off]bool, cleared time.Time) error {
 	exts, err := b.heap.Allocated()
 	if err != nil {
 		return err
@@ -513,7 +520,9 @@ func (b *Buffer) freeDeadBells(named map[mem.Off]bool) error {
 	if len(dead) == 0 {
 		return nil
 	}
-	time.Sleep(channel.BellGrace)
+	if d := channel.BellGrace - time.Since(cleared); d > 0 {
+		graceSleep(d)
+	}
 	var all []error
 	for _, e := range dead {
 		err := b.heap.FreeIf(e.Off, func(x alloc.Extent) error {
@@ -546,6 +555,7 @@ func (b *Buffer) Recover() (reclaimed uint64, err error) {
 	queued := map[mem.Off]bool{}
 	var abandoned []*channel.Entry
 	named := map[mem.Off]bool{} // doorbells that channels name
+	var cleared time.Time       // when the walk had taken dead doorbells out of the channels
 	// First, removals that a process died in the middle of: what they had
 	// not freed yet is still queued in their channels, which the walk of
 	// ready channels does not see. The walk and the freeing of dead
@@ -579,10 +589,20 @@ func (b *Buffer) Recover() (reclaimed uint64, err error) {
 			}
 			return nil
 		})
+		if werr == nil {
+			// Every channel was seen: the dead doorbells none names can
+			// go (not after a walk that failed somewhere: one it did
+			// not see may still name one, and a late ring would land
+			// in reused memory; a later Recover frees them).
+			cleared = time.Now()
+		}
 		_, rerr := b.recs.recover(queued)
-		return errors.Join(werr, b.freeDeadBells(named), b.recoverExtents(), rerr)
+		return errors.Join(werr, b.recoverExtents(), rerr)
 	})
 	all = append(all, err)
+	if !cleared.IsZero() {
+		all = append(all, b.freeDeadBells(named, cleared))
+	}
 	for _, en := range abandoned {
 		ops := channelTypes[en.Type]
 		cond := func() bool { return ops.abandoned(b, en) }

@@ -81,6 +81,36 @@ func TestUnclosedSelect(t *testing.T) {
 	require.NoError(t, h2.Close())
 }
 
+// TestRecoverBellGraceUnlocked: Recover waits out the doorbell grace
+// before it frees a dead process's doorbell with the registry lock let
+// go (it used to sleep inside the lock, and every process's channel
+// attach and removal waited with it), and then frees it.
+func TestRecoverBellGraceUnlocked(t *testing.T) {
+	b := heapBuf(t)
+	dead := testutil.DeadIdentity(t)
+	off, err := b.heap.AllocFor(t.Context(), mem.CacheLine, alloc.KindDoorbell, dead)
+	require.NoError(t, err)
+	var graces int
+	var lockErr error
+	graceSleep = func(d time.Duration) {
+		graces++
+		// The lock is free: taking it does not time out.
+		ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+		defer cancel()
+		_, lockErr = b.reg.FinishRemovals(ctx, nil)
+		time.Sleep(d)
+	}
+	t.Cleanup(func() { graceSleep = time.Sleep })
+	got, err := b.Recover()
+	require.NoError(t, err)
+	require.Equal(t, 1, graces, "Recover waited out the grace once")
+	require.NoError(t, lockErr, "the registry lock was free during the grace")
+	require.GreaterOrEqual(t, got, uint64(mem.CacheLine), "the doorbell came back")
+	_, err = b.heap.Extent(off)
+	require.ErrorIs(t, err, ErrDoubleFree, "freed: its page starts a free extent")
+	require.NoError(t, b.Check())
+}
+
 // TestSelectIdleParks: an idle Select parks for the check interval at a
 // time (the default one when the buffer was opened without
 // WithCheckInterval); it used to pass a zero timeout and spin on the
