@@ -694,16 +694,17 @@ func must2(b *testing.B) (*os.File, *os.File) {
 // slot is rewritten only after three more ring-fulls have gone through:
 // on an Intel Xeon VM that alone made the bare ring twice as fast (8-10
 // against 18-21 ns a payload) — a writer right behind the reader pays for
-// lines the reader has just read. A record channel's records are not
-// reused that closely (its producer starts a slab over only when all of
-// its records are free, and a handle cycles through three), and neither a
-// ring of 4096 or 8192 slots nor 256 KiB slabs moved its batch figure
-// there: what holds the batch forms back is each side's own work (the
-// consumer's checks of every record), not this. Single publishes every
-// record with Go's atomic store (a locked exchange) while the reader
-// polls the tail: on hosts where that exchange is dear (an Intel Xeon VM)
-// it runs slower than heapipc's record channel, which publishes without a
-// fence (package channel's publish), and bounds nothing there.
+// lines the reader has just read. A record channel's batch figure did
+// not move with the same cure (256 KiB slabs, which put some 7000
+// records between a record's free and its memory's reuse where 64 KiB
+// slabs put about 900, or a ring of 4096 or 8192): what holds it back is
+// each side's own work per record (its consumer alone, fed from a full
+// ring, took 15-16 ns a record, half of it heapipc's checks). Single
+// publishes every record with Go's atomic store (a locked exchange) while
+// the reader polls the tail: on hosts where that exchange is dear (an
+// Intel Xeon VM) it runs slower than heapipc's record channel, which
+// publishes without a fence (package channel's publish), and bounds
+// nothing there.
 func BenchmarkFloorInProcess(b *testing.B) {
 	for _, c := range []struct {
 		name       string
