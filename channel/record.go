@@ -194,13 +194,20 @@ func settle(w *atomic.Uint32, idle uint32) {
 func notifyRing(buf []byte, waiting *atomic.Uint32, bell *atomic.Uint64) {
 	switch v := waiting.Load(); v {
 	case waitSelf:
-		if waiting.CompareAndSwap(v, waitSoon) {
-			backend.Wake(waiting, 1)
-		}
+		wakeParked(waiting, 1)
 	case waitBell:
 		if waiting.CompareAndSwap(v, waitSoon) {
 			ringBell(buf, bell.Load())
 		}
+	}
+}
+
+// wakeParked wakes up to n waiters (n <= 0: all) parked on a waiting
+// word itself (waitSelf), leaving the word announced (waitSoon) for the
+// woken waiter to settle; a word that says anything else is left alone.
+func wakeParked(w *atomic.Uint32, n int) {
+	if w.Load() == waitSelf && w.CompareAndSwap(waitSelf, waitSoon) {
+		backend.Wake(w, n)
 	}
 }
 
@@ -645,9 +652,7 @@ func (c *RecordConsumer) TryReceive() (uint64, error) {
 // fence, and a parked producer is woken (its word left announced).
 func (c *RecordConsumer) wakeProducer() {
 	c.cb.Head.Store(c.head)
-	if w := &c.cb.ProdWaiting; w.Load() == waitSelf && w.CompareAndSwap(waitSelf, waitSoon) {
-		backend.Wake(w, 1)
-	}
+	wakeParked(&c.cb.ProdWaiting, 1)
 }
 
 // PeekBatch copies up to len(slots) queued slots without consuming them
@@ -778,9 +783,7 @@ func (c *RecordConsumer) Close() (drainedAndDone bool) {
 	c.cb.Consumer.CompareAndSwap(uint64(c.self), 0)
 	// Wake a parked producer (it learns that the consumer is gone at its
 	// check); its word stays announced (notifyRing).
-	if c.cb.ProdWaiting.CompareAndSwap(waitSelf, waitSoon) {
-		backend.Wake(&c.cb.ProdWaiting, 0)
-	}
+	wakeParked(&c.cb.ProdWaiting, 0)
 	return c.cb.ProdClosed.Load() != 0 && c.cb.Tail.Load() == c.cb.Head.Load()
 }
 
