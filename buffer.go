@@ -36,7 +36,34 @@ type Buffer struct {
 	// back after that.
 	bellsFreed bool
 	closed     bool
-	isClosed   atomic.Bool // closed, for the hot paths
+	// isClosed is closed, for the hot paths: every call reads it (in), so
+	// it has its lines to itself (no word written per call next to it).
+	_        mem.Pad
+	isClosed atomic.Bool
+	_        mem.Pad
+	// calls is how many calls on the Buffer itself (Free, Stats, Check,
+	// Recover, Static...) are in progress in any goroutine: Close waits
+	// for it to be 0, as for the handles' calls.
+	calls atomic.Int64
+}
+
+// in marks a call on the buffer itself as in progress and reports
+// whether the buffer is open (see Handle.in; the atomic add is a fence,
+// so Close needs no barrier for these). A call that gets true calls out
+// when it is done.
+func (b *Buffer) in() bool {
+	b.calls.Add(1)
+	if b.isClosed.Load() {
+		b.calls.Add(-1)
+		return false
+	}
+	return true
+}
+
+func (b *Buffer) out() { b.calls.Add(-1) }
+
+func (b *Buffer) closedErr(op string) error {
+	return fmt.Errorf("ipc: %s on buffer %q: %w", op, b.name, ErrClosed)
 }
 
 // Open creates the buffer called name, or attaches to it if it exists
@@ -205,6 +232,20 @@ func (b *Buffer) check(op string) error {
 // buffer, then detaches. The buffer stays for the other processes. Every
 // failure is reported (errors.Join). After Close no record or static
 // bytes of the buffer may be touched: the mapping is gone.
+//
+// Close may be called while other goroutines use the buffer: calls that
+// are blocked (Receive, Send on a full ring, Select, stream reads and
+// writes, speculo waits; mailbox waits at their check interval) return
+// ErrClosed, Close waits for every call in progress to end before it
+// tears anything down, and later calls return ErrClosed. The exception
+// is the per-record fast paths of Allocate, Producer.Send,
+// Consumer.Receive and Handle.Free, which are not counted (a count there
+// cost the in-process record channel about a tenth of its speed): stop
+// the goroutines that stream records one at a time before Close (the
+// batch forms are counted). A call that runs user code (a stream's
+// ReadFrom or WriteTo, a mailbox's ReplyFrom, a static segment's init)
+// keeps Close waiting until that code returns; that code must not call
+// Close.
 func (b *Buffer) Close() error {
 	b.mu.Lock()
 	if b.closed {
@@ -213,11 +254,13 @@ func (b *Buffer) Close() error {
 	}
 	b.closed = true
 	b.isClosed.Store(true)
+	b.region.SetClosing()
 	handles := make([]*Handle, 0, len(b.handles))
 	for h := range b.handles {
 		handles = append(handles, h)
 	}
 	b.mu.Unlock()
+	b.quiesce(handles)
 	var all []error
 	for _, h := range handles {
 		all = append(all, h.close())
@@ -232,6 +275,31 @@ func (b *Buffer) Close() error {
 	return nil
 }
 
+// quiesce waits until no call on the buffer is in progress in another
+// goroutine, so that Close tears down nothing a call is using: calls that
+// began before Close set isClosed run to their end (one blocked in a
+// wait returns ErrClosed at its next check: the region is closing, see
+// backend.Region.Closing), and later ones see isClosed and touch
+// nothing. The barrier makes the handles' call counts, which their
+// goroutines store plainly (setCalls), visible here.
+func (b *Buffer) quiesce(handles []*Handle) {
+	sys.Barrier()
+	idle := func() bool {
+		for _, h := range handles {
+			if h.calls.Load() != 0 {
+				return false
+			}
+		}
+		return b.calls.Load() == 0
+	}
+	for d := time.Microsecond; !idle(); d = min(2*d, time.Millisecond) {
+		for _, h := range handles {
+			h.interrupt()
+		}
+		time.Sleep(d)
+	}
+}
+
 // Destroy marks the buffer destroyed, removes its names (the segment and
 // its semaphores) and closes it. Processes still attached keep their
 // mapping: blocked calls there return ErrDestroyed within the check
@@ -239,8 +307,8 @@ func (b *Buffer) Close() error {
 // semaphores the kernel removes them at once, so those processes' waits
 // on the buffer's locks fail with ErrDestroyed instead of hanging.
 func (b *Buffer) Destroy() error {
-	if err := b.checkOpen("destroy"); err != nil {
-		return err
+	if !b.in() {
+		return b.closedErr("destroy")
 	}
 	b.region.MarkDestroyed()
 	var all []error
@@ -254,6 +322,7 @@ func (b *Buffer) Destroy() error {
 	// names too.
 	all = append(all, b.reg.Each(destroy), b.reg.EachUnfinished(destroy))
 	all = append(all, b.recs.unlink(), b.reg.Unlink(), b.heap.Unlink(), b.region.Unlink())
+	b.out()
 	all = append(all, b.Close())
 	if err := errors.Join(all...); err != nil {
 		return fmt.Errorf("ipc: destroy %q: %w", b.name, err)
@@ -343,6 +412,10 @@ type Stats struct {
 
 // Stats returns a snapshot of the buffer's state.
 func (b *Buffer) Stats() (Stats, error) {
+	if !b.in() {
+		return Stats{}, b.closedErr("stats")
+	}
+	defer b.out()
 	if err := b.check("stats"); err != nil {
 		return Stats{}, err
 	}
@@ -357,6 +430,10 @@ func (b *Buffer) Stats() (Stats, error) {
 // reports every violation it finds (errors.Join of *CorruptError values),
 // or nil. It takes the heap lock while it walks the heap.
 func (b *Buffer) Check() error {
+	if !b.in() {
+		return b.closedErr("check")
+	}
+	defer b.out()
 	if err := b.check("check"); err != nil {
 		return err
 	}
@@ -547,6 +624,10 @@ func (b *Buffer) freeDeadBells(named map[mem.Off]bool, cleared time.Time) error 
 // their queued records, extents and control blocks). It returns how many
 // bytes came back. Processes that are alive are never robbed.
 func (b *Buffer) Recover() (reclaimed uint64, err error) {
+	if !b.in() {
+		return 0, b.closedErr("recover")
+	}
+	defer b.out()
 	if err := b.check("recover"); err != nil {
 		return 0, err
 	}

@@ -41,14 +41,22 @@ func (r Record) IsZero() bool { return r.b == nil }
 // WithDebug for a check); records may be freed through any handle, in any
 // process.
 type Handle struct {
+	_    mem.Pad // calls is written at every call: no other handle's goroutine shares its line
 	buf  *Buffer
 	sh   *slabHandle
 	busy atomic.Int32
+	// calls is how many calls of the handle's goroutine are in progress
+	// on the buffer (on the handle, its ends and its Selects; a call made
+	// inside another counts too): written by that goroutine alone, with
+	// plain stores (setCalls), and read by Buffer.Close, which waits for
+	// every handle's to be 0 before it closes the handles and unmaps.
+	calls atomic.Int32
 
 	mu       sync.Mutex
 	ends     map[end]struct{}
 	closed   bool
 	isClosed atomic.Bool // closed, for the hot paths
+	_        mem.Pad
 }
 
 type end interface {
@@ -89,6 +97,38 @@ func (h *Handle) leave() {
 	}
 }
 
+// in marks a call of the handle's goroutine as in progress and reports
+// whether the buffer is open; a call that gets true calls out when it is
+// done, a call that gets false touches nothing and returns closedErr.
+// The count is stored before isClosed is read; Buffer.Close stores
+// isClosed before it reads the count, and a process-wide barrier
+// (sys.Barrier) between its store and its reads makes the count's plain
+// store visible to it: either the call sees the buffer closed, or Close
+// sees the call and waits for it.
+func (h *Handle) in() bool {
+	setCalls(&h.calls, h.calls.Load()+1)
+	if h.buf.isClosed.Load() {
+		h.out()
+		return false
+	}
+	return true
+}
+
+// out ends what in began.
+func (h *Handle) out() { setCalls(&h.calls, h.calls.Load()-1) }
+
+// closedErr is the error of a call made on a closed buffer.
+func (h *Handle) closedErr(op string) error {
+	return fmt.Errorf("ipc: %s on buffer %q: %w", op, h.buf.name, ErrClosed)
+}
+
+// closedChan is what Notify returns on a closed buffer: a closed channel.
+func closedChan() <-chan struct{} {
+	ch := make(chan struct{})
+	close(ch)
+	return ch
+}
+
 func (h *Handle) check(op string) error {
 	if h.isClosed.Load() {
 		return fmt.Errorf("ipc: %s: handle: %w", op, ErrClosed)
@@ -104,6 +144,7 @@ func (h *Handle) Allocate(n int) (Record, error) {
 		h.enter()
 		defer h.leave()
 	}
+	// A per-record call: outside in and out (see Buffer.Close).
 	if n < 0 {
 		return Record{}, fmt.Errorf("ipc: allocate %d bytes: %w", n, ErrInvalidSize)
 	}
@@ -131,6 +172,10 @@ func (h *Handle) Allocate(n int) (Record, error) {
 // allocated, rs is zeroed, and the slabs the attempt filled go back to
 // the heap.
 func (h *Handle) AllocateBatch(n int, rs []Record) error {
+	if !h.in() {
+		return h.closedErr("allocate batch")
+	}
+	defer h.out()
 	h.enter()
 	defer h.leave()
 	if n < 0 {
@@ -150,6 +195,10 @@ func (h *Handle) AllocateBatch(n int, rs []Record) error {
 // one atomic operation. Every record is freed or reported: the error
 // joins those of the records that were not, each with its index.
 func (h *Handle) FreeBatch(rs []Record) error {
+	if !h.in() {
+		return h.closedErr("free batch")
+	}
+	defer h.out()
 	h.enter()
 	defer h.leave()
 	if err := h.check("free"); err != nil {
@@ -167,7 +216,8 @@ func (h *Handle) FreeBatch(rs []Record) error {
 func (h *Handle) Free(r Record) error {
 	// The common case in one pass: a record this process holds, freed
 	// through the handle's slab cache (which remembers the slab whose
-	// header it checked last).
+	// header it checked last). A per-record call: outside in and out
+	// (see Buffer.Close); Buffer.Free has its own.
 	if h.buf.isClosed.Load() {
 		return h.buf.Free(r)
 	}
@@ -200,6 +250,10 @@ func (h *Handle) Free(r Record) error {
 
 // Free gives a record back (see Handle.Free); safe from any goroutine.
 func (b *Buffer) Free(r Record) error {
+	if !b.in() {
+		return b.closedErr("free")
+	}
+	defer b.out()
 	if err := b.checkFast("free"); err != nil {
 		return err
 	}
@@ -215,6 +269,10 @@ func (b *Buffer) Free(r Record) error {
 // Close closes the handle's channel ends and retires its slabs (their
 // memory goes back to the heap once every record in them is freed).
 func (h *Handle) Close() error {
+	if !h.in() {
+		return nil
+	}
+	defer h.out()
 	h.buf.mu.Lock()
 	delete(h.buf.handles, h)
 	h.buf.mu.Unlock()
@@ -241,6 +299,33 @@ func (h *Handle) close() error {
 	}
 	all = append(all, h.sh.close())
 	return errors.Join(all...)
+}
+
+// interrupter is an end whose waits Buffer.Close can cut short: it wakes
+// the threads parked in them, which then find the region closing.
+type interrupter interface{ interrupt() }
+
+func (p *Producer) interrupt()      { p.p.Interrupt() }
+func (c *Consumer) interrupt()      { c.c.Interrupt() }
+func (p *MPSCProducer) interrupt()  { p.p.Interrupt() }
+func (c *MPSCConsumer) interrupt()  { c.c.Interrupt() }
+func (s *Select) interrupt()        { s.wake.Interrupt() }
+func (w *StreamWriter) interrupt()  { w.w.Interrupt() }
+func (r *StreamReader) interrupt()  { r.r.Interrupt() }
+func (r *SpeculoReader) interrupt() { r.r.Interrupt() }
+
+// interrupt wakes the handle's ends' waiters (Buffer.Close, while it
+// waits for the handle's calls to end). The ends' channel objects do not
+// change after they are opened; a doorbell a Select gave back is still
+// the buffer's, and waking one is harmless.
+func (h *Handle) interrupt() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for e := range h.ends {
+		if i, ok := e.(interrupter); ok {
+			i.interrupt()
+		}
+	}
 }
 
 func (h *Handle) addEnd(e end) error {
@@ -293,6 +378,10 @@ func (h *Handle) attachRing(id ChannelID, cfg chanConfig, claim func(*channel.En
 // ErrBusy: a live process holds the producer end (a dead one's is taken
 // over); ErrWrongType: id is a channel of another type.
 func (h *Handle) Producer(id ChannelID, opts ...ChannelOption) (*Producer, error) {
+	if !h.in() {
+		return nil, h.closedErr("producer")
+	}
+	defer h.out()
 	h.enter()
 	defer h.leave()
 	cfg, err := h.chanConfig(opts)
@@ -318,6 +407,10 @@ func (h *Handle) Producer(id ChannelID, opts ...ChannelOption) (*Producer, error
 // Consumer opens the consumer end of record channel id, creating the
 // channel if it does not exist.
 func (h *Handle) Consumer(id ChannelID, opts ...ChannelOption) (*Consumer, error) {
+	if !h.in() {
+		return nil, h.closedErr("consumer")
+	}
+	defer h.out()
 	h.enter()
 	defer h.leave()
 	cfg, err := h.chanConfig(opts)
@@ -344,6 +437,10 @@ func (h *Handle) Consumer(id ChannelID, opts ...ChannelOption) (*Consumer, error
 // records still queued in it. Its ends must be closed (ErrBusy if a live
 // process holds one).
 func (h *Handle) RemoveChannel(ctx context.Context, id ChannelID) error {
+	if !h.in() {
+		return h.closedErr("remove channel")
+	}
+	defer h.out()
 	return h.removeChannel(ctx, id, channel.TypeRecord, func(en *channel.Entry) (bool, func() error, error) {
 		ring, err := channel.OpenRing(h.buf.region, en, channel.WaitOptions{})
 		if err != nil {

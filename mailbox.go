@@ -113,6 +113,10 @@ func (h *Handle) openMailbox(id ChannelID, opts []MailboxOption, attach func(*ch
 // (a dead one's is taken over); ErrWrongType: id is a channel of another
 // type.
 func (h *Handle) Requester(id ChannelID, opts ...MailboxOption) (*Requester, error) {
+	if !h.in() {
+		return nil, h.closedErr("requester")
+	}
+	defer h.out()
 	h.enter()
 	defer h.leave()
 	if err := h.check("requester"); err != nil {
@@ -139,6 +143,10 @@ func (h *Handle) Requester(id ChannelID, opts ...MailboxOption) (*Requester, err
 // (a dead one's is taken over); ErrWrongType: id is a channel of another
 // type.
 func (h *Handle) Responder(id ChannelID, opts ...MailboxOption) (*Responder, error) {
+	if !h.in() {
+		return nil, h.closedErr("responder")
+	}
+	defer h.out()
 	h.enter()
 	defer h.leave()
 	if err := h.check("responder"); err != nil {
@@ -163,6 +171,10 @@ func (h *Handle) Responder(id ChannelID, opts ...MailboxOption) (*Responder, err
 // RemoveMailbox removes mailbox id and its semaphores for everyone. Its
 // ends must be closed (ErrBusy if a live process holds one).
 func (h *Handle) RemoveMailbox(ctx context.Context, id ChannelID) error {
+	if !h.in() {
+		return h.closedErr("remove mailbox")
+	}
+	defer h.out()
 	return h.removeChannel(ctx, id, channel.TypeMailbox, func(en *channel.Entry) (bool, func() error, error) {
 		m, err := channel.OpenMailbox(h.buf.reg, en, channel.WaitOptions{})
 		if err != nil {
@@ -210,12 +222,20 @@ type Requester struct {
 // attached, it waits for one). After an error the
 // mailbox stays usable: a late reply to a request given up is dropped.
 func (q *Requester) Request(ctx context.Context, msg []byte) ([]byte, error) {
+	if !q.h.in() {
+		return nil, q.h.closedErr("request")
+	}
+	defer q.h.out()
 	return q.RequestInto(ctx, msg, nil)
 }
 
 // RequestInto is Request with the reply appended to dst[:0] (reusing its
 // memory when it is large enough).
 func (q *Requester) RequestInto(ctx context.Context, msg, dst []byte) ([]byte, error) {
+	if !q.h.in() {
+		return nil, q.h.closedErr("request into")
+	}
+	defer q.h.out()
 	if q.closed {
 		return nil, q.wrap("request", ErrClosed)
 	}
@@ -227,6 +247,10 @@ func (q *Requester) RequestInto(ctx context.Context, msg, dst []byte) ([]byte, e
 // ends with io.EOF (nil). A mailbox whose both ends have closed is
 // removed with its semaphores.
 func (q *Requester) Close() error {
+	if !q.h.in() {
+		return nil
+	}
+	defer q.h.out()
 	if q.closed {
 		return nil
 	}
@@ -289,6 +313,10 @@ func (r *Responder) Serve(ctx context.Context, handler Handler) error {
 // requester that died (mid-message or idle; a new one may attach),
 // ErrDestroyed, or ctx's error.
 func (r *Responder) Receive(ctx context.Context, dst []byte) ([]byte, error) {
+	if !r.h.in() {
+		return nil, r.h.closedErr("receive")
+	}
+	defer r.h.out()
 	if r.closed {
 		return nil, r.wrap("receive", ErrClosed)
 	}
@@ -300,6 +328,10 @@ func (r *Responder) Receive(ctx context.Context, dst []byte) ([]byte, error) {
 // waiting meanwhile, the reply is dropped and nil returned. ErrPeerDead:
 // the requester died before the reply was through.
 func (r *Responder) Reply(ctx context.Context, msg []byte) error {
+	if !r.h.in() {
+		return r.h.closedErr("reply")
+	}
+	defer r.h.out()
 	if r.closed {
 		return r.wrap("reply", ErrClosed)
 	}
@@ -311,6 +343,10 @@ func (r *Responder) Reply(ctx context.Context, msg []byte) error {
 // in memory). If src fails or ends early, the reply is aborted (the
 // request fails with ErrAborted) and the error returned.
 func (r *Responder) ReplyFrom(ctx context.Context, n int64, src io.Reader) error {
+	if !r.h.in() {
+		return r.h.closedErr("reply from")
+	}
+	defer r.h.out()
 	if r.closed {
 		return r.wrap("reply", ErrClosed)
 	}
@@ -326,6 +362,10 @@ func (r *Responder) ReplyFrom(ctx context.Context, n int64, src io.Reader) error
 // Close closes the responder end: requests fail with io.ErrClosedPipe. A
 // mailbox whose both ends have closed is removed with its semaphores.
 func (r *Responder) Close() error {
+	if !r.h.in() {
+		return nil
+	}
+	defer r.h.out()
 	if r.closed {
 		return nil
 	}

@@ -76,6 +76,10 @@ func (h *Handle) attachMPSC(id ChannelID, cfg chanConfig, claim func(*channel.En
 // channel if needed. ErrBusy: every producer slot is held by a live
 // producer.
 func (h *Handle) MPSCProducer(id ChannelID, opts ...ChannelOption) (*MPSCProducer, error) {
+	if !h.in() {
+		return nil, h.closedErr("m p s c producer")
+	}
+	defer h.out()
 	h.enter()
 	defer h.leave()
 	cfg, err := h.chanConfig(opts)
@@ -101,6 +105,10 @@ func (h *Handle) MPSCProducer(id ChannelID, opts ...ChannelOption) (*MPSCProduce
 // MPSCConsumer attaches the consumer of MPSC channel id, creating the
 // channel if needed. ErrBusy: a live process holds the consumer end.
 func (h *Handle) MPSCConsumer(id ChannelID, opts ...ChannelOption) (*MPSCConsumer, error) {
+	if !h.in() {
+		return nil, h.closedErr("m p s c consumer")
+	}
+	defer h.out()
 	h.enter()
 	defer h.leave()
 	cfg, err := h.chanConfig(opts)
@@ -136,6 +144,10 @@ func (p *MPSCProducer) ID() ChannelID { return p.id }
 
 // TrySend queues r without waiting (ErrWouldBlock when full).
 func (p *MPSCProducer) TrySend(r Record) error {
+	if !p.h.in() {
+		return p.h.closedErr("try send")
+	}
+	defer p.h.out()
 	if p.closed {
 		return p.wrap("send", ErrClosed)
 	}
@@ -148,6 +160,10 @@ func (p *MPSCProducer) TrySend(r Record) error {
 // Send queues r, waiting while the ring is full (ErrPeerDead if the
 // consumer died).
 func (p *MPSCProducer) Send(ctx context.Context, r Record) error {
+	if !p.h.in() {
+		return p.h.closedErr("send")
+	}
+	defer p.h.out()
 	if p.closed {
 		return p.wrap("send", ErrClosed)
 	}
@@ -160,6 +176,10 @@ func (p *MPSCProducer) Send(ctx context.Context, r Record) error {
 // Close detaches the producer; when the last producer has closed, the
 // consumer reads io.EOF once it has received everything.
 func (p *MPSCProducer) Close() error {
+	if !p.h.in() {
+		return nil
+	}
+	defer p.h.out()
 	if p.closed {
 		return nil
 	}
@@ -178,6 +198,10 @@ func (p *MPSCProducer) close() error {
 // TryReceive takes the next record without waiting: ErrWouldBlock, or
 // io.EOF when no producer is attached (after one was) and all is received.
 func (c *MPSCConsumer) TryReceive() (Record, error) {
+	if !c.h.in() {
+		return Record{}, c.h.closedErr("try receive")
+	}
+	defer c.h.out()
 	if err := c.begin(); err != nil {
 		return Record{}, err
 	}
@@ -212,6 +236,10 @@ func (c *MPSCConsumer) finish(off mem.Off, err error) (Record, error) {
 // between claiming a slot and publishing it is detected and its slot
 // skipped within about two check intervals.
 func (c *MPSCConsumer) Receive(ctx context.Context) (Record, error) {
+	if !c.h.in() {
+		return Record{}, c.h.closedErr("receive")
+	}
+	defer c.h.out()
 	if err := c.begin(); err != nil {
 		return Record{}, err
 	}
@@ -220,6 +248,10 @@ func (c *MPSCConsumer) Receive(ctx context.Context) (Record, error) {
 
 // Close detaches the consumer.
 func (c *MPSCConsumer) Close() error {
+	if !c.h.in() {
+		return nil
+	}
+	defer c.h.out()
 	if c.closed {
 		return nil
 	}

@@ -57,6 +57,10 @@ func (p *Producer) push(r Record) bool {
 // or free it. Sending a record that was freed is an error (ErrDoubleFree
 // or ErrNotAllocated) and sends nothing.
 func (p *Producer) TrySend(r Record) error {
+	if !p.h.in() {
+		return p.h.closedErr("try send")
+	}
+	defer p.h.out()
 	return p.wrap("send", p.send1(r))
 }
 
@@ -79,12 +83,18 @@ func (p *Producer) send1(r Record) error {
 // parked on a futex. It returns ErrPeerDead if the consumer dies,
 // ErrDestroyed if the buffer is destroyed, or ctx's error.
 func (p *Producer) Send(ctx context.Context, r Record) error {
-	// push, written out (a call less on the producer's path).
-	if !p.closed && p.h.buf.recs.heldFast(r.off, r.b) != nil {
+	h := p.h
+	// push, written out (a call less on the producer's path), outside
+	// in and out: see Buffer.Close.
+	if !h.buf.isClosed.Load() && !p.closed && h.buf.recs.heldFast(r.off, r.b) != nil {
 		if s, ok := channel.PackSlot(r.off, len(r.b)); ok && p.p.Push(s) {
 			return nil
 		}
 	}
+	if !h.in() {
+		return h.closedErr("send")
+	}
+	defer h.out()
 	if p.closed {
 		return p.wrap("send", ErrClosed)
 	}
@@ -101,6 +111,10 @@ func (p *Producer) Send(ctx context.Context, r Record) error {
 // record that is not this process's to send fails the batch before any is
 // queued.
 func (p *Producer) SendBatch(ctx context.Context, rs []Record) (int, error) {
+	if !p.h.in() {
+		return 0, p.h.closedErr("send batch")
+	}
+	defer p.h.out()
 	if p.closed {
 		return 0, p.wrap("send batch", ErrClosed)
 	}
@@ -140,6 +154,10 @@ func (p *Producer) SendBatch(ctx context.Context, rs []Record) (int, error) {
 // then io.EOF. A channel whose both ends have closed and that is drained
 // is removed from the buffer.
 func (p *Producer) Close() error {
+	if !p.h.in() {
+		return nil
+	}
+	defer p.h.out()
 	if p.closed {
 		return nil
 	}
@@ -275,6 +293,10 @@ func (e *recvEnd) wrap(op string, err error) error {
 // is queued, io.EOF if none is and the producer has closed. The record is
 // the caller's: free it, or send it on (zero-copy).
 func (c *Consumer) TryReceive() (Record, error) {
+	if !c.h.in() {
+		return Record{}, c.h.closedErr("try receive")
+	}
+	defer c.h.out()
 	if r, ok := c.quick(); ok {
 		return r, nil
 	}
@@ -305,6 +327,17 @@ func (c *Consumer) receive1() (Record, error) {
 // closed and everything is received, ErrPeerDead if the producer died
 // (after what it queued), ErrDestroyed, or ctx's error.
 func (c *Consumer) Receive(ctx context.Context) (Record, error) {
+	h := c.h
+	// The common case, outside in and out: see Buffer.Close.
+	if !h.buf.isClosed.Load() {
+		if r, ok := c.quick(); ok {
+			return r, nil
+		}
+	}
+	if !h.in() {
+		return Record{}, h.closedErr("receive")
+	}
+	defer h.out()
 	for {
 		if r, ok := c.quick(); ok {
 			return r, nil
@@ -324,6 +357,10 @@ func (c *Consumer) Receive(ctx context.Context) (Record, error) {
 // record that fails its check is taken off the channel and reported in
 // the error (the others are returned).
 func (c *Consumer) ReceiveBatch(ctx context.Context, rs []Record) (int, error) {
+	if !c.h.in() {
+		return 0, c.h.closedErr("receive batch")
+	}
+	defer c.h.out()
 	if c.closed {
 		return 0, c.wrap("receive batch", ErrClosed)
 	}
@@ -374,6 +411,10 @@ func (c *Consumer) ReceiveBatch(ctx context.Context, rs []Record) (int, error) {
 // for a later consumer; a channel whose both ends have closed and that is
 // drained is removed from the buffer.
 func (c *Consumer) Close() error {
+	if !c.h.in() {
+		return nil
+	}
+	defer c.h.out()
 	if c.closed {
 		return nil
 	}

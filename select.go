@@ -40,6 +40,7 @@ func (c *MPSCConsumer) endClosed() bool                { return c.closed }
 type Select struct {
 	h     *Handle
 	bell  *channel.Doorbell
+	wake  *channel.Doorbell // bell, never cleared: for interrupt, from Buffer.Close's goroutine
 	cases []Receiver
 	next  int
 	spin  time.Duration
@@ -52,6 +53,10 @@ var testSelectBeforePark func()
 
 // NewSelect returns a Select over the given ends (more can be added).
 func (h *Handle) NewSelect(rs ...Receiver) (*Select, error) {
+	if !h.in() {
+		return nil, h.closedErr("new select")
+	}
+	defer h.out()
 	if err := h.check("select"); err != nil {
 		return nil, err
 	}
@@ -59,7 +64,7 @@ func (h *Handle) NewSelect(rs ...Receiver) (*Select, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ipc: select: %w", err)
 	}
-	s := &Select{h: h, bell: bell, spin: channel.DefaultSpin}
+	s := &Select{h: h, bell: bell, wake: bell, spin: channel.DefaultSpin}
 	if err := h.addEnd(s); err != nil {
 		// The handle closed meanwhile: the doorbell goes back.
 		return nil, errors.Join(err, h.buf.putBell(bell))
@@ -76,6 +81,10 @@ func (h *Handle) NewSelect(rs ...Receiver) (*Select, error) {
 // Add puts an end in the set (cheap: one store in its control block).
 // ErrClosed: the Select or the end is closed.
 func (s *Select) Add(r Receiver) error {
+	if !s.h.in() {
+		return s.h.closedErr("add")
+	}
+	defer s.h.out()
 	if s.bell == nil {
 		return fmt.Errorf("ipc: select: %w", ErrClosed)
 	}
@@ -92,6 +101,10 @@ func (s *Select) Add(r Receiver) error {
 
 // Remove takes an end out of the set.
 func (s *Select) Remove(r Receiver) {
+	if !s.h.in() {
+		return
+	}
+	defer s.h.out()
 	if i := slices.Index(s.cases, r); i >= 0 {
 		if !r.endClosed() {
 			r.selectable().Disarm()
@@ -122,6 +135,10 @@ func (s *Select) anyReady() bool {
 // died), or ctx's error (with a nil Receiver). ErrClosed: the Select is
 // closed (Close, or its handle's).
 func (s *Select) Receive(ctx context.Context) (Receiver, Record, error) {
+	if !s.h.in() {
+		return nil, Record{}, s.h.closedErr("receive")
+	}
+	defer s.h.out()
 	if s.bell == nil {
 		return nil, Record{}, fmt.Errorf("ipc: select: %w", ErrClosed)
 	}
@@ -201,6 +218,10 @@ func (s *Select) disarm() {
 // the buffer (for the next Select; the buffer's Close frees it). The ends
 // stay open.
 func (s *Select) Close() error {
+	if !s.h.in() {
+		return nil
+	}
+	defer s.h.out()
 	if s.bell == nil {
 		return nil
 	}

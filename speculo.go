@@ -159,6 +159,10 @@ type Speculo struct {
 // index; a GC briefly needs a second one. ErrWrongType: id is a channel
 // of another type.
 func (h *Handle) AddSpeculo(id ChannelID, capacity int, opts ...SpeculoOption) (*Speculo, error) {
+	if !h.in() {
+		return nil, h.closedErr("add speculo")
+	}
+	defer h.out()
 	h.enter()
 	defer h.leave()
 	cfg := speculoConfig{threshold: -1}
@@ -244,6 +248,10 @@ func (s *Speculo) wrap(op string, err error) error {
 // it abandoned (its writer closed or dead, and no live reader): a
 // *Speculo is no claim on the area, an open writer or reader is.
 func (s *Speculo) Writer() (*SpeculoWriter, error) {
+	if !s.h.in() {
+		return nil, s.h.closedErr("writer")
+	}
+	defer s.h.out()
 	if err := s.h.check("speculo writer"); err != nil {
 		return nil, err
 	}
@@ -267,6 +275,10 @@ func (s *Speculo) Writer() (*SpeculoWriter, error) {
 // reader (slots of dead readers are taken over). A new reader starts at
 // the oldest valid chunk. ErrNotExist: the area was removed (see Writer).
 func (s *Speculo) Reader() (*SpeculoReader, error) {
+	if !s.h.in() {
+		return nil, s.h.closedErr("reader")
+	}
+	defer s.h.out()
 	if err := s.h.check("speculo reader"); err != nil {
 		return nil, err
 	}
@@ -292,6 +304,10 @@ type SpeculoStats = channel.SpeculoStats
 // Stats walks the area (O(chunks)). ErrBusy: no reader slot is free for
 // the walk; ErrNotExist: the area was removed.
 func (s *Speculo) Stats() (SpeculoStats, error) {
+	if !s.h.in() {
+		return SpeculoStats{}, s.h.closedErr("stats")
+	}
+	defer s.h.out()
 	if err := s.h.buf.check("speculo stats"); err != nil {
 		return SpeculoStats{}, err
 	}
@@ -306,6 +322,10 @@ func (s *Speculo) Stats() (SpeculoStats, error) {
 // Remove deletes the area for everyone and gives its memory back. Its
 // writer and readers must be closed (ErrBusy if a live process holds one).
 func (s *Speculo) Remove(ctx context.Context) error {
+	if !s.h.in() {
+		return s.h.closedErr("remove")
+	}
+	defer s.h.out()
 	if err := s.h.buf.check("remove speculo"); err != nil {
 		return err
 	}
@@ -359,6 +379,10 @@ type SpeculoWriter struct {
 // descheduled, or idle without waiting or Release; retry once they move).
 // A GC by threshold is put off, not failed, in the last two cases.
 func (w *SpeculoWriter) Append(size int, expiry time.Time) ([]byte, error) {
+	if !w.s.h.in() {
+		return nil, w.s.h.closedErr("append")
+	}
+	defer w.s.h.out()
 	b, err := w.w.Append(size, unixNano(expiry))
 	return b, w.s.wrap("speculo append", err)
 }
@@ -368,6 +392,10 @@ func (w *SpeculoWriter) Append(size int, expiry time.Time) ([]byte, error) {
 // block's latest version, and the previous one is obsoleted — after the
 // new one is visible.
 func (w *SpeculoWriter) Replace(block BlockID, size int, expiry time.Time) ([]byte, error) {
+	if !w.s.h.in() {
+		return nil, w.s.h.closedErr("replace")
+	}
+	defer w.s.h.out()
 	b, err := w.w.Replace(block, size, unixNano(expiry))
 	return b, w.s.wrap("speculo replace", err)
 }
@@ -375,15 +403,29 @@ func (w *SpeculoWriter) Replace(block BlockID, size int, expiry time.Time) ([]by
 // Commit publishes the pending chunk and returns its block id. Readers
 // waiting for news are woken.
 func (w *SpeculoWriter) Commit() (BlockID, error) {
+	if !w.s.h.in() {
+		return 0, w.s.h.closedErr("commit")
+	}
+	defer w.s.h.out()
 	id, err := w.w.Commit()
 	return id, w.s.wrap("speculo commit", err)
 }
 
 // Abort drops the pending chunk: nobody ever sees it.
-func (w *SpeculoWriter) Abort() { w.w.Abort() }
+func (w *SpeculoWriter) Abort() {
+	if !w.s.h.in() {
+		return
+	}
+	defer w.s.h.out()
+	w.w.Abort()
+}
 
 // Write appends a copy of p as a new block and commits it.
 func (w *SpeculoWriter) Write(p []byte, expiry time.Time) (BlockID, error) {
+	if !w.s.h.in() {
+		return 0, w.s.h.closedErr("write")
+	}
+	defer w.s.h.out()
 	b, err := w.Append(len(p), expiry)
 	if err != nil {
 		return 0, err
@@ -394,6 +436,10 @@ func (w *SpeculoWriter) Write(p []byte, expiry time.Time) (BlockID, error) {
 
 // Update commits a copy of p as the new version of block.
 func (w *SpeculoWriter) Update(block BlockID, p []byte, expiry time.Time) error {
+	if !w.s.h.in() {
+		return w.s.h.closedErr("update")
+	}
+	defer w.s.h.out()
 	b, err := w.Replace(block, len(p), expiry)
 	if err != nil {
 		return err
@@ -407,17 +453,31 @@ func (w *SpeculoWriter) Update(block BlockID, p []byte, expiry time.Time) error 
 // obsoleted) chunks take percent of the capacity (0: only when the area
 // is full). The setting is kept in the area for later writers.
 func (w *SpeculoWriter) SetGCThreshold(percent int) error {
+	if !w.s.h.in() {
+		return w.s.h.closedErr("set g c threshold")
+	}
+	defer w.s.h.out()
 	return w.s.wrap("speculo threshold", w.w.SetThreshold(percent))
 }
 
 // GC collects the area now: the valid chunks are copied into a new extent
 // and readers move to it on their next call.
-func (w *SpeculoWriter) GC() error { return w.s.wrap("speculo GC", w.w.GC()) }
+func (w *SpeculoWriter) GC() error {
+	if !w.s.h.in() {
+		return w.s.h.closedErr("speculo GC")
+	}
+	defer w.s.h.out()
+	return w.s.wrap("speculo GC", w.w.GC())
+}
 
 // Reclaim frees the old extents no live reader is on (checking the
 // liveness of readers still on one) and returns how many it freed. The
 // writer also does this by itself at each GC and every 64 appends.
 func (w *SpeculoWriter) Reclaim() (int, error) {
+	if !w.s.h.in() {
+		return 0, w.s.h.closedErr("reclaim")
+	}
+	defer w.s.h.out()
 	n, err := w.w.Reclaim()
 	return n, w.s.wrap("speculo reclaim", err)
 }
@@ -425,6 +485,10 @@ func (w *SpeculoWriter) Reclaim() (int, error) {
 // Close releases the writer end (a pending chunk is dropped). The area and
 // its chunks stay for readers and a later writer; see Speculo.Remove.
 func (w *SpeculoWriter) Close() error {
+	if !w.s.h.in() {
+		return nil
+	}
+	defer w.s.h.out()
 	if w.closed {
 		return nil
 	}
@@ -459,6 +523,10 @@ type SpeculoReader struct {
 // commit order, skipping expired and obsoleted ones; ErrWouldBlock if
 // there is none now. A GC does not make it return a chunk twice.
 func (r *SpeculoReader) TryNext() (SpeculoChunk, error) {
+	if !r.s.h.in() {
+		return SpeculoChunk{}, r.s.h.closedErr("try next")
+	}
+	defer r.s.h.out()
 	c, err := r.r.TryNext()
 	if err != nil {
 		if err == ErrWouldBlock {
@@ -473,6 +541,10 @@ func (r *SpeculoReader) TryNext() (SpeculoChunk, error) {
 // committed: ErrPeerDead if the writer died meanwhile, ErrDestroyed, or
 // ctx's error.
 func (r *SpeculoReader) Next(ctx context.Context) (SpeculoChunk, error) {
+	if !r.s.h.in() {
+		return SpeculoChunk{}, r.s.h.closedErr("next")
+	}
+	defer r.s.h.out()
 	c, err := r.r.Next(ctx)
 	if err != nil {
 		return c, r.s.wrap("speculo next", err)
@@ -484,6 +556,10 @@ func (r *SpeculoReader) Next(ctx context.Context) (SpeculoChunk, error) {
 // none (never written, or its latest version expired). It does not move
 // the iteration of Next.
 func (r *SpeculoReader) Latest(block BlockID) (SpeculoChunk, error) {
+	if !r.s.h.in() {
+		return SpeculoChunk{}, r.s.h.closedErr("latest")
+	}
+	defer r.s.h.out()
 	c, err := r.r.Latest(block)
 	if err != nil {
 		return c, r.s.wrap("speculo latest", err)
@@ -492,13 +568,23 @@ func (r *SpeculoReader) Latest(block BlockID) (SpeculoChunk, error) {
 }
 
 // Rewind makes the next Next start over from the oldest valid chunk.
-func (r *SpeculoReader) Rewind() error { return r.s.wrap("speculo rewind", r.r.Rewind()) }
+func (r *SpeculoReader) Rewind() error {
+	if !r.s.h.in() {
+		return r.s.h.closedErr("speculo rewind")
+	}
+	defer r.s.h.out()
+	return r.s.wrap("speculo rewind", r.r.Rewind())
+}
 
 // Wait blocks until a chunk may have been committed after the last one
 // returned: it spins briefly, then parks on a futex in the area without
 // holding any extent. It returns ErrPeerDead if the writer died,
 // ErrDestroyed if the buffer was destroyed, or ctx's error.
 func (r *SpeculoReader) Wait(ctx context.Context) error {
+	if !r.s.h.in() {
+		return r.s.h.closedErr("wait")
+	}
+	defer r.s.h.out()
 	return r.s.wrap("speculo wait", r.r.Wait(ctx))
 }
 
@@ -508,7 +594,13 @@ func (r *SpeculoReader) Wait(ctx context.Context) error {
 // views it returned become invalid; its next call moves it to the
 // current extent and goes on where it was. Wait and Next release the
 // extent while they are parked.
-func (r *SpeculoReader) Release() { r.r.Release() }
+func (r *SpeculoReader) Release() {
+	if !r.s.h.in() {
+		return
+	}
+	defer r.s.h.out()
+	r.r.Release()
+}
 
 // Epoch is the epoch of the extent the reader is on (0: none); it grows by
 // one with every GC.
@@ -516,6 +608,10 @@ func (r *SpeculoReader) Epoch() uint64 { return r.r.Epoch() }
 
 // Close releases the reader's slot; the extent it was on may be freed.
 func (r *SpeculoReader) Close() error {
+	if !r.s.h.in() {
+		return nil
+	}
+	defer r.s.h.out()
 	if r.closed {
 		return nil
 	}

@@ -39,6 +39,10 @@ func StaticID(name string) ChannelID {
 // ErrSizeMismatch. A creator that died inside init is detected: the
 // segment is made anew. ctx bounds the wait for a live creator.
 func (b *Buffer) Static(ctx context.Context, name string, size int, init func([]byte) error) (*Static, error) {
+	if !b.in() {
+		return nil, b.closedErr("static")
+	}
+	defer b.out()
 	if err := b.check("static"); err != nil {
 		return nil, err
 	}
@@ -85,6 +89,10 @@ func (b *Buffer) Static(ctx context.Context, name string, size int, init func([]
 // AttachStatic attaches to an existing static segment of any size:
 // ErrNotExist if there is none.
 func (b *Buffer) AttachStatic(name string) (*Static, error) {
+	if !b.in() {
+		return nil, b.closedErr("attachstatic")
+	}
+	defer b.out()
 	if err := b.check("static"); err != nil {
 		return nil, err
 	}
@@ -136,6 +144,10 @@ func (s *Static) Bytes() []byte { return s.bytes }
 // Remove deletes the static segment from the buffer for everyone and gives
 // its memory back. Nobody may use its bytes afterwards.
 func (s *Static) Remove(ctx context.Context) error {
+	if !s.buf.in() {
+		return s.buf.closedErr("remove static")
+	}
+	defer s.buf.out()
 	removed, err := s.buf.reg.Remove(ctx, s.en, nil, nil)
 	if err != nil {
 		return fmt.Errorf("ipc: remove static %q: %w", s.name, err)

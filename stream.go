@@ -146,6 +146,10 @@ func (h *Handle) attachStream(id ChannelID, opts []StreamOption, claim func(*cha
 // it does not exist. ErrBusy: a live process holds the writer end (a dead
 // one's is taken over); ErrWrongType: id is a channel of another type.
 func (h *Handle) StreamWriter(id ChannelID, opts ...StreamOption) (*StreamWriter, error) {
+	if !h.in() {
+		return nil, h.closedErr("stream writer")
+	}
+	defer h.out()
 	h.enter()
 	defer h.leave()
 	if err := h.check("stream writer"); err != nil {
@@ -169,6 +173,10 @@ func (h *Handle) StreamWriter(id ChannelID, opts ...StreamOption) (*StreamWriter
 // it does not exist. ErrBusy: a live process holds the reader end (a dead
 // one's is taken over); ErrWrongType: id is a channel of another type.
 func (h *Handle) StreamReader(id ChannelID, opts ...StreamOption) (*StreamReader, error) {
+	if !h.in() {
+		return nil, h.closedErr("stream reader")
+	}
+	defer h.out()
 	h.enter()
 	defer h.leave()
 	if err := h.check("stream reader"); err != nil {
@@ -197,6 +205,10 @@ func (h *Handle) StreamReader(id ChannelID, opts ...StreamOption) (*StreamReader
 // RemoveStream removes stream id for everyone, dropping what is buffered.
 // Its ends must be closed (ErrBusy if a live process holds one).
 func (h *Handle) RemoveStream(ctx context.Context, id ChannelID) error {
+	if !h.in() {
+		return h.closedErr("remove stream")
+	}
+	defer h.out()
 	return h.removeChannel(ctx, id, channel.TypeStream, func(en *channel.Entry) (bool, func() error, error) {
 		s, err := channel.OpenStream(h.buf.region, en, channel.WaitOptions{})
 		if err != nil {
@@ -253,6 +265,10 @@ func (e *streamEnd) SetContext(ctx context.Context) { e.ctx = ctx }
 // and the backlog are dropped, and a commit or consume in flight fails
 // with ErrReset.
 func (e *streamEnd) Reset() error {
+	if !e.h.in() {
+		return e.h.closedErr("reset")
+	}
+	defer e.h.out()
 	if err := e.check("reset"); err != nil {
 		return err
 	}
@@ -263,6 +279,10 @@ func (e *streamEnd) Reset() error {
 // gets no room until the bytes are cleared; ErrBusy if another end is
 // zeroing it now.
 func (e *streamEnd) Zero() error {
+	if !e.h.in() {
+		return e.h.closedErr("zero")
+	}
+	defer e.h.out()
 	if err := e.check("zero"); err != nil {
 		return err
 	}
@@ -272,6 +292,10 @@ func (e *streamEnd) Zero() error {
 // Peek copies up to len(p) unread bytes into p without consuming them
 // (either end may peek).
 func (e *streamEnd) Peek(p []byte) (int, error) {
+	if !e.h.in() {
+		return 0, e.h.closedErr("peek")
+	}
+	defer e.h.out()
 	if err := e.check("peek"); err != nil {
 		return 0, err
 	}
@@ -280,11 +304,21 @@ func (e *streamEnd) Peek(p []byte) (int, error) {
 }
 
 // Generation is the number of resets (and zeroes) so far.
-func (e *streamEnd) Generation() uint64 { return e.e.Generation() }
+func (e *streamEnd) Generation() uint64 {
+	if !e.h.in() {
+		return 0
+	}
+	defer e.h.out()
+	return e.e.Generation()
+}
 
 // WaitReset waits until the stream is reset, i.e. until its generation
 // differs from since (a value of Generation).
 func (e *streamEnd) WaitReset(ctx context.Context, since uint64) error {
+	if !e.h.in() {
+		return e.h.closedErr("wait reset")
+	}
+	defer e.h.out()
 	if err := e.check("wait reset"); err != nil {
 		return err
 	}
@@ -293,6 +327,10 @@ func (e *streamEnd) WaitReset(ctx context.Context, since uint64) error {
 
 // Stats returns a snapshot of the stream.
 func (e *streamEnd) Stats() (StreamStats, error) {
+	if !e.h.in() {
+		return StreamStats{}, e.h.closedErr("stats")
+	}
+	defer e.h.out()
 	if err := e.check("stats"); err != nil {
 		return StreamStats{}, err
 	}
@@ -315,6 +353,10 @@ type StreamWriter struct {
 // filled. Empty spans: the ring is full (WaitSpace). io.ErrClosedPipe: the
 // reader closed its end.
 func (w *StreamWriter) Spans() (a, b []byte, err error) {
+	if !w.h.in() {
+		return nil, nil, w.h.closedErr("spans")
+	}
+	defer w.h.out()
 	if err := w.check("spans"); err != nil {
 		return nil, nil, err
 	}
@@ -326,6 +368,10 @@ func (w *StreamWriter) Spans() (a, b []byte, err error) {
 // they do not wrap, otherwise a staging buffer that Commit copies in.
 // ErrWouldBlock: less room than n now.
 func (w *StreamWriter) Reserve(n int) ([]byte, error) {
+	if !w.h.in() {
+		return nil, w.h.closedErr("reserve")
+	}
+	defer w.h.out()
 	if err := w.check("reserve"); err != nil {
 		return nil, err
 	}
@@ -341,6 +387,10 @@ func (w *StreamWriter) Reserve(n int) ([]byte, error) {
 // consecutive parts. ErrReset: the stream was reset since the spans were
 // handed out, and nothing was published.
 func (w *StreamWriter) Commit(n int) error {
+	if !w.h.in() {
+		return w.h.closedErr("commit")
+	}
+	defer w.h.out()
 	if err := w.check("commit"); err != nil {
 		return err
 	}
@@ -350,6 +400,10 @@ func (w *StreamWriter) Commit(n int) error {
 // TryWrite writes as much of p as fits now: ErrWouldBlock if nothing
 // does.
 func (w *StreamWriter) TryWrite(p []byte) (int, error) {
+	if !w.h.in() {
+		return 0, w.h.closedErr("try write")
+	}
+	defer w.h.out()
 	if err := w.check("write"); err != nil {
 		return 0, err
 	}
@@ -366,6 +420,10 @@ func (w *StreamWriter) Write(p []byte) (int, error) { return w.WriteContext(w.ct
 
 // WriteContext writes all of p, waiting for room as WaitSpace does.
 func (w *StreamWriter) WriteContext(ctx context.Context, p []byte) (int, error) {
+	if !w.h.in() {
+		return 0, w.h.closedErr("write context")
+	}
+	defer w.h.out()
 	if err := w.check("write"); err != nil {
 		return 0, err
 	}
@@ -376,6 +434,10 @@ func (w *StreamWriter) WriteContext(ctx context.Context, p []byte) (int, error) 
 // ReadFrom reads src straight into the ring until io.EOF, waiting for
 // room under the end's context. It implements io.ReaderFrom.
 func (w *StreamWriter) ReadFrom(src io.Reader) (int64, error) {
+	if !w.h.in() {
+		return 0, w.h.closedErr("read from")
+	}
+	defer w.h.out()
 	if err := w.check("read from"); err != nil {
 		return 0, err
 	}
@@ -387,6 +449,10 @@ func (w *StreamWriter) ReadFrom(src io.Reader) (int64, error) {
 // then parked on a futex. It returns io.ErrClosedPipe if the reader
 // closed its end, ErrPeerDead if it died, ErrDestroyed, or ctx's error.
 func (w *StreamWriter) WaitSpace(ctx context.Context) error {
+	if !w.h.in() {
+		return w.h.closedErr("wait space")
+	}
+	defer w.h.out()
 	if err := w.check("wait space"); err != nil {
 		return err
 	}
@@ -402,6 +468,10 @@ func (w *StreamWriter) WaitSpace(ctx context.Context) error {
 // and the goroutine ends when ctx is done, this end is closed, the reader
 // closed or died, or the buffer was destroyed: cancel ctx to stop it.
 func (w *StreamWriter) Notify(ctx context.Context, ev StreamEvent) <-chan struct{} {
+	if !w.h.in() {
+		return closedChan()
+	}
+	defer w.h.out()
 	return w.w.Notify(ctx, ev)
 }
 
@@ -409,6 +479,10 @@ func (w *StreamWriter) Notify(ctx context.Context, ev StreamEvent) <-chan struct
 // io.EOF. A stream whose both ends have closed and that is drained is
 // removed from the buffer.
 func (w *StreamWriter) Close() error {
+	if !w.h.in() {
+		return nil
+	}
+	defer w.h.out()
 	if w.closed {
 		return nil
 	}
@@ -438,6 +512,10 @@ type StreamReader struct {
 // the next call on this end. Consume releases what was used. Empty spans:
 // nothing is buffered (WaitData).
 func (r *StreamReader) Spans() (a, b []byte, err error) {
+	if !r.h.in() {
+		return nil, nil, r.h.closedErr("spans")
+	}
+	defer r.h.out()
 	if err := r.check("spans"); err != nil {
 		return nil, nil, err
 	}
@@ -449,6 +527,10 @@ func (r *StreamReader) Spans() (a, b []byte, err error) {
 // when they do not wrap, otherwise a private copy; Consume(n) releases
 // them. ErrWouldBlock: fewer than n are buffered.
 func (r *StreamReader) View(n int) ([]byte, error) {
+	if !r.h.in() {
+		return nil, r.h.closedErr("view")
+	}
+	defer r.h.out()
 	if err := r.check("view"); err != nil {
 		return nil, err
 	}
@@ -465,6 +547,10 @@ func (r *StreamReader) View(n int) ([]byte, error) {
 // the stream was reset since the spans were handed out; nothing was
 // consumed, and what was read from them may be torn.
 func (r *StreamReader) Consume(n int) error {
+	if !r.h.in() {
+		return r.h.closedErr("consume")
+	}
+	defer r.h.out()
 	if err := r.check("consume"); err != nil {
 		return err
 	}
@@ -474,6 +560,10 @@ func (r *StreamReader) Consume(n int) error {
 // TryRead reads up to len(p) bytes without waiting: ErrWouldBlock if none
 // are buffered, io.EOF if none are and the writer closed.
 func (r *StreamReader) TryRead(p []byte) (int, error) {
+	if !r.h.in() {
+		return 0, r.h.closedErr("try read")
+	}
+	defer r.h.out()
 	if err := r.check("read"); err != nil {
 		return 0, err
 	}
@@ -491,6 +581,10 @@ func (r *StreamReader) Read(p []byte) (int, error) { return r.ReadContext(r.ctx,
 
 // ReadContext reads up to len(p) bytes, waiting as WaitData does.
 func (r *StreamReader) ReadContext(ctx context.Context, p []byte) (int, error) {
+	if !r.h.in() {
+		return 0, r.h.closedErr("read context")
+	}
+	defer r.h.out()
 	if err := r.check("read"); err != nil {
 		return 0, err
 	}
@@ -502,6 +596,10 @@ func (r *StreamReader) ReadContext(ctx context.Context, p []byte) (int, error) {
 // until the writer closes (io.EOF, returned as nil), waiting under the
 // end's context. It implements io.WriterTo.
 func (r *StreamReader) WriteTo(dst io.Writer) (int64, error) {
+	if !r.h.in() {
+		return 0, r.h.closedErr("write to")
+	}
+	defer r.h.out()
 	if err := r.check("write to"); err != nil {
 		return 0, err
 	}
@@ -514,6 +612,10 @@ func (r *StreamReader) WriteTo(dst io.Writer) (int64, error) {
 // everything was read, ErrPeerDead if the writer died (after what it
 // committed was read), ErrDestroyed, or ctx's error.
 func (r *StreamReader) WaitData(ctx context.Context) error {
+	if !r.h.in() {
+		return r.h.closedErr("wait data")
+	}
+	defer r.h.out()
 	if err := r.check("wait data"); err != nil {
 		return err
 	}
@@ -530,6 +632,10 @@ func (r *StreamReader) WaitData(ctx context.Context) error {
 // closed and everything was read (EOF) or it died, or the buffer was
 // destroyed: cancel ctx to stop it.
 func (r *StreamReader) Notify(ctx context.Context, ev StreamEvent) <-chan struct{} {
+	if !r.h.in() {
+		return closedChan()
+	}
+	defer r.h.out()
 	return r.r.Notify(ctx, ev)
 }
 
@@ -537,6 +643,10 @@ func (r *StreamReader) Notify(ctx context.Context, ev StreamEvent) <-chan struct
 // (one span, or two when they wrap), valid until the next Consume,
 // SetBacklog or reset: the writer never overwrites them.
 func (r *StreamReader) Backlog() (a, b []byte, err error) {
+	if !r.h.in() {
+		return nil, nil, r.h.closedErr("backlog")
+	}
+	defer r.h.out()
 	if err := r.check("backlog"); err != nil {
 		return nil, nil, err
 	}
@@ -547,6 +657,10 @@ func (r *StreamReader) Backlog() (a, b []byte, err error) {
 // Rewind makes the last n consumed bytes unread again (n at most what
 // Backlog returns).
 func (r *StreamReader) Rewind(n int) error {
+	if !r.h.in() {
+		return r.h.closedErr("rewind")
+	}
+	defer r.h.out()
 	if err := r.check("rewind"); err != nil {
 		return err
 	}
@@ -557,6 +671,10 @@ func (r *StreamReader) Rewind(n int) error {
 // capacity). Lowering it gives the writer room at once; raising it does
 // not bring back bytes the writer may already have reused.
 func (r *StreamReader) SetBacklog(n int) error {
+	if !r.h.in() {
+		return r.h.closedErr("set backlog")
+	}
+	defer r.h.out()
 	if err := r.check("set backlog"); err != nil {
 		return err
 	}
@@ -570,6 +688,10 @@ func (r *StreamReader) BacklogLimit() int { return r.r.BacklogLimit() }
 // the writer gets io.ErrClosedPipe. A stream whose both ends have closed
 // and that is drained is removed from the buffer.
 func (r *StreamReader) Close() error {
+	if !r.h.in() {
+		return nil
+	}
+	defer r.h.out()
 	if r.closed {
 		return nil
 	}

@@ -124,6 +124,7 @@ type Region struct {
 	hdr     *header
 	fix     fixed
 	created bool
+	closing atomic.Bool // this process is closing the region: Closing
 }
 
 // fixed is the header's immutable fields as they were when the region was
@@ -462,6 +463,14 @@ func (r *Region) MarkDestroyed() {
 	r.hdr.State.Store(uint32(StateDestroyed))
 	Wake(&r.hdr.State, 0)
 }
+
+// SetClosing marks the region as being closed by this process: its
+// blocking calls still in progress return errs.ErrClosed at their next
+// check (Closing), so that the closer can wait for them before it unmaps.
+func (r *Region) SetClosing() { r.closing.Store(true) }
+
+// Closing reports whether this process is closing the region (SetClosing).
+func (r *Region) Closing() bool { return r.closing.Load() }
 
 // Close unmaps the region.
 func (r *Region) Close() error { return r.seg.Close() }

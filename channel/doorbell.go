@@ -165,3 +165,11 @@ func (m *MPSC) LiveDoorbell(heap *alloc.Heap, valid func() bool) mem.Off {
 // the word was cleared has rung it by then (a few instructions, unless
 // the producer is descheduled right there).
 const BellGrace = 5 * time.Millisecond
+
+// Interrupt wakes the threads of this process parked on the doorbell (as
+// a ring does), so that they look again at what they wait for: a closing
+// buffer, say.
+func (d *Doorbell) Interrupt() {
+	d.w.Store(1)
+	backend.Wake(d.w, 0)
+}

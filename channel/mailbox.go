@@ -494,6 +494,9 @@ func (e *mbEnd) waitSlice(ctx context.Context, s backend.Semaphore) error {
 // ErrPeerDead (a dead peer), io.ErrClosedPipe (the responder closed) or
 // io.EOF (the requester closed, for an idle responder), or nil to wait on.
 func (e *mbEnd) checkPeer(mid bool) error {
+	if e.region().Closing() {
+		return fmt.Errorf("mailbox: %w", errs.ErrClosed)
+	}
 	if e.region().State() == backend.StateDestroyed {
 		return fmt.Errorf("mailbox: %w", errs.ErrDestroyed)
 	}

@@ -146,6 +146,9 @@ func OpenMPSC(region *backend.Region, en *Entry, opts WaitOptions) (*MPSC, error
 }
 
 func (m *MPSC) checkRegion() error {
+	if m.region.Closing() {
+		return fmt.Errorf("mpsc channel: %w", errs.ErrClosed)
+	}
 	if m.region.State() == backend.StateDestroyed {
 		return fmt.Errorf("mpsc channel: %w", errs.ErrDestroyed)
 	}
@@ -576,3 +579,11 @@ func (m *MPSC) Check() error {
 	}
 	return errors.Join(all...)
 }
+
+// Interrupt wakes every thread parked on the producers' waiting word, so
+// that it checks again (a closing buffer, say); the word is left as it is.
+func (p *MPSCProducer) Interrupt() { backend.Wake(&p.cb.ProdWaiting, 0) }
+
+// Interrupt wakes every thread parked on the consumer's waiting word, as
+// MPSCProducer.Interrupt does.
+func (c *MPSCConsumer) Interrupt() { backend.Wake(&c.cb.ConsWaiting, 0) }

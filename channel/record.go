@@ -465,6 +465,9 @@ func (p *RecordProducer) WaitRoom(ctx context.Context) error {
 }
 
 func (r *Ring) checkPeer(w *atomic.Uint64, what string) error {
+	if r.region.Closing() {
+		return fmt.Errorf("record channel: %w", errs.ErrClosed)
+	}
 	if r.region.State() == backend.StateDestroyed {
 		return fmt.Errorf("record channel: %w", errs.ErrDestroyed)
 	}
@@ -908,3 +911,11 @@ func (c *RecordConsumer) Announce() { c.cb.ConsWaiting.Store(waitSoon) }
 // CheckPeer returns ErrPeerDead if the producer died, ErrDestroyed if the
 // buffer was destroyed.
 func (c *RecordConsumer) CheckPeer() error { return c.checkPeer(&c.cb.Producer, "producer") }
+
+// Interrupt wakes every thread parked on the producer's waiting word, so
+// that it checks again (a closing buffer, say); the word is left as it is.
+func (p *RecordProducer) Interrupt() { backend.Wake(&p.cb.ProdWaiting, 0) }
+
+// Interrupt wakes every thread parked on the consumer's waiting word, as
+// RecordProducer.Interrupt does.
+func (c *RecordConsumer) Interrupt() { backend.Wake(&c.cb.ConsWaiting, 0) }

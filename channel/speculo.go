@@ -1673,6 +1673,9 @@ func (r *SpeculoReader) Wait(ctx context.Context) error {
 		if r.available() {
 			return nil
 		}
+		if r.region.Closing() {
+			return fmt.Errorf("speculo area: %w", errs.ErrClosed)
+		}
 		if r.region.State() == backend.StateDestroyed {
 			return fmt.Errorf("speculo area: %w", errs.ErrDestroyed)
 		}
@@ -2060,3 +2063,7 @@ func (s *Speculo) checkExtent(x *spExtent, current bool) error {
 	}
 	return errors.Join(all...)
 }
+
+// Interrupt wakes every thread parked on the area's notification word, so
+// that it checks again (a closing buffer, say); the word is left as it is.
+func (r *SpeculoReader) Interrupt() { backend.Wake(&r.cb.Notify, 0) }

@@ -335,6 +335,9 @@ func (s *Stream) destroyed() error {
 // checkPeer reports ErrDestroyed if the buffer was destroyed and
 // ErrPeerDead if the end in w is held by a dead process.
 func (s *Stream) checkPeer(w *atomic.Uint64, what string) error {
+	if s.region.Closing() {
+		return fmt.Errorf("stream: %w", errs.ErrClosed)
+	}
 	if s.region.State() == backend.StateDestroyed {
 		return s.destroyed()
 	}
@@ -585,6 +588,9 @@ func (e *streamEnd) WaitReset(ctx context.Context, since uint64) error {
 	return e.await(ctx, &e.cb.ResetWaiting, false,
 		func() (bool, error) { return e.cb.Gen.Load() != since, nil },
 		func() error {
+			if e.region.Closing() {
+				return fmt.Errorf("stream: %w", errs.ErrClosed)
+			}
 			if e.region.State() == backend.StateDestroyed {
 				return e.destroyed()
 			}
@@ -638,6 +644,9 @@ func (e *streamEnd) notifyReset(ctx context.Context) <-chan struct{} {
 		},
 		func() { last = seen },
 		func() error {
+			if e.region.Closing() {
+				return fmt.Errorf("stream: %w", errs.ErrClosed)
+			}
 			if e.region.State() == backend.StateDestroyed {
 				return e.destroyed()
 			}
@@ -1295,4 +1304,13 @@ func (r *StreamReader) Close() (removable bool) {
 	r.cb.SpaceWaiting.Store(0)
 	backend.Wake(&r.cb.SpaceWaiting, 0)
 	return r.Removable()
+}
+
+// Interrupt wakes every thread parked on the stream's waiting words (a
+// blocking call or a notifier of either end), so that it checks again (a
+// closing buffer, say); the words are left as they are.
+func (e *streamEnd) Interrupt() {
+	backend.Wake(&e.cb.DataWaiting, 0)
+	backend.Wake(&e.cb.SpaceWaiting, 0)
+	backend.Wake(&e.cb.ResetWaiting, 0)
 }

@@ -51,3 +51,7 @@ func FutexWake(w *atomic.Uint32, n int) (int, error) { return 0, nil }
 
 // Yield gives the processor to another runnable thread, if the OS lets us.
 func Yield() { time.Sleep(0) }
+
+// Barrier waits for stores of other threads to become visible (see the
+// Linux version): here by sleeping a millisecond.
+func Barrier() { time.Sleep(time.Millisecond) }
