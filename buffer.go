@@ -330,15 +330,6 @@ func (b *Buffer) Destroy() error {
 	return nil
 }
 
-func (b *Buffer) checkOpen(op string) error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.closed {
-		return fmt.Errorf("ipc: %s %q: %w", op, b.name, ErrClosed)
-	}
-	return nil
-}
-
 // Remove removes the buffer called name: what Destroy removes, for
 // cleaning up after a crashed program. If the buffer can be opened it is
 // destroyed (every channel's semaphores included); otherwise its segment

@@ -118,9 +118,7 @@ func (h *Handle) in() bool {
 func (h *Handle) out() { setCalls(&h.calls, h.calls.Load()-1) }
 
 // closedErr is the error of a call made on a closed buffer.
-func (h *Handle) closedErr(op string) error {
-	return fmt.Errorf("ipc: %s on buffer %q: %w", op, h.buf.name, ErrClosed)
-}
+func (h *Handle) closedErr(op string) error { return h.buf.closedErr(op) }
 
 // closedChan is what Notify returns on a closed buffer: a closed channel.
 func closedChan() <-chan struct{} {
@@ -254,9 +252,6 @@ func (b *Buffer) Free(r Record) error {
 		return b.closedErr("free")
 	}
 	defer b.out()
-	if err := b.checkFast("free"); err != nil {
-		return err
-	}
 	if r.b == nil {
 		return fmt.Errorf("ipc: free: zero record: %w", ErrNotAllocated)
 	}
