@@ -767,9 +767,13 @@ func TestLookupSnapshotUnderChurn(t *testing.T) {
 		rounds = 2000
 	}
 	done := make(chan error, 1)
+	// The churn goes on past rounds (up to 100 times as many) until a
+	// lookup has seen the channel: on a fast machine the rounds can end
+	// before the reader is scheduled at all.
+	var seenAny atomic.Bool
 	go func() {
 		defer close(done)
-		for i := range rounds {
+		for i := 0; i < rounds || (!seenAny.Load() && i < 100*rounds); i++ {
 			id, n := ID(1), uint64(8)
 			if i%2 == 1 {
 				id, n = other, 16
@@ -799,6 +803,7 @@ func TestLookupSnapshotUnderChurn(t *testing.T) {
 		}
 		require.NoError(t, err)
 		seen++
+		seenAny.Store(true)
 		require.Equal(t, ID(1), en.ID)
 		require.Equal(t, uint64(8), en.Size, "another channel's fields")
 		require.NotZero(t, en.Control, "a control block being freed")
