@@ -692,14 +692,19 @@ func must2(b *testing.B) (*os.File, *os.File) {
 // slot as soon as the reader has passed it (1024 slots of memory);
 // batch-spread is the same ring over 4096 slots of memory, so that a
 // slot is rewritten only after three more ring-fulls have gone through:
-// on an Intel Xeon VM that alone made the bare ring twice as fast (8-10
-// against 18-21 ns a payload) — a writer right behind the reader pays for
-// lines the reader has just read. A record channel's batch figure did
-// not move with the same cure (256 KiB slabs, which put some 7000
-// records between a record's free and its memory's reuse where 64 KiB
-// slabs put about 900, or a ring of 4096 or 8192): what holds it back is
-// each side's own work per record (its consumer alone, fed from a full
-// ring, took 15-16 ns a record, half of it heapipc's checks). Single
+// on an Intel Xeon VM that alone made the bare ring about twice as fast
+// (7.5-8.5 against 13.5-15 ns a payload; 10 ns over 2048 slots) — a
+// writer right behind the reader pays for lines the reader has just
+// read. There even batch-spread's reader pays ~5 ns for each line it
+// pulls from the writer's core, which no order of reading hides. A
+// record channel's batch figure (~17 ns) did not move with the same cure
+// (slabs of 256 KiB to 4 MiB, or a ring of 4096 or 8192), nor with its
+// consumer's trailer checks fused into the header checks, the trailers
+// written in the allocator's carving pass, no write to a record's line on
+// free, or the next batch's lines prefetched (PREFETCHT0) while the user
+// reads this one: each side is busy all the time, with ~11 ns of its own
+// work a record (BenchmarkRecordOneGoroutine/batch, both sides in one
+// goroutine, ~21.5 ns) and the lines' transfers on top. Single
 // publishes every record with Go's atomic store (a locked exchange) while
 // the reader polls the tail: on hosts where that exchange is dear (an
 // Intel Xeon VM) it runs slower than heapipc's record channel, which
