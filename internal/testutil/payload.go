@@ -22,18 +22,13 @@ func Fill(b []byte, v byte) {
 	w := uint64(v) * 0x0101010101010101
 	if len(b) == 64 && uintptr(unsafe.Pointer(unsafe.SliceData(b)))%8 == 0 {
 		// The benchmarks' payload: one block, no loop.
-		blk := (*[8]uint64)(unsafe.Pointer(unsafe.SliceData(b)))
-		blk[0], blk[1], blk[2], blk[3] = w, w+8, w+16, w+24
-		blk[4], blk[5], blk[6], blk[7] = w+32, w+40, w+48, w+56
+		fillBlock((*[8]uint64)(unsafe.Pointer(unsafe.SliceData(b))), w)
 		return
 	}
 	ws, i := words(b)
 	j := 0
 	for ; j+8 <= len(ws); j += 8 {
-		x := w + uint64(8*j)
-		blk := (*[8]uint64)(ws[j : j+8])
-		blk[0], blk[1], blk[2], blk[3] = x, x+8, x+16, x+24
-		blk[4], blk[5], blk[6], blk[7] = x+32, x+40, x+48, x+56
+		fillBlock((*[8]uint64)(ws[j:j+8]), w+uint64(8*j))
 	}
 	for ; j < len(ws); j++ {
 		ws[j] = w + uint64(8*j)
@@ -51,15 +46,12 @@ func Sum(b []byte) byte {
 	var s uint64
 	if len(b) == 64 && uintptr(unsafe.Pointer(unsafe.SliceData(b)))%8 == 0 {
 		// The benchmarks' payload: one block, no loop.
-		blk := (*[8]uint64)(unsafe.Pointer(unsafe.SliceData(b)))
-		s = (blk[0] + blk[1]) + (blk[2] + blk[3]) + ((blk[4] + blk[5]) + (blk[6] + blk[7]))
-		return fold(s)
+		return fold(sumBlock((*[8]uint64)(unsafe.Pointer(unsafe.SliceData(b)))))
 	}
 	ws, i := words(b)
 	j := 0
 	for ; j+8 <= len(ws); j += 8 {
-		blk := (*[8]uint64)(ws[j : j+8])
-		s += (blk[0] + blk[1]) + (blk[2] + blk[3]) + ((blk[4] + blk[5]) + (blk[6] + blk[7]))
+		s += sumBlock((*[8]uint64)(ws[j : j+8]))
 	}
 	for ; j < len(ws); j++ {
 		s += ws[j]
@@ -71,6 +63,17 @@ func Sum(b []byte) byte {
 		s += uint64(b[i])
 	}
 	return fold(s)
+}
+
+// fillBlock writes a block of Fill's pattern whose first word is x.
+func fillBlock(blk *[8]uint64, x uint64) {
+	blk[0], blk[1], blk[2], blk[3] = x, x+8, x+16, x+24
+	blk[4], blk[5], blk[6], blk[7] = x+32, x+40, x+48, x+56
+}
+
+// sumBlock is the sum of a block's words.
+func sumBlock(blk *[8]uint64) uint64 {
+	return (blk[0] + blk[1]) + (blk[2] + blk[3]) + ((blk[4] + blk[5]) + (blk[6] + blk[7]))
 }
 
 // fold is the exclusive or of s's bytes.
