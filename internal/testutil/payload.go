@@ -6,8 +6,8 @@ import (
 	"unsafe"
 )
 
-// Fill writes every byte of b (a pattern that depends on v), a word at a
-// time as a real producer's copy would; Sum reads every byte back. The
+// Fill writes every byte of b (a pattern that depends on v), whole words
+// at a time as a real producer's copy would; Sum reads every byte back. The
 // throughput benchmarks use them on both sides of every comparison, so
 // their cost is common. They go through b's words in place (b is 8-byte
 // aligned in every benchmark: records and Go's slices are), 64 bytes at
@@ -43,11 +43,11 @@ func Fill(b []byte, v byte) {
 
 // Sum reads every byte of b (see Fill).
 func Sum(b []byte) byte {
-	var s uint64
 	if len(b) == 64 && uintptr(unsafe.Pointer(unsafe.SliceData(b)))%8 == 0 {
 		// The benchmarks' payload: one block, no loop.
 		return fold(sumBlock((*[8]uint64)(unsafe.Pointer(unsafe.SliceData(b)))))
 	}
+	var s uint64
 	ws, i := words(b)
 	j := 0
 	for ; j+8 <= len(ws); j += 8 {
