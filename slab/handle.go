@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"slices"
+	"unsafe"
 
 	"github.com/heapipc/ipc/alloc"
 	"github.com/heapipc/ipc/internal/mem"
@@ -91,8 +92,22 @@ func (h *Handle) AllocOff(size int) (mem.Off, error) {
 	g := h.base + uint64(pos)
 	p.plain[2*g] = packHalves(pos, ln)
 	p.plain[2*g+1] = packHalves(uint32(size), recCheck(pos, ln, uint32(size), h.key))
+	if a := uint64(h.cur) + writeAhead; a < uint64(h.limit) {
+		mem.PrefetchWrite(unsafe.Pointer(&p.plain[2*(h.base+a)]))
+	}
 	return mem.Off((g + 1) * granule), nil
 }
+
+// writeAhead is how far ahead of its cursor, in granules (768 bytes: 8
+// records of 64 bytes and their header and trailer), AllocOff asks for
+// the lines it will carve next (mem.PrefetchWrite). A producer's slabs
+// come round again within a ring-full or two, and their lines were last
+// in its consumer's cache: without the hint each record's stores waited
+// for its lines to come over from the consumer's core, and with it the
+// lines are on their way eight records early (two goroutines, one record
+// at a time, on an Intel Xeon VM: ~60 -> ~40 ns a record,
+// BenchmarkRecordInProcess).
+const writeAhead = 768 / granule
 
 // AllocBatch allocates len(offs) records of size bytes each, as Alloc
 // would one by one, and stores their offsets in offs (Pool.Bytes gives
