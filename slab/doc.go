@@ -19,7 +19,11 @@
 // spans about a slab and a half; a slab holds fifteen 4 KiB records)
 // cycles through three slabs that stay in the cache instead of walking
 // the heap — which hands out the largest free run, so fresh pages, page
-// faults and cache misses — and a handle pins at most three slabs.
+// faults and cache misses — and a handle pins at most three slabs. "In
+// the cache" means in the consumer's, too: it read those lines last. So
+// each allocation also asks, without waiting, for the lines a few records
+// ahead of the cursor (writeAhead, mem.PrefetchWrite), which then cross
+// over from the consumer's core while the producer fills this record.
 // Records larger than an eighth of a slab get their own heap extent
 // (kind KindLarge) with the same header.
 //
