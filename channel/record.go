@@ -413,16 +413,16 @@ func (p *RecordProducer) TrySendBatch(slots []uint64) (int, error) {
 }
 
 // roomPolls is how many times a producer spinning for room reads the
-// Head while its consumer frees the run of slots it waits for, at about
-// 70 ns a relax and as many relaxes as the run has records (the
-// consumer's pace, roughly): a poll every run/roomPolls relaxes, so
-// every ~1 µs for a run of 64. Each read brings the Head's line over to
-// the producer; the consumer's next publication of its head must take it
-// back, and the locked instruction that follows (the free of the record
-// it took) waits for that store. Read every relax, nearly every record
-// the consumer took paid for it: one record at a time through a full
-// ring of 1024, two goroutines on an Intel Xeon VM, the consumer went
-// from 41-46 to 37-38 ns a record when the reads were spaced, and across
+// Head in the time its consumer takes to free the run of slots it waits
+// for, counting a relax (~70 ns) as the consumer's time per record: a
+// read every run/roomPolls relaxes, about every microsecond for a run of
+// 64. Each read brings the Head's line over to the producer; the
+// consumer's next publication of its head must take it back, and the
+// locked instruction that follows (the free of the record it took)
+// waits for that store. Read after every relax, nearly every record the
+// consumer took paid for it: one record at a time through a full ring
+// of 1024, two goroutines on an Intel Xeon VM, the consumer went from
+// 41-46 to 37-38 ns a record when the reads were spaced, and across
 // processes from 48-52 to 44-47 ns.
 const roomPolls = 4
 
@@ -441,7 +441,7 @@ func (p *RecordProducer) WaitRoom(ctx context.Context) error {
 	hasRoom := func() bool { return room(1) }
 	// While it spins, the producer waits for a run of free slots (an
 	// eighth of the ring, at most 64) rather than for one, and reads the
-	// Head a few times in the while the consumer takes to free them
+	// Head a few times in the time the consumer takes to free them
 	// (roomPolls): a consumer that frees one slot at a time would
 	// otherwise hand the Head line over at every record, and both sides
 	// would wait for it each time.
