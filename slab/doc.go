@@ -105,7 +105,10 @@
 // dead process, and go back to the heap when the kept records are freed.
 // KeepAll only retires and hands over. Slabs that a dead process took
 // but never initialised, and slab returns whose returner died, are
-// finished too. A process killed within the few instructions between a
+// finished too — also one whose returner died inside the heap's critical
+// section, after clearing the magic and before the heap freed the extent
+// (Pool.returnCut; a slab's header is zeroed under the heap lock when it
+// is taken, so a slab being made never looks like that). A process killed within the few instructions between a
 // word-completing CAS and the Count decrement, between the decrement to
 // zero and claiming Returner, or in the middle of a retirement or of a
 // restart, leaves a slab that is retired and all free but not returned

@@ -280,7 +280,7 @@ func (h *Handle) refill() error {
 			return nil
 		}
 	}
-	off, err := p.heap.AllocFor(context.Background(), int(p.slabSize), alloc.KindSlab, p.self)
+	off, err := p.takeSlab()
 	if err != nil {
 		h.Trim() // a spare that became free since: for others
 		return fmt.Errorf("slab: new slab: %w", err)
@@ -288,6 +288,14 @@ func (h *Handle) refill() error {
 	h.shelve()
 	h.start(off, false)
 	return nil
+}
+
+// takeSlab takes the extent of a new slab from the heap, its header
+// zeroed under the heap lock: a slab being made never shows what a slab
+// whose return was cut short shows (Pool.returnCut), whatever the memory
+// held before.
+func (p *Pool) takeSlab() (mem.Off, error) {
+	return p.heap.AllocZeroed(context.Background(), int(p.slabSize), alloc.KindSlab, p.self, slabHeaderSize)
 }
 
 // shelve puts the current slab away before the handle moves on to

@@ -216,7 +216,24 @@ func (p *Pool) reclaim(isDead func(sys.Identity) bool, keep func(mem.Off) bool) 
 // slabOK reports whether the slab header of extent e was initialised
 // (by the geometry the record arithmetic relies on).
 func (p *Pool) slabOK(e alloc.Extent, sh *slabHeader) bool {
-	if uint32(sh.Ident.Load()) != slabMagic || sh.Self != uint64(e.Off) || sh.Salt != p.salt || sh.Version != Version {
+	return uint32(sh.Ident.Load()) == slabMagic && p.slabShaped(e, sh)
+}
+
+// returnCut reports whether extent e is a slab whose return by r was cut
+// short inside the heap's critical section: finishReturn's check had
+// cleared the magic (keeping the generation) and r died before the heap
+// freed the extent. A slab being made cannot look so: its header is
+// zeroed under the heap lock when it is taken (Handle.refill), and its
+// identity word is stored last.
+func (p *Pool) returnCut(e alloc.Extent, sh *slabHeader, r sys.Identity) bool {
+	id := sh.Ident.Load()
+	return r != 0 && uint32(id) == 0 && genOf(id) != 0 && sys.Identity(sh.Returner.Load()) == r && p.slabShaped(e, sh)
+}
+
+// slabShaped is slabOK without the magic: the header's other fields are
+// those of a slab of this pool at e.
+func (p *Pool) slabShaped(e alloc.Extent, sh *slabHeader) bool {
+	if sh.Self != uint64(e.Off) || sh.Salt != p.salt || sh.Version != Version {
 		return false
 	}
 	if uint64(sh.Pages)*p.ps != e.Size {
@@ -232,6 +249,23 @@ func (p *Pool) slabOK(e alloc.Extent, sh *slabHeader) bool {
 func (p *Pool) reclaimSlab(e alloc.Extent, isDead func(sys.Identity) bool, keep func(mem.Off) bool, rc *Reclaimed) error {
 	sh := &p.slabs[e.Off/slabHeaderSize]
 	if !p.slabOK(e, sh) {
+		if r := sys.Identity(sh.Returner.Load()); r != 0 && isDead(r) && p.returnCut(e, sh, r) {
+			// Its returner died between clearing the magic and freeing
+			// the extent: the free is finished here, decided again under
+			// the heap lock. (Left alone, the extent would stay allocated
+			// for as long as its allocator lives.)
+			err := p.heap.FreeIf(e.Off, func(x alloc.Extent) error {
+				if x.Kind != alloc.KindSlab || x.Owner != e.Owner || !p.returnCut(x, sh, r) {
+					return fmt.Errorf("changed under us: %w", ErrBusy)
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			rc.Returned++
+			return nil
+		}
 		if !isDead(e.Owner) {
 			return nil // being made by a live process
 		}

@@ -11,6 +11,7 @@ import (
 	"github.com/heapipc/ipc/internal/mem"
 	"github.com/heapipc/ipc/internal/sys"
 	"github.com/heapipc/ipc/internal/testutil"
+	"github.com/stretchr/testify/require"
 )
 
 func TestLayout(t *testing.T) {
@@ -489,6 +490,50 @@ func TestReclaimHalfDone(t *testing.T) {
 	if h := heapStats(t, p); h.FreeBytes != h0.FreeBytes {
 		t.Fatalf("heap %+v", h)
 	}
+	mustCheck(t, p, "end")
+}
+
+// TestReclaimReturnCut: a returner that died inside the heap's critical
+// section, after its check had cleared the slab's magic and before the
+// heap freed the extent, leaves a slab that Recover gives back although
+// its allocator (this process) is alive. A slab being made whose memory
+// still holds that header, taken but not yet initialised, is left alone.
+func TestReclaimReturnCut(t *testing.T) {
+	p := newPool(t, heapCombo, 4<<20, Options{})
+	h0 := heapStats(t, p)
+	dead := testutil.DeadIdentity(t)
+	hd := p.NewHandle()
+	r, err := hd.Alloc(64)
+	require.NoError(t, err)
+	hd.Close()
+	slab := r.Off &^ mem.Off(p.ps-1)
+	sh := &p.slabs[slab/slabHeaderSize]
+	// The last free would return the slab: a dead process won the
+	// returner's CAS, its check cleared the magic (as finishReturn's
+	// does), and it died before the heap freed the extent.
+	sh.Returner.Store(uint64(dead))
+	require.NoError(t, p.Free(r.Off))
+	sh.Ident.Store(sh.Ident.Load() &^ (1<<32 - 1))
+	require.Equal(t, 1, int(heapStats(t, p).AllocExtents), "the extent is left allocated")
+	rc, err := p.Recover(nil)
+	require.NoError(t, err)
+	require.Equal(t, Reclaimed{Returned: 1}, rc)
+	require.Equal(t, h0.FreeBytes, heapStats(t, p).FreeBytes)
+	mustCheck(t, p, "after recover")
+
+	// The extent's memory still holds the cut header; a slab taken there
+	// has its header zeroed before anyone can see the extent, so Recover
+	// does not take it from its maker before the maker writes it.
+	off, err := p.takeSlab()
+	require.NoError(t, err)
+	require.Equal(t, slab, off, "the heap gives the same extent back")
+	require.Zero(t, sh.Ident.Load())
+	require.Zero(t, sh.Returner.Load())
+	rc, err = p.Recover(nil)
+	require.NoError(t, err)
+	require.Equal(t, Reclaimed{}, rc)
+	require.Equal(t, 1, int(heapStats(t, p).AllocExtents))
+	require.NoError(t, p.heap.Free(off))
 	mustCheck(t, p, "end")
 }
 
