@@ -25,6 +25,11 @@ func BenchmarkMPSC(b *testing.B) {
 			ch := must(buf.NewHandle())
 			defer ch.Close()
 			c := must(ch.MPSCConsumer(1, ipc.WithCapacity(1024)))
+			// A producer of our own keeps the channel open (no EOF)
+			// while the goroutines' producers come and go: with few
+			// records each (b.N's first rounds), one could close before
+			// another attached, and the consumer read EOF early.
+			keep := must(ch.MPSCProducer(1))
 			ctx := context.Background()
 			per := n / k
 			total := per * k
@@ -58,6 +63,7 @@ func BenchmarkMPSC(b *testing.B) {
 			}
 			ours := time.Since(start)
 			wg.Wait()
+			keep.Close()
 			c.Close()
 			report(b, ours, total, map[string]time.Duration{"gochan": goChanSenders(k, per)})
 		})
