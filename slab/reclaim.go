@@ -223,7 +223,7 @@ func (p *Pool) slabOK(e alloc.Extent, sh *slabHeader) bool {
 // short inside the heap's critical section: finishReturn's check had
 // cleared the magic (keeping the generation) and r died before the heap
 // freed the extent. A slab being made cannot look so: its header is
-// zeroed under the heap lock when it is taken (Handle.refill), and its
+// zeroed under the heap lock when it is taken (takeSlab), and its
 // identity word is stored last.
 func (p *Pool) returnCut(e alloc.Extent, sh *slabHeader, r sys.Identity) bool {
 	id := sh.Ident.Load()
@@ -249,7 +249,7 @@ func (p *Pool) slabShaped(e alloc.Extent, sh *slabHeader) bool {
 func (p *Pool) reclaimSlab(e alloc.Extent, isDead func(sys.Identity) bool, keep func(mem.Off) bool, rc *Reclaimed) error {
 	sh := &p.slabs[e.Off/slabHeaderSize]
 	if !p.slabOK(e, sh) {
-		if r := sys.Identity(sh.Returner.Load()); r != 0 && isDead(r) && p.returnCut(e, sh, r) {
+		if r := sys.Identity(sh.Returner.Load()); p.returnCut(e, sh, r) && isDead(r) {
 			// Its returner died between clearing the magic and freeing
 			// the extent: the free is finished here, decided again under
 			// the heap lock. (Left alone, the extent would stay allocated
