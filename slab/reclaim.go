@@ -249,31 +249,22 @@ func (p *Pool) slabShaped(e alloc.Extent, sh *slabHeader) bool {
 func (p *Pool) reclaimSlab(e alloc.Extent, isDead func(sys.Identity) bool, keep func(mem.Off) bool, rc *Reclaimed) error {
 	sh := &p.slabs[e.Off/slabHeaderSize]
 	if !p.slabOK(e, sh) {
+		// Either its returner died between clearing the magic and
+		// freeing the extent (returnCut: left alone, the extent would
+		// stay allocated for as long as its allocator lives), or it was
+		// taken from the heap by a process that died before it wrote the
+		// header. Either way the free is decided again under the heap
+		// lock, where a slab that exists always has its magic.
+		var still func(x alloc.Extent) bool
 		if r := sys.Identity(sh.Returner.Load()); p.returnCut(e, sh, r) && isDead(r) {
-			// Its returner died between clearing the magic and freeing
-			// the extent: the free is finished here, decided again under
-			// the heap lock. (Left alone, the extent would stay allocated
-			// for as long as its allocator lives.)
-			err := p.heap.FreeIf(e.Off, func(x alloc.Extent) error {
-				if x.Kind != alloc.KindSlab || x.Owner != e.Owner || !p.returnCut(x, sh, r) {
-					return fmt.Errorf("changed under us: %w", ErrBusy)
-				}
-				return nil
-			})
-			if err != nil {
-				return err
-			}
-			rc.Returned++
-			return nil
-		}
-		if !isDead(e.Owner) {
+			still = func(x alloc.Extent) bool { return p.returnCut(x, sh, r) }
+		} else if isDead(e.Owner) {
+			still = func(x alloc.Extent) bool { return !p.slabOK(x, sh) }
+		} else {
 			return nil // being made by a live process
 		}
-		// Taken from the heap by a process that died before it wrote
-		// the header. Decided again under the heap lock, where a slab
-		// that exists always has its magic.
 		err := p.heap.FreeIf(e.Off, func(x alloc.Extent) error {
-			if x.Kind != alloc.KindSlab || x.Owner != e.Owner || p.slabOK(x, sh) {
+			if x.Kind != alloc.KindSlab || x.Owner != e.Owner || !still(x) {
 				return fmt.Errorf("changed under us: %w", ErrBusy)
 			}
 			return nil
