@@ -6,6 +6,7 @@ import (
 
 	"github.com/heapipc/ipc/alloc"
 	"github.com/heapipc/ipc/internal/errs"
+	"github.com/heapipc/ipc/internal/sys"
 )
 
 const maxViolations = 64
@@ -77,9 +78,14 @@ func (p *Pool) checkSlab(e alloc.Extent, v *violations, sc *slabCounts) {
 		v.add(errs.Corrupt("slab."+field, uint64(e.Off)+o, "slab %#x: "+format, append([]any{uint64(e.Off)}, args...)...))
 	}
 	if !p.slabOK(e, sh) {
-		if sh.Returner.Load() == 0 {
+		// A returner is freeing it (Returner set), unless the returner
+		// died halfway: then Recover finishes the free.
+		switch r := sys.Identity(sh.Returner.Load()); {
+		case r == 0:
 			at("header", 0, "header does not describe the extent (magic %#x, self %#x, %d pages, geometry %d/%d/%d)",
 				uint32(sh.Ident.Load()), sh.Self, sh.Pages, sh.RecBase, sh.Limit, sh.Words)
+		case p.returnCut(e, sh, r) && !sys.Alive(r):
+			at("Returner", 136, "its return was cut short: the returner %v died before the heap freed the extent (Recover gives it back)", r)
 		}
 		return
 	}

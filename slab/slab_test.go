@@ -515,6 +515,7 @@ func TestReclaimReturnCut(t *testing.T) {
 	require.NoError(t, p.Free(r.Off))
 	sh.Ident.Store(sh.Ident.Load() &^ (1<<32 - 1))
 	require.Equal(t, 1, int(heapStats(t, p).AllocExtents), "the extent is left allocated")
+	require.ErrorIs(t, p.Check(), ErrCorrupt, "Check reports the cut return")
 	rc, err := p.Recover(nil)
 	require.NoError(t, err)
 	require.Equal(t, Reclaimed{Returned: 1}, rc)
