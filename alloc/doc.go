@@ -89,7 +89,7 @@
 // frees the KindPlain extents of every dead owner, and RecoverKind those of
 // another kind that the layer above names orphans. The kinds KindSlab and
 // KindLarge belong to package slab, KindDoorbell to package ipc, and
-// KindExtent and KindControl (channel control blocks, with no owner: the
-// registry frees them) to package channel, which reclaim them by their
-// own rules.
+// KindExtent and KindControl (channel control blocks, owned only while
+// their channel is being made or removed: the registry frees them) to
+// package channel, which reclaim them by their own rules.
 package alloc

@@ -49,9 +49,12 @@ const (
 	// of dead writers that no area had claimed yet (RecoverKind).
 	KindExtent Kind = 4
 	// KindControl is a channel's control block (package channel), with
-	// no owner: the registry frees it when it removes the channel, and
-	// frees nothing else through an entry (a damaged entry cannot make
-	// it free a slab, an extent or the registry's own blocks).
+	// no owner once the channel is published (its creator owns it
+	// before, its remover while it frees it): the registry frees it when
+	// it removes the channel, and frees nothing else through an entry (a
+	// damaged entry cannot make it free a slab, an extent or the
+	// registry's own blocks); Recover frees those that a dead owner left
+	// unnamed.
 	KindControl Kind = 5
 )
 

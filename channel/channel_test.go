@@ -242,6 +242,75 @@ func TestFinishRefusesForeignControl(t *testing.T) {
 	require.NoError(t, err, "the registry still works")
 }
 
+// TestControlOrphans: a control block belongs to its creator until the
+// channel is published and to its remover while it is freed, so that what
+// a process killed in between leaves (a block no entry names) is freed by
+// FinishRemovals when that process is dead, and left alone while it
+// lives.
+func TestControlOrphans(t *testing.T) {
+	f := newFixture(t, backend.Heap)
+	ctx := t.Context()
+	dead := testutil.DeadIdentity(t)
+	_, _, err := f.reg.LookupOrCreate(ctx, 1, Spec{Type: TypeStatic, Size: 1}) // grows the entry pool
+	require.NoError(t, err)
+	before, err := f.heap.Stats()
+	require.NoError(t, err)
+
+	// Made: owned by its creator while it is initialised, by nobody once
+	// published.
+	var during alloc.Extent
+	en, _, err := f.reg.LookupOrCreate(ctx, 2, Spec{Type: TypeStatic, Size: 1, Control: 64, Init: func(c mem.Off, _ []byte) error {
+		during, err = f.heap.Extent(c)
+		return err
+	}})
+	require.NoError(t, err)
+	require.Equal(t, sys.Self(), during.Owner)
+	x, err := f.heap.Extent(en.Control)
+	require.NoError(t, err)
+	require.Zero(t, x.Owner)
+
+	// A creator killed before its entry named its block.
+	_, err = f.heap.AllocFor(ctx, 64, alloc.KindControl, dead)
+	require.NoError(t, err)
+	// A creator killed after its entry named it, before publishing.
+	named, err := f.heap.AllocFor(ctx, 64, alloc.KindControl, dead)
+	require.NoError(t, err)
+	e, _, err := f.reg.freeEntryLocked(t, 3)
+	require.NoError(t, err)
+	e.ID.Store(3)
+	e.Control.Store(uint64(named))
+	e.Creator.Store(uint64(dead))
+	e.State.Store(entryInitializing)
+	// A remover killed after it took channel 2's block and its entry let
+	// go of it, before the heap freed it.
+	require.NoError(t, f.heap.SetOwner(en.Control, 0, dead))
+	en.e.State.Store(entryRemoving)
+	en.e.Control.Store(0)
+	// A live creator's block, not yet named: left to it.
+	live, err := f.heap.AllocFor(ctx, 64, alloc.KindControl, sys.Self())
+	require.NoError(t, err)
+
+	u, err := f.reg.FinishRemovals(ctx, nil)
+	require.NoError(t, err)
+	require.Equal(t, Unfinished{Removals: 1, Creations: 1, Orphans: 2}, u)
+	require.NoError(t, f.heap.Free(live))
+	after, err := f.heap.Stats()
+	require.NoError(t, err)
+	require.Equal(t, before.FreeBytes, after.FreeBytes, "every block of the dead came back")
+	require.EqualValues(t, entryFree, e.State.Load())
+	require.EqualValues(t, entryFree, en.e.State.Load())
+
+	// Removal frees a published channel's block (taken from nobody).
+	en4, _, err := f.reg.LookupOrCreate(ctx, 4, Spec{Type: TypeStatic, Size: 1, Control: 64})
+	require.NoError(t, err)
+	removed, err := f.reg.Remove(ctx, en4, nil, nil)
+	require.NoError(t, err)
+	require.True(t, removed)
+	after, err = f.heap.Stats()
+	require.NoError(t, err)
+	require.Equal(t, before.FreeBytes, after.FreeBytes)
+}
+
 func TestRegistryCorruptChain(t *testing.T) {
 	f := newFixture(t, backend.Heap)
 	ctx := context.Background()

@@ -535,7 +535,11 @@ func (g *Registry) create(ctx context.Context, id ID, spec Spec) (*Entry, bool, 
 		return nil, false, err
 	}
 	if spec.Control > 0 {
-		cOff, err := g.heap.AllocFor(context.Background(), int(spec.Control), alloc.KindControl, 0)
+		// The block is this process's until the channel is published (a
+		// death before the entry names it leaves a block that Recover
+		// knows to be an orphan: FinishRemovals), then nobody's.
+		self := sys.Self()
+		cOff, err := g.heap.AllocFor(context.Background(), int(spec.Control), alloc.KindControl, self)
 		if err != nil {
 			return fail(fmt.Errorf("channel %d control block of %d bytes: %w", id, spec.Control, err))
 		}
@@ -549,6 +553,9 @@ func (g *Registry) create(ctx context.Context, id ID, spec Spec) (*Entry, bool, 
 			if err := spec.Init(cOff, b); err != nil {
 				return fail(err)
 			}
+		}
+		if err := g.heap.SetOwner(cOff, self, 0); err != nil {
+			return fail(fmt.Errorf("channel %d control block: %w", id, err))
 		}
 	}
 	e.State.Store(entryReady) // publish
@@ -671,20 +678,26 @@ func (g *Registry) Remove(ctx context.Context, en *Entry, cond func() bool, free
 // freeControl frees an entry's control block and clears Control in the
 // same critical section of the heap lock, so that a removal that is run
 // again after its process died never frees the block twice (by then it
-// may be another channel's). The worst a death inside leaves is a block
-// that Control no longer names and the heap still holds. A Control that
-// does not name a control block (alloc.KindControl) is damage: nothing
-// is freed, and ErrCorrupt says so.
+// may be another channel's). The block becomes this process's first
+// (own): a death between clearing Control and the heap's commit then
+// leaves a block that nothing names and a dead process owns, which
+// FinishRemovals frees (an unowned one would stay allocated for good). A
+// Control that does not name a control block (alloc.KindControl) is
+// damage: nothing is freed, and ErrCorrupt says so.
 func (g *Registry) freeControl(e *entry) error {
 	c := e.Control.Load()
 	if c == 0 {
 		return nil
 	}
+	self := sys.Self()
+	if err := g.own(mem.Off(c), self); err != nil {
+		return err
+	}
 	err := g.heap.FreeIf(mem.Off(c), func(x alloc.Extent) error {
 		if e.Control.Load() != c {
 			return errControlMoved
 		}
-		if x.Kind != alloc.KindControl || x.Owner != 0 {
+		if x.Kind != alloc.KindControl || x.Owner != self {
 			return errs.Corrupt("registry entry.Control", uint64(c), "names a %v extent owned by %v, not a control block", x.Kind, x.Owner)
 		}
 		e.Control.Store(0)
@@ -694,6 +707,25 @@ func (g *Registry) freeControl(e *entry) error {
 		return nil
 	}
 	return err
+}
+
+// own makes self the owner of control block c: from nobody (a published
+// channel's block) or from a dead process (a creator or a remover that
+// died with it). Anything else is damage (ErrCorrupt).
+func (g *Registry) own(c mem.Off, self sys.Identity) error {
+	x, err := g.heap.Extent(c)
+	if err != nil {
+		return err
+	}
+	switch {
+	case x.Kind != alloc.KindControl || x.Off != c:
+		return errs.Corrupt("registry entry.Control", uint64(c), "names a %v extent at %#x, not a control block", x.Kind, uint64(x.Off))
+	case x.Owner == self:
+		return nil
+	case x.Owner != 0 && sys.Alive(x.Owner):
+		return errs.Corrupt("registry entry.Control", uint64(c), "names a control block that %v, alive, holds", x.Owner)
+	}
+	return g.heap.SetOwner(c, x.Owner, self)
 }
 
 var errControlMoved = errors.New("control block no longer the entry's")
@@ -752,6 +784,7 @@ func (g *Registry) decLive() {
 type Unfinished struct {
 	Removals  int // channels whose remover died in the middle
 	Creations int // channels whose creator died before publishing them
+	Orphans   int // control blocks that a dead creator or remover left unnamed
 }
 
 // FinishRemovals finishes, under the lock, every removal whose process
@@ -784,6 +817,21 @@ func (g *Registry) FinishRemovals(ctx context.Context, then func() error) (Unfin
 			}
 			return nil
 		})
+		// Control blocks that a dead process owns and no entry names can
+		// go (a creator died before its entry named its block, or a
+		// remover after the entry let go of it), once a walk has seen
+		// every entry; a live creator's block is left to it.
+		named := map[mem.Off]bool{}
+		nerr := g.walk(func(e *entry, _ mem.Off) error {
+			named[mem.Off(e.Control.Load())] = true
+			return nil
+		})
+		if nerr == nil {
+			var rc alloc.Reclaimed
+			rc, nerr = g.heap.RecoverKind(alloc.KindControl, func(x alloc.Extent) bool { return !named[x.Off] })
+			u.Orphans = rc.Extents
+		}
+		err = errors.Join(err, nerr)
 		if then != nil {
 			err = errors.Join(err, then())
 		}
