@@ -878,3 +878,34 @@ func TestLookupSnapshotUnderChurn(t *testing.T) {
 		require.NotZero(t, en.Control, "a control block being freed")
 	}
 }
+
+// TestRingStaleBell: ringing an offset whose doorbell was freed and whose
+// memory now holds something else (a producer that read the offset long
+// ago, stopped past BellGrace) writes nothing there; ringing a doorbell
+// sets it, and Reset and Interrupt keep it a doorbell.
+func TestRingStaleBell(t *testing.T) {
+	f := newFixture(t, backend.Heap)
+	buf := f.r.Bytes()
+	d, err := NewDoorbell(f.heap, buf)
+	require.NoError(t, err)
+	off := d.Off()
+	ringBell(buf, uint64(off))
+	require.EqualValues(t, 1, d.state.Load(), "rung")
+	require.NoError(t, d.Park(t.Context(), time.Second), "a rung doorbell does not wait")
+	d.Reset()
+	require.Zero(t, d.state.Load())
+	d.Interrupt()
+	require.EqualValues(t, 1, d.state.Load())
+	d.Reset()
+	ringBell(buf, uint64(off))
+	require.EqualValues(t, 1, d.state.Load(), "still a doorbell after Reset and Interrupt")
+
+	require.NoError(t, d.Free())
+	for _, v := range []uint64{0, 0x12345678 << 32, bellTag(off + 64)} {
+		w, err := mem.Uint64(buf, off)
+		require.NoError(t, err)
+		w.Store(v) // the memory, someone else's now
+		ringBell(buf, uint64(off))
+		require.Equal(t, v, w.Load(), "a stale ring wrote into %#x", v)
+	}
+}

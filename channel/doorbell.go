@@ -2,6 +2,7 @@ package channel
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"sync/atomic"
 	"time"
@@ -43,28 +44,69 @@ func notify(buf []byte, waiting *atomic.Uint32, bell *atomic.Uint64) {
 	}
 }
 
-// ringBell sets a doorbell word and wakes its owner. An offset that is not
-// a valid word (a hostile or stale value) is ignored: the owner then
-// notices at its next check interval.
+// ringBell rings a doorbell and wakes its owner, if off still holds one:
+// the ring is a CAS of the doorbell's whole word from idle to rung, both
+// carrying the tag of its offset (bellTag), so that a producer that read
+// the offset long ago (stopped for longer than BellGrace, say) and rings
+// it after the doorbell was freed and its memory given to something else
+// writes nothing there. An offset that is not a valid word (a hostile or
+// stale value) is ignored too: the owner then notices at its next check
+// interval.
 func ringBell(buf []byte, off uint64) {
 	if off == 0 {
 		return
 	}
-	w, err := mem.Uint32(buf, mem.Off(off))
+	w, state, err := bellWords(buf, mem.Off(off))
 	if err != nil {
 		return
 	}
-	w.Store(1)
-	backend.Wake(w, 1)
+	tag := bellTag(mem.Off(off))
+	if w.CompareAndSwap(tag, tag|1) || w.Load() == tag|1 {
+		backend.Wake(state, 1)
+	}
 }
+
+// bellTag is the upper half of a doorbell's word at off (its lower half,
+// the futex word, is 0 idle and 1 rung): derived from the offset alone, so
+// that a ringer needs nothing but the offset, and never 0.
+func bellTag(off mem.Off) uint64 {
+	return (uint64(off)*0x9e3779b97f4a7c15>>32 | 1) << 32
+}
+
+// bellWords returns a doorbell's word at off and its futex half (the
+// lower half of the number: the first four bytes on a little-endian
+// machine, the last four on a big-endian one).
+func bellWords(buf []byte, off mem.Off) (*atomic.Uint64, *atomic.Uint32, error) {
+	w, err := mem.Uint64(buf, off)
+	if err != nil {
+		return nil, nil, err
+	}
+	state, err := mem.Uint32(buf, off+bellStateAt)
+	if err != nil {
+		return nil, nil, err
+	}
+	return w, state, nil
+}
+
+// bellStateAt is where in a doorbell's word its lower half lies.
+var bellStateAt = func() mem.Off {
+	var b [8]byte
+	binary.NativeEndian.PutUint64(b[:], 1)
+	if b[0] == 1 {
+		return 0
+	}
+	return 4
+}()
 
 // Doorbell is one consumer's wake-up word in shared memory: every channel
 // the consumer waits on knows its offset, so a producer in any process
 // wakes it with one futex wake, and only when it is parked.
 type Doorbell struct {
-	heap *alloc.Heap
-	off  mem.Off
-	w    *atomic.Uint32
+	heap  *alloc.Heap
+	off   mem.Off
+	w     *atomic.Uint64 // the tag (bellTag) and the state
+	state *atomic.Uint32 // the word's lower half: 0 idle, 1 rung (the futex word)
+	tag   uint64
 }
 
 // NewDoorbell allocates a doorbell from the heap (alloc.KindDoorbell),
@@ -76,24 +118,25 @@ func NewDoorbell(heap *alloc.Heap, buf []byte) (*Doorbell, error) {
 	if err != nil {
 		return nil, fmt.Errorf("doorbell: %w", err)
 	}
-	w, err := mem.Uint32(buf, off)
+	w, state, err := bellWords(buf, off)
 	if err != nil {
 		heap.Free(off)
 		return nil, err
 	}
-	w.Store(0)
-	return &Doorbell{heap: heap, off: off, w: w}, nil
+	d := &Doorbell{heap: heap, off: off, w: w, state: state, tag: bellTag(off)}
+	d.Reset()
+	return d, nil
 }
 
 // Off is the doorbell's region offset.
 func (d *Doorbell) Off() mem.Off { return d.off }
 
 // Reset clears the doorbell before the owner arms its channels.
-func (d *Doorbell) Reset() { d.w.Store(0) }
+func (d *Doorbell) Reset() { d.w.Store(d.tag) }
 
 // Park waits until the doorbell rings, ctx is done, or timeout passes.
 func (d *Doorbell) Park(ctx context.Context, timeout time.Duration) error {
-	return backend.Park(ctx, d.w, 0, timeout)
+	return backend.Park(ctx, d.state, 0, timeout)
 }
 
 // Free gives the doorbell's memory back.
@@ -163,13 +206,15 @@ func (m *MPSC) LiveDoorbell(heap *alloc.Heap, valid func() bool) mem.Off {
 // BellGrace is how long a doorbell that no channel names any more is kept
 // before its memory is freed: a producer that read its offset just before
 // the word was cleared has rung it by then (a few instructions, unless
-// the producer is descheduled right there).
+// the producer is descheduled right there). One that rings later finds
+// no doorbell there and writes nothing (ringBell), or, if a new doorbell
+// was made at the same offset, wakes its owner for nothing.
 const BellGrace = 5 * time.Millisecond
 
 // Interrupt wakes the threads of this process parked on the doorbell (as
 // a ring does), so that they look again at what they wait for: a closing
 // buffer, say.
 func (d *Doorbell) Interrupt() {
-	d.w.Store(1)
-	backend.Wake(d.w, 0)
+	d.w.Store(d.tag | 1)
+	backend.Wake(d.state, 0)
 }
