@@ -106,7 +106,6 @@ type Doorbell struct {
 	off   mem.Off
 	w     *atomic.Uint64 // the tag (bellTag) and the state
 	state *atomic.Uint32 // the word's lower half: 0 idle, 1 rung (the futex word)
-	tag   uint64
 }
 
 // NewDoorbell allocates a doorbell from the heap (alloc.KindDoorbell),
@@ -123,7 +122,7 @@ func NewDoorbell(heap *alloc.Heap, buf []byte) (*Doorbell, error) {
 		heap.Free(off)
 		return nil, err
 	}
-	d := &Doorbell{heap: heap, off: off, w: w, state: state, tag: bellTag(off)}
+	d := &Doorbell{heap: heap, off: off, w: w, state: state}
 	d.Reset()
 	return d, nil
 }
@@ -132,7 +131,7 @@ func NewDoorbell(heap *alloc.Heap, buf []byte) (*Doorbell, error) {
 func (d *Doorbell) Off() mem.Off { return d.off }
 
 // Reset clears the doorbell before the owner arms its channels.
-func (d *Doorbell) Reset() { d.w.Store(d.tag) }
+func (d *Doorbell) Reset() { d.w.Store(bellTag(d.off)) }
 
 // Park waits until the doorbell rings, ctx is done, or timeout passes.
 func (d *Doorbell) Park(ctx context.Context, timeout time.Duration) error {
@@ -215,6 +214,6 @@ const BellGrace = 5 * time.Millisecond
 // a ring does), so that they look again at what they wait for: a closing
 // buffer, say.
 func (d *Doorbell) Interrupt() {
-	d.w.Store(d.tag | 1)
+	d.w.Store(bellTag(d.off) | 1)
 	backend.Wake(d.state, 0)
 }
