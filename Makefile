@@ -11,7 +11,7 @@ BENCHSTAT   := golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4d
 BIN         := $(CURDIR)/.bin
 PKGS         = $(shell $(GO) list ./...)
 
-.PHONY: demo test fmt-check vet race test-matrix test-386 cross check-tags bench lint fuzz clean
+.PHONY: demo test fmt-check vet race test-matrix test-386 cross check-tags bench lint fuzz soak clean
 
 ## demo: the reference example on the default backends (TAGS=... for others)
 demo:
@@ -90,6 +90,14 @@ ipcbench-quick:
 FUZZTIME ?= 10m
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzScribble -fuzztime $(FUZZTIME) .
+
+## soak: the kill-anywhere tests with SOAKROUNDS children (2000 by default) killed
+## at moments they do not choose, in each of the four backend combinations
+SOAKROUNDS ?= 2000
+soak:
+	@for t in $(TAGSETS); do tags=$$( [ $$t = none ] || echo $$t ); \
+		echo "== soak -tags '$$tags'"; HIPC_KILL_ROUNDS=$(SOAKROUNDS) $(GO) test -count=1 -timeout 60m -tags "$$tags" \
+		-run 'KilledAnywhere' ./tests || exit 1; done
 
 ## lint: staticcheck on every tag set and the cross targets
 lint:

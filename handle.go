@@ -231,11 +231,11 @@ func (h *Handle) Free(r Record) error {
 			t.Magic != trailerMagic || t.Len != uint32(len(b)) || t.holder().Load() != uint64(rs.self) {
 			return h.buf.Free(r)
 		}
-		t.Magic = 0 // as records.free does
+		t.Magic = freedMark(rs.pool.Key(s)) // as records.free does
 		sh.taken = false
 		err = sh.h.FreeSlot(s)
 	} else if t := sh.rs.heldFast(off, b); t != nil {
-		t.Magic = 0 // as records.free does
+		t.Magic = sh.rs.freedMark(off) // as records.free does
 		err = sh.h.Free(off)
 	} else {
 		return h.buf.Free(r)

@@ -199,6 +199,7 @@ type ahead struct {
 	raw     []uint64
 	offs    []mem.Off
 	sizes   []uint32
+	keys    []uint32
 	runs    []slab.Run
 	next, n int // recs[next:n] are to be delivered
 	// skip: records to deliver one by one before taking ahead again,
@@ -249,7 +250,7 @@ func (c *Consumer) takeAhead() {
 	if k < aheadMin {
 		return
 	}
-	runs, ok := c.h.sh.takeRecords(a.raw[:k], a.recs[:k], a.offs[:k], a.sizes[:k], a.runs[:0])
+	runs, ok := c.h.sh.takeRecords(a.raw[:k], a.recs[:k], a.offs[:k], a.sizes[:k], a.keys[:k], a.runs[:0])
 	a.runs = runs
 	if !ok {
 		clear(a.recs[:k])
@@ -267,6 +268,7 @@ func newAhead() *ahead {
 		raw:   make([]uint64, aheadMax),
 		offs:  make([]mem.Off, aheadMax),
 		sizes: make([]uint32, aheadMax),
+		keys:  make([]uint32, aheadMax),
 		runs:  make([]slab.Run, 0, aheadMax),
 	}
 }

@@ -26,6 +26,16 @@ import (
 // freed, whichever process allocated it. The trailer is at the end so
 // that the payload keeps the pool's alignment (cache-line records stay
 // cache-line aligned).
+//
+// The holder frees a record in two steps: it overwrites the magic with
+// the record's freed mark (freedMark), so that a later Send or Free of
+// the same view is caught cheaply, then sets the record's bits in its
+// slab (the free proper). A holder killed between the two leaves a
+// record that is allocated, held by a dead process and marked freed:
+// Recover completes its free. The mark is derived from the record's
+// header check, which changes with its slab's generation, so that the
+// trailer of an earlier record at the same place (what a record just
+// carved and not yet stamped still shows) is never taken for it.
 type trailer struct {
 	_      structs.HostLayout
 	Holder uint64 // sys.Identity of the holder: written plainly at allocation, then through holder()
@@ -40,7 +50,23 @@ func (t *trailer) holder() *atomic.Uint64 { return mem.AtomicUint64(&t.Holder) }
 const (
 	trailerSize  = 16
 	trailerMagic = 0x48524543 // "HREC"
+	trailerFreed = 0x46524543 // "FREC", mixed with the header check into the freed mark
 )
+
+// freedMark is the magic a holder leaves in the trailer of a record it
+// frees, for a record with header check key (slab.Pool.RecordKey): never
+// trailerMagic (its low bit is clear) and, for a slab record, never 0
+// (which a large record gets: its check does not tell one incarnation
+// from the next).
+func freedMark(key uint32) uint32 {
+	if key == 0 {
+		return 0
+	}
+	return (key^trailerFreed)&^1 | 2
+}
+
+// freedMark is the freed mark of the located record at off.
+func (rs *records) freedMark(off mem.Off) uint32 { return freedMark(rs.pool.RecordKey(off)) }
 
 // allocSize is the slab allocation of a record of n payload bytes: the
 // payload rounded up to 16 bytes, so that the trailer is 16-byte aligned
@@ -98,12 +124,13 @@ type slabHandle struct {
 	cur   uint8
 	taken bool
 	// The batch takeBatch returned last, for freeBatch: its slots, the
-	// records' offsets and allocation sizes (LocateRuns's input), and
-	// their runs. recvN is 0 when there is none (freed, or the last take
-	// failed).
+	// records' offsets and allocation sizes (LocateRuns's input), their
+	// header checks (the keys of their freed marks) and their runs. recvN
+	// is 0 when there is none (freed, or the last take failed).
 	recvSlots []uint64
 	recvOffs  []mem.Off
 	recvSizes []uint32
+	recvKeys  []uint32
 	recvRuns  []slab.Run
 	recvN     int
 	_         mem.Pad
@@ -170,9 +197,9 @@ func (sh *slabHandle) freeBatch(rs []Record) error {
 		}
 		offs[i] = r.off
 		if t := sh.rs.heldFast(r.off, r.b); t != nil {
-			t.Magic = 0 // as in free
+			t.Magic = sh.rs.freedMark(r.off) // as in free
 		} else if t, err := sh.rs.held(r.off, r.b); err == nil {
-			t.Magic = 0
+			t.Magic = sh.rs.freedMark(r.off)
 		}
 	}
 	return sh.rs.pool.FreeBatch(offs)
@@ -186,7 +213,7 @@ func (sh *slabHandle) freeBatch(rs []Record) error {
 func (sh *slabHandle) freeReceived(rs []Record) (ok bool, err error) {
 	rcs := sh.rs
 	sizes := sh.recvSizes[:len(rs)]
-	if k := rcs.unstamp(rs, sh.recvSlots[:len(rs)], sizes); k < len(rs) {
+	if k := rcs.unstamp(rs, sh.recvSlots[:len(rs)], sizes, sh.recvKeys[:len(rs)]); k < len(rs) {
 		// Not this batch as received: the magics cleared so far are
 		// put back, and freeBatch takes its usual path.
 		for j := range k {
@@ -199,13 +226,14 @@ func (sh *slabHandle) freeReceived(rs []Record) (ok bool, err error) {
 }
 
 // unstamp is freeReceived's loop, apart so that it makes no call: it
-// clears the trailer's magic (as free does) of each record of recs that
-// is the one received in slots (sizes[i] bytes in all), held here and not
-// freed since, up to the first that is not, and returns how many it
-// cleared.
-func (rs *records) unstamp(recs []Record, slots []uint64, sizes []uint32) int {
+// marks freed the trailer (as free does) of each record of recs that is
+// the one received in slots (sizes[i] bytes in all, keys[i] its header's
+// check, as LocateRuns found it), held here and not freed since, up to
+// the first that is not, and returns how many it marked.
+func (rs *records) unstamp(recs []Record, slots []uint64, sizes, keys []uint32) int {
 	ts, base, self := rs.trailers, rs.base, uint64(rs.self)
 	slots, sizes = slots[:len(recs)], sizes[:len(recs)]
+	keys = keys[:len(recs)]
 	for i := range recs {
 		r := &recs[i]
 		off, n := uint64(r.off), uint64(len(r.b))
@@ -216,7 +244,7 @@ func (rs *records) unstamp(recs []Record, slots []uint64, sizes []uint32) int {
 		if t.Magic != trailerMagic || uint64(t.Len) != n || t.holder().Load() != self {
 			return i
 		}
-		t.Magic = 0
+		t.Magic = freedMark(keys[i])
 	}
 	return len(recs)
 }
@@ -239,9 +267,10 @@ func (sh *slabHandle) takeBatch(slots []uint64, rs []Record) bool {
 		sh.recvSlots = make([]uint64, n)
 		sh.recvOffs = make([]mem.Off, n)
 		sh.recvSizes = make([]uint32, n)
+		sh.recvKeys = make([]uint32, n)
 		sh.recvRuns = make([]slab.Run, 0, n)
 	}
-	runs, ok := sh.takeRecords(slots, rs, sh.recvOffs[:n], sh.recvSizes[:n], sh.recvRuns[:0])
+	runs, ok := sh.takeRecords(slots, rs, sh.recvOffs[:n], sh.recvSizes[:n], sh.recvKeys[:n], sh.recvRuns[:0])
 	sh.recvRuns = runs
 	if !ok {
 		return false
@@ -251,10 +280,10 @@ func (sh *slabHandle) takeBatch(slots []uint64, rs []Record) bool {
 	return true
 }
 
-// takeRecords is takeBatch's taking, with the caller's scratch: offs and
-// sizes (len(slots) each) get the records' offsets and allocation sizes,
-// and the records' runs are appended to runs.
-func (sh *slabHandle) takeRecords(slots []uint64, rs []Record, offs []mem.Off, sizes []uint32, runs []slab.Run) ([]slab.Run, bool) {
+// takeRecords is takeBatch's taking, with the caller's scratch: offs,
+// sizes and keys (len(slots) each) get the records' offsets, allocation
+// sizes and header checks, and the records' runs are appended to runs.
+func (sh *slabHandle) takeRecords(slots []uint64, rs []Record, offs []mem.Off, sizes, keys []uint32, runs []slab.Run) ([]slab.Run, bool) {
 	rcs := sh.rs
 	n := len(slots)
 	offs, sizes = offs[:n], sizes[:n]
@@ -265,7 +294,7 @@ func (sh *slabHandle) takeRecords(slots []uint64, rs []Record, offs []mem.Off, s
 		}
 		offs[i], sizes[i] = channel.SlotOff(s), uint32(allocSize(l))
 	}
-	k, runs := sh.h.LocateRuns(offs, sizes, runs)
+	k, runs := sh.h.LocateRuns(offs, sizes, keys, runs)
 	if k < n {
 		return runs, false
 	}
@@ -554,7 +583,7 @@ func (rs *records) free(off mem.Off, b []byte) error {
 		}
 		return nil
 	}
-	t.Magic = 0 // a later Send or Free of this view is caught cheaply
+	t.Magic = rs.freedMark(off) // a later Send or Free of this view is caught cheaply
 	return rs.pool.Free(off)
 }
 
@@ -587,10 +616,12 @@ func (rs *records) recover(queued map[mem.Off]bool) (uint64, error) {
 		if queued[off] {
 			return true
 		}
-		t, _, err := rs.trailerOf(off)
-		if err != nil {
+		t := rs.stamped(off)
+		if t == nil {
 			return false // never stamped: its allocator died first
 		}
+		// A live holder keeps its record, and completes its own free
+		// if it marked the record freed.
 		h := sys.Identity(t.holder().Load())
 		return h != 0 && isAlive(h)
 	}
@@ -603,8 +634,8 @@ func (rs *records) recover(queued map[mem.Off]bool) (uint64, error) {
 		if keep(off) {
 			return
 		}
-		t, _, err := rs.trailerOf(off)
-		if err != nil {
+		t := rs.stamped(off)
+		if t == nil {
 			return
 		}
 		if h := sys.Identity(t.holder().Load()); h != 0 && !isAlive(h) {
@@ -619,6 +650,29 @@ func (rs *records) recover(queued map[mem.Off]bool) (uint64, error) {
 		n = after.FreeBytes - before.FreeBytes
 	}
 	return n, errors.Join(all...)
+}
+
+// stamped returns the trailer of the live record at off if it is one its
+// allocator stamped: a valid trailer, or one its holder marked freed (a
+// free cut short between the mark and the bitmap: see trailer). Else
+// nil: a record not stamped yet, whose trailer's place still holds
+// whatever was there before, or a damaged one.
+func (rs *records) stamped(off mem.Off) *trailer {
+	data, err := rs.pool.Bytes(off)
+	if err != nil {
+		return nil
+	}
+	if t, _, err := rs.trailerIn(off, data); err == nil {
+		return t
+	}
+	if len(data) < trailerSize || len(data)%trailerSize != 0 {
+		return nil
+	}
+	t := &rs.trailers[(uint64(off)+uint64(len(data)))/trailerSize-1]
+	if m := rs.freedMark(off); m == 0 || t.Magic != m || allocSize(int(t.Len)) != len(data) {
+		return nil
+	}
+	return t
 }
 
 func (rs *records) close() error  { return nil }

@@ -297,7 +297,8 @@ func TestForgedSlabAtHeapEnd(t *testing.T) {
 // damaged header, a large record, a slab of another generation) ends the
 // prefix located; RunLive sees a record freed since; FreeRuns frees the
 // runs, reports a record freed already by its index, and frees a run
-// whose slab changed identity record by record.
+// whose slab changed identity record by record. Each located record's
+// key is its header's check.
 func TestLocateRuns(t *testing.T) {
 	p := newPool(t, heapCombo, 16<<20, Options{})
 	hd := p.NewHandle()
@@ -309,7 +310,7 @@ func TestLocateRuns(t *testing.T) {
 	if got, err := hd.AllocBatch(80, offs); err != nil || got != n {
 		t.Fatalf("AllocBatch: %d, %v", got, err)
 	}
-	sizes := make([]uint32, n)
+	sizes, keys := make([]uint32, n), make([]uint32, n)
 	for i := range sizes {
 		sizes[i] = 80
 	}
@@ -320,7 +321,7 @@ func TestLocateRuns(t *testing.T) {
 		}
 		return s.sl.slab
 	}
-	k, runs := hd.LocateRuns(offs, sizes, nil)
+	k, runs := hd.LocateRuns(offs, sizes, keys, nil)
 	if k != n {
 		t.Fatalf("LocateRuns located %d of %d", k, n)
 	}
@@ -331,9 +332,12 @@ func TestLocateRuns(t *testing.T) {
 		if r.Count == 0 || r.slab != first.sl.slab || r.bit != first.sl.bit || r.n != uint64(r.Count)*6 {
 			t.Fatalf("run %+v for records from %d: first slot %+v", r, i, first.sl)
 		}
-		for _, off := range offs[i : i+r.Count] {
+		for j, off := range offs[i : i+r.Count] {
 			if slabOf(off) != r.slab {
 				t.Fatalf("run %+v holds %#x of another slab", r, off)
+			}
+			if k, want := keys[i+j], p.RecordKey(off); k != want || k == 0 {
+				t.Fatalf("record %#x: key %#x, header %#x", off, k, want)
 			}
 		}
 		if i+r.Count < n && slabOf(offs[i+r.Count]) == r.slab {
@@ -368,7 +372,7 @@ func TestLocateRuns(t *testing.T) {
 		}
 		moffs, msizes = append(moffs, r.Off), append(msizes, uint32(len(r.Data)))
 	}
-	k, mruns := hd.LocateRuns(moffs, msizes, nil)
+	k, mruns := hd.LocateRuns(moffs, msizes, make([]uint32, len(moffs)), nil)
 	if k != len(moffs) || len(mruns) > 2 {
 		t.Fatalf("mixed sizes: %d located in %d runs", k, len(mruns))
 	}
@@ -394,7 +398,7 @@ func TestLocateRuns(t *testing.T) {
 		}
 		mixed = append(mixed, offs[j], r.Off)
 	}
-	if k, runs := hd.LocateRuns(mixed, sizes[:8], nil); k != 8 || len(runs) != 8 {
+	if k, runs := hd.LocateRuns(mixed, sizes[:8], keys, nil); k != 8 || len(runs) != 8 {
 		t.Fatalf("alternating records: %d located in %d runs", k, len(runs))
 	}
 
@@ -402,12 +406,12 @@ func TestLocateRuns(t *testing.T) {
 	g := uint64(offs[10])/granule - 1
 	w1 := p.plain[2*g+1]
 	p.plain[2*g+1] ^= 1 << 40
-	if k, _ := hd.LocateRuns(offs[:20], sizes, nil); k != 10 {
+	if k, _ := hd.LocateRuns(offs[:20], sizes, keys, nil); k != 10 {
 		t.Fatalf("a damaged header at 10: %d located", k)
 	}
 	p.plain[2*g+1] = w1
 	sizes[10] = 64
-	if k, _ := hd.LocateRuns(offs[:20], sizes, nil); k != 10 {
+	if k, _ := hd.LocateRuns(offs[:20], sizes, keys, nil); k != 10 {
 		t.Fatalf("a record of another size at 10: %d located", k)
 	}
 	sizes[10] = 80
@@ -415,7 +419,7 @@ func TestLocateRuns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if k, _ := hd.LocateRuns([]mem.Off{offs[0], large.Off}, []uint32{80, uint32(p.MaxSmall() + 1)}, nil); k != 1 {
+	if k, _ := hd.LocateRuns([]mem.Off{offs[0], large.Off}, []uint32{80, uint32(p.MaxSmall() + 1)}, keys, nil); k != 1 {
 		t.Fatalf("a large record: %d located", k)
 	}
 	if err := p.Free(large.Off); err != nil {

@@ -80,7 +80,7 @@
 //	bitmap               freers (CAS), the retiring handle or reclaimer
 //	Count                freers that complete a word, the retirer (CAS
 //	                     expecting the generation); Recover (stalled
-//	                     slabs)
+//	                     slabs, and its pin while it finishes a cut free)
 //	Owner                the handle's process; a reclaimer (CAS from a
 //	                     dead owner)
 //	Retired              the retiring process
@@ -108,19 +108,29 @@
 // finished too — also one whose returner died inside the heap's critical
 // section, after clearing the magic and before the heap freed the extent
 // (Pool.returnCut; a slab's header is zeroed under the heap lock when it
-// is taken, so a slab being made never looks like that). A process killed within the few instructions between a
-// word-completing CAS and the Count decrement, between the decrement to
-// zero and claiming Returner, or in the middle of a retirement or of a
-// restart, leaves a slab that is retired and all free but not returned
-// (stalled): Check reports it, and Pool.Recover returns it once it has
-// stayed so, its count unchanged, for a few milliseconds.
+// is taken, so a slab being made never looks like that). A freer killed
+// between two bitmap words of one slot (a record over a word boundary,
+// or a FreeBatch run) leaves the record partly free: its first word, which
+// decides the free, set, a later one not. Pool.Recover finishes it
+// (finishCutFrees), with the slab pinned by one more on its count so that
+// its owner cannot start it over meanwhile; a live freer that was only
+// slow finds its later words set and takes them as done. A process killed
+// within the few instructions between a word-completing CAS and the Count
+// decrement leaves the count one above the bitmap: harmless while the
+// slab is active (Check does not report it while a live owner has the
+// slab, as a freer on its way looks the same), and once the slab is
+// retired and all free, stalled. A process killed between the decrement
+// to zero and claiming Returner, or in the middle of a retirement or of a
+// restart, also leaves a slab that is retired and all free but not
+// returned (stalled): Check reports it, and Pool.Recover returns it once
+// it has stayed so, its count unchanged, for a few milliseconds.
 //
 // # Checks
 //
 // Pool.Check runs the heap's Check and then walks every slab and large
 // record: headers against extents, every record slot all-free or
 // all-live, the granules past the allocation point, Count against the
-// bitmap, retired slabs that are free but were not returned, returns
+// bitmap (not above it in an active slab of a live owner), retired slabs that are free but were not returned, returns
 // that a dead returner cut short (Pool.returnCut). It takes no
 // lock and is exact when nobody allocates or frees.
 package slab

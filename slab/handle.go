@@ -183,6 +183,13 @@ func (s *Slot) Off() mem.Off { return s.off }
 // Size is the record's size in bytes.
 func (s *Slot) Size() int { return int(s.sl.size) }
 
+// Key is what Pool.RecordKey reads in the header of the record located at
+// s, worked out from the slot instead (no load: a freer about to store a
+// mark derived from it does not wait for the header's line).
+func (p *Pool) Key(s *Slot) uint32 {
+	return recCheck(uint32(s.sl.bit)+p.geo.recBase, uint32(s.sl.n), uint32(s.sl.size), p.salt^s.sl.gen)
+}
+
 // Locate validates the record of a slab whose data starts at off as
 // Free would (a header of its slab's current generation, a slab of this
 // pool's geometry) and fills s with its slot, without checking that it

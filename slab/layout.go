@@ -78,6 +78,24 @@ func genOf(ident uint64) uint32 { return uint32(ident >> 32) }
 // ident is the identity word of an existing slab of generation gen.
 func ident(gen uint32) uint64 { return uint64(gen)<<32 | slabMagic }
 
+// countUp adds one to the count of a slab of generation gen (finishCut's
+// pin) and reports whether it did: not if the slab is no longer one of
+// generation gen, or its count is of another generation.
+func (sh *slabHeader) countUp(gen uint32) bool {
+	for {
+		if sh.Ident.Load() != ident(gen) {
+			return false
+		}
+		old := sh.Count.Load()
+		if genOf(old) != gen || uint32(old+1) == 0 {
+			return false
+		}
+		if sh.Count.CompareAndSwap(old, old+1) {
+			return true
+		}
+	}
+}
+
 // countDown takes n off the count of a slab of generation gen and
 // reports whether it reached zero (the caller then returns the slab). A
 // count of another generation is left as it is, as is one smaller than n

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"sync/atomic"
+	"unsafe"
 
 	"github.com/heapipc/ipc/alloc"
 	"github.com/heapipc/ipc/internal/errs"
@@ -261,6 +262,25 @@ func (p *Pool) Bytes(off mem.Off) ([]byte, error) {
 		return nil, fmt.Errorf("slab: record %#x was freed: %w", uint64(off), ErrNotAllocated)
 	}
 	return p.view(off, loc.size), nil
+}
+
+// RecordKey is the Check of the header before off as it stands, if that
+// is a slab record's header (Pos not 0), else 0. Nothing is validated:
+// it is meant for a record the caller has located. The check changes with
+// the slab's generation, so a mark derived from it by the record's holder
+// (the records layer's freed trailer) tells this record from whatever an
+// earlier generation left at the same place; a large record's check does
+// not (it is the same for every large record of its size), hence 0.
+func (p *Pool) RecordKey(off mem.Off) uint32 {
+	g := uint64(off)/granule - 1 // wraps for an off below 16: out of range
+	if g >= uint64(len(p.words))/2 {
+		return 0
+	}
+	h := (*[4]atomic.Uint32)(unsafe.Pointer(&p.words[2*g])) // recHeader's four fields
+	if h[0].Load() == 0 {
+		return 0
+	}
+	return h[3].Load()
 }
 
 // Peek returns the view of the record of a slab whose data starts at off
@@ -555,9 +575,10 @@ func (p *Pool) FreeRecord(r Record) error {
 
 // freeBits sets the bits of a slot [bit, bit+n) of a slab of generation
 // gen: the first word with a CAS that fails on any bit already set (a
-// double free loses there and changes nothing), the others after it. A
-// word that becomes complete is counted off the slab's count; the count
-// reaching zero returns the slab to the heap.
+// double free loses there and changes nothing), the others after it (a
+// later word whose bits of the slot are all set already was finished by
+// Recover). A word that becomes complete is counted off the slab's count;
+// the count reaching zero returns the slab to the heap.
 func (p *Pool) freeBits(slab mem.Off, sh *slabHeader, gen uint32, bit, n uint64, first bool) error {
 	base := uint64(slab)/8 + bitmapWord
 	var done uint64
@@ -576,8 +597,15 @@ func (p *Pool) freeBits(slab mem.Off, sh *slabHeader, gen uint32, bit, n uint64,
 					}
 					return errs.Corrupt("slab.bitmap", (base+w)*8, "record slot partly free (bits %#x of %#x)", old&mask, mask)
 				}
-				// A later word of a slot whose first word we won:
-				// damaged bitmap. Finish the rest, report it.
+				if old&mask == mask {
+					// A later word of a slot whose first word we
+					// won, set already: Recover finished this free
+					// (finishCutFrees), taking us for a freer that
+					// died, and counted the word if it completed it.
+					break
+				}
+				// Partly set: damaged bitmap. Finish the rest,
+				// report it.
 				bad = errs.Corrupt("slab.bitmap", (base+w)*8, "bits %#x of a slot being freed were already set", old&mask)
 			}
 			if word.CompareAndSwap(old, old|mask) {

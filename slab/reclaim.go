@@ -17,6 +17,7 @@ type Reclaimed struct {
 	Large    int // large records freed
 	Slabs    int // active slabs retired on behalf of a dead owner
 	Returned int // slabs this call gave back to the heap (half-made ones, stalled returns)
+	Finished int // records whose free a freer left half done, finished (finishCutFrees)
 	// Heap is what Recover freed of the heap's plain extents.
 	Heap alloc.Reclaimed
 }
@@ -72,11 +73,134 @@ func (p *Pool) Recover(keep func(mem.Off) bool) (Reclaimed, error) {
 		}
 		return !a
 	}
+	cut, cerr := p.finishCutFrees()
 	rc, err := p.reclaim(isDead, keep)
 	rc.Heap = hr
+	rc.Finished = cut
 	n, serr := p.returnStalled()
 	rc.Returned += n
-	return rc, errors.Join(herr, err, serr)
+	return rc, errors.Join(herr, cerr, err, serr)
+}
+
+// finishCutFrees completes the frees that a freer killed between two
+// bitmap words left half done. A freer sets a slot's bits one word at a
+// time, first word first, and the first word decides (a double free
+// loses there): a record of a slab's current generation whose first
+// word's bits are set and a later word's not is being freed, by a freer
+// that died or one still on its way. Either way the rest is set here,
+// and the words that completes are counted off the slab's count (which
+// returns the slab if it is retired and that was its last word); a live
+// freer still on its way finds its later words set and takes them as
+// done (freeBits). It returns how many records it finished.
+func (p *Pool) finishCutFrees() (int, error) {
+	exts, err := p.heap.Allocated()
+	if err != nil {
+		return 0, fmt.Errorf("slab: cut frees: %w", err)
+	}
+	n := 0
+	var all []error
+	for _, e := range exts {
+		if e.Kind != alloc.KindSlab {
+			continue
+		}
+		sh := &p.slabs[e.Off/slabHeaderSize]
+		if !p.slabOK(e, sh) || sh.Returner.Load() != 0 {
+			continue
+		}
+		var end uint32
+		if r := sh.Retired.Load(); r != 0 {
+			if r-1 < uint64(sh.RecBase) || r-1 > uint64(sh.Limit) {
+				continue // Check reports it
+			}
+			end = uint32(r - 1)
+		}
+		gen := genOf(sh.Ident.Load())
+		var cut []uint32 // positions of records cut in the middle of their free
+		p.walk(e.Off, sh, end, func(pos uint32, hd recHeader) {
+			if p.cutSlot(e.Off, uint64(pos-sh.RecBase), uint64(hd.Len)) {
+				cut = append(cut, pos)
+			}
+		})
+		for _, pos := range cut {
+			ok, err := p.finishCut(e.Off, sh, gen, pos)
+			if ok {
+				n++
+			}
+			if err != nil {
+				all = append(all, err)
+			}
+		}
+	}
+	return n, errors.Join(all...)
+}
+
+// cutSlot reports whether the slot [bit, bit+n) of the slab at slab is a
+// free cut short: its bits in the first word all set, and in some later
+// word not all.
+func (p *Pool) cutSlot(slab mem.Off, bit, n uint64) bool {
+	base := uint64(slab)/8 + bitmapWord
+	for first := true; n > 0; first = false {
+		w, b := bit/64, bit%64
+		m := min(n, 64-b)
+		mask := maskOf(b, m)
+		set := p.words[base+w].Load() & mask
+		switch {
+		case first && set != mask:
+			return false
+		case !first && set != mask:
+			return true
+		}
+		bit += m
+		n -= m
+	}
+	return false
+}
+
+// finishCut sets the remaining bits of the record at granule pos of a
+// slab of generation gen if it is still a free cut short (cutSlot). The
+// slab is pinned while it does: one more on its count (a CAS that
+// expects the generation), so that its owner cannot start it over (which
+// needs the count to show every word complete) while the bits are being
+// set, and the record is looked at again under the pin; the pin goes
+// with the completed words' count-down.
+func (p *Pool) finishCut(slab mem.Off, sh *slabHeader, gen uint32, pos uint32) (bool, error) {
+	if !sh.countUp(gen) {
+		return false, nil // started over or returned since
+	}
+	done := uint64(0)
+	hd := p.header(uint64(slab)/granule + uint64(pos))
+	key := p.salt ^ gen
+	ok := sh.Ident.Load() == ident(gen) && hd.Pos == pos && hd.Len != 0 &&
+		hd.Check == recCheck(pos, hd.Len, hd.Size, key) && pos+hd.Len <= sh.Limit &&
+		p.cutSlot(slab, uint64(pos-sh.RecBase), uint64(hd.Len))
+	if ok {
+		base := uint64(slab)/8 + bitmapWord
+		bit, n := uint64(pos-sh.RecBase), uint64(hd.Len)
+		for n > 0 {
+			w, b := bit/64, bit%64
+			m := min(n, 64-b)
+			mask := maskOf(b, m)
+			word := &p.words[base+w]
+			for {
+				old := word.Load()
+				if old&mask == mask {
+					break
+				}
+				if word.CompareAndSwap(old, old|mask) {
+					if old|mask == ^uint64(0) {
+						done++
+					}
+					break
+				}
+			}
+			bit += m
+			n -= m
+		}
+	}
+	if sh.countDown(gen, done+1) {
+		return ok, p.returnSlab(slab, sh, gen)
+	}
+	return ok, nil
 }
 
 // stallGrace is how long returnStalled lets a slab it found stalled be:

@@ -26,15 +26,18 @@ type Run struct {
 // carves them and a channel delivers them. It returns how many records it
 // located, a prefix of offs (all of them, or up to the first that is not
 // such a record: Bytes and Free say what that one is), and the runs of
-// those. It does not check that the records are live (Pool.RunLive does).
+// those. keys[i] gets the check in the header of the record at offs[i]
+// (what Pool.RecordKey reads), for the located ones: keys, like sizes,
+// must be as long as offs. It does not check that the records are live
+// (Pool.RunLive does).
 //
 // This is Locate for a consumer's batch: a record that follows its run's
 // last is checked against the place it must be at (its header's two
 // words compared with the ones its slab's generation writes there), with
 // no call and no load of the slab's header per record.
-func (h *Handle) LocateRuns(offs []mem.Off, sizes []uint32, runs []Run) (int, []Run) {
+func (h *Handle) LocateRuns(offs []mem.Off, sizes, keys []uint32, runs []Run) (int, []Run) {
 	p := h.p
-	if len(sizes) < len(offs) {
+	if len(sizes) < len(offs) || len(keys) < len(offs) {
 		return 0, runs
 	}
 	for i := 0; i < len(offs); {
@@ -43,7 +46,8 @@ func (h *Handle) LocateRuns(offs []mem.Off, sizes []uint32, runs []Run) (int, []
 			return i, runs
 		}
 		first := sl.bit + uint64(p.geo.recBase)
-		j, end := p.extendRun(offs, sizes, i+1, sl.slab, first+sl.n, p.salt^sl.gen)
+		keys[i] = recCheck(uint32(first), uint32(sl.n), sizes[i], p.salt^sl.gen)
+		j, end := p.extendRun(offs, sizes, keys, i+1, sl.slab, first+sl.n, p.salt^sl.gen)
 		runs = append(runs, Run{slab: sl.slab, bit: sl.bit, n: end - first, ident: h.seen.ident, Count: j - i})
 		i = j
 	}
@@ -56,15 +60,16 @@ func (h *Handle) LocateRuns(offs []mem.Off, sizes []uint32, runs []Run) (int, []
 // granule pos), each with the header its slab's generation (check key
 // key) writes there, and the granule after the last. A stretch of one
 // size is checked by extendSame.
-func (p *Pool) extendRun(offs []mem.Off, sizes []uint32, i int, slab, pos uint64, key uint32) (int, uint64) {
-	offs, sizes = offs[:min(len(offs), len(sizes))], sizes[:min(len(offs), len(sizes))]
+func (p *Pool) extendRun(offs []mem.Off, sizes, keys []uint32, i int, slab, pos uint64, key uint32) (int, uint64) {
+	n := min(len(offs), len(sizes), len(keys))
+	offs, sizes, keys = offs[:n], sizes[:n], keys[:n]
 	for i < len(offs) {
 		size := sizes[i]
 		k := slotGranules(uint64(size), p.align)
 		if k > p.maxSmall {
 			break
 		}
-		j, end := p.extendSame(offs, sizes, i, slab/granule, pos, size, uint32(k), recCheckOf(uint32(k), size, key))
+		j, end := p.extendSame(offs, sizes, keys, i, slab/granule, pos, size, uint32(k), recCheckOf(uint32(k), size, key))
 		if j == i {
 			break
 		}
@@ -78,21 +83,23 @@ func (p *Pool) extendRun(offs []mem.Off, sizes []uint32, i int, slab, pos uint64
 // How many such records fit between pos and the slab's limit (and in the
 // region) is worked out first, so that the loop checks no bound per
 // record and steps through the headers by pointer.
-func (p *Pool) extendSame(offs []mem.Off, sizes []uint32, i int, sg, pos uint64, size, slot uint32, of uint64) (int, uint64) {
+func (p *Pool) extendSame(offs []mem.Off, sizes, keys []uint32, i int, sg, pos uint64, size, slot uint32, of uint64) (int, uint64) {
 	limit, granules := uint64(p.geo.limit), uint64(len(p.plain))/2
-	if slot == 0 || i >= len(offs) || len(sizes) < len(offs) || pos > limit || sg+pos >= granules {
+	if slot == 0 || i >= len(offs) || len(sizes) < len(offs) || len(keys) < len(offs) || pos > limit || sg+pos >= granules {
 		return i, pos
 	}
 	n := min(uint64(len(offs)-i), (limit-pos)/uint64(slot), (granules-sg-pos)/uint64(slot))
-	os, ss := offs[i:i+int(n)], sizes[i:i+int(n)]
+	os, ss, ks := offs[i:i+int(n)], sizes[i:i+int(n)], keys[i:i+int(n)]
 	hdr := unsafe.Pointer(&p.plain[2*(sg+pos)]) // the first record's header: n of them fit
 	want, stride := (sg+pos+1)*granule, uint64(slot)*granule
 	for j := range os {
 		h := (*[2]uint64)(hdr)
+		check := recCheckAt(uint32(pos), of)
 		if ss[j] != size || uint64(os[j]) != want ||
-			h[0] != packHalves(uint32(pos), slot) || h[1] != packHalves(size, recCheckAt(uint32(pos), of)) {
+			h[0] != packHalves(uint32(pos), slot) || h[1] != packHalves(size, check) {
 			return i + j, pos
 		}
+		ks[j] = check
 		pos += uint64(slot)
 		want += stride
 		hdr = unsafe.Add(hdr, stride)

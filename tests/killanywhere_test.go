@@ -1,0 +1,194 @@
+package tests
+
+import (
+	"context"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	ipc "github.com/heapipc/ipc"
+	"github.com/heapipc/ipc/internal/testutil"
+)
+
+const (
+	envBatch      = "HIPC_BATCH"
+	envKillRounds = "HIPC_KILL_ROUNDS" // rounds of the kill-anywhere tests (make soak)
+)
+
+// killRounds is how many children the kill-anywhere tests kill: 24 (8
+// with -short), or HIPC_KILL_ROUNDS.
+func killRounds(t *testing.T) int {
+	if s := os.Getenv(envKillRounds); s != "" {
+		n, err := strconv.Atoi(s)
+		require.NoError(t, err, envKillRounds)
+		return n
+	}
+	if testing.Short() {
+		return 8
+	}
+	return 24
+}
+
+// TestChildStreamConsumer receives on channel HIPC_N of the parent's
+// buffer as fast as it can, freeing each record (or, with HIPC_BATCH, up
+// to 64 at a time with ReceiveBatch and FreeBatch), until it is killed.
+func TestChildStreamConsumer(t *testing.T) {
+	testutil.ChildOnly(t)
+	h := newHandle(t, attach(t))
+	c, err := h.Consumer(ipc.ChannelID(envInt(t, envN)))
+	require.NoError(t, err)
+	ctx := ctxFor(t)
+	testutil.Say("ready")
+	if os.Getenv(envBatch) != "" {
+		rs := make([]ipc.Record, 64)
+		for {
+			k, err := c.ReceiveBatch(ctx, rs)
+			require.NoError(t, err)
+			require.NoError(t, h.FreeBatch(rs[:k]))
+		}
+	}
+	for {
+		r, err := c.Receive(ctx)
+		require.NoError(t, err)
+		require.NoError(t, h.Free(r))
+	}
+}
+
+// TestChildStreamProducer sends numbered records of 100 bytes on channel
+// HIPC_N of the parent's buffer as fast as it can (with HIPC_BATCH, 64
+// at a time with AllocateBatch and SendBatch), until it is killed.
+func TestChildStreamProducer(t *testing.T) {
+	testutil.ChildOnly(t)
+	h := newHandle(t, attach(t))
+	p, err := h.Producer(ipc.ChannelID(envInt(t, envN)))
+	require.NoError(t, err)
+	ctx := ctxFor(t)
+	testutil.Say("ready")
+	rs := make([]ipc.Record, 64)
+	for seq := uint64(0); ; {
+		if os.Getenv(envBatch) == "" {
+			r, err := h.Allocate(100)
+			require.NoError(t, err)
+			stamp(r, seq)
+			require.NoError(t, p.Send(ctx, r))
+			seq++
+			continue
+		}
+		require.NoError(t, h.AllocateBatch(100, rs))
+		for _, r := range rs {
+			stamp(r, seq)
+			seq++
+		}
+		n, err := p.SendBatch(ctx, rs)
+		require.NoError(t, err)
+		require.Equal(t, len(rs), n)
+	}
+}
+
+// killRound starts a child (test, on channel 1 of b, batch forms or
+// not), runs the parent's end with run until it returns, which must be
+// after the child was killed at a moment the test does not choose (1 to
+// 15 ms after it said it was ready; kill is closed then), and then checks
+// the buffer: after Recover, Check passes with the parent's handle still
+// open; once that handle is closed and Recover has run again, every byte
+// is back.
+func killRound(t *testing.T, b *ipc.Buffer, name, test string, batch bool, run func(h *ipc.Handle, killed <-chan struct{})) {
+	t.Helper()
+	const id = 1 // the same id each round: the registry keeps its entry storage
+	free0 := freeBytes(t, b)
+	h, err := b.NewHandle()
+	require.NoError(t, err)
+	env := []string{envBuf + "=" + name, envN + "=" + strconv.Itoa(id)}
+	if batch {
+		env = append(env, envBatch+"=1")
+	}
+	child := testutil.StartChild(t, test, env...)
+	require.Equal(t, "ready", child.Line(t, time.Minute))
+	killed := make(chan struct{})
+	go func() {
+		time.Sleep(time.Duration(1+rand.IntN(15)) * time.Millisecond)
+		child.Kill()
+		close(killed)
+	}()
+	run(h, killed)
+	<-killed
+	require.NoError(t, h.RemoveChannel(context.Background(), id), "the dead end does not block removal")
+	_, err = b.Recover()
+	require.NoError(t, err)
+	require.NoError(t, b.Check(), "after Recover, the parent's handle still open")
+	// A slab whose count a process killed while freeing never lowered
+	// goes back once it is retired and all free (the parent's handle
+	// closed) and Recover has seen it so.
+	require.NoError(t, h.Close())
+	_, err = b.Recover()
+	require.NoError(t, err)
+	require.NoError(t, b.Check())
+	require.Equal(t, free0, freeBytes(t, b), "every record and slab came back")
+}
+
+// TestConsumerKilledAnywhere kills a consumer that receives and frees at
+// full speed at a moment the test does not choose, over and over, one at
+// a time and with the batch forms: wherever the kill lands (in a receive,
+// between a record's freed mark and its bitmap, between two bitmap words,
+// between a word and the slab's count, in a batch's frees), the producer
+// learns of it, and after the channel is removed and the buffer
+// recovered, Check passes and every byte comes back (killRound).
+func TestConsumerKilledAnywhere(t *testing.T) {
+	b, name := openBuf(t)
+	for i := range killRounds(t) {
+		batch := i%2 == 1
+		killRound(t, b, name, "TestChildStreamConsumer", batch, func(h *ipc.Handle, _ <-chan struct{}) {
+			p, err := h.Producer(1)
+			require.NoError(t, err)
+			ctx := ctxFor(t)
+			for seq := uint64(0); ; seq++ {
+				r, err := h.Allocate(100)
+				require.NoError(t, err)
+				stamp(r, seq)
+				if err := p.Send(ctx, r); err != nil {
+					require.ErrorIs(t, err, ipc.ErrPeerDead, "round %d (batch %v)", i, batch)
+					require.NoError(t, h.Free(r))
+					break
+				}
+			}
+			require.NoError(t, p.Close())
+		})
+	}
+}
+
+// TestProducerKilledAnywhere kills a producer that allocates and sends at
+// full speed (one at a time, and with the batch forms) at a moment the
+// test does not choose: the consumer gets every record it sent, in order,
+// then ErrPeerDead; after the channel is removed and the buffer
+// recovered, Check passes and every byte comes back (killRound).
+func TestProducerKilledAnywhere(t *testing.T) {
+	b, name := openBuf(t)
+	for i := range killRounds(t) {
+		batch := i%2 == 1
+		killRound(t, b, name, "TestChildStreamProducer", batch, func(h *ipc.Handle, killed <-chan struct{}) {
+			c, err := h.Consumer(1)
+			require.NoError(t, err)
+			ctx := ctxFor(t)
+			var seq uint64
+			for {
+				r, err := c.Receive(ctx)
+				if err != nil {
+					if !errors.Is(err, io.EOF) {
+						require.ErrorIs(t, err, ipc.ErrPeerDead, "round %d (batch %v) after %d records", i, batch, seq)
+					}
+					break
+				}
+				check(t, r, seq)
+				seq++
+				require.NoError(t, h.Free(r))
+			}
+			require.NoError(t, c.Close())
+		})
+	}
+}
