@@ -2,7 +2,9 @@ package tests
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -91,8 +93,8 @@ func TestChildStreamProducer(t *testing.T) {
 	}
 }
 
-// killRound starts a child (test, on channel 1 of b, batch forms or
-// not), runs the parent's end with run until it returns, which must be
+// killRound starts a child (test, on channel 1 of b, and 2 for a
+// forwarder, batch forms or not), runs the parent's end with run until it returns, which must be
 // after the child was killed at a moment the test does not choose (1 to
 // 15 ms after it said it was ready; kill is closed then), and then checks
 // the buffer: after Recover, Check passes with the parent's handle still
@@ -100,11 +102,12 @@ func TestChildStreamProducer(t *testing.T) {
 // is back.
 func killRound(t *testing.T, b *ipc.Buffer, name, test string, batch bool, run func(h *ipc.Handle, killed <-chan struct{})) {
 	t.Helper()
-	const id = 1 // the same id each round: the registry keeps its entry storage
 	free0 := freeBytes(t, b)
 	h, err := b.NewHandle()
 	require.NoError(t, err)
-	env := []string{envBuf + "=" + name, envN + "=" + strconv.Itoa(id)}
+	// The same ids each round (the registry keeps its entry storage):
+	// the child's end is on channel 1 (a forwarder's also on 2).
+	env := []string{envBuf + "=" + name, envN + "=1"}
 	if batch {
 		env = append(env, envBatch+"=1")
 	}
@@ -118,7 +121,11 @@ func killRound(t *testing.T, b *ipc.Buffer, name, test string, batch bool, run f
 	}()
 	run(h, killed)
 	<-killed
-	require.NoError(t, h.RemoveChannel(context.Background(), id), "the dead end does not block removal")
+	for _, id := range []ipc.ChannelID{1, 2} {
+		if err := h.RemoveChannel(context.Background(), id); !errors.Is(err, ipc.ErrNotExist) {
+			require.NoError(t, err, "the dead end does not block removal of channel %d", id)
+		}
+	}
 	_, err = b.Recover()
 	require.NoError(t, err)
 	require.NoError(t, b.Check(), "after Recover, the parent's handle still open")
@@ -189,6 +196,94 @@ func TestProducerKilledAnywhere(t *testing.T) {
 				require.NoError(t, h.Free(r))
 			}
 			require.NoError(t, c.Close())
+		})
+	}
+}
+
+// TestChildForwarder forwards the records of channel 1 of the parent's
+// buffer to channel 2, zero-copy, as fast as it can (with HIPC_BATCH, up
+// to 64 at a time with ReceiveBatch and SendBatch), until it is killed.
+func TestChildForwarder(t *testing.T) {
+	testutil.ChildOnly(t)
+	h := newHandle(t, attach(t))
+	c, err := h.Consumer(1)
+	require.NoError(t, err)
+	p, err := h.Producer(2)
+	require.NoError(t, err)
+	ctx := ctxFor(t)
+	testutil.Say("ready")
+	rs := make([]ipc.Record, 64)
+	for {
+		if os.Getenv(envBatch) == "" {
+			r, err := c.Receive(ctx)
+			require.NoError(t, err)
+			require.NoError(t, p.Send(ctx, r))
+			continue
+		}
+		k, err := c.ReceiveBatch(ctx, rs)
+		require.NoError(t, err)
+		n, err := p.SendBatch(ctx, rs[:k])
+		require.NoError(t, err)
+		require.Equal(t, k, n)
+	}
+}
+
+// TestForwarderKilledAnywhere kills the middle stage of a pipeline (it
+// forwards channel 1 to channel 2 without copying, one at a time and
+// with the batch forms) at a moment the test does not choose: the first
+// stage and the last learn of it, the last gets an unbroken prefix of
+// what the first sent, in order, and after both channels are removed and
+// the buffer recovered, Check passes and every byte comes back: the
+// records the forwarder held when it died too (killRound).
+func TestForwarderKilledAnywhere(t *testing.T) {
+	b, name := openBuf(t)
+	for i := range killRounds(t) {
+		batch := i%2 == 1
+		killRound(t, b, name, "TestChildForwarder", batch, func(h *ipc.Handle, _ <-chan struct{}) {
+			p, err := h.Producer(1)
+			require.NoError(t, err)
+			h2, err := b.NewHandle()
+			require.NoError(t, err)
+			c, err := h2.Consumer(2)
+			require.NoError(t, err)
+			ctx := ctxFor(t)
+			got := make(chan error, 1)
+			go func() {
+				var seq uint64
+				for {
+					r, err := c.Receive(ctx)
+					if err != nil {
+						if !errors.Is(err, ipc.ErrPeerDead) {
+							err = fmt.Errorf("after %d records: %w", seq, err)
+						} else {
+							err = nil
+						}
+						got <- errors.Join(err, c.Close(), h2.Close())
+						return
+					}
+					if binary.LittleEndian.Uint64(r.Bytes()) != seq {
+						got <- fmt.Errorf("record %d arrived where %d was expected", binary.LittleEndian.Uint64(r.Bytes()), seq)
+						return
+					}
+					seq++
+					if err := h2.Free(r); err != nil {
+						got <- err
+						return
+					}
+				}
+			}()
+			for seq := uint64(0); ; seq++ {
+				r, err := h.Allocate(100)
+				require.NoError(t, err)
+				stamp(r, seq)
+				if err := p.Send(ctx, r); err != nil {
+					require.ErrorIs(t, err, ipc.ErrPeerDead, "round %d (batch %v)", i, batch)
+					require.NoError(t, h.Free(r))
+					break
+				}
+			}
+			require.NoError(t, p.Close())
+			require.NoError(t, <-got, "round %d (batch %v): the last stage", i, batch)
 		})
 	}
 }
