@@ -51,16 +51,19 @@ const (
 	trailerSize  = 16
 	trailerMagic = 0x48524543 // "HREC"
 	trailerFreed = 0x46524543 // "FREC", mixed with the header check into the freed mark
+	largeFreed   = 0x4652454c // "LERF": the freed mark of a large record
 )
 
 // freedMark is the magic a holder leaves in the trailer of a record it
 // frees, for a record with header check key (slab.Pool.RecordKey): never
-// trailerMagic (its low bit is clear) and, for a slab record, never 0
-// (which a large record gets: its check does not tell one incarnation
-// from the next).
+// trailerMagic (its low bit is clear) nor 0. A large record (key 0) gets
+// a constant: its check does not tell one incarnation from the next, but
+// its trailer is zeroed before its header is written (slab.Handle.Alloc),
+// so an earlier record's mark never shows in a large record whose header
+// is valid.
 func freedMark(key uint32) uint32 {
 	if key == 0 {
-		return 0
+		return largeFreed
 	}
 	return (key^trailerFreed)&^1 | 2
 }
@@ -669,7 +672,7 @@ func (rs *records) stamped(off mem.Off) *trailer {
 		return nil
 	}
 	t := &rs.trailers[(uint64(off)+uint64(len(data)))/trailerSize-1]
-	if m := rs.freedMark(off); m == 0 || t.Magic != m || allocSize(int(t.Len)) != len(data) {
+	if t.Magic != rs.freedMark(off) || allocSize(int(t.Len)) != len(data) {
 		return nil
 	}
 	return t

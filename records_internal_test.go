@@ -592,8 +592,9 @@ func ends(t *testing.T, ph, ch *Handle, id ChannelID) (*Producer, *Consumer) {
 }
 
 // TestRecoverCutRecordFree: a holder killed between marking a record
-// freed (its trailer) and setting its bits leaves it allocated; Recover
-// frees it, whoever allocated it (here a live process), and leaves a
+// freed (its trailer) and setting its bits (or freeing a large record's
+// extent) leaves it allocated; Recover frees it, whoever allocated it
+// (here a live process), and leaves a
 // record whose trailer holds the freed mark of an earlier generation (a
 // record carved and not stamped yet) and one whose holder is alive (a
 // freer on its way).
@@ -619,10 +620,18 @@ func TestRecoverCutRecordFree(t *testing.T) {
 	tr(rs[1]).Magic = freedMark(b.recs.pool.RecordKey(rs[1].off) ^ 0x100) // another generation's
 	tr(rs[2]).Magic = b.recs.freedMark(rs[2].off)                         // held here: on its way
 
+	large, err := h.Allocate(10000)
+	require.NoError(t, err)
+	require.Zero(t, b.recs.pool.RecordKey(large.off), "a large record")
+	tr(large).holder().Store(uint64(dead))
+	tr(large).Magic = b.recs.freedMark(large.off)
+
 	_, err = b.Recover()
 	require.NoError(t, err)
 	_, err = b.recs.pool.Bytes(rs[0].off)
 	require.ErrorIs(t, err, ErrNotAllocated, "the cut free is finished")
+	_, err = b.recs.pool.Bytes(large.off)
+	require.ErrorIs(t, err, ErrDoubleFree, "the large record's too")
 	_, err = b.recs.pool.Bytes(rs[1].off)
 	require.NoError(t, err, "another generation's mark: not this record's free")
 	_, err = b.recs.pool.Bytes(rs[2].off)
@@ -647,7 +656,8 @@ func TestFreedMark(t *testing.T) {
 		require.NotEqual(t, uint32(trailerMagic), m, "key %#x", k)
 		require.NotZero(t, m, "key %#x", k)
 	}
-	require.Zero(t, freedMark(0), "a large record's key")
+	require.Equal(t, uint32(largeFreed), freedMark(0), "a large record's key")
+	require.NotEqual(t, uint32(trailerMagic), uint32(largeFreed))
 }
 
 // TestFreeMarks: every way of freeing a record leaves the freed mark
@@ -674,9 +684,13 @@ func TestFreeMarks(t *testing.T) {
 		require.Equal(t, b.recs.freedMark(got.off), mark(got), name)
 		require.NotZero(t, mark(got), name)
 	}
-	// Not received: freed through the handle's general path.
-	r, err := h.Allocate(50)
-	require.NoError(t, err)
-	require.NoError(t, h.Free(r))
-	require.Equal(t, b.recs.freedMark(r.off), mark(r))
+	// Not received: freed through the handle's general path; a large
+	// record.
+	for _, n := range []int{50, 10000} {
+		r, err := h.Allocate(n)
+		require.NoError(t, err)
+		require.NoError(t, h.Free(r))
+		require.Equal(t, b.recs.freedMark(r.off), mark(r), "%d bytes", n)
+		require.NotZero(t, mark(r), "%d bytes", n)
+	}
 }

@@ -204,3 +204,44 @@ func TestSlotKey(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestLargeTailZeroed: a large record's last 16 bytes are zero when it is
+// handed out, whatever the memory held before (here the same extent, its
+// bytes all set by the record freed before).
+func TestLargeTailZeroed(t *testing.T) {
+	p := newPool(t, heapCombo, 4<<20, Options{SlabSize: 16 << 10})
+	hd := p.NewHandle()
+	defer hd.Close()
+	const size = 8<<10 + 48
+	r, err := hd.Alloc(size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.RecordKey(r.Off) != 0 {
+		t.Fatal("not a large record")
+	}
+	for i := range r.Data {
+		r.Data[i] = 0xff
+	}
+	if err := p.Free(r.Off); err != nil {
+		t.Fatal(err)
+	}
+	r2, err := hd.Alloc(size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r2.Off != r.Off {
+		t.Fatalf("the new large record is at %#x, not at the freed one's %#x", uint64(r2.Off), uint64(r.Off))
+	}
+	for i, c := range r2.Data[size-16:] {
+		if c != 0 {
+			t.Fatalf("byte %d of the last 16 is %#x", i, c)
+		}
+	}
+	if r2.Data[size-17] != 0xff {
+		t.Fatal("more than the last 16 bytes zeroed")
+	}
+	if err := p.Free(r2.Off); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -45,7 +45,9 @@ func (p *Pool) NewHandle() *Handle { return &Handle{p: p} }
 func (h *Handle) Pool() *Pool { return h.p }
 
 // Alloc returns a record of size bytes (size ≥ 0; its bytes are not
-// zeroed), aligned to the pool's alignment. ErrNoSpace: the heap has no
+// zeroed, except a large record's last 16, so that a record whose header
+// is valid never shows there what an earlier one left: the records
+// layer keeps its trailer there), aligned to the pool's alignment. ErrNoSpace: the heap has no
 // room for a new slab or a large record; nothing changed.
 func (h *Handle) Alloc(size int) (Record, error) {
 	if h.closed {
@@ -256,10 +258,14 @@ func (h *Handle) allocLarge(size uint64) (Record, error) {
 		return Record{}, fmt.Errorf("slab: allocate %d bytes: %w", size, err)
 	}
 	off := ext + mem.Off(hdrOff)
+	// The last 16 bytes are zeroed before the header makes the record
+	// one (see Alloc): whatever an earlier record left there never shows
+	// in a record whose header is valid.
+	clear(p.view(off+mem.Off(size-HeaderSize), HeaderSize))
 	ln, sz := uint32(size>>32), uint32(size)
 	g := uint64(off)/granule - 1
 	p.plain[2*g] = packHalves(0, ln)
-	p.plain[2*g+1] = packHalves(sz, recCheck(0, ln, sz, p.salt^largeKey))
+	p.words[2*g+1].Store(packHalves(sz, recCheck(0, ln, sz, p.salt^largeKey))) // after the zeroes
 	return Record{Off: off, Data: p.view(off, size)}, nil
 }
 

@@ -142,8 +142,9 @@ func killRound(t *testing.T, b *ipc.Buffer, name, test string, batch bool, run f
 // TestConsumerKilledAnywhere kills a consumer that receives and frees at
 // full speed at a moment the test does not choose, over and over, one at
 // a time and with the batch forms: wherever the kill lands (in a receive,
-// between a record's freed mark and its bitmap, between two bitmap words,
-// between a word and the slab's count, in a batch's frees), the producer
+// between a record's freed mark and its bitmap or a large record's heap
+// free, between two bitmap words, between a word and the slab's count, in
+// a batch's frees, holding the heap lock), the producer
 // learns of it, and after the channel is removed and the buffer
 // recovered, Check passes and every byte comes back (killRound).
 func TestConsumerKilledAnywhere(t *testing.T) {
@@ -155,7 +156,7 @@ func TestConsumerKilledAnywhere(t *testing.T) {
 			require.NoError(t, err)
 			ctx := ctxFor(t)
 			for seq := uint64(0); ; seq++ {
-				r, err := h.Allocate(100)
+				r, err := h.Allocate(recordSize(seq))
 				require.NoError(t, err)
 				stamp(r, seq)
 				if err := p.Send(ctx, r); err != nil {
@@ -167,6 +168,16 @@ func TestConsumerKilledAnywhere(t *testing.T) {
 			require.NoError(t, p.Close())
 		})
 	}
+}
+
+// recordSize is the size of record seq in the consumer kill test: 100
+// bytes, and every 32nd a large record (its own heap extent, freed under
+// the heap lock).
+func recordSize(seq uint64) int {
+	if seq%32 == 31 {
+		return 10000
+	}
+	return 100
 }
 
 // TestProducerKilledAnywhere kills a producer that allocates and sends at
