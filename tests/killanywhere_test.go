@@ -62,9 +62,10 @@ func TestChildStreamConsumer(t *testing.T) {
 	}
 }
 
-// TestChildStreamProducer sends numbered records of 100 bytes on channel
-// HIPC_N of the parent's buffer as fast as it can (with HIPC_BATCH, 64
-// at a time with AllocateBatch and SendBatch), until it is killed.
+// TestChildStreamProducer sends numbered records on channel HIPC_N of
+// the parent's buffer as fast as it can (recordSize: every 32nd large;
+// with HIPC_BATCH, 64 of 100 bytes at a time with AllocateBatch and
+// SendBatch), until it is killed.
 func TestChildStreamProducer(t *testing.T) {
 	testutil.ChildOnly(t)
 	h := newHandle(t, attach(t))
@@ -75,7 +76,7 @@ func TestChildStreamProducer(t *testing.T) {
 	rs := make([]ipc.Record, 64)
 	for seq := uint64(0); ; {
 		if os.Getenv(envBatch) == "" {
-			r, err := h.Allocate(100)
+			r, err := h.Allocate(recordSize(seq))
 			require.NoError(t, err)
 			stamp(r, seq)
 			require.NoError(t, p.Send(ctx, r))
@@ -170,9 +171,9 @@ func TestConsumerKilledAnywhere(t *testing.T) {
 	}
 }
 
-// recordSize is the size of record seq in the consumer kill test: 100
-// bytes, and every 32nd a large record (its own heap extent, freed under
-// the heap lock).
+// recordSize is the size of record seq in the kill tests: 100 bytes, and
+// every 32nd a large record (its own heap extent, allocated and freed
+// under the heap lock).
 func recordSize(seq uint64) int {
 	if seq%32 == 31 {
 		return 10000
