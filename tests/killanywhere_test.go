@@ -361,3 +361,112 @@ func TestChurnerKilledAnywhere(t *testing.T) {
 		require.Equal(t, free0, freeBytes(t, b), "round %d: every byte came back", i)
 	}
 }
+
+// TestChildMPSCProducer sends records of 100 bytes on MPSC channel 1 of
+// the parent's buffer as fast as it can, until it is killed.
+func TestChildMPSCProducer(t *testing.T) {
+	testutil.ChildOnly(t)
+	h := newHandle(t, attach(t))
+	p, err := h.MPSCProducer(1)
+	require.NoError(t, err)
+	ctx := ctxFor(t)
+	testutil.Say("ready")
+	for seq := uint64(0); ; seq++ {
+		r, err := h.Allocate(100)
+		require.NoError(t, err)
+		stamp(r, seq)
+		require.NoError(t, p.Send(ctx, r))
+	}
+}
+
+// TestMPSCProducerKilledAnywhere kills one of two producers of an MPSC
+// channel, each sending at full speed, at a moment the test does not
+// choose (in an allocation, between claiming a slot and publishing it):
+// the consumer keeps receiving the other producer's records, all of them,
+// in order, without waiting on the dead one's slot for good; once it is
+// drained and its live ends closed, Recover removes the channel, Check
+// passes and every byte comes back.
+func TestMPSCProducerKilledAnywhere(t *testing.T) {
+	b, name := openBuf(t)
+	const (
+		after     = 2000    // records the live producer sends after the kill
+		afterKill = 1 << 40 // added to their numbers
+	)
+	for i := range killRounds(t) {
+		free0 := freeBytes(t, b)
+		h, err := b.NewHandle()
+		require.NoError(t, err)
+		c, err := h.MPSCConsumer(1, ipc.WithCapacity(256))
+		require.NoError(t, err)
+		child := testutil.StartChild(t, "TestChildMPSCProducer", envBuf+"="+name)
+		require.Equal(t, "ready", child.Line(t, time.Minute))
+		hp, err := b.NewHandle()
+		require.NoError(t, err)
+		p, err := hp.MPSCProducer(1)
+		require.NoError(t, err)
+		ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+		sent := make(chan error, 1)
+		go func() {
+			kill := time.Now().Add(time.Duration(1+rand.IntN(15)) * time.Millisecond)
+			var err error
+			n := uint64(0)
+			for killed := false; err == nil && (!killed || n < after); {
+				if !killed && time.Now().After(kill) {
+					child.Kill()
+					killed, n = true, 0
+				}
+				var r ipc.Record
+				if r, err = hp.Allocate(200); err == nil {
+					if killed {
+						stampBytes(r.Bytes(), afterKill|n)
+					} else {
+						stampBytes(r.Bytes(), n)
+					}
+					err = p.Send(ctx, r)
+				}
+				n++
+			}
+			sent <- errors.Join(err, p.Close())
+		}()
+		// The live producer's records in order: its count starts again
+		// from afterKill at the kill.
+		var next uint64
+		for next != afterKill|after {
+			r, err := c.Receive(ctx)
+			require.NoError(t, err, "round %d: waiting for record %#x of the live producer", i, next)
+			if len(r.Bytes()) == 200 {
+				seq := binary.LittleEndian.Uint64(r.Bytes())
+				if seq != next {
+					require.Equal(t, uint64(afterKill), seq, "round %d: record %#x arrived where %#x was expected", i, seq, next)
+				}
+				next = seq + 1
+			}
+			require.NoError(t, h.Free(r))
+		}
+		require.NoError(t, <-sent)
+		// Drained (the dead producer's records, a slot it claimed and
+		// never published skipped) and closed by its live ends, the
+		// channel goes with Recover.
+		for {
+			dctx, dcancel := context.WithTimeout(ctx, 300*time.Millisecond)
+			r, err := c.Receive(dctx)
+			dcancel()
+			if errors.Is(err, io.EOF) || errors.Is(err, context.DeadlineExceeded) {
+				break
+			}
+			require.NoError(t, err, "round %d: draining", i)
+			require.NoError(t, h.Free(r))
+		}
+		cancel()
+		require.NoError(t, c.Close())
+		_, err = b.Recover()
+		require.NoError(t, err)
+		require.NoError(t, b.Check(), "round %d: after Recover, the parent's handles still open", i)
+		require.NoError(t, hp.Close())
+		require.NoError(t, h.Close())
+		_, err = b.Recover()
+		require.NoError(t, err)
+		require.NoError(t, b.Check(), "round %d", i)
+		require.Equal(t, free0, freeBytes(t, b), "round %d: every record and slab came back", i)
+	}
+}
