@@ -449,6 +449,9 @@ func (b *Buffer) Check() error {
 type typeOps struct {
 	// check reports what is wrong with the channel (nil: nothing).
 	check func(b *Buffer, en *channel.Entry) error
+	// repair finishes, for Recover, what a dead end left half done in the
+	// channel's control block (before pending reads it).
+	repair func(b *Buffer, en *channel.Entry) error
 	// pending returns records queued in the channel (kept by Recover).
 	pending func(b *Buffer, en *channel.Entry) ([]mem.Off, error)
 	// abandoned reports whether no live process uses the channel and it
@@ -644,6 +647,11 @@ func (b *Buffer) Recover() (reclaimed uint64, err error) {
 			if ops.bell != nil {
 				if d := ops.bell(b, en); d != 0 {
 					named[d] = true
+				}
+			}
+			if ops.repair != nil {
+				if err := ops.repair(b, en); err != nil {
+					return fmt.Errorf("%s channel %d: %w", en.Type, en.ID, err)
 				}
 			}
 			if ops.pending != nil {

@@ -56,6 +56,9 @@ func (h *Handle) attachMPSC(id ChannelID, cfg chanConfig, claim func(*channel.En
 	if capacity == 0 {
 		capacity = DefaultCapacity
 	}
+	if capacity < channel.MinMPSCCapacity {
+		return nil, fmt.Errorf("capacity %d: an mpsc channel has at least %d slots: %w", capacity, channel.MinMPSCCapacity, ErrInvalidSize)
+	}
 	prods := cfg.producers
 	if prods == 0 {
 		prods = channel.DefaultProducers
@@ -278,6 +281,16 @@ func init() {
 				return err
 			}
 			return m.Check()
+		},
+		repair: func(b *Buffer, en *channel.Entry) error {
+			m, err := open(b, en)
+			if err != nil {
+				return err
+			}
+			if m.ConsumerDead() {
+				m.FinishAdvance()
+			}
+			return nil
 		},
 		pending: func(b *Buffer, en *channel.Entry) ([]mem.Off, error) {
 			m, err := open(b, en)

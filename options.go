@@ -159,7 +159,9 @@ type chanConfig struct {
 const DefaultCapacity = 1024
 
 // WithCapacity sets the ring capacity of a record channel to create (a
-// power of two). Attaching with another capacity is ErrSizeMismatch.
+// power of two; at least 2 for an MPSC channel, whose one slot could not
+// tell a queued record from a free slot: ErrInvalidSize). Attaching with
+// another capacity is ErrSizeMismatch.
 func WithCapacity(n int) ChannelOption {
 	return func(c *chanConfig) error {
 		if n <= 0 || n&(n-1) != 0 || n > 1<<30 {

@@ -582,6 +582,69 @@ func TestMPSCTailBehindSlot(t *testing.T) {
 	require.NoError(t, err)
 }
 
+// TestMPSCFinishAdvance: a consumer killed between freeing the slot at
+// Head and moving Head on leaves Head a slot behind; the next consumer
+// moves it on as it attaches, also after a producer claimed and published
+// the slot again for the next lap, and receives what follows, neither the
+// record the dead one took nor a corrupt slot. A live state is left as it
+// is.
+func TestMPSCFinishAdvance(t *testing.T) {
+	f := newFixture(t, backend.Heap)
+	const capacity = 4
+	spec := Spec{Type: TypeMPSC, Size: capacity, Control: MPSCControlSize(capacity, 2), Init: func(_ mem.Off, b []byte) error { return InitMPSC(b, capacity, 2) }}
+	en, _, err := f.reg.LookupOrCreate(context.Background(), 1, spec)
+	require.NoError(t, err)
+	m, err := OpenMPSC(f.r, en, WaitOptions{})
+	require.NoError(t, err)
+	p, err := m.AttachProducer()
+	require.NoError(t, err)
+	for _, off := range []mem.Off{4096, 8192, 12288, 16384} {
+		require.NoError(t, p.TrySend(off))
+	}
+	require.False(t, m.FinishAdvance(), "a published slot at Head")
+	c, err := m.AttachConsumer()
+	require.NoError(t, err)
+	off, err := c.TryReceive()
+	require.NoError(t, err)
+	require.Equal(t, mem.Off(4096), off)
+	// The consumer takes 8192 and dies after freeing its slot, before
+	// moving Head.
+	require.Equal(t, uint64(1), m.cb.Head.Load())
+	m.slots[1].Seq.Store(1 + capacity)
+	m.cb.Consumer.Store(uint64(testutil.DeadIdentity(t)))
+	// A producer laps round into slot 0 and into the freed slot 1.
+	require.NoError(t, p.TrySend(20480))
+	require.NoError(t, p.TrySend(24576))
+	require.Equal(t, uint64(1+capacity+1), m.slots[1].Seq.Load(), "published again for the next lap")
+	require.True(t, m.ConsumerDead())
+
+	c2, err := m.AttachConsumer()
+	require.NoError(t, err)
+	require.Equal(t, uint64(2), m.cb.Head.Load())
+	for _, want := range []mem.Off{12288, 16384, 20480, 24576} {
+		off, err := c2.TryReceive()
+		require.NoError(t, err)
+		require.Equal(t, want, off)
+	}
+	_, err = c2.TryReceive()
+	require.ErrorIs(t, err, errs.ErrWouldBlock)
+	require.False(t, m.FinishAdvance(), "an empty slot at Head")
+	require.NoError(t, m.Check())
+	p.Close()
+	c2.Close()
+	_, err = f.reg.Remove(context.Background(), en, nil, nil)
+	require.NoError(t, err)
+}
+
+// TestMPSCCapacityOne: an MPSC ring of one slot cannot tell a published
+// slot from a free one, so it is refused.
+func TestMPSCCapacityOne(t *testing.T) {
+	b := make([]byte, MPSCControlSize(1, 2))
+	require.ErrorIs(t, InitMPSC(b, 1, 2), errs.ErrInvalidSize)
+	b = make([]byte, MPSCControlSize(2, 2))
+	require.NoError(t, InitMPSC(b, 2, 2))
+}
+
 // TestSlotPacking: a slot carries any segment offset and a length below
 // SlotLenNone; longer or unknown lengths read back as not recorded, and an
 // offset beyond any segment is refused.

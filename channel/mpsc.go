@@ -31,6 +31,16 @@ import (
 // takes a published slot and frees it for the next lap with Seq = t+Cap.
 // Each producer's records keep their order (its claims are increasing).
 //
+// A slot's sequence tells "published, lap t" (t+1) from "free for the
+// next lap" (t+Cap) only if Cap is at least 2 (MinMPSCCapacity): with one
+// slot, a producer would claim a published slot and overwrite it.
+//
+// The consumer frees a slot and then moves Head on (advance): a consumer
+// killed between the two leaves Head one behind, at a slot already
+// freed (and perhaps claimed, or published, for the next lap again).
+// FinishAdvance moves it on: called by the next consumer as it attaches,
+// and by Recover once the consumer is dead.
+//
 // Before it claims t a producer writes t+1 to its Claiming word, and
 // clears it after publishing. So if the slot at the consumer's head stays
 // unpublished while Tail is past it, the claimant is a producer whose
@@ -79,6 +89,8 @@ const (
 	DefaultProducers  = 64
 	MaxMPSCProducers  = 4096
 	mpscSkipAfterIdle = 2 // check intervals a dead claimant's slot is awaited
+	// MinMPSCCapacity is the smallest MPSC ring (see mpscCB).
+	MinMPSCCapacity = 2
 )
 
 var mpscMagic = binary.LittleEndian.Uint64([]byte("HIPCMPSC"))
@@ -91,6 +103,9 @@ func MPSCControlSize(n, p uint64) uint64 {
 
 // InitMPSC lays out an MPSC control block.
 func InitMPSC(b []byte, n, p uint64) error {
+	if n < MinMPSCCapacity || n&(n-1) != 0 {
+		return fmt.Errorf("mpsc channel: capacity %d: %w", n, errs.ErrInvalidSize)
+	}
 	cb, err := mem.At[mpscCB](b, 0)
 	if err != nil {
 		return err
@@ -308,7 +323,28 @@ func (m *MPSC) AttachConsumer() (*MPSCConsumer, error) {
 		return nil, err
 	}
 	m.cb.ConsClosed.Store(0)
+	m.FinishAdvance() // a previous consumer's, if it died half-way
 	return &MPSCConsumer{MPSC: m, self: self, head: m.cb.Head.Load()}, nil
+}
+
+// FinishAdvance moves Head past the slot at it if a consumer freed that
+// slot and died before it moved Head (see mpscCB): the slot's sequence is
+// then a lap ahead (free, or claimed or published again), which no live
+// state shows at Head. It reports whether it did. Only with no live
+// consumer advancing: as one attaches, or for a dead consumer (Recover).
+func (m *MPSC) FinishAdvance() bool {
+	h := m.cb.Head.Load()
+	if d := m.slots[h&m.mask].Seq.Load() - h; d != m.mask+1 && d != m.mask+2 {
+		return false
+	}
+	return m.cb.Head.CompareAndSwap(h, h+1)
+}
+
+// ConsumerDead reports whether the consumer end is held by a process that
+// died.
+func (m *MPSC) ConsumerDead() bool {
+	id := sys.Identity(m.cb.Consumer.Load())
+	return id != 0 && !sys.Alive(id)
 }
 
 // TryReceive takes the next record: ErrWouldBlock if none is published,

@@ -407,3 +407,39 @@ func TestConsumerKilledInSelect(t *testing.T) {
 	require.Equal(t, before.Heap.FreeBytes, after.Heap.FreeBytes, "the dead consumer's doorbell came back")
 	require.NoError(t, b.Check())
 }
+
+// TestMPSCCapacityOne: an MPSC channel of one slot is refused (ErrInvalidSize:
+// its one slot could not tell a published record from a free slot, and a
+// second send overwrote the first); two slots work.
+func TestMPSCCapacityOne(t *testing.T) {
+	b, _ := openBuf(t)
+	h := newHandle(t, b)
+	_, err := h.MPSCProducer(1, ipc.WithCapacity(1))
+	require.ErrorIs(t, err, ipc.ErrInvalidSize)
+	_, err = h.MPSCConsumer(1, ipc.WithCapacity(1))
+	require.ErrorIs(t, err, ipc.ErrInvalidSize)
+	p, err := h.MPSCProducer(1, ipc.WithCapacity(2))
+	require.NoError(t, err)
+	c, err := h.MPSCConsumer(1)
+	require.NoError(t, err)
+	var sent []ipc.Record
+	for i := range 2 {
+		r, err := h.Allocate(8)
+		require.NoError(t, err)
+		stamp(r, uint64(i))
+		require.NoError(t, p.TrySend(r))
+		sent = append(sent, r)
+	}
+	r, err := h.Allocate(8)
+	require.NoError(t, err)
+	require.ErrorIs(t, p.TrySend(r), ipc.ErrWouldBlock, "two slots, two records")
+	require.NoError(t, h.Free(r))
+	for i := range sent {
+		got, err := c.TryReceive()
+		require.NoError(t, err)
+		check(t, got, uint64(i))
+		require.NoError(t, h.Free(got))
+	}
+	require.NoError(t, p.Close())
+	require.NoError(t, c.Close())
+}

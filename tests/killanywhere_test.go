@@ -470,3 +470,101 @@ func TestMPSCProducerKilledAnywhere(t *testing.T) {
 		require.Equal(t, free0, freeBytes(t, b), "round %d: every record and slab came back", i)
 	}
 }
+
+// TestChildMPSCConsumer receives and frees on MPSC channel 1 of the
+// parent's buffer as fast as it can, until it is killed.
+func TestChildMPSCConsumer(t *testing.T) {
+	testutil.ChildOnly(t)
+	h := newHandle(t, attach(t))
+	c, err := h.MPSCConsumer(1)
+	require.NoError(t, err)
+	ctx := ctxFor(t)
+	testutil.Say("ready")
+	for {
+		r, err := c.Receive(ctx)
+		require.NoError(t, err)
+		require.NoError(t, h.Free(r))
+	}
+}
+
+// TestMPSCConsumerKilledAnywhere kills the consumer of an MPSC channel
+// fed by two producers at a moment the test does not choose: both
+// producers learn of it; after Recover, Check passes (a consumer killed
+// between freeing a slot and moving Head on had left the ring looking
+// overfull); a new consumer takes the dead one's place and gets what was
+// still queued, each producer's records in order; once it has drained
+// the channel and closed, Recover removes it, Check passes and every byte
+// is back.
+func TestMPSCConsumerKilledAnywhere(t *testing.T) {
+	b, name := openBuf(t)
+	for i := range killRounds(t) {
+		free0 := freeBytes(t, b)
+		child := testutil.StartChild(t, "TestChildMPSCConsumer", envBuf+"="+name)
+		require.Equal(t, "ready", child.Line(t, time.Minute))
+		ctx := ctxFor(t)
+		var hs [2]*ipc.Handle
+		errs := make(chan error, len(hs))
+		for k := range hs {
+			h, err := b.NewHandle()
+			require.NoError(t, err)
+			hs[k] = h
+			p, err := h.MPSCProducer(1)
+			require.NoError(t, err)
+			go func() {
+				var err error
+				for seq := uint64(0); err == nil; seq++ {
+					var r ipc.Record
+					if r, err = h.Allocate(100 + 16*k); err != nil {
+						break
+					}
+					stamp(r, seq)
+					if err = p.Send(ctx, r); err != nil {
+						err = errors.Join(err, h.Free(r))
+					}
+				}
+				errs <- errors.Join(err, p.Close())
+			}()
+		}
+		time.Sleep(time.Duration(1+rand.IntN(15)) * time.Millisecond)
+		child.Kill()
+		for range hs {
+			require.ErrorIs(t, <-errs, ipc.ErrPeerDead, "round %d", i)
+		}
+		// Recover first: what the consumer left half done (a slot freed,
+		// Head not moved on) is finished, and Check passes.
+		_, err := b.Recover()
+		require.NoError(t, err, "round %d", i)
+		require.NoError(t, b.Check(), "round %d: after Recover, the records still queued", i)
+		hc, err := b.NewHandle()
+		require.NoError(t, err)
+		c, err := hc.MPSCConsumer(1)
+		require.NoError(t, err, "round %d: the dead consumer's place is taken", i)
+		next := map[int]uint64{}
+		first := map[int]bool{}
+		for {
+			r, err := c.Receive(ctx)
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			require.NoError(t, err, "round %d: draining", i)
+			k := (len(r.Bytes()) - 100) / 16
+			seq := binary.LittleEndian.Uint64(r.Bytes())
+			// The dead consumer took what came before; from the first
+			// record left, each producer's follow in order.
+			if first[k] {
+				require.Equal(t, next[k], seq, "round %d: producer %d", i, k)
+			}
+			first[k], next[k] = true, seq+1
+			require.NoError(t, hc.Free(r))
+		}
+		require.NoError(t, c.Close())
+		for _, h := range hs {
+			require.NoError(t, h.Close())
+		}
+		require.NoError(t, hc.Close())
+		_, err = b.Recover()
+		require.NoError(t, err)
+		require.NoError(t, b.Check(), "round %d", i)
+		require.Equal(t, free0, freeBytes(t, b), "round %d: every record and slab came back", i)
+	}
+}
