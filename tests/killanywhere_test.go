@@ -568,3 +568,85 @@ func TestMPSCConsumerKilledAnywhere(t *testing.T) {
 		require.Equal(t, free0, freeBytes(t, b), "round %d: every record and slab came back", i)
 	}
 }
+
+// TestChildSelectConsumer receives on channels 1 and 2 of the parent's
+// buffer through one Select (parking on its doorbell when both are
+// empty) and frees each record, until it is killed.
+func TestChildSelectConsumer(t *testing.T) {
+	testutil.ChildOnly(t)
+	h := newHandle(t, attach(t))
+	var cs []ipc.Receiver
+	for id := ipc.ChannelID(1); id <= 2; id++ {
+		c, err := h.Consumer(id)
+		require.NoError(t, err)
+		cs = append(cs, c)
+	}
+	sel, err := h.NewSelect(cs...)
+	require.NoError(t, err)
+	ctx := ctxFor(t)
+	testutil.Say("ready")
+	for {
+		_, r, err := sel.Receive(ctx)
+		require.NoError(t, err)
+		require.NoError(t, h.Free(r))
+	}
+}
+
+// TestSelectConsumerKilledAnywhere kills a consumer that serves two
+// channels through a Select (parked on its doorbell now and then: the
+// producers pause) at a moment the test does not choose: both producers
+// learn of it, and after Recover (which frees its doorbell) and the
+// channels' removal, Check passes and every byte is back.
+func TestSelectConsumerKilledAnywhere(t *testing.T) {
+	b, name := openBuf(t)
+	for i := range killRounds(t) {
+		free0 := freeBytes(t, b)
+		child := testutil.StartChild(t, "TestChildSelectConsumer", envBuf+"="+name)
+		require.Equal(t, "ready", child.Line(t, time.Minute))
+		ctx := ctxFor(t)
+		var hs [2]*ipc.Handle
+		errs := make(chan error, len(hs))
+		for k := range hs {
+			h, err := b.NewHandle()
+			require.NoError(t, err)
+			hs[k] = h
+			p, err := h.Producer(ipc.ChannelID(1 + k))
+			require.NoError(t, err)
+			go func() {
+				var err error
+				for seq := uint64(0); err == nil; seq++ {
+					if seq%64 == 63 {
+						time.Sleep(20 * time.Microsecond) // let the Select park
+					}
+					var r ipc.Record
+					if r, err = h.Allocate(100); err != nil {
+						break
+					}
+					stamp(r, seq)
+					if err = p.Send(ctx, r); err != nil {
+						err = errors.Join(err, h.Free(r))
+					}
+				}
+				errs <- errors.Join(err, p.Close())
+			}()
+		}
+		time.Sleep(time.Duration(1+rand.IntN(15)) * time.Millisecond)
+		child.Kill()
+		for range hs {
+			require.ErrorIs(t, <-errs, ipc.ErrPeerDead, "round %d", i)
+		}
+		for id := ipc.ChannelID(1); id <= 2; id++ {
+			require.NoError(t, hs[0].RemoveChannel(context.Background(), id), "round %d", i)
+		}
+		_, err := b.Recover()
+		require.NoError(t, err, "round %d", i)
+		require.NoError(t, b.Check(), "round %d", i)
+		for _, h := range hs {
+			require.NoError(t, h.Close())
+		}
+		_, err = b.Recover()
+		require.NoError(t, err, "round %d", i)
+		require.NoError(t, b.Check(), "round %d", i)
+		require.Equal(t, free0, freeBytes(t, b), "round %d: every record, slab and doorbell came back", i)
+	}
+}
