@@ -650,3 +650,103 @@ func TestSelectConsumerKilledAnywhere(t *testing.T) {
 		require.Equal(t, free0, freeBytes(t, b), "round %d: every record, slab and doorbell came back", i)
 	}
 }
+
+// patternByte is byte i of the stream kill tests' byte stream.
+func patternByte(i uint64) byte { return byte(i*7 + i>>8) }
+
+// TestChildStreamEnd is one end of stream 1 of the parent's buffer, as
+// fast as it can until it is killed: with HIPC_BATCH the writer (the
+// pattern, in writes of 1 to 4096 bytes), else the reader (it reads and
+// drops).
+func TestChildStreamEnd(t *testing.T) {
+	testutil.ChildOnly(t)
+	h := newHandle(t, attach(t))
+	ctx := ctxFor(t)
+	buf := make([]byte, 4096)
+	if os.Getenv(envBatch) != "" {
+		w, err := h.StreamWriter(1)
+		require.NoError(t, err)
+		testutil.Say("ready")
+		for i := uint64(0); ; {
+			n := 1 + rand.IntN(len(buf))
+			for j := range buf[:n] {
+				buf[j] = patternByte(i + uint64(j))
+			}
+			k, err := w.WriteContext(ctx, buf[:n])
+			require.NoError(t, err)
+			i += uint64(k)
+		}
+	}
+	r, err := h.StreamReader(1)
+	require.NoError(t, err)
+	testutil.Say("ready")
+	for {
+		_, err := r.ReadContext(ctx, buf)
+		require.NoError(t, err)
+	}
+}
+
+// TestStreamEndKilledAnywhere kills one end of a byte stream, the reader
+// or the writer, in turn, at a moment the test does not choose: the other
+// end learns of it (a reader after it got an unbroken prefix of what was
+// written), and after the stream is removed and the buffer recovered,
+// Check passes and every byte is back.
+func TestStreamEndKilledAnywhere(t *testing.T) {
+	b, name := openBuf(t)
+	for i := range killRounds(t) {
+		writerDies := i%2 == 1
+		free0 := freeBytes(t, b)
+		h, err := b.NewHandle()
+		require.NoError(t, err)
+		env := []string{envBuf + "=" + name}
+		if writerDies {
+			env = append(env, envBatch+"=1")
+		}
+		child := testutil.StartChild(t, "TestChildStreamEnd", env...)
+		require.Equal(t, "ready", child.Line(t, time.Minute))
+		go func() {
+			time.Sleep(time.Duration(1+rand.IntN(15)) * time.Millisecond)
+			child.Kill()
+		}()
+		ctx := ctxFor(t)
+		buf := make([]byte, 4096)
+		if writerDies {
+			r, err := h.StreamReader(1)
+			require.NoError(t, err)
+			var at uint64
+			for {
+				n, err := r.ReadContext(ctx, buf)
+				for j, c := range buf[:n] {
+					if c != patternByte(at+uint64(j)) {
+						t.Fatalf("round %d: byte %d is %#x, want %#x", i, at+uint64(j), c, patternByte(at+uint64(j)))
+					}
+				}
+				at += uint64(n)
+				if err != nil {
+					if !errors.Is(err, io.EOF) {
+						require.ErrorIs(t, err, ipc.ErrPeerDead, "round %d after %d bytes", i, at)
+					}
+					break
+				}
+			}
+			require.NoError(t, r.Close())
+		} else {
+			w, err := h.StreamWriter(1)
+			require.NoError(t, err)
+			for {
+				if _, err := w.WriteContext(ctx, buf[:1+rand.IntN(len(buf))]); err != nil {
+					require.ErrorIs(t, err, ipc.ErrPeerDead, "round %d", i)
+					break
+				}
+			}
+			require.NoError(t, w.Close())
+		}
+		child.Kill() // waits for it to be gone
+		require.NoError(t, h.RemoveStream(context.Background(), 1), "round %d", i)
+		_, err = b.Recover()
+		require.NoError(t, err, "round %d", i)
+		require.NoError(t, b.Check(), "round %d", i)
+		require.NoError(t, h.Close())
+		require.Equal(t, free0, freeBytes(t, b), "round %d: every byte came back", i)
+	}
+}
