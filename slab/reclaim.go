@@ -103,16 +103,9 @@ func (p *Pool) finishCutFrees() (int, error) {
 		if e.Kind != alloc.KindSlab {
 			continue
 		}
-		sh := &p.slabs[e.Off/slabHeaderSize]
-		if !p.slabOK(e, sh) || sh.Returner.Load() != 0 {
+		sh, end, ok, _ := p.walkable(e) // a bad retirement point: Check reports it
+		if !ok {
 			continue
-		}
-		var end uint32
-		if r := sh.Retired.Load(); r != 0 {
-			if r-1 < uint64(sh.RecBase) || r-1 > uint64(sh.Limit) {
-				continue // Check reports it
-			}
-			end = uint32(r - 1)
 		}
 		gen := genOf(sh.Ident.Load())
 		var cut []uint32 // positions of records cut in the middle of their free
@@ -161,46 +154,27 @@ func (p *Pool) cutSlot(slab mem.Off, bit, n uint64) bool {
 // slab is pinned while it does: one more on its count (a CAS that
 // expects the generation), so that its owner cannot start it over (which
 // needs the count to show every word complete) while the bits are being
-// set, and the record is looked at again under the pin; the pin goes
-// with the completed words' count-down.
+// set, and the record is looked at again under the pin.
 func (p *Pool) finishCut(slab mem.Off, sh *slabHeader, gen uint32, pos uint32) (bool, error) {
 	if !sh.countUp(gen) {
 		return false, nil // started over or returned since
 	}
-	done := uint64(0)
 	hd := p.header(uint64(slab)/granule + uint64(pos))
 	key := p.salt ^ gen
 	ok := sh.Ident.Load() == ident(gen) && hd.Pos == pos && hd.Len != 0 &&
 		hd.Check == recCheck(pos, hd.Len, hd.Size, key) && pos+hd.Len <= sh.Limit &&
 		p.cutSlot(slab, uint64(pos-sh.RecBase), uint64(hd.Len))
+	var err error
 	if ok {
-		base := uint64(slab)/8 + bitmapWord
-		bit, n := uint64(pos-sh.RecBase), uint64(hd.Len)
-		for n > 0 {
-			w, b := bit/64, bit%64
-			m := min(n, 64-b)
-			mask := maskOf(b, m)
-			word := &p.words[base+w]
-			for {
-				old := word.Load()
-				if old&mask == mask {
-					break
-				}
-				if word.CompareAndSwap(old, old|mask) {
-					if old|mask == ^uint64(0) {
-						done++
-					}
-					break
-				}
-			}
-			bit += m
-			n -= m
-		}
+		// The first word's bits are set: freeBits with first false sets
+		// the rest and counts the words that completes (not to zero:
+		// the pin holds the count up).
+		err = p.freeBits(slab, sh, gen, uint64(pos-sh.RecBase), uint64(hd.Len), false)
 	}
-	if sh.countDown(gen, done+1) {
-		return ok, p.returnSlab(slab, sh, gen)
+	if sh.countDown(gen, 1) {
+		return ok, errors.Join(err, p.returnSlab(slab, sh, gen))
 	}
-	return ok, nil
+	return ok, err
 }
 
 // stallGrace is how long returnStalled lets a slab it found stalled be:

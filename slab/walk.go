@@ -24,20 +24,15 @@ func (p *Pool) Walk(fn func(off mem.Off)) error {
 	for _, e := range exts {
 		switch e.Kind {
 		case alloc.KindSlab:
-			sh := &p.slabs[e.Off/slabHeaderSize]
-			if !p.slabOK(e, sh) || sh.Returner.Load() != 0 {
+			sh, end, ok, err := p.walkable(e)
+			if err != nil {
+				all = append(all, fmt.Errorf("slab: walk: %w", err))
+			}
+			if !ok {
 				continue
 			}
-			var end uint32
-			if r := sh.Retired.Load(); r != 0 {
-				if r-1 < uint64(sh.RecBase) || r-1 > uint64(sh.Limit) {
-					all = append(all, fmt.Errorf("slab: walk: slab %#x: retirement point %d out of range: %w", uint64(e.Off), r-1, ErrCorrupt))
-					continue
-				}
-				end = uint32(r - 1)
-			}
 			var offs []mem.Off
-			_, err := p.walk(e.Off, sh, end, func(pos uint32, hd recHeader) {
+			_, err = p.walk(e.Off, sh, end, func(pos uint32, hd recHeader) {
 				loc := located{slab: e.Off, sh: sh, hd: hd, bit: pos - sh.RecBase}
 				if p.live(loc) {
 					offs = append(offs, e.Off+mem.Off(pos+1)*granule)
@@ -56,4 +51,22 @@ func (p *Pool) Walk(fn func(off mem.Off)) error {
 		}
 	}
 	return errors.Join(all...)
+}
+
+// walkable returns, for a slab extent, its header and the granule where
+// allocation stopped (0: active, up to the first slot without a valid
+// header), if walks look at it: a slab of this pool's geometry that is
+// not being returned. A retirement point out of range is an error.
+func (p *Pool) walkable(e alloc.Extent) (sh *slabHeader, end uint32, ok bool, err error) {
+	sh = &p.slabs[e.Off/slabHeaderSize]
+	if !p.slabOK(e, sh) || sh.Returner.Load() != 0 {
+		return nil, 0, false, nil
+	}
+	if r := sh.Retired.Load(); r != 0 {
+		if r-1 < uint64(sh.RecBase) || r-1 > uint64(sh.Limit) {
+			return nil, 0, false, fmt.Errorf("slab %#x: retirement point %d out of range: %w", uint64(e.Off), r-1, ErrCorrupt)
+		}
+		end = uint32(r - 1)
+	}
+	return sh, end, true, nil
 }

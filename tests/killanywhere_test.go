@@ -55,11 +55,7 @@ func TestChildStreamConsumer(t *testing.T) {
 			require.NoError(t, h.FreeBatch(rs[:k]))
 		}
 	}
-	for {
-		r, err := c.Receive(ctx)
-		require.NoError(t, err)
-		require.NoError(t, h.Free(r))
-	}
+	freeForever(t, h, func() (ipc.Record, error) { return c.Receive(ctx) })
 }
 
 // TestChildStreamProducer sends numbered records on channel HIPC_N of
@@ -112,11 +108,10 @@ func killRound(t *testing.T, b *ipc.Buffer, name, test string, batch bool, run f
 	if batch {
 		env = append(env, envBatch+"=1")
 	}
-	child := testutil.StartChild(t, test, env...)
-	require.Equal(t, "ready", child.Line(t, time.Minute))
+	child := startReady(t, test, env...)
 	killed := make(chan struct{})
 	go func() {
-		time.Sleep(time.Duration(1+rand.IntN(15)) * time.Millisecond)
+		time.Sleep(killDelay())
 		child.Kill()
 		close(killed)
 	}()
@@ -127,16 +122,12 @@ func killRound(t *testing.T, b *ipc.Buffer, name, test string, batch bool, run f
 			require.NoError(t, err, "the dead end does not block removal of channel %d", id)
 		}
 	}
-	_, err = b.Recover()
-	require.NoError(t, err)
-	require.NoError(t, b.Check(), "after Recover, the parent's handle still open")
+	recoverAndCheck(t, b, "after Recover, the parent's handle still open")
 	// A slab whose count a process killed while freeing never lowered
 	// goes back once it is retired and all free (the parent's handle
 	// closed) and Recover has seen it so.
 	require.NoError(t, h.Close())
-	_, err = b.Recover()
-	require.NoError(t, err)
-	require.NoError(t, b.Check())
+	recoverAndCheck(t, b)
 	require.Equal(t, free0, freeBytes(t, b), "every record and slab came back")
 }
 
@@ -340,13 +331,10 @@ func TestChurnerKilledAnywhere(t *testing.T) {
 	b, name := openBuf(t)
 	for i := range killRounds(t) {
 		free0 := freeBytes(t, b)
-		child := testutil.StartChild(t, "TestChildChurnChannels", envBuf+"="+name)
-		require.Equal(t, "ready", child.Line(t, time.Minute))
-		time.Sleep(time.Duration(1+rand.IntN(15)) * time.Millisecond)
+		child := startReady(t, "TestChildChurnChannels", envBuf+"="+name)
+		time.Sleep(killDelay())
 		child.Kill()
-		_, err := b.Recover()
-		require.NoError(t, err, "round %d", i)
-		require.NoError(t, b.Check(), "round %d", i)
+		recoverAndCheck(t, b, "round %d", i)
 		h, err := b.NewHandle()
 		require.NoError(t, err)
 		for id := ipc.ChannelID(1); id <= 8; id++ {
@@ -355,9 +343,7 @@ func TestChurnerKilledAnywhere(t *testing.T) {
 			}
 		}
 		require.NoError(t, h.Close())
-		_, err = b.Recover()
-		require.NoError(t, err, "round %d", i)
-		require.NoError(t, b.Check(), "round %d", i)
+		recoverAndCheck(t, b, "round %d", i)
 		require.Equal(t, free0, freeBytes(t, b), "round %d: every byte came back", i)
 	}
 }
@@ -398,8 +384,7 @@ func TestMPSCProducerKilledAnywhere(t *testing.T) {
 		require.NoError(t, err)
 		c, err := h.MPSCConsumer(1, ipc.WithCapacity(256))
 		require.NoError(t, err)
-		child := testutil.StartChild(t, "TestChildMPSCProducer", envBuf+"="+name)
-		require.Equal(t, "ready", child.Line(t, time.Minute))
+		child := startReady(t, "TestChildMPSCProducer", envBuf+"="+name)
 		hp, err := b.NewHandle()
 		require.NoError(t, err)
 		p, err := hp.MPSCProducer(1)
@@ -407,7 +392,7 @@ func TestMPSCProducerKilledAnywhere(t *testing.T) {
 		ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 		sent := make(chan error, 1)
 		go func() {
-			kill := time.Now().Add(time.Duration(1+rand.IntN(15)) * time.Millisecond)
+			kill := time.Now().Add(killDelay())
 			var err error
 			n := uint64(0)
 			for killed := false; err == nil && (!killed || n < after); {
@@ -459,14 +444,10 @@ func TestMPSCProducerKilledAnywhere(t *testing.T) {
 		}
 		cancel()
 		require.NoError(t, c.Close())
-		_, err = b.Recover()
-		require.NoError(t, err)
-		require.NoError(t, b.Check(), "round %d: after Recover, the parent's handles still open", i)
+		recoverAndCheck(t, b, "round %d: after Recover, the parent's handles still open", i)
 		require.NoError(t, hp.Close())
 		require.NoError(t, h.Close())
-		_, err = b.Recover()
-		require.NoError(t, err)
-		require.NoError(t, b.Check(), "round %d", i)
+		recoverAndCheck(t, b, "round %d", i)
 		require.Equal(t, free0, freeBytes(t, b), "round %d: every record and slab came back", i)
 	}
 }
@@ -480,11 +461,7 @@ func TestChildMPSCConsumer(t *testing.T) {
 	require.NoError(t, err)
 	ctx := ctxFor(t)
 	testutil.Say("ready")
-	for {
-		r, err := c.Receive(ctx)
-		require.NoError(t, err)
-		require.NoError(t, h.Free(r))
-	}
+	freeForever(t, h, func() (ipc.Record, error) { return c.Receive(ctx) })
 }
 
 // TestMPSCConsumerKilledAnywhere kills the consumer of an MPSC channel
@@ -499,42 +476,20 @@ func TestMPSCConsumerKilledAnywhere(t *testing.T) {
 	b, name := openBuf(t)
 	for i := range killRounds(t) {
 		free0 := freeBytes(t, b)
-		child := testutil.StartChild(t, "TestChildMPSCConsumer", envBuf+"="+name)
-		require.Equal(t, "ready", child.Line(t, time.Minute))
+		child := startReady(t, "TestChildMPSCConsumer", envBuf+"="+name)
 		ctx := ctxFor(t)
-		var hs [2]*ipc.Handle
-		errs := make(chan error, len(hs))
-		for k := range hs {
-			h, err := b.NewHandle()
-			require.NoError(t, err)
-			hs[k] = h
+		hs, errs := sendUntilFailure(t, b, ctx, false, func(h *ipc.Handle, k int) (sender, int, error) {
 			p, err := h.MPSCProducer(1)
-			require.NoError(t, err)
-			go func() {
-				var err error
-				for seq := uint64(0); err == nil; seq++ {
-					var r ipc.Record
-					if r, err = h.Allocate(100 + 16*k); err != nil {
-						break
-					}
-					stamp(r, seq)
-					if err = p.Send(ctx, r); err != nil {
-						err = errors.Join(err, h.Free(r))
-					}
-				}
-				errs <- errors.Join(err, p.Close())
-			}()
-		}
-		time.Sleep(time.Duration(1+rand.IntN(15)) * time.Millisecond)
+			return p, 100 + 16*k, err
+		})
+		time.Sleep(killDelay())
 		child.Kill()
 		for range hs {
 			require.ErrorIs(t, <-errs, ipc.ErrPeerDead, "round %d", i)
 		}
 		// Recover first: what the consumer left half done (a slot freed,
 		// Head not moved on) is finished, and Check passes.
-		_, err := b.Recover()
-		require.NoError(t, err, "round %d", i)
-		require.NoError(t, b.Check(), "round %d: after Recover, the records still queued", i)
+		recoverAndCheck(t, b, "round %d: after Recover, the records still queued", i)
 		hc, err := b.NewHandle()
 		require.NoError(t, err)
 		c, err := hc.MPSCConsumer(1)
@@ -562,9 +517,7 @@ func TestMPSCConsumerKilledAnywhere(t *testing.T) {
 			require.NoError(t, h.Close())
 		}
 		require.NoError(t, hc.Close())
-		_, err = b.Recover()
-		require.NoError(t, err)
-		require.NoError(t, b.Check(), "round %d", i)
+		recoverAndCheck(t, b, "round %d", i)
 		require.Equal(t, free0, freeBytes(t, b), "round %d: every record and slab came back", i)
 	}
 }
@@ -585,11 +538,10 @@ func TestChildSelectConsumer(t *testing.T) {
 	require.NoError(t, err)
 	ctx := ctxFor(t)
 	testutil.Say("ready")
-	for {
+	freeForever(t, h, func() (ipc.Record, error) {
 		_, r, err := sel.Receive(ctx)
-		require.NoError(t, err)
-		require.NoError(t, h.Free(r))
-	}
+		return r, err
+	})
 }
 
 // TestSelectConsumerKilledAnywhere kills a consumer that serves two
@@ -601,36 +553,13 @@ func TestSelectConsumerKilledAnywhere(t *testing.T) {
 	b, name := openBuf(t)
 	for i := range killRounds(t) {
 		free0 := freeBytes(t, b)
-		child := testutil.StartChild(t, "TestChildSelectConsumer", envBuf+"="+name)
-		require.Equal(t, "ready", child.Line(t, time.Minute))
+		child := startReady(t, "TestChildSelectConsumer", envBuf+"="+name)
 		ctx := ctxFor(t)
-		var hs [2]*ipc.Handle
-		errs := make(chan error, len(hs))
-		for k := range hs {
-			h, err := b.NewHandle()
-			require.NoError(t, err)
-			hs[k] = h
+		hs, errs := sendUntilFailure(t, b, ctx, true, func(h *ipc.Handle, k int) (sender, int, error) {
 			p, err := h.Producer(ipc.ChannelID(1 + k))
-			require.NoError(t, err)
-			go func() {
-				var err error
-				for seq := uint64(0); err == nil; seq++ {
-					if seq%64 == 63 {
-						time.Sleep(20 * time.Microsecond) // let the Select park
-					}
-					var r ipc.Record
-					if r, err = h.Allocate(100); err != nil {
-						break
-					}
-					stamp(r, seq)
-					if err = p.Send(ctx, r); err != nil {
-						err = errors.Join(err, h.Free(r))
-					}
-				}
-				errs <- errors.Join(err, p.Close())
-			}()
-		}
-		time.Sleep(time.Duration(1+rand.IntN(15)) * time.Millisecond)
+			return p, 100, err
+		})
+		time.Sleep(killDelay())
 		child.Kill()
 		for range hs {
 			require.ErrorIs(t, <-errs, ipc.ErrPeerDead, "round %d", i)
@@ -638,15 +567,11 @@ func TestSelectConsumerKilledAnywhere(t *testing.T) {
 		for id := ipc.ChannelID(1); id <= 2; id++ {
 			require.NoError(t, hs[0].RemoveChannel(context.Background(), id), "round %d", i)
 		}
-		_, err := b.Recover()
-		require.NoError(t, err, "round %d", i)
-		require.NoError(t, b.Check(), "round %d", i)
+		recoverAndCheck(t, b, "round %d", i)
 		for _, h := range hs {
 			require.NoError(t, h.Close())
 		}
-		_, err = b.Recover()
-		require.NoError(t, err, "round %d", i)
-		require.NoError(t, b.Check(), "round %d", i)
+		recoverAndCheck(t, b, "round %d", i)
 		require.Equal(t, free0, freeBytes(t, b), "round %d: every record, slab and doorbell came back", i)
 	}
 }
@@ -702,10 +627,9 @@ func TestStreamEndKilledAnywhere(t *testing.T) {
 		if writerDies {
 			env = append(env, envBatch+"=1")
 		}
-		child := testutil.StartChild(t, "TestChildStreamEnd", env...)
-		require.Equal(t, "ready", child.Line(t, time.Minute))
+		child := startReady(t, "TestChildStreamEnd", env...)
 		go func() {
-			time.Sleep(time.Duration(1+rand.IntN(15)) * time.Millisecond)
+			time.Sleep(killDelay())
 			child.Kill()
 		}()
 		ctx := ctxFor(t)
@@ -743,10 +667,82 @@ func TestStreamEndKilledAnywhere(t *testing.T) {
 		}
 		child.Kill() // waits for it to be gone
 		require.NoError(t, h.RemoveStream(context.Background(), 1), "round %d", i)
-		_, err = b.Recover()
-		require.NoError(t, err, "round %d", i)
-		require.NoError(t, b.Check(), "round %d", i)
+		recoverAndCheck(t, b, "round %d", i)
 		require.NoError(t, h.Close())
 		require.Equal(t, free0, freeBytes(t, b), "round %d: every byte came back", i)
 	}
+}
+
+// sender is a producer end: *ipc.Producer or *ipc.MPSCProducer.
+type sender interface {
+	Send(ctx context.Context, r ipc.Record) error
+	Close() error
+}
+
+// sendUntilFailure opens a producer end in each of two new handles of b
+// (open gives the end k and the size of its records) and sends numbered
+// records through each from its own goroutine until a send fails
+// (pausing for 20 µs every 64 records if pause); each goroutine then
+// closes its end and puts the error on the channel it returns.
+func sendUntilFailure(t *testing.T, b *ipc.Buffer, ctx context.Context, pause bool, open func(h *ipc.Handle, k int) (sender, int, error)) ([2]*ipc.Handle, chan error) {
+	t.Helper()
+	var hs [2]*ipc.Handle
+	errs := make(chan error, len(hs))
+	for k := range hs {
+		h, err := b.NewHandle()
+		require.NoError(t, err)
+		hs[k] = h
+		p, size, err := open(h, k)
+		require.NoError(t, err)
+		go func() {
+			var err error
+			for seq := uint64(0); err == nil; seq++ {
+				if pause && seq%64 == 63 {
+					time.Sleep(20 * time.Microsecond)
+				}
+				var r ipc.Record
+				if r, err = h.Allocate(size); err != nil {
+					break
+				}
+				stamp(r, seq)
+				if err = p.Send(ctx, r); err != nil {
+					err = errors.Join(err, h.Free(r))
+				}
+			}
+			errs <- errors.Join(err, p.Close())
+		}()
+	}
+	return hs, errs
+}
+
+// startReady starts the child test (env as testutil.StartChild) and waits
+// until it says it is ready.
+func startReady(t *testing.T, test string, env ...string) *testutil.Child {
+	t.Helper()
+	child := testutil.StartChild(t, test, env...)
+	require.Equal(t, "ready", child.Line(t, time.Minute))
+	return child
+}
+
+// killDelay is how long after it is ready a child is killed: 1 to 15 ms,
+// chosen at random.
+func killDelay() time.Duration { return time.Duration(1+rand.IntN(15)) * time.Millisecond }
+
+// freeForever frees every record receive gives, until it fails (the
+// test fails) or the process is killed.
+func freeForever(t *testing.T, h *ipc.Handle, receive func() (ipc.Record, error)) {
+	for {
+		r, err := receive()
+		require.NoError(t, err)
+		require.NoError(t, h.Free(r))
+	}
+}
+
+// recoverAndCheck runs Recover, then Check: both must succeed (msg
+// describes the moment, as for require).
+func recoverAndCheck(t *testing.T, b *ipc.Buffer, msg ...any) {
+	t.Helper()
+	_, err := b.Recover()
+	require.NoError(t, err, msg...)
+	require.NoError(t, b.Check(), msg...)
 }
