@@ -130,7 +130,8 @@
 // Pool.Check runs the heap's Check and then walks every slab and large
 // record: headers against extents, every record slot all-free or
 // all-live, the granules past the allocation point, Count against the
-// bitmap (not above it in an active slab of a live owner), retired slabs that are free but were not returned, returns
-// that a dead returner cut short (Pool.returnCut). It takes no
-// lock and is exact when nobody allocates or frees.
+// bitmap (not above it in an active slab of a live owner), retired slabs
+// that are free but were not returned, returns that a dead returner cut
+// short (Pool.returnCut). It takes no lock and is exact when nobody
+// allocates or frees.
 package slab

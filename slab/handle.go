@@ -44,11 +44,12 @@ func (p *Pool) NewHandle() *Handle { return &Handle{p: p} }
 // Pool is the pool the handle allocates from.
 func (h *Handle) Pool() *Pool { return h.p }
 
-// Alloc returns a record of size bytes (size ≥ 0; its bytes are not
-// zeroed, except a large record's last 16, so that a record whose header
-// is valid never shows there what an earlier one left: the records
-// layer keeps its trailer there), aligned to the pool's alignment. ErrNoSpace: the heap has no
-// room for a new slab or a large record; nothing changed.
+// Alloc returns a record of size bytes (size ≥ 0), aligned to the pool's
+// alignment. Its bytes are not zeroed, except a large record's last 16,
+// so that a record whose header is valid never shows there what an
+// earlier one left (the records layer keeps its trailer there).
+// ErrNoSpace: the heap has no room for a new slab or a large record;
+// nothing changed.
 func (h *Handle) Alloc(size int) (Record, error) {
 	if h.closed {
 		return Record{}, fmt.Errorf("slab: allocate: %w", ErrClosed)
