@@ -746,3 +746,118 @@ func recoverAndCheck(t *testing.T, b *ipc.Buffer, msg ...any) {
 	require.NoError(t, err, msg...)
 	require.NoError(t, b.Check(), msg...)
 }
+
+// TestChildMailboxEnd is one end of mailbox 1 of the parent's buffer, as
+// fast as it can until it is killed: with HIPC_BATCH the requester
+// (requests of 1 to 8192 bytes, each echo checked), else the responder
+// (it echoes). With HIPC_N=1 it does one round trip, says "done" and
+// closes instead.
+func TestChildMailboxEnd(t *testing.T) {
+	testutil.ChildOnly(t)
+	h := newHandle(t, attach(t))
+	ctx := ctxFor(t)
+	once := os.Getenv(envN) == "1"
+	if os.Getenv(envBatch) != "" {
+		q, err := h.Requester(1)
+		require.NoError(t, err)
+		testutil.Say("ready")
+		msg := make([]byte, 8192)
+		for i := 0; ; i++ {
+			n := 1 + rand.IntN(len(msg))
+			for j := range msg[:n] {
+				msg[j] = byte(i + j)
+			}
+			reply, err := q.Request(ctx, msg[:n])
+			require.NoError(t, err)
+			require.Equal(t, msg[:n], reply)
+			if once {
+				testutil.Say("done")
+				require.NoError(t, q.Close())
+				return
+			}
+		}
+	}
+	r, err := h.Responder(1)
+	require.NoError(t, err)
+	testutil.Say("ready")
+	buf := make([]byte, 0, 8192)
+	for {
+		req, err := r.Receive(ctx, buf)
+		require.NoError(t, err)
+		require.NoError(t, r.Reply(ctx, req))
+		if once {
+			testutil.Say("done")
+			require.NoError(t, r.Close())
+			return
+		}
+	}
+}
+
+// TestMailboxEndKilledAnywhere kills one end of a mailbox, the responder
+// or the requester, in turn, at a moment the test does not choose (in the
+// middle of a request or a reply of up to 8 KiB): the other end learns of
+// it (ErrPeerDead), a new process takes the dead end's place and a round
+// trip works, and after the mailbox is removed and the buffer recovered,
+// Check passes and every byte is back (and, for TestMain, every
+// semaphore).
+func TestMailboxEndKilledAnywhere(t *testing.T) {
+	b, name := openBuf(t)
+	for i := range killRounds(t) {
+		requesterDies := i%2 == 1
+		free0 := freeBytes(t, b)
+		h, err := b.NewHandle()
+		require.NoError(t, err)
+		env := []string{envBuf + "=" + name}
+		if requesterDies {
+			env = append(env, envBatch+"=1")
+		}
+		child := startReady(t, "TestChildMailboxEnd", env...)
+		go func() {
+			time.Sleep(killDelay())
+			child.Kill()
+		}()
+		ctx := ctxFor(t)
+		buf := make([]byte, 0, 8192)
+		if requesterDies {
+			r, err := h.Responder(1)
+			require.NoError(t, err)
+			for err == nil {
+				var req []byte
+				if req, err = r.Receive(ctx, buf); err == nil {
+					err = r.Reply(ctx, req)
+				}
+			}
+			require.ErrorIs(t, err, ipc.ErrPeerDead, "round %d", i)
+			child.Kill()
+			next := startReady(t, "TestChildMailboxEnd", append(env, envN+"=1")...)
+			req, err := r.Receive(ctx, buf)
+			require.NoError(t, err, "round %d: a new requester", i)
+			require.NoError(t, r.Reply(ctx, req))
+			require.Equal(t, "done", next.Line(t, time.Minute))
+			next.MustSucceed(t, time.Minute)
+			require.NoError(t, r.Close())
+		} else {
+			q, err := h.Requester(1)
+			require.NoError(t, err)
+			msg := make([]byte, 8192)
+			for err == nil {
+				_, err = q.Request(ctx, msg[:1+rand.IntN(len(msg))])
+			}
+			require.ErrorIs(t, err, ipc.ErrPeerDead, "round %d", i)
+			child.Kill()
+			next := startReady(t, "TestChildMailboxEnd", append(env, envN+"=1")...)
+			reply, err := q.Request(ctx, []byte("after"))
+			require.NoError(t, err, "round %d: a new responder", i)
+			require.Equal(t, "after", string(reply))
+			require.Equal(t, "done", next.Line(t, time.Minute))
+			next.MustSucceed(t, time.Minute)
+			require.NoError(t, q.Close())
+		}
+		if err := h.RemoveMailbox(context.Background(), 1); !errors.Is(err, ipc.ErrNotExist) {
+			require.NoError(t, err, "round %d", i) // (both ends closed: gone already)
+		}
+		recoverAndCheck(t, b, "round %d", i)
+		require.NoError(t, h.Close())
+		require.Equal(t, free0, freeBytes(t, b), "round %d: every byte came back", i)
+	}
+}
