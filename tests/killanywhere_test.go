@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -856,6 +857,126 @@ func TestMailboxEndKilledAnywhere(t *testing.T) {
 		if err := h.RemoveMailbox(context.Background(), 1); !errors.Is(err, ipc.ErrNotExist) {
 			require.NoError(t, err, "round %d", i) // (both ends closed: gone already)
 		}
+		recoverAndCheck(t, b, "round %d", i)
+		require.NoError(t, h.Close())
+		require.Equal(t, free0, freeBytes(t, b), "round %d: every byte came back", i)
+	}
+}
+
+// spPayload fills p as the speculo kill test's chunk number seq: seq in
+// its first 8 bytes (if it has them), then a pattern of it.
+func spPayload(p []byte, seq uint64) {
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], seq)
+	for i := range p {
+		if i < 8 {
+			p[i] = b[i]
+		} else {
+			p[i] = byte(seq) ^ byte(i)
+		}
+	}
+}
+
+// spCheck reports whether p is a chunk spPayload wrote (any number).
+func spCheck(p []byte) bool {
+	if len(p) < 8 {
+		return true
+	}
+	want := make([]byte, len(p))
+	spPayload(want, binary.LittleEndian.Uint64(p))
+	return bytes.Equal(p, want)
+}
+
+// TestChildSpeculoStreamWriter writes to speculo area 1 of the parent's
+// buffer as fast as it can (new blocks, updates of earlier ones, a GC now
+// and then; every chunk expires 2 ms after it is written) until it is
+// killed.
+func TestChildSpeculoStreamWriter(t *testing.T) {
+	testutil.ChildOnly(t)
+	h := newHandle(t, attach(t))
+	sp, err := h.AddSpeculo(1, 0)
+	require.NoError(t, err)
+	w, err := sp.Writer()
+	require.NoError(t, err)
+	testutil.Say("ready")
+	buf := make([]byte, 1024)
+	var blocks []ipc.BlockID
+	for seq := uint64(0); ; seq++ {
+		p := buf[:rand.IntN(len(buf))]
+		spPayload(p, seq)
+		switch {
+		case seq%64 == 63:
+			require.NoError(t, w.GC())
+		case len(blocks) > 0 && seq%3 == 0:
+			if err := w.Update(blocks[rand.IntN(len(blocks))], p, time.Now().Add(2*time.Millisecond)); err != nil {
+				require.ErrorIs(t, err, ipc.ErrNoSpace)
+			}
+		default:
+			id, err := w.Write(p, time.Now().Add(2*time.Millisecond))
+			if errors.Is(err, ipc.ErrNoSpace) {
+				blocks = blocks[:0]
+				require.NoError(t, w.GC())
+				continue
+			}
+			require.NoError(t, err)
+			if len(blocks) < 64 {
+				blocks = append(blocks, id)
+			}
+		}
+	}
+}
+
+// TestSpeculoWriterKilledAnywhere kills a speculo area's writer at a
+// moment the test does not choose (in a write, an update, a GC's copy)
+// while this process reads the area: every chunk read is whole; a new
+// writer takes the dead one's place (what it left half done is finished
+// or undone) and what it writes is read; after the area is removed and
+// the buffer recovered, Check passes and every byte is back.
+func TestSpeculoWriterKilledAnywhere(t *testing.T) {
+	b, name := openBuf(t)
+	for i := range killRounds(t) {
+		free0 := freeBytes(t, b)
+		h, err := b.NewHandle()
+		require.NoError(t, err)
+		sp, err := h.AddSpeculo(1, 64<<10)
+		require.NoError(t, err)
+		r, err := sp.Reader()
+		require.NoError(t, err)
+		child := startReady(t, "TestChildSpeculoStreamWriter", envBuf+"="+name)
+		kill := time.Now().Add(killDelay())
+		for time.Now().Before(kill) {
+			c, err := r.TryNext()
+			if errors.Is(err, ipc.ErrWouldBlock) {
+				continue
+			}
+			require.NoError(t, err, "round %d", i)
+			require.True(t, spCheck(c.Data), "round %d: chunk %d torn", i, c.Seq)
+		}
+		child.Kill()
+		r.Release() // off the extent it is on, so that GC can free it
+		w, err := sp.Writer()
+		require.NoError(t, err, "round %d: the dead writer's place", i)
+		p := make([]byte, 100)
+		spPayload(p, 1<<40)
+		for try := 0; ; try++ {
+			// The dead writer's chunks expire 2 ms after it wrote them.
+			if _, err = w.Write(p, time.Time{}); !errors.Is(err, ipc.ErrNoSpace) || try == 100 {
+				break
+			}
+			time.Sleep(time.Millisecond)
+			require.NoError(t, w.GC(), "round %d", i)
+		}
+		require.NoError(t, err, "round %d", i)
+		require.NoError(t, w.GC(), "round %d", i)
+		for found := false; !found; {
+			c, err := r.TryNext()
+			require.NoError(t, err, "round %d: the new writer's chunk", i)
+			require.True(t, spCheck(c.Data), "round %d: chunk %d torn", i, c.Seq)
+			found = len(c.Data) >= 8 && binary.LittleEndian.Uint64(c.Data) == 1<<40
+		}
+		require.NoError(t, w.Close())
+		require.NoError(t, r.Close())
+		require.NoError(t, sp.Remove(context.Background()), "round %d", i)
 		recoverAndCheck(t, b, "round %d", i)
 		require.NoError(t, h.Close())
 		require.Equal(t, free0, freeBytes(t, b), "round %d: every byte came back", i)
