@@ -22,6 +22,7 @@ import (
 const (
 	envBatch      = "HIPC_BATCH"
 	envKillRounds = "HIPC_KILL_ROUNDS" // rounds of the kill-anywhere tests (make soak)
+	envOnce       = "HIPC_ONCE"
 )
 
 // killRounds is how many children the kill-anywhere tests kill: 24 (8
@@ -98,7 +99,7 @@ func TestChildStreamProducer(t *testing.T) {
 // the buffer: after Recover, Check passes with the parent's handle still
 // open; once that handle is closed and Recover has run again, every byte
 // is back.
-func killRound(t *testing.T, b *ipc.Buffer, name, test string, batch bool, run func(h *ipc.Handle, killed <-chan struct{})) {
+func killRound(t *testing.T, b *ipc.Buffer, name, test string, batch bool, remove func(h *ipc.Handle) error, run func(h *ipc.Handle, killed <-chan struct{})) {
 	t.Helper()
 	free0 := freeBytes(t, b)
 	h, err := b.NewHandle()
@@ -118,11 +119,7 @@ func killRound(t *testing.T, b *ipc.Buffer, name, test string, batch bool, run f
 	}()
 	run(h, killed)
 	<-killed
-	for _, id := range []ipc.ChannelID{1, 2} {
-		if err := h.RemoveChannel(context.Background(), id); !errors.Is(err, ipc.ErrNotExist) {
-			require.NoError(t, err, "the dead end does not block removal of channel %d", id)
-		}
-	}
+	require.NoError(t, remove(h), "the dead end does not block removal")
 	recoverAndCheck(t, b, "after Recover, the parent's handle still open")
 	// A slab whose count a process killed while freeing never lowered
 	// goes back once it is retired and all free (the parent's handle
@@ -144,7 +141,7 @@ func TestConsumerKilledAnywhere(t *testing.T) {
 	b, name := openBuf(t)
 	for i := range killRounds(t) {
 		batch := i%2 == 1
-		killRound(t, b, name, "TestChildStreamConsumer", batch, func(h *ipc.Handle, _ <-chan struct{}) {
+		killRound(t, b, name, "TestChildStreamConsumer", batch, removeRecordChannels, func(h *ipc.Handle, _ <-chan struct{}) {
 			p, err := h.Producer(1)
 			require.NoError(t, err)
 			ctx := ctxFor(t)
@@ -182,7 +179,7 @@ func TestProducerKilledAnywhere(t *testing.T) {
 	b, name := openBuf(t)
 	for i := range killRounds(t) {
 		batch := i%2 == 1
-		killRound(t, b, name, "TestChildStreamProducer", batch, func(h *ipc.Handle, killed <-chan struct{}) {
+		killRound(t, b, name, "TestChildStreamProducer", batch, removeRecordChannels, func(h *ipc.Handle, killed <-chan struct{}) {
 			c, err := h.Consumer(1)
 			require.NoError(t, err)
 			ctx := ctxFor(t)
@@ -243,7 +240,7 @@ func TestForwarderKilledAnywhere(t *testing.T) {
 	b, name := openBuf(t)
 	for i := range killRounds(t) {
 		batch := i%2 == 1
-		killRound(t, b, name, "TestChildForwarder", batch, func(h *ipc.Handle, _ <-chan struct{}) {
+		killRound(t, b, name, "TestChildForwarder", batch, removeRecordChannels, func(h *ipc.Handle, _ <-chan struct{}) {
 			p, err := h.Producer(1)
 			require.NoError(t, err)
 			h2, err := b.NewHandle()
@@ -619,23 +616,24 @@ func TestChildStreamEnd(t *testing.T) {
 // Check passes and every byte is back.
 func TestStreamEndKilledAnywhere(t *testing.T) {
 	b, name := openBuf(t)
+	remove := func(h *ipc.Handle) error { return h.RemoveStream(context.Background(), 1) }
 	for i := range killRounds(t) {
 		writerDies := i%2 == 1
-		free0 := freeBytes(t, b)
-		h, err := b.NewHandle()
-		require.NoError(t, err)
-		env := []string{envBuf + "=" + name}
-		if writerDies {
-			env = append(env, envBatch+"=1")
-		}
-		child := startReady(t, "TestChildStreamEnd", env...)
-		go func() {
-			time.Sleep(killDelay())
-			child.Kill()
-		}()
-		ctx := ctxFor(t)
-		buf := make([]byte, 4096)
-		if writerDies {
+		killRound(t, b, name, "TestChildStreamEnd", writerDies, remove, func(h *ipc.Handle, _ <-chan struct{}) {
+			ctx := ctxFor(t)
+			buf := make([]byte, 4096)
+			if !writerDies {
+				w, err := h.StreamWriter(1)
+				require.NoError(t, err)
+				for {
+					if _, err := w.WriteContext(ctx, buf[:1+rand.IntN(len(buf))]); err != nil {
+						require.ErrorIs(t, err, ipc.ErrPeerDead, "round %d", i)
+						break
+					}
+				}
+				require.NoError(t, w.Close())
+				return
+			}
 			r, err := h.StreamReader(1)
 			require.NoError(t, err)
 			var at uint64
@@ -655,22 +653,7 @@ func TestStreamEndKilledAnywhere(t *testing.T) {
 				}
 			}
 			require.NoError(t, r.Close())
-		} else {
-			w, err := h.StreamWriter(1)
-			require.NoError(t, err)
-			for {
-				if _, err := w.WriteContext(ctx, buf[:1+rand.IntN(len(buf))]); err != nil {
-					require.ErrorIs(t, err, ipc.ErrPeerDead, "round %d", i)
-					break
-				}
-			}
-			require.NoError(t, w.Close())
-		}
-		child.Kill() // waits for it to be gone
-		require.NoError(t, h.RemoveStream(context.Background(), 1), "round %d", i)
-		recoverAndCheck(t, b, "round %d", i)
-		require.NoError(t, h.Close())
-		require.Equal(t, free0, freeBytes(t, b), "round %d: every byte came back", i)
+		})
 	}
 }
 
@@ -751,13 +734,13 @@ func recoverAndCheck(t *testing.T, b *ipc.Buffer, msg ...any) {
 // TestChildMailboxEnd is one end of mailbox 1 of the parent's buffer, as
 // fast as it can until it is killed: with HIPC_BATCH the requester
 // (requests of 1 to 8192 bytes, each echo checked), else the responder
-// (it echoes). With HIPC_N=1 it does one round trip, says "done" and
+// (it echoes). With HIPC_ONCE it does one round trip, says "done" and
 // closes instead.
 func TestChildMailboxEnd(t *testing.T) {
 	testutil.ChildOnly(t)
 	h := newHandle(t, attach(t))
 	ctx := ctxFor(t)
-	once := os.Getenv(envN) == "1"
+	once := os.Getenv(envOnce) != ""
 	if os.Getenv(envBatch) != "" {
 		q, err := h.Requester(1)
 		require.NoError(t, err)
@@ -803,41 +786,41 @@ func TestChildMailboxEnd(t *testing.T) {
 // semaphore).
 func TestMailboxEndKilledAnywhere(t *testing.T) {
 	b, name := openBuf(t)
+	remove := func(h *ipc.Handle) error {
+		if err := h.RemoveMailbox(context.Background(), 1); !errors.Is(err, ipc.ErrNotExist) {
+			return err // (both ends closed: gone already)
+		}
+		return nil
+	}
 	for i := range killRounds(t) {
 		requesterDies := i%2 == 1
-		free0 := freeBytes(t, b)
-		h, err := b.NewHandle()
-		require.NoError(t, err)
-		env := []string{envBuf + "=" + name}
+		env := []string{envBuf + "=" + name, envOnce + "=1"}
 		if requesterDies {
 			env = append(env, envBatch+"=1")
 		}
-		child := startReady(t, "TestChildMailboxEnd", env...)
-		go func() {
-			time.Sleep(killDelay())
-			child.Kill()
-		}()
-		ctx := ctxFor(t)
-		buf := make([]byte, 0, 8192)
-		if requesterDies {
-			r, err := h.Responder(1)
-			require.NoError(t, err)
-			for err == nil {
-				var req []byte
-				if req, err = r.Receive(ctx, buf); err == nil {
-					err = r.Reply(ctx, req)
+		killRound(t, b, name, "TestChildMailboxEnd", requesterDies, remove, func(h *ipc.Handle, killed <-chan struct{}) {
+			ctx := ctxFor(t)
+			buf := make([]byte, 0, 8192)
+			if requesterDies {
+				r, err := h.Responder(1)
+				require.NoError(t, err)
+				for err == nil {
+					var req []byte
+					if req, err = r.Receive(ctx, buf); err == nil {
+						err = r.Reply(ctx, req)
+					}
 				}
+				require.ErrorIs(t, err, ipc.ErrPeerDead, "round %d", i)
+				<-killed
+				next := startReady(t, "TestChildMailboxEnd", env...)
+				req, err := r.Receive(ctx, buf)
+				require.NoError(t, err, "round %d: a new requester", i)
+				require.NoError(t, r.Reply(ctx, req))
+				require.Equal(t, "done", next.Line(t, time.Minute))
+				next.MustSucceed(t, time.Minute)
+				require.NoError(t, r.Close())
+				return
 			}
-			require.ErrorIs(t, err, ipc.ErrPeerDead, "round %d", i)
-			child.Kill()
-			next := startReady(t, "TestChildMailboxEnd", append(env, envN+"=1")...)
-			req, err := r.Receive(ctx, buf)
-			require.NoError(t, err, "round %d: a new requester", i)
-			require.NoError(t, r.Reply(ctx, req))
-			require.Equal(t, "done", next.Line(t, time.Minute))
-			next.MustSucceed(t, time.Minute)
-			require.NoError(t, r.Close())
-		} else {
 			q, err := h.Requester(1)
 			require.NoError(t, err)
 			msg := make([]byte, 8192)
@@ -845,21 +828,15 @@ func TestMailboxEndKilledAnywhere(t *testing.T) {
 				_, err = q.Request(ctx, msg[:1+rand.IntN(len(msg))])
 			}
 			require.ErrorIs(t, err, ipc.ErrPeerDead, "round %d", i)
-			child.Kill()
-			next := startReady(t, "TestChildMailboxEnd", append(env, envN+"=1")...)
+			<-killed
+			next := startReady(t, "TestChildMailboxEnd", env...)
 			reply, err := q.Request(ctx, []byte("after"))
 			require.NoError(t, err, "round %d: a new responder", i)
 			require.Equal(t, "after", string(reply))
 			require.Equal(t, "done", next.Line(t, time.Minute))
 			next.MustSucceed(t, time.Minute)
 			require.NoError(t, q.Close())
-		}
-		if err := h.RemoveMailbox(context.Background(), 1); !errors.Is(err, ipc.ErrNotExist) {
-			require.NoError(t, err, "round %d", i) // (both ends closed: gone already)
-		}
-		recoverAndCheck(t, b, "round %d", i)
-		require.NoError(t, h.Close())
-		require.Equal(t, free0, freeBytes(t, b), "round %d: every byte came back", i)
+		})
 	}
 }
 
@@ -981,4 +958,16 @@ func TestSpeculoWriterKilledAnywhere(t *testing.T) {
 		require.NoError(t, h.Close())
 		require.Equal(t, free0, freeBytes(t, b), "round %d: every byte came back", i)
 	}
+}
+
+// removeRecordChannels removes record channels 1 and 2 of h's buffer,
+// those that exist (killRound's remove for record channels).
+func removeRecordChannels(h *ipc.Handle) error {
+	var all []error
+	for _, id := range []ipc.ChannelID{1, 2} {
+		if err := h.RemoveChannel(context.Background(), id); !errors.Is(err, ipc.ErrNotExist) {
+			all = append(all, err)
+		}
+	}
+	return errors.Join(all...)
 }
