@@ -618,7 +618,11 @@ func (b *Buffer) freeDeadBells(named map[mem.Off]bool, cleared time.Time) error 
 // live process holds and that are drained, and what removals and
 // creations of channels that died in the middle left (finished first:
 // their queued records, extents and control blocks). It returns how many
-// bytes came back. Processes that are alive are never robbed.
+// bytes came back. Processes that are alive are never robbed. If a
+// channel is damaged so that what it queues cannot be read, Recover
+// frees no record (any may be queued there: freeing it would hand a
+// consumer freed memory) and reports the damage; the records come back
+// with a Recover after the channel is removed.
 func (b *Buffer) Recover() (reclaimed uint64, err error) {
 	if !b.in() {
 		return 0, b.closedErr("recover")
@@ -678,7 +682,10 @@ func (b *Buffer) Recover() (reclaimed uint64, err error) {
 			// in reused memory; a later Recover frees them).
 			cleared = time.Now()
 		}
-		_, rerr := b.recs.recover(queued)
+		// A walk that failed (a damaged registry, or a channel whose
+		// queue could not be read) may have missed queued records:
+		// then no record is freed, rather than one still queued.
+		_, rerr := b.recs.recover(queued, werr != nil)
 		return errors.Join(werr, b.recoverExtents(), rerr)
 	})
 	all = append(all, err)

@@ -601,10 +601,13 @@ func (rs *records) stats() RecordStats {
 	return s
 }
 
-// recover frees the records whose holder died, except those in keep
-// (queued in a channel: they will be delivered), and gives back what dead
-// processes left of the slabs.
-func (rs *records) recover(queued map[mem.Off]bool) (uint64, error) {
+// recover frees the records whose holder died, except those queued (in a
+// channel: they will be delivered), and gives back what dead processes
+// left of the slabs. unknown: a channel's queue could not be read (it is
+// damaged), so any record may be queued in it: none is freed then (dead
+// allocators' slabs are still retired and their records handed over, as
+// slab.KeepAll does).
+func (rs *records) recover(queued map[mem.Off]bool, unknown bool) (uint64, error) {
 	before, _ := rs.pool.Heap().Stats()
 	alive := map[sys.Identity]bool{rs.self: true}
 	isAlive := func(id sys.Identity) bool {
@@ -616,7 +619,7 @@ func (rs *records) recover(queued map[mem.Off]bool) (uint64, error) {
 		return a
 	}
 	keep := func(off mem.Off) bool {
-		if queued[off] {
+		if unknown || queued[off] {
 			return true
 		}
 		t := rs.stamped(off)

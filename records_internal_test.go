@@ -694,3 +694,46 @@ func TestFreeMarks(t *testing.T) {
 		require.NotZero(t, mark(r), "%d bytes", n)
 	}
 }
+
+// TestRecoverWithUnreadableChannel: when a channel's queue cannot be read
+// (its tail is damaged), Recover reports it and frees no record, not even
+// one a dead process held that is not queued anywhere else (the damaged
+// channel may queue any record: freeing a queued one would hand its
+// consumer freed memory). Once the channel reads again, the loose record
+// is freed and the queued one kept.
+func TestRecoverWithUnreadableChannel(t *testing.T) {
+	b := heapBuf(t)
+	h := testHandle(t, b)
+	p, err := h.Producer(1)
+	require.NoError(t, err)
+	queued, err := h.Allocate(64)
+	require.NoError(t, err)
+	require.NoError(t, p.Send(context.Background(), queued))
+	loose, err := h.Allocate(64)
+	require.NoError(t, err)
+	dead := testutil.DeadIdentity(t)
+	for _, r := range []Record{queued, loose} {
+		b.recs.trailers[(int(r.off)+allocSize(len(r.b)))/trailerSize-1].holder().Store(uint64(dead))
+	}
+	en, err := b.reg.Lookup(1)
+	require.NoError(t, err)
+	tail := mem.AtomicUint64(mem.MustAt[uint64](b.recs.b, en.Control+128))
+	good := tail.Load()
+	tail.Store(good + 1<<20)
+
+	_, err = b.Recover()
+	require.ErrorIs(t, err, ErrCorrupt)
+	for _, r := range []Record{queued, loose} {
+		_, err := b.recs.pool.Bytes(r.off)
+		require.NoError(t, err, "no record freed while a queue is unreadable")
+	}
+
+	tail.Store(good)
+	_, err = b.Recover()
+	require.NoError(t, err)
+	_, err = b.recs.pool.Bytes(queued.off)
+	require.NoError(t, err, "queued: kept")
+	_, err = b.recs.pool.Bytes(loose.off)
+	require.ErrorIs(t, err, ErrNotAllocated, "held by a dead process, queued nowhere: freed")
+	require.NoError(t, p.Close())
+}
