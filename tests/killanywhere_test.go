@@ -971,3 +971,79 @@ func removeRecordChannels(h *ipc.Handle) error {
 	}
 	return errors.Join(all...)
 }
+
+// TestChildSpeculoReader reads speculo area 1 of the parent's buffer as
+// fast as it can (each chunk checked whole), until it is killed.
+func TestChildSpeculoReader(t *testing.T) {
+	testutil.ChildOnly(t)
+	h := newHandle(t, attach(t))
+	sp, err := h.AddSpeculo(1, 0)
+	require.NoError(t, err)
+	r, err := sp.Reader()
+	require.NoError(t, err)
+	testutil.Say("ready")
+	for {
+		c, err := r.TryNext()
+		if errors.Is(err, ipc.ErrWouldBlock) {
+			continue
+		}
+		require.NoError(t, err)
+		require.True(t, spCheck(c.Data), "chunk %d torn", c.Seq)
+	}
+}
+
+// TestSpeculoReaderKilledAnywhere kills a reader of a speculo area at a
+// moment the test does not choose while this process writes and
+// collects (GC) at full speed: the extent the dead reader was on does not
+// hold the area up for good (GC goes on once the reader's slot is found
+// dead), and after the area is removed and the buffer recovered, Check
+// passes and every byte is back.
+func TestSpeculoReaderKilledAnywhere(t *testing.T) {
+	b, name := openBuf(t)
+	for i := range killRounds(t) {
+		free0 := freeBytes(t, b)
+		h, err := b.NewHandle()
+		require.NoError(t, err)
+		sp, err := h.AddSpeculo(1, 64<<10)
+		require.NoError(t, err)
+		w, err := sp.Writer()
+		require.NoError(t, err)
+		child := startReady(t, "TestChildSpeculoReader", envBuf+"="+name)
+		kill := time.Now().Add(killDelay())
+		p := make([]byte, 1024)
+		write := func(seq uint64) error {
+			q := p[:rand.IntN(len(p))]
+			spPayload(q, seq)
+			_, err := w.Write(q, time.Now().Add(time.Millisecond))
+			if errors.Is(err, ipc.ErrNoSpace) {
+				err = w.GC()
+			}
+			return err
+		}
+		seq := uint64(0)
+		for ; time.Now().Before(kill); seq++ {
+			if err := write(seq); err != nil {
+				require.ErrorIs(t, err, ipc.ErrNoSpace, "round %d", i) // GC waits for the reader's extent
+			}
+		}
+		child.Kill()
+		// The dead reader lets go: within a few seconds GC and writes
+		// succeed again.
+		deadline := time.Now().Add(10 * time.Second)
+		for ok := 0; ok < 200; seq++ {
+			err := write(seq)
+			if err == nil {
+				ok++
+				continue
+			}
+			require.ErrorIs(t, err, ipc.ErrNoSpace, "round %d", i)
+			require.True(t, time.Now().Before(deadline), "round %d: the dead reader holds the area up: %v", i, err)
+			time.Sleep(time.Millisecond)
+		}
+		require.NoError(t, w.Close())
+		require.NoError(t, sp.Remove(context.Background()), "round %d", i)
+		recoverAndCheck(t, b, "round %d", i)
+		require.NoError(t, h.Close())
+		require.Equal(t, free0, freeBytes(t, b), "round %d: every byte came back", i)
+	}
+}
