@@ -553,18 +553,26 @@ func TestRingCorruptIndices(t *testing.T) {
 	require.NoError(t, err)
 }
 
-// TestMPSCTailBehindSlot: a Tail moved back under a published slot (a
-// damaged or hostile word) is reported by TrySend as corruption, not
-// looked at again forever.
-func TestMPSCTailBehindSlot(t *testing.T) {
+// mpscFixture creates MPSC channel 1 of capacity n (two producer slots)
+// in a new heap fixture and attaches a producer.
+func mpscFixture(t *testing.T, n uint64) (*fixture, *Entry, *MPSC, *MPSCProducer) {
+	t.Helper()
 	f := newFixture(t, backend.Heap)
-	spec := Spec{Type: TypeMPSC, Size: 4, Control: MPSCControlSize(4, 2), Init: func(_ mem.Off, b []byte) error { return InitMPSC(b, 4, 2) }}
+	spec := Spec{Type: TypeMPSC, Size: n, Control: MPSCControlSize(n, 2), Init: func(_ mem.Off, b []byte) error { return InitMPSC(b, n, 2) }}
 	en, _, err := f.reg.LookupOrCreate(context.Background(), 1, spec)
 	require.NoError(t, err)
 	m, err := OpenMPSC(f.r, en, WaitOptions{})
 	require.NoError(t, err)
 	p, err := m.AttachProducer()
 	require.NoError(t, err)
+	return f, en, m, p
+}
+
+// TestMPSCTailBehindSlot: a Tail moved back under a published slot (a
+// damaged or hostile word) is reported by TrySend as corruption, not
+// looked at again forever.
+func TestMPSCTailBehindSlot(t *testing.T) {
+	f, en, m, p := mpscFixture(t, 4)
 	require.NoError(t, p.TrySend(4096))
 	m.cb.Tail.Add(^uint64(0)) // back to the published slot
 	done := make(chan error, 1)
@@ -578,7 +586,7 @@ func TestMPSCTailBehindSlot(t *testing.T) {
 	m.cb.Tail.Add(1)
 	require.NoError(t, p.TrySend(8192), "usable again once the word is right")
 	p.Close()
-	_, err = f.reg.Remove(context.Background(), en, nil, nil)
+	_, err := f.reg.Remove(context.Background(), en, nil, nil)
 	require.NoError(t, err)
 }
 
@@ -589,15 +597,8 @@ func TestMPSCTailBehindSlot(t *testing.T) {
 // record the dead one took nor a corrupt slot. A live state is left as it
 // is.
 func TestMPSCFinishAdvance(t *testing.T) {
-	f := newFixture(t, backend.Heap)
 	const capacity = 4
-	spec := Spec{Type: TypeMPSC, Size: capacity, Control: MPSCControlSize(capacity, 2), Init: func(_ mem.Off, b []byte) error { return InitMPSC(b, capacity, 2) }}
-	en, _, err := f.reg.LookupOrCreate(context.Background(), 1, spec)
-	require.NoError(t, err)
-	m, err := OpenMPSC(f.r, en, WaitOptions{})
-	require.NoError(t, err)
-	p, err := m.AttachProducer()
-	require.NoError(t, err)
+	f, en, m, p := mpscFixture(t, capacity)
 	for _, off := range []mem.Off{4096, 8192, 12288, 16384} {
 		require.NoError(t, p.TrySend(off))
 	}

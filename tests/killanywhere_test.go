@@ -125,8 +125,7 @@ func killRound(t *testing.T, b *ipc.Buffer, name, test string, batch bool, remov
 	// goes back once it is retired and all free (the parent's handle
 	// closed) and Recover has seen it so.
 	require.NoError(t, h.Close())
-	recoverAndCheck(t, b)
-	require.Equal(t, free0, freeBytes(t, b), "every record and slab came back")
+	allBack(t, b, free0, "every record and slab came back")
 }
 
 // TestConsumerKilledAnywhere kills a consumer that receives and frees at
@@ -335,14 +334,9 @@ func TestChurnerKilledAnywhere(t *testing.T) {
 		recoverAndCheck(t, b, "round %d", i)
 		h, err := b.NewHandle()
 		require.NoError(t, err)
-		for id := ipc.ChannelID(1); id <= 8; id++ {
-			if err := h.RemoveChannel(context.Background(), id); !errors.Is(err, ipc.ErrNotExist) {
-				require.NoError(t, err, "round %d: channel %d", i, id)
-			}
-		}
+		require.NoError(t, removeChannelsUpTo(h, 8), "round %d", i)
 		require.NoError(t, h.Close())
-		recoverAndCheck(t, b, "round %d", i)
-		require.Equal(t, free0, freeBytes(t, b), "round %d: every byte came back", i)
+		allBack(t, b, free0, "round %d: every byte came back", i)
 	}
 }
 
@@ -445,8 +439,7 @@ func TestMPSCProducerKilledAnywhere(t *testing.T) {
 		recoverAndCheck(t, b, "round %d: after Recover, the parent's handles still open", i)
 		require.NoError(t, hp.Close())
 		require.NoError(t, h.Close())
-		recoverAndCheck(t, b, "round %d", i)
-		require.Equal(t, free0, freeBytes(t, b), "round %d: every record and slab came back", i)
+		allBack(t, b, free0, "round %d: every record and slab came back", i)
 	}
 }
 
@@ -515,8 +508,7 @@ func TestMPSCConsumerKilledAnywhere(t *testing.T) {
 			require.NoError(t, h.Close())
 		}
 		require.NoError(t, hc.Close())
-		recoverAndCheck(t, b, "round %d", i)
-		require.Equal(t, free0, freeBytes(t, b), "round %d: every record and slab came back", i)
+		allBack(t, b, free0, "round %d: every record and slab came back", i)
 	}
 }
 
@@ -569,8 +561,7 @@ func TestSelectConsumerKilledAnywhere(t *testing.T) {
 		for _, h := range hs {
 			require.NoError(t, h.Close())
 		}
-		recoverAndCheck(t, b, "round %d", i)
-		require.Equal(t, free0, freeBytes(t, b), "round %d: every record, slab and doorbell came back", i)
+		allBack(t, b, free0, "round %d: every record, slab and doorbell came back", i)
 	}
 }
 
@@ -954,17 +945,20 @@ func TestSpeculoWriterKilledAnywhere(t *testing.T) {
 		require.NoError(t, w.Close())
 		require.NoError(t, r.Close())
 		require.NoError(t, sp.Remove(context.Background()), "round %d", i)
-		recoverAndCheck(t, b, "round %d", i)
 		require.NoError(t, h.Close())
-		require.Equal(t, free0, freeBytes(t, b), "round %d: every byte came back", i)
+		allBack(t, b, free0, "round %d: every byte came back", i)
 	}
 }
 
 // removeRecordChannels removes record channels 1 and 2 of h's buffer,
 // those that exist (killRound's remove for record channels).
-func removeRecordChannels(h *ipc.Handle) error {
+func removeRecordChannels(h *ipc.Handle) error { return removeChannelsUpTo(h, 2) }
+
+// removeChannelsUpTo removes record channels 1 to n of h's buffer, those
+// that exist.
+func removeChannelsUpTo(h *ipc.Handle, n ipc.ChannelID) error {
 	var all []error
-	for _, id := range []ipc.ChannelID{1, 2} {
+	for id := ipc.ChannelID(1); id <= n; id++ {
 		if err := h.RemoveChannel(context.Background(), id); !errors.Is(err, ipc.ErrNotExist) {
 			all = append(all, err)
 		}
@@ -1042,8 +1036,15 @@ func TestSpeculoReaderKilledAnywhere(t *testing.T) {
 		}
 		require.NoError(t, w.Close())
 		require.NoError(t, sp.Remove(context.Background()), "round %d", i)
-		recoverAndCheck(t, b, "round %d", i)
 		require.NoError(t, h.Close())
-		require.Equal(t, free0, freeBytes(t, b), "round %d: every byte came back", i)
+		allBack(t, b, free0, "round %d: every byte came back", i)
 	}
+}
+
+// allBack runs recoverAndCheck and asserts that the heap has as many free
+// bytes as free0 (msg describes what came back, as for require).
+func allBack(t *testing.T, b *ipc.Buffer, free0 uint64, msg ...any) {
+	t.Helper()
+	recoverAndCheck(t, b, msg...)
+	require.Equal(t, free0, freeBytes(t, b), msg...)
 }
