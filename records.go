@@ -650,6 +650,10 @@ func (rs *records) recover(queued map[mem.Off]bool, unknown bool) (uint64, error
 			}
 		}
 	}))
+	// A free above may have completed a slab whose count a dead freer
+	// left one too high (stalled): pool.Recover looked for those before.
+	_, serr := rs.pool.ReturnStalled()
+	all = append(all, serr)
 	after, _ := rs.pool.Heap().Stats()
 	var n uint64
 	if after.FreeBytes > before.FreeBytes {

@@ -177,6 +177,13 @@ func (p *Pool) finishCut(slab mem.Off, sh *slabHeader, gen uint32, pos uint32) (
 	return ok, err
 }
 
+// ReturnStalled gives back the stalled slabs (see returnStalled), as
+// Recover does last, and reports how many: for a caller that frees
+// records after Recover (the records layer frees those whose holder
+// died), one of which may have completed a slab a dead freer had left
+// with its count above the bitmap.
+func (p *Pool) ReturnStalled() (int, error) { return p.returnStalled() }
+
 // stallGrace is how long returnStalled lets a slab it found stalled be:
 // a live freer or retirer on its way to the count has had time to get
 // there, and the slab is no longer stalled.
