@@ -340,6 +340,88 @@ func TestChurnerKilledAnywhere(t *testing.T) {
 	}
 }
 
+// staticName and staticSize are static segment k of the static kill
+// test (k < 4): sizes from 256 KiB on, so that init takes a while (a
+// kill lands inside it in about one round in ten).
+func staticName(k int) string { return "kill-static-" + strconv.Itoa(k) }
+
+func staticSize(k int) int { return 256<<10 + k*4096 + k }
+
+// staticInit fills segment k with byte(k+1), every byte: what every
+// attacher must find, never a part of it.
+func staticInit(k int) func([]byte) error {
+	return func(b []byte) error {
+		for i := range b {
+			b[i] = byte(k + 1)
+		}
+		return nil
+	}
+}
+
+// requireStatic checks that s, segment k, holds what staticInit(k) wrote.
+func requireStatic(t *testing.T, s *ipc.Static, k int, msg ...any) {
+	t.Helper()
+	b := s.Bytes()
+	require.Len(t, b, staticSize(k), msg...)
+	for i, v := range b {
+		if v != byte(k+1) {
+			require.Failf(t, "static segment not as its init left it", "%s byte %d is %d, not %d: %v", staticName(k), i, v, k+1, fmt.Sprint(msg...))
+		}
+	}
+}
+
+// TestChildChurnStatics creates (running staticInit), checks and, every
+// other time, removes static segments 0 to 3 of the parent's buffer in a
+// loop until it is killed.
+func TestChildChurnStatics(t *testing.T) {
+	testutil.ChildOnly(t)
+	b := attach(t)
+	ctx := ctxFor(t)
+	testutil.Say("ready")
+	for i := 0; ; i++ {
+		k := i % 4
+		s, err := b.Static(ctx, staticName(k), staticSize(k), staticInit(k))
+		require.NoError(t, err)
+		requireStatic(t, s, k)
+		if i%8 < 4 {
+			if err := s.Remove(ctx); !errors.Is(err, ipc.ErrNotExist) {
+				require.NoError(t, err)
+			}
+		}
+	}
+}
+
+// TestStaticCreatorKilledAnywhere kills a process that creates, checks
+// and removes static segments at full speed, at a moment the test does not
+// choose (in a creation, inside an init, in a removal): this process then
+// gets each segment, before any Recover, made anew or as the dead one's
+// init left it whole, within a bounded time, never half made; after
+// Recover, Check passes, and once the segments are removed every byte is
+// back.
+func TestStaticCreatorKilledAnywhere(t *testing.T) {
+	b, name := openBuf(t)
+	for i := range killRounds(t) {
+		free0 := freeBytes(t, b)
+		child := startReady(t, "TestChildChurnStatics", envBuf+"="+name)
+		time.Sleep(killDelay())
+		child.Kill()
+		ss := make([]*ipc.Static, 4)
+		for k := range ss {
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+			s, err := b.Static(ctx, staticName(k), staticSize(k), staticInit(k))
+			cancel()
+			require.NoError(t, err, "round %d: segment %d", i, k)
+			requireStatic(t, s, k, "round ", i)
+			ss[k] = s
+		}
+		recoverAndCheck(t, b, "round %d", i)
+		for k, s := range ss {
+			require.NoError(t, s.Remove(t.Context()), "round %d: segment %d", i, k)
+		}
+		allBack(t, b, free0, "round %d: every byte came back", i)
+	}
+}
+
 // TestChildMPSCProducer sends records of 100 bytes on MPSC channel 1 of
 // the parent's buffer as fast as it can, until it is killed.
 func TestChildMPSCProducer(t *testing.T) {
