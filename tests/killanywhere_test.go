@@ -328,9 +328,7 @@ func TestChurnerKilledAnywhere(t *testing.T) {
 	b, name := openBuf(t)
 	for i := range killRounds(t) {
 		free0 := freeBytes(t, b)
-		child := startReady(t, "TestChildChurnChannels", envBuf+"="+name)
-		time.Sleep(killDelay())
-		child.Kill()
+		killAfterReady(t, "TestChildChurnChannels", envBuf+"="+name)
 		recoverAndCheck(t, b, "round %d", i)
 		h, err := b.NewHandle()
 		require.NoError(t, err)
@@ -402,9 +400,7 @@ func TestStaticCreatorKilledAnywhere(t *testing.T) {
 	b, name := openBuf(t)
 	for i := range killRounds(t) {
 		free0 := freeBytes(t, b)
-		child := startReady(t, "TestChildChurnStatics", envBuf+"="+name)
-		time.Sleep(killDelay())
-		child.Kill()
+		killAfterReady(t, "TestChildChurnStatics", envBuf+"="+name)
 		ss := make([]*ipc.Static, 4)
 		for k := range ss {
 			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
@@ -779,6 +775,15 @@ func startReady(t *testing.T, test string, env ...string) *testutil.Child {
 	child := testutil.StartChild(t, test, env...)
 	require.Equal(t, "ready", child.Line(t, time.Minute))
 	return child
+}
+
+// killAfterReady starts the child test (env as testutil.StartChild),
+// waits until it says it is ready and kills it killDelay later.
+func killAfterReady(t *testing.T, test string, env ...string) {
+	t.Helper()
+	child := startReady(t, test, env...)
+	time.Sleep(killDelay())
+	child.Kill()
 }
 
 // killDelay is how long after it is ready a child is killed: 1 to 15 ms,
