@@ -245,3 +245,69 @@ func TestLargeTailZeroed(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestRecoverFinishesCutLargeFree: a freer killed inside the heap's
+// critical section of a large record's free, after marking its header
+// freed and before the heap's update committed, leaves the extent
+// allocated with no record in it; Check reports it and Recover frees it,
+// while the record's allocator lives. An extent being taken for a large
+// record (its header's place zeroed under the heap lock) is not taken
+// for one, whatever the memory held before.
+func TestRecoverFinishesCutLargeFree(t *testing.T) {
+	p := newPool(t, heapCombo, 4<<20, Options{SlabSize: 16 << 10})
+	h0 := heapStats(t, p)
+	hd := p.NewHandle()
+	defer hd.Close()
+	const size = 8<<10 + 48
+	r, err := hd.Alloc(size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.RecordKey(r.Off) != 0 {
+		t.Fatal("not a large record")
+	}
+	// What freeLarge's check stores under the heap lock, with no commit.
+	g := uint64(r.Off)/granule - 1
+	h := p.header(g)
+	p.words[2*g+1].Store(packHalves(h.Size, recCheck(0, h.Len, h.Size, p.salt^freedKey)))
+	if err := p.Free(r.Off); !errors.Is(err, ErrDoubleFree) {
+		t.Fatalf("Free of a record whose free was cut: %v", err)
+	}
+	if err := p.Check(); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("Check with a large free cut short: %v", err)
+	}
+	rc, err := p.Recover(nil)
+	if err != nil || rc.Finished != 1 {
+		t.Fatalf("Recover: %+v, %v", rc, err)
+	}
+	if err := p.Check(); err != nil {
+		t.Fatalf("Check after Recover: %v", err)
+	}
+	if got := heapStats(t, p); got.FreeBytes != h0.FreeBytes {
+		t.Fatalf("free bytes %d after Recover, %d before the record", got.FreeBytes, h0.FreeBytes)
+	}
+
+	// The freed header is still in the memory; the extent taken again
+	// for a record of the same size does not show it.
+	hdrOff := max(HeaderSize, p.align)
+	ext, err := p.takeLarge(hdrOff + size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ext+mem.Off(hdrOff) != r.Off {
+		t.Fatalf("the extent taken is at %#x, not the freed record's %#x", uint64(ext), uint64(r.Off)-hdrOff)
+	}
+	if h := p.header(g); h != (recHeader{}) {
+		t.Fatalf("header of a large record being made: %+v", h)
+	}
+	rc, err = p.Recover(nil)
+	if err != nil || rc.Finished != 0 {
+		t.Fatalf("Recover while a large record is being made: %+v, %v", rc, err)
+	}
+	if got := heapStats(t, p); got.FreeBytes == h0.FreeBytes {
+		t.Fatal("Recover freed the extent of a large record being made")
+	}
+	if err := p.heap.Free(ext); err != nil {
+		t.Fatal(err)
+	}
+}

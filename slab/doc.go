@@ -114,7 +114,13 @@
 // decides the free, set, a later one not. Pool.Recover finishes it
 // (finishCutFrees), with the slab pinned by one more on its count so that
 // its owner cannot start it over meanwhile; a live freer that was only
-// slow finds its later words set and takes them as done. A process killed
+// slow finds its later words set and takes them as done. A freer of a
+// large record killed inside the heap's critical section, the record's
+// header marked freed and the heap's update not committed, leaves the
+// extent allocated with no record in it: Pool.Recover frees it
+// (finishCutLargeFrees; a large record's header place is zeroed under the
+// heap lock when its extent is taken, so one being made never looks like
+// that). A process killed
 // within the few instructions between a word-completing CAS and the Count
 // decrement leaves the count one above the bitmap: harmless while the
 // slab is active (Check does not report it while a live owner has the

@@ -254,7 +254,7 @@ func (h *Handle) allocLarge(size uint64) (Record, error) {
 	if size > uint64(p.hi-p.lo) {
 		return Record{}, fmt.Errorf("slab: allocate %d bytes: larger than the heap: %w", size, ErrNoSpace)
 	}
-	ext, err := p.heap.AllocFor(context.Background(), int(hdrOff+size), alloc.KindLarge, p.self)
+	ext, err := p.takeLarge(hdrOff + size)
 	if err != nil {
 		return Record{}, fmt.Errorf("slab: allocate %d bytes: %w", size, err)
 	}
@@ -268,6 +268,15 @@ func (h *Handle) allocLarge(size uint64) (Record, error) {
 	p.plain[2*g] = packHalves(0, ln)
 	p.words[2*g+1].Store(packHalves(sz, recCheck(0, ln, sz, p.salt^largeKey))) // after the zeroes
 	return Record{Off: off, Data: p.view(off, size)}, nil
+}
+
+// takeLarge takes the extent of a large record of n bytes in all (its
+// header and data) from the heap, the place of the header zeroed under
+// the heap lock: a record being made never shows the freed header an
+// earlier record left there, which Recover takes for a free cut short
+// (finishCutLargeFrees).
+func (p *Pool) takeLarge(n uint64) (mem.Off, error) {
+	return p.heap.AllocZeroed(context.Background(), int(n), alloc.KindLarge, p.self, int(max(HeaderSize, p.align)))
 }
 
 // refill gives the handle a slab with room for any small record: the

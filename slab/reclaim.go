@@ -74,12 +74,71 @@ func (p *Pool) Recover(keep func(mem.Off) bool) (Reclaimed, error) {
 		return !a
 	}
 	cut, cerr := p.finishCutFrees()
+	large, lerr := p.finishCutLargeFrees()
 	rc, err := p.reclaim(isDead, keep)
 	rc.Heap = hr
-	rc.Finished = cut
+	rc.Finished = cut + large
 	n, serr := p.returnStalled()
 	rc.Returned += n
-	return rc, errors.Join(herr, cerr, err, serr)
+	return rc, errors.Join(herr, cerr, lerr, err, serr)
+}
+
+// finishCutLargeFrees completes the frees of large records that a freer
+// killed inside the heap's critical section left half done. freeLarge
+// marks the record's header freed and frees the extent in one critical
+// section, but the heap's page map changes only when its update commits:
+// a freer killed in between leaves the extent allocated, its record's
+// header marked freed, and no record in it. Such an extent can be nothing
+// else: a free that commits frees the extent in the same critical section,
+// and a large record's header is zeroed under the heap lock when its
+// extent is taken (allocLarge), so a record being made never shows a
+// freed header that an earlier record left there. The check is made again
+// under the heap lock (a live freer's free has committed by the time this
+// holds it). It returns how many it freed.
+func (p *Pool) finishCutLargeFrees() (int, error) {
+	exts, err := p.heap.Allocated()
+	if err != nil {
+		return 0, fmt.Errorf("slab: cut large frees: %w", err)
+	}
+	hdrOff := max(HeaderSize, p.align)
+	n := 0
+	var all []error
+	for _, e := range exts {
+		if e.Kind != alloc.KindLarge || e.Size <= hdrOff {
+			continue
+		}
+		g := (uint64(e.Off)+hdrOff)/granule - 1
+		hd := p.header(g)
+		if !p.freedLarge(e, hd, hdrOff) {
+			continue
+		}
+		err := p.heap.FreeIf(e.Off, func(x alloc.Extent) error {
+			if x.Kind != alloc.KindLarge || p.header(g) != hd {
+				return errNotCut
+			}
+			return nil
+		})
+		switch {
+		case err == nil:
+			n++
+		case errors.Is(err, errNotCut), errors.Is(err, alloc.ErrNotAllocated), errors.Is(err, alloc.ErrDoubleFree):
+			// Finished or taken meanwhile.
+		default:
+			all = append(all, fmt.Errorf("slab: cut free of the large record at %#x: %w", uint64(e.Off)+hdrOff, err))
+		}
+	}
+	return n, errors.Join(all...)
+}
+
+// errNotCut: the extent is no longer a large record's cut free.
+var errNotCut = errors.New("not a cut free")
+
+// freedLarge reports whether hd, the header hdrOff bytes into the large
+// record extent e, is the header freeLarge leaves: position 0, freed,
+// of a record that fits the extent.
+func (p *Pool) freedLarge(e alloc.Extent, hd recHeader, hdrOff uint64) bool {
+	size := uint64(hd.Len)<<32 | uint64(hd.Size)
+	return hd.Pos == 0 && hd.Check == recCheck(0, hd.Len, hd.Size, p.salt^freedKey) && size <= e.Size-hdrOff
 }
 
 // finishCutFrees completes the frees that a freer killed between two
