@@ -612,8 +612,8 @@ func (b *Buffer) freeDeadBells(named map[mem.Off]bool, cleared time.Time) error 
 // Recover reclaims what processes that died left in the buffer: records
 // they held (allocated and not sent, received and not freed, or being
 // freed when they died; records queued in a channel are kept for
-// delivery), frees they left half done in the slabs of live processes,
-// their slabs, the doorbells
+// delivery), frees they left half done in the slabs of live processes
+// and of large records, their slabs, the doorbells
 // of their Selects, speculo extents they were making, channels that no
 // live process holds and that are drained, and what removals and
 // creations of channels that died in the middle left (finished first:
