@@ -212,33 +212,26 @@ func TestLargeTailZeroed(t *testing.T) {
 	p := newPool(t, heapCombo, 4<<20, Options{SlabSize: 16 << 10})
 	hd := p.NewHandle()
 	defer hd.Close()
-	const size = 8<<10 + 48
-	r, err := hd.Alloc(size)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if p.RecordKey(r.Off) != 0 {
-		t.Fatal("not a large record")
-	}
+	r := allocLarge(t, p, hd)
 	for i := range r.Data {
 		r.Data[i] = 0xff
 	}
 	if err := p.Free(r.Off); err != nil {
 		t.Fatal(err)
 	}
-	r2, err := hd.Alloc(size)
+	r2, err := hd.Alloc(largeSize)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if r2.Off != r.Off {
 		t.Fatalf("the new large record is at %#x, not at the freed one's %#x", uint64(r2.Off), uint64(r.Off))
 	}
-	for i, c := range r2.Data[size-16:] {
+	for i, c := range r2.Data[largeSize-16:] {
 		if c != 0 {
 			t.Fatalf("byte %d of the last 16 is %#x", i, c)
 		}
 	}
-	if r2.Data[size-17] != 0xff {
+	if r2.Data[largeSize-17] != 0xff {
 		t.Fatal("more than the last 16 bytes zeroed")
 	}
 	if err := p.Free(r2.Off); err != nil {
@@ -258,14 +251,7 @@ func TestRecoverFinishesCutLargeFree(t *testing.T) {
 	h0 := heapStats(t, p)
 	hd := p.NewHandle()
 	defer hd.Close()
-	const size = 8<<10 + 48
-	r, err := hd.Alloc(size)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if p.RecordKey(r.Off) != 0 {
-		t.Fatal("not a large record")
-	}
+	r := allocLarge(t, p, hd)
 	// What freeLarge's check stores under the heap lock, with no commit.
 	g := uint64(r.Off)/granule - 1
 	h := p.header(g)
@@ -289,8 +275,8 @@ func TestRecoverFinishesCutLargeFree(t *testing.T) {
 
 	// The freed header is still in the memory; the extent taken again
 	// for a record of the same size does not show it.
-	hdrOff := max(HeaderSize, p.align)
-	ext, err := p.takeLarge(hdrOff + size)
+	hdrOff := p.largeData()
+	ext, err := p.takeLarge(hdrOff + largeSize)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -310,4 +296,21 @@ func TestRecoverFinishesCutLargeFree(t *testing.T) {
 	if err := p.heap.Free(ext); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// largeSize is the size of the large records of these tests.
+const largeSize = 8<<10 + 48
+
+// allocLarge allocates a record of largeSize bytes with hd and checks
+// that it is a large record.
+func allocLarge(t *testing.T, p *Pool, hd *Handle) Record {
+	t.Helper()
+	r, err := hd.Alloc(largeSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.RecordKey(r.Off) != 0 {
+		t.Fatal("not a large record")
+	}
+	return r
 }

@@ -250,7 +250,7 @@ func (h *Handle) FreeSlot(s *Slot) error {
 
 func (h *Handle) allocLarge(size uint64) (Record, error) {
 	p := h.p
-	hdrOff := max(HeaderSize, p.align)
+	hdrOff := p.largeData()
 	if size > uint64(p.hi-p.lo) {
 		return Record{}, fmt.Errorf("slab: allocate %d bytes: larger than the heap: %w", size, ErrNoSpace)
 	}
@@ -270,13 +270,17 @@ func (h *Handle) allocLarge(size uint64) (Record, error) {
 	return Record{Off: off, Data: p.view(off, size)}, nil
 }
 
+// largeData is where a large record's data start in its extent: after
+// its header, at the pool's alignment.
+func (p *Pool) largeData() uint64 { return max(HeaderSize, p.align) }
+
 // takeLarge takes the extent of a large record of n bytes in all (its
 // header and data) from the heap, the place of the header zeroed under
 // the heap lock: a record being made never shows the freed header an
 // earlier record left there, which Recover takes for a free cut short
 // (finishCutLargeFrees).
 func (p *Pool) takeLarge(n uint64) (mem.Off, error) {
-	return p.heap.AllocZeroed(context.Background(), int(n), alloc.KindLarge, p.self, int(max(HeaderSize, p.align)))
+	return p.heap.AllocZeroed(context.Background(), int(n), alloc.KindLarge, p.self, int(p.largeData()))
 }
 
 // refill gives the handle a slab with room for any small record: the

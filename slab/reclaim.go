@@ -100,7 +100,7 @@ func (p *Pool) finishCutLargeFrees() (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("slab: cut large frees: %w", err)
 	}
-	hdrOff := max(HeaderSize, p.align)
+	hdrOff := p.largeData()
 	n := 0
 	var all []error
 	for _, e := range exts {
