@@ -19,6 +19,7 @@ type Producer struct {
 	p      *channel.RecordProducer
 	id     ChannelID
 	batch  []uint64 // SendBatch's slots
+	each   eachScratch
 	closed bool
 }
 
@@ -181,6 +182,7 @@ type Consumer struct {
 	en    *channel.Entry
 	c     *channel.RecordConsumer
 	batch []uint64
+	each  eachScratch
 	ahead *ahead // records taken ahead: Receive delivers them first
 }
 

@@ -412,6 +412,20 @@ func (p *RecordProducer) TrySendBatch(slots []uint64) (int, error) {
 	return int(n), nil
 }
 
+// Room is how many slots the producer may queue without waiting: by the
+// cached Head, re-read when that leaves fewer than want.
+func (p *RecordProducer) Room(want int) int {
+	if p.closed {
+		return 0
+	}
+	room := uint64(len(p.ring)) - (p.tail - p.headCache)
+	if room < uint64(max(want, 1)) {
+		p.headCache = p.cb.Head.Load()
+		room = uint64(len(p.ring)) - (p.tail - p.headCache)
+	}
+	return int(min(room, uint64(len(p.ring))))
+}
+
 // roomPolls is how many times a producer spinning for room reads the
 // Head in the time its consumer takes to free the run of slots it waits
 // for, counting a relax (~70 ns) as the consumer's time per record: a

@@ -1,0 +1,326 @@
+package ipc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/heapipc/ipc/channel"
+	"github.com/heapipc/ipc/internal/mem"
+	"github.com/heapipc/ipc/slab"
+)
+
+// The fused batch forms: SendEach and ReceiveEach do a record's whole
+// work in one pass over the batch, calling the caller's code on each
+// record in that pass, where AllocateBatch, SendBatch, ReceiveBatch and
+// FreeBatch each take a pass of their own over a batch of Records (and
+// the caller one more, writing or reading them). No Record is handed out,
+// so neither side checks again what it wrote itself: SendEach writes each
+// record's trailer as it fills it and queues it without the check Send
+// makes of a Record a caller gives it, and ReceiveEach frees each record
+// it took without the checks FreeBatch makes of a Record a caller gives
+// back.
+
+// eachChunk is how many records SendEach allocates, fills and queues at
+// a time: the batch the record channel's benchmarks use, which spans a
+// few KiB of records (in the L1 cache while they are filled) and one
+// publication of the tail per 64 records.
+const eachChunk = 64
+
+// eachScratch is the Producer's or Consumer's scratch for its fused
+// batch form: its own, not the handle's, so that the caller's code may
+// use the handle (allocate, free, other channels) meanwhile. busy
+// refuses a call of the same form from that code.
+type eachScratch struct {
+	raw   []uint64 // ring slots
+	offs  []mem.Off
+	recs  []Record
+	sizes []uint32
+	keys  []uint32
+	runs  []slab.Run
+	busy  bool
+}
+
+func (e *eachScratch) grow(n int) {
+	if cap(e.raw) >= n {
+		return
+	}
+	*e = eachScratch{
+		raw:   make([]uint64, n),
+		offs:  make([]mem.Off, n),
+		recs:  make([]Record, n),
+		sizes: make([]uint32, n),
+		keys:  make([]uint32, n),
+		runs:  make([]slab.Run, 0, n),
+		busy:  e.busy,
+	}
+}
+
+var errEachBusy = fmt.Errorf("called again from its own callback: %w", ErrBusy)
+
+// SendEach sends n records of size bytes each, in order: for record i
+// (0 ≤ i < n) it allocates the record, calls fill(i, b) with its bytes
+// (not zeroed) and queues it, 64 records at a time, waiting for room in
+// the ring as Send does. It returns how many records it sent and an
+// error if not all were: ErrNoSpace (the buffer is full), ErrPeerDead,
+// ErrClosed, ErrDestroyed or ctx's error. fill is called only for records
+// that the ring has room for, so it is called for exactly the records
+// sent unless an error ends the call while a chunk waits to be queued (a
+// fill that itself sends on this producer takes that room); records
+// filled and not sent are freed.
+//
+// b is the record's memory: fill writes it and returns; it must not keep
+// b, which belongs to the consumer once queued. fill runs inside the
+// call: it may use the handle (allocate, free, send on other channels)
+// but must not call SendEach on this producer (ErrBusy) nor close the
+// producer, its handle or the buffer (Close waits for this call to end,
+// as for a stream's ReadFrom). If fill panics, the chunk's records are
+// freed and the panic goes on.
+//
+// The records are what Allocate and Send would make one by one; only the
+// passes differ (see the benchmarks' SendEach form in tests/).
+func (p *Producer) SendEach(ctx context.Context, n, size int, fill func(i int, b []byte)) (int, error) {
+	const op = "send each"
+	h := p.h
+	if !h.in() {
+		return 0, h.closedErr(op)
+	}
+	defer h.out()
+	switch {
+	case p.closed:
+		return 0, p.wrap(op, ErrClosed)
+	case n < 0 || size < 0:
+		return 0, p.wrap(op, fmt.Errorf("%d records of %d bytes: %w", n, size, ErrInvalidSize))
+	case fill == nil:
+		return 0, p.wrap(op, fmt.Errorf("nil fill: %w", ErrInvalidArgument))
+	case p.each.busy:
+		return 0, p.wrap(op, errEachBusy)
+	}
+	if err := h.check(op); err != nil {
+		return 0, err
+	}
+	p.each.busy = true
+	defer func() { p.each.busy = false }()
+	p.each.grow(eachChunk)
+	sent := 0
+	for sent < n {
+		want := min(n-sent, eachChunk)
+		room := p.p.Room(want)
+		if room == 0 {
+			if err := p.p.WaitRoom(ctx); err != nil {
+				return sent, p.wrap(op, err)
+			}
+			continue
+		}
+		k, err := p.sendChunk(ctx, sent, min(n-sent, eachChunk, room), size, fill)
+		sent += k
+		if err != nil {
+			return sent, p.wrap(op, err)
+		}
+	}
+	return sent, nil
+}
+
+// sendChunk is SendEach for k records, numbered from first, for which the
+// ring has room: it allocates them, fills each as it writes its trailer
+// and queues them. It returns how many it queued; the others are freed.
+func (p *Producer) sendChunk(ctx context.Context, first, k, size int, fill func(int, []byte)) (sent int, err error) {
+	sh, e := p.h.sh, &p.each
+	rs := sh.rs
+	as := allocSize(size)
+	offs := e.offs[:k]
+	if uint64(rs.hi)>>channel.SlotOffBits != 0 {
+		return 0, fmt.Errorf("buffer beyond what a ring slot can name: %w", ErrNotSupported)
+	}
+	p.h.enter() // the handle's own state: not across fill
+	got, err := sh.h.AllocBatch(as, offs)
+	if err != nil {
+		ferr := rs.pool.FreeBatch(offs[:got])
+		sh.h.Trim() // the slabs the chunk filled go back too
+		p.h.leave()
+		return 0, fmt.Errorf("allocate %d records of %d bytes: %w", k, size, errors.Join(err, ferr))
+	}
+	p.h.leave()
+	// Whatever is not queued when this returns (or fill panics) is freed.
+	defer func() {
+		if sent < k {
+			if ferr := rs.pool.FreeBatch(offs[sent:]); ferr != nil {
+				err = errors.Join(err, ferr)
+			}
+		}
+	}()
+	slots := e.raw[:k]
+	fillEach(rs, offs, slots, first, size, fill)
+	for sent < k {
+		m, err := p.p.TrySendBatch(slots[sent:])
+		sent += m
+		if err != nil {
+			return sent, err
+		}
+		if m == 0 {
+			if err := p.p.WaitRoom(ctx); err != nil {
+				return sent, err
+			}
+		}
+	}
+	return sent, nil
+}
+
+// fillEach is sendChunk's pass: for each record of offs (allocated, size
+// payload bytes) it writes the trailer (not handed out yet: plain
+// stores), calls fill with the record's number and bytes, and puts its
+// ring slot in slots (the caller checked that every offset fits one).
+func fillEach(rs *records, offs []mem.Off, slots []uint64, first, size int, fill func(int, []byte)) {
+	ts, b := rs.trailers, rs.b
+	tr := trailer{Holder: uint64(rs.self), Len: uint32(size), Magic: trailerMagic}
+	l, end := uint64(size), uint64(allocSize(size))
+	if l >= channel.SlotLenNone {
+		l = channel.SlotLenNone // consumers locate such records in full
+	}
+	slots = slots[:len(offs)]
+	for i, off := range offs {
+		o := uint64(off)
+		ts[(o+end)/trailerSize-1] = tr
+		fill(first+i, b[o:o+uint64(size):o+uint64(size)])
+		slots[i] = o | l<<channel.SlotOffBits
+	}
+}
+
+// ReceiveEach waits as Receive does until at least one record is queued,
+// then takes up to max of them and, for each in order, calls use with
+// its bytes and frees it when use returns. It returns how many records
+// it delivered, io.EOF once the producer has closed and everything is
+// received, ErrPeerDead, ErrClosed, ErrDestroyed or ctx's error. A queued
+// record that fails its check is taken off the channel and reported in
+// the error (use gets the others).
+//
+// b is valid only while use runs: the record is freed when use returns
+// (to keep a record, or send it on, use ReceiveBatch or Receive). use
+// runs inside the call: it may use the handle (allocate, free, other
+// channels) but must not call ReceiveEach on this consumer (ErrBusy) nor
+// close the consumer, its handle or the buffer (Close waits for this
+// call to end). If use panics, the records of the batch are freed and
+// the panic goes on. The records are off the channel before use sees
+// them: a process killed meanwhile leaves them to Recover, not queued.
+func (c *Consumer) ReceiveEach(ctx context.Context, max int, use func(b []byte)) (int, error) {
+	const op = "receive each"
+	h := c.h
+	if !h.in() {
+		return 0, h.closedErr(op)
+	}
+	defer h.out()
+	switch {
+	case c.closed:
+		return 0, c.wrap(op, ErrClosed)
+	case use == nil:
+		return 0, c.wrap(op, fmt.Errorf("nil use: %w", ErrInvalidArgument))
+	case c.each.busy:
+		return 0, c.wrap(op, errEachBusy)
+	case max <= 0:
+		return 0, nil
+	}
+	c.each.busy = true
+	defer func() { c.each.busy = false }()
+	k := min(max, c.c.Cap())
+	c.each.grow(k)
+	// Records taken ahead are still at the head: taken again below.
+	c.ahead.next, c.ahead.n = 0, 0
+	for {
+		n, err := c.c.PeekBatch(c.each.raw[:k])
+		if err != nil {
+			return 0, c.wrap(op, err)
+		}
+		if n > 0 {
+			d, err := c.receiveChunk(n, use)
+			return d, c.wrap(op, err)
+		}
+		if err := c.c.WaitData(ctx); err != nil {
+			return 0, c.wrap(op, err)
+		}
+	}
+}
+
+// receiveChunk is ReceiveEach for the n slots PeekBatch put in the
+// scratch: it takes the records (the consumer their holder), moves the
+// head past them, then delivers and frees each.
+func (c *Consumer) receiveChunk(n int, use func([]byte)) (delivered int, err error) {
+	sh, e := c.h.sh, &c.each
+	rs := sh.rs
+	slots, recs, offs := e.raw[:n], e.recs[:n], e.offs[:n]
+	c.h.enter() // the handle's own state: not across use
+	runs, ok := sh.takeRecords(slots, recs, offs, e.sizes[:n], e.keys[:n], e.runs[:0])
+	c.h.leave()
+	e.runs = runs
+	if !ok {
+		return c.receiveSlow(slots, recs, use)
+	}
+	c.c.Advance(n)
+	// If use panics, every record of the batch gets its freed mark
+	// (again, for those use saw) and all are freed before the panic goes
+	// on.
+	defer func() {
+		if delivered < n {
+			markFreed(rs, offs, e.sizes[:n], e.keys[:n])
+			_ = rs.pool.FreeRuns(runs, offs)
+		}
+	}()
+	delivered = useEach(rs, recs, e.sizes[:n], e.keys[:n], use)
+	return delivered, rs.pool.FreeRuns(runs, offs)
+}
+
+// useEach is receiveChunk's pass: each record goes to use, and then gets
+// its freed mark (as a free writes it; its bits are set after the pass).
+// It returns len(recs) (it does not return if use panics).
+func useEach(rs *records, recs []Record, sizes, keys []uint32, use func([]byte)) int {
+	ts := rs.trailers
+	sizes, keys = sizes[:len(recs)], keys[:len(recs)]
+	for i := range recs {
+		r := &recs[i]
+		use(r.b)
+		ts[(uint64(r.off)+uint64(sizes[i]))/trailerSize-1].Magic = freedMark(keys[i])
+	}
+	return len(recs)
+}
+
+// markFreed writes the freed mark into the trailers of the records at
+// offs (sizes and keys as LocateRuns found them).
+func markFreed(rs *records, offs []mem.Off, sizes, keys []uint32) {
+	for i, off := range offs {
+		t := &rs.trailers[(uint64(off)+uint64(sizes[i]))/trailerSize-1]
+		t.Magic = freedMark(keys[i])
+	}
+}
+
+// receiveSlow is receiveChunk for a batch that failed the cheap checks:
+// each record is taken as Receive takes one (a record that fails is
+// reported, and stays as it is), the head moves past all of them, and
+// each taken record is delivered and freed.
+func (c *Consumer) receiveSlow(slots []uint64, recs []Record, use func([]byte)) (int, error) {
+	rs := c.h.buf.recs
+	clear(recs)
+	var all []error
+	k := 0
+	for _, s := range slots {
+		r, err := rs.take(s)
+		if err != nil {
+			all = append(all, err)
+			continue
+		}
+		recs[k] = r
+		k++
+	}
+	c.c.Advance(len(slots))
+	i := 0
+	defer func() {
+		for ; i < k; i++ {
+			_ = rs.free(recs[i].off, recs[i].b)
+		}
+	}()
+	for ; i < k; i++ {
+		use(recs[i].b)
+		if err := rs.free(recs[i].off, recs[i].b); err != nil {
+			all = append(all, err)
+		}
+	}
+	return k, errors.Join(all...)
+}

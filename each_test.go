@@ -1,0 +1,377 @@
+package ipc
+
+import (
+	"context"
+	"encoding/binary"
+	"io"
+	"testing"
+	"time"
+
+	"github.com/heapipc/ipc/internal/mem"
+	"github.com/heapipc/ipc/internal/sys"
+	"github.com/stretchr/testify/require"
+)
+
+func stampEach(b []byte, i int) {
+	binary.LittleEndian.PutUint64(b, uint64(i))
+	for j := 8; j < len(b); j++ {
+		b[j] = byte(i) ^ byte(j)
+	}
+}
+
+func checkEach(t *testing.T, b []byte, want int) {
+	t.Helper()
+	require.GreaterOrEqual(t, len(b), 8)
+	require.Equal(t, uint64(want), binary.LittleEndian.Uint64(b), "record order")
+	for j := 8; j < len(b); j++ {
+		if b[j] != byte(want)^byte(j) {
+			t.Fatalf("record %d: byte %d is %#x", want, j, b[j])
+		}
+	}
+}
+
+// liveRecords is how many records of the buffer are allocated (in slabs
+// and large).
+func liveRecords(t *testing.T, b *Buffer) int64 {
+	t.Helper()
+	s, err := b.Stats()
+	require.NoError(t, err)
+	return int64(s.Records.LiveRecords + s.Records.LargeRecords)
+}
+
+// TestEachOrder: SendEach and ReceiveEach carry records through in order,
+// mixed with the other forms on both sides (Receive's records taken ahead
+// are not skipped), calls of every size (large records, which get their
+// own extents, too), then io.EOF; every record is freed.
+func TestEachOrder(t *testing.T) {
+	b := heapBuf(t)
+	hp, err := b.NewHandle()
+	require.NoError(t, err)
+	hc, err := b.NewHandle()
+	require.NoError(t, err)
+	p, err := hp.Producer(1, WithCapacity(256))
+	require.NoError(t, err)
+	c, err := hc.Consumer(1)
+	require.NoError(t, err)
+	ctx := t.Context()
+
+	const calls = 300
+	total := 0
+	sizes := []int{}
+	go func() {
+		seq := 0
+		for k := range calls {
+			n, size := 1+k*13%150, 8+k*37%293
+			if k%50 == 7 {
+				n, size = 5, 20000 // large records
+			}
+			if k%3 == 1 { // one at a time, between the calls
+				r, err := hp.Allocate(size)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				stampEach(r.Bytes(), seq)
+				if err := p.Send(ctx, r); err != nil {
+					t.Error(err)
+					return
+				}
+				seq++
+			}
+			first := seq
+			sent, err := p.SendEach(ctx, n, size, func(i int, b []byte) {
+				if len(b) != size || cap(b) != size {
+					t.Errorf("fill got %d bytes (cap %d), want %d", len(b), cap(b), size)
+				}
+				stampEach(b, first+i)
+			})
+			if err != nil || sent != n {
+				t.Errorf("SendEach sent %d of %d: %v", sent, n, err)
+				return
+			}
+			seq += n
+		}
+		if err := p.Close(); err != nil {
+			t.Error(err)
+		}
+	}()
+	want := 0
+	for k := 0; ; k++ {
+		if k%4 == 1 {
+			r, err := c.Receive(ctx)
+			if err == io.EOF {
+				break
+			}
+			require.NoError(t, err)
+			checkEach(t, r.Bytes(), want)
+			want++
+			require.NoError(t, hc.Free(r))
+			continue
+		}
+		n, err := c.ReceiveEach(ctx, 1+k%100, func(b []byte) {
+			checkEach(t, b, want)
+			sizes = append(sizes, len(b))
+			want++
+		})
+		if err == io.EOF {
+			require.Zero(t, n)
+			break
+		}
+		require.NoError(t, err)
+		require.Positive(t, n)
+		total += n
+	}
+	require.Positive(t, total)
+	require.Contains(t, sizes, 20000, "large records went through ReceiveEach")
+	n, err := c.ReceiveEach(ctx, 10, func([]byte) { t.Error("use called after EOF") })
+	require.ErrorIs(t, err, io.EOF)
+	require.Zero(t, n)
+	require.NoError(t, c.Close())
+	require.NoError(t, b.Check())
+	require.Zero(t, liveRecords(t, b), "every record was freed")
+	require.NoError(t, hp.Close())
+	require.NoError(t, hc.Close())
+}
+
+// TestEachBadUse: bad arguments, closed ends, and a callback that calls
+// its own form again get their errors and change nothing; a callback may
+// use the handle otherwise.
+func TestEachBadUse(t *testing.T) {
+	b := heapBuf(t)
+	h, err := b.NewHandle()
+	require.NoError(t, err)
+	p, err := h.Producer(1)
+	require.NoError(t, err)
+	c, err := h.Consumer(1)
+	require.NoError(t, err)
+	ctx := t.Context()
+	nop := func(int, []byte) {}
+
+	_, err = p.SendEach(ctx, -1, 8, nop)
+	require.ErrorIs(t, err, ErrInvalidSize)
+	_, err = p.SendEach(ctx, 1, -8, nop)
+	require.ErrorIs(t, err, ErrInvalidSize)
+	_, err = p.SendEach(ctx, 1, 8, nil)
+	require.ErrorIs(t, err, ErrInvalidArgument)
+	_, err = c.ReceiveEach(ctx, 1, nil)
+	require.ErrorIs(t, err, ErrInvalidArgument)
+	n, err := c.ReceiveEach(ctx, 0, func([]byte) {})
+	require.NoError(t, err)
+	require.Zero(t, n)
+	n, err = p.SendEach(ctx, 0, 8, nop)
+	require.NoError(t, err)
+	require.Zero(t, n)
+	require.Zero(t, liveRecords(t, b))
+
+	// Called again from its own callback: ErrBusy, and the outer call
+	// goes on; the handle itself may be used.
+	var inner error
+	n, err = p.SendEach(ctx, 3, 16, func(i int, b []byte) {
+		stampEach(b, i)
+		if i == 1 {
+			_, inner = p.SendEach(ctx, 1, 8, nop)
+			r, err := h.Allocate(100)
+			require.NoError(t, err)
+			require.NoError(t, h.Free(r))
+		}
+	})
+	require.NoError(t, err)
+	require.Equal(t, 3, n)
+	require.ErrorIs(t, inner, ErrBusy)
+	got := 0
+	n, err = c.ReceiveEach(ctx, 10, func(b []byte) {
+		checkEach(t, b, got)
+		got++
+		_, inner = c.ReceiveEach(ctx, 1, func([]byte) { t.Error("nested use called") })
+		r, err := h.Allocate(100)
+		require.NoError(t, err)
+		require.NoError(t, h.Free(r))
+	})
+	require.NoError(t, err)
+	require.Equal(t, 3, n)
+	require.ErrorIs(t, inner, ErrBusy)
+	require.Zero(t, liveRecords(t, b))
+
+	// Nothing queued: the context ends the wait.
+	short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	n, err = c.ReceiveEach(short, 10, func([]byte) { t.Error("use called") })
+	cancel()
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	require.Zero(t, n)
+
+	require.NoError(t, p.Close())
+	require.NoError(t, c.Close())
+	_, err = p.SendEach(ctx, 1, 8, nop)
+	require.ErrorIs(t, err, ErrClosed)
+	_, err = c.ReceiveEach(ctx, 1, func([]byte) {})
+	require.ErrorIs(t, err, ErrClosed)
+	require.NoError(t, h.Close())
+	_, err = p.SendEach(ctx, 1, 8, nop)
+	require.ErrorIs(t, err, ErrClosed)
+	require.NoError(t, b.Check())
+	require.Zero(t, liveRecords(t, b))
+}
+
+// TestEachPanics: a fill or use that panics loses nothing: the records of
+// the chunk or batch are freed, the panic reaches the caller, and the
+// channel goes on with the next records.
+func TestEachPanics(t *testing.T) {
+	b := heapBuf(t)
+	h, err := b.NewHandle()
+	require.NoError(t, err)
+	p, err := h.Producer(1)
+	require.NoError(t, err)
+	c, err := h.Consumer(1)
+	require.NoError(t, err)
+	ctx := t.Context()
+
+	// 100 records: the first chunk (64) is queued, the panic comes in
+	// the second, whose records are freed unsent.
+	require.PanicsWithValue(t, "fill", func() {
+		_, _ = p.SendEach(ctx, 100, 40, func(i int, b []byte) {
+			if i == 70 {
+				panic("fill")
+			}
+			stampEach(b, i)
+		})
+	})
+	require.EqualValues(t, 64, liveRecords(t, b), "the records of the chunk fill panicked in were freed")
+	n, err := p.SendEach(ctx, 10, 40, func(i int, b []byte) { stampEach(b, 64+i) })
+	require.NoError(t, err)
+	require.Equal(t, 10, n)
+
+	want := 0
+	require.PanicsWithValue(t, "use", func() {
+		_, _ = c.ReceiveEach(ctx, 20, func(b []byte) {
+			checkEach(t, b, want)
+			if want++; want == 5 {
+				panic("use")
+			}
+		})
+	})
+	require.EqualValues(t, 54, liveRecords(t, b), "the batch use panicked in was freed, all of it")
+	want = 20 // the rest of that batch went with the panic
+	for want < 74 {
+		_, err := c.ReceiveEach(ctx, 64, func(b []byte) { checkEach(t, b, want); want++ })
+		require.NoError(t, err)
+	}
+	require.Zero(t, liveRecords(t, b))
+	require.NoError(t, b.Check())
+	require.NoError(t, h.Close())
+}
+
+// TestEachFullBuffer: SendEach into a buffer that fills up returns
+// ErrNoSpace with what it sent, frees what it could not, and the records
+// sent are all delivered.
+func TestEachFullBuffer(t *testing.T) {
+	b := heapBuf(t, WithSize(2<<20))
+	h, err := b.NewHandle()
+	require.NoError(t, err)
+	p, err := h.Producer(1, WithCapacity(1<<14))
+	require.NoError(t, err)
+	c, err := h.Consumer(1)
+	require.NoError(t, err)
+	ctx := t.Context()
+	n, err := p.SendEach(ctx, 1<<14, 1000, func(i int, b []byte) { stampEach(b, i) })
+	require.ErrorIs(t, err, ErrNoSpace)
+	require.Positive(t, n)
+	require.Less(t, n, 1<<14)
+	require.EqualValues(t, n, liveRecords(t, b), "only the records sent are allocated")
+	got := 0
+	for got < n {
+		_, err := c.ReceiveEach(ctx, 64, func(b []byte) { checkEach(t, b, got); got++ })
+		require.NoError(t, err)
+	}
+	require.Zero(t, liveRecords(t, b))
+	require.NoError(t, b.Check())
+	require.NoError(t, h.Close())
+}
+
+// TestEachWaitsForRoom: SendEach on a full ring waits for room and ends
+// with the context's error, having sent what fit; the records it could
+// not send are freed.
+func TestEachWaitsForRoom(t *testing.T) {
+	b := heapBuf(t)
+	h, err := b.NewHandle()
+	require.NoError(t, err)
+	p, err := h.Producer(1, WithCapacity(64))
+	require.NoError(t, err)
+	c, err := h.Consumer(1)
+	require.NoError(t, err)
+	short, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+	defer cancel()
+	n, err := p.SendEach(short, 100, 24, func(i int, b []byte) { stampEach(b, i) })
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	require.Equal(t, 64, n)
+	require.EqualValues(t, 64, liveRecords(t, b))
+	got := 0
+	k, err := c.ReceiveEach(t.Context(), 100, func(b []byte) { checkEach(t, b, got); got++ })
+	require.NoError(t, err)
+	require.Equal(t, 64, k)
+	require.Zero(t, liveRecords(t, b))
+	require.NoError(t, h.Close())
+}
+
+// TestEachDamagedRecord: ReceiveEach reports a queued record whose
+// trailer was damaged as corrupt, takes it off the channel and hands the
+// records behind it to use; the damaged record's memory still comes back.
+func TestEachDamagedRecord(t *testing.T) {
+	b := heapBuf(t)
+	h, p, co := loopback(t, b, 1)
+	ctx := t.Context()
+	var sent []Record
+	for i := range 3 {
+		r, err := h.Allocate(64)
+		require.NoError(t, err)
+		stampEach(r.Bytes(), i)
+		require.NoError(t, p.Send(ctx, r))
+		sent = append(sent, r)
+	}
+	mem.MustAt[trailer](b.recs.b, sent[0].off+mem.Off(allocSize(64)-trailerSize)).Magic = 0xbad
+	want := 1
+	n, err := co.ReceiveEach(ctx, 10, func(b []byte) { checkEach(t, b, want); want++ })
+	require.ErrorIs(t, err, ErrCorrupt)
+	require.Equal(t, 2, n, "the records behind it")
+	require.Equal(t, 3, want)
+	require.NoError(t, h.Free(sent[0]), "its memory comes back: Free locates it in its slab")
+	require.Zero(t, liveRecords(t, b))
+}
+
+// TestEachTakesForeignRecords: records another process allocated and
+// sent become this process's before ReceiveEach moves the head past them
+// (its kill-anywhere tests rely on it), and are freed after use.
+func TestEachTakesForeignRecords(t *testing.T) {
+	b := heapBuf(t)
+	ph, other := otherProcess(t, b)
+	p, err := ph.Producer(1)
+	require.NoError(t, err)
+	defer p.Close()
+	n, err := p.SendEach(t.Context(), 100, 48, func(i int, b []byte) { stampEach(b, i) })
+	require.NoError(t, err)
+	require.Equal(t, 100, n)
+	ch, err := b.NewHandle()
+	require.NoError(t, err)
+	defer ch.Close()
+	co, err := ch.Consumer(1)
+	require.NoError(t, err)
+	defer co.Close()
+	got := 0
+	var queued []int // what the ring held as use saw each record
+	for got < 100 {
+		_, err := co.ReceiveEach(t.Context(), 64, func(bs []byte) {
+			queued = append(queued, co.c.Len())
+			checkEach(t, bs, got)
+			got++
+			off, ok := mem.OffsetOf(b.recs.b, &bs[0])
+			require.True(t, ok)
+			holder := sys.Identity(b.recs.trailers[(uint64(off)+uint64(allocSize(48)))/trailerSize-1].holder().Load())
+			require.Equal(t, sys.Self(), holder, "not the sender's (%v) any more", other)
+		})
+		require.NoError(t, err)
+	}
+	// The head moved past a batch before use saw its first record.
+	require.Equal(t, 36, queued[0])
+	require.Equal(t, 0, queued[64])
+	require.Zero(t, liveRecords(t, b))
+	require.NoError(t, b.Check())
+}
