@@ -2,6 +2,7 @@ package tests
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -228,6 +229,40 @@ func BenchmarkRecordBatchInProcess(b *testing.B) {
 	report(b, ours, n, map[string]time.Duration{"gochan": goChanInProc(n)})
 }
 
+// BenchmarkRecordEachInProcess is the same with the fused batch forms:
+// one SendEach call for all records (it allocates, fills through the
+// benchmark's func and queues 64 at a time) and ReceiveEach calls of up
+// to 64 (each record read in the benchmark's func, then freed).
+func BenchmarkRecordEachInProcess(b *testing.B) {
+	buf := benchBuf(b)
+	n := b.N
+	b.ResetTimer()
+	ours := heapipcEachInProc(b, buf, 5, n)
+	b.StopTimer()
+	report(b, ours, n, map[string]time.Duration{"gochan": goChanInProc(n)})
+}
+
+// fillAt is the benchmarks' SendEach fill: record i gets byte(i), as
+// the other forms write record i.
+func fillAt(i int, r []byte) { fill(r, byte(i)) }
+
+// heapipcEachInProc moves n records between two goroutines with SendEach
+// and ReceiveEach.
+func heapipcEachInProc(b *testing.B, buf *ipc.Buffer, id ipc.ChannelID, n int) time.Duration {
+	ctx := context.Background()
+	var s byte
+	use := func(r []byte) { s += sum(r) }
+	return inProc(b, buf, id, n, func(h *ipc.Handle, p *ipc.Producer, sent, left int) (int, error) {
+		k, err := p.SendEach(ctx, left, payload, fillAt)
+		if err == nil && k != left {
+			err = fmt.Errorf("SendEach sent %d of %d and no error", k, left)
+		}
+		return k, err
+	}, func(h *ipc.Handle, c *ipc.Consumer) (int, error) {
+		return c.ReceiveEach(ctx, 64, use)
+	})
+}
+
 // receiveBatch is the batch consumer of the benchmarks: it receives up to
 // len(rs) records with ReceiveBatch, reads each (the sum of their bytes)
 // and frees them with FreeBatch, and returns how many.
@@ -331,13 +366,14 @@ func packInProc(b *testing.B, buf *ipc.Buffer, id ipc.ChannelID, n, per int) tim
 // BenchmarkRecordOneGoroutine is the record path's own CPU cost, with no
 // cache line crossing cores: one goroutine allocates, writes, sends,
 // receives, reads and frees each 64-byte record (single: one at a time;
-// batch: the batch forms, 64 at a time), beside a Go chan []byte that the
+// batch: the batch forms, 64 at a time; each: the fused batch forms, 64
+// at a time), beside a Go chan []byte that the
 // goroutine sends fresh slices to and receives them from. Between two
 // goroutines each side does about half of this work, plus the transfers
 // (BenchmarkFloorInProcess).
 func BenchmarkRecordOneGoroutine(b *testing.B) {
-	for _, batch := range []int{1, 64} {
-		b.Run(map[int]string{1: "single", 64: "batch"}[batch], func(b *testing.B) {
+	for _, batch := range []int{1, 64, -64} {
+		b.Run(map[int]string{1: "single", 64: "batch", -64: "each"}[batch], func(b *testing.B) {
 			buf := benchBuf(b)
 			h := must(buf.NewHandle())
 			defer h.Close()
@@ -356,11 +392,27 @@ func BenchmarkRecordOneGoroutine(b *testing.B) {
 	}
 }
 
+// oneGoroutine moves n records one at a time (batch 1), with the batch
+// forms (batch > 1 at a time) or with the fused ones (-batch at a time).
 func oneGoroutine(b *testing.B, h *ipc.Handle, p *ipc.Producer, c *ipc.Consumer, n, batch int) {
 	ctx := context.Background()
+	var s byte
+	if batch < 0 {
+		use := func(r []byte) { s += sum(r) }
+		for done := 0; done < n; {
+			k := min(-batch, n-done)
+			if sent, err := p.SendEach(ctx, k, payload, func(i int, r []byte) { fillAt(done+i, r) }); err != nil || sent != k {
+				b.Fatalf("sent %d of %d: %v", sent, k, err)
+			}
+			if got, err := c.ReceiveEach(ctx, k, use); err != nil || got != k {
+				b.Fatalf("received %d of %d: %v", got, k, err)
+			}
+			done += k
+		}
+		return
+	}
 	rs := make([]ipc.Record, batch)
 	out := make([]ipc.Record, batch)
-	var s byte
 	for done := 0; done < n; {
 		k := min(batch, n-done)
 		if batch == 1 {
@@ -465,6 +517,18 @@ func TestChildBenchConsume(t *testing.T) {
 		testutil.Say("done %d", s)
 		return
 	}
+	if os.Getenv(envRecvBatch) == "each" {
+		use := func(r []byte) { s += sum(r) }
+		for got := 0; got < n; {
+			k, err := c.ReceiveEach(ctx, 64, use)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got += k
+		}
+		testutil.Say("done %d", s)
+		return
+	}
 	if os.Getenv(envRecvBatch) == "" {
 		for got := 0; got < n; got++ {
 			v, err := receiveOne(ctx, h, c)
@@ -493,32 +557,44 @@ func TestChildBenchConsume(t *testing.T) {
 // frees them one at a time (the per-record forms, as in
 // BenchmarkRecordInProcess). Beside it, the same bytes through a Unix
 // socket to another child.
-func BenchmarkRecordCrossProcess(b *testing.B) { recordCrossProcess(b, false) }
+func BenchmarkRecordCrossProcess(b *testing.B) { recordCrossProcess(b, "") }
 
 // BenchmarkRecordCrossProcessReceiveBatch is BenchmarkRecordCrossProcess
 // with a child that takes what is queued with ReceiveBatch (up to 64 at a
 // time) and frees it with FreeBatch, while this process still sends one
 // record at a time.
-func BenchmarkRecordCrossProcessReceiveBatch(b *testing.B) { recordCrossProcess(b, true) }
+func BenchmarkRecordCrossProcessReceiveBatch(b *testing.B) { recordCrossProcess(b, "1") }
 
-// envRecvBatch tells TestChildBenchConsume to receive with ReceiveBatch.
+// BenchmarkRecordEachCrossProcess is BenchmarkRecordCrossProcess with the
+// fused batch forms on both sides: this process sends every record with
+// one SendEach call, the child receives with ReceiveEach, up to 64 at a
+// time.
+func BenchmarkRecordEachCrossProcess(b *testing.B) { recordCrossProcess(b, "each") }
+
+// envRecvBatch tells TestChildBenchConsume to receive with ReceiveBatch
+// (1) or ReceiveEach (each).
 const envRecvBatch = "BENCH_RECV_BATCH"
 
-func recordCrossProcess(b *testing.B, recvBatch bool) {
+func recordCrossProcess(b *testing.B, recv string) {
 	buf := benchBuf(b)
 	n := b.N
 	h := must(buf.NewHandle())
 	defer h.Close()
 	p := must(h.Producer(1))
 	env := []string{envBuf + "=" + buf.Name(), envN + "=" + strconv.Itoa(n)}
-	if recvBatch {
-		env = append(env, envRecvBatch+"=1")
+	if recv != "" {
+		env = append(env, envRecvBatch+"="+recv)
 	}
 	child := testutil.StartChild(b, "TestChildBenchConsume", env...)
 	ctx := context.Background()
 	b.ResetTimer()
 	start := time.Now()
-	for i := 0; i < n; i++ {
+	if recv == "each" {
+		if k, err := p.SendEach(ctx, n, payload, fillAt); err != nil || k != n {
+			b.Fatalf("sent %d of %d: %v", k, n, err)
+		}
+	}
+	for i := 0; i < n && recv != "each"; i++ {
 		r := must(h.Allocate(payload))
 		fill(r.Bytes(), byte(i))
 		if err := p.Send(ctx, r); err != nil {
