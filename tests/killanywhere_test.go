@@ -41,7 +41,8 @@ func killRounds(t *testing.T) int {
 
 // TestChildStreamConsumer receives on channel HIPC_N of the parent's
 // buffer as fast as it can, freeing each record (or, with HIPC_BATCH, up
-// to 64 at a time with ReceiveBatch and FreeBatch), until it is killed.
+// to 64 at a time with ReceiveBatch and FreeBatch; with HIPC_BATCH=each,
+// with ReceiveEach), until it is killed.
 func TestChildStreamConsumer(t *testing.T) {
 	testutil.ChildOnly(t)
 	h := newHandle(t, attach(t))
@@ -49,6 +50,16 @@ func TestChildStreamConsumer(t *testing.T) {
 	require.NoError(t, err)
 	ctx := ctxFor(t)
 	testutil.Say("ready")
+	if os.Getenv(envBatch) == "each" {
+		for {
+			_, err := c.ReceiveEach(ctx, 64, func(b []byte) {
+				if len(b) < 8 {
+					t.Fatalf("a record of %d bytes", len(b))
+				}
+			})
+			require.NoError(t, err)
+		}
+	}
 	if os.Getenv(envBatch) != "" {
 		rs := make([]ipc.Record, 64)
 		for {
@@ -63,7 +74,8 @@ func TestChildStreamConsumer(t *testing.T) {
 // TestChildStreamProducer sends numbered records on channel HIPC_N of
 // the parent's buffer as fast as it can (recordSize: every 32nd large;
 // with HIPC_BATCH, 64 of 100 bytes at a time with AllocateBatch and
-// SendBatch), until it is killed.
+// SendBatch; with HIPC_BATCH=each, SendEach calls of 64 records of 100
+// bytes, every eighth call 8 large ones), until it is killed.
 func TestChildStreamProducer(t *testing.T) {
 	testutil.ChildOnly(t)
 	h := newHandle(t, attach(t))
@@ -72,7 +84,18 @@ func TestChildStreamProducer(t *testing.T) {
 	ctx := ctxFor(t)
 	testutil.Say("ready")
 	rs := make([]ipc.Record, 64)
-	for seq := uint64(0); ; {
+	for seq, call := uint64(0), 0; ; call++ {
+		if os.Getenv(envBatch) == "each" {
+			n, size := 64, 100
+			if call%8 == 7 {
+				n, size = 8, recordSize(31)
+			}
+			k, err := p.SendEach(ctx, n, size, func(i int, b []byte) { stampBytes(b, seq+uint64(i)) })
+			require.NoError(t, err)
+			require.Equal(t, n, k)
+			seq += uint64(n)
+			continue
+		}
 		if os.Getenv(envBatch) == "" {
 			r, err := h.Allocate(recordSize(seq))
 			require.NoError(t, err)
@@ -93,13 +116,14 @@ func TestChildStreamProducer(t *testing.T) {
 }
 
 // killRound starts a child (test, on channel 1 of b, and 2 for a
-// forwarder, batch forms or not), runs the parent's end with run until it returns, which must be
+// forwarder; HIPC_BATCH=batch unless batch is empty: which forms the
+// child uses), runs the parent's end with run until it returns, which must be
 // after the child was killed at a moment the test does not choose (1 to
 // 15 ms after it said it was ready; kill is closed then), and then checks
 // the buffer: after Recover, Check passes with the parent's handle still
 // open; once that handle is closed and Recover has run again, every byte
 // is back.
-func killRound(t *testing.T, b *ipc.Buffer, name, test string, batch bool, remove func(h *ipc.Handle) error, run func(h *ipc.Handle, killed <-chan struct{})) {
+func killRound(t *testing.T, b *ipc.Buffer, name, test string, batch string, remove func(h *ipc.Handle) error, run func(h *ipc.Handle, killed <-chan struct{})) {
 	t.Helper()
 	free0 := freeBytes(t, b)
 	h, err := b.NewHandle()
@@ -107,8 +131,8 @@ func killRound(t *testing.T, b *ipc.Buffer, name, test string, batch bool, remov
 	// The same ids each round (the registry keeps its entry storage):
 	// the child's end is on channel 1 (a forwarder's also on 2).
 	env := []string{envBuf + "=" + name, envN + "=1"}
-	if batch {
-		env = append(env, envBatch+"=1")
+	if batch != "" {
+		env = append(env, envBatch+"="+batch)
 	}
 	child := startReady(t, test, env...)
 	killed := make(chan struct{})
@@ -139,7 +163,7 @@ func killRound(t *testing.T, b *ipc.Buffer, name, test string, batch bool, remov
 func TestConsumerKilledAnywhere(t *testing.T) {
 	b, name := openBuf(t)
 	for i := range killRounds(t) {
-		batch := i%2 == 1
+		batch := forms[i%len(forms)]
 		killRound(t, b, name, "TestChildStreamConsumer", batch, removeRecordChannels, func(h *ipc.Handle, _ <-chan struct{}) {
 			p, err := h.Producer(1)
 			require.NoError(t, err)
@@ -149,7 +173,7 @@ func TestConsumerKilledAnywhere(t *testing.T) {
 				require.NoError(t, err)
 				stamp(r, seq)
 				if err := p.Send(ctx, r); err != nil {
-					require.ErrorIs(t, err, ipc.ErrPeerDead, "round %d (batch %v)", i, batch)
+					require.ErrorIs(t, err, ipc.ErrPeerDead, "round %d (forms %q)", i, batch)
 					require.NoError(t, h.Free(r))
 					break
 				}
@@ -157,6 +181,19 @@ func TestConsumerKilledAnywhere(t *testing.T) {
 			require.NoError(t, p.Close())
 		})
 	}
+}
+
+// forms are the values of HIPC_BATCH the record channel's kill tests
+// take turns with: one record at a time, the batch forms, the fused
+// batch forms.
+var forms = []string{"", "1", "each"}
+
+// batchIf is HIPC_BATCH=1 if b.
+func batchIf(b bool) string {
+	if b {
+		return "1"
+	}
+	return ""
 }
 
 // recordSize is the size of record seq in the kill tests: 100 bytes, and
@@ -177,7 +214,7 @@ func recordSize(seq uint64) int {
 func TestProducerKilledAnywhere(t *testing.T) {
 	b, name := openBuf(t)
 	for i := range killRounds(t) {
-		batch := i%2 == 1
+		batch := forms[i%len(forms)]
 		killRound(t, b, name, "TestChildStreamProducer", batch, removeRecordChannels, func(h *ipc.Handle, killed <-chan struct{}) {
 			c, err := h.Consumer(1)
 			require.NoError(t, err)
@@ -187,7 +224,7 @@ func TestProducerKilledAnywhere(t *testing.T) {
 				r, err := c.Receive(ctx)
 				if err != nil {
 					if !errors.Is(err, io.EOF) {
-						require.ErrorIs(t, err, ipc.ErrPeerDead, "round %d (batch %v) after %d records", i, batch, seq)
+						require.ErrorIs(t, err, ipc.ErrPeerDead, "round %d (forms %q) after %d records", i, batch, seq)
 					}
 					break
 				}
@@ -238,7 +275,7 @@ func TestChildForwarder(t *testing.T) {
 func TestForwarderKilledAnywhere(t *testing.T) {
 	b, name := openBuf(t)
 	for i := range killRounds(t) {
-		batch := i%2 == 1
+		batch := forms[i%2] // the forwarder forwards Records: no fused form
 		killRound(t, b, name, "TestChildForwarder", batch, removeRecordChannels, func(h *ipc.Handle, _ <-chan struct{}) {
 			p, err := h.Producer(1)
 			require.NoError(t, err)
@@ -688,7 +725,7 @@ func TestStreamEndKilledAnywhere(t *testing.T) {
 	remove := func(h *ipc.Handle) error { return h.RemoveStream(context.Background(), 1) }
 	for i := range killRounds(t) {
 		writerDies := i%2 == 1
-		killRound(t, b, name, "TestChildStreamEnd", writerDies, remove, func(h *ipc.Handle, _ <-chan struct{}) {
+		killRound(t, b, name, "TestChildStreamEnd", batchIf(writerDies), remove, func(h *ipc.Handle, _ <-chan struct{}) {
 			ctx := ctxFor(t)
 			buf := make([]byte, 4096)
 			if !writerDies {
@@ -876,7 +913,7 @@ func TestMailboxEndKilledAnywhere(t *testing.T) {
 		if requesterDies {
 			env = append(env, envBatch+"=1")
 		}
-		killRound(t, b, name, "TestChildMailboxEnd", requesterDies, remove, func(h *ipc.Handle, killed <-chan struct{}) {
+		killRound(t, b, name, "TestChildMailboxEnd", batchIf(requesterDies), remove, func(h *ipc.Handle, killed <-chan struct{}) {
 			ctx := ctxFor(t)
 			buf := make([]byte, 0, 8192)
 			if requesterDies {

@@ -2,10 +2,12 @@ package tests
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -265,6 +267,97 @@ func TestBatchForms(t *testing.T) {
 	require.NoError(t, c.Close())
 	require.NoError(t, h.Close())
 	require.NoError(t, h2.Close())
+	require.NoError(t, b.Check())
+	require.Equal(t, free0, freeBytes(t, b), "every record and slab went back")
+}
+
+// eachShape is the i-th SendEach call of TestEachAcrossProcesses: 1 to
+// 200 records of 0 to 299 bytes (every 40th call 3 large ones).
+func eachShape(i int) (n, size int) {
+	if i%40 == 39 {
+		return 3, 20000
+	}
+	return 1 + i*31%200, i * 17 % 300
+}
+
+// eachStamp and eachCheck write and check record seq of size bytes: its
+// number where it fits, then a pattern.
+func eachStamp(b []byte, seq uint64) {
+	for i := range b {
+		b[i] = byte(seq>>(8*(i%8))) ^ byte(i/8)
+	}
+}
+
+func eachCheck(t *testing.T, b []byte, seq uint64) {
+	for i := range b {
+		if b[i] != byte(seq>>(8*(i%8)))^byte(i/8) {
+			t.Fatalf("record %d (%d bytes): byte %d is %#x", seq, len(b), i, b[i])
+		}
+	}
+}
+
+// TestChildProduceEach sends the records of eachShape's calls 0 to
+// HIPC_N-1 on channel 1 with SendEach, then closes.
+func TestChildProduceEach(t *testing.T) {
+	testutil.ChildOnly(t)
+	h := newHandle(t, attach(t))
+	p, err := h.Producer(1)
+	require.NoError(t, err)
+	ctx := ctxFor(t)
+	var seq uint64
+	for call := range envInt(t, envN) {
+		n, size := eachShape(call)
+		k, err := p.SendEach(ctx, n, size, func(i int, b []byte) { eachStamp(b, seq+uint64(i)) })
+		require.NoError(t, err)
+		require.Equal(t, n, k)
+		seq += uint64(n)
+	}
+	require.NoError(t, p.Close())
+	testutil.Say("sent %d", seq)
+}
+
+// TestEachAcrossProcesses: records sent with SendEach in another process
+// (calls of every size, large records too) arrive through ReceiveEach
+// here in order, whole, each of its size, then io.EOF; every byte comes
+// back.
+func TestEachAcrossProcesses(t *testing.T) {
+	b, name := openBuf(t)
+	free0 := freeBytes(t, b)
+	h := newHandle(t, b)
+	const calls = 3000
+	var want uint64
+	var sizes []int
+	for call := range calls {
+		n, size := eachShape(call)
+		for range n {
+			sizes = append(sizes, size)
+		}
+		want += uint64(n)
+	}
+	child := testutil.StartChild(t, "TestChildProduceEach", envBuf+"="+name, envN+"="+strconv.Itoa(calls))
+	c, err := h.Consumer(1)
+	require.NoError(t, err)
+	ctx := ctxFor(t)
+	var seq uint64
+	for {
+		n, err := c.ReceiveEach(ctx, 64, func(r []byte) {
+			if len(r) != sizes[seq] {
+				t.Fatalf("record %d has %d bytes, want %d", seq, len(r), sizes[seq])
+			}
+			eachCheck(t, r, seq)
+			seq++
+		})
+		if errors.Is(err, io.EOF) {
+			require.Zero(t, n)
+			break
+		}
+		require.NoError(t, err, "after %d records", seq)
+	}
+	require.Equal(t, want, seq)
+	require.Equal(t, fmt.Sprintf("sent %d", want), child.Line(t, time.Minute))
+	child.MustSucceed(t, time.Minute)
+	require.NoError(t, c.Close())
+	require.NoError(t, h.Close())
 	require.NoError(t, b.Check())
 	require.Equal(t, free0, freeBytes(t, b), "every record and slab went back")
 }
