@@ -243,8 +243,8 @@ func (b *Buffer) check(op string) error {
 // cost the in-process record channel about a tenth of its speed): stop
 // the goroutines that stream records one at a time before Close (the
 // batch forms are counted). A call that runs user code (a stream's
-// ReadFrom or WriteTo, a mailbox's ReplyFrom, a static segment's init)
-// keeps Close waiting until that code returns; that code must not call
+// ReadFrom or WriteTo, a mailbox's ReplyFrom, a static segment's init,
+// the fill of SendEach and the use of ReceiveEach) keeps Close waiting until that code returns; that code must not call
 // Close.
 func (b *Buffer) Close() error {
 	b.mu.Lock()

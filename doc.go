@@ -25,8 +25,8 @@
 //	get_tls_structure()              Buffer.NewHandle (one Handle per goroutine)
 //	add_spsc_lf_record_channel(id)   Handle.Producer(id) / Handle.Consumer(id)
 //	allocate_record(tls, size)       Handle.Allocate(size) (AllocateBatch)
-//	send_record(tls, id, rec)        Producer.Send(ctx, rec) (TrySend, SendBatch)
-//	receive_record(tls, id)          Consumer.Receive(ctx) (TryReceive, ReceiveBatch)
+//	send_record(tls, id, rec)        Producer.Send(ctx, rec) (TrySend, SendBatch, SendEach)
+//	receive_record(tls, id)          Consumer.Receive(ctx) (TryReceive, ReceiveBatch, ReceiveEach)
 //	free_record(tls, rec)            Handle.Free(rec) (FreeBatch; any handle, any process)
 //	add_shared_segment(id, size)     Buffer.Static(ctx, name, size, init)
 //	destruct()                       Buffer.Close (detach) / Buffer.Destroy (remove)
@@ -34,7 +34,11 @@
 // Beyond RaftLib: a Pack (Handle.AllocatePack) is many payloads of one
 // size in one record, allocated, sent, received and freed as one — the
 // cheapest way to move many small payloads; Typed.AllocateSlice makes one
-// of Go values, seen as a []T.
+// of Go values, seen as a []T. Producer.SendEach and Consumer.ReceiveEach
+// are the fused batch forms: the caller's func fills each record as it is
+// allocated, or reads it before it is freed, in one pass over the batch —
+// the least CPU per record, for streams whose records need not outlive
+// the call.
 //
 // Differences that matter: records queued by a producer that closed before
 // the consumer attached are delivered; a dead peer is reported
