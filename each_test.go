@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"io"
+	"math"
 	"testing"
 	"time"
 
@@ -153,6 +154,11 @@ func TestEachBadUse(t *testing.T) {
 	require.ErrorIs(t, err, ErrInvalidSize)
 	_, err = p.SendEach(ctx, 1, 8, nil)
 	require.ErrorIs(t, err, ErrInvalidArgument)
+	fillNot := func(int, []byte) { t.Error("fill called for a record that cannot be") }
+	_, err = p.SendEach(ctx, 2, math.MaxInt, fillNot)
+	require.ErrorIs(t, err, ErrInvalidSize)
+	_, err = p.SendEach(ctx, 2, 1<<40, fillNot)
+	require.ErrorIs(t, err, ErrNoSpace)
 	_, err = c.ReceiveEach(ctx, 1, nil)
 	require.ErrorIs(t, err, ErrInvalidArgument)
 	n, err := c.ReceiveEach(ctx, 0, func([]byte) {})
