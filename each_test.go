@@ -139,16 +139,11 @@ func TestEachOrder(t *testing.T) {
 // use the handle otherwise.
 func TestEachBadUse(t *testing.T) {
 	b := heapBuf(t)
-	h, err := b.NewHandle()
-	require.NoError(t, err)
-	p, err := h.Producer(1)
-	require.NoError(t, err)
-	c, err := h.Consumer(1)
-	require.NoError(t, err)
+	h, p, c := loopback(t, b, 1)
 	ctx := t.Context()
 	nop := func(int, []byte) {}
 
-	_, err = p.SendEach(ctx, -1, 8, nop)
+	_, err := p.SendEach(ctx, -1, 8, nop)
 	require.ErrorIs(t, err, ErrInvalidSize)
 	_, err = p.SendEach(ctx, 1, -8, nop)
 	require.ErrorIs(t, err, ErrInvalidSize)
@@ -223,12 +218,7 @@ func TestEachBadUse(t *testing.T) {
 // channel goes on with the next records.
 func TestEachPanics(t *testing.T) {
 	b := heapBuf(t)
-	h, err := b.NewHandle()
-	require.NoError(t, err)
-	p, err := h.Producer(1)
-	require.NoError(t, err)
-	c, err := h.Consumer(1)
-	require.NoError(t, err)
+	h, p, c := loopback(t, b, 1)
 	ctx := t.Context()
 
 	// 100 records: the first chunk (64) is queued, the panic comes in
@@ -256,14 +246,21 @@ func TestEachPanics(t *testing.T) {
 		})
 	})
 	require.EqualValues(t, 54, liveRecords(t, b), "the batch use panicked in was freed, all of it")
-	want = 20 // the rest of that batch went with the panic
-	for want < 74 {
-		_, err := c.ReceiveEach(ctx, 64, func(b []byte) { checkEach(t, b, want); want++ })
+	// The rest of that batch went with the panic.
+	drainEach(t, b, c, 20, 74)
+	require.NoError(t, h.Close())
+}
+
+// drainEach receives records from to end with ReceiveEach, in order, and
+// then requires that every record was freed and the buffer checks out.
+func drainEach(t *testing.T, b *Buffer, c *Consumer, from, end int) {
+	t.Helper()
+	for from < end {
+		_, err := c.ReceiveEach(t.Context(), 64, func(b []byte) { checkEach(t, b, from); from++ })
 		require.NoError(t, err)
 	}
 	require.Zero(t, liveRecords(t, b))
 	require.NoError(t, b.Check())
-	require.NoError(t, h.Close())
 }
 
 // TestEachFullBuffer: SendEach into a buffer that fills up returns
@@ -271,25 +268,14 @@ func TestEachPanics(t *testing.T) {
 // sent are all delivered.
 func TestEachFullBuffer(t *testing.T) {
 	b := heapBuf(t, WithSize(2<<20))
-	h, err := b.NewHandle()
-	require.NoError(t, err)
-	p, err := h.Producer(1, WithCapacity(1<<14))
-	require.NoError(t, err)
-	c, err := h.Consumer(1)
-	require.NoError(t, err)
+	h, p, c := loopback(t, b, 1, WithCapacity(1<<14))
 	ctx := t.Context()
 	n, err := p.SendEach(ctx, 1<<14, 1000, func(i int, b []byte) { stampEach(b, i) })
 	require.ErrorIs(t, err, ErrNoSpace)
 	require.Positive(t, n)
 	require.Less(t, n, 1<<14)
 	require.EqualValues(t, n, liveRecords(t, b), "only the records sent are allocated")
-	got := 0
-	for got < n {
-		_, err := c.ReceiveEach(ctx, 64, func(b []byte) { checkEach(t, b, got); got++ })
-		require.NoError(t, err)
-	}
-	require.Zero(t, liveRecords(t, b))
-	require.NoError(t, b.Check())
+	drainEach(t, b, c, 0, n)
 	require.NoError(t, h.Close())
 }
 
@@ -298,12 +284,7 @@ func TestEachFullBuffer(t *testing.T) {
 // not send are freed.
 func TestEachWaitsForRoom(t *testing.T) {
 	b := heapBuf(t)
-	h, err := b.NewHandle()
-	require.NoError(t, err)
-	p, err := h.Producer(1, WithCapacity(64))
-	require.NoError(t, err)
-	c, err := h.Consumer(1)
-	require.NoError(t, err)
+	h, p, c := loopback(t, b, 1, WithCapacity(64))
 	short, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
 	defer cancel()
 	n, err := p.SendEach(short, 100, 24, func(i int, b []byte) { stampEach(b, i) })

@@ -570,20 +570,20 @@ func testHandle(t *testing.T, b *Buffer) *Handle {
 	return h
 }
 
-// loopback opens both ends of record channel id on one new handle: all
-// are closed when the test ends.
-func loopback(t *testing.T, b *Buffer, id ChannelID) (*Handle, *Producer, *Consumer) {
+// loopback opens both ends of record channel id (made with opts) on one
+// new handle: all are closed when the test ends.
+func loopback(t *testing.T, b *Buffer, id ChannelID, opts ...ChannelOption) (*Handle, *Producer, *Consumer) {
 	t.Helper()
 	h := testHandle(t, b)
-	p, co := ends(t, h, h, id)
+	p, co := ends(t, h, h, id, opts...)
 	return h, p, co
 }
 
 // ends opens the producer end of record channel id on ph and its
 // consumer end on ch, closed when the test ends.
-func ends(t *testing.T, ph, ch *Handle, id ChannelID) (*Producer, *Consumer) {
+func ends(t *testing.T, ph, ch *Handle, id ChannelID, opts ...ChannelOption) (*Producer, *Consumer) {
 	t.Helper()
-	p, err := ph.Producer(id)
+	p, err := ph.Producer(id, opts...)
 	require.NoError(t, err)
 	t.Cleanup(func() { p.Close() })
 	co, err := ch.Consumer(id)
