@@ -173,21 +173,21 @@ func (p *Producer) sendChunk(ctx context.Context, first, k, size int, fill func(
 func fillEach(rs *records, offs []mem.Off, slots []uint64, first, size int, fill func(int, []byte)) {
 	ts, b := rs.trailers, rs.b
 	tr := trailer{Holder: uint64(rs.self), Len: uint32(size), Magic: trailerMagic}
-	l, end := uint64(size), uint64(allocSize(size))
+	l, as := uint64(size), uint64(allocSize(size))
 	if l >= channel.SlotLenNone {
 		l = channel.SlotLenNone // consumers locate such records in full
 	}
 	slots = slots[:len(offs)]
 	for i, off := range offs {
 		o := uint64(off)
-		ts[(o+end)/trailerSize-1] = tr
+		ts[(o+as)/trailerSize-1] = tr
 		fill(first+i, b[o:o+uint64(size):o+uint64(size)])
 		slots[i] = o | l<<channel.SlotOffBits
 	}
 }
 
 // ReceiveEach waits as Receive does until at least one record is queued,
-// then takes up to max of them and, for each in order, calls use with
+// then takes up to limit of them and, for each in order, calls use with
 // its bytes and frees it when use returns. It returns how many records
 // it delivered, io.EOF once the producer has closed and everything is
 // received, ErrPeerDead, ErrClosed, ErrDestroyed or ctx's error. A queued
@@ -202,7 +202,7 @@ func fillEach(rs *records, offs []mem.Off, slots []uint64, first, size int, fill
 // call to end). If use panics, the records of the batch are freed and
 // the panic goes on. The records are off the channel before use sees
 // them: a process killed meanwhile leaves them to Recover, not queued.
-func (c *Consumer) ReceiveEach(ctx context.Context, max int, use func(b []byte)) (int, error) {
+func (c *Consumer) ReceiveEach(ctx context.Context, limit int, use func(b []byte)) (int, error) {
 	const op = "receive each"
 	h := c.h
 	if !h.in() {
@@ -216,12 +216,12 @@ func (c *Consumer) ReceiveEach(ctx context.Context, max int, use func(b []byte))
 		return 0, c.wrap(op, fmt.Errorf("nil use: %w", ErrInvalidArgument))
 	case c.each.busy:
 		return 0, c.wrap(op, errEachBusy)
-	case max <= 0:
+	case limit <= 0:
 		return 0, nil
 	}
 	c.each.busy = true
 	defer func() { c.each.busy = false }()
-	k := min(max, c.c.Cap())
+	k := min(limit, c.c.Cap())
 	c.each.grow(k)
 	// Records taken ahead are still at the head: taken again below.
 	c.ahead.next, c.ahead.n = 0, 0
