@@ -152,7 +152,7 @@ func TestEachBadUse(t *testing.T) {
 	fillNot := func(int, []byte) { t.Error("fill called for a record that cannot be") }
 	_, err = p.SendEach(ctx, 2, math.MaxInt, fillNot)
 	require.ErrorIs(t, err, ErrInvalidSize)
-	_, err = p.SendEach(ctx, 2, 1<<40, fillNot)
+	_, err = p.SendEach(ctx, 2, 1<<30, fillNot) // the buffer is 32 MiB
 	require.ErrorIs(t, err, ErrNoSpace)
 	_, err = c.ReceiveEach(ctx, 1, nil)
 	require.ErrorIs(t, err, ErrInvalidArgument)
