@@ -167,13 +167,16 @@ func TestEachBadUse(t *testing.T) {
 	// Called again from its own callback: ErrBusy, and the outer call
 	// goes on; the handle itself may be used.
 	var inner error
+	useHandle := func() {
+		r, err := h.Allocate(100)
+		require.NoError(t, err)
+		require.NoError(t, h.Free(r))
+	}
 	n, err = p.SendEach(ctx, 3, 16, func(i int, b []byte) {
 		stampEach(b, i)
 		if i == 1 {
 			_, inner = p.SendEach(ctx, 1, 8, nop)
-			r, err := h.Allocate(100)
-			require.NoError(t, err)
-			require.NoError(t, h.Free(r))
+			useHandle()
 		}
 	})
 	require.NoError(t, err)
@@ -184,9 +187,7 @@ func TestEachBadUse(t *testing.T) {
 		checkEach(t, b, got)
 		got++
 		_, inner = c.ReceiveEach(ctx, 1, func([]byte) { t.Error("nested use called") })
-		r, err := h.Allocate(100)
-		require.NoError(t, err)
-		require.NoError(t, h.Free(r))
+		useHandle()
 	})
 	require.NoError(t, err)
 	require.Equal(t, 3, n)
