@@ -337,10 +337,7 @@ func TestEachTakesForeignRecords(t *testing.T) {
 	n, err := p.SendEach(t.Context(), 100, 48, func(i int, b []byte) { stampEach(b, i) })
 	require.NoError(t, err)
 	require.Equal(t, 100, n)
-	ch, err := b.NewHandle()
-	require.NoError(t, err)
-	defer ch.Close()
-	co, err := ch.Consumer(1)
+	co, err := testHandle(t, b).Consumer(1)
 	require.NoError(t, err)
 	defer co.Close()
 	got := 0
@@ -352,8 +349,7 @@ func TestEachTakesForeignRecords(t *testing.T) {
 			got++
 			off, ok := mem.OffsetOf(b.recs.b, &bs[0])
 			require.True(t, ok)
-			holder := sys.Identity(b.recs.trailers[(uint64(off)+uint64(allocSize(48)))/trailerSize-1].holder().Load())
-			require.Equal(t, sys.Self(), holder, "not the sender's (%v) any more", other)
+			require.Equal(t, sys.Self(), holderOf(b, off, 48), "not the sender's (%v) any more", other)
 		})
 		require.NoError(t, err)
 	}

@@ -62,6 +62,12 @@ func TestDamagedQueuedRecord(t *testing.T) {
 	}
 }
 
+// holderOf is the holder its trailer names of the record at off with an
+// n-byte payload.
+func holderOf(b *Buffer, off mem.Off, n int) sys.Identity {
+	return sys.Identity(b.recs.trailers[(uint64(off)+uint64(allocSize(n)))/trailerSize-1].holder().Load())
+}
+
 // otherProcess attaches b a second time as if from another process: the
 // records its handle allocates carry another identity (this test's parent
 // process, alive). The attachment is closed when the test ends.
@@ -91,9 +97,7 @@ func TestTakeMakesHolder(t *testing.T) {
 	p, err := ph.Producer(1, WithCapacity(2))
 	require.NoError(t, err)
 	defer p.Close()
-	holder := func(r Record) sys.Identity {
-		return sys.Identity(b.recs.trailers[(int(r.off)+allocSize(len(r.b)))/trailerSize-1].holder().Load())
-	}
+	holder := func(r Record) sys.Identity { return holderOf(b, r.off, len(r.b)) }
 	var rs [3]Record
 	for i := range rs {
 		rs[i], err = ph.Allocate(8 + i)
@@ -336,7 +340,7 @@ func TestFreeReceivedBatch(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 20, k)
 	for _, r := range mine {
-		require.Equal(t, sys.Self(), sys.Identity(b.recs.trailers[(int(r.off)+allocSize(80))/trailerSize-1].holder().Load()))
+		require.Equal(t, sys.Self(), holderOf(b, r.off, 80))
 	}
 	require.NoError(t, h.FreeBatch(mine))
 
@@ -516,9 +520,7 @@ func TestReceiveTakesAhead(t *testing.T) {
 	}
 	require.Equal(t, aheadMax, c2.ahead.n)
 	require.Equal(t, 18, c2.c.Len(), "still queued")
-	holder := func(r Record) sys.Identity {
-		return sys.Identity(b.recs.trailers[(int(r.off)+allocSize(40))/trailerSize-1].holder().Load())
-	}
+	holder := func(r Record) sys.Identity { return holderOf(b, r.off, 40) }
 	for _, r := range sent[2 : 1+aheadMax] {
 		require.Equal(t, sys.Self(), holder(r), "taken ahead")
 	}
