@@ -38,7 +38,10 @@ type eachScratch struct {
 	sizes []uint32
 	keys  []uint32
 	runs  []slab.Run
-	busy  bool
+	// carving is SendEach's current slab.Carving (here so that a panic
+	// in fill leaves it where the cleanup finds it).
+	carving slab.Carving
+	busy    bool
 }
 
 func (e *eachScratch) grow(n int) {
@@ -124,33 +127,62 @@ func (p *Producer) SendEach(ctx context.Context, n, size int, fill func(i int, b
 // sendChunk is SendEach for k records, numbered from first, for which the
 // ring has room: it allocates them, fills each as it writes its trailer
 // and queues them. It returns how many it queued; the others are freed.
+// Small records are carved as they are filled (carveEach): one pass over
+// their memory; large ones are allocated first (AllocBatch).
 func (p *Producer) sendChunk(ctx context.Context, first, k, size int, fill func(int, []byte)) (sent int, err error) {
 	sh, e := p.h.sh, &p.each
 	rs := sh.rs
 	as := allocSize(size)
-	offs := e.offs[:k]
+	offs, slots := e.offs[:k], e.raw[:k]
 	if uint64(rs.hi)>>channel.SlotOffBits != 0 {
 		return 0, fmt.Errorf("buffer beyond what a ring slot can name: %w", ErrNotSupported)
 	}
-	p.h.enter() // the handle's own state: not across fill
-	got, err := sh.h.AllocBatch(as, offs)
-	if err != nil {
-		ferr := rs.pool.FreeBatch(offs[:got])
-		sh.h.Trim() // the slabs the chunk filled go back too
-		p.h.leave()
-		return 0, fmt.Errorf("allocate %d records of %d bytes: %w", k, size, errors.Join(err, ferr))
-	}
-	p.h.leave()
-	// Whatever is not queued when this returns (or fill panics) is freed.
+	// made: how many records of offs exist (allocated, carved); the
+	// current carving's records are made from done on, cv.Len() of its
+	// size left to carve.
+	made, done, size0 := 0, 0, 0
+	cv := &e.carving
+	*cv = slab.Carving{}
+	// Whatever is not queued when this returns (or fill panics) is
+	// freed: the carving's records are carved first.
 	defer func() {
-		if sent < k {
-			if ferr := rs.pool.FreeBatch(offs[sent:]); ferr != nil {
+		if n := done + (size0 - cv.Len()); n > made {
+			made = n
+		}
+		made += cv.Rest(offs[made:])
+		if sent < made {
+			if ferr := rs.pool.FreeBatch(offs[sent:made]); ferr != nil {
 				err = errors.Join(err, ferr)
 			}
 		}
 	}()
-	slots := e.raw[:k]
-	fillEach(rs, offs, slots, first, size, fill)
+	if as > rs.pool.MaxSmall() {
+		p.h.enter() // the handle's own state: not across fill
+		got, err := sh.h.AllocBatch(as, offs)
+		if err != nil {
+			p.h.leave()
+			return 0, p.allocFailed(offs[:got], k, size, err)
+		}
+		made = got
+		p.h.leave()
+		fillEach(rs, offs, slots, first, size, fill)
+	} else {
+		for done < k {
+			p.h.enter()
+			err := sh.h.Reserve(as, k-done, cv)
+			if err != nil {
+				p.h.leave()
+				m := made
+				made, done = 0, 0 // freed here, not by the cleanup
+				return 0, p.allocFailed(offs[:m], k, size, err)
+			}
+			p.h.leave()
+			size0 = cv.Len()
+			carveEach(rs, cv, offs[done:], slots[done:], first+done, size, fill)
+			done += size0
+			made, size0 = done, 0
+		}
+	}
 	for sent < k {
 		m, err := p.p.TrySendBatch(slots[sent:])
 		sent += m
@@ -166,10 +198,43 @@ func (p *Producer) sendChunk(ctx context.Context, first, k, size int, fill func(
 	return sent, nil
 }
 
-// fillEach is sendChunk's pass: for each record of offs (allocated, size
-// payload bytes) it writes the trailer (not handed out yet: plain
-// stores), calls fill with the record's number and bytes, and puts its
-// ring slot in slots (the caller checked that every offset fits one).
+// allocFailed is sendChunk's cleanup when allocation fails (err) with
+// the records offs made: they are freed, and then the handle's spares
+// that are all free go back to the heap (the slabs the chunk filled too).
+func (p *Producer) allocFailed(offs []mem.Off, k, size int, err error) error {
+	ferr := p.h.sh.rs.pool.FreeBatch(offs)
+	p.h.enter()
+	p.h.sh.h.Trim()
+	p.h.leave()
+	return fmt.Errorf("allocate %d records of %d bytes: %w", k, size, errors.Join(err, ferr))
+}
+
+// carveEach is sendChunk's pass over a carving: for each of its records
+// it carves the record, writes its trailer (not handed out yet: plain
+// stores), calls fill with the record's number and bytes (size payload
+// bytes) and puts its offset in offs and its ring slot in slots (the
+// caller checked that every offset fits one, and that offs and slots
+// hold the carving).
+func carveEach(rs *records, cv *slab.Carving, offs []mem.Off, slots []uint64, first, size int, fill func(int, []byte)) {
+	ts, b := rs.trailers, rs.b
+	tr := trailer{Holder: uint64(rs.self), Len: uint32(size), Magic: trailerMagic}
+	l, as := uint64(size), uint64(allocSize(size))
+	n := cv.Len()
+	offs, slots = offs[:n], slots[:n]
+	for i := range offs {
+		o := uint64(cv.Next())
+		offs[i] = mem.Off(o)
+		ts[(o+as)/trailerSize-1] = tr
+		fill(first+i, b[o:o+uint64(size):o+uint64(size)])
+		slots[i] = o | l<<channel.SlotOffBits
+	}
+}
+
+// fillEach is sendChunk's pass for records allocated first (large ones):
+// for each record of offs (allocated, size payload bytes) it writes the
+// trailer (not handed out yet: plain stores), calls fill with the
+// record's number and bytes, and puts its ring slot in slots (the caller
+// checked that every offset fits one).
 func fillEach(rs *records, offs []mem.Off, slots []uint64, first, size int, fill func(int, []byte)) {
 	ts, b := rs.trailers, rs.b
 	tr := trailer{Holder: uint64(rs.self), Len: uint32(size), Magic: trailerMagic}

@@ -1,0 +1,106 @@
+package slab
+
+import (
+	"unsafe"
+
+	"github.com/heapipc/ipc/internal/mem"
+)
+
+// RunCursor locates records one at a time, in the order a consumer takes
+// them, as LocateRuns locates a batch of them: each record is validated
+// (a header of its slab's current generation, of its size, in a slab of
+// the pool's geometry) and the records are gathered into runs of records
+// that lie back to back in one slab, for FreeRuns. A record that follows
+// the last one located is checked against the place it must be at (its
+// header's two words compared with the ones its slab's generation writes
+// there), with no load of its slab's header: what a consumer does when it
+// checks each record as it uses it, in one pass over the records'
+// memory, instead of locating a batch first (LocateRuns) and going over
+// it again.
+//
+// A RunCursor has no state of a Handle's: it may be used while its
+// caller uses a Handle for other work.
+type RunCursor struct {
+	p    *Pool
+	runs []Run
+	seen slabSeen
+	want mem.Off // where the current run's next record's data must be; 0: no run
+	sg   uint64  // region granule of the run's slab
+	pos  uint64  // granule, from the slab's start, of the next header
+	end  uint64  // granule where slots end: the slab's limit (or the region's end)
+	size uint32  // bytes of the run's last record
+	slot uint32  // its granules
+	of   uint64  // recCheckOf of such records
+	key  uint32  // salt ^ the slab's generation
+}
+
+// Reset starts the cursor over on pool p, appending runs to runs[:0].
+func (c *RunCursor) Reset(p *Pool, runs []Run) {
+	*c = RunCursor{p: p, runs: runs[:0]}
+}
+
+// Runs is the runs of the records located since Reset, in order.
+func (c *RunCursor) Runs() []Run { return c.runs }
+
+// Next locates the record whose data start at off, of size bytes in all,
+// as the next record of the cursor's runs, and returns the check in its
+// header (what Pool.RecordKey reads). ok false: it is not such a record
+// (Bytes and Free say what it is), and nothing changed.
+func (c *RunCursor) Next(off mem.Off, size uint32) (key uint32, ok bool) {
+	pos, slot := c.pos, uint64(c.slot)
+	if off != c.want || size != c.size || pos+slot > c.end {
+		return c.next(off, size)
+	}
+	// pos+slot <= end: the header is in the region (Reset's run start
+	// bounded end by the region's granules).
+	h := (*[2]uint64)(unsafe.Pointer(&c.p.plain[2*(c.sg+pos)]))
+	check := recCheckAt(uint32(pos), c.of)
+	if h[0] != packHalves(uint32(pos), c.slot) || h[1] != packHalves(size, check) {
+		return 0, false
+	}
+	c.pos = pos + slot
+	c.want += mem.Off(slot * granule)
+	r := &c.runs[len(c.runs)-1]
+	r.n += slot
+	r.Count++
+	return check, true
+}
+
+// next is Next for a record that does not continue the run with another
+// of the same size: one of another size right after it, or the first of
+// a new run (located in full).
+func (c *RunCursor) next(off mem.Off, size uint32) (uint32, bool) {
+	p := c.p
+	if c.want != 0 && off == c.want {
+		k := slotGranules(uint64(size), p.align)
+		if k <= p.maxSmall && c.pos+k <= c.end {
+			of := recCheckOf(uint32(k), size, c.key)
+			h := (*[2]uint64)(unsafe.Pointer(&p.plain[2*(c.sg+c.pos)]))
+			check := recCheckAt(uint32(c.pos), of)
+			if h[0] == packHalves(uint32(c.pos), uint32(k)) && h[1] == packHalves(size, check) {
+				c.size, c.slot, c.of = size, uint32(k), of
+				c.pos += k
+				c.want += mem.Off(k * granule)
+				r := &c.runs[len(c.runs)-1]
+				r.n += k
+				r.Count++
+				return check, true
+			}
+		}
+	}
+	sl, ok := p.slotOf(off, &c.seen)
+	if !ok || sl.size != uint64(size) {
+		return 0, false
+	}
+	first := sl.bit + uint64(p.geo.recBase)
+	key := p.salt ^ sl.gen
+	check := recCheck(uint32(first), uint32(sl.n), size, key)
+	c.runs = append(c.runs, Run{slab: sl.slab, bit: sl.bit, n: sl.n, ident: c.seen.ident, Count: 1})
+	c.sg = sl.slab / granule
+	c.pos = first + sl.n
+	c.end = min(uint64(p.geo.limit), uint64(len(p.plain))/2-c.sg)
+	c.size, c.slot, c.key = size, uint32(sl.n), key
+	c.of = recCheckOf(c.slot, size, key)
+	c.want = off + mem.Off(sl.n*granule)
+	return check, true
+}
