@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"unsafe"
 
 	"github.com/heapipc/ipc/channel"
 	"github.com/heapipc/ipc/internal/mem"
@@ -39,8 +40,10 @@ type eachScratch struct {
 	keys  []uint32
 	runs  []slab.Run
 	// carving is SendEach's current slab.Carving (here so that a panic
-	// in fill leaves it where the cleanup finds it).
+	// in fill leaves it where the cleanup finds it); cursor is
+	// ReceiveEach's (receiveFused).
 	carving slab.Carving
+	cursor  slab.RunCursor
 	busy    bool
 }
 
@@ -81,7 +84,9 @@ var errEachBusy = fmt.Errorf("called again from its own callback: %w", ErrBusy)
 // freed and the panic goes on.
 //
 // The records are what Allocate and Send would make one by one; only the
-// passes differ (see the benchmarks' SendEach form in tests/).
+// passes differ: each small record is carved (its slab header written)
+// as it is filled, in one pass over the chunk's memory (see the
+// benchmarks' SendEach form in tests/).
 func (p *Producer) SendEach(ctx context.Context, n, size int, fill func(i int, b []byte)) (int, error) {
 	const op = "send each"
 	h := p.h
@@ -267,6 +272,13 @@ func fillEach(rs *records, offs []mem.Off, slots []uint64, first, size int, fill
 // call to end). If use panics, the records of the batch are freed and
 // the panic goes on. The records are off the channel before use sees
 // them: a process killed meanwhile leaves them to Recover, not queued.
+//
+// Records that a producer end of this process sent (in-process channels)
+// are checked, delivered and freed in one pass, each as use gets it; the
+// head moves past them first, since this process holds them already.
+// Another process's records are taken first (checked, this process
+// written in as their holder), the head moved past them, and then
+// delivered and freed.
 func (c *Consumer) ReceiveEach(ctx context.Context, limit int, use func(b []byte)) (int, error) {
 	const op = "receive each"
 	h := c.h
@@ -309,6 +321,9 @@ func (c *Consumer) ReceiveEach(ctx context.Context, limit int, use func(b []byte
 // scratch: it takes the records (the consumer their holder), moves the
 // head past them, then delivers and frees each.
 func (c *Consumer) receiveChunk(n int, use func([]byte)) (delivered int, err error) {
+	if c.c.SentHere() {
+		return c.receiveFused(n, use)
+	}
 	sh, e := c.h.sh, &c.each
 	rs := sh.rs
 	slots, recs, offs := e.raw[:n], e.recs[:n], e.offs[:n]
@@ -317,7 +332,7 @@ func (c *Consumer) receiveChunk(n int, use func([]byte)) (delivered int, err err
 	c.h.leave()
 	e.runs = runs
 	if !ok {
-		return c.receiveSlow(slots, recs, use)
+		return c.receiveSlow(slots, recs, use, false)
 	}
 	c.c.Advance(n)
 	// If use panics, every record of the batch gets its freed mark
@@ -331,6 +346,96 @@ func (c *Consumer) receiveChunk(n int, use func([]byte)) (delivered int, err err
 	}()
 	delivered = useEach(rs, recs, e.sizes[:n], e.keys[:n], use)
 	return delivered, rs.pool.FreeRuns(runs, offs)
+}
+
+// receiveFused is receiveChunk for records that this process holds, or
+// whose holder died (RecordConsumer.SentHere): the head moves past them
+// first — a process killed from then on leaves them held by a dead
+// process and not queued, which Recover frees — and then each record is
+// checked (as takeRecords checks it), delivered and marked freed in one
+// pass over the records' memory (useFused), and the records' bits are
+// set by their runs. A record that fails a check, and the ones after it,
+// are taken one by one as receiveSlow takes them.
+func (c *Consumer) receiveFused(n int, use func([]byte)) (delivered int, err error) {
+	rs, e := c.h.sh.rs, &c.each
+	slots, offs, keys := e.raw[:n], e.offs[:n], e.keys[:n]
+	c.c.Advance(n)
+	cur := &e.cursor
+	cur.Reset(rs.pool, e.runs)
+	fused := false
+	defer func() {
+		runs := cur.Runs()
+		e.runs = runs[:0]
+		if fused {
+			return
+		}
+		// use panicked on the last record the cursor took: it gets its
+		// freed mark, the records so far are freed by their runs, and
+		// the ones after it one by one (they were never checked).
+		m := 0
+		for _, r := range runs {
+			m += r.Count
+		}
+		if m > 0 {
+			s := slots[m-1]
+			rs.trailers[(uint64(offs[m-1])+uint64(slotAlloc(s)))/trailerSize-1].Magic = freedMark(keys[m-1])
+		}
+		_ = rs.pool.FreeRuns(runs, offs[:m])
+		for _, s := range slots[m:] {
+			if r, err := rs.take(s); err == nil {
+				_ = rs.free(r.off, r.b)
+			}
+		}
+	}()
+	k := useFused(rs, cur, slots, offs, keys, use)
+	fused = true
+	err = rs.pool.FreeRuns(cur.Runs(), offs[:k])
+	if k == n {
+		return k, err
+	}
+	d, serr := c.receiveSlow(slots[k:], e.recs[:n-k], use, true)
+	return k + d, errors.Join(err, serr)
+}
+
+// slotAlloc is the allocation size of the record of a ring slot that
+// has its length.
+func slotAlloc(s uint64) int { return allocSize(int(s >> channel.SlotOffBits)) }
+
+// useFused is receiveFused's pass: for each record of slots, in order, it
+// checks the trailer (magic, length, this process the holder) and the
+// header (cur, which gathers the records' runs and gives their header
+// checks, the keys of their freed marks), calls use with its bytes and
+// writes its freed mark; offs and keys get the records' offsets and
+// keys. It returns how many records it delivered: all, or up to the
+// first that fails a check (not in cur's runs; it does not return if use
+// panics, the record being the last in cur's runs).
+func useFused(rs *records, cur *slab.RunCursor, slots []uint64, offs []mem.Off, keys []uint32, use func([]byte)) int {
+	ts, self := rs.trailers, uint64(rs.self)
+	base := unsafe.Pointer(unsafe.SliceData(rs.b))
+	offs, keys = offs[:len(slots)], keys[:len(slots)]
+	for i, s := range slots {
+		off, l := channel.SlotOff(s), s>>channel.SlotOffBits
+		if l >= channel.SlotLenNone {
+			return i
+		}
+		as := (l+15)&^15 + trailerSize
+		j := (uint64(off)+as)/trailerSize - 1
+		if j >= uint64(len(ts)) {
+			return i
+		}
+		t := &ts[j]
+		if t.Magic != trailerMagic || uint64(t.Len) != l || t.holder().Load() != self {
+			return i
+		}
+		key, ok := cur.Next(off, uint32(as))
+		if !ok {
+			return i
+		}
+		offs[i], keys[i] = off, key
+		use(unsafe.Slice((*byte)(unsafe.Add(base, off)), l))
+		t.Magic = freedMark(key)
+	}
+	return len(slots)
 }
 
 // useEach is receiveChunk's pass: each record goes to use, and then gets
@@ -358,9 +463,10 @@ func markFreed(rs *records, offs []mem.Off, sizes, keys []uint32) {
 
 // receiveSlow is receiveChunk for a batch that failed the cheap checks:
 // each record is taken as Receive takes one (a record that fails is
-// reported, and stays as it is), the head moves past all of them, and
-// each taken record is delivered and freed.
-func (c *Consumer) receiveSlow(slots []uint64, recs []Record, use func([]byte)) (int, error) {
+// reported, and stays as it is), the head moves past all of them (unless
+// advanced: it has already), and each taken record is delivered and
+// freed.
+func (c *Consumer) receiveSlow(slots []uint64, recs []Record, use func([]byte), advanced bool) (int, error) {
 	rs := c.h.buf.recs
 	clear(recs)
 	var all []error
@@ -374,7 +480,9 @@ func (c *Consumer) receiveSlow(slots []uint64, recs []Record, use func([]byte)) 
 		recs[k] = r
 		k++
 	}
-	c.c.Advance(len(slots))
+	if !advanced {
+		c.c.Advance(len(slots))
+	}
 	i := 0
 	defer func() {
 		for ; i < k; i++ {

@@ -7,6 +7,7 @@ import (
 	"math"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/heapipc/ipc/internal/mem"
 	"github.com/heapipc/ipc/internal/sys"
@@ -238,15 +239,19 @@ func TestEachPanics(t *testing.T) {
 	require.Equal(t, 10, n)
 
 	want := 0
+	var last mem.Off // the record use panicked on
 	require.PanicsWithValue(t, "use", func() {
-		_, _ = c.ReceiveEach(ctx, 20, func(b []byte) {
-			checkEach(t, b, want)
+		_, _ = c.ReceiveEach(ctx, 20, func(r []byte) {
+			checkEach(t, r, want)
 			if want++; want == 5 {
+				last = mem.Off(uintptr(unsafe.Pointer(unsafe.SliceData(r))) - b.recs.base)
 				panic("use")
 			}
 		})
 	})
 	require.EqualValues(t, 54, liveRecords(t, b), "the batch use panicked in was freed, all of it")
+	tr := &b.recs.trailers[(uint64(last)+uint64(allocSize(40)))/trailerSize-1]
+	require.Equal(t, b.recs.freedMark(last), tr.Magic, "the record use panicked on has its freed mark")
 	// The rest of that batch went with the panic.
 	drainEach(t, b, c, 20, 74)
 	require.NoError(t, h.Close())
@@ -322,6 +327,35 @@ func TestEachDamagedRecord(t *testing.T) {
 	require.Equal(t, 2, n, "the records behind it")
 	require.Equal(t, 3, want)
 	require.NoError(t, h.Free(sent[0]), "its memory comes back: Free locates it in its slab")
+	require.Zero(t, liveRecords(t, b))
+
+	// In the middle of a batch: the record before it is delivered by the
+	// fused pass, it and the one after it are taken one by one, and the
+	// head moves past the batch once.
+	sent = sent[:0]
+	for i := range 3 {
+		r, err := h.Allocate(64)
+		require.NoError(t, err)
+		stampEach(r.Bytes(), 10+i)
+		require.NoError(t, p.Send(ctx, r))
+		sent = append(sent, r)
+	}
+	r, err := h.Allocate(64) // queued after the batch ReceiveEach takes
+	require.NoError(t, err)
+	stampEach(r.Bytes(), 13)
+	mem.MustAt[trailer](b.recs.b, sent[1].off+mem.Off(allocSize(64)-trailerSize)).Magic = 0xbad
+	var got []int
+	n, err = co.ReceiveEach(ctx, 3, func(b []byte) { got = append(got, int(binary.LittleEndian.Uint32(b))) })
+	require.ErrorIs(t, err, ErrCorrupt)
+	require.Equal(t, 2, n)
+	require.Equal(t, []int{10, 12}, got)
+	require.NoError(t, p.Send(ctx, r))
+	require.Equal(t, 1, co.c.Len(), "the head moved past the three records, once")
+	want = 13
+	n, err = co.ReceiveEach(ctx, 10, func(b []byte) { checkEach(t, b, want); want++ })
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
+	require.NoError(t, h.Free(sent[1]))
 	require.Zero(t, liveRecords(t, b))
 }
 

@@ -20,8 +20,9 @@ import (
 // reinterpreted. Bump it whenever any shared layout changes (3: record
 // channel slots carry the payload length, and record trailers are 16-byte
 // aligned; 4: channel control blocks are extents of their own kind,
-// alloc.KindControl).
-const LayoutVersion = 4
+// alloc.KindControl; 5: a record channel's control block says since
+// when its producer end sends, ProdSince).
+const LayoutVersion = 5
 
 // Magic is "HEAPIPC\x01" read as a little-endian word.
 var Magic = binary.LittleEndian.Uint64([]byte("HEAPIPC\x01"))

@@ -455,6 +455,73 @@ func TestRingDeliversAfterProducerClosedBeforeConsumer(t *testing.T) {
 	require.NoError(t, err)
 }
 
+// TestSentHere: the consumer learns that the queued records were all
+// sent by a producer end of its own process (or one that died) only
+// while such an end holds the channel and has since before the head:
+// not with no producer, not with another live process's end, not for
+// records queued before this process's end attached; an end that closes
+// clears it before it lets go, and one that took over a dead end
+// counts the dead end's records.
+func TestSentHere(t *testing.T) {
+	f := newFixture(t, backend.Heap)
+	en, _, err := f.reg.LookupOrCreate(context.Background(), 1, recordSpec(16))
+	require.NoError(t, err)
+	ring, err := OpenRing(f.r, en, WaitOptions{Spin: -1, CheckInterval: 5 * time.Millisecond})
+	require.NoError(t, err)
+	c, err := ring.AttachConsumer()
+	require.NoError(t, err)
+	require.False(t, c.SentHere(), "no producer")
+
+	p, err := ring.AttachProducer()
+	require.NoError(t, err)
+	require.True(t, c.SentHere(), "this process's producer, attached at the head")
+	require.NoError(t, p.TrySend(1))
+	p.Close()
+	require.False(t, c.SentHere(), "the producer closed")
+	require.Zero(t, ring.cb.ProdSince.Load(), "Close clears ProdSince before it lets go of the end")
+
+	// Another process's live end: its records are its own.
+	other := uint64(sys.Self()) + 1
+	ring.cb.Producer.Store(other)
+	ring.cb.ProdSince.Store(1)
+	require.False(t, c.SentHere(), "another process's producer")
+	ring.cb.Producer.Store(0)
+	ring.cb.ProdSince.Store(0)
+
+	// This process's end, attached after a record was queued: not until
+	// the consumer is past that record.
+	p, err = ring.AttachProducer()
+	require.NoError(t, err)
+	require.False(t, c.SentHere(), "a record queued before the end attached")
+	require.NoError(t, p.TrySend(2))
+	off, err := c.TryReceive()
+	require.NoError(t, err)
+	require.Equal(t, uint64(1), off)
+	require.True(t, c.SentHere(), "past the records queued before")
+
+	// An end that died: its records count (their holder is dead), from
+	// where it attached, once an end of this process holds the channel
+	// (even before that end has written its own ProdSince).
+	off, err = c.TryReceive()
+	require.NoError(t, err)
+	require.Equal(t, uint64(2), off)
+	p.Close()
+	dead := testutil.DeadIdentity(t)
+	ring.cb.Producer.Store(uint64(dead))
+	ring.cb.ProdSince.Store(ring.cb.Head.Load() + 1)
+	require.False(t, c.SentHere(), "a dead producer holds the end")
+	ring.cb.Producer.Store(uint64(sys.Self()))
+	require.True(t, c.SentHere(), "a dead end's ProdSince, this process's end claimed")
+	ring.cb.ProdSince.Store(ring.cb.Head.Load() + 2)
+	require.False(t, c.SentHere(), "an end that attached after the head")
+	ring.cb.Producer.Store(uint64(dead))
+	p2, err := ring.AttachProducer()
+	require.NoError(t, err)
+	require.True(t, c.SentHere(), "the end that took over")
+	p2.Close()
+	c.Close()
+}
+
 func TestRingWaitCancelAndPeerDeath(t *testing.T) {
 	f := newFixture(t, backend.Heap)
 	en, _, err := f.reg.LookupOrCreate(context.Background(), 1, recordSpec(2))

@@ -37,7 +37,9 @@ type recordCB struct {
 	Tail        atomic.Uint64 // next sequence the producer writes
 	Producer    atomic.Uint64 // sys.Identity of the producer end, 0: none
 	ProdClosed  atomic.Uint32 // 1: the producer closed; EOF once drained
-	_           [108]byte
+	_           uint32
+	ProdSince   atomic.Uint64 // 1 + the Tail when the producer end attached; 0 once it closed (see SentHere)
+	_           [96]byte
 	Head        atomic.Uint64 // next sequence the consumer reads
 	Consumer    atomic.Uint64 // sys.Identity of the consumer end, 0: none
 	ConsClosed  atomic.Uint32 // 1: the consumer closed
@@ -338,6 +340,7 @@ func (r *Ring) AttachProducer() (*RecordProducer, error) {
 		r.cb.Producer.Store(0)
 		return nil, errs.Corrupt("record channel head/tail", uint64(r.cbOff)+128, "tail %d head %d capacity %d", t, h, len(r.ring))
 	}
+	r.cb.ProdSince.Store(t + 1)
 	idle := idleValue(r.opts)
 	r.cb.ProdWaiting.Store(idle)
 	return &RecordProducer{Ring: r, self: self, tail: t, headCache: h, idle: idle, since: time.Now()}, nil
@@ -535,6 +538,9 @@ func (p *RecordProducer) Close() (consumerClosed bool) {
 	p.closed = true
 	p.cb.ProdClosed.Store(1)
 	p.cb.ProdWaiting.Store(0) // no producer waits any more
+	if p.cb.Producer.Load() == uint64(p.self) {
+		p.cb.ProdSince.Store(0) // before the end is let go (SentHere)
+	}
 	p.cb.Producer.CompareAndSwap(uint64(p.self), 0)
 	// Wake a parked consumer so it sees EOF.
 	notifyRing(p.buf, &p.cb.ConsWaiting, &p.cb.Doorbell)
@@ -686,6 +692,23 @@ func (c *RecordConsumer) TryReceive() (uint64, error) {
 func (c *RecordConsumer) wakeProducer() {
 	c.cb.Head.Store(c.head)
 	wakeParked(&c.cb.ProdWaiting, 1)
+}
+
+// SentHere reports whether the records queued from the head on, up to
+// the Tail the consumer last read (PeekBatch, Next), were all sent by a
+// producer end of this process, so that this process holds them (package
+// ipc: a record is held by the process that sent it until a consumer
+// takes it over) or their holder died: a producer end of this process
+// holds the channel, and has since before the head. Every sender writes
+// ProdSince after it claims the end and clears it before it lets go, so
+// a ProdSince read while the end is this process's is that end's, or one
+// left by a producer that died: whose records' holder is dead.
+//
+// Read after the Tail: a producer end that held the channel from before
+// the head until after the Tail was read sent everything in between.
+func (c *RecordConsumer) SentHere() bool {
+	s := c.cb.ProdSince.Load()
+	return s != 0 && s-1 <= c.head && c.cb.Producer.Load() == uint64(c.self)
 }
 
 // PeekBatch copies up to len(slots) queued slots without consuming them

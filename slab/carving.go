@@ -2,6 +2,7 @@ package slab
 
 import (
 	"fmt"
+	"unsafe"
 
 	"github.com/heapipc/ipc/internal/mem"
 )
@@ -16,13 +17,13 @@ import (
 // allocated nor free, so the caller carves every record of a Carving
 // (Rest carves the ones left, to free them).
 type Carving struct {
-	plain []uint64
-	g     uint64 // region granule of the next record's header
-	pos   uint32 // its granule from the slab start
-	ln    uint32 // granules a record takes
-	sz    uint32 // bytes asked for
-	left  uint32 // records not carved yet
-	of    uint64 // recCheckOf of the records
+	hdr  unsafe.Pointer // the next record's header (in the region while left > 0)
+	off  mem.Off        // the next record's data
+	left uint32         // records not carved yet
+	pos  uint32         // the next header's granule from the slab start
+	ln   uint32         // granules a record takes
+	sz   uint32         // bytes asked for
+	of   uint64         // recCheckOf of the records
 }
 
 // Len is how many records the carving has left to carve.
@@ -35,13 +36,15 @@ func (c *Carving) Next() mem.Off {
 		return 0
 	}
 	c.left--
-	g := c.g
 	// Two word stores, the words the readers load (as carve).
-	c.plain[2*g] = packHalves(c.pos, c.ln)
-	c.plain[2*g+1] = packHalves(c.sz, recCheckAt(c.pos, c.of))
-	c.g += uint64(c.ln)
+	h := (*[2]uint64)(c.hdr)
+	h[0] = packHalves(c.pos, c.ln)
+	h[1] = packHalves(c.sz, recCheckAt(c.pos, c.of))
+	off := c.off
+	c.hdr = unsafe.Add(c.hdr, c.ln*granule)
+	c.off += mem.Off(c.ln * granule)
 	c.pos += c.ln
-	return mem.Off((g + 1) * granule)
+	return off
 }
 
 // Rest carves the records left and stores their offsets in offs (as
@@ -82,7 +85,8 @@ func (h *Handle) Reserve(size, n int, c *Carving) error {
 	}
 	ln := uint32(k)
 	m := min(uint32(n), (h.limit-h.cur)/ln)
-	*c = Carving{plain: p.plain, g: h.base + uint64(h.cur), pos: h.cur, ln: ln, sz: uint32(size), left: m, of: recCheckOf(ln, uint32(size), h.key)}
+	g := h.base + uint64(h.cur)
+	*c = Carving{hdr: unsafe.Pointer(&p.plain[2*g]), off: mem.Off((g + 1) * granule), left: m, pos: h.cur, ln: ln, sz: uint32(size), of: recCheckOf(ln, uint32(size), h.key)}
 	h.cur += m * ln
 	return nil
 }
