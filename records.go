@@ -136,6 +136,7 @@ type slabHandle struct {
 	recvKeys  []uint32
 	recvRuns  []slab.Run
 	recvN     int
+	cursor    slab.RunCursor // takeRecords's
 	_         mem.Pad
 }
 
@@ -286,22 +287,15 @@ func (sh *slabHandle) takeBatch(slots []uint64, rs []Record) bool {
 // takeRecords is takeBatch's taking, with the caller's scratch: offs,
 // sizes and keys (len(slots) each) get the records' offsets, allocation
 // sizes and header checks, and the records' runs are appended to runs.
+// Each record's trailer and header are checked as it is reached, in one
+// pass over the batch (checkEach).
 func (sh *slabHandle) takeRecords(slots []uint64, rs []Record, offs []mem.Off, sizes, keys []uint32, runs []slab.Run) ([]slab.Run, bool) {
 	rcs := sh.rs
-	n := len(slots)
-	offs, sizes = offs[:n], sizes[:n]
-	for i, s := range slots {
-		l, known := channel.SlotLen(s)
-		if !known {
-			return runs, false
-		}
-		offs[i], sizes[i] = channel.SlotOff(s), uint32(allocSize(l))
-	}
-	k, runs := sh.h.LocateRuns(offs, sizes, keys, runs)
-	if k < n {
-		return runs, false
-	}
-	ok, foreign := rcs.views(slots, offs, sizes, rs)
+	cur := &sh.cursor
+	cur.Reset(rcs.pool, runs)
+	ok, foreign := rcs.checkEach(cur, slots, rs, offs, sizes, keys)
+	runs = cur.Runs()
+	*cur = slab.RunCursor{} // holds no memory between batches
 	if !ok {
 		return runs, false
 	}
@@ -331,22 +325,37 @@ func (sh *slabHandle) keep(s *slab.Slot) {
 	sh.taken = true
 }
 
-// views is takeBatch's check of the trailers, apart so that it makes no
-// call: each record (of the length its slot says, at offs[i], sizes[i]
-// bytes in all, located) is a record of its size, its trailer in it; rs
-// is filled as they pass (after a failure the caller clears it). foreign: another process holds one of them.
-func (rs *records) views(slots []uint64, offs []mem.Off, sizes []uint32, out []Record) (ok, foreign bool) {
+// checkEach is takeRecords's pass: each record of slots (of the length
+// its slot says) has a trailer that says so and the header of a record
+// of its size (cur, which gathers the records' runs), and out, offs,
+// sizes and keys get the records, their offsets, allocation sizes and
+// header checks as they pass (after a failure the caller clears out).
+// foreign: another process holds one of them.
+func (rs *records) checkEach(cur *slab.RunCursor, slots []uint64, out []Record, offs []mem.Off, sizes, keys []uint32) (ok, foreign bool) {
 	ts, self := rs.trailers, uint64(rs.self)
 	base := unsafe.Pointer(unsafe.SliceData(rs.b))
-	offs, sizes, out = offs[:len(slots)], sizes[:len(slots)], out[:len(slots)]
+	n := len(slots)
+	out, offs, sizes, keys = out[:n], offs[:n], sizes[:n], keys[:n]
 	for i, s := range slots {
-		off := offs[i]
-		l := s >> channel.SlotOffBits
-		t := &ts[(uint64(off)+uint64(sizes[i]))/trailerSize-1]
+		off, l := channel.SlotOff(s), s>>channel.SlotOffBits
+		if l >= channel.SlotLenNone {
+			return false, false
+		}
+		as := (l+15)&^15 + trailerSize
+		j := (uint64(off)+as)/trailerSize - 1
+		if j >= uint64(len(ts)) {
+			return false, false
+		}
+		t := &ts[j]
 		if t.Magic != trailerMagic || uint64(t.Len) != l {
 			return false, false
 		}
+		key, ok := cur.Next(off, uint32(as))
+		if !ok {
+			return false, false
+		}
 		foreign = foreign || t.holder().Load() != self
+		offs[i], sizes[i], keys[i] = off, uint32(as), key
 		// The record was located (in the heap) with a size that holds
 		// l bytes and the trailer.
 		out[i] = Record{off: off, b: unsafe.Slice((*byte)(unsafe.Add(base, off)), l)}
