@@ -796,10 +796,13 @@ func must2(b *testing.B) (*os.File, *os.File) {
 // SendBatch; ReceiveBatch, the user's read, FreeBatch), record-fused does
 // each record's work at once. On an Intel Xeon VM: 12.5-13 ns against
 // 8.5-9.3 (5.7-6.0× against 7.7-8.3× the Go channel), while the record
-// channel's batch forms ran at 17.7-18.2 ns (4.1×) in the same runs. The
-// passes alone take a third of what 5× the Go channel allows, and leave
-// ~1.5 ns a record for everything else the record channel does: its
-// headers' and trailers' checks, ring slots, bitmap and marks.
+// channel's batch forms ran at 17.7-18.2 ns (4.1×) in the same runs. A
+// side that goes over a batch twice waits for the other core's lines in
+// one pass and computes in the other; one pass overlaps them (a scratch
+// variant of this floor whose consumer checks in one pass and reads and
+// marks in another ran at 13.5-14.4 ns, against 9.5-10 fused). The
+// record channel's fused forms (SendEach, ReceiveEach) take that one
+// pass: 12.9-13.4 ns, 5.2-6.0× (BenchmarkRecordEachInProcess).
 func BenchmarkFloorInProcess(b *testing.B) {
 	for _, c := range []struct {
 		name       string
