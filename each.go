@@ -453,7 +453,7 @@ func useEach(rs *records, recs []Record, sizes, keys []uint32, use func([]byte))
 }
 
 // markFreed writes the freed mark into the trailers of the records at
-// offs (sizes and keys as LocateRuns found them).
+// offs (sizes and keys as takeRecords found them).
 func markFreed(rs *records, offs []mem.Off, sizes, keys []uint32) {
 	for i, off := range offs {
 		t := &rs.trailers[(uint64(off)+uint64(sizes[i]))/trailerSize-1]

@@ -127,7 +127,7 @@ type slabHandle struct {
 	cur   uint8
 	taken bool
 	// The batch takeBatch returned last, for freeBatch: its slots, the
-	// records' offsets and allocation sizes (LocateRuns's input), their
+	// records' offsets and allocation sizes (what the RunCursor located), their
 	// header checks (the keys of their freed marks) and their runs. recvN
 	// is 0 when there is none (freed, or the last take failed).
 	recvSlots []uint64
@@ -232,7 +232,7 @@ func (sh *slabHandle) freeReceived(rs []Record) (ok bool, err error) {
 // unstamp is freeReceived's loop, apart so that it makes no call: it
 // marks freed the trailer (as free does) of each record of recs that is
 // the one received in slots (sizes[i] bytes in all, keys[i] its header's
-// check, as LocateRuns found it), held here and not freed since, up to
+// check, as the RunCursor found it), held here and not freed since, up to
 // the first that is not, and returns how many it marked.
 func (rs *records) unstamp(recs []Record, slots []uint64, sizes, keys []uint32) int {
 	ts, base, self := rs.trailers, rs.base, uint64(rs.self)
@@ -260,10 +260,10 @@ func (rs *records) unstamp(recs []Record, slots []uint64, sizes, keys []uint32) 
 // record of that length must be, a trailer that does not say so, or a
 // record another process holds that is not live.
 //
-// The records are located together (slab.Handle.LocateRuns), which
-// checks the header of a record that follows the last one against its
-// place and finds the runs of records that lie back to back; freeBatch
-// frees those runs if it is given this batch.
+// The records are located together (a slab.RunCursor), which checks
+// the header of a record that follows the last one against its place and
+// finds the runs of records that lie back to back; freeBatch frees those
+// runs if it is given this batch.
 func (sh *slabHandle) takeBatch(slots []uint64, rs []Record) bool {
 	sh.recvN = 0
 	n := len(slots)

@@ -321,7 +321,7 @@ func TestLocateRuns(t *testing.T) {
 		}
 		return s.sl.slab
 	}
-	k, runs := hd.LocateRuns(offs, sizes, keys, nil)
+	k, runs := locateAll(p, offs, sizes, keys)
 	if k != n {
 		t.Fatalf("LocateRuns located %d of %d", k, n)
 	}
@@ -372,7 +372,7 @@ func TestLocateRuns(t *testing.T) {
 		}
 		moffs, msizes = append(moffs, r.Off), append(msizes, uint32(len(r.Data)))
 	}
-	k, mruns := hd.LocateRuns(moffs, msizes, make([]uint32, len(moffs)), nil)
+	k, mruns := locateAll(p, moffs, msizes, make([]uint32, len(moffs)))
 	if k != len(moffs) || len(mruns) > 2 {
 		t.Fatalf("mixed sizes: %d located in %d runs", k, len(mruns))
 	}
@@ -398,7 +398,7 @@ func TestLocateRuns(t *testing.T) {
 		}
 		mixed = append(mixed, offs[j], r.Off)
 	}
-	if k, runs := hd.LocateRuns(mixed, sizes[:8], keys, nil); k != 8 || len(runs) != 8 {
+	if k, runs := locateAll(p, mixed, sizes[:8], keys); k != 8 || len(runs) != 8 {
 		t.Fatalf("alternating records: %d located in %d runs", k, len(runs))
 	}
 
@@ -406,12 +406,12 @@ func TestLocateRuns(t *testing.T) {
 	g := uint64(offs[10])/granule - 1
 	w1 := p.plain[2*g+1]
 	p.plain[2*g+1] ^= 1 << 40
-	if k, _ := hd.LocateRuns(offs[:20], sizes, keys, nil); k != 10 {
+	if k, _ := locateAll(p, offs[:20], sizes, keys); k != 10 {
 		t.Fatalf("a damaged header at 10: %d located", k)
 	}
 	p.plain[2*g+1] = w1
 	sizes[10] = 64
-	if k, _ := hd.LocateRuns(offs[:20], sizes, keys, nil); k != 10 {
+	if k, _ := locateAll(p, offs[:20], sizes, keys); k != 10 {
 		t.Fatalf("a record of another size at 10: %d located", k)
 	}
 	sizes[10] = 80
@@ -419,7 +419,7 @@ func TestLocateRuns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if k, _ := hd.LocateRuns([]mem.Off{offs[0], large.Off}, []uint32{80, uint32(p.MaxSmall() + 1)}, keys, nil); k != 1 {
+	if k, _ := locateAll(p, []mem.Off{offs[0], large.Off}, []uint32{80, uint32(p.MaxSmall() + 1)}, keys); k != 1 {
 		t.Fatalf("a large record: %d located", k)
 	}
 	if err := p.Free(large.Off); err != nil {

@@ -45,8 +45,8 @@ func TestReserve(t *testing.T) {
 	for i := range sizes {
 		sizes[i] = 80
 	}
-	k, runs := hd.LocateRuns(offs, sizes, keys, nil)
-	require.Equal(t, n, k, "LocateRuns located %d of the carved records", k)
+	k, runs := locateAll(p, offs, sizes, keys)
+	require.Equal(t, n, k, "located %d of the carved records", k)
 	for i, off := range offs {
 		b, err := p.Bytes(off)
 		require.NoError(t, err, "record %d", i)
@@ -107,12 +107,13 @@ func TestReserve(t *testing.T) {
 	mustCheck(t, small, "after the full heap")
 }
 
-// TestRunCursor: a cursor fed the records one at a time finds what
-// LocateRuns finds for the batch (keys and runs, across slabs, mixed
-// sizes, two handles' records alternating), and a record that is not
+// TestRunCursor: a cursor gives each record's header check, and gathers
+// records into runs as they lie: one run per stretch of one slab,
+// whatever the sizes (the records of the other handle each a run of its
+// own), every run live and freeable by FreeRuns. A record that is not
 // the one claimed (a damaged header, another size, a large record, not a
 // record) is refused with nothing changed, the cursor going on with the
-// next good one.
+// next good one. (TestLocateRuns covers the runs' fields.)
 func TestRunCursor(t *testing.T) {
 	p := newPool(t, heapCombo, 16<<20, Options{})
 	hd := p.NewHandle()
@@ -121,10 +122,16 @@ func TestRunCursor(t *testing.T) {
 	defer other.Close()
 	var offs []mem.Off
 	var sizes []uint32
+	slabs := map[uint64]bool{}
 	add := func(h *Handle, size int) {
 		r, err := h.Alloc(size)
 		require.NoError(t, err)
 		offs, sizes = append(offs, r.Off), append(sizes, uint32(size))
+		var s Slot
+		require.True(t, h.Locate(r.Off, &s))
+		if h == hd {
+			slabs[s.sl.slab] = true
+		}
 	}
 	for i := range 1500 { // three slabs of 96-byte slots
 		add(hd, 80)
@@ -139,18 +146,20 @@ func TestRunCursor(t *testing.T) {
 		add(other, 80)
 	}
 	keys := make([]uint32, len(offs))
-	k, want := hd.LocateRuns(offs, sizes, keys, nil)
+	k, want := locateAll(p, offs, sizes, keys)
 	require.Equal(t, len(offs), k)
+	for i, off := range offs {
+		require.Equal(t, p.RecordKey(off), keys[i], "record %d", i)
+	}
+	require.Len(t, want, len(slabs)+7, "a run per slab of hd's, then one per record from the fourth-last of hd's on")
+	n := 0
+	for _, r := range want {
+		require.True(t, p.RunLive(&r))
+		n += r.Count
+	}
+	require.Equal(t, len(offs), n)
 
 	var c RunCursor
-	c.Reset(p, nil)
-	for i, off := range offs {
-		key, ok := c.Next(off, sizes[i])
-		require.True(t, ok, "record %d", i)
-		require.Equal(t, keys[i], key, "record %d", i)
-	}
-	require.Equal(t, want, c.Runs())
-
 	// Refused records change nothing.
 	large, err := hd.Alloc(p.MaxSmall() + 1)
 	require.NoError(t, err)

@@ -7,16 +7,17 @@ import (
 )
 
 // RunCursor locates records one at a time, in the order a consumer takes
-// them, as LocateRuns locates a batch of them: each record is validated
-// (a header of its slab's current generation, of its size, in a slab of
-// the pool's geometry) and the records are gathered into runs of records
-// that lie back to back in one slab, for FreeRuns. A record that follows
-// the last one located is checked against the place it must be at (its
-// header's two words compared with the ones its slab's generation writes
-// there), with no load of its slab's header: what a consumer does when it
-// checks each record as it uses it, in one pass over the records'
-// memory, instead of locating a batch first (LocateRuns) and going over
-// it again.
+// them: each record is validated as Locate validates it (a header of its
+// slab's current generation, of its size, in a slab of the pool's
+// geometry; not that it is live: Pool.RunLive) and the records are
+// gathered into runs of records that lie back to back in one slab, as a
+// handle carves them and a channel delivers them, for FreeRuns. A record
+// that follows the last one located is checked against the place it must
+// be at (its header's two words compared with the ones its slab's
+// generation writes there), with no load of its slab's
+// header: what a consumer does when it checks each record as it reaches
+// it, in one pass over the records' memory with whatever else it does
+// with them.
 //
 // A RunCursor has no state of a Handle's: it may be used while its
 // caller uses a Handle for other work.

@@ -200,3 +200,20 @@ func stampRec(r Record) {
 func stampOK(b []byte, off mem.Off) bool {
 	return len(b) >= 16 && binary.LittleEndian.Uint64(b) == uint64(off) && binary.LittleEndian.Uint64(b[len(b)-8:]) == ^uint64(off)
 }
+
+// locateAll locates the records of offs (of sizes[i] bytes) with a
+// RunCursor, as a consumer takes a batch: how many it located (a prefix:
+// up to the first it refused), their header checks in keys, and their
+// runs.
+func locateAll(p *Pool, offs []mem.Off, sizes, keys []uint32) (int, []Run) {
+	var c RunCursor
+	c.Reset(p, nil)
+	for i, off := range offs {
+		k, ok := c.Next(off, sizes[i])
+		if !ok {
+			return i, c.Runs()
+		}
+		keys[i] = k
+	}
+	return len(offs), c.Runs()
+}
