@@ -620,6 +620,58 @@ func TestRingCorruptIndices(t *testing.T) {
 	require.NoError(t, err)
 }
 
+// TestRingCorruptHead: a Head ahead of the producer's tail, or a Tail
+// behind the consumer's head, seen while waiting (a damaged or hostile
+// word), is reported as corruption by every call that reads it: no send
+// over slots not yet taken, no wait for room that never comes, no slot
+// read past the end of what was queued.
+func TestRingCorruptHead(t *testing.T) {
+	f := newFixture(t, backend.Heap)
+	en, _, err := f.reg.LookupOrCreate(context.Background(), 1, recordSpec(4))
+	require.NoError(t, err)
+	ring, err := OpenRing(f.r, en, WaitOptions{})
+	require.NoError(t, err)
+	p, err := ring.AttachProducer()
+	require.NoError(t, err)
+	c, err := ring.AttachConsumer()
+	require.NoError(t, err)
+	for i := range 4 {
+		require.NoError(t, p.TrySend(uint64(i+1)*4096))
+	}
+	require.Equal(t, 4, ring.Len())
+
+	ring.cb.Head.Store(100) // ahead of the tail (4)
+	require.Equal(t, 0, ring.Len())
+	require.ErrorIs(t, p.TrySend(8*4096), errs.ErrCorrupt)
+	_, err = p.TrySendBatch([]uint64{8 * 4096})
+	require.ErrorIs(t, err, errs.ErrCorrupt)
+	require.Zero(t, p.Room(1))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	require.ErrorIs(t, p.WaitRoom(ctx), errs.ErrCorrupt)
+	require.NoError(t, ctx.Err(), "WaitRoom waited for room that never comes")
+	ring.cb.Head.Store(0)
+	require.Zero(t, p.Room(1), "the ring is full: the cached Head was not moved by the damaged one")
+
+	for range 4 {
+		_, err := c.TryReceive()
+		require.NoError(t, err)
+	}
+	p.Close()
+	ring.cb.Tail.Store(2) // behind the consumer's head (4), once the producer closed
+	_, ok := c.Peek()
+	require.False(t, ok)
+	require.ErrorIs(t, c.WaitData(ctx), errs.ErrCorrupt)
+	require.NoError(t, ctx.Err())
+	_, err = c.TryReceive()
+	require.ErrorIs(t, err, errs.ErrCorrupt, "no slot read past the queued ones")
+	ring.cb.Tail.Store(4)
+	require.ErrorIs(t, c.WaitData(ctx), io.EOF)
+	c.Close()
+	_, err = f.reg.Remove(context.Background(), en, nil, nil)
+	require.NoError(t, err)
+}
+
 // mpscFixture creates MPSC channel 1 of capacity n (two producer slots)
 // in a new heap fixture and attaches a producer.
 func mpscFixture(t *testing.T, n uint64) (*fixture, *Entry, *MPSC, *MPSCProducer) {

@@ -276,9 +276,16 @@ func OpenRing(region *backend.Region, en *Entry, opts WaitOptions) (*Ring, error
 // Cap is the ring's capacity.
 func (r *Ring) Cap() int { return len(r.ring) }
 
-// Len is the number of records queued (a snapshot).
+// Len is the number of records queued (a snapshot): 0 if the Head read
+// is past the Tail read before it (the consumer took records in
+// between) or the words are damaged (Check reports that).
 func (r *Ring) Len() int {
-	return int(r.cb.Tail.Load() - r.cb.Head.Load())
+	t := r.cb.Tail.Load()
+	n := t - r.cb.Head.Load()
+	if n > uint64(len(r.ring)) {
+		return 0
+	}
+	return int(n)
 }
 
 // heldByLive reports whether any of the owner words (a sys.Identity, 0
@@ -355,11 +362,29 @@ func (p *RecordProducer) TrySend(slot uint64) error {
 		return errClosedEnd
 	}
 	if !p.Push(slot) {
-		p.headCache = p.cb.Head.Load()
+		if err := p.loadHead(); err != nil {
+			return err
+		}
 		if !p.Push(slot) {
 			return errs.ErrWouldBlock
 		}
 	}
+	return nil
+}
+
+// loadHead re-reads the Head into headCache. The consumer's Head is
+// never ahead of the Tail it read, which is never ahead of the
+// producer's: a Head ahead of the producer's tail, or more than a ring
+// behind it, was damaged, and is reported (ErrCorrupt) rather than
+// believed: the room computed from it would wrap, and the producer would
+// queue over slots not yet taken, or wait for room that never comes. The
+// cached Head is left as it was.
+func (p *RecordProducer) loadHead() error {
+	h := p.cb.Head.Load()
+	if d := p.tail - h; d > uint64(len(p.ring)) {
+		return errs.Corrupt("record channel head", uint64(p.cbOff)+256, "head %d, producer's tail %d (capacity %d)", h, p.tail, len(p.ring))
+	}
+	p.headCache = h
 	return nil
 }
 
@@ -396,7 +421,9 @@ func (p *RecordProducer) TrySendBatch(slots []uint64) (int, error) {
 	}
 	room := uint64(len(p.ring)) - (p.tail - p.headCache)
 	if room < uint64(len(slots)) {
-		p.headCache = p.cb.Head.Load()
+		if err := p.loadHead(); err != nil {
+			return 0, err
+		}
 		room = uint64(len(p.ring)) - (p.tail - p.headCache)
 	}
 	n := min(uint64(len(slots)), room)
@@ -416,17 +443,20 @@ func (p *RecordProducer) TrySendBatch(slots []uint64) (int, error) {
 }
 
 // Room is how many slots the producer may queue without waiting: by the
-// cached Head, re-read when that leaves fewer than want.
+// cached Head, re-read when that leaves fewer than want. A damaged Head
+// gives 0, and WaitRoom reports it.
 func (p *RecordProducer) Room(want int) int {
 	if p.closed {
 		return 0
 	}
 	room := uint64(len(p.ring)) - (p.tail - p.headCache)
 	if room < uint64(max(want, 1)) {
-		p.headCache = p.cb.Head.Load()
+		if p.loadHead() != nil {
+			return 0
+		}
 		room = uint64(len(p.ring)) - (p.tail - p.headCache)
 	}
-	return int(min(room, uint64(len(p.ring))))
+	return int(room)
 }
 
 // roomPolls is how many times a producer spinning for room reads the
@@ -450,9 +480,13 @@ func (p *RecordProducer) WaitRoom(ctx context.Context) error {
 	if p.closed {
 		return errClosedEnd
 	}
-	// room re-reads Head and reports whether k slots are free.
+	// room re-reads Head and reports whether k slots are free; a damaged
+	// Head ends the wait (herr).
+	var herr error
 	room := func(k uint64) bool {
-		p.headCache = p.cb.Head.Load()
+		if herr = p.loadHead(); herr != nil {
+			return true
+		}
 		return uint64(len(p.ring))-(p.tail-p.headCache) >= k
 	}
 	hasRoom := func() bool { return room(1) }
@@ -474,12 +508,12 @@ func (p *RecordProducer) WaitRoom(ctx context.Context) error {
 	// Every return puts the waiting word back to idle.
 	defer settle(&p.cb.ProdWaiting, p.idle)
 	if SpinAnnounced(p.opts.Spin, p.since, announceWord(&p.cb.ProdWaiting), roomy) || hasRoom() {
-		return nil
+		return herr
 	}
 	for {
 		p.cb.ProdWaiting.Store(waitSelf)
 		if hasRoom() {
-			return nil
+			return herr
 		}
 		if testBeforePark != nil {
 			testBeforePark()
@@ -489,7 +523,7 @@ func (p *RecordProducer) WaitRoom(ctx context.Context) error {
 			return err
 		}
 		if hasRoom() {
-			return nil
+			return herr
 		}
 		if err := p.checkPeer(&p.cb.Consumer, "consumer"); err != nil {
 			return err
@@ -592,12 +626,23 @@ func (r *Ring) AttachConsumer() (*RecordConsumer, error) {
 // when the cached one is used up.
 func (c *RecordConsumer) available() (uint64, error) {
 	if c.tailCache == c.head {
-		c.tailCache = c.cb.Tail.Load()
-		if d := c.tailCache - c.head; d > uint64(len(c.ring)) {
-			return 0, errs.Corrupt("record channel tail", uint64(c.cbOff)+128, "tail %d is %d ahead of head %d (capacity %d)", c.tailCache, d, c.head, len(c.ring))
+		if err := c.loadTail(); err != nil {
+			return 0, err
 		}
 	}
 	return c.tailCache - c.head, nil
+}
+
+// loadTail re-reads the Tail into tailCache, or reports it damaged
+// (ErrCorrupt) if it is behind the consumer's head or more than a ring
+// ahead of it; the cached Tail is then left as it was.
+func (c *RecordConsumer) loadTail() error {
+	t := c.cb.Tail.Load()
+	if d := t - c.head; d > uint64(len(c.ring)) {
+		return errs.Corrupt("record channel tail", uint64(c.cbOff)+128, "tail %d, consumer's head %d (capacity %d)", t, c.head, len(c.ring))
+	}
+	c.tailCache = t
+	return nil
 }
 
 // Next returns the next slot without consuming it, or ErrWouldBlock
@@ -723,9 +768,8 @@ func (c *RecordConsumer) PeekBatch(slots []uint64) (int, error) {
 		return 0, err
 	}
 	if n < uint64(len(slots)) {
-		c.tailCache = c.cb.Tail.Load()
-		if d := c.tailCache - c.head; d > uint64(len(c.ring)) {
-			return 0, errs.Corrupt("record channel tail", uint64(c.cbOff)+128, "tail %d head %d", c.tailCache, c.head)
+		if err := c.loadTail(); err != nil {
+			return 0, err
 		}
 		n = c.tailCache - c.head
 	}
@@ -763,7 +807,10 @@ func (c *RecordConsumer) WaitData(ctx context.Context) error {
 			return true, err
 		}
 		if c.cb.ProdClosed.Load() != 0 {
-			if c.tailCache = c.cb.Tail.Load(); c.tailCache == c.head {
+			if err := c.loadTail(); err != nil {
+				return true, err
+			}
+			if c.tailCache == c.head {
 				return true, io.EOF
 			}
 			return true, nil
