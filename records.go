@@ -157,26 +157,22 @@ func (rs *records) newHandle() (*slabHandle, error) {
 func (sh *slabHandle) allocBatch(n int, rs []Record) error {
 	offs := sh.offsets(len(rs))
 	size := allocSize(n)
-	got, err := sh.h.AllocBatch(size, offs)
+	// Each record's trailer is written as its header is (one pass over
+	// the records' memory; in two, ~0.4 ns a record more in
+	// BenchmarkRecordBatchInProcess).
+	tr := trailer{Holder: uint64(sh.rs.self), Len: uint32(n), Magic: trailerMagic}
+	got, err := sh.h.AllocBatchStamped(size, offs, *(*[2]uint64)(unsafe.Pointer(&tr)))
 	if err != nil {
 		clear(rs)
 		ferr := sh.rs.pool.FreeBatch(offs[:got])
 		sh.h.Trim() // the slabs the batch filled go back too
 		return errors.Join(err, ferr)
 	}
-	stamp(sh.rs.b, sh.rs.trailers, offs, rs, size, trailer{Holder: uint64(sh.rs.self), Len: uint32(n), Magic: trailerMagic})
-	return nil
-}
-
-// stamp is allocBatch's loop, apart so that it makes no call: it writes
-// the trailer tr into each record of offs (of size bytes, n = tr.Len of
-// them payload; not handed out yet: plain stores) and fills rs with them.
-func stamp(b []byte, ts []trailer, offs []mem.Off, rs []Record, size int, tr trailer) {
-	n := mem.Off(tr.Len)
+	b, l := sh.rs.b, mem.Off(n)
 	for i, off := range offs {
-		ts[(uint64(off)+uint64(size))/trailerSize-1] = tr
-		rs[i] = Record{off: off, b: b[off : off+n : off+n]}
+		rs[i] = Record{off: off, b: b[off : off+l : off+l]}
 	}
+	return nil
 }
 
 func (sh *slabHandle) offsets(n int) []mem.Off {

@@ -1,6 +1,8 @@
 package slab
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"strings"
@@ -82,6 +84,76 @@ func TestAllocFreeBatch(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestAllocBatchStamped: every record of a batch (small ones across
+// slab refills, large ones) is a record of its size whose last 16 bytes
+// are the tail, and nothing else of it or its neighbours is written; a
+// size that is no multiple of 16 is refused before anything is
+// allocated.
+func TestAllocBatchStamped(t *testing.T) {
+	for _, align := range []int{DefaultAlign, CacheLineAlign} {
+		t.Run(fmt.Sprintf("align%d", align), func(t *testing.T) {
+			p := newPool(t, heapCombo, 16<<20, Options{Align: align})
+			h0 := heapStats(t, p)
+			hd := p.NewHandle()
+			tail := [2]uint64{0x0123456789abcdef, 0xfedcba9876543210}
+			var want [16]byte
+			binary.NativeEndian.PutUint64(want[:], tail[0])
+			binary.NativeEndian.PutUint64(want[8:], tail[1])
+			big := (p.MaxSmall() + 1 + 15) &^ 15
+			var all []Record
+			for _, size := range []int{16, 96, 1008, p.MaxSmall() &^ 15, big} {
+				offs := make([]mem.Off, 300)
+				if size > p.MaxSmall() {
+					offs = offs[:3]
+				}
+				n, err := hd.AllocBatchStamped(size, offs, tail)
+				if err != nil || n != len(offs) {
+					t.Fatalf("AllocBatchStamped(%d): %d, %v", size, n, err)
+				}
+				for _, off := range offs {
+					b, err := p.Bytes(off)
+					if err != nil || len(b) != size || uint64(off)%uint64(align) != 0 {
+						t.Fatalf("Bytes(%#x) of a %d-byte record: %d bytes, %v", off, size, len(b), err)
+					}
+					if !bytes.Equal(b[size-16:], want[:]) {
+						t.Fatalf("%d-byte record at %#x ends in %x, want the tail %x", size, off, b[size-16:], want)
+					}
+					r := Record{Off: off, Data: b[:size-16]}
+					fill(r)
+					all = append(all, r)
+				}
+			}
+			mustCheck(t, p, "after the batches")
+			for i, r := range all {
+				b, _ := p.Bytes(r.Off)
+				if !intact(r.Data, r.Off) || !bytes.Equal(b[len(b)-16:], want[:]) {
+					t.Fatalf("record %d (%d bytes at %#x) overwritten", i, len(b), r.Off)
+				}
+			}
+			for _, size := range []int{0, 8, 24, 1000} {
+				offs := make([]mem.Off, 4)
+				if n, err := hd.AllocBatchStamped(size, offs, tail); n != 0 || !errors.Is(err, ErrInvalidSize) {
+					t.Fatalf("AllocBatchStamped(%d): %d, %v; want ErrInvalidSize", size, n, err)
+				}
+			}
+			offs := make([]mem.Off, len(all))
+			for i, r := range all {
+				offs[i] = r.Off
+			}
+			if err := p.FreeBatch(offs); err != nil {
+				t.Fatal(err)
+			}
+			mustCheck(t, p, "after FreeBatch")
+			if err := hd.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if h := heapStats(t, p); h.FreeBytes != h0.FreeBytes {
+				t.Fatalf("heap free %d, was %d", h.FreeBytes, h0.FreeBytes)
+			}
+		})
 	}
 }
 

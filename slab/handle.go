@@ -144,6 +144,56 @@ func (h *Handle) AllocBatch(size int, offs []mem.Off) (int, error) {
 	return len(offs), nil
 }
 
+// AllocBatchStamped is AllocBatch for records whose last 16 bytes the
+// caller would fill with the same two words (a trailer): it writes tail
+// there (plain stores: the records are not handed out yet) in the pass
+// that writes the headers, so that the records' memory is gone over once.
+// size must be a multiple of 16 (ErrInvalidSize otherwise). Large records
+// get their tails after AllocBatch made them.
+func (h *Handle) AllocBatchStamped(size int, offs []mem.Off, tail [2]uint64) (int, error) {
+	p := h.p
+	if size < granule || size%granule != 0 {
+		return 0, fmt.Errorf("slab: allocate records of %d bytes with a 16-byte tail: not a multiple of 16: %w", size, ErrInvalidSize)
+	}
+	k := slotGranules(uint64(size), p.align)
+	if h.closed || k > p.maxSmall {
+		n, err := h.AllocBatch(size, offs)
+		for _, off := range offs[:n] {
+			g := (uint64(off)+uint64(size))/granule - 1
+			p.plain[2*g], p.plain[2*g+1] = tail[0], tail[1]
+		}
+		return n, err
+	}
+	ln, sz := uint32(k), uint32(size)
+	for i := 0; i < len(offs); {
+		if uint64(h.cur)+k > uint64(h.limit) {
+			if err := h.refill(); err != nil {
+				return i, err
+			}
+		}
+		n := min(len(offs)-i, int((h.limit-h.cur)/ln))
+		h.cur = carveStamped(p.plain, offs[i:i+n], h.base, h.cur, ln, sz, recCheckOf(ln, sz, h.key), tail[0], tail[1])
+		i += n
+	}
+	return len(offs), nil
+}
+
+// carveStamped is carve, writing t0 and t1 into each record's last 16
+// bytes (the granule sz/16 after its header's) as it goes.
+func carveStamped(plain []uint64, offs []mem.Off, base uint64, pos, ln, sz uint32, of uint64, t0, t1 uint64) uint32 {
+	last := uint64(sz) / granule // the last granule, from the header's
+	for j := range offs {
+		g := base + uint64(pos)
+		plain[2*g] = packHalves(pos, ln)
+		plain[2*g+1] = packHalves(sz, recCheckAt(pos, of))
+		plain[2*(g+last)] = t0
+		plain[2*(g+last)+1] = t1
+		offs[j] = mem.Off((g + 1) * granule)
+		pos += ln
+	}
+	return pos
+}
+
 // carve is AllocBatch's inner loop, apart so that it makes no call: it
 // writes the headers of len(offs) records of sz bytes (ln granules each)
 // back to back from granule pos of the slab at granule base (of:
