@@ -38,7 +38,8 @@
 // are the fused batch forms: the caller's func fills each record as it is
 // allocated, or reads it before it is freed, in one pass over the batch —
 // the least CPU per record, for streams whose records need not outlive
-// the call.
+// the call; SendEachOf and ReceiveEachOf are the same for values of a
+// pointer-free type T, each record one T seen in place as a *T.
 //
 // Differences that matter: records queued by a producer that closed before
 // the consumer attached are delivered; a dead peer is reported

@@ -393,3 +393,100 @@ func TestEachTakesForeignRecords(t *testing.T) {
 	require.Zero(t, liveRecords(t, b))
 	require.NoError(t, b.Check())
 }
+
+// TestEachOf: SendEachOf and ReceiveEachOf carry values of a plain type
+// in order through records of exactly its size, in place; a record of
+// another size among them is freed unread and reported (ErrSizeMismatch)
+// while the values around it are delivered; a type with pointers, and a
+// nil fill or use, are refused before anything is sent or taken; a
+// zero-size type works. Every record is freed.
+func TestEachOf(t *testing.T) {
+	type point struct {
+		X, Y float64
+		Seq  uint32
+		Tag  [5]byte
+	}
+	b := heapBuf(t)
+	hp, err := b.NewHandle()
+	require.NoError(t, err)
+	hc, err := b.NewHandle()
+	require.NoError(t, err)
+	p, err := hp.Producer(1, WithCapacity(64))
+	require.NoError(t, err)
+	c, err := hc.Consumer(1)
+	require.NoError(t, err)
+	ctx := t.Context()
+
+	const n = 1000
+	done := make(chan error, 1)
+	go func() {
+		k, err := SendEachOf(ctx, p, 500, func(i int, v *point) {
+			*v = point{X: float64(i), Y: -float64(i), Seq: uint32(i), Tag: [5]byte{byte(i)}}
+		})
+		if err == nil && k != 500 {
+			err = io.ErrShortWrite
+		}
+		if err == nil { // an odd record between the values
+			var r Record
+			if r, err = hp.Allocate(3); err == nil {
+				err = p.Send(ctx, r)
+			}
+		}
+		if err == nil {
+			k, err = SendEachOf(ctx, p, n-500, func(i int, v *point) {
+				i += 500
+				v.X, v.Y, v.Seq, v.Tag = float64(i), -float64(i), uint32(i), [5]byte{byte(i)}
+			})
+			if err == nil && k != n-500 {
+				err = io.ErrShortWrite
+			}
+		}
+		done <- err
+	}()
+	got, mismatches, total := 0, 0, 0
+	for got < n {
+		k, err := ReceiveEachOf(ctx, c, 64, func(v *point) {
+			require.Equal(t, point{X: float64(got), Y: -float64(got), Seq: uint32(got), Tag: [5]byte{byte(got)}}, *v)
+			got++
+		})
+		if err != nil {
+			require.ErrorIs(t, err, ErrSizeMismatch)
+			require.Contains(t, err.Error(), "1 records did not hold one (the last of 3 bytes)")
+			mismatches++
+		}
+		total += k
+	}
+	require.NoError(t, <-done)
+	require.Equal(t, n, got)
+	require.Equal(t, n, total, "ReceiveEachOf counts the values use got, not the odd record")
+	require.Equal(t, 1, mismatches)
+
+	// Refused before anything moves.
+	_, err = SendEachOf(ctx, p, 1, func(int, *struct{ P *int }) {})
+	require.ErrorIs(t, err, ErrInvalidArgument)
+	_, err = ReceiveEachOf(ctx, c, 1, func(*[]int) {})
+	require.ErrorIs(t, err, ErrInvalidArgument)
+	_, err = SendEachOf[point](ctx, p, 1, nil)
+	require.ErrorIs(t, err, ErrInvalidArgument)
+	_, err = ReceiveEachOf[point](ctx, c, 1, nil)
+	require.ErrorIs(t, err, ErrInvalidArgument)
+
+	// A zero-size type: records of no bytes.
+	k, err := SendEachOf(ctx, p, 3, func(int, *struct{}) {})
+	require.NoError(t, err)
+	require.Equal(t, 3, k)
+	seen := 0
+	k, err = ReceiveEachOf(ctx, c, 8, func(*struct{}) { seen++ })
+	require.NoError(t, err)
+	require.Equal(t, 3, k)
+	require.Equal(t, 3, seen)
+
+	require.NoError(t, p.Close())
+	_, err = ReceiveEachOf(ctx, c, 8, func(*point) {})
+	require.ErrorIs(t, err, io.EOF)
+	require.NoError(t, c.Close())
+	require.NoError(t, hp.Close())
+	require.NoError(t, hc.Close())
+	require.Zero(t, liveRecords(t, b))
+	require.NoError(t, b.Check())
+}
