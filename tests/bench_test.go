@@ -2,6 +2,7 @@ package tests
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -756,6 +757,144 @@ func BenchmarkRecordPingPong(b *testing.B) {
 			b.ReportMetric(pp/o, "x-pipe")
 		})
 	}
+}
+
+// BenchmarkRecordPingPongCrossProcess is BenchmarkRecordPingPong between
+// two processes: this one sends a record on channel 1 and waits for it
+// back on channel 2; a child receives it, changes a byte and sends the
+// same record back (zero-copy, no allocation on either side). Beside it,
+// the same round trip of 64 bytes over two pipes to another child. Both
+// sides spin then park (busy) or park at once (parked).
+func BenchmarkRecordPingPongCrossProcess(b *testing.B) {
+	for _, mode := range []struct {
+		name string
+		spin time.Duration
+	}{{"busy", 0}, {"parked", -1}} {
+		b.Run(mode.name, func(b *testing.B) {
+			buf := benchBuf(b)
+			n := b.N
+			h := must(buf.NewHandle())
+			defer h.Close()
+			p := must(h.Producer(1, ipc.WithSpin(mode.spin)))
+			c := must(h.Consumer(2, ipc.WithSpin(mode.spin)))
+			child := testutil.StartChild(b, "TestChildBenchEcho", envBuf+"="+buf.Name(), envN+"="+strconv.Itoa(n),
+				"BENCH_SPIN="+strconv.Itoa(int(mode.spin)))
+			ctx := context.Background()
+			r := must(h.Allocate(payload))
+			child.Line(b, time.Minute) // ready: both ends attached
+			b.ResetTimer()
+			start := time.Now()
+			for range n {
+				if err := p.Send(ctx, r); err != nil {
+					b.Fatal(err)
+				}
+				var err error
+				if r, err = c.Receive(ctx); err != nil {
+					b.Fatal(err)
+				}
+			}
+			ours := time.Since(start)
+			b.StopTimer()
+			child.Line(b, time.Minute)
+			child.MustSucceed(b, time.Minute)
+			if got := r.Bytes()[0]; got != byte(n) {
+				b.Fatalf("the record came back %d times, want %d", got, byte(n))
+			}
+			if err := h.Free(r); err != nil {
+				b.Fatal(err)
+			}
+			p.Close()
+			c.Close()
+			pipe := pipePingPongCrossProcess(b, n)
+			o := float64(ours.Nanoseconds()) / float64(n)
+			pp := float64(pipe.Nanoseconds()) / float64(n)
+			b.ReportMetric(pp, "pipe-ns/rt")
+			b.ReportMetric(pp/o, "x-pipe")
+		})
+	}
+}
+
+// pipePingPongCrossProcess bounces 64 bytes n times through a child over
+// two pipes (the child's end in blocking mode, as a process that is not
+// Go would read it; this end through Go's poller).
+func pipePingPongCrossProcess(b *testing.B, n int) time.Duration {
+	r1, w1 := must2(b)
+	r2, w2 := must2(b)
+	defer func() { w1.Close(); r2.Close() }()
+	child := testutil.StartChildFiles(b, "TestChildBenchEcho", []*os.File{r1, w2}, "BENCH_PIPE=1", envN+"="+strconv.Itoa(n))
+	r1.Close()
+	w2.Close()
+	msg := make([]byte, payload)
+	child.Line(b, time.Minute) // ready
+	start := time.Now()
+	for range n {
+		if _, err := w1.Write(msg); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(r2, msg); err != nil {
+			b.Fatal(err)
+		}
+	}
+	el := time.Since(start)
+	child.Line(b, time.Minute)
+	child.MustSucceed(b, time.Minute)
+	if msg[0] != byte(n) {
+		b.Fatalf("the message came back %d times, want %d", msg[0], byte(n))
+	}
+	return el
+}
+
+// TestChildBenchEcho is the other process of
+// BenchmarkRecordPingPongCrossProcess: n times, it receives the record on
+// channel 1, adds one to its first byte and sends it back on channel 2
+// (or, with BENCH_PIPE, the same with 64 bytes from the pipe at fd 3 to
+// the pipe at fd 4). It says "ready" before the first and "done" after
+// the last.
+func TestChildBenchEcho(t *testing.T) {
+	testutil.ChildOnly(t)
+	n := envInt(t, envN)
+	if os.Getenv("BENCH_PIPE") != "" {
+		in, out := os.NewFile(3, "in"), os.NewFile(4, "out")
+		msg := make([]byte, payload)
+		testutil.Say("ready")
+		for range n {
+			if _, err := io.ReadFull(in, msg); err != nil {
+				t.Fatal(err)
+			}
+			msg[0]++
+			if _, err := out.Write(msg); err != nil {
+				t.Fatal(err)
+			}
+		}
+		testutil.Say("done")
+		return
+	}
+	spin := time.Duration(envInt(t, "BENCH_SPIN"))
+	h := newHandle(t, attach(t))
+	c, err := h.Consumer(1, ipc.WithSpin(spin))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := h.Producer(2, ipc.WithSpin(spin))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxFor(t)
+	testutil.Say("ready")
+	for range n {
+		r, err := c.Receive(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Bytes()[0]++
+		if err := p.Send(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := errors.Join(p.Close(), c.Close()); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Say("done")
 }
 
 func pipePingPong(b *testing.B, n int) time.Duration {
