@@ -118,6 +118,23 @@ const writeAhead = 768 / granule
 // and Alloc's error. The records of a slab are carved in one pass that
 // writes their headers back to back.
 func (h *Handle) AllocBatch(size int, offs []mem.Off) (int, error) {
+	return h.allocBatch(size, offs, nil)
+}
+
+// AllocBatchStamped is AllocBatch for records whose last 16 bytes the
+// caller would fill with the same two words (a trailer): it writes tail
+// there (plain stores: the records are not handed out yet) in the pass
+// that writes the headers, so that the records' memory is gone over once.
+// size must be a multiple of 16 (ErrInvalidSize otherwise).
+func (h *Handle) AllocBatchStamped(size int, offs []mem.Off, tail [2]uint64) (int, error) {
+	if size < granule || size%granule != 0 {
+		return 0, fmt.Errorf("slab: allocate records of %d bytes with a 16-byte tail: not a multiple of 16: %w", size, ErrInvalidSize)
+	}
+	return h.allocBatch(size, offs, &tail)
+}
+
+// allocBatch is AllocBatch, and AllocBatchStamped if tail is not nil.
+func (h *Handle) allocBatch(size int, offs []mem.Off, tail *[2]uint64) (int, error) {
 	p := h.p
 	k := slotGranules(uint64(max(size, 0)), p.align)
 	if h.closed || size < 0 || k > p.maxSmall {
@@ -127,6 +144,10 @@ func (h *Handle) AllocBatch(size int, offs []mem.Off) (int, error) {
 				return i, err
 			}
 			offs[i] = r.Off
+			if tail != nil {
+				g := (uint64(r.Off)+uint64(size))/granule - 1
+				p.plain[2*g], p.plain[2*g+1] = tail[0], tail[1]
+			}
 		}
 		return len(offs), nil
 	}
@@ -138,41 +159,11 @@ func (h *Handle) AllocBatch(size int, offs []mem.Off) (int, error) {
 			}
 		}
 		n := min(len(offs)-i, int((h.limit-h.cur)/ln))
-		h.cur = carve(p.plain, offs[i:i+n], h.base, h.cur, ln, sz, recCheckOf(ln, sz, h.key))
-		i += n
-	}
-	return len(offs), nil
-}
-
-// AllocBatchStamped is AllocBatch for records whose last 16 bytes the
-// caller would fill with the same two words (a trailer): it writes tail
-// there (plain stores: the records are not handed out yet) in the pass
-// that writes the headers, so that the records' memory is gone over once.
-// size must be a multiple of 16 (ErrInvalidSize otherwise). Large records
-// get their tails after AllocBatch made them.
-func (h *Handle) AllocBatchStamped(size int, offs []mem.Off, tail [2]uint64) (int, error) {
-	p := h.p
-	if size < granule || size%granule != 0 {
-		return 0, fmt.Errorf("slab: allocate records of %d bytes with a 16-byte tail: not a multiple of 16: %w", size, ErrInvalidSize)
-	}
-	k := slotGranules(uint64(size), p.align)
-	if h.closed || k > p.maxSmall {
-		n, err := h.AllocBatch(size, offs)
-		for _, off := range offs[:n] {
-			g := (uint64(off)+uint64(size))/granule - 1
-			p.plain[2*g], p.plain[2*g+1] = tail[0], tail[1]
+		if tail == nil {
+			h.cur = carve(p.plain, offs[i:i+n], h.base, h.cur, ln, sz, recCheckOf(ln, sz, h.key))
+		} else {
+			h.cur = carveStamped(p.plain, offs[i:i+n], h.base, h.cur, ln, sz, recCheckOf(ln, sz, h.key), tail[0], tail[1])
 		}
-		return n, err
-	}
-	ln, sz := uint32(k), uint32(size)
-	for i := 0; i < len(offs); {
-		if uint64(h.cur)+k > uint64(h.limit) {
-			if err := h.refill(); err != nil {
-				return i, err
-			}
-		}
-		n := min(len(offs)-i, int((h.limit-h.cur)/ln))
-		h.cur = carveStamped(p.plain, offs[i:i+n], h.base, h.cur, ln, sz, recCheckOf(ln, sz, h.key), tail[0], tail[1])
 		i += n
 	}
 	return len(offs), nil
