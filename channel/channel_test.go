@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -945,6 +946,95 @@ func TestRingAnnouncedWait(t *testing.T) {
 	require.Equal(t, uint32(waitSoon), pw.Load())
 	p2.Close()
 	require.True(t, c3.Close())
+	_, err = f.reg.Remove(context.Background(), en, ring.Removable, nil)
+	require.NoError(t, err)
+}
+
+// TestRingLocalPark: a waiter whose peer end is held by this process
+// parks in the Go scheduler (waitLocal) and the peer's publication wakes
+// it there; a waiter whose peer end is held by another process parks on
+// the futex (waitSelf), where that process's publication can reach it. A
+// producer parked in the scheduler whose consumer closes decides again
+// at its next park: with no consumer it parks on the futex, and a
+// consumer that attaches then (of any process) wakes it there.
+func TestRingLocalPark(t *testing.T) {
+	f := newFixture(t, backend.Heap)
+	en, _, err := f.reg.LookupOrCreate(context.Background(), 1, recordSpec(2))
+	require.NoError(t, err)
+	ring, err := OpenRing(f.r, en, WaitOptions{Spin: -1, CheckInterval: time.Hour})
+	require.NoError(t, err)
+	p, err := ring.AttachProducer()
+	require.NoError(t, err)
+	c, err := ring.AttachConsumer()
+	require.NoError(t, err)
+	cw, pw := &ring.cb.ConsWaiting, &ring.cb.ProdWaiting
+	ctx := testutil.Context(t, 10*time.Second)
+	t.Cleanup(func() { testBeforePark = nil })
+
+	// receive takes one slot in another goroutine; the word the consumer
+	// armed is reported when it is about to park.
+	receive := func() (chan uint64, chan uint32) {
+		got, armed := make(chan uint64, 1), make(chan uint32, 1)
+		testBeforePark = func() {
+			testBeforePark = nil
+			armed <- cw.Load()
+		}
+		go func() {
+			s, err := c.Receive(ctx)
+			assert.NoError(t, err)
+			got <- s
+		}()
+		return got, armed
+	}
+
+	// The producer is this process's: the consumer parks in the scheduler.
+	got, armed := receive()
+	require.Equal(t, uint32(waitLocal), <-armed)
+	require.True(t, p.Push(1))
+	require.Equal(t, uint64(1), <-got)
+
+	// The producer end held by another live process (this one's parent,
+	// standing in): the consumer parks on the futex, and a publication
+	// wakes it there.
+	other, err := sys.IdentityOf(os.Getppid())
+	require.NoError(t, err)
+	ring.cb.Producer.Store(uint64(other))
+	got, armed = receive()
+	require.Equal(t, uint32(waitSelf), <-armed)
+	require.True(t, p.Push(2))
+	require.Equal(t, uint64(2), <-got)
+	ring.cb.Producer.Store(uint64(sys.Self()))
+
+	// A full ring: the producer parks in the scheduler; its consumer
+	// closes, which wakes it; with no consumer it parks on the futex; a
+	// consumer that attaches and takes a slot wakes it.
+	require.NoError(t, p.TrySend(3))
+	require.NoError(t, p.TrySend(4))
+	var first, second uint32
+	testBeforePark = func() {
+		first = pw.Load()
+		testBeforePark = func() {
+			testBeforePark = nil
+			second = pw.Load()
+			c2, err := ring.AttachConsumer()
+			require.NoError(t, err)
+			s, err := c2.TryReceive()
+			require.NoError(t, err)
+			require.Equal(t, uint64(3), s)
+			c = c2
+		}
+		require.False(t, c.Close())
+	}
+	require.NoError(t, p.Send(ctx, 5))
+	require.Equal(t, uint32(waitLocal), first, "the consumer was this process's")
+	require.Equal(t, uint32(waitSelf), second, "no consumer")
+	for _, want := range []uint64{4, 5} {
+		s, err := c.TryReceive()
+		require.NoError(t, err)
+		require.Equal(t, want, s)
+	}
+	p.Close()
+	require.True(t, c.Close())
 	_, err = f.reg.Remove(context.Background(), en, ring.Removable, nil)
 	require.NoError(t, err)
 }

@@ -25,9 +25,10 @@ import (
 // until the woken waiter settles it back to idle, and all the time an end
 // that spins less than announceLead is open.
 const (
-	waitSelf = 1 // parked on the waiting word itself
-	waitBell = 2 // parked on the doorbell the control block names
-	waitSoon = 3 // announced: may park soon (record channels)
+	waitSelf  = 1 // parked on the waiting word itself
+	waitBell  = 2 // parked on the doorbell the control block names
+	waitSoon  = 3 // announced: may park soon (record channels)
+	waitLocal = 4 // parked in this process's scheduler (record channels; local.go)
 )
 
 // notify is the waker's side: if a waiter announced itself, clear the

@@ -46,8 +46,8 @@ type recordCB struct {
 	_           uint32
 	Doorbell    atomic.Uint64 // region offset of the consumer's doorbell word, 0: none
 	_           [96]byte
-	ConsWaiting atomic.Uint32 // waitSoon, waitSelf, waitBell: the consumer waits (see waitSoon)
-	ProdWaiting atomic.Uint32 // waitSoon, waitSelf: the producer waits
+	ConsWaiting atomic.Uint32 // waitSoon, waitSelf, waitLocal, waitBell: the consumer waits (see waitSoon)
+	ProdWaiting atomic.Uint32 // waitSoon, waitSelf, waitLocal: the producer waits
 	_           [120]byte
 }
 
@@ -193,24 +193,46 @@ func settle(w *atomic.Uint32, idle uint32) {
 // left announced (waitSoon: publishers go on fencing until the waiter,
 // awake, puts it back to idle); an announced waiter that has not parked
 // needs nothing more (the caller fenced: it will see the publication).
-func notifyRing(buf []byte, waiting *atomic.Uint32, bell *atomic.Uint64) {
+func (r *Ring) notifyRing(waiting *atomic.Uint32) {
 	switch v := waiting.Load(); v {
-	case waitSelf:
-		wakeParked(waiting, 1)
+	case waitSelf, waitLocal:
+		r.wakeParked(waiting, 1)
 	case waitBell:
 		if waiting.CompareAndSwap(v, waitSoon) {
-			ringBell(buf, bell.Load())
+			ringBell(r.buf, r.cb.Doorbell.Load())
 		}
 	}
 }
 
 // wakeParked wakes up to n waiters (n <= 0: all) parked on a waiting
-// word itself (waitSelf), leaving the word announced (waitSoon) for the
+// word itself (waitSelf), or the waiter of this process parked in the
+// scheduler (waitLocal), leaving the word announced (waitSoon) for the
 // woken waiter to settle; a word that says anything else is left alone.
-func wakeParked(w *atomic.Uint32, n int) {
-	if w.Load() == waitSelf && w.CompareAndSwap(waitSelf, waitSoon) {
-		backend.Wake(w, n)
+func (r *Ring) wakeParked(w *atomic.Uint32, n int) {
+	switch w.Load() {
+	case waitSelf:
+		if w.CompareAndSwap(waitSelf, waitSoon) {
+			backend.Wake(w, n)
+		}
+	case waitLocal:
+		if w.CompareAndSwap(waitLocal, waitSoon) {
+			wakeLocal(r.wordKey(w))
+		}
 	}
+}
+
+// armWord arms a waiting word w for a park and returns what it stored:
+// waitLocal if the peer end (its owner word, peer) is held by this
+// process, checked again after the store (see local.go), else waitSelf.
+func armWord(w *atomic.Uint32, peer *atomic.Uint64, self sys.Identity, lw *localWaiter) uint32 {
+	if lw != nil && peer.Load() == uint64(self) {
+		w.Store(waitLocal)
+		if peer.Load() == uint64(self) {
+			return waitLocal
+		}
+	}
+	w.Store(waitSelf)
+	return waitSelf
 }
 
 // spin calls done until it returns true or d has passed, and reports
@@ -329,6 +351,7 @@ type RecordProducer struct {
 	relaxed   uint64    // relax's results, kept so that its work is not elided
 	idle      uint32    // ProdWaiting when not waiting (idleValue)
 	since     time.Time // when the end was announced, if idle is waitSoon
+	lw        *localWaiter
 	closed    bool
 	_         mem.Pad
 }
@@ -350,7 +373,8 @@ func (r *Ring) AttachProducer() (*RecordProducer, error) {
 	r.cb.ProdSince.Store(t + 1)
 	idle := idleValue(r.opts)
 	r.cb.ProdWaiting.Store(idle)
-	return &RecordProducer{Ring: r, self: self, tail: t, headCache: h, idle: idle, since: time.Now()}, nil
+	return &RecordProducer{Ring: r, self: self, tail: t, headCache: h, idle: idle, since: time.Now(),
+		lw: r.newLocalWaiter(&r.cb.ProdWaiting)}, nil
 }
 
 var errClosedEnd = fmt.Errorf("channel end: %w", errs.ErrClosed)
@@ -410,7 +434,7 @@ func (p *RecordProducer) Push(slot uint64) bool {
 // and a parked consumer is woken.
 func (p *RecordProducer) wakeConsumer() {
 	p.cb.Tail.Store(p.tail)
-	notifyRing(p.buf, &p.cb.ConsWaiting, &p.cb.Doorbell)
+	p.notifyRing(&p.cb.ConsWaiting)
 }
 
 // TrySendBatch queues as many of slots as fit, publishing once, and
@@ -511,14 +535,14 @@ func (p *RecordProducer) WaitRoom(ctx context.Context) error {
 		return herr
 	}
 	for {
-		p.cb.ProdWaiting.Store(waitSelf)
+		word := armWord(&p.cb.ProdWaiting, &p.cb.Consumer, p.self, p.lw)
 		if hasRoom() {
 			return herr
 		}
 		if testBeforePark != nil {
 			testBeforePark()
 		}
-		err := backend.Park(ctx, &p.cb.ProdWaiting, waitSelf, p.opts.CheckInterval)
+		err := parkWord(ctx, &p.cb.ProdWaiting, p.lw, word, p.opts.CheckInterval)
 		if err != nil && !errors.Is(err, errs.ErrTimeout) {
 			return err
 		}
@@ -572,12 +596,13 @@ func (p *RecordProducer) Close() (consumerClosed bool) {
 	p.closed = true
 	p.cb.ProdClosed.Store(1)
 	p.cb.ProdWaiting.Store(0) // no producer waits any more
+	p.lw.release()
 	if p.cb.Producer.Load() == uint64(p.self) {
 		p.cb.ProdSince.Store(0) // before the end is let go (SentHere)
 	}
 	p.cb.Producer.CompareAndSwap(uint64(p.self), 0)
 	// Wake a parked consumer so it sees EOF.
-	notifyRing(p.buf, &p.cb.ConsWaiting, &p.cb.Doorbell)
+	p.notifyRing(&p.cb.ConsWaiting)
 	return p.cb.ConsClosed.Load() != 0
 }
 
@@ -599,6 +624,7 @@ type RecordConsumer struct {
 	relaxed   uint64    // relax's results, kept so that its work is not elided
 	idle      uint32    // ConsWaiting when not waiting (idleValue)
 	since     time.Time // when the end was announced, if idle is waitSoon
+	lw        *localWaiter
 	closed    bool
 	_         mem.Pad
 }
@@ -619,7 +645,8 @@ func (r *Ring) AttachConsumer() (*RecordConsumer, error) {
 	}
 	idle := idleValue(r.opts)
 	r.cb.ConsWaiting.Store(idle)
-	return &RecordConsumer{Ring: r, self: self, head: h, tailCache: t, idle: idle, since: time.Now()}, nil
+	return &RecordConsumer{Ring: r, self: self, head: h, tailCache: t, idle: idle, since: time.Now(),
+		lw: r.newLocalWaiter(&r.cb.ConsWaiting)}, nil
 }
 
 // available returns how many records are readable, re-reading the tail
@@ -736,7 +763,7 @@ func (c *RecordConsumer) TryReceive() (uint64, error) {
 // fence, and a parked producer is woken (its word left announced).
 func (c *RecordConsumer) wakeProducer() {
 	c.cb.Head.Store(c.head)
-	wakeParked(&c.cb.ProdWaiting, 1)
+	c.wakeParked(&c.cb.ProdWaiting, 1)
 }
 
 // SentHere reports whether the records queued from the head on, up to
@@ -836,14 +863,14 @@ func (c *RecordConsumer) WaitData(ctx context.Context) error {
 		return rerr
 	}
 	for {
-		c.cb.ConsWaiting.Store(waitSelf)
+		word := armWord(&c.cb.ConsWaiting, &c.cb.Producer, c.self, c.lw)
 		if ok, err := ready(); ok {
 			return err
 		}
 		if testBeforePark != nil {
 			testBeforePark()
 		}
-		err := backend.Park(ctx, &c.cb.ConsWaiting, waitSelf, c.opts.CheckInterval)
+		err := parkWord(ctx, &c.cb.ConsWaiting, c.lw, word, c.opts.CheckInterval)
 		if err != nil && !errors.Is(err, errs.ErrTimeout) {
 			return err
 		}
@@ -882,11 +909,12 @@ func (c *RecordConsumer) Close() (drainedAndDone bool) {
 	c.closed = true
 	c.cb.ConsClosed.Store(1)
 	c.cb.ConsWaiting.Store(0) // no consumer waits any more
+	c.lw.release()
 	c.cb.Doorbell.Store(0)
 	c.cb.Consumer.CompareAndSwap(uint64(c.self), 0)
 	// Wake a parked producer (it learns that the consumer is gone at its
 	// check); its word stays announced (notifyRing).
-	wakeParked(&c.cb.ProdWaiting, 0)
+	c.wakeParked(&c.cb.ProdWaiting, 0)
 	return c.cb.ProdClosed.Load() != 0 && c.cb.Tail.Load() == c.cb.Head.Load()
 }
 
@@ -1014,8 +1042,14 @@ func (c *RecordConsumer) CheckPeer() error { return c.checkPeer(&c.cb.Producer, 
 
 // Interrupt wakes every thread parked on the producer's waiting word, so
 // that it checks again (a closing buffer, say); the word is left as it is.
-func (p *RecordProducer) Interrupt() { backend.Wake(&p.cb.ProdWaiting, 0) }
+func (p *RecordProducer) Interrupt() {
+	backend.Wake(&p.cb.ProdWaiting, 0)
+	p.lw.signal()
+}
 
 // Interrupt wakes every thread parked on the consumer's waiting word, as
 // RecordProducer.Interrupt does.
-func (c *RecordConsumer) Interrupt() { backend.Wake(&c.cb.ConsWaiting, 0) }
+func (c *RecordConsumer) Interrupt() {
+	backend.Wake(&c.cb.ConsWaiting, 0)
+	c.lw.signal()
+}

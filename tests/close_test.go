@@ -13,8 +13,9 @@ import (
 
 // TestCloseWhileBlocked closes a buffer while other goroutines are
 // blocked in it — a consumer in Receive, a producer in Send on a full
-// ring, a Select, a stream reader, an MPSC consumer — and while two more
-// stream records with the batch forms. Close must wake the blocked calls
+// ring, a Select, a stream reader, an MPSC consumer, a consumer and a
+// producer whose peers are idle ends of this process (parked in the Go
+// scheduler) — and while two more stream records with the batch forms. Close must wake the blocked calls
 // (ErrClosed), wait for the calls in progress to end before it unmaps
 // (a call on unmapped memory would crash the process), and leave the
 // buffer sound for the other attachment. The closed attachment's check
@@ -98,6 +99,32 @@ func TestCloseWhileBlocked(t *testing.T) {
 					return err
 				}
 				if err := hc.FreeBatch(rs[:k]); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	{
+		// Both ends in this process, nothing moving: the waits park in
+		// the Go scheduler (the peer is local), not on the futex.
+		hp, hc := handle(), handle()
+		_, err := hp.Producer(7, ipc.WithSpin(-1))
+		require.NoError(t, err)
+		c, err := hc.Consumer(7, ipc.WithSpin(-1))
+		require.NoError(t, err)
+		calls["receive, local producer"] = func() error { _, err := c.Receive(ctx); return err }
+		hp2, hc2 := handle(), handle()
+		p2, err := hp2.Producer(8, ipc.WithCapacity(2), ipc.WithSpin(-1))
+		require.NoError(t, err)
+		_, err = hc2.Consumer(8)
+		require.NoError(t, err)
+		calls["send, local consumer"] = func() error {
+			for {
+				r, err := hp2.Allocate(8)
+				if err != nil {
+					return err
+				}
+				if err := p2.Send(ctx, r); err != nil {
 					return err
 				}
 			}

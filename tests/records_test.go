@@ -622,3 +622,66 @@ func TestModeReachesSemaphores(t *testing.T) {
 		require.Equal(t, os.FileMode(0o640), fi.Mode().Perm(), f)
 	}
 }
+
+// TestPingPongParked bounces one record between two goroutines over two
+// channels, every end parking at once (no spin) with an hour between its
+// checks, so that only the peer's wake-up ends a wait: with all four ends
+// on one mapping of the buffer, and with each goroutine's ends on a
+// mapping of its own (two Opens in one process). An end whose peer is of
+// this process parks in the Go scheduler; a waker on the other mapping
+// must find it there all the same.
+func TestPingPongParked(t *testing.T) {
+	for _, two := range []bool{false, true} {
+		t.Run(map[bool]string{false: "one mapping", true: "two mappings"}[two], func(t *testing.T) {
+			a, name := openBuf(t, ipc.WithCheckInterval(time.Hour))
+			b := a
+			if two {
+				var err error
+				b, err = ipc.Open(name, ipc.WithCheckInterval(time.Hour))
+				require.NoError(t, err)
+				t.Cleanup(func() { require.NoError(t, b.Close()) })
+			}
+			ha, hb := newHandle(t, a), newHandle(t, b)
+			pa, err := ha.Producer(1, ipc.WithSpin(-1))
+			require.NoError(t, err)
+			ca, err := ha.Consumer(2, ipc.WithSpin(-1))
+			require.NoError(t, err)
+			pb, err := hb.Producer(2, ipc.WithSpin(-1))
+			require.NoError(t, err)
+			cb, err := hb.Consumer(1, ipc.WithSpin(-1))
+			require.NoError(t, err)
+			ctx := testutil.Context(t, 30*time.Second)
+			const rounds = 2000
+			done := make(chan error, 1)
+			go func() {
+				for range rounds {
+					r, err := cb.Receive(ctx)
+					if err != nil {
+						done <- err
+						return
+					}
+					r.Bytes()[0]++
+					if err := pb.Send(ctx, r); err != nil {
+						done <- err
+						return
+					}
+				}
+				done <- nil
+			}()
+			r, err := ha.Allocate(8)
+			require.NoError(t, err)
+			r.Bytes()[0] = 0
+			for i := range rounds {
+				require.NoError(t, pa.Send(ctx, r), "round %d", i)
+				r, err = ca.Receive(ctx)
+				require.NoError(t, err, "round %d", i)
+				require.Equal(t, byte(i+1), r.Bytes()[0], "round %d", i)
+			}
+			require.NoError(t, <-done)
+			require.NoError(t, ha.Free(r))
+			for _, e := range []interface{ Close() error }{pa, ca, pb, cb} {
+				require.NoError(t, e.Close())
+			}
+		})
+	}
+}
