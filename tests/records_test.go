@@ -560,6 +560,11 @@ func TestProducerKilledMidStream(t *testing.T) {
 	require.Equal(t, before.Heap.FreeBytes, after.Heap.FreeBytes, "the dead producer's memory came back")
 }
 
+// TestDestroyWhileAttached: waiters of an attachment learn at their next
+// check that another attachment destroyed the buffer — one whose peer
+// end nobody holds (parked on the futex), and one whose idle producer is
+// of its own process (parked in the Go scheduler, where the check timer
+// has fired and been armed again a few times before the destroy).
 func TestDestroyWhileAttached(t *testing.T) {
 	b, name := openBuf(t)
 	other, err := ipc.Open(name, ipc.AttachOnly(), ipc.WithCheckInterval(10*time.Millisecond))
@@ -568,17 +573,27 @@ func TestDestroyWhileAttached(t *testing.T) {
 	require.NoError(t, err)
 	c, err := h.Consumer(1)
 	require.NoError(t, err)
-	done := make(chan error, 1)
-	go func() { _, err := c.Receive(context.Background()); done <- err }()
-	time.Sleep(20 * time.Millisecond)
+	h2, err := other.NewHandle()
+	require.NoError(t, err)
+	_, err = h2.Producer(2)
+	require.NoError(t, err)
+	c2, err := h2.Consumer(2, ipc.WithSpin(-1))
+	require.NoError(t, err)
+	done := make(chan error, 2)
+	for _, c := range []*ipc.Consumer{c, c2} {
+		go func() { _, err := c.Receive(context.Background()); done <- err }()
+	}
+	time.Sleep(50 * time.Millisecond)
 	require.NoError(t, b.Check())
 	// Destroy through the first buffer (the cleanup then sees it closed).
 	require.NoError(t, b.Destroy())
-	select {
-	case err := <-done:
-		require.ErrorIs(t, err, ipc.ErrDestroyed)
-	case <-time.After(10 * time.Second):
-		t.Fatal("a consumer of a destroyed buffer hung")
+	for range 2 {
+		select {
+		case err := <-done:
+			require.ErrorIs(t, err, ipc.ErrDestroyed)
+		case <-time.After(10 * time.Second):
+			t.Fatal("a consumer of a destroyed buffer hung")
+		}
 	}
 	require.NoError(t, other.Close())
 	_, err = ipc.Open(name, ipc.AttachOnly())
