@@ -43,7 +43,8 @@ var (
 	// ErrTimeout: a wait with a timeout ran out.
 	ErrTimeout = errs.ErrTimeout
 	// ErrWouldBlock: a Try operation could not proceed now (ring full or
-	// empty).
+	// empty). It is returned as it is, not wrapped, so that a poll that
+	// finds nothing allocates nothing.
 	ErrWouldBlock = errs.ErrWouldBlock
 	// ErrClosed: the buffer, handle or channel end was closed by this
 	// process.

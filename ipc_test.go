@@ -377,3 +377,49 @@ func TestMPSCStressRace(t *testing.T) {
 	require.ErrorIs(t, err, io.EOF)
 	require.NoError(t, c.Close())
 }
+
+// TestWouldBlockUnwrapped: the Try forms report "not now" with the
+// ErrWouldBlock sentinel itself, not wrapped, and an empty poll allocates
+// nothing (a wrapped error cost an allocation and ~0.3 µs a poll: a
+// Select's first pass over 64 empty ends spent ~19 µs formatting them).
+func TestWouldBlockUnwrapped(t *testing.T) {
+	b := heapBuf(t)
+	h, err := b.NewHandle()
+	require.NoError(t, err)
+	defer h.Close()
+	p, err := h.Producer(1, WithCapacity(2))
+	require.NoError(t, err)
+	c, err := h.Consumer(1)
+	require.NoError(t, err)
+	_, err = c.TryReceive()
+	require.True(t, err == ErrWouldBlock, "record TryReceive, empty: %v", err)
+	require.Zero(t, testing.AllocsPerRun(100, func() { _, _ = c.TryReceive() }), "an empty TryReceive allocates")
+	for range 2 {
+		r, err := h.Allocate(8)
+		require.NoError(t, err)
+		require.NoError(t, p.TrySend(r))
+	}
+	r, err := h.Allocate(8)
+	require.NoError(t, err)
+	err = p.TrySend(r)
+	require.True(t, err == ErrWouldBlock, "record TrySend, full: %v", err)
+	require.NoError(t, h.Free(r))
+
+	mp, err := h.MPSCProducer(2, WithCapacity(2))
+	require.NoError(t, err)
+	mc, err := h.MPSCConsumer(2)
+	require.NoError(t, err)
+	_, err = mc.TryReceive()
+	require.True(t, err == ErrWouldBlock, "MPSC TryReceive, empty: %v", err)
+	require.Zero(t, testing.AllocsPerRun(100, func() { _, _ = mc.TryReceive() }), "an empty MPSC TryReceive allocates")
+	for i := 0; ; i++ {
+		r, err := h.Allocate(8)
+		require.NoError(t, err)
+		if err = mp.TrySend(r); err != nil {
+			require.True(t, err == ErrWouldBlock, "MPSC TrySend, full: %v", err)
+			require.NoError(t, h.Free(r))
+			break
+		}
+		require.Less(t, i, 64, "an MPSC channel of capacity 2 took %d records", i+1)
+	}
+}

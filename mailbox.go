@@ -201,7 +201,7 @@ type mailboxEnd struct {
 func (e *mailboxEnd) ID() ChannelID { return e.id }
 
 func (e *mailboxEnd) wrap(op string, err error) error {
-	if err == nil || err == io.EOF {
+	if err == nil || err == io.EOF || err == ErrWouldBlock {
 		return err
 	}
 	return fmt.Errorf("ipc: %s on mailbox %d: %w", op, e.id, err)

@@ -136,8 +136,8 @@ func (h *Handle) MPSCConsumer(id ChannelID, opts ...ChannelOption) (*MPSCConsume
 }
 
 func (p *MPSCProducer) wrap(op string, err error) error {
-	if err == nil {
-		return nil
+	if err == nil || err == ErrWouldBlock {
+		return err
 	}
 	return fmt.Errorf("ipc: %s on mpsc channel %d: %w", op, p.id, err)
 }

@@ -27,8 +27,8 @@ type Producer struct {
 func (p *Producer) ID() ChannelID { return p.id }
 
 func (p *Producer) wrap(op string, err error) error {
-	if err == nil {
-		return nil
+	if err == nil || err == ErrWouldBlock {
+		return err
 	}
 	return fmt.Errorf("ipc: %s on channel %d: %w", op, p.id, err)
 }
@@ -287,7 +287,7 @@ type recvEnd struct {
 func (e *recvEnd) ID() ChannelID { return e.id }
 
 func (e *recvEnd) wrap(op string, err error) error {
-	if err == nil || err == io.EOF {
+	if err == nil || err == io.EOF || err == ErrWouldBlock {
 		return err
 	}
 	return fmt.Errorf("ipc: %s on %s %d: %w", op, e.kind, e.id, err)

@@ -180,3 +180,48 @@ func selectOne(t *testing.T, b *Buffer) (*Handle, *Consumer, *Select) {
 	require.NoError(t, err)
 	return h, c, sel
 }
+
+// TestSelectSpinPoll: the spin's poll looks at the next spinPollEnds
+// ends a call, in turn and wrapping, so that a ready end among many is
+// found in the call that reaches it, wherever the poll starts, and
+// nothing is found when no end is ready.
+func TestSelectSpinPoll(t *testing.T) {
+	b := heapBuf(t)
+	h, err := b.NewHandle()
+	require.NoError(t, err)
+	defer h.Close()
+	const ends = 2*spinPollEnds + 3
+	var rs []Receiver
+	for i := range ends {
+		c, err := h.Consumer(ChannelID(i + 1))
+		require.NoError(t, err)
+		rs = append(rs, c)
+	}
+	sel, err := h.NewSelect(rs...)
+	require.NoError(t, err)
+	defer sel.Close()
+	for range 3 * ends {
+		require.False(t, sel.spinPoll(), "no end is ready")
+	}
+	for _, ready := range []int{0, spinPollEnds, ends - 1} {
+		p, err := h.Producer(ChannelID(ready + 1))
+		require.NoError(t, err)
+		r, err := h.Allocate(8)
+		require.NoError(t, err)
+		require.NoError(t, p.TrySend(r))
+		for start := range ends {
+			sel.poll = start
+			want := (ready-start+ends)%ends/spinPollEnds + 1
+			calls := 0
+			for calls < ends && !sel.spinPoll() {
+				calls++
+			}
+			require.Equal(t, want, calls+1, "end %d ready, the poll starting at end %d", ready, start)
+		}
+		got, err := rs[ready].(*Consumer).TryReceive()
+		require.NoError(t, err)
+		require.NoError(t, h.Free(got))
+		// p stays open (the handle's Close closes it): a closed
+		// producer's end is ready, with its end of stream.
+	}
+}

@@ -234,8 +234,8 @@ func (s *Speculo) MaxBlocks() int { return int(s.sp.MaxBlocks()) }
 func SpeculoChunkSpace(size int) int { return int(channel.SpeculoChunkSpace(uint64(size))) }
 
 func (s *Speculo) wrap(op string, err error) error {
-	if err == nil {
-		return nil
+	if err == nil || err == ErrWouldBlock {
+		return err
 	}
 	return fmt.Errorf("ipc: %s on channel %d: %w", op, s.id, err)
 }

@@ -242,7 +242,7 @@ type streamEnd struct {
 func (e *streamEnd) ID() ChannelID { return e.id }
 
 func (e *streamEnd) wrap(op string, err error) error {
-	if err == nil || err == io.EOF {
+	if err == nil || err == io.EOF || err == ErrWouldBlock {
 		return err
 	}
 	return fmt.Errorf("ipc: %s on stream %d: %w", op, e.id, err)
