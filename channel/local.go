@@ -26,10 +26,10 @@ import (
 // process, checked after its waiting word says waitLocal: the peer end
 // can pass to another process only once this process's end lets it go,
 // and that Close wakes the waiter (notifyRing, wakeParked), which decides
-// again. A waker of another process that finds waitLocal wakes the futex
-// (nobody is there) and cannot reach the waiter; it can only be there in
-// that window, and the waiter, woken by the Close, parks on the futex
-// next time.
+// again. A waker of another process that finds waitLocal finds no waiter
+// of its own process to wake and cannot reach this one; it can only come
+// after that Close, and the waiter, woken by the Close, parks on the
+// futex next time.
 //
 // Waiters are found by a key that is the same in every mapping of the
 // buffer in this process (a channel's two ends may be attached through
