@@ -224,8 +224,8 @@ func (r *Ring) wakeParked(w *atomic.Uint32, n int) {
 // armWord arms a waiting word w for a park and returns what it stored:
 // waitLocal if the peer end (its owner word, peer) is held by this
 // process, checked again after the store (see local.go), else waitSelf.
-func armWord(w *atomic.Uint32, peer *atomic.Uint64, self sys.Identity, lw *localWaiter) uint32 {
-	if lw != nil && peer.Load() == uint64(self) {
+func armWord(w *atomic.Uint32, peer *atomic.Uint64, self sys.Identity) uint32 {
+	if peer.Load() == uint64(self) {
 		w.Store(waitLocal)
 		if peer.Load() == uint64(self) {
 			return waitLocal
@@ -535,7 +535,7 @@ func (p *RecordProducer) WaitRoom(ctx context.Context) error {
 		return herr
 	}
 	for {
-		word := armWord(&p.cb.ProdWaiting, &p.cb.Consumer, p.self, p.lw)
+		word := armWord(&p.cb.ProdWaiting, &p.cb.Consumer, p.self)
 		if hasRoom() {
 			return herr
 		}
@@ -863,7 +863,7 @@ func (c *RecordConsumer) WaitData(ctx context.Context) error {
 		return rerr
 	}
 	for {
-		word := armWord(&c.cb.ConsWaiting, &c.cb.Producer, c.self, c.lw)
+		word := armWord(&c.cb.ConsWaiting, &c.cb.Producer, c.self)
 		if ok, err := ready(); ok {
 			return err
 		}
