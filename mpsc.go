@@ -29,8 +29,9 @@ type MPSCConsumer struct {
 	taken taken // what the channel's Take hook found
 }
 
-// taken is what records.takeOff returned for the record an MPSC consumer
-// took (the channel calls the hook before it publishes the receipt).
+// taken is what the consumer's Take hook took: the record an MPSC
+// consumer received (the channel calls the hook before it publishes the
+// receipt).
 type taken struct {
 	view []byte
 	err  error
@@ -127,7 +128,7 @@ func (h *Handle) MPSCConsumer(id ChannelID, opts ...ChannelOption) (*MPSCConsume
 		return nil, fmt.Errorf("ipc: mpsc consumer %d: %w", id, err)
 	}
 	co := &MPSCConsumer{recvEnd: recvEnd{id: id, kind: "mpsc channel"}, h: h, en: en, c: c}
-	c.Take = func(off mem.Off) { co.taken.view, co.taken.err = h.buf.recs.takeOff(off, 0, false); co.taken.ok = true }
+	c.Take = co.take
 	if err := h.addEnd(co); err != nil {
 		c.Close()
 		return nil, err
@@ -151,13 +152,11 @@ func (p *MPSCProducer) TrySend(r Record) error {
 		return p.h.closedErr("try send")
 	}
 	defer p.h.out()
-	if p.closed {
-		return p.wrap("send", ErrClosed)
-	}
-	if err := p.h.buf.recs.validate(r.off, r.b); err != nil {
+	s, err := p.slot(r)
+	if err != nil {
 		return p.wrap("send", err)
 	}
-	return p.wrap("send", p.p.TrySend(r.off))
+	return p.wrap("send", p.p.TrySend(s))
 }
 
 // Send queues r, waiting while the ring is full (ErrPeerDead if the
@@ -167,13 +166,30 @@ func (p *MPSCProducer) Send(ctx context.Context, r Record) error {
 		return p.h.closedErr("send")
 	}
 	defer p.h.out()
-	if p.closed {
-		return p.wrap("send", ErrClosed)
-	}
-	if err := p.h.buf.recs.validate(r.off, r.b); err != nil {
+	s, err := p.slot(r)
+	if err != nil {
 		return p.wrap("send", err)
 	}
-	return p.wrap("send", p.p.Send(ctx, r.off))
+	return p.wrap("send", p.p.Send(ctx, s))
+}
+
+// slot validates r (this process must hold it, as for a record channel:
+// the cheap check first) and returns its ring slot, which carries the
+// record's length as a record channel's does (the consumer's take finds
+// the trailer by it).
+func (p *MPSCProducer) slot(r Record) (uint64, error) {
+	if p.closed {
+		return 0, ErrClosed
+	}
+	if r.b == nil {
+		return 0, fmt.Errorf("zero record: %w", ErrNotAllocated)
+	}
+	if p.h.buf.recs.heldFast(r.off, r.b) != nil {
+		if s, ok := channel.PackSlot(r.off, len(r.b)); ok {
+			return s, nil
+		}
+	}
+	return p.h.buf.recs.slot(r.off, r.b)
 }
 
 // Close detaches the producer; when the last producer has closed, the
@@ -221,18 +237,32 @@ func (c *MPSCConsumer) begin() error {
 	return nil
 }
 
+// take is the channel's Take hook: this process becomes the holder of the
+// record in slot, as a record channel's consumer takes one (the handle's
+// slab cache first, which keeps the record's place for Free).
+func (c *MPSCConsumer) take(slot uint64) {
+	c.taken.ok = true
+	if r, ok := c.h.sh.take(slot); ok {
+		c.taken.view, c.taken.err = r.b, nil
+		return
+	}
+	r, err := c.h.buf.recs.take(slot)
+	c.taken.view, c.taken.err = r.b, err
+}
+
 // finish turns what the channel returned into a Record.
-func (c *MPSCConsumer) finish(off mem.Off, err error) (Record, error) {
+func (c *MPSCConsumer) finish(slot uint64, err error) (Record, error) {
 	if err != nil {
 		return Record{}, c.wrap("receive", err)
 	}
 	if !c.taken.ok {
-		return Record{}, c.wrap("receive", fmt.Errorf("assertion failed: record %#x received but not taken", uint64(off)))
+		return Record{}, c.wrap("receive", fmt.Errorf("assertion failed: record %#x received but not taken", uint64(channel.SlotOff(slot))))
 	}
 	if c.taken.err != nil {
-		return Record{}, c.wrap("receive", fmt.Errorf("queued record at %#x: %w", uint64(off), c.taken.err))
+		// records.take names the record.
+		return Record{}, c.wrap("receive", c.taken.err)
 	}
-	return Record{off: off, b: c.taken.view}, nil
+	return Record{off: channel.SlotOff(slot), b: c.taken.view}, nil
 }
 
 // Receive takes the next record, waiting as needed. A producer that died
@@ -281,16 +311,6 @@ func init() {
 				return err
 			}
 			return m.Check()
-		},
-		repair: func(b *Buffer, en *channel.Entry) error {
-			m, err := open(b, en)
-			if err != nil {
-				return err
-			}
-			if m.ConsumerDead() {
-				m.FinishAdvance()
-			}
-			return nil
 		},
 		pending: func(b *Buffer, en *channel.Entry) ([]mem.Off, error) {
 			m, err := open(b, en)

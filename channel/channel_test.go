@@ -705,56 +705,125 @@ func TestMPSCTailBehindSlot(t *testing.T) {
 	}
 	m.cb.Tail.Add(1)
 	require.NoError(t, p.TrySend(8192), "usable again once the word is right")
+	// A Head past Tail (damaged), read when the Head the producer read
+	// last says the ring is full, is reported too, not looked at forever.
+	m.cb.Head.Store(m.cb.Tail.Load() + 1)
+	p.headCache = m.cb.Tail.Load() - 4
+	go func() { done <- p.TrySend(12288) }()
+	select {
+	case err := <-done:
+		require.ErrorIs(t, err, errs.ErrCorrupt)
+	case <-time.After(10 * time.Second):
+		t.Fatal("TrySend spins on a Head past Tail")
+	}
+	m.cb.Head.Store(0)
 	p.Close()
 	_, err := f.reg.Remove(context.Background(), en, nil, nil)
 	require.NoError(t, err)
 }
 
-// TestMPSCFinishAdvance: a consumer killed between freeing the slot at
-// Head and moving Head on leaves Head a slot behind; the next consumer
-// moves it on as it attaches, also after a producer claimed and published
-// the slot again for the next lap, and receives what follows, neither the
-// record the dead one took nor a corrupt slot. A live state is left as it
-// is.
-func TestMPSCFinishAdvance(t *testing.T) {
+// TestMPSCConsumerTakeover: Head is the consumer's only state in the
+// ring, so a consumer killed between two receipts leaves nothing half
+// done: the next consumer receives what follows, also after a producer
+// lapped round into the slots the dead one took. The consumer writes
+// nothing in the slots (their lines go from producers to the consumer
+// only). A slot published for this lap is taken, one of an earlier lap
+// is not.
+func TestMPSCConsumerTakeover(t *testing.T) {
 	const capacity = 4
 	f, en, m, p := mpscFixture(t, capacity)
+	slot := func(off mem.Off) uint64 { s, _ := PackSlot(off, 64); return s }
 	for _, off := range []mem.Off{4096, 8192, 12288, 16384} {
-		require.NoError(t, p.TrySend(off))
+		require.NoError(t, p.TrySend(slot(off)))
 	}
-	require.False(t, m.FinishAdvance(), "a published slot at Head")
+	require.ErrorIs(t, p.TrySend(slot(20480)), errs.ErrWouldBlock, "full")
+	before := append([]mpscSlot(nil), m.slots...)
 	c, err := m.AttachConsumer()
 	require.NoError(t, err)
-	off, err := c.TryReceive()
-	require.NoError(t, err)
-	require.Equal(t, mem.Off(4096), off)
-	// The consumer takes 8192 and dies after freeing its slot, before
-	// moving Head.
-	require.Equal(t, uint64(1), m.cb.Head.Load())
-	m.slots[1].Seq.Store(1 + capacity)
+	for _, want := range []mem.Off{4096, 8192} {
+		s, err := c.TryReceive()
+		require.NoError(t, err)
+		require.Equal(t, slot(want), s)
+	}
+	for i := range m.slots {
+		require.Equal(t, before[i].Seq.Load(), m.slots[i].Seq.Load(), "slot %d written by the consumer", i)
+	}
 	m.cb.Consumer.Store(uint64(testutil.DeadIdentity(t)))
-	// A producer laps round into slot 0 and into the freed slot 1.
-	require.NoError(t, p.TrySend(20480))
-	require.NoError(t, p.TrySend(24576))
-	require.Equal(t, uint64(1+capacity+1), m.slots[1].Seq.Load(), "published again for the next lap")
 	require.True(t, m.ConsumerDead())
+	// A producer laps round into the two slots the dead consumer took.
+	require.NoError(t, p.TrySend(slot(20480)))
+	require.NoError(t, p.TrySend(slot(24576)))
+	require.ErrorIs(t, p.TrySend(slot(28672)), errs.ErrWouldBlock, "full again")
+	require.Equal(t, uint64(capacity+1), m.slots[0].Seq.Load(), "published for the next lap")
+	pend, err := m.Pending()
+	require.NoError(t, err)
+	require.Equal(t, []mem.Off{12288, 16384, 20480, 24576}, pend)
 
 	c2, err := m.AttachConsumer()
 	require.NoError(t, err)
-	require.Equal(t, uint64(2), m.cb.Head.Load())
 	for _, want := range []mem.Off{12288, 16384, 20480, 24576} {
-		off, err := c2.TryReceive()
+		s, err := c2.TryReceive()
 		require.NoError(t, err)
-		require.Equal(t, want, off)
+		require.Equal(t, slot(want), s)
 	}
 	_, err = c2.TryReceive()
-	require.ErrorIs(t, err, errs.ErrWouldBlock)
-	require.False(t, m.FinishAdvance(), "an empty slot at Head")
+	require.ErrorIs(t, err, errs.ErrWouldBlock, "slot 0 holds lap 1's record: not lap 2's")
+	require.NoError(t, m.Check())
+	seq3 := m.slots[3].Seq.Load()
+	m.slots[3].Seq.Store(m.cb.Tail.Load() + 4) // published beyond the tail
+	require.ErrorIs(t, m.Check(), errs.ErrCorrupt)
+	m.slots[3].Seq.Store(seq3)
 	require.NoError(t, m.Check())
 	p.Close()
 	c2.Close()
 	_, err = f.reg.Remove(context.Background(), en, nil, nil)
 	require.NoError(t, err)
+}
+
+// TestMPSCParkedProducersAllWoken: producers parked on a full ring share
+// one waiting word; each receipt wakes all of them (each looks again and
+// one takes the slot), so none is left asleep until its check interval
+// (an hour here) while there is room.
+func TestMPSCParkedProducersAllWoken(t *testing.T) {
+	const capacity, parked = 2, 3
+	f := newFixture(t, backend.Heap)
+	spec := Spec{Type: TypeMPSC, Size: capacity, Control: MPSCControlSize(capacity, parked+1), Init: func(_ mem.Off, b []byte) error { return InitMPSC(b, capacity, parked+1) }}
+	en, _, err := f.reg.LookupOrCreate(context.Background(), 1, spec)
+	require.NoError(t, err)
+	m, err := OpenMPSC(f.r, en, WaitOptions{Spin: -1, CheckInterval: time.Hour})
+	require.NoError(t, err)
+	fillp, err := m.AttachProducer()
+	require.NoError(t, err)
+	slot := func(off mem.Off) uint64 { s, _ := PackSlot(off, 64); return s }
+	require.NoError(t, fillp.TrySend(slot(4096)))
+	require.NoError(t, fillp.TrySend(slot(8192)))
+	c, err := m.AttachConsumer()
+	require.NoError(t, err)
+	done := make(chan error, parked)
+	for i := range parked {
+		p, err := m.AttachProducer()
+		require.NoError(t, err)
+		go func() { done <- p.Send(t.Context(), slot(mem.Off(16384+4096*i))) }()
+	}
+	// All of them parked on the full ring.
+	require.Eventually(t, func() bool { return m.cb.ProdWaiting.Load() == waitSelf }, 10*time.Second, time.Millisecond)
+	time.Sleep(20 * time.Millisecond)
+	for got := 0; got < 2+parked; got++ {
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			if _, err := c.TryReceive(); err == nil {
+				break
+			}
+			require.True(t, time.Now().Before(deadline), "record %d never came: a producer left parked", got)
+			time.Sleep(time.Millisecond)
+		}
+	}
+	for range parked {
+		require.NoError(t, <-done)
+	}
+	_, err = c.TryReceive()
+	require.ErrorIs(t, err, errs.ErrWouldBlock)
+	require.NoError(t, m.Check())
 }
 
 // TestMPSCCapacityOne: an MPSC ring of one slot cannot tell a published

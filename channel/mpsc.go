@@ -26,20 +26,21 @@ import (
 //	512   producers [MaxProd]prodSlot, 128 bytes each   (each by its producer)
 //	...   slots [Cap]mpscSlot, 16 bytes each
 //
-// A producer claims sequence t by CAS on Tail once slots[t%Cap].Seq == t,
-// writes the record offset, and publishes with Seq = t+1; the consumer
-// takes a published slot and frees it for the next lap with Seq = t+Cap.
-// Each producer's records keep their order (its claims are increasing).
+// A producer claims sequence t by CAS on Tail once t-Head < Cap (it reads
+// Head only when the Head it read last says the ring is full), writes the
+// record's slot (PackSlot: offset and length) and publishes it with
+// Seq = t+1; the consumer takes the slot at Head once its Seq is Head+1
+// and moves Head on. Each producer's records keep their order (its claims
+// are increasing). The consumer writes nothing in the slots: the lines of
+// the ring go from the producers to the consumer only, and the consumer's
+// one store a record, Head, is on a line that producers read only when
+// the ring looks full to them. A slot's Seq of an earlier lap (or 0, as
+// made) is never Head+1, so only a publication of this lap shows.
 //
-// A slot's sequence tells "published, lap t" (t+1) from "free for the
-// next lap" (t+Cap) only if Cap is at least 2 (MinMPSCCapacity): with one
-// slot, a producer would claim a published slot and overwrite it.
-//
-// The consumer frees a slot and then moves Head on (advance): a consumer
-// killed between the two leaves Head one behind, at a slot already
-// freed (and perhaps claimed, or published, for the next lap again).
-// FinishAdvance moves it on: called by the next consumer as it attaches,
-// and by Recover once the consumer is dead.
+// Head is the consumer's only state in the ring: a consumer killed at any
+// point leaves a Head that the next consumer takes over as it is (a
+// record the dead one was taking is still at Head, or was its process's
+// once Head had passed it).
 //
 // Before it claims t a producer writes t+1 to its Claiming word, and
 // clears it after publishing. So if the slot at the consumer's head stays
@@ -77,9 +78,9 @@ type prodSlot struct {
 }
 
 type mpscSlot struct {
-	_   structs.HostLayout
-	Seq atomic.Uint64
-	Off atomic.Uint64
+	_    structs.HostLayout
+	Seq  atomic.Uint64 // t+1: published for sequence t
+	Slot atomic.Uint64 // the record (PackSlot)
 }
 
 const (
@@ -89,7 +90,8 @@ const (
 	DefaultProducers  = 64
 	MaxMPSCProducers  = 4096
 	mpscSkipAfterIdle = 2 // check intervals a dead claimant's slot is awaited
-	// MinMPSCCapacity is the smallest MPSC ring (see mpscCB).
+	// MinMPSCCapacity is the smallest MPSC ring: with one slot every
+	// producer would wait for the consumer between any two records.
 	MinMPSCCapacity = 2
 )
 
@@ -114,9 +116,7 @@ func InitMPSC(b []byte, n, p uint64) error {
 	if err != nil {
 		return err
 	}
-	for i := range slots {
-		slots[i].Seq.Store(uint64(i))
-	}
+	clear(slots) // Seq 0: no slot is published for sequence 0 (Seq 1)
 	cb.Cap = n
 	cb.MaxProd = p
 	cb.Magic = mpscMagic
@@ -176,9 +176,10 @@ func (m *MPSC) checkRegion() error {
 // many producers, in any processes, may send at once).
 type MPSCProducer struct {
 	*MPSC
-	me     *prodSlot
-	self   sys.Identity
-	closed bool
+	me        *prodSlot
+	self      sys.Identity
+	headCache uint64
+	closed    bool
 }
 
 // AttachProducer takes a free producer slot (or a dead producer's).
@@ -208,45 +209,63 @@ func (m *MPSC) AttachProducer() (*MPSCProducer, error) {
 	return nil, fmt.Errorf("mpsc channel: all %d producer slots are held by live producers: %w", len(m.prods), errs.ErrBusy)
 }
 
-// TrySend queues off, or returns ErrWouldBlock if the ring is full.
-func (p *MPSCProducer) TrySend(off mem.Off) error {
+// TrySend queues slot (PackSlot), or returns ErrWouldBlock if the ring
+// is full.
+func (p *MPSCProducer) TrySend(slot uint64) error {
 	if p.closed {
 		return errClosedEnd
 	}
 	for {
 		t := p.cb.Tail.Load()
-		s := &p.slots[t&p.mask]
-		seq := s.Seq.Load()
-		switch {
-		case seq == t:
-			p.me.Claiming.Store(t + 1)
-			if !p.cb.Tail.CompareAndSwap(t, t+1) {
+		if t-p.headCache > p.mask {
+			p.headCache = p.cb.Head.Load()
+			switch d := t - p.headCache; {
+			case int64(d) < 0:
+				// Head is past the Tail read before it: other
+				// producers claimed and the consumer took since, so
+				// look again; Head is never past Tail, so a Tail still
+				// at t means damaged words.
+				if p.cb.Tail.Load() == t {
+					return errs.Corrupt("mpsc head", uint64(p.off)+256, "head %d past tail %d", p.headCache, t)
+				}
 				continue
+			case d > p.mask+1:
+				return errs.Corrupt("mpsc tail", uint64(p.off)+128, "tail %d head %d capacity %d", t, p.headCache, p.mask+1)
+			case d > p.mask:
+				return errs.ErrWouldBlock
 			}
-			s.Off.Store(uint64(off))
-			s.Seq.Store(t + 1) // publish
-			p.me.Claiming.Store(0)
-			notify(p.buf, &p.cb.ConsWaiting, &p.cb.Doorbell)
-			return nil
-		case int64(seq-t) < 0:
-			// The slot still holds the record of the previous lap.
-			return errs.ErrWouldBlock
 		}
-		// The slot is ahead of Tail: another producer claimed t and
-		// moved Tail on since we read it, so look again. Tail only
-		// grows, and a slot gets sequence t+1 only after t is claimed, so
-		// a Tail still at t means damaged words (looking again would
-		// spin forever).
-		if p.cb.Tail.Load() == t {
-			return errs.Corrupt("mpsc slot", uint64(p.off), "slot %d has sequence %d at tail %d", t&p.mask, seq, t)
+		s := &p.slots[t&p.mask]
+		if seq := s.Seq.Load(); seq > t {
+			// Published for t or later: another producer claimed t and
+			// moved Tail on since we read it, so look again. A Tail still
+			// at t means damaged words (looking again would spin
+			// forever).
+			if p.cb.Tail.Load() == t {
+				return errs.Corrupt("mpsc slot", uint64(p.off), "slot %d has sequence %d at tail %d", t&p.mask, seq, t)
+			}
+			continue
 		}
+		// Claiming is stored before the claim (the CAS, a locked
+		// instruction, orders the plain store before it; see publish).
+		publish(&p.me.Claiming, t+1)
+		if !p.cb.Tail.CompareAndSwap(t, t+1) {
+			continue
+		}
+		publish(&s.Slot, slot)
+		publish(&s.Seq, t+1)
+		// The atomic store fences the publication before notify reads
+		// the consumer's waiting word (Dekker with WaitData).
+		p.me.Claiming.Store(0)
+		notify(p.buf, &p.cb.ConsWaiting, &p.cb.Doorbell)
+		return nil
 	}
 }
 
-// Send queues off, waiting while the ring is full.
-func (p *MPSCProducer) Send(ctx context.Context, off mem.Off) error {
+// Send queues slot, waiting while the ring is full.
+func (p *MPSCProducer) Send(ctx context.Context, slot uint64) error {
 	for {
-		err := p.TrySend(off)
+		err := p.TrySend(slot)
 		if err != errs.ErrWouldBlock {
 			return err
 		}
@@ -256,9 +275,10 @@ func (p *MPSCProducer) Send(ctx context.Context, off mem.Off) error {
 	}
 }
 
+// hasRoom reports whether a slot is free (or the words are damaged, which
+// TrySend reports).
 func (p *MPSCProducer) hasRoom() bool {
-	t := p.cb.Tail.Load()
-	return p.slots[t&p.mask].Seq.Load() == t
+	return p.cb.Tail.Load()-p.cb.Head.Load() != p.mask+1
 }
 
 func (p *MPSCProducer) waitRoom(ctx context.Context) error {
@@ -305,9 +325,9 @@ func (p *MPSCProducer) Close() {
 type MPSCConsumer struct {
 	_ mem.Pad
 	*MPSC
-	// Take, if set, is called with each record's offset before the
-	// consumer frees its slot (the holder hand-over).
-	Take    func(off mem.Off)
+	// Take, if set, is called with each record's slot before the
+	// consumer moves Head past it (the holder hand-over).
+	Take    func(slot uint64)
 	self    sys.Identity
 	head    uint64
 	closed  bool
@@ -323,21 +343,7 @@ func (m *MPSC) AttachConsumer() (*MPSCConsumer, error) {
 		return nil, err
 	}
 	m.cb.ConsClosed.Store(0)
-	m.FinishAdvance() // a previous consumer's, if it died half-way
 	return &MPSCConsumer{MPSC: m, self: self, head: m.cb.Head.Load()}, nil
-}
-
-// FinishAdvance moves Head past the slot at it if a consumer freed that
-// slot and died before it moved Head (see mpscCB): the slot's sequence is
-// then a lap ahead (free, or claimed or published again), which no live
-// state shows at Head. It reports whether it did. Only with no live
-// consumer advancing: as one attaches, or for a dead consumer (Recover).
-func (m *MPSC) FinishAdvance() bool {
-	h := m.cb.Head.Load()
-	if d := m.slots[h&m.mask].Seq.Load() - h; d != m.mask+1 && d != m.mask+2 {
-		return false
-	}
-	return m.cb.Head.CompareAndSwap(h, h+1)
 }
 
 // ConsumerDead reports whether the consumer end is held by a process that
@@ -347,53 +353,53 @@ func (m *MPSC) ConsumerDead() bool {
 	return id != 0 && !sys.Alive(id)
 }
 
-// TryReceive takes the next record: ErrWouldBlock if none is published,
-// io.EOF if none is and no producer is attached (after one was).
-func (c *MPSCConsumer) TryReceive() (mem.Off, error) {
+// TryReceive takes the next record's slot: ErrWouldBlock if none is
+// published, io.EOF if none is and no producer is attached (after one
+// was).
+func (c *MPSCConsumer) TryReceive() (uint64, error) {
 	if c.closed {
 		return 0, errClosedEnd
 	}
 	for {
 		h := c.head
 		s := &c.slots[h&c.mask]
-		seq := s.Seq.Load()
-		switch seq {
-		case h + 1:
-			off := mem.Off(s.Off.Load())
+		if s.Seq.Load() == h+1 {
+			slot := s.Slot.Load()
 			if c.Take != nil {
-				c.Take(off)
+				c.Take(slot)
 			}
-			c.advance(s, h)
-			return off, nil
-		case h:
-			t := c.cb.Tail.Load()
-			if t == h {
-				if c.cb.EverAttach.Load() != 0 && c.cb.Attached.Load() <= 0 {
-					return 0, io.EOF
-				}
-				return 0, errs.ErrWouldBlock
-			}
-			if t-h > c.mask+1 {
-				return 0, errs.Corrupt("mpsc tail", uint64(c.off)+128, "tail %d head %d capacity %d", t, h, c.mask+1)
-			}
-			// Claimed, not yet published.
-			if c.claimantDead(h) {
-				c.advance(s, h) // the claimant died: skip its slot
-				continue
+			c.advance(h)
+			return slot, nil
+		}
+		t := c.cb.Tail.Load()
+		if t == h {
+			if c.cb.EverAttach.Load() != 0 && c.cb.Attached.Load() <= 0 {
+				return 0, io.EOF
 			}
 			return 0, errs.ErrWouldBlock
-		default:
-			return 0, errs.Corrupt("mpsc slot", uint64(c.off), "slot %d has sequence %d at head %d", h&c.mask, seq, h)
 		}
+		if t-h > c.mask+1 {
+			return 0, errs.Corrupt("mpsc tail", uint64(c.off)+128, "tail %d head %d capacity %d", t, h, c.mask+1)
+		}
+		// Claimed, not yet published.
+		if c.claimantDead(h) {
+			c.advance(h) // the claimant died: skip its slot
+			continue
+		}
+		return 0, errs.ErrWouldBlock
 	}
 }
 
-func (c *MPSCConsumer) advance(s *mpscSlot, h uint64) {
-	s.Seq.Store(h + c.mask + 1)
+// advance moves Head past h. The atomic store fences it before the
+// producers' waiting word is read (Dekker with waitRoom); every parked
+// producer is woken (they share the word, and each looks again).
+func (c *MPSCConsumer) advance(h uint64) {
 	c.head = h + 1
 	c.cb.Head.Store(c.head)
 	c.stuckAt = 0
-	notify(c.buf, &c.cb.ProdWaiting, &c.cb.Doorbell)
+	if w := &c.cb.ProdWaiting; w.Load() != 0 && w.Swap(0) == waitSelf {
+		backend.Wake(w, 0)
+	}
 }
 
 // claimantDead reports whether the producer that claimed sequence h is
@@ -437,8 +443,7 @@ func (c *MPSCConsumer) claimantDead(h uint64) bool {
 // head slot is stuck, which the caller resolves by retrying).
 func (c *MPSCConsumer) Ready() bool {
 	h := c.head
-	seq := c.slots[h&c.mask].Seq.Load()
-	if seq != h {
+	if c.slots[h&c.mask].Seq.Load() == h+1 {
 		return true
 	}
 	t := c.cb.Tail.Load()
@@ -508,15 +513,21 @@ func (c *MPSCConsumer) reapDead() {
 
 // Receive takes the next record, waiting as needed. A slot whose claimant
 // died is skipped after about two check intervals.
-func (c *MPSCConsumer) Receive(ctx context.Context) (mem.Off, error) {
+func (c *MPSCConsumer) Receive(ctx context.Context) (uint64, error) {
 	for {
-		off, err := c.TryReceive()
+		slot, err := c.TryReceive()
 		if err != errs.ErrWouldBlock {
-			return off, err
+			return slot, err
 		}
 		if c.stuckAt != 0 {
-			// A claimed slot is not published yet: poll (a live claimant
-			// publishes within nanoseconds; a dead one is skipped).
+			// A claimed slot is not published yet: spin (a live
+			// claimant publishes within nanoseconds, unless it was
+			// descheduled between its claim and its publication), then
+			// poll (a dead one is skipped).
+			h := c.head
+			if spin(c.opts.Spin, func() bool { return c.slots[h&c.mask].Seq.Load() == h+1 }) {
+				continue
+			}
 			select {
 			case <-ctx.Done():
 				return 0, fmt.Errorf("wait: %w", ctx.Err())
@@ -542,7 +553,7 @@ func (c *MPSCConsumer) Close() {
 	notify(c.buf, &c.cb.ProdWaiting, &c.cb.Doorbell)
 }
 
-// Pending returns the offsets of published records not yet consumed.
+// Pending returns the offsets of the published records not yet consumed.
 func (m *MPSC) Pending() ([]mem.Off, error) {
 	h, t := m.cb.Head.Load(), m.cb.Tail.Load()
 	if t-h > m.mask+1 {
@@ -552,7 +563,7 @@ func (m *MPSC) Pending() ([]mem.Off, error) {
 	for s := h; s != t; s++ {
 		sl := &m.slots[s&m.mask]
 		if sl.Seq.Load() == s+1 {
-			out = append(out, mem.Off(sl.Off.Load()))
+			out = append(out, SlotOff(sl.Slot.Load()))
 		}
 	}
 	return out, nil
@@ -606,11 +617,11 @@ func (m *MPSC) Check() error {
 		return errors.Join(all...)
 	}
 	for i := range m.slots {
-		seq := m.slots[i].Seq.Load()
-		// Each slot's sequence is i modulo the capacity, within a lap of
-		// the head.
-		if seq&m.mask != uint64(i)&m.mask && (seq-1)&m.mask != uint64(i)&m.mask {
-			all = append(all, errs.Corrupt("mpsc slot", uint64(m.off), "slot %d has sequence %d", i, seq))
+		// Each slot's sequence is 0 (never published) or one more than
+		// a sequence claimed already, of the slot's place modulo the
+		// capacity.
+		if seq := m.slots[i].Seq.Load(); seq != 0 && ((seq-1)&m.mask != uint64(i) || seq > t) {
+			all = append(all, errs.Corrupt("mpsc slot", uint64(m.off), "slot %d has sequence %d at tail %d", i, seq, t))
 		}
 	}
 	return errors.Join(all...)
