@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"reflect"
 	"strconv"
 	"sync"
@@ -95,7 +96,9 @@ func goChanSenders(k, per int) time.Duration {
 	return d
 }
 
-// TestChildMPSCBench sends HIPC_N records on MPSC channel 1 and closes.
+// TestChildMPSCBench attaches a producer to MPSC channel 1, says
+// "ready", waits until the pipe at fd 3 is closed (the parent's start),
+// sends HIPC_N records and closes.
 func TestChildMPSCBench(t *testing.T) {
 	testutil.ChildOnly(t)
 	b := attach(t)
@@ -105,7 +108,15 @@ func TestChildMPSCBench(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := ctxFor(t)
-	for j := 0; j < envInt(t, envN); j++ {
+	// The count is read once: envInt reads the environment and calls
+	// t.Helper (a stack walk), which in the loop's condition cost the
+	// child more than a record's send.
+	n := envInt(t, envN)
+	testutil.Say("ready")
+	if _, err := os.NewFile(3, "start").Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("start pipe: %v, want EOF", err)
+	}
+	for j := 0; j < n; j++ {
 		r, err := h.Allocate(payload)
 		if err != nil {
 			t.Fatal(err)
@@ -119,7 +130,8 @@ func TestChildMPSCBench(t *testing.T) {
 }
 
 // BenchmarkMPSCProcesses: k producer processes, one consumer here, beside
-// a Go channel with k sending goroutines (the nearest stdlib peer).
+// a Go channel with k sending goroutines (the nearest stdlib peer). The
+// clock starts once every child has attached its producer.
 func BenchmarkMPSCProcesses(b *testing.B) {
 	for _, k := range []int{1, 2, 4, 8} {
 		b.Run(fmt.Sprintf("processes=%d", k), func(b *testing.B) {
@@ -133,11 +145,21 @@ func BenchmarkMPSCProcesses(b *testing.B) {
 			// while the children come and go.
 			keep := must(ch.MPSCProducer(1))
 			ctx := context.Background()
-			start := time.Now()
+			// The children start and attach before the clock does: each
+			// says "ready", then waits for the start pipe to close.
+			rd, wr := must2(b)
 			var kids []*testutil.Child
 			for i := 0; i < k; i++ {
-				kids = append(kids, testutil.StartChild(b, "TestChildMPSCBench", envBuf+"="+buf.Name(), envN+"="+strconv.Itoa(per)))
+				kids = append(kids, testutil.StartChildFiles(b, "TestChildMPSCBench", []*os.File{rd}, envBuf+"="+buf.Name(), envN+"="+strconv.Itoa(per)))
 			}
+			rd.Close()
+			for _, kid := range kids {
+				if l := kid.Line(b, time.Minute); l != "ready" {
+					b.Fatalf("child says %q, want ready:\n%s", l, kid.Output())
+				}
+			}
+			start := time.Now()
+			wr.Close()
 			var s byte
 			for got := 0; got < total; got++ {
 				r, err := c.Receive(ctx)
