@@ -24,8 +24,15 @@ import (
 //
 //	0    immutable: Magic, Cap                        (creator)
 //	128  W, Writer, Written, WClosed                  (writer end)
-//	256  R, Low, Reader, Read, Backlog, RClosed       (reader end)
-//	384  Gen, ZeroBy                                  (either end)
+//	256  R, Low, Read, Backlog                        (reader end)
+//	384  Gen, ZeroBy, Reader, RClosed                 (either end; the
+//	                                                   reader's claim and
+//	                                                   close, which the
+//	                                                   writer reads at
+//	                                                   every write, off
+//	                                                   the line the reader
+//	                                                   writes at every
+//	                                                   read)
 //	512  DataWaiting, SpaceWaiting, ResetWaiting      (parking: set by a
 //	                                                   waiter, cleared by
 //	                                                   its waker)
@@ -68,14 +75,14 @@ type streamCB struct {
 	_            [100]byte
 	R            atomic.Uint64 // gen|pos: next byte to read (reader; resets)
 	Low          atomic.Uint64 // gen|pos: oldest byte kept (reader; resets)
-	Reader       atomic.Uint64 // sys.Identity of the reader end, 0: none
 	Read         atomic.Uint64 // bytes consumed, ever (reader)
 	Backlog      atomic.Uint64 // consumed bytes to keep, < Cap (reader)
-	RClosed      atomic.Uint32 // 1: the reader closed
-	_            [84]byte
+	_            [96]byte
 	Gen          atomic.Uint64 // resets so far (either end)
 	ZeroBy       atomic.Uint64 // sys.Identity of an end zeroing the ring, 0: none
-	_            [112]byte
+	Reader       atomic.Uint64 // sys.Identity of the reader end, 0: none
+	RClosed      atomic.Uint32 // 1: the reader closed
+	_            [100]byte
 	DataWaiting  atomic.Uint32 // someone waits for data (or EOF)
 	SpaceWaiting atomic.Uint32 // someone waits for room
 	ResetWaiting atomic.Uint32 // someone waits for a reset
@@ -436,13 +443,13 @@ func (s *Stream) Check() error {
 		}
 	}
 	if n := s.cb.Backlog.Load(); n >= s.c {
-		all = append(all, errs.Corrupt("stream backlog", off+288, "backlog %d for capacity %d", n, s.c))
+		all = append(all, errs.Corrupt("stream backlog", off+280, "backlog %d for capacity %d", n, s.c))
 	}
 	if v := s.cb.WClosed.Load(); v > 1 {
 		all = append(all, errs.Corrupt("stream WClosed", off+152, "value %d", v))
 	}
 	if v := s.cb.RClosed.Load(); v > 1 {
-		all = append(all, errs.Corrupt("stream RClosed", off+296, "value %d", v))
+		all = append(all, errs.Corrupt("stream RClosed", off+408, "value %d", v))
 	}
 	return errors.Join(all...)
 }
@@ -664,7 +671,14 @@ type StreamWriter struct {
 	span    streamWSpan
 	staging []byte
 	staged  int
-	_       mem.Pad
+	// known: span's generation, W word and position are still the
+	// stream's as far as this end knows (set by a Spans that read the
+	// words, kept by Commit), and knownLow is Low as that Spans read it:
+	// Low only moves forward within a generation, so the room it gives
+	// is there (see Spans).
+	known    bool
+	knownLow uint64
+	_        mem.Pad
 }
 
 // streamWSpan is what the last Spans call handed out.
@@ -701,7 +715,16 @@ func (w *StreamWriter) readerClosed() bool {
 // around the end of the ring (fill a, then b). Commit publishes what was
 // filled. Empty spans mean the ring is full (see WaitSpace). It returns
 // io.ErrClosedPipe once the reader has closed its end.
-func (w *StreamWriter) Spans() (a, b []byte, err error) {
+func (w *StreamWriter) Spans() (a, b []byte, err error) { return w.spansFor(0) }
+
+// spansFor is Spans for a caller that needs need bytes of room (0: all
+// there is). While the room by the Low read last is at least need, the
+// spans are that room, and the reader's words are not read again: their
+// line is the reader's, written at every consume, so reading them would
+// take it away at every write. Low only moves forward within a
+// generation, so that room is there; no reset has begun (Gen is bumped
+// first), and one that comes later fails Commit's CAS.
+func (w *StreamWriter) spansFor(need uint64) (a, b []byte, err error) {
 	if w.closed {
 		return nil, nil, errClosedEnd
 	}
@@ -710,6 +733,14 @@ func (w *StreamWriter) Spans() (a, b []byte, err error) {
 	if w.readerClosed() {
 		return nil, nil, errStreamReaderClosed
 	}
+	if need > 0 && w.known && w.cb.Gen.Load()&streamGenMask == w.span.gen && w.cb.ZeroBy.Load() == 0 {
+		if free := w.c - w.dist(w.knownLow, w.span.pos); free >= need {
+			w.span.valid, w.span.free = true, free
+			a, b = w.spans(w.span.pos, free)
+			return a, b, nil
+		}
+	}
+	w.known = false
 	st, err := w.state()
 	if err != nil {
 		return nil, nil, err
@@ -722,6 +753,7 @@ func (w *StreamWriter) Spans() (a, b []byte, err error) {
 		}
 	}
 	w.span = streamWSpan{valid: true, gen: st.gen, word: st.wWord, pos: st.w, free: free}
+	w.known, w.knownLow = true, st.low
 	a, b = w.spans(st.w, free)
 	return a, b, nil
 }
@@ -733,7 +765,7 @@ func (w *StreamWriter) Reserve(n int) ([]byte, error) {
 	if n <= 0 || uint64(n) > w.c {
 		return nil, fmt.Errorf("stream reserve of %d bytes (1..%d): %w", n, w.c, errs.ErrInvalidSize)
 	}
-	a, _, err := w.Spans()
+	a, _, err := w.spansFor(uint64(n))
 	if err != nil {
 		return nil, err
 	}
@@ -768,6 +800,7 @@ func (w *StreamWriter) Commit(n int) error {
 		w.staged = 0
 		w.span.valid = false
 		if w.cb.Gen.Load()&streamGenMask != w.span.gen {
+			w.known = false
 			return fmt.Errorf("stream commit: %w", errs.ErrReset)
 		}
 		a, b := w.spans(w.span.pos, uint64(n))
@@ -779,7 +812,7 @@ func (w *StreamWriter) Commit(n int) error {
 	}
 	nw := streamPack(w.span.gen, w.adv(w.span.pos, uint64(n)))
 	if !w.cb.W.CompareAndSwap(w.span.word, nw) {
-		w.span.valid = false
+		w.span.valid, w.known = false, false
 		return fmt.Errorf("stream commit: %w", errs.ErrReset)
 	}
 	w.span.word, w.span.pos, w.span.free = nw, streamPos(nw), w.span.free-uint64(n)
@@ -791,7 +824,7 @@ func (w *StreamWriter) Commit(n int) error {
 // TryWrite copies as much of p as fits now and commits it. ErrWouldBlock
 // if nothing fits.
 func (w *StreamWriter) TryWrite(p []byte) (int, error) {
-	a, b, err := w.Spans()
+	a, b, err := w.spansFor(uint64(len(p)))
 	if err != nil {
 		return 0, err
 	}
@@ -938,7 +971,14 @@ type StreamReader struct {
 	span    streamRSpan
 	scratch []byte
 	backlog uint64
-	_       mem.Pad
+	// known: span's generation, R and Low words and positions are still
+	// the stream's as far as this end knows (set by a Spans that read the
+	// words, kept by Consume and trim), and knownW is W as that Spans
+	// read it: W only moves forward within a generation, so the bytes
+	// up to it are there (see Spans).
+	known  bool
+	knownW uint64
+	_      mem.Pad
 }
 
 // streamRSpan is what the last Spans call handed out.
@@ -967,7 +1007,7 @@ func (s *Stream) AttachReader() (*StreamReader, error) {
 	}
 	n := s.cb.Backlog.Load()
 	if n >= s.c {
-		return fail(errs.Corrupt("stream backlog", uint64(s.cbOff)+288, "backlog %d for capacity %d", n, s.c))
+		return fail(errs.Corrupt("stream backlog", uint64(s.cbOff)+280, "backlog %d for capacity %d", n, s.c))
 	}
 	return &StreamReader{streamEnd: newStreamEnd(s, self), backlog: n}, nil
 }
@@ -975,17 +1015,34 @@ func (s *Stream) AttachReader() (*StreamReader, error) {
 // Spans returns the unread bytes: one span, or two when they wrap around
 // the end of the ring (a, then b). Consume releases what was used. Empty
 // spans mean nothing is buffered (see WaitData).
-func (r *StreamReader) Spans() (a, b []byte, err error) {
+func (r *StreamReader) Spans() (a, b []byte, err error) { return r.spansFor(0) }
+
+// spansFor is Spans for a caller that takes at most need bytes (0: all
+// there are). While the bytes up to the W read last are at least need,
+// the spans are those, and the writer's words are not read again (their
+// line is the writer's, written at every commit). W only moves forward
+// within a generation, so those bytes are committed; no reset has begun
+// (Gen is bumped first), and one that comes later fails Consume's CAS.
+func (r *StreamReader) spansFor(need uint64) (a, b []byte, err error) {
 	if r.closed {
 		return nil, nil, errClosedEnd
 	}
 	r.span.valid = false
+	if need > 0 && r.known && r.cb.Gen.Load()&streamGenMask == r.span.gen {
+		if avail := r.dist(r.span.pos, r.knownW); avail >= need {
+			r.span.valid, r.span.avail = true, avail
+			a, b = r.spans(r.span.pos, avail)
+			return a, b, nil
+		}
+	}
+	r.known = false
 	st, err := r.state()
 	if err != nil {
 		return nil, nil, err
 	}
 	avail := r.dist(st.r, st.w)
 	r.span = streamRSpan{valid: true, gen: st.gen, word: st.rWord, pos: st.r, lowWord: st.lowWord, low: st.low, avail: avail}
+	r.known, r.knownW = true, st.w
 	a, b = r.spans(st.r, avail)
 	return a, b, nil
 }
@@ -997,7 +1054,7 @@ func (r *StreamReader) View(n int) ([]byte, error) {
 	if n <= 0 || uint64(n) > r.c {
 		return nil, fmt.Errorf("stream view of %d bytes (1..%d): %w", n, r.c, errs.ErrInvalidSize)
 	}
-	a, b, err := r.Spans()
+	a, b, err := r.spansFor(uint64(n))
 	if err != nil {
 		return nil, err
 	}
@@ -1013,7 +1070,7 @@ func (r *StreamReader) View(n int) ([]byte, error) {
 	k := copy(r.scratch[:n], a)
 	copy(r.scratch[k:n], b)
 	if r.cb.Gen.Load()&streamGenMask != r.span.gen {
-		r.span.valid = false
+		r.span.valid, r.known = false, false
 		return nil, fmt.Errorf("stream view: %w", errs.ErrReset)
 	}
 	return r.scratch[:n:n], nil
@@ -1039,7 +1096,7 @@ func (r *StreamReader) Consume(n int) error {
 	}
 	nr := streamPack(r.span.gen, r.adv(r.span.pos, uint64(n)))
 	if !r.cb.R.CompareAndSwap(r.span.word, nr) {
-		r.span.valid = false
+		r.span.valid, r.known = false, false
 		return fmt.Errorf("stream consume: %w", errs.ErrReset)
 	}
 	r.span.word, r.span.pos, r.span.avail = nr, streamPos(nr), r.span.avail-uint64(n)
@@ -1057,7 +1114,7 @@ func (r *StreamReader) trim() {
 	nl := streamPack(r.span.gen, r.back(r.span.pos, r.backlog))
 	if !r.cb.Low.CompareAndSwap(r.span.lowWord, nl) {
 		// A reset came after the consume: it starts everything anew.
-		r.span.valid = false
+		r.span.valid, r.known = false, false
 		return
 	}
 	r.span.lowWord, r.span.low = nl, streamPos(nl)
@@ -1085,7 +1142,7 @@ func (r *StreamReader) Rewind(n int) error {
 	if r.closed {
 		return errClosedEnd
 	}
-	r.span.valid = false
+	r.span.valid, r.known = false, false
 	st, err := r.state()
 	if err != nil {
 		return err
@@ -1114,6 +1171,7 @@ func (r *StreamReader) SetBacklog(n int) error {
 	}
 	r.backlog = uint64(n)
 	r.cb.Backlog.Store(uint64(n))
+	r.known = false // Spans reads the words
 	if _, _, err := r.Spans(); err != nil {
 		return err
 	}
@@ -1142,7 +1200,7 @@ func (r *StreamReader) eof() (bool, error) {
 // writer closed, ErrPeerDead if nothing is and the writer died (checked
 // at most once per check interval).
 func (r *StreamReader) TryRead(p []byte) (int, error) {
-	a, b, err := r.Spans()
+	a, b, err := r.spansFor(uint64(len(p)))
 	if err != nil {
 		return 0, err
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/heapipc/ipc/backend"
 	"github.com/heapipc/ipc/internal/errs"
 	"github.com/heapipc/ipc/internal/mem"
+	"github.com/heapipc/ipc/internal/sys"
 	"github.com/heapipc/ipc/internal/testutil"
 	"github.com/stretchr/testify/require"
 )
@@ -35,12 +36,12 @@ func TestStreamLayout(t *testing.T) {
 		{"WClosed", unsafe.Offsetof(cb.WClosed), 152},
 		{"R", unsafe.Offsetof(cb.R), 256},
 		{"Low", unsafe.Offsetof(cb.Low), 264},
-		{"Reader", unsafe.Offsetof(cb.Reader), 272},
-		{"Read", unsafe.Offsetof(cb.Read), 280},
-		{"Backlog", unsafe.Offsetof(cb.Backlog), 288},
-		{"RClosed", unsafe.Offsetof(cb.RClosed), 296},
+		{"Read", unsafe.Offsetof(cb.Read), 272},
+		{"Backlog", unsafe.Offsetof(cb.Backlog), 280},
 		{"Gen", unsafe.Offsetof(cb.Gen), 384},
 		{"ZeroBy", unsafe.Offsetof(cb.ZeroBy), 392},
+		{"Reader", unsafe.Offsetof(cb.Reader), 400},
+		{"RClosed", unsafe.Offsetof(cb.RClosed), 408},
 		{"DataWaiting", unsafe.Offsetof(cb.DataWaiting), 512},
 		{"SpaceWaiting", unsafe.Offsetof(cb.SpaceWaiting), 516},
 		{"ResetWaiting", unsafe.Offsetof(cb.ResetWaiting), 520},
@@ -50,7 +51,11 @@ func TestStreamLayout(t *testing.T) {
 	// Writer-written and reader-written words on separate 128-byte lines.
 	require.Equal(t, unsafe.Offsetof(cb.W)/mem.CacheLine, unsafe.Offsetof(cb.WClosed)/mem.CacheLine)
 	require.NotEqual(t, unsafe.Offsetof(cb.W)/mem.CacheLine, unsafe.Offsetof(cb.R)/mem.CacheLine)
-	require.Equal(t, unsafe.Offsetof(cb.R)/mem.CacheLine, unsafe.Offsetof(cb.RClosed)/mem.CacheLine)
+	// The reader's claim and close, which the writer reads at every
+	// write, are off the line the reader writes at every read.
+	require.Equal(t, unsafe.Offsetof(cb.R)/mem.CacheLine, unsafe.Offsetof(cb.Backlog)/mem.CacheLine)
+	require.NotEqual(t, unsafe.Offsetof(cb.R)/mem.CacheLine, unsafe.Offsetof(cb.RClosed)/mem.CacheLine)
+	require.NotEqual(t, unsafe.Offsetof(cb.R)/mem.CacheLine, unsafe.Offsetof(cb.Reader)/mem.CacheLine)
 }
 
 func streamSpec(n, backlog uint64) Spec {
@@ -319,6 +324,79 @@ func TestStreamResetDropsInFlightCommitAndConsume(t *testing.T) {
 	n, err = w.Peek(buf)
 	require.NoError(t, err)
 	require.Zero(t, n)
+	require.NoError(t, sf.s.Check())
+}
+
+// TestStreamKnownPositions: small writes and reads use the peer's
+// position as last read (the writer Low, the reader W) while it covers
+// what they need, and read the words again when it does not, after a
+// reset by either end, and when the ring is being zeroed; neither end
+// ever goes past the peer's real position.
+func TestStreamKnownPositions(t *testing.T) {
+	sf := newStream(t, backend.Heap, 16, 4, WaitOptions{})
+	w, r := sf.ends(t)
+	buf := make([]byte, 16)
+	write := func(s string) {
+		t.Helper()
+		n, err := w.TryWrite([]byte(s))
+		require.NoError(t, err)
+		require.Equal(t, len(s), n)
+	}
+	read := func(want string) {
+		t.Helper()
+		n, err := r.TryRead(buf[:len(want)])
+		require.NoError(t, err)
+		require.Equal(t, want, string(buf[:n]))
+	}
+	write("aaaa")
+	read("aa") // the reader knows of 4 bytes
+	write("bbbb")
+	read("aa")
+	read("bb") // read again: 2 known were fewer than asked
+	require.True(t, w.known && r.known)
+
+	// A reset by the reader: the writer's next write is the new
+	// generation's first bytes, not an ErrReset of the old one.
+	require.NoError(t, r.Reset())
+	write("cccc")
+	read("cccc")
+	// A reset by the writer while the reader knows of unread bytes: they
+	// are gone, and the reader reads the new generation's.
+	write("dddd")
+	read("dd")
+	require.NoError(t, w.Reset())
+	write("eeee")
+	read("ee")
+	read("ee")
+
+	// The writer's known room never covers unread or kept bytes: of 16,
+	// 4 are kept (backlog) once read.
+	write("0123456789ab") // 12 bytes: all the room there is
+	_, err := w.TryWrite([]byte("x"))
+	require.ErrorIs(t, err, errs.ErrWouldBlock)
+	read("0123456789ab")
+	a, b, err := r.Backlog()
+	require.NoError(t, err)
+	require.Equal(t, "89ab", string(join(a, b)))
+	write("ABCDEFGHIJKL")
+	_, err = w.TryWrite([]byte("x"))
+	require.ErrorIs(t, err, errs.ErrWouldBlock, "the backlog is not overwritten")
+	a, b, err = r.Backlog()
+	require.NoError(t, err)
+	require.Equal(t, "89ab", string(join(a, b)))
+	read("ABCDEFGHIJKL")
+
+	// While the ring is being zeroed the writer gets no room, known or
+	// not.
+	_, _, err = w.Spans() // the writer knows of the room again
+	require.NoError(t, err)
+	require.Equal(t, uint64(12), w.span.free)
+	sf.s.cb.ZeroBy.Store(uint64(sys.Self()))
+	_, err = w.TryWrite([]byte("z"))
+	require.ErrorIs(t, err, errs.ErrWouldBlock)
+	sf.s.cb.ZeroBy.Store(0)
+	write("z")
+	read("z")
 	require.NoError(t, sf.s.Check())
 }
 
