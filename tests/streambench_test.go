@@ -14,9 +14,10 @@ import (
 	"github.com/heapipc/ipc/internal/testutil"
 )
 
-// Benchmarks of stream channels and mailboxes across two processes, beside
-// an os.Pipe and a Unix stream socket between the same two processes in
-// the same run. Each reports its own figure and the peers', and the ratio
+// Benchmarks of stream channels and mailboxes across two processes (and
+// of small stream messages between two goroutines), beside an os.Pipe and
+// a Unix stream socket between the same two processes (goroutines) in the
+// same run. Each reports its own figure and the peers', and the ratio
 // x-PEER (above 1: heapipc is faster). Payloads are written by the sender
 // and read (CRC'd) by the receiver, by every contender alike.
 //
@@ -137,6 +138,63 @@ func BenchmarkStreamThroughput4K(b *testing.B) {
 	conn := fdConn(b, f0)
 	unix := writeAll(b, conn, child, n, p)
 	reportPeers(b, ours, n, size, map[string]time.Duration{"pipe": pipe, "unix": unix})
+}
+
+// BenchmarkStreamSmallMessages: 64-byte messages between two goroutines
+// through a stream's io.Writer and io.Reader ends (Write, io.ReadFull),
+// beside the same through an os.Pipe and a Unix socket pair in the same
+// run. The writer writes every byte of each message and the reader CRCs
+// them. One op is one message.
+func BenchmarkStreamSmallMessages(b *testing.B) {
+	n := b.N
+	buf := benchBuf(b)
+	w := must(must(buf.NewHandle()).StreamWriter(streamBenchID))
+	r := must(must(buf.NewHandle()).StreamReader(streamBenchID))
+	b.ResetTimer()
+	ours := smallMessages(b, w, r, n)
+	b.StopTimer()
+	w.Close()
+	r.Close()
+	pr, pw := must2(b)
+	pipe := smallMessages(b, pw, pr, n)
+	pw.Close()
+	pr.Close()
+	f0, f1 := socketPair(b)
+	c0, c1 := fdConn(b, f0), fdConn(b, f1)
+	unix := smallMessages(b, c0, c1, n)
+	c0.Close()
+	c1.Close()
+	reportPeers(b, ours, n, payload, map[string]time.Duration{"pipe": pipe, "unix": unix})
+}
+
+// smallMessages times n messages of payload bytes written to w by this
+// goroutine and read (io.ReadFull, CRC'd) from r by another.
+func smallMessages(b *testing.B, w io.Writer, r io.Reader, n int) time.Duration {
+	done := make(chan error, 1)
+	go func() {
+		var s crcSink
+		m := make([]byte, payload)
+		for range n {
+			if _, err := io.ReadFull(r, m); err != nil {
+				done <- err
+				return
+			}
+			s.Write(m)
+		}
+		done <- nil
+	}()
+	start := time.Now()
+	m := make([]byte, payload)
+	for i := range n {
+		fill(m, byte(i))
+		if _, err := w.Write(m); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := <-done; err != nil {
+		b.Fatal(err)
+	}
+	return time.Since(start)
 }
 
 // TestChildMailboxBenchEcho answers HIPC_N messages of HIPC_SIZE bytes
