@@ -21,8 +21,10 @@ import (
 // channel slots carry the payload length, and record trailers are 16-byte
 // aligned; 4: channel control blocks are extents of their own kind,
 // alloc.KindControl; 5: a record channel's control block says since
-// when its producer end sends, ProdSince).
-const LayoutVersion = 5
+// when its producer end sends, ProdSince; 6: an MPSC ring's consumer
+// moves Head only and its slots carry the payload length, and a stream's
+// Reader and RClosed words moved to the line of Gen).
+const LayoutVersion = 6
 
 // Magic is "HEAPIPC\x01" read as a little-endian word.
 var Magic = binary.LittleEndian.Uint64([]byte("HEAPIPC\x01"))
