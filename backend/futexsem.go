@@ -53,6 +53,9 @@ type futexSem struct {
 	ops   sync.RWMutex
 	unmap func([]byte) error
 	unlk  func() error
+	// wouldBlock is TryWait's error, made once: a caller that polls
+	// TryWait (a spinning waiter) allocates nothing per poll.
+	wouldBlock error
 }
 
 func newFutexSem(name string, kind Kind, b []byte, unmap func([]byte) error, unlink func() error) (*futexSem, error) {
@@ -64,7 +67,8 @@ func newFutexSem(name string, kind Kind, b []byte, unmap func([]byte) error, unl
 	if err != nil {
 		return nil, err
 	}
-	return &futexSem{name: name, kind: kind, mem: b, data: data, value: value, unmap: unmap, unlk: unlink}, nil
+	return &futexSem{name: name, kind: kind, mem: b, data: data, value: value, unmap: unmap, unlk: unlink,
+		wouldBlock: fmt.Errorf("semaphore trywait %q: %w", name, ErrWouldBlock)}, nil
 }
 
 // initSem writes a new semaphore with value v into b (before it is
@@ -105,7 +109,7 @@ func (s *futexSem) TryWait() error {
 	if s.tryWait() {
 		return nil
 	}
-	return fmt.Errorf("semaphore trywait %q: %w", s.name, ErrWouldBlock)
+	return s.wouldBlock
 }
 
 func (s *futexSem) Wait(ctx context.Context) error { return s.wait(ctx, -1) }

@@ -69,6 +69,22 @@ func TestSemaphoreBasics(t *testing.T) {
 	}
 }
 
+// TestSemaphoreTryWaitPollsFree: an empty posix or heap semaphore's
+// TryWait allocates nothing (a spinning waiter polls it: channel's
+// mailbox ends) and still says which semaphore would block.
+func TestSemaphoreTryWaitPollsFree(t *testing.T) {
+	for _, k := range []Kind{POSIX, Heap} {
+		s, name := newSem(t, k, 0, SemOptions{})
+		err := s.TryWait()
+		require.ErrorIs(t, err, ErrWouldBlock, k)
+		require.Contains(t, err.Error(), name, k)
+		if testutil.Race {
+			continue // the race detector's allocations are not the code's
+		}
+		require.Zero(t, testing.AllocsPerRun(100, func() { _ = s.TryWait() }), k)
+	}
+}
+
 func TestSemaphoreOverflow(t *testing.T) {
 	for _, k := range Kinds {
 		sems, _ := Semaphores(k)

@@ -2,6 +2,7 @@ package tests
 
 import (
 	"context"
+	"errors"
 	"hash/crc32"
 	"io"
 	"net"
@@ -254,6 +255,69 @@ func roundTrips(b *testing.B, w io.Writer, r io.Reader, n int, msg []byte) time.
 		s.Write(back)
 	}
 	return time.Since(start)
+}
+
+// BenchmarkMailboxRoundTripInProcess: a 64-byte request echoed by a
+// responder goroutine (Serve), beside the same round trip over two
+// os.Pipes to an echoing goroutine, in the same run. One op is one round
+// trip.
+func BenchmarkMailboxRoundTripInProcess(b *testing.B) {
+	n := b.N
+	msg := make([]byte, payload)
+	buf := benchBuf(b)
+	q := must(must(buf.NewHandle()).Requester(streamBenchID))
+	rs := must(must(buf.NewHandle()).Responder(streamBenchID))
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() {
+		served <- rs.Serve(ctx, func(_ context.Context, req []byte) ([]byte, error) { return req, nil })
+	}()
+	var reply []byte
+	var s crcSink
+	b.ResetTimer()
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		msg[0] = byte(i)
+		var err error
+		if reply, err = q.RequestInto(ctx, msg, reply); err != nil {
+			b.Fatal(err)
+		}
+		s.Write(reply)
+	}
+	ours := time.Since(start)
+	b.StopTimer()
+	cancel()
+	if err := <-served; err != nil && !errors.Is(err, context.Canceled) {
+		b.Fatal(err)
+	}
+	q.Close()
+	rs.Close()
+
+	r1, w1 := must2(b)
+	r2, w2 := must2(b)
+	echoed := make(chan error, 1)
+	go func() {
+		m := make([]byte, payload)
+		for range n {
+			if _, err := io.ReadFull(r1, m); err != nil {
+				echoed <- err
+				return
+			}
+			if _, err := w2.Write(m); err != nil {
+				echoed <- err
+				return
+			}
+		}
+		echoed <- nil
+	}()
+	pipe := roundTrips(b, w1, r2, n, msg)
+	if err := <-echoed; err != nil {
+		b.Fatal(err)
+	}
+	for _, f := range []*os.File{r1, w1, r2, w2} {
+		f.Close()
+	}
+	reportPeers(b, ours, n, payload, map[string]time.Duration{"pipe": pipe})
 }
 
 // BenchmarkMailboxRoundTrip: a request of 4 KiB (and of 10 MiB, through
