@@ -257,6 +257,23 @@ func roundTrips(b *testing.B, w io.Writer, r io.Reader, n int, msg []byte) time.
 	return time.Since(start)
 }
 
+// requests times n requests of msg (its first byte the request's number)
+// through q, each reply read (CRC'd).
+func requests(b *testing.B, ctx context.Context, q *ipc.Requester, n int, msg []byte) time.Duration {
+	var reply []byte
+	var s crcSink
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		msg[0] = byte(i)
+		var err error
+		if reply, err = q.RequestInto(ctx, msg, reply); err != nil {
+			b.Fatal(err)
+		}
+		s.Write(reply)
+	}
+	return time.Since(start)
+}
+
 // BenchmarkMailboxRoundTripInProcess: a 64-byte request echoed by a
 // responder goroutine (Serve), beside the same round trip over two
 // os.Pipes to an echoing goroutine, in the same run. One op is one round
@@ -272,19 +289,8 @@ func BenchmarkMailboxRoundTripInProcess(b *testing.B) {
 	go func() {
 		served <- rs.Serve(ctx, func(_ context.Context, req []byte) ([]byte, error) { return req, nil })
 	}()
-	var reply []byte
-	var s crcSink
 	b.ResetTimer()
-	start := time.Now()
-	for i := 0; i < n; i++ {
-		msg[0] = byte(i)
-		var err error
-		if reply, err = q.RequestInto(ctx, msg, reply); err != nil {
-			b.Fatal(err)
-		}
-		s.Write(reply)
-	}
-	ours := time.Since(start)
+	ours := requests(b, ctx, q, n, msg)
 	b.StopTimer()
 	cancel()
 	if err := <-served; err != nil && !errors.Is(err, context.Canceled) {
@@ -341,19 +347,8 @@ func BenchmarkMailboxRoundTrip(b *testing.B) {
 			child := testutil.StartChild(b, "TestChildMailboxBenchEcho", envBuf+"="+buf.Name(), "HIPC_MODE=mailbox")
 			child.Line(b, time.Minute)
 			ctx := context.Background()
-			var reply []byte
-			var s crcSink
 			b.ResetTimer()
-			start := time.Now()
-			for i := 0; i < n; i++ {
-				msg[0] = byte(i)
-				var err error
-				if reply, err = q.RequestInto(ctx, msg, reply); err != nil {
-					b.Fatal(err)
-				}
-				s.Write(reply)
-			}
-			ours := time.Since(start)
+			ours := requests(b, ctx, q, n, msg)
 			b.StopTimer()
 			q.Close()
 			child.MustSucceed(b, time.Minute)
