@@ -826,6 +826,226 @@ func TestMPSCParkedProducersAllWoken(t *testing.T) {
 	require.NoError(t, m.Check())
 }
 
+// mpscProducers creates MPSC channel 1 of capacity n with k producer
+// slots, opened with opts, and attaches k producers and the consumer.
+func mpscProducers(t *testing.T, n, k uint64, opts WaitOptions) (*MPSC, []*MPSCProducer, *MPSCConsumer) {
+	t.Helper()
+	f := newFixture(t, backend.Heap)
+	spec := Spec{Type: TypeMPSC, Size: n, Control: MPSCControlSize(n, k), Init: func(_ mem.Off, b []byte) error { return InitMPSC(b, n, k) }}
+	en, _, err := f.reg.LookupOrCreate(context.Background(), 1, spec)
+	require.NoError(t, err)
+	m, err := OpenMPSC(f.r, en, opts)
+	require.NoError(t, err)
+	ps := make([]*MPSCProducer, k)
+	for i := range ps {
+		ps[i], err = m.AttachProducer()
+		require.NoError(t, err)
+	}
+	c, err := m.AttachConsumer()
+	require.NoError(t, err)
+	return m, ps, c
+}
+
+func mpscSlotOf(off mem.Off) uint64 { s, _ := PackSlot(off, 64); return s }
+
+// TestMPSCLostClaimForgotten: two producers race for the last free slot
+// many times; the one whose claim (the CAS on Tail) loses finds the ring
+// full and returns ErrWouldBlock. Its Claiming word must not name the
+// sequence the other one claimed: if that one then died before
+// publishing, the consumer, finding a live producer that names the slot,
+// would wait for it for ever (and the ring, full, would never move).
+func TestMPSCLostClaimForgotten(t *testing.T) {
+	m, ps, c := mpscProducers(t, 2, 3, WaitOptions{})
+	p, q, r := ps[0], ps[1], ps[2]
+	var start atomic.Int32
+	race := func(pr *MPSCProducer, off mem.Off, done chan<- error) {
+		start.Add(1)
+		for start.Load() < 2 {
+		}
+		done <- pr.TrySend(mpscSlotOf(off))
+	}
+	done := make(chan error, 2)
+	for round := range 3000 {
+		require.NoError(t, r.TrySend(mpscSlotOf(4096)), "round %d", round)
+		start.Store(0)
+		go race(p, 8192, done)
+		go race(q, 12288, done)
+		e1, e2 := <-done, <-done
+		require.True(t, (e1 == nil) != (e2 == nil), "round %d: one send of the two fits: %v, %v", round, e1, e2)
+		for _, e := range []error{e1, e2} {
+			if e != nil {
+				require.ErrorIs(t, e, errs.ErrWouldBlock)
+			}
+		}
+		for i, pr := range ps {
+			require.Zero(t, pr.me.Claiming.Load(), "round %d: producer %d names a claim after its send returned", round, i)
+		}
+		for range 2 {
+			_, err := c.TryReceive()
+			require.NoError(t, err)
+		}
+	}
+	require.NoError(t, m.Check())
+}
+
+// TestMPSCNoEOFBeforeLastRecord: the last producer sends and closes
+// between the consumer's read of Tail (empty) and its read of Attached
+// (none left): the consumer must see the record, not EOF. eof is the
+// consumer's test for that, with the ring found empty at h.
+func TestMPSCNoEOFBeforeLastRecord(t *testing.T) {
+	m, ps, c := mpscProducers(t, 4, 1, WaitOptions{})
+	h := c.head // the consumer read Tail == h ...
+	require.NoError(t, ps[0].TrySend(mpscSlotOf(4096)))
+	ps[0].Close() // ... then the record came, and the last producer left
+	require.False(t, c.eof(h), "EOF while a record is queued")
+	s, err := c.TryReceive()
+	require.NoError(t, err)
+	require.Equal(t, mpscSlotOf(4096), s)
+	_, err = c.TryReceive()
+	require.ErrorIs(t, err, io.EOF)
+	require.True(t, m.Removable() || m.cb.ConsClosed.Load() == 0)
+}
+
+// TestMPSCDeadProducersEndPolling: producers that died without closing
+// are detached by a consumer that only polls TryReceive (or a Select,
+// through CheckPeer), which then reads EOF instead of ErrWouldBlock for
+// ever.
+func TestMPSCDeadProducersEndPolling(t *testing.T) {
+	for _, via := range []string{"TryReceive", "CheckPeer"} {
+		t.Run(via, func(t *testing.T) {
+			m, ps, c := mpscProducers(t, 4, 2, WaitOptions{CheckInterval: time.Millisecond})
+			require.NoError(t, ps[0].TrySend(mpscSlotOf(4096)))
+			for _, p := range ps {
+				p.me.Owner.Store(uint64(testutil.DeadIdentity(t)))
+			}
+			s, err := c.TryReceive()
+			require.NoError(t, err, "a dead producer's record is delivered")
+			require.Equal(t, mpscSlotOf(4096), s)
+			if via == "CheckPeer" {
+				// A Select calls CheckPeer after each check interval.
+				require.NoError(t, c.CheckPeer())
+				_, err = c.TryReceive()
+				require.ErrorIs(t, err, io.EOF)
+			}
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				_, err = c.TryReceive()
+				if err != errs.ErrWouldBlock {
+					break
+				}
+				require.True(t, time.Now().Before(deadline), "no EOF once every producer is dead")
+				time.Sleep(100 * time.Microsecond)
+			}
+			require.ErrorIs(t, err, io.EOF)
+			require.True(t, c.Ready(), "Ready says so too")
+			require.Zero(t, m.cb.Attached.Load())
+		})
+	}
+}
+
+// TestMPSCStuckSlot: the slot at the head is claimed (Tail is past it)
+// but not published. Its claimant alive, the consumer is not Ready and
+// parks, and the claimant's publication wakes it (check interval: an
+// hour). Its claimant dead, or nobody claiming it at all (a Tail damaged
+// ahead), the slot is skipped after two check intervals and the next
+// record received: the consumer neither spins on it nor waits for ever.
+func TestMPSCStuckSlot(t *testing.T) {
+	receive := func(t *testing.T, c *MPSCConsumer) (uint64, error) {
+		t.Helper()
+		type res struct {
+			s   uint64
+			err error
+		}
+		ch := make(chan res, 1)
+		go func() { s, err := c.Receive(t.Context()); ch <- res{s, err} }()
+		select {
+		case r := <-ch:
+			return r.s, r.err
+		case <-time.After(20 * time.Second):
+			t.Fatal("Receive did not return")
+			return 0, nil
+		}
+	}
+	for _, interval := range []time.Duration{time.Hour, 5 * time.Millisecond} {
+		// An hour: only the claimant's wake-up brings the consumer back;
+		// 5 ms: the claimant, alive, publishes only after several check
+		// intervals, and its slot must not be skipped meanwhile.
+		t.Run("live claimant/"+interval.String(), func(t *testing.T) {
+			m, ps, c := mpscProducers(t, 4, 1, WaitOptions{Spin: -1, CheckInterval: interval})
+			p := ps[0]
+			// p claimed sequence 0 and was descheduled before publishing.
+			p.me.Claiming.Store(1)
+			m.cb.Tail.Store(1)
+			require.False(t, c.Ready(), "a claimed slot is not ready while its claimant lives")
+			_, err := c.TryReceive()
+			require.ErrorIs(t, err, errs.ErrWouldBlock)
+			go func() {
+				assert.Eventually(t, func() bool { return m.cb.ConsWaiting.Load() == waitSelf }, 10*time.Second, time.Millisecond)
+				if interval < time.Second {
+					time.Sleep(6 * interval)
+				}
+				// p runs again: it publishes as TrySend does.
+				m.slots[0].Slot.Store(mpscSlotOf(4096))
+				m.slots[0].Seq.Store(1)
+				p.me.Claiming.Store(0)
+				notify(p.buf, &p.cb.ConsWaiting, &p.cb.Doorbell)
+			}()
+			s, err := receive(t, c)
+			require.NoError(t, err)
+			require.Equal(t, mpscSlotOf(4096), s)
+			require.Zero(t, m.cb.ConsWaiting.Load(), "the waiting word is idle again")
+		})
+	}
+	for _, who := range []string{"dead claimant", "no claimant"} {
+		t.Run(who, func(t *testing.T) {
+			m, ps, c := mpscProducers(t, 4, 2, WaitOptions{Spin: -1, CheckInterval: 5 * time.Millisecond})
+			if who == "dead claimant" {
+				ps[1].me.Claiming.Store(1)
+				ps[1].me.Owner.Store(uint64(testutil.DeadIdentity(t)))
+			}
+			m.cb.Tail.Store(1) // sequence 0 claimed, never to be published
+			require.NoError(t, ps[0].TrySend(mpscSlotOf(8192)))
+			s, err := receive(t, c)
+			require.NoError(t, err)
+			require.Equal(t, mpscSlotOf(8192), s, "the stuck slot is skipped, the next record received")
+			require.Zero(t, ps[1].me.Claiming.Load(), "a dead claimant's claim is released")
+			require.Zero(t, m.cb.ConsWaiting.Load(), "the waiting word is idle again")
+			require.NoError(t, m.Check())
+		})
+	}
+}
+
+// TestHugeCapacityRefused: a capacity word and registry size that agree
+// on a power of two too large for the buffer (damaged, or hostile) are
+// refused when a record or MPSC channel is opened. 1<<32 is 0 as a 32-bit
+// int: the ring must not be opened empty there (its mask would index
+// past it).
+func TestHugeCapacityRefused(t *testing.T) {
+	f := newFixture(t, backend.Heap)
+	en, _, err := f.reg.LookupOrCreate(context.Background(), 1, recordSpec(4))
+	require.NoError(t, err)
+	ring, err := OpenRing(f.r, en, WaitOptions{})
+	require.NoError(t, err)
+	_, men, m, _ := mpscFixture(t, 4)
+	for _, n := range []uint64{1 << 32, 1 << 40} {
+		big := *en
+		big.Size = n
+		ring.cb.Cap = n
+		_, err = OpenRing(f.r, &big, WaitOptions{})
+		require.ErrorIs(t, err, errs.ErrCorrupt, "record channel of capacity %d", n)
+		bigm := *men
+		bigm.Size = n
+		m.cb.Cap = n
+		_, err = OpenMPSC(m.region, &bigm, WaitOptions{})
+		require.ErrorIs(t, err, errs.ErrCorrupt, "mpsc channel of capacity %d", n)
+	}
+	ring.cb.Cap, m.cb.Cap = 4, 4
+	_, err = OpenRing(f.r, en, WaitOptions{})
+	require.NoError(t, err)
+	_, err = OpenMPSC(m.region, men, WaitOptions{})
+	require.NoError(t, err)
+}
+
 // TestMPSCCapacityOne: an MPSC ring of one slot cannot tell a published
 // slot from a free one, so it is refused.
 func TestMPSCCapacityOne(t *testing.T) {

@@ -149,11 +149,11 @@ func OpenMPSC(region *backend.Region, en *Entry, opts WaitOptions) (*MPSC, error
 	if n == 0 || n&(n-1) != 0 || n != en.Size || n > 1<<40 || p == 0 || p > MaxMPSCProducers {
 		return nil, errs.Corrupt("mpsc geometry", uint64(en.Control)+8, "capacity %d (registry says %d), %d producer slots", n, en.Size, p)
 	}
-	prods, err := mem.Slice[prodSlot](b, en.Control+mpscCBSize, int(p))
+	prods, err := mem.SliceN[prodSlot](b, en.Control+mpscCBSize, p)
 	if err != nil {
 		return nil, err
 	}
-	slots, err := mem.Slice[mpscSlot](b, en.Control+mem.Off(mpscCBSize+p*prodSlotSize), int(n))
+	slots, err := mem.SliceN[mpscSlot](b, en.Control+mem.Off(mpscCBSize+p*prodSlotSize), n)
 	if err != nil {
 		return nil, err
 	}
@@ -198,10 +198,12 @@ func (m *MPSC) AttachProducer() (*MPSCProducer, error) {
 		}
 		if s.Owner.CompareAndSwap(cur, uint64(self)) {
 			s.Claiming.Store(0)
-			if cur != 0 {
-				m.cb.Attached.Add(-1) // the dead producer's attachment
+			// A dead producer's slot keeps its attachment for this one:
+			// Attached never reads 0 on the way (the consumer would take
+			// that for the last producer gone, and read EOF).
+			if cur == 0 {
+				m.cb.Attached.Add(1)
 			}
-			m.cb.Attached.Add(1)
 			m.cb.EverAttach.Store(1)
 			return &MPSCProducer{MPSC: m, me: s, self: self}, nil
 		}
@@ -250,6 +252,11 @@ func (p *MPSCProducer) TrySend(slot uint64) error {
 		// instruction, orders the plain store before it; see publish).
 		publish(&p.me.Claiming, t+1)
 		if !p.cb.Tail.CompareAndSwap(t, t+1) {
+			// Another producer claimed t: Claiming must not name it
+			// any more (the consumer, finding a live producer that
+			// names t, would wait for it forever if the one that
+			// claimed it died before publishing).
+			publish(&p.me.Claiming, 0)
 			continue
 		}
 		publish(&s.Slot, slot)
@@ -333,6 +340,8 @@ type MPSCConsumer struct {
 	closed  bool
 	stuckAt uint64    // head+1 while the head slot is claimed but unpublished
 	stuckT  time.Time // when that was first seen
+	empty   uint32    // TryReceive's calls that found the ring empty (reapDue)
+	reaped  time.Time // when reapDue last let dead producers be detached
 	_       mem.Pad
 }
 
@@ -373,8 +382,14 @@ func (c *MPSCConsumer) TryReceive() (uint64, error) {
 		}
 		t := c.cb.Tail.Load()
 		if t == h {
-			if c.cb.EverAttach.Load() != 0 && c.cb.Attached.Load() <= 0 {
+			if c.eof(h) {
 				return 0, io.EOF
+			}
+			if c.reapDue() {
+				c.reapDead()
+				if c.eof(h) {
+					return 0, io.EOF
+				}
 			}
 			return 0, errs.ErrWouldBlock
 		}
@@ -382,12 +397,37 @@ func (c *MPSCConsumer) TryReceive() (uint64, error) {
 			return 0, errs.Corrupt("mpsc tail", uint64(c.off)+128, "tail %d head %d capacity %d", t, h, c.mask+1)
 		}
 		// Claimed, not yet published.
-		if c.claimantDead(h) {
-			c.advance(h) // the claimant died: skip its slot
+		if c.claimantGone(h) {
+			c.releaseClaims(h)
+			c.advance(h) // skip the slot
 			continue
 		}
 		return 0, errs.ErrWouldBlock
 	}
+}
+
+// eof reports, for a ring found empty at h, whether no producer is
+// attached any more (after one was). A producer publishes before it
+// closes: Tail is read again after Attached, so that a record sent and
+// followed by the last Close since Tail was read is received, not lost
+// behind an EOF.
+func (c *MPSCConsumer) eof(h uint64) bool {
+	return c.cb.EverAttach.Load() != 0 && c.cb.Attached.Load() <= 0 && c.cb.Tail.Load() == h
+}
+
+// reapDue paces reapDead for a caller that polls TryReceive (rather than
+// waiting in WaitData, which reaps after each park): at most once a check
+// interval, the clock read once every 256 empty polls.
+func (c *MPSCConsumer) reapDue() bool {
+	if c.empty++; c.empty%256 != 0 || c.cb.EverAttach.Load() == 0 {
+		return false
+	}
+	now := time.Now()
+	if now.Sub(c.reaped) < c.opts.CheckInterval {
+		return false
+	}
+	c.reaped = now
+	return true
 }
 
 // advance moves Head past h. The atomic store fences it before the
@@ -402,11 +442,14 @@ func (c *MPSCConsumer) advance(h uint64) {
 	}
 }
 
-// claimantDead reports whether the producer that claimed sequence h is
-// dead: every producer whose Claiming is h+1 is dead, and the slot has
-// stayed unpublished for a while (a claimant that is alive has Claiming
-// = h+1 until it publishes, so it is always among them).
-func (c *MPSCConsumer) claimantDead(h uint64) bool {
+// claimantGone reports whether the slot at h, claimed (Tail is past it)
+// but not published, never will be: it has stayed so for
+// mpscSkipAfterIdle check intervals, and no live producer names h in its
+// Claiming word. A claimant names h from before its claim until after
+// its publication, so a live one is always found; a slot that nobody
+// names at all was claimed by a Tail damaged ahead of every claim. The
+// first call for h starts the clock.
+func (c *MPSCConsumer) claimantGone(h uint64) bool {
 	if c.stuckAt != h+1 {
 		c.stuckAt, c.stuckT = h+1, time.Now()
 		return false
@@ -414,40 +457,47 @@ func (c *MPSCConsumer) claimantDead(h uint64) bool {
 	if time.Since(c.stuckT) < mpscSkipAfterIdle*c.opts.CheckInterval {
 		return false
 	}
-	found := false
 	for i := range c.prods {
 		ps := &c.prods[i]
-		if ps.Claiming.Load() != h+1 {
-			continue
-		}
-		found = true
-		if sys.Alive(sys.Identity(ps.Owner.Load())) {
+		if ps.Claiming.Load() == h+1 && sys.Alive(sys.Identity(ps.Owner.Load())) {
 			return false
 		}
 	}
-	if !found {
-		return false
-	}
-	// Release the dead claimants' Claiming words so their slots can be
-	// reused.
+	// A claimant publishes before it clears its Claiming word: one that
+	// did so while the words were being read shows in the slot now.
+	return c.slots[h&c.mask].Seq.Load() != h+1
+}
+
+// releaseClaims clears the Claiming words that name h, a slot skipped,
+// of producers that are dead, so that their producer slots can be
+// reused.
+func (c *MPSCConsumer) releaseClaims(h uint64) {
 	for i := range c.prods {
 		ps := &c.prods[i]
 		if ps.Claiming.Load() == h+1 && !sys.Alive(sys.Identity(ps.Owner.Load())) {
 			ps.Claiming.Store(0)
 		}
 	}
-	return true
 }
 
-// Ready reports whether TryReceive would not return ErrWouldBlock (or the
-// head slot is stuck, which the caller resolves by retrying).
+// Ready reports whether TryReceive would not return ErrWouldBlock: a
+// record is published at the head, the channel is finished or damaged, or
+// the head slot, claimed and never to be published, is to be skipped. A
+// slot claimed and not yet published is not ready: its claimant wakes the
+// consumer when it publishes.
 func (c *MPSCConsumer) Ready() bool {
 	h := c.head
 	if c.slots[h&c.mask].Seq.Load() == h+1 {
 		return true
 	}
-	t := c.cb.Tail.Load()
-	return t != h || (c.cb.EverAttach.Load() != 0 && c.cb.Attached.Load() <= 0)
+	switch t := c.cb.Tail.Load(); {
+	case t == h:
+		return c.eof(h)
+	case t-h > c.mask+1:
+		return true // damaged: TryReceive reports it
+	default:
+		return c.claimantGone(h)
+	}
 }
 
 // SetDoorbell registers (off != 0) or removes (0) the consumer's doorbell.
@@ -464,8 +514,12 @@ func (c *MPSCConsumer) Announce() {}
 
 // CheckPeer returns ErrDestroyed if the buffer was destroyed. Producers
 // dying is not an error for an MPSC consumer (their claimed slots are
-// skipped); it reads EOF when no producer is left.
-func (c *MPSCConsumer) CheckPeer() error { return c.checkRegion() }
+// skipped); it detaches the dead ones (reapDead), and reads EOF when no
+// producer is left.
+func (c *MPSCConsumer) CheckPeer() error {
+	c.reapDead()
+	return c.checkRegion()
+}
 
 // WaitData blocks until TryReceive would not return ErrWouldBlock.
 func (c *MPSCConsumer) WaitData(ctx context.Context) error {
@@ -475,15 +529,16 @@ func (c *MPSCConsumer) WaitData(ctx context.Context) error {
 	if spin(c.opts.Spin, c.Ready) {
 		return nil
 	}
+	// Every return puts the waiting word back to idle (producers read
+	// it at every publication, and wake a waiter that it names).
+	defer settle(&c.cb.ConsWaiting, 0)
 	for {
 		c.cb.ConsWaiting.Store(waitSelf)
 		if c.Ready() {
-			c.cb.ConsWaiting.Store(0)
 			return nil
 		}
 		err := backend.Park(ctx, &c.cb.ConsWaiting, waitSelf, c.opts.CheckInterval)
 		if err != nil && !errors.Is(err, errs.ErrTimeout) {
-			c.cb.ConsWaiting.Store(0)
 			return err
 		}
 		if c.Ready() {
@@ -512,28 +567,14 @@ func (c *MPSCConsumer) reapDead() {
 }
 
 // Receive takes the next record, waiting as needed. A slot whose claimant
-// died is skipped after about two check intervals.
+// died is skipped after about two check intervals; a claimant that is
+// alive (descheduled between its claim and its publication) wakes the
+// consumer when it publishes.
 func (c *MPSCConsumer) Receive(ctx context.Context) (uint64, error) {
 	for {
 		slot, err := c.TryReceive()
 		if err != errs.ErrWouldBlock {
 			return slot, err
-		}
-		if c.stuckAt != 0 {
-			// A claimed slot is not published yet: spin (a live
-			// claimant publishes within nanoseconds, unless it was
-			// descheduled between its claim and its publication), then
-			// poll (a dead one is skipped).
-			h := c.head
-			if spin(c.opts.Spin, func() bool { return c.slots[h&c.mask].Seq.Load() == h+1 }) {
-				continue
-			}
-			select {
-			case <-ctx.Done():
-				return 0, fmt.Errorf("wait: %w", ctx.Err())
-			case <-time.After(time.Millisecond):
-			}
-			continue
 		}
 		if err := c.WaitData(ctx); err != nil {
 			return 0, err
@@ -619,8 +660,13 @@ func (m *MPSC) Check() error {
 	for i := range m.slots {
 		// Each slot's sequence is 0 (never published) or one more than
 		// a sequence claimed already, of the slot's place modulo the
-		// capacity.
-		if seq := m.slots[i].Seq.Load(); seq != 0 && ((seq-1)&m.mask != uint64(i) || seq > t) {
+		// capacity. One published for a claim made since Tail was read
+		// is under the Tail read after it.
+		seq := m.slots[i].Seq.Load()
+		if seq > t {
+			t = m.cb.Tail.Load()
+		}
+		if seq != 0 && ((seq-1)&m.mask != uint64(i) || seq > t) {
 			all = append(all, errs.Corrupt("mpsc slot", uint64(m.off), "slot %d has sequence %d at tail %d", i, seq, t))
 		}
 	}

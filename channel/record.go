@@ -288,7 +288,7 @@ func OpenRing(region *backend.Region, en *Entry, opts WaitOptions) (*Ring, error
 	if n == 0 || n&(n-1) != 0 || n != en.Size || n > 1<<40 {
 		return nil, errs.Corrupt("record channel capacity", uint64(en.Control)+8, "capacity %d (registry says %d)", n, en.Size)
 	}
-	ring, err := mem.Slice[uint64](b, en.Control+recordCBSize, int(n))
+	ring, err := mem.SliceN[uint64](b, en.Control+recordCBSize, n)
 	if err != nil {
 		return nil, err
 	}

@@ -418,19 +418,19 @@ func (s *Speculo) openExtent(off uint64) (*spExtent, error) {
 		return nil, s.corrupt("extent epoch", off+16, "epoch 0")
 	}
 	x := &spExtent{off: mem.Off(off), hdr: h, epoch: e}
-	if x.idx, err = mem.Slice[atomic.Uint64](s.buf, mem.Off(off+spExtHdrSize), int(s.g.indexSlots)); err != nil {
+	if x.idx, err = mem.SliceN[atomic.Uint64](s.buf, mem.Off(off+spExtHdrSize), s.g.indexSlots); err != nil {
 		return nil, err
 	}
-	if x.words, err = mem.Slice[atomic.Uint64](s.buf, mem.Off(off+s.g.dataOff), int(s.g.capacity/8)); err != nil {
+	if x.words, err = mem.SliceN[atomic.Uint64](s.buf, mem.Off(off+s.g.dataOff), s.g.capacity/8); err != nil {
 		return nil, err
 	}
 	if x.data, err = mem.Bytes(s.buf, mem.Off(off+s.g.dataOff), s.g.capacity); err != nil {
 		return nil, err
 	}
-	if x.plain, err = mem.Slice[uint64](s.buf, mem.Off(off+s.g.dataOff), int(s.g.capacity/8)); err != nil {
+	if x.plain, err = mem.SliceN[uint64](s.buf, mem.Off(off+s.g.dataOff), s.g.capacity/8); err != nil {
 		return nil, err
 	}
-	if x.plainIdx, err = mem.Slice[uint64](s.buf, mem.Off(off+spExtHdrSize), int(s.g.indexSlots)); err != nil {
+	if x.plainIdx, err = mem.SliceN[uint64](s.buf, mem.Off(off+spExtHdrSize), s.g.indexSlots); err != nil {
 		return nil, err
 	}
 	return x, nil

@@ -426,9 +426,12 @@ func (s *Stream) Check() error {
 	var all []error
 	off := uint64(s.cbOff)
 	lw, rw, ww := s.cb.Low.Load(), s.cb.R.Load(), s.cb.W.Load()
-	for i, w := range []uint64{ww, rw, lw} {
-		if streamPos(w) >= s.c2 {
-			all = append(all, errs.Corrupt("stream position", off+128+uint64(i)*8, "position %d for capacity %d", streamPos(w), s.c))
+	for _, w := range []struct {
+		v  uint64
+		at uint64
+	}{{ww, 128}, {rw, 256}, {lw, 264}} { // W, R, Low (streamCB)
+		if streamPos(w.v) >= s.c2 {
+			all = append(all, errs.Corrupt("stream position", off+w.at, "position %d for capacity %d", streamPos(w.v), s.c))
 		}
 	}
 	g := s.cb.Gen.Load() & streamGenMask

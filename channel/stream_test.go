@@ -8,6 +8,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 	"unsafe"
@@ -826,6 +827,18 @@ func TestStreamCorruptWords(t *testing.T) {
 	require.ErrorIs(t, err, errs.ErrCorrupt)
 	sf.s.cb.W.Store(0)
 	require.NoError(t, sf.s.Check())
+	// Check names the offset of the word that is out of range.
+	for _, c := range []struct {
+		w  *atomic.Uint64
+		at uintptr
+	}{{&sf.s.cb.W, unsafe.Offsetof(sf.s.cb.W)}, {&sf.s.cb.R, unsafe.Offsetof(sf.s.cb.R)}, {&sf.s.cb.Low, unsafe.Offsetof(sf.s.cb.Low)}} {
+		old := c.w.Load()
+		c.w.Store(streamPack(0, 1000))
+		var ce *errs.CorruptError
+		require.ErrorAs(t, sf.s.Check(), &ce)
+		require.Equal(t, uint64(sf.en.Control)+uint64(c.at), ce.Off)
+		c.w.Store(old)
+	}
 	sf.s.cb.Backlog.Store(99)
 	require.ErrorIs(t, sf.s.Check(), errs.ErrCorrupt)
 	r.Close()

@@ -129,6 +129,18 @@ func Slice[T any](b []byte, off Off, n int) ([]T, error) {
 	return unsafe.Slice((*T)(unsafe.Pointer(&b[off])), n), nil
 }
 
+// SliceN is Slice for a count read from shared memory (a uint64): a
+// count that cannot fit in b is reported as Slice reports it, before it
+// becomes an int (on a 32-bit platform a huge count would wrap to a small
+// or negative one).
+func SliceN[T any](b []byte, off Off, n uint64) ([]T, error) {
+	var z T
+	if size := uint64(unsafe.Sizeof(z)); size != 0 && n > uint64(len(b))/size {
+		return nil, errs.Corrupt(fmt.Sprintf("[]%T", z), uint64(off), "%d elements do not fit in %d bytes", n, len(b))
+	}
+	return Slice[T](b, off, int(n))
+}
+
 // Bytes returns b[off:off+n] after a bounds check that cannot overflow.
 func Bytes(b []byte, off Off, n uint64) ([]byte, error) {
 	if uint64(off) > uint64(len(b)) || n > uint64(len(b))-uint64(off) {

@@ -48,6 +48,15 @@ func TestSliceAndBytes(t *testing.T) {
 	require.ErrorIs(t, err, errs.ErrCorrupt)
 	_, err = Slice[uint32](b, 0, -1)
 	require.ErrorIs(t, err, errs.ErrCorrupt)
+	// Counts read from shared memory: one that wraps as an int on a
+	// 32-bit platform (1<<32 is 0 there) is still refused.
+	for _, n := range []uint64{1 << 32, 1<<32 + 2, 1 << 63, math.MaxUint64} {
+		_, err = SliceN[uint32](b, 8, n)
+		require.ErrorIs(t, err, errs.ErrCorrupt, "%d elements", n)
+	}
+	sn, err := SliceN[uint32](b, 8, 14)
+	require.NoError(t, err)
+	require.Len(t, sn, 14)
 	e, err := Slice[uint32](b, 64, 0)
 	require.NoError(t, err)
 	require.Len(t, e, 0)
