@@ -1015,6 +1015,29 @@ func TestMPSCStuckSlot(t *testing.T) {
 	}
 }
 
+// TestMPSCDeadClaimantSlotKept: the producer slot of a producer that
+// died between its claim and its publication is not given to a new
+// producer while the consumer has not passed that claim (its Claiming
+// word is what lets the consumer skip the slot); once it has, the slot is
+// taken over, and the dead producer's attachment passes to the new one.
+func TestMPSCDeadClaimantSlotKept(t *testing.T) {
+	m, ps, c := mpscProducers(t, 4, 1, WaitOptions{Spin: -1, CheckInterval: time.Millisecond})
+	ps[0].me.Claiming.Store(1)
+	ps[0].me.Owner.Store(uint64(testutil.DeadIdentity(t)))
+	m.cb.Tail.Store(1) // it claimed sequence 0 and died
+	_, err := m.AttachProducer()
+	require.ErrorIs(t, err, errs.ErrBusy, "the dead claimant's slot is kept while its claim is ahead")
+	require.Eventually(t, func() bool { _, err := c.TryReceive(); return err != nil && c.head == 1 }, 10*time.Second, time.Millisecond)
+	require.Equal(t, int64(1), m.cb.Attached.Load())
+	p, err := m.AttachProducer()
+	require.NoError(t, err, "the consumer has passed the claim")
+	require.Equal(t, int64(1), m.cb.Attached.Load(), "the dead producer's attachment is the new one's")
+	require.NoError(t, p.TrySend(mpscSlotOf(4096)))
+	s, err := c.TryReceive()
+	require.NoError(t, err)
+	require.Equal(t, mpscSlotOf(4096), s)
+}
+
 // TestHugeCapacityRefused: a capacity word and registry size that agree
 // on a power of two too large for the buffer (damaged, or hostile) are
 // refused when a record or MPSC channel is opened. 1<<32 is 0 as a 32-bit

@@ -633,9 +633,10 @@ func TestChildMPSCConsumer(t *testing.T) {
 
 // TestMPSCConsumerKilledAnywhere kills the consumer of an MPSC channel
 // fed by two producers at a moment the test does not choose: both
-// producers learn of it; after Recover, Check passes (a consumer killed
-// between freeing a slot and moving Head on had left the ring looking
-// overfull); a new consumer takes the dead one's place and gets what was
+// producers learn of it; after Recover, Check passes (Head is the
+// consumer's only state in the ring, so a consumer killed anywhere leaves
+// nothing half done there; Recover gives back what it held); a new
+// consumer takes the dead one's place and gets what was
 // still queued, each producer's records in order; once it has drained
 // the channel and closed, Recover removes it, Check passes and every byte
 // is back.
@@ -654,8 +655,8 @@ func TestMPSCConsumerKilledAnywhere(t *testing.T) {
 		for range hs {
 			require.ErrorIs(t, <-errs, ipc.ErrPeerDead, "round %d", i)
 		}
-		// Recover first: what the consumer left half done (a slot freed,
-		// Head not moved on) is finished, and Check passes.
+		// Recover first (the records the dead consumer held come back),
+		// and Check passes.
 		recoverAndCheck(t, b, "round %d: after Recover, the records still queued", i)
 		hc, err := b.NewHandle()
 		require.NoError(t, err)
