@@ -69,11 +69,11 @@ func TestSemaphoreBasics(t *testing.T) {
 	}
 }
 
-// TestSemaphoreTryWaitPollsFree: an empty posix or heap semaphore's
+// TestSemaphoreTryWaitPollsFree: an empty semaphore's
 // TryWait allocates nothing (a spinning waiter polls it: channel's
 // mailbox ends) and still says which semaphore would block.
 func TestSemaphoreTryWaitPollsFree(t *testing.T) {
-	for _, k := range []Kind{POSIX, Heap} {
+	for _, k := range Kinds {
 		s, name := newSem(t, k, 0, SemOptions{})
 		err := s.TryWait()
 		require.ErrorIs(t, err, ErrWouldBlock, k)

@@ -167,7 +167,7 @@ func (sysvSemaphores) Create(name string, value int, opts SemOptions) (Semaphore
 		sys.SemRemove(id)
 		return nil, osError(op, name, err)
 	}
-	return &sysvSem{name: name, id: id, undo: opts.Undo}, nil
+	return newSysvSem(name, id, opts.Undo), nil
 }
 
 func (sysvSemaphores) Open(name string, opts SemOptions) (Semaphore, error) {
@@ -190,7 +190,7 @@ func (sysvSemaphores) Open(name string, opts SemOptions) (Semaphore, error) {
 			return nil, osError(op, name, err)
 		}
 		if tag == want {
-			return &sysvSem{name: name, id: id, undo: opts.Undo}, nil
+			return newSysvSem(name, id, opts.Undo), nil
 		}
 		if tag != 0 {
 			return nil, fmt.Errorf("%s %q: the key belongs to another name (tag %d, want %d): %w", op, name, tag, want, ErrKeyCollision)
@@ -218,6 +218,13 @@ type sysvSem struct {
 	id     int
 	undo   bool
 	closed atomic.Bool
+	// wouldBlock is TryWait's error, made once (a waiter polls TryWait
+	// while it spins: see futexSem).
+	wouldBlock error
+}
+
+func newSysvSem(name string, id int, undo bool) *sysvSem {
+	return &sysvSem{name: name, id: id, undo: undo, wouldBlock: fmt.Errorf("semaphore trywait %q: %w", name, ErrWouldBlock)}
 }
 
 func (s *sysvSem) Name() string { return s.name }
@@ -255,8 +262,8 @@ func (s *sysvSem) TryWait() error {
 		return err
 	}
 	err := sys.SemTimedOp(s.id, []sys.Sembuf{{Num: 0, Op: -1, Flg: s.flags() | sys.IPCNoWait}}, -1)
-	if errors.Is(err, syscall.EAGAIN) {
-		return fmt.Errorf("semaphore trywait %q: %w", s.name, ErrWouldBlock)
+	if err == syscall.EAGAIN {
+		return s.wouldBlock
 	}
 	if err != nil {
 		return s.err("trywait", err)
