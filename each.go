@@ -223,7 +223,7 @@ func (p *Producer) allocFailed(offs []mem.Off, k, size int, err error) error {
 func carveEach(rs *records, cv *slab.Carving, offs []mem.Off, slots []uint64, first, size int, fill func(int, []byte)) {
 	ts, b := rs.trailers, rs.b
 	tr := trailer{Holder: uint64(rs.self), Len: uint32(size), Magic: trailerMagic}
-	l, as := uint64(size), uint64(allocSize(size))
+	l, as := slotLen(size), uint64(allocSize(size))
 	n := cv.Len()
 	offs, slots = offs[:n], slots[:n]
 	for i := range offs {
@@ -235,6 +235,11 @@ func carveEach(rs *records, cv *slab.Carving, offs []mem.Off, slots []uint64, fi
 	}
 }
 
+// slotLen is the length field of the ring slots of records of size
+// payload bytes: SlotLenNone for a length the field cannot hold
+// (consumers locate such records in full), as channel.PackSlot does.
+func slotLen(size int) uint64 { return uint64(min(size, channel.SlotLenNone)) }
+
 // fillEach is sendChunk's pass for records allocated first (large ones):
 // for each record of offs (allocated, size payload bytes) it writes the
 // trailer (not handed out yet: plain stores), calls fill with the
@@ -243,10 +248,7 @@ func carveEach(rs *records, cv *slab.Carving, offs []mem.Off, slots []uint64, fi
 func fillEach(rs *records, offs []mem.Off, slots []uint64, first, size int, fill func(int, []byte)) {
 	ts, b := rs.trailers, rs.b
 	tr := trailer{Holder: uint64(rs.self), Len: uint32(size), Magic: trailerMagic}
-	l, as := uint64(size), uint64(allocSize(size))
-	if l >= channel.SlotLenNone {
-		l = channel.SlotLenNone // consumers locate such records in full
-	}
+	l, as := slotLen(size), uint64(allocSize(size))
 	slots = slots[:len(offs)]
 	for i, off := range offs {
 		o := uint64(off)

@@ -224,10 +224,12 @@ func (h *Handle) Free(r Record) error {
 	if s := &sh.slots[sh.cur]; sh.taken && s.Off() == off {
 		// The record take returned last: its slot leads to its trailer
 		// (heldFast's checks, less the bounds that the located slot
-		// already implies).
+		// already implies) if the view is of a record of the slot's
+		// size. (A view of another record at the same place, after its
+		// slab started over, would find another record's trailer.)
 		rs := sh.rs
 		t := &rs.trailers[(uint64(off)+uint64(s.Size()))/trailerSize-1]
-		if uint64(len(b)) >= uint64(s.Size()) || cap(b) == 0 || uintptr(unsafe.Pointer(unsafe.SliceData(b))) != rs.base+uintptr(off) ||
+		if allocSize(len(b)) != s.Size() || cap(b) == 0 || uintptr(unsafe.Pointer(unsafe.SliceData(b))) != rs.base+uintptr(off) ||
 			t.Magic != trailerMagic || t.Len != uint32(len(b)) || t.holder().Load() != uint64(rs.self) {
 			return h.buf.Free(r)
 		}

@@ -229,6 +229,14 @@ func (c *Consumer) quick() (Record, bool) {
 	}
 	if a.next < a.n {
 		i := a.next
+		// Freed since it was taken ahead (a Free of the sender's view
+		// while it was queued marks its trailer): the rest of the
+		// window goes one by one, through take, which reports it.
+		if c.h.sh.rs.trailers[(uint64(a.offs[i])+uint64(a.sizes[i]))/trailerSize-1].Magic != trailerMagic {
+			a.skip = a.n - i
+			a.next, a.n = 0, 0
+			return Record{}, false
+		}
 		a.next++
 		c.h.sh.keep(&a.slots[i])
 		c.c.Advance(1)
@@ -281,6 +289,7 @@ type recvEnd struct {
 	id     ChannelID
 	kind   string // "channel" or "mpsc channel", for errors
 	closed bool
+	sel    *Select // the Select the end is in (its doorbell is the end's), if any
 }
 
 // ID is the channel's id.

@@ -192,15 +192,22 @@ func (sh *slabHandle) freeBatch(rs []Record) error {
 	}
 	offs := sh.offsets(len(rs))
 	for i, r := range rs {
-		if r.b == nil {
+		t := sh.rs.heldFast(r.off, r.b)
+		if t == nil && r.b != nil {
+			t, _ = sh.rs.held(r.off, r.b)
+		}
+		if t == nil {
+			// Not a record this process holds (a zero record, one
+			// freed already, another process's, another buffer's):
+			// each is freed, or refused, as free does it, after the
+			// marks made so far are put back.
+			for _, q := range rs[:i] {
+				sh.rs.trailers[(uint64(q.off)+uint64(allocSize(len(q.b))))/trailerSize-1].Magic = trailerMagic
+			}
 			return sh.freeEach(rs)
 		}
 		offs[i] = r.off
-		if t := sh.rs.heldFast(r.off, r.b); t != nil {
-			t.Magic = sh.rs.freedMark(r.off) // as in free
-		} else if t, err := sh.rs.held(r.off, r.b); err == nil {
-			t.Magic = sh.rs.freedMark(r.off)
-		}
+		t.Magic = sh.rs.freedMark(r.off) // as in free
 	}
 	return sh.rs.pool.FreeBatch(offs)
 }
@@ -581,18 +588,39 @@ func (rs *records) validateQueued(slot uint64) error {
 	return nil
 }
 
+// free frees the record whose payload view is b at off. One this process
+// holds is marked freed in its trailer (a later Send or Free of the view
+// is caught cheaply). Any other view goes to the pool (which frees a live
+// record another process holds, as is allowed, and reports a double free
+// or what else is wrong) only if it is this buffer's view of a record at
+// off of the view's size: a Record of another buffer, or a view whose
+// record has given way to one of another size, would have the pool free
+// whatever record lies at off now. (A record whose trailer was damaged
+// still comes back through its view.)
 func (rs *records) free(off mem.Off, b []byte) error {
 	t, err := rs.held(off, b)
-	if err != nil {
-		// Not ours, or freed already: the pool tells which (and frees
-		// a live record another process holds, which is allowed).
-		if ferr := rs.pool.Free(off); ferr != nil {
-			return ferr
-		}
-		return nil
+	if err == nil {
+		t.Magic = rs.freedMark(off)
+		return rs.pool.Free(off)
 	}
-	t.Magic = rs.freedMark(off) // a later Send or Free of this view is caught cheaply
+	if !rs.viewAt(off, b) {
+		return err
+	}
+	if data, derr := rs.pool.Bytes(off); derr == nil && len(data) != allocSize(len(b)) {
+		return err
+	}
 	return rs.pool.Free(off)
+}
+
+// viewAt reports whether b, a record's payload view, can be this
+// buffer's view of the record at off: it starts there (a view of
+// capacity 0 may not say where it starts: see Record).
+func (rs *records) viewAt(off mem.Off, b []byte) bool {
+	if cap(b) == 0 {
+		return true
+	}
+	o, ok := mem.OffsetOf(rs.b, &b[:1][0])
+	return ok && o == off
 }
 
 // freeOff frees a record; the pool detects double frees and offsets that

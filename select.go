@@ -19,6 +19,8 @@ type Receiver interface {
 	// endClosed: a closed end's control block may have been freed with
 	// its channel, so a Select must not touch its words any more.
 	endClosed() bool
+	end() *recvEnd
+	buffer() *Buffer
 }
 
 func (c *Consumer) tryReceive() (Record, error)        { return c.TryReceive() }
@@ -27,6 +29,10 @@ func (c *MPSCConsumer) tryReceive() (Record, error)    { return c.TryReceive() }
 func (c *MPSCConsumer) selectable() channel.Selectable { return c.c }
 func (c *Consumer) endClosed() bool                    { return c.closed }
 func (c *MPSCConsumer) endClosed() bool                { return c.closed }
+func (c *Consumer) end() *recvEnd                      { return &c.recvEnd }
+func (c *MPSCConsumer) end() *recvEnd                  { return &c.recvEnd }
+func (c *Consumer) buffer() *Buffer                    { return c.h.buf }
+func (c *MPSCConsumer) buffer() *Buffer                { return c.h.buf }
 
 // Select waits on many receiving ends at once (fan-in). Every end knows
 // the Select's doorbell, a word in shared memory: a producer in any
@@ -80,7 +86,10 @@ func (h *Handle) NewSelect(rs ...Receiver) (*Select, error) {
 }
 
 // Add puts an end in the set (cheap: one store in its control block).
-// ErrClosed: the Select or the end is closed.
+// ErrClosed: the Select or the end is closed. ErrInvalidArgument: the end
+// is in the set already, or is an end of another Buffer (its producers
+// ring doorbells in their own buffer). ErrBusy: the end is in another
+// Select (an end has one doorbell: Remove it there first).
 func (s *Select) Add(r Receiver) error {
 	if !s.h.in() {
 		return s.h.closedErr("add")
@@ -95,7 +104,14 @@ func (s *Select) Add(r Receiver) error {
 	if r.endClosed() {
 		return fmt.Errorf("ipc: select: channel %d: %w", r.ID(), ErrClosed)
 	}
+	if r.buffer() != s.h.buf {
+		return fmt.Errorf("ipc: select: channel %d is an end of another Buffer: %w", r.ID(), ErrInvalidArgument)
+	}
+	if e := r.end(); e.sel != nil {
+		return fmt.Errorf("ipc: select: channel %d is in another Select: %w", r.ID(), ErrBusy)
+	}
 	r.selectable().SetDoorbell(s.bell.Off())
+	r.end().sel = s
 	s.cases = append(s.cases, r)
 	return nil
 }
@@ -111,6 +127,7 @@ func (s *Select) Remove(r Receiver) {
 			r.selectable().Disarm()
 			r.selectable().SetDoorbell(0)
 		}
+		r.end().sel = nil
 		s.cases = slices.Delete(s.cases, i, i+1)
 		if s.next > i {
 			s.next--
@@ -265,6 +282,7 @@ func (s *Select) close() error {
 			c.selectable().Disarm()
 			c.selectable().SetDoorbell(0)
 		}
+		c.end().sel = nil
 	}
 	s.cases = nil
 	if s.bell == nil {

@@ -1,0 +1,174 @@
+package ipc
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/heapipc/ipc/channel"
+	"github.com/stretchr/testify/require"
+)
+
+// TestFreeOtherBuffersRecord: a Record of another buffer, at the same
+// offset as a live record of this one, is refused by every free, and the
+// record of this buffer stays live.
+func TestFreeOtherBuffersRecord(t *testing.T) {
+	a, b := heapBuf(t), heapBuf(t)
+	ha, hb := testHandle(t, a), testHandle(t, b)
+	ra, err := ha.Allocate(64)
+	require.NoError(t, err)
+	rb, err := hb.Allocate(64)
+	require.NoError(t, err)
+	require.Equal(t, ra.off, rb.off, "the test needs both records at one offset")
+	require.ErrorIs(t, hb.Free(ra), ErrForeign)
+	require.ErrorIs(t, b.Free(ra), ErrForeign)
+	require.ErrorIs(t, hb.FreeBatch([]Record{ra}), ErrForeign)
+	require.NoError(t, hb.Free(rb), "b's record was left alone")
+	require.NoError(t, ha.Free(ra))
+}
+
+// TestStaleViewAfterSlabRestart: a record received on a handle (whose
+// slab cache keeps its slot for Free) is freed through the Buffer; its
+// slab starts over, and records of another size take its place. A Free
+// of one of them through the handle must not use the kept slot (it would
+// find, and mark freed, the trailer of another live record), and a second
+// Free of the stale view must not free what lies at its offset now.
+func TestStaleViewAfterSlabRestart(t *testing.T) {
+	b := heapBuf(t)
+	h, p, co := loopback(t, b, 1)
+	ctx := context.Background()
+	x, err := h.Allocate(64)
+	require.NoError(t, err)
+	require.NoError(t, p.Send(ctx, x))
+	got, err := co.Receive(ctx)
+	require.NoError(t, err)
+	require.NoError(t, b.Free(got))
+	var nx Record
+	for range 1 << 20 {
+		r, err := h.Allocate(16)
+		require.NoError(t, err)
+		if r.off == x.off {
+			nx = r
+			break
+		}
+		require.NoError(t, b.Free(r))
+	}
+	require.Equal(t, x.off, nx.off, "the slab never started over")
+	// The next record of 16 bytes has its trailer where x's was.
+	y, err := h.Allocate(16)
+	require.NoError(t, err)
+	require.Equal(t, uint64(x.off)+uint64(allocSize(64)), uint64(y.off)+uint64(allocSize(16)))
+	require.ErrorIs(t, b.Free(got), ErrNotAllocated, "the stale view frees nothing")
+	require.NoError(t, h.Free(nx))
+	require.NoError(t, p.TrySend(y), "a live record is still sendable")
+	r, err := co.Receive(ctx)
+	require.NoError(t, err)
+	require.NoError(t, h.Free(r))
+	require.NoError(t, b.Check())
+}
+
+// TestReceiveAheadFreedRecord: a record freed while queued (through the
+// sender's view) is reported when it comes to be received, also when the
+// consumer had taken it ahead already, and the records behind it come.
+func TestReceiveAheadFreedRecord(t *testing.T) {
+	b := heapBuf(t)
+	h, p, co := loopback(t, b, 1)
+	ctx := context.Background()
+	var sent []Record
+	for i := range 8 {
+		r, err := h.Allocate(64)
+		require.NoError(t, err)
+		r.Bytes()[0] = byte(i)
+		require.NoError(t, p.Send(ctx, r))
+		sent = append(sent, r)
+	}
+	for i := range 2 {
+		r, err := co.Receive(ctx)
+		require.NoError(t, err)
+		require.Equal(t, byte(i), r.Bytes()[0])
+		require.NoError(t, h.Free(r))
+	}
+	require.Positive(t, co.ahead.n-co.ahead.next, "the next records were taken ahead")
+	require.NoError(t, h.Free(sent[2]))
+	_, err := co.Receive(ctx)
+	require.ErrorIs(t, err, ErrNotAllocated, "the freed record is not delivered")
+	for i := 3; i < 8; i++ {
+		r, err := co.Receive(ctx)
+		require.NoError(t, err)
+		require.Equal(t, byte(i), r.Bytes()[0])
+		require.NoError(t, h.Free(r))
+	}
+	require.NoError(t, b.Check())
+}
+
+// TestSendEachHugeSlabRecords: SendEach of records too long for a ring
+// slot's length field (slabs of 4 MiB hold records of 300000 bytes) marks
+// their length as not recorded, as Send does, and they are received whole.
+func TestSendEachHugeSlabRecords(t *testing.T) {
+	b := heapBuf(t, WithSlabSize(4<<20))
+	h, p, co := loopback(t, b, 1)
+	const size = 300000
+	require.Greater(t, size, channel.SlotLenNone)
+	ctx := context.Background()
+	n, err := p.SendEach(ctx, 2, size, func(i int, b []byte) { b[0], b[size-1] = byte(i), byte(i) })
+	require.NoError(t, err)
+	require.Equal(t, 2, n)
+	for i := range 2 {
+		r, err := co.Receive(ctx)
+		require.NoError(t, err)
+		require.Len(t, r.Bytes(), size)
+		require.Equal(t, byte(i), r.Bytes()[size-1])
+		require.NoError(t, h.Free(r))
+	}
+}
+
+// TestSelectEndOfAnotherBufferOrSelect: a Select takes only ends of its
+// own Buffer (another buffer's producers would ring a doorbell in their
+// own memory), and an end that is in one Select is refused by another
+// (an end has one doorbell word: the second Select would take it, and the
+// first one's Close clear it), until it is removed from the first.
+func TestSelectEndOfAnotherBufferOrSelect(t *testing.T) {
+	a, b := heapBuf(t, WithCheckInterval(time.Hour)), heapBuf(t)
+	ha, hb, ph := testHandle(t, a), testHandle(t, b), testHandle(t, a)
+	pa, ca := ends(t, ph, ha, 1)
+	_, cb := ends(t, hb, hb, 1)
+	s1, err := ha.NewSelect(ca)
+	require.NoError(t, err)
+	defer s1.Close()
+	require.ErrorIs(t, s1.Add(cb), ErrInvalidArgument)
+	s2, err := ha.NewSelect()
+	require.NoError(t, err)
+	defer s2.Close()
+	require.ErrorIs(t, s2.Add(ca), ErrBusy)
+	s1.Remove(ca)
+	require.NoError(t, s2.Add(ca))
+	require.NoError(t, s1.Close())
+	// s1's Close left s2's doorbell in place: a record sent while s2 is
+	// parked wakes it (its check interval is an hour).
+	parked := make(chan struct{}, 1)
+	testSelectBeforePark = func() {
+		select {
+		case parked <- struct{}{}:
+		default:
+		}
+	}
+	defer func() { testSelectBeforePark = nil }()
+	r, err := ph.Allocate(8)
+	require.NoError(t, err)
+	done := make(chan error, 1)
+	go func() {
+		_, got, err := s2.Receive(t.Context())
+		if err == nil {
+			err = ha.Free(got)
+		}
+		done <- err
+	}()
+	<-parked
+	require.NoError(t, pa.TrySend(r))
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the parked Select was not woken: its doorbell is gone")
+	}
+}
