@@ -673,16 +673,24 @@ func TestRingCorruptHead(t *testing.T) {
 	require.NoError(t, err)
 }
 
+// newMPSC creates MPSC channel 1 of capacity n with k producer slots in
+// a new heap fixture and opens it with opts.
+func newMPSC(t *testing.T, n, k uint64, opts WaitOptions) (*fixture, *Entry, *MPSC) {
+	t.Helper()
+	f := newFixture(t, backend.Heap)
+	spec := Spec{Type: TypeMPSC, Size: n, Control: MPSCControlSize(n, k), Init: func(_ mem.Off, b []byte) error { return InitMPSC(b, n, k) }}
+	en, _, err := f.reg.LookupOrCreate(context.Background(), 1, spec)
+	require.NoError(t, err)
+	m, err := OpenMPSC(f.r, en, opts)
+	require.NoError(t, err)
+	return f, en, m
+}
+
 // mpscFixture creates MPSC channel 1 of capacity n (two producer slots)
 // in a new heap fixture and attaches a producer.
 func mpscFixture(t *testing.T, n uint64) (*fixture, *Entry, *MPSC, *MPSCProducer) {
 	t.Helper()
-	f := newFixture(t, backend.Heap)
-	spec := Spec{Type: TypeMPSC, Size: n, Control: MPSCControlSize(n, 2), Init: func(_ mem.Off, b []byte) error { return InitMPSC(b, n, 2) }}
-	en, _, err := f.reg.LookupOrCreate(context.Background(), 1, spec)
-	require.NoError(t, err)
-	m, err := OpenMPSC(f.r, en, WaitOptions{})
-	require.NoError(t, err)
+	f, en, m := newMPSC(t, n, 2, WaitOptions{})
 	p, err := m.AttachProducer()
 	require.NoError(t, err)
 	return f, en, m, p
@@ -786,12 +794,7 @@ func TestMPSCConsumerTakeover(t *testing.T) {
 // (an hour here) while there is room.
 func TestMPSCParkedProducersAllWoken(t *testing.T) {
 	const capacity, parked = 2, 3
-	f := newFixture(t, backend.Heap)
-	spec := Spec{Type: TypeMPSC, Size: capacity, Control: MPSCControlSize(capacity, parked+1), Init: func(_ mem.Off, b []byte) error { return InitMPSC(b, capacity, parked+1) }}
-	en, _, err := f.reg.LookupOrCreate(context.Background(), 1, spec)
-	require.NoError(t, err)
-	m, err := OpenMPSC(f.r, en, WaitOptions{Spin: -1, CheckInterval: time.Hour})
-	require.NoError(t, err)
+	_, _, m := newMPSC(t, capacity, parked+1, WaitOptions{Spin: -1, CheckInterval: time.Hour})
 	fillp, err := m.AttachProducer()
 	require.NoError(t, err)
 	slot := func(off mem.Off) uint64 { s, _ := PackSlot(off, 64); return s }
@@ -830,13 +833,9 @@ func TestMPSCParkedProducersAllWoken(t *testing.T) {
 // slots, opened with opts, and attaches k producers and the consumer.
 func mpscProducers(t *testing.T, n, k uint64, opts WaitOptions) (*MPSC, []*MPSCProducer, *MPSCConsumer) {
 	t.Helper()
-	f := newFixture(t, backend.Heap)
-	spec := Spec{Type: TypeMPSC, Size: n, Control: MPSCControlSize(n, k), Init: func(_ mem.Off, b []byte) error { return InitMPSC(b, n, k) }}
-	en, _, err := f.reg.LookupOrCreate(context.Background(), 1, spec)
-	require.NoError(t, err)
-	m, err := OpenMPSC(f.r, en, opts)
-	require.NoError(t, err)
+	_, _, m := newMPSC(t, n, k, opts)
 	ps := make([]*MPSCProducer, k)
+	var err error
 	for i := range ps {
 		ps[i], err = m.AttachProducer()
 		require.NoError(t, err)
