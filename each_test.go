@@ -312,14 +312,7 @@ func TestEachDamagedRecord(t *testing.T) {
 	b := heapBuf(t)
 	h, p, co := loopback(t, b, 1)
 	ctx := t.Context()
-	var sent []Record
-	for i := range 3 {
-		r, err := h.Allocate(64)
-		require.NoError(t, err)
-		stampEach(r.Bytes(), i)
-		require.NoError(t, p.Send(ctx, r))
-		sent = append(sent, r)
-	}
+	sent := sendRecords(t, h, p, 3, stampEach)
 	mem.MustAt[trailer](b.recs.b, sent[0].off+mem.Off(allocSize(64)-trailerSize)).Magic = 0xbad
 	want := 1
 	n, err := co.ReceiveEach(ctx, 10, func(b []byte) { checkEach(t, b, want); want++ })

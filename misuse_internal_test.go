@@ -74,14 +74,7 @@ func TestReceiveAheadFreedRecord(t *testing.T) {
 	b := heapBuf(t)
 	h, p, co := loopback(t, b, 1)
 	ctx := context.Background()
-	var sent []Record
-	for i := range 8 {
-		r, err := h.Allocate(64)
-		require.NoError(t, err)
-		r.Bytes()[0] = byte(i)
-		require.NoError(t, p.Send(ctx, r))
-		sent = append(sent, r)
-	}
+	sent := sendRecords(t, h, p, 8, func(b []byte, i int) { b[0] = byte(i) })
 	for i := range 2 {
 		r, err := co.Receive(ctx)
 		require.NoError(t, err)

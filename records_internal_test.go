@@ -32,14 +32,7 @@ func TestDamagedQueuedRecord(t *testing.T) {
 			b := heapBuf(t)
 			h, p, co := loopback(t, b, 1)
 			ctx := context.Background()
-			var sent []Record
-			for i := 0; i < 3; i++ {
-				r, err := h.Allocate(64)
-				require.NoError(t, err)
-				r.Bytes()[0] = byte(i)
-				require.NoError(t, p.Send(ctx, r))
-				sent = append(sent, r)
-			}
+			sent := sendRecords(t, h, p, 3, func(b []byte, i int) { b[0] = byte(i) })
 			// Damage the first record's trailer while it is queued.
 			tr := mem.MustAt[trailer](b.recs.b, sent[0].off+mem.Off(allocSize(64)-trailerSize))
 			c.damage(tr)
@@ -561,6 +554,21 @@ func TestReceiveTakesAhead(t *testing.T) {
 	st, err = b.Stats()
 	require.NoError(t, err)
 	require.Zero(t, st.Records.LiveRecords)
+}
+
+// sendRecords allocates n records of 64 bytes on h, stamps each (its
+// bytes and its number) and sends them on p; it returns them.
+func sendRecords(t *testing.T, h *Handle, p *Producer, n int, stamp func(b []byte, i int)) []Record {
+	t.Helper()
+	sent := make([]Record, 0, n)
+	for i := range n {
+		r, err := h.Allocate(64)
+		require.NoError(t, err)
+		stamp(r.Bytes(), i)
+		require.NoError(t, p.Send(context.Background(), r))
+		sent = append(sent, r)
+	}
+	return sent
 }
 
 // testHandle is a new handle on b, closed when the test ends.
