@@ -97,7 +97,7 @@ func (p *Producer) SendEach(ctx context.Context, n, size int, fill func(i int, b
 	switch {
 	case p.closed:
 		return 0, p.wrap(op, ErrClosed)
-	case n < 0 || size < 0:
+	case n < 0 || !payloadOK(size):
 		return 0, p.wrap(op, fmt.Errorf("%d records of %d bytes: %w", n, size, ErrInvalidSize))
 	case fill == nil:
 		return 0, p.wrap(op, fmt.Errorf("nil fill: %w", ErrInvalidArgument))

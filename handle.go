@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
-	"unsafe"
 
 	"github.com/heapipc/ipc/channel"
 	"github.com/heapipc/ipc/internal/mem"
@@ -134,8 +133,9 @@ func (h *Handle) check(op string) error {
 	return h.buf.checkFast(op)
 }
 
-// Allocate returns a record of n bytes (n ≥ 0) from this handle's slabs,
-// or from its own extent if it is large. Its bytes are not zeroed.
+// Allocate returns a record of n bytes (0 ≤ n < 4 GiB: a record's
+// length is kept in 32 bits; ErrInvalidSize beyond) from this handle's
+// slabs, or from its own extent if it is large. Its bytes are not zeroed.
 // ErrNoSpace: the buffer is full (nothing changed).
 func (h *Handle) Allocate(n int) (Record, error) {
 	if h.buf.cfg.debug {
@@ -143,7 +143,7 @@ func (h *Handle) Allocate(n int) (Record, error) {
 		defer h.leave()
 	}
 	// A per-record call: outside in and out (see Buffer.Close).
-	if n < 0 {
+	if !payloadOK(n) {
 		return Record{}, fmt.Errorf("ipc: allocate %d bytes: %w", n, ErrInvalidSize)
 	}
 	if h.isClosed.Load() || h.buf.isClosed.Load() {
@@ -161,7 +161,7 @@ func (h *Handle) Allocate(n int) (Record, error) {
 	// The record is not handed out yet: plain stores (no fence) will do.
 	rs.trailers[(uint64(off)+uint64(size))/trailerSize-1] = trailer{Holder: uint64(rs.self), Len: uint32(n), Magic: trailerMagic}
 	// The pool carved size bytes at off, in the region.
-	return Record{off: off, b: unsafe.Slice((*byte)(unsafe.Add(unsafe.Pointer(unsafe.SliceData(rs.b)), off)), n)}, nil
+	return Record{off: off, b: rs.view(off, n)}, nil
 }
 
 // AllocateBatch fills rs with records of n bytes each, as Allocate
@@ -176,7 +176,7 @@ func (h *Handle) AllocateBatch(n int, rs []Record) error {
 	defer h.out()
 	h.enter()
 	defer h.leave()
-	if n < 0 {
+	if !payloadOK(n) {
 		return fmt.Errorf("ipc: allocate %d bytes: %w", n, ErrInvalidSize)
 	}
 	if err := h.check("allocate"); err != nil {
@@ -229,7 +229,7 @@ func (h *Handle) Free(r Record) error {
 		// slab started over, would find another record's trailer.)
 		rs := sh.rs
 		t := &rs.trailers[(uint64(off)+uint64(s.Size()))/trailerSize-1]
-		if allocSize(len(b)) != s.Size() || cap(b) == 0 || uintptr(unsafe.Pointer(unsafe.SliceData(b))) != rs.base+uintptr(off) ||
+		if allocSize(len(b)) != s.Size() || !rs.at(off, b) ||
 			t.Magic != trailerMagic || t.Len != uint32(len(b)) || t.holder().Load() != uint64(rs.self) {
 			return h.buf.Free(r)
 		}

@@ -2,6 +2,8 @@ package ipc
 
 import (
 	"context"
+	"math"
+	"strconv"
 	"testing"
 	"time"
 
@@ -164,4 +166,75 @@ func TestSelectEndOfAnotherBufferOrSelect(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the parked Select was not woken: its doorbell is gone")
 	}
+}
+
+// TestZeroLengthRecordOfAnotherBuffer: a zero-length Record says where it
+// is as any other does: one of another buffer, at the offset of a live
+// zero-length record of this one, is refused by every free and send (it
+// used to pass, and the send queued this buffer's record), whether it was
+// allocated or received there; this buffer's records stay live.
+func TestZeroLengthRecordOfAnotherBuffer(t *testing.T) {
+	ctx := context.Background()
+	a, b := heapBuf(t), heapBuf(t)
+	ha, pa, ca := loopback(t, a, 1)
+	hb, pb, cb := loopback(t, b, 1)
+	// A zero-length record of each buffer, at one offset, received.
+	x, err := ha.Allocate(0)
+	require.NoError(t, err)
+	require.NoError(t, pa.Send(ctx, x))
+	ra, err := ca.Receive(ctx)
+	require.NoError(t, err)
+	y, err := hb.Allocate(0)
+	require.NoError(t, err)
+	require.NoError(t, pb.Send(ctx, y))
+	rb, err := cb.Receive(ctx)
+	require.NoError(t, err)
+	// And one of each allocated, at another offset.
+	xa, err := ha.Allocate(0)
+	require.NoError(t, err)
+	xb, err := hb.Allocate(0)
+	require.NoError(t, err)
+	require.Equal(t, ra.off, rb.off, "the test needs both received records at one offset")
+	require.Equal(t, xa.off, xb.off, "the test needs both allocated records at one offset")
+	for _, r := range []Record{ra, xa} {
+		require.ErrorIs(t, hb.Free(r), ErrForeign)
+		require.ErrorIs(t, b.Free(r), ErrForeign)
+		require.ErrorIs(t, hb.FreeBatch([]Record{r}), ErrForeign)
+		require.ErrorIs(t, pb.TrySend(r), ErrForeign)
+		_, err := pb.SendBatch(ctx, []Record{r})
+		require.ErrorIs(t, err, ErrForeign)
+	}
+	_, err = cb.TryReceive()
+	require.ErrorIs(t, err, ErrWouldBlock, "nothing was queued on b")
+	require.NoError(t, hb.Free(rb), "b's records were left alone")
+	require.NoError(t, hb.Free(xb))
+	require.NoError(t, ha.Free(ra))
+	require.NoError(t, ha.Free(xa))
+	require.NoError(t, a.Check())
+	require.NoError(t, b.Check())
+}
+
+// TestRecordSizeLimit: a payload of 4 GiB or more cannot be recorded in
+// a trailer (its length is 32 bits: such a record was allocated in a
+// large enough buffer and every receive of it said ErrCorrupt), and one
+// near math.MaxInt would wrap the allocation size on 32-bit machines:
+// both are ErrInvalidSize in every allocating call, not ErrNoSpace.
+func TestRecordSizeLimit(t *testing.T) {
+	b := heapBuf(t)
+	h, p, _ := loopback(t, b, 1)
+	bad := []int{-1, math.MaxInt, math.MaxInt - 20}
+	if strconv.IntSize == 64 {
+		big := uint64(maxPayload) + 1 // a variable: the constant overflows a 32-bit int
+		bad = append(bad, int(big))
+	}
+	for _, n := range bad {
+		_, err := h.Allocate(n)
+		require.ErrorIs(t, err, ErrInvalidSize, "Allocate(%d)", n)
+		require.ErrorIs(t, h.AllocateBatch(n, make([]Record, 2)), ErrInvalidSize, "AllocateBatch(%d)", n)
+		_, err = p.SendEach(context.Background(), 1, n, func(int, []byte) {})
+		require.ErrorIs(t, err, ErrInvalidSize, "SendEach(%d)", n)
+	}
+	_, err := h.Allocate(64 << 20)
+	require.ErrorIs(t, err, ErrNoSpace, "a size within the limit that does not fit is ErrNoSpace")
+	require.NoError(t, b.Check())
 }

@@ -3,6 +3,7 @@ package ipc
 import (
 	"errors"
 	"fmt"
+	"math"
 	"structs"
 	"sync/atomic"
 	"unsafe"
@@ -77,6 +78,17 @@ func (rs *records) freedMark(off mem.Off) uint32 { return freedMark(rs.pool.Reco
 // the trailer.
 func allocSize(n int) int { return (n+15)&^15 + trailerSize }
 
+// maxPayload is the largest payload a record can have: its trailer
+// records the length in 32 bits.
+const maxPayload = math.MaxUint32
+
+// payloadOK reports whether a record can have a payload of n bytes: not
+// negative, within maxPayload, and with room for allocSize in an int (on
+// 32-bit machines, n near math.MaxInt would wrap it negative).
+func payloadOK(n int) bool {
+	return n >= 0 && uint64(n) <= maxPayload && n <= math.MaxInt-2*trailerSize
+}
+
 // RecordStats describes the record allocator (see slab.Stats).
 type RecordStats = slab.Stats
 
@@ -87,6 +99,23 @@ type records struct {
 	lo, hi   mem.Off   // the heap's range: where records are
 	self     sys.Identity
 	base     uintptr // the address of b[0]: a view's offset is its address minus base
+}
+
+// view is the payload view of n bytes of the record at off. Every Record's
+// view is made here (or as here, with unsafe.Slice): its data pointer is
+// the record's address even when n is 0, where a view made by slicing
+// would point at the start of the region (Go does not point a slice of
+// capacity 0 past its array's start), so that the checks of a view's
+// address (held, heldFast, free, slots, unstamp) hold for zero-length
+// records too, and a zero-length Record of another buffer is told apart.
+func (rs *records) view(off mem.Off, n int) []byte {
+	return unsafe.Slice((*byte)(unsafe.Add(unsafe.Pointer(unsafe.SliceData(rs.b)), off)), n)
+}
+
+// at reports whether b, a record's payload view, starts at off of this
+// buffer (see view; a nil view starts nowhere).
+func (rs *records) at(off mem.Off, b []byte) bool {
+	return b != nil && uintptr(unsafe.Pointer(unsafe.SliceData(b))) == rs.base+uintptr(off)
 }
 
 func newRecords(r *backend.Region, h *alloc.Heap, cfg config) (*records, error) {
@@ -168,9 +197,9 @@ func (sh *slabHandle) allocBatch(n int, rs []Record) error {
 		sh.h.Trim() // the slabs the batch filled go back too
 		return errors.Join(err, ferr)
 	}
-	b, l := sh.rs.b, mem.Off(n)
+	base := unsafe.Pointer(unsafe.SliceData(sh.rs.b))
 	for i, off := range offs {
-		rs[i] = Record{off: off, b: b[off : off+l : off+l]}
+		rs[i] = Record{off: off, b: unsafe.Slice((*byte)(unsafe.Add(base, off)), n)} // as view
 	}
 	return nil
 }
@@ -244,7 +273,7 @@ func (rs *records) unstamp(recs []Record, slots []uint64, sizes, keys []uint32) 
 	for i := range recs {
 		r := &recs[i]
 		off, n := uint64(r.off), uint64(len(r.b))
-		if off|n<<channel.SlotOffBits != slots[i] || cap(r.b) == 0 || uintptr(unsafe.Pointer(unsafe.SliceData(r.b))) != base+uintptr(off) {
+		if off|n<<channel.SlotOffBits != slots[i] || r.b == nil || uintptr(unsafe.Pointer(unsafe.SliceData(r.b))) != base+uintptr(off) {
 			return i
 		}
 		t := &ts[(off+uint64(sizes[i]))/trailerSize-1]
@@ -431,11 +460,11 @@ func (rs *records) take(slot uint64) (Record, error) {
 		if t := rs.trailerAt(off, n); t != nil {
 			if t.holder().Load() == uint64(rs.self) {
 				if data, ok := rs.pool.Peek(off); ok && len(data) == allocSize(n) {
-					return Record{off: off, b: data[:n:n]}, nil
+					return Record{off: off, b: rs.view(off, n)}, nil
 				}
 			} else if data, err := rs.pool.Bytes(off); err == nil && len(data) == allocSize(n) {
 				t.holder().Store(uint64(rs.self))
-				return Record{off: off, b: data[:n:n]}, nil
+				return Record{off: off, b: rs.view(off, n)}, nil
 			}
 		}
 	}
@@ -482,15 +511,14 @@ func (sh *slabHandle) take(slot uint64) (Record, bool) {
 		t.holder().Store(uint64(rs.self))
 	}
 	sh.taken = true
-	end := off + mem.Off(n)
-	return Record{off: off, b: rs.b[off:end:end]}, true
+	return Record{off: off, b: rs.view(off, n)}, true
 }
 
 // takeOff is take for a record located in full (the fallback of take,
 // and MPSC channels, whose slots are offsets): its header, its slab and
 // its trailer are checked, and its length against n if known.
 func (rs *records) takeOff(off mem.Off, n int, known bool) ([]byte, error) {
-	t, data, err := rs.trailerOf(off)
+	t, _, err := rs.trailerOf(off)
 	if err != nil {
 		return nil, err
 	}
@@ -500,7 +528,7 @@ func (rs *records) takeOff(off mem.Off, n int, known bool) ([]byte, error) {
 	if t.holder().Load() != uint64(rs.self) {
 		t.holder().Store(uint64(rs.self))
 	}
-	return data[:t.Len:t.Len], nil
+	return rs.view(off, int(t.Len)), nil
 }
 
 // trailerAt returns the trailer of a record at off with an n-byte payload
@@ -525,12 +553,10 @@ func (rs *records) trailerAt(off mem.Off, n int) *trailer {
 // the payload's length from the view and so find the trailer without
 // locating the record in its slab.
 func (rs *records) held(off mem.Off, b []byte) (*trailer, error) {
-	if cap(b) > 0 {
-		if o, ok := mem.OffsetOf(rs.b, &b[:1][0]); !ok {
-			return nil, fmt.Errorf("record: %w", ErrForeign)
-		} else if o != off {
-			return nil, fmt.Errorf("record %#x: view at %#x: %w", uint64(off), uint64(o), ErrNotAllocated)
-		}
+	if o, ok := mem.OffsetOf(rs.b, unsafe.SliceData(b)); !ok {
+		return nil, fmt.Errorf("record: %w", ErrForeign)
+	} else if o != off {
+		return nil, fmt.Errorf("record %#x: view at %#x: %w", uint64(off), uint64(o), ErrNotAllocated)
 	}
 	t := rs.trailerAt(off, len(b))
 	if t == nil {
@@ -544,9 +570,9 @@ func (rs *records) held(off mem.Off, b []byte) (*trailer, error) {
 
 // heldFast is held's common case, a record this process holds whose view
 // starts at off, without the error: nil means "ask held" (which says what
-// is wrong, if anything; a zero-length view always goes there).
+// is wrong, if anything).
 func (rs *records) heldFast(off mem.Off, b []byte) *trailer {
-	if cap(b) == 0 || uintptr(unsafe.Pointer(unsafe.SliceData(b))) != rs.base+uintptr(off) {
+	if !rs.at(off, b) {
 		return nil
 	}
 	t := rs.trailerAt(off, len(b))
@@ -603,24 +629,13 @@ func (rs *records) free(off mem.Off, b []byte) error {
 		t.Magic = rs.freedMark(off)
 		return rs.pool.Free(off)
 	}
-	if !rs.viewAt(off, b) {
+	if !rs.at(off, b) {
 		return err
 	}
 	if data, derr := rs.pool.Bytes(off); derr == nil && len(data) != allocSize(len(b)) {
 		return err
 	}
 	return rs.pool.Free(off)
-}
-
-// viewAt reports whether b, a record's payload view, can be this
-// buffer's view of the record at off: it starts there (a view of
-// capacity 0 may not say where it starts: see Record).
-func (rs *records) viewAt(off mem.Off, b []byte) bool {
-	if cap(b) == 0 {
-		return true
-	}
-	o, ok := mem.OffsetOf(rs.b, &b[:1][0])
-	return ok && o == off
 }
 
 // freeOff frees a record; the pool detects double frees and offsets that
@@ -733,7 +748,7 @@ func (rs *records) slots(recs []Record, slots []uint64) int {
 		r := &recs[i]
 		off, n := uint64(r.off), uint64(len(r.b))
 		end := off + uint64(allocSize(int(n)))
-		if cap(r.b) == 0 || uintptr(unsafe.Pointer(unsafe.SliceData(r.b))) != base+uintptr(off) ||
+		if r.b == nil || uintptr(unsafe.Pointer(unsafe.SliceData(r.b))) != base+uintptr(off) ||
 			off < lo || off%trailerSize != 0 || end > hi || n >= channel.SlotLenNone || off>>channel.SlotOffBits != 0 {
 			return i
 		}
