@@ -52,7 +52,18 @@ type Select struct {
 	poll  int // where spinPoll looks next
 	spin  time.Duration
 	parks int // how many times Receive parked (for tests)
+	// calls counts Receive's calls, and checked is when the ends'
+	// producers were last looked at (checkPeers): a Select that never
+	// parks for a whole check interval, because one end always has a
+	// record, still reports another end's dead producer (checkDue).
+	calls   uint32
+	checked time.Time
 }
+
+// selectCheckEvery is how many calls of Receive read the clock once, to
+// see whether a check interval has passed since the ends' producers were
+// last looked at.
+const selectCheckEvery = 256
 
 // testSelectBeforePark, if set (by tests), runs when Receive has armed its
 // ends and found none ready, just before it parks.
@@ -191,6 +202,11 @@ func (s *Select) Receive(ctx context.Context) (Receiver, Record, error) {
 	if n == 0 {
 		return nil, Record{}, fmt.Errorf("ipc: select: no channels: %w", ErrInvalidArgument)
 	}
+	if s.calls++; s.calls%selectCheckEvery == 0 && time.Since(s.checked) >= s.h.buf.cfg.interval() {
+		if c, err := s.checkPeers(); err != nil {
+			return c, Record{}, err
+		}
+	}
 	for {
 		for i := 0; i < n; i++ {
 			idx := (s.next + i) % n
@@ -230,17 +246,32 @@ func (s *Select) Receive(ctx context.Context) (Receiver, Record, error) {
 		}
 		if err != nil {
 			// A check interval passed: look for dead producers.
-			for i, c := range s.cases {
-				if c.endClosed() {
-					continue
-				}
-				if perr := c.selectable().CheckPeer(); perr != nil && !c.selectable().Ready() {
-					s.next = i + 1
-					return c, Record{}, fmt.Errorf("ipc: select on channel %d: %w", c.ID(), perr)
-				}
+			if c, err := s.checkPeers(); err != nil {
+				return c, Record{}, err
 			}
 		}
 	}
+}
+
+// checkPeers looks at the producers of the ends: the first end (from
+// the last one served on) whose producer died or whose buffer is going
+// and that has no record left is returned with ErrPeerDead (or what else
+// its CheckPeer said); an end with records left is served first.
+func (s *Select) checkPeers() (Receiver, error) {
+	s.checked = time.Now()
+	n := len(s.cases)
+	for i := range n {
+		idx := (s.next + i) % n
+		c := s.cases[idx]
+		if c.endClosed() {
+			continue
+		}
+		if perr := c.selectable().CheckPeer(); perr != nil && !c.selectable().Ready() {
+			s.next = idx + 1
+			return c, fmt.Errorf("ipc: select on channel %d: %w", c.ID(), perr)
+		}
+	}
+	return nil, nil
 }
 
 func (s *Select) announce() {

@@ -3,6 +3,7 @@ package tests
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"strconv"
@@ -442,4 +443,105 @@ func TestMPSCCapacityOne(t *testing.T) {
 	}
 	require.NoError(t, p.Close())
 	require.NoError(t, c.Close())
+}
+
+// TestSelectDeadProducerBesideBusyEnd: a Select whose one end always has
+// a record (a live producer sends without pause) still reports another
+// end's producer killed, once that end is drained, within a bounded time
+// (it used to look at producers only when a park timed out, which a busy
+// end never lets happen), and goes on serving the busy end.
+func TestSelectDeadProducerBesideBusyEnd(t *testing.T) {
+	b, name := openBuf(t)
+	h := newHandle(t, b)
+	busy, err := h.Consumer(1, ipc.WithCapacity(1024))
+	require.NoError(t, err)
+	dying, err := h.Consumer(2, ipc.WithCapacity(1024))
+	require.NoError(t, err)
+	sel, err := h.NewSelect(busy, dying)
+	require.NoError(t, err)
+	child := testutil.StartChild(t, "TestChildStreamProducer", envBuf+"="+name, envN+"=2")
+	require.Equal(t, "ready", child.Line(t, time.Minute))
+
+	ctx, cancel := context.WithCancel(ctxFor(t))
+	done := make(chan error, 1)
+	go func() {
+		gh, err := b.NewHandle()
+		if err != nil {
+			done <- err
+			return
+		}
+		defer gh.Close()
+		p, err := gh.Producer(1)
+		if err != nil {
+			done <- err
+			return
+		}
+		defer p.Close()
+		for seq := uint64(0); ; seq++ {
+			r, err := gh.Allocate(64)
+			if err != nil {
+				done <- err
+				return
+			}
+			stamp(r, seq)
+			if err := p.Send(ctx, r); err != nil {
+				gh.Free(r)
+				if errors.Is(err, context.Canceled) {
+					err = nil
+				}
+				done <- err
+				return
+			}
+		}
+	}()
+	receive := func() (ipc.Receiver, error) {
+		c, r, err := sel.Receive(ctx)
+		if err == nil {
+			require.NoError(t, h.Free(r))
+		}
+		return c, err
+	}
+	// Both ends deliver before the kill.
+	got := map[ipc.Receiver]int{}
+	for got[busy] == 0 || got[dying] == 0 {
+		c, err := receive()
+		require.NoError(t, err)
+		got[c]++
+	}
+	child.Kill()
+	deadline := time.Now().Add(20 * time.Second)
+	var after int
+	for {
+		c, err := receive()
+		if err != nil {
+			require.ErrorIs(t, err, ipc.ErrPeerDead)
+			require.Equal(t, dying, c, "the dead producer's end")
+			break
+		}
+		if c == busy {
+			after++
+		}
+		require.True(t, time.Now().Before(deadline), "no ErrPeerDead in 20 s while the other end was busy (%d of its records received)", after)
+	}
+	sel.Remove(dying)
+	for range 1000 {
+		c, err := receive()
+		require.NoError(t, err)
+		require.Equal(t, busy, c)
+	}
+	cancel()
+	require.NoError(t, <-done)
+	require.NoError(t, sel.Close())
+	require.NoError(t, dying.Close())
+	for {
+		r, err := busy.TryReceive()
+		if err != nil {
+			break
+		}
+		require.NoError(t, h.Free(r))
+	}
+	require.NoError(t, busy.Close())
+	_, err = b.Recover()
+	require.NoError(t, err)
+	require.NoError(t, b.Check())
 }
