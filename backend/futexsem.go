@@ -165,7 +165,14 @@ func (s *futexSem) wait(ctx context.Context, timeout time.Duration) error {
 			err = Park(ctx, s.value, 0, -1)
 		}
 		if err != nil {
-			s.data.Add(^uint64(semWaiterOne - 1)) // unregister
+			// Unregister. A Post may have woken this waiter (its one
+			// wake) just as the wait ended for another reason (Park
+			// reports the context's error even then): with a unit
+			// there and waiters left, the wake is passed on, or the
+			// unit would sit there while another waiter sleeps.
+			if d := s.data.Add(^uint64(semWaiterOne - 1)); d&semValueMask != 0 && d>>32 != 0 {
+				Wake(s.value, 1)
+			}
 			return fmt.Errorf("semaphore wait %q: %w", s.name, err)
 		}
 		d = s.data.Load()

@@ -1,6 +1,9 @@
 package backend
 
-import "fmt"
+import (
+	"fmt"
+	"strings"
+)
 
 // MaxNameLen is the longest name of a region (a buffer). The layers above
 // name their own objects (semaphores, for instance) by appending a suffix of
@@ -12,8 +15,28 @@ const MaxNameLen = 128
 const MaxObjectNameLen = 200
 
 // ValidateName returns nil for a valid name, and an error wrapping
-// ErrInvalidName that says why otherwise.
-func ValidateName(name string) error { return validateName(name, MaxNameLen) }
+// ErrInvalidName that says why otherwise. A name may not start with
+// "sem." (semPrefix), on any backend: POSIX segments are files in ShmDir
+// named as the region, and POSIX semaphores files named "sem." and the
+// semaphore's name, so a region "sem.X.heap" would be region X's heap
+// semaphore (opening X would have removed it as a stale one).
+func ValidateName(name string) error {
+	if err := validateName(name, MaxNameLen); err != nil {
+		return err
+	}
+	return notSemPrefixed(name)
+}
+
+// semPrefix starts the file name of every POSIX semaphore (as glibc names
+// them); no segment's file may.
+const semPrefix = "sem."
+
+func notSemPrefixed(name string) error {
+	if strings.HasPrefix(name, semPrefix) {
+		return fmt.Errorf("name %q starts with %q (POSIX semaphores' files do): %w", name, semPrefix, ErrInvalidName)
+	}
+	return nil
+}
 
 // ValidateObjectName is ValidateName with the longer limit of segment and
 // semaphore names.

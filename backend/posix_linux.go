@@ -11,6 +11,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"syscall"
 
 	"github.com/heapipc/ipc/internal/sys"
 )
@@ -73,6 +74,9 @@ func createPublished(op, name, path string, size int64, mode os.FileMode, fill f
 func openMapped(op, name, path string, min int64) ([]byte, sys.FileInfo, error) {
 	fd, err := sys.Open(path, sys.ORdwr, 0)
 	if err != nil {
+		if notFile(err) {
+			return nil, sys.FileInfo{}, fmt.Errorf("%s %q: %s is not a heapipc object: %w (%w)", op, name, path, ErrNotHeapIPC, err)
+		}
 		return nil, sys.FileInfo{}, osError(op, name, err)
 	}
 	defer sys.Close(fd)
@@ -91,6 +95,23 @@ func openMapped(op, name, path string, min int64) ([]byte, sys.FileInfo, error) 
 		return nil, fi, osError(op, name, err)
 	}
 	return b, fi, nil
+}
+
+// notFile reports whether err is open's or unlink's for a name that is not
+// a regular file: a directory, or a symbolic link (sys.Open does not
+// follow them). Anyone can make either in ShmDir; neither is heapipc's.
+func notFile(err error) bool {
+	return errors.Is(err, syscall.EISDIR) || errors.Is(err, syscall.ELOOP)
+}
+
+// removeFile unlinks the file of a segment or semaphore; a directory
+// there is not heapipc's (ErrNotHeapIPC).
+func removeFile(op, name, path string) error {
+	err := sys.Unlink(path)
+	if errors.Is(err, syscall.EISDIR) {
+		return fmt.Errorf("%s %q: %s is not a heapipc object: %w (%w)", op, name, path, ErrNotHeapIPC, err)
+	}
+	return osError(op, name, err)
 }
 
 // unlinkIfSame removes path only if it is still the file fi. The check and
@@ -131,10 +152,19 @@ func posixSemPath(name string) string { return ShmDir + "/sem." + name }
 
 type posixSegments struct{}
 
+// posixSegName validates a segment's name: a valid object name whose file
+// is not a semaphore's (ValidateName).
+func posixSegName(name string) error {
+	if err := ValidateObjectName(name); err != nil {
+		return err
+	}
+	return notSemPrefixed(name)
+}
+
 func (posixSegments) Kind() Kind { return POSIX }
 
 func (posixSegments) Create(name string, size int64, mode os.FileMode, fill func([]byte) error) (Segment, error) {
-	if err := ValidateObjectName(name); err != nil {
+	if err := posixSegName(name); err != nil {
 		return nil, err
 	}
 	if err := checkSegmentSize(size); err != nil {
@@ -148,7 +178,7 @@ func (posixSegments) Create(name string, size int64, mode os.FileMode, fill func
 }
 
 func (posixSegments) Attach(name string) (Segment, error) {
-	if err := ValidateObjectName(name); err != nil {
+	if err := posixSegName(name); err != nil {
 		return nil, err
 	}
 	b, fi, err := openMapped("attach posix segment", name, posixSegPath(name), 1)
@@ -159,10 +189,10 @@ func (posixSegments) Attach(name string) (Segment, error) {
 }
 
 func (posixSegments) Remove(name string) error {
-	if err := ValidateObjectName(name); err != nil {
+	if err := posixSegName(name); err != nil {
 		return err
 	}
-	return osError("remove posix segment", name, sys.Unlink(posixSegPath(name)))
+	return removeFile("remove posix segment", name, posixSegPath(name))
 }
 
 type posixSegment struct {
@@ -235,7 +265,7 @@ func (posixSemaphores) Remove(name string) error {
 	if err := ValidateObjectName(name); err != nil {
 		return err
 	}
-	return osError("remove posix semaphore", name, sys.Unlink(posixSemPath(name)))
+	return removeFile("remove posix semaphore", name, posixSemPath(name))
 }
 
 func newPosixSem(name string, b []byte, fi sys.FileInfo) (Semaphore, error) {

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -317,4 +318,98 @@ func ipcsHas(t *testing.T, flag string, key int32) bool {
 		}
 	}
 	return false
+}
+
+// slowErrCtx is a context whose Err, once armed, stops until released:
+// a waiter preempted between its wake-up and Park's look at the context.
+type slowErrCtx struct {
+	context.Context
+	armed   atomic.Bool
+	inErr   chan struct{}
+	release chan struct{}
+}
+
+func (c *slowErrCtx) Err() error {
+	if c.armed.CompareAndSwap(true, false) {
+		close(c.inErr)
+		<-c.release
+	}
+	return c.Context.Err()
+}
+
+// TestSemaphoreWakePassedOnAtCancel: of two waiters, the one a Post wakes
+// sees its context cancelled as it wakes and returns the context's error
+// without the unit: the other waiter must get it (the futex semaphores
+// used to keep the one wake, and the second waiter slept with the value
+// at 1).
+func TestSemaphoreWakePassedOnAtCancel(t *testing.T) {
+	for _, k := range []Kind{POSIX, Heap} {
+		t.Run(string(k), func(t *testing.T) {
+			s, _ := newSem(t, k, 0, SemOptions{})
+			fs := s.(*futexSem)
+			inner, cancel := context.WithCancel(t.Context())
+			defer cancel()
+			ctx := &slowErrCtx{Context: inner, inErr: make(chan struct{}), release: make(chan struct{})}
+			waiters := func(n uint64) {
+				deadline := time.Now().Add(watchdog)
+				for fs.data.Load()>>32 != n {
+					require.True(t, time.Now().Before(deadline), "waiter %d never registered", n)
+					time.Sleep(100 * time.Microsecond)
+				}
+				time.Sleep(20 * time.Millisecond) // and asleep in the kernel, most likely
+			}
+			aDone := make(chan error, 1)
+			go func() { aDone <- s.Wait(ctx) }()
+			waiters(1)
+			bDone := make(chan error, 1)
+			go func() { bDone <- s.Wait(context.Background()) }()
+			waiters(2)
+			ctx.armed.Store(true)
+			require.NoError(t, s.Post()) // wakes one of them: A, the first
+			select {
+			case <-ctx.inErr:
+			case err := <-bDone:
+				// The kernel woke B instead: nothing to test this time.
+				require.NoError(t, err)
+				cancel()
+				close(ctx.release)
+				require.ErrorIs(t, <-aDone, context.Canceled)
+				return
+			case <-time.After(watchdog):
+				t.Fatal("no waiter was woken")
+			}
+			cancel()
+			close(ctx.release)
+			require.ErrorIs(t, <-aDone, context.Canceled)
+			select {
+			case err := <-bDone:
+				require.NoError(t, err, "the second waiter took the unit")
+			case <-time.After(watchdog):
+				v, _ := s.Value()
+				require.NoError(t, s.Post())
+				<-bDone
+				t.Fatalf("lost wake-up: value %d and the second waiter asleep", v)
+			}
+		})
+	}
+}
+
+// TestSemaphoreWaitAfterClose: a closed handle takes no unit: every kind
+// says ErrClosed (a SysV wait used to take the unit in its spin first).
+func TestSemaphoreWaitAfterClose(t *testing.T) {
+	for _, k := range Kinds {
+		t.Run(string(k), func(t *testing.T) {
+			s, name := newSem(t, k, 1, SemOptions{})
+			require.NoError(t, s.Close())
+			require.ErrorIs(t, s.WaitTimeout(time.Second), ErrClosed)
+			require.ErrorIs(t, s.Wait(t.Context()), ErrClosed)
+			sems, _ := Semaphores(k)
+			o, err := sems.Open(name, SemOptions{})
+			require.NoError(t, err)
+			defer o.Close()
+			v, err := o.Value()
+			require.NoError(t, err)
+			require.Equal(t, 1, v, "the unit is still there")
+		})
+	}
 }

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/heapipc/ipc/internal/mem"
 	"github.com/heapipc/ipc/internal/sys"
 )
 
@@ -61,9 +62,56 @@ func (sysvSegments) Attach(name string) (Segment, error) {
 	}
 	b, err := sys.ShmAttach(id)
 	if err != nil {
-		return nil, osError(op, name, err)
+		return nil, goneError(op, name, err)
 	}
 	return &sysvSegment{name: name, id: id, b: b}, nil
+}
+
+// goneError is osError for a call on an id that shmget or semget just
+// returned: EINVAL or EIDRM there mean that the object was removed in
+// between, which is ErrNotExist (an Open racing a Destroy creates anew).
+func goneError(op, name string, err error) error {
+	if errors.Is(err, syscall.EINVAL) || errors.Is(err, syscall.EIDRM) {
+		return fmt.Errorf("%s %q: removed meanwhile: %w (%w)", op, name, ErrNotExist, err)
+	}
+	return osError(op, name, err)
+}
+
+// segmentNamed checks, before a removal by name, that the segment id
+// under the name's key is that name's region: a region header with the
+// name, or no header yet and a dead creator (one killed before it wrote
+// the header: stale). A key is a hash of the name, so another name's
+// region (ErrKeyCollision) or another program's segment (ErrNotHeapIPC)
+// can hold it; a segment whose live creator has not written its header
+// yet is ErrNotReady.
+func segmentNamed(id int, name string) error {
+	b, err := sys.ShmAttach(id)
+	if err != nil {
+		return goneError("remove sysv segment", name, err)
+	}
+	defer sys.ShmDetach(b)
+	if len(b) < headerSize {
+		return fmt.Errorf("segment of %d bytes: %w", len(b), ErrNotHeapIPC)
+	}
+	switch m := atomicMagic(b).Load(); m {
+	case 0:
+		info, err := sys.ShmStat(id)
+		if err != nil {
+			return goneError("remove sysv segment", name, err)
+		}
+		if info.CreatorPID != 0 && sys.AlivePID(info.CreatorPID) {
+			return fmt.Errorf("segment being made by pid %d: %w", info.CreatorPID, ErrNotReady)
+		}
+		return nil
+	case Magic:
+		h := mem.MustAt[header](b, 0)
+		if n := h.NameLen; n > MaxNameLen || string(h.Name[:n]) != name {
+			return fmt.Errorf("segment belongs to %q: %w", h.Name[:min(n, MaxNameLen)], ErrKeyCollision)
+		}
+		return nil
+	default:
+		return fmt.Errorf("magic %#x: %w", m, ErrNotHeapIPC)
+	}
 }
 
 func (sysvSegments) Remove(name string) error {
@@ -74,7 +122,10 @@ func (sysvSegments) Remove(name string) error {
 	if err != nil {
 		return osError("remove sysv segment", name, err)
 	}
-	return osError("remove sysv segment", name, sys.ShmRemove(id))
+	if err := segmentNamed(id, name); err != nil {
+		return fmt.Errorf("remove sysv segment %q: %w", name, err)
+	}
+	return goneError("remove sysv segment", name, sys.ShmRemove(id))
 }
 
 type sysvSegment struct {
@@ -157,6 +208,13 @@ func (sysvSemaphores) Create(name string, value int, opts SemOptions) (Semaphore
 	}
 	id, err := sys.SemGet(SysVKey("sem", name), sysvSemsPerSet, sys.IPCCreat|sys.IPCExcl|int(modeOr(opts.Mode)))
 	if err != nil {
+		if errors.Is(err, syscall.EEXIST) {
+			// Another name's set under the key is not this name's
+			// stale one (which callers remove and make again).
+			if _, terr := semNamed(name); errors.Is(terr, ErrKeyCollision) {
+				return nil, fmt.Errorf("%s %q: %w", op, name, terr)
+			}
+		}
 		return nil, osError(op, name, err)
 	}
 	if err := sys.SemSetVal(id, 0, value); err != nil {
@@ -187,7 +245,7 @@ func (sysvSemaphores) Open(name string, opts SemOptions) (Semaphore, error) {
 	for {
 		tag, err := sys.SemGetVal(id, 1)
 		if err != nil {
-			return nil, osError(op, name, err)
+			return nil, goneError(op, name, err)
 		}
 		if tag == want {
 			return newSysvSem(name, id, opts.Undo), nil
@@ -206,11 +264,33 @@ func (sysvSemaphores) Remove(name string) error {
 	if err := ValidateObjectName(name); err != nil {
 		return err
 	}
-	id, err := sys.SemGet(SysVKey("sem", name), 0, 0)
+	id, err := semNamed(name)
 	if err != nil {
-		return osError("remove sysv semaphore", name, err)
+		return fmt.Errorf("remove sysv semaphore %q: %w", name, err)
 	}
-	return osError("remove sysv semaphore", name, sys.SemRemove(id))
+	return goneError("remove sysv semaphore", name, sys.SemRemove(id))
+}
+
+// semNamed returns the id of the set under name's key if it is that
+// name's semaphore (its tag, or no tag yet: being made, or left so by a
+// creator that died); another name's set (ErrKeyCollision: keys are
+// hashes of names) or another program's is not removed.
+func semNamed(name string) (int, error) {
+	id, err := sys.SemGet(SysVKey("sem", name), sysvSemsPerSet, 0)
+	if err != nil {
+		if errors.Is(err, syscall.EINVAL) {
+			return 0, fmt.Errorf("the key's set is not a heapipc semaphore: %w", ErrKeyCollision)
+		}
+		return 0, osError("sysv semaphore", name, err)
+	}
+	tag, err := sys.SemGetVal(id, 1)
+	if err != nil {
+		return 0, goneError("sysv semaphore", name, err)
+	}
+	if want := sysvTag(name); tag != want && tag != 0 {
+		return 0, fmt.Errorf("the key belongs to another name (tag %d, want %d): %w", tag, want, ErrKeyCollision)
+	}
+	return id, nil
 }
 
 type sysvSem struct {
@@ -284,6 +364,9 @@ func (s *sysvSem) WaitTimeout(d time.Duration) error {
 // cancelled context or a Close is noticed promptly: the kernel offers no
 // way to interrupt one thread's semtimedop.
 func (s *sysvSem) wait(ctx context.Context, timeout time.Duration) error {
+	if err := s.check("wait"); err != nil {
+		return err
+	}
 	var deadline time.Time
 	if timeout >= 0 {
 		deadline = time.Now().Add(timeout)

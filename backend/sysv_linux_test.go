@@ -2,7 +2,9 @@ package backend
 
 import (
 	"errors"
+	"strconv"
 	"testing"
+	"time"
 
 	"github.com/heapipc/ipc/internal/sys"
 	"github.com/heapipc/ipc/internal/testutil"
@@ -24,4 +26,132 @@ func TestSysVKeyCollisionDetected(t *testing.T) {
 	_, err = sems.Open(b, SemOptions{})
 	require.ErrorIs(t, err, ErrKeyCollision)
 	require.False(t, errors.Is(err, ErrNotExist))
+}
+
+// collidingNames returns two names of this test whose SysV keys of class
+// are the same (FNV-1a of 32 bits: a pair turns up within ~10^5 names).
+func collidingNames(t *testing.T, class string) (string, string) {
+	t.Helper()
+	base := testutil.Name(t) + "."
+	seen := map[int32]string{}
+	for i := range 1 << 22 {
+		n := base + strconv.Itoa(i)
+		k := SysVKey(class, n)
+		if o, ok := seen[k]; ok {
+			return o, n
+		}
+		seen[k] = n
+	}
+	t.Fatal("no two names with one key")
+	return "", ""
+}
+
+// TestSysVRemoveKeyCollision: removing a name removes nothing of another
+// name whose key is the same (a removal by key used to delete it), and
+// creating a semaphore under such a key says ErrKeyCollision rather than
+// ErrExist (which callers take for their own stale semaphore and remove).
+func TestSysVRemoveKeyCollision(t *testing.T) {
+	t.Run("semaphore", func(t *testing.T) {
+		a, b := collidingNames(t, "sem")
+		sems, _ := Semaphores(SysV)
+		sa, err := sems.Create(a, 0, SemOptions{})
+		require.NoError(t, err)
+		defer sa.Close()
+		defer sa.Unlink()
+		require.ErrorIs(t, sems.Remove(b), ErrKeyCollision)
+		_, err = sems.Create(b, 0, SemOptions{})
+		require.ErrorIs(t, err, ErrKeyCollision)
+		require.NoError(t, sa.Post(), "a's semaphore is still there")
+		require.NoError(t, sems.Remove(a), "a itself is removed by its name")
+		require.ErrorIs(t, sems.Remove(a), ErrNotExist)
+	})
+	t.Run("segment", func(t *testing.T) {
+		a, b := collidingNames(t, "shm")
+		r, err := OpenRegion(a, RegionConfig{Segments: SysV, Size: 1 << 16}, nil)
+		require.NoError(t, err)
+		defer r.Close()
+		defer r.Unlink()
+		segs, _ := Segments(SysV)
+		require.ErrorIs(t, segs.Remove(b), ErrKeyCollision)
+		r2, err := OpenRegion(a, RegionConfig{Segments: SysV, Open: AttachOnly}, nil)
+		require.NoError(t, err, "a is still there")
+		require.NoError(t, r2.Close())
+		require.NoError(t, segs.Remove(a), "a itself is removed by its name")
+		require.ErrorIs(t, segs.Remove(a), ErrNotExist)
+	})
+}
+
+// TestSysVRemoveForeignSegment: a segment under the name's key that is
+// not a heapipc region (another program's) is not removed; one whose
+// creator died before writing the header is (it is stale).
+func TestSysVRemoveForeignSegment(t *testing.T) {
+	segs, _ := Segments(SysV)
+	name := testutil.Name(t)
+	id, err := sys.ShmGet(SysVKey("shm", name), 1<<16, sys.IPCCreat|sys.IPCExcl|0o600)
+	require.NoError(t, err)
+	defer sys.ShmRemove(id)
+	b, err := sys.ShmAttach(id)
+	require.NoError(t, err)
+	copy(b, "not heapipc")
+	require.NoError(t, sys.ShmDetach(b))
+	require.ErrorIs(t, segs.Remove(name), ErrNotHeapIPC)
+	_, err = sys.ShmStat(id)
+	require.NoError(t, err, "still there")
+}
+
+// TestSysVAttachRacingRemove: an attach or open that finds the key's
+// object removed between the lookup and the use says ErrNotExist (it used
+// to say EINVAL, which no sentinel matched, and an Open racing a Destroy
+// failed instead of making the region anew).
+func TestSysVAttachRacingRemove(t *testing.T) {
+	segs, _ := Segments(SysV)
+	sems, _ := Semaphores(SysV)
+	for _, what := range []string{"segment", "semaphore"} {
+		t.Run(what, func(t *testing.T) {
+			name := testutil.Name(t)
+			stop, done := make(chan struct{}), make(chan struct{})
+			go func() {
+				defer close(done)
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					if what == "segment" {
+						if s, err := segs.Create(name, 1<<16, 0, nil); err == nil {
+							s.Close()
+							s.Unlink()
+						}
+					} else if s, err := sems.Create(name, 0, SemOptions{}); err == nil {
+						s.Unlink()
+						s.Close()
+					}
+				}
+			}()
+			defer func() {
+				close(stop)
+				<-done
+				segs.Remove(name)
+				sems.Remove(name)
+			}()
+			for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); {
+				var err error
+				if what == "segment" {
+					var s Segment
+					if s, err = segs.Attach(name); err == nil {
+						s.Close()
+					}
+				} else {
+					var s Semaphore
+					if s, err = sems.Open(name, SemOptions{}); err == nil {
+						s.Close()
+					}
+				}
+				if err != nil && !errors.Is(err, ErrNotExist) && !errors.Is(err, ErrNotReady) {
+					t.Fatalf("racing a removal: %v (no sentinel)", err)
+				}
+			}
+		})
+	}
 }
