@@ -86,6 +86,10 @@ func (h *Heap) checkLocked() error {
 			break
 		}
 		state := tagState(t)
+		if want := headTag(state, l, tagKind(t)); t != want {
+			// A stray tail flag, say: Alloc and Free want the exact tag.
+			v.add(h.corrupt("pagemap.tag", h.mapAt(p), "extent [%d,+%d) has head tag %#x, want %#x", p, l, t, want))
+		}
 		if tt := h.pages[p+l-1].Tag; tt != tailTag(state, l, tagKind(t)) {
 			v.add(h.corrupt("pagemap.tag", h.mapAt(p+l-1), "extent [%d,+%d) has tail tag %#x, want %#x", p, l, tt, tailTag(state, l, tagKind(t))))
 		}
@@ -199,6 +203,14 @@ func (h *Heap) repair() error {
 		state := tagState(t)
 		if tt := h.pages[p+l-1].Tag; tt != tailTag(state, l, tagKind(t)) {
 			return h.corrupt("pagemap.tag", h.mapAt(p+l-1), "extent [%d,+%d) has tail tag %#x", p, l, tt)
+		}
+		if want := headTag(state, l, tagKind(t)); t != want {
+			// A head with a stray flag (a tail flag on an extent of
+			// several pages) that its tail confirms: written again as
+			// Alloc and Free want it.
+			var lg logBuf
+			lg.add(p, 0, want)
+			h.commit(&lg)
 		}
 		if state == tagFree && prevFree {
 			m := prevLen + l

@@ -185,6 +185,7 @@ func Init(r *backend.Region, opts Options) (*Heap, error) {
 	}
 	h.sem = sem
 	h.lock = NewLock(&rt.Lock, sem, opts.CheckInterval)
+	h.lock.onTakeover = func() { h.rt.NeedRepair = 1 }
 	return h, nil
 }
 
@@ -224,6 +225,7 @@ func AttachWith(r *backend.Region, opts Options) (*Heap, error) {
 	}
 	h.sem = sem
 	h.lock = NewLock(&rt.Lock, sem, opts.CheckInterval)
+	h.lock.onTakeover = func() { h.rt.NeedRepair = 1 }
 	return h, nil
 }
 
@@ -419,10 +421,11 @@ func (h *Heap) AllocFor(ctx context.Context, n int, kind Kind, owner sys.Identit
 }
 
 // AllocZeroed is AllocFor that also zeroes the extent's first zero bytes
-// (at most n) inside the heap's critical section: so that a mark its
-// owner stores there later cannot be mistaken, by whoever inspects the
-// extent under the heap lock (a recovery), for a stale one left in the
-// memory, if the owner dies right after the allocation.
+// (at most n) inside the heap's critical section, before the allocation
+// is committed: so that a mark its owner stores there later cannot be
+// mistaken, by whoever inspects the extent under the heap lock (a
+// recovery), for a stale one left in the memory, even if the owner dies
+// right after the commit (the pages were free while they were zeroed).
 func (h *Heap) AllocZeroed(ctx context.Context, n int, kind Kind, owner sys.Identity, zero int) (mem.Off, error) {
 	np, err := h.pagesFor(n)
 	if err != nil {
@@ -432,15 +435,20 @@ func (h *Heap) AllocZeroed(ctx context.Context, n int, kind Kind, owner sys.Iden
 		return 0, err
 	}
 	defer h.release()
-	off, err := h.allocLocked(np, kind, owner)
+	off, err := h.allocLocked(np, kind, owner, min(max(zero, 0), n))
 	if err != nil {
 		return 0, fmt.Errorf("alloc: allocate %d bytes: %w", n, err)
 	}
-	clear(h.b[off : off+mem.Off(min(max(zero, 0), n))])
 	return off, nil
 }
 
-func (h *Heap) allocLocked(np uint64, kind Kind, owner sys.Identity) (mem.Off, error) {
+// testAllocCommitted, if set (by tests), runs right after an allocation
+// is committed: where an owner killed then leaves it.
+var testAllocCommitted func(off mem.Off)
+
+// allocLocked allocates np pages of kind for owner, their first zero
+// bytes zeroed before the page map says so.
+func (h *Heap) allocLocked(np uint64, kind Kind, owner sys.Identity, zero int) (mem.Off, error) {
 	for attempt := 0; ; attempt++ {
 		s, l, err := h.top()
 		if err == nil || attempt > 0 || errors.Is(err, ErrNoSpace) {
@@ -450,8 +458,13 @@ func (h *Heap) allocLocked(np uint64, kind Kind, owner sys.Identity) (mem.Off, e
 			if l < np {
 				return 0, fmt.Errorf("largest free run is %d pages, %d asked: %w", l, np, ErrNoSpace)
 			}
+			off := h.offOf(s)
+			clear(h.b[off : off+mem.Off(zero)])
 			h.doAlloc(s, l, np, kind, owner)
-			return h.offOf(s), nil
+			if testAllocCommitted != nil {
+				testAllocCommitted(off)
+			}
+			return off, nil
 		}
 		// The index disagrees with the page map: it is derived, so
 		// rebuild it and try once more.

@@ -79,7 +79,18 @@ type Lock struct {
 	self  sys.Identity
 	every time.Duration
 	alive func(sys.Identity) bool
+	// onTakeover, if set, runs when this Lock takes the lock from a dead
+	// holder, whichever call took it (the heap marks its repair due
+	// there, so that a takeover through Heap.Lock is not lost on it).
+	onTakeover func()
 }
+
+// wakesPerCheck is how many wake-ups without the lock a waiter takes
+// before it looks at the holder anyway: a waiter killed while asleep
+// leaves the waiter count up for good, so every Unlock posts, and a
+// semaphore full of such posts would otherwise keep a waiter from ever
+// timing out and finding a dead holder.
+const wakesPerCheck = 64
 
 // NewLock returns a Lock on w that sleeps on sem (a semaphore created with
 // value 0 and used for nothing else). checkEvery is the check interval
@@ -110,13 +121,18 @@ func (l *Lock) Lock(ctx context.Context) (tookOver bool, err error) {
 func (l *Lock) lockSlow(ctx context.Context) (bool, error) {
 	l.w.waiters.Add(1)
 	defer l.w.waiters.Add(^uint32(0))
-	for {
+	for wakes := 1; ; wakes++ {
 		if l.w.owner.CompareAndSwap(0, uint64(l.self)) {
 			return false, nil
 		}
 		err := l.sleep(ctx)
 		switch {
 		case err == nil:
+			if wakes%wakesPerCheck == 0 {
+				if took, ok := l.takeOverDead(); ok {
+					return took, nil
+				}
+			}
 			continue
 		case errors.Is(err, backend.ErrTimeout):
 			if took, ok := l.takeOverDead(); ok {
@@ -175,6 +191,9 @@ func (l *Lock) takeOverDead() (tookOver, ok bool) {
 	}
 	if l.w.owner.CompareAndSwap(o, uint64(l.self)) {
 		l.w.takeovers.Add(1)
+		if l.onTakeover != nil {
+			l.onTakeover()
+		}
 		return true, true
 	}
 	return false, false
@@ -198,9 +217,14 @@ func (l *Lock) TryLock() (tookOver, ok bool) {
 func (l *Lock) Unlock() {
 	l.w.owner.CompareAndSwap(uint64(l.self), 0)
 	if l.w.waiters.Load() != 0 {
-		// Errors (closed handle, overflow of a semaphore full of stale
-		// posts) only cost waiters a check interval.
-		l.sem.Post()
+		// One unit is enough to wake a waiter, which takes the lock or
+		// sleeps again until the next Unlock posts: posts do not pile
+		// up when the count is stale (a waiter killed while asleep).
+		// Errors (closed handle, overflow) only cost waiters a check
+		// interval.
+		if v, err := l.sem.Value(); err != nil || v == 0 {
+			l.sem.Post()
+		}
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/heapipc/ipc/backend"
+	"github.com/heapipc/ipc/internal/mem"
 	"github.com/heapipc/ipc/internal/sys"
 	"github.com/heapipc/ipc/internal/testutil"
 )
@@ -147,4 +148,92 @@ func TestUnlockOverwritten(t *testing.T) {
 		t.Fatalf("lock after the word was overwritten: took %v, %v", took, err)
 	}
 	l.Unlock()
+}
+
+// TestTakeoverThroughHeapLockRepairs: a layer that takes the heap's lock
+// (Heap.Lock) from a holder killed in the middle of a heap update has the
+// heap repaired at its next operation (the repair was marked due only
+// when the heap itself took over, and the index stayed broken).
+func TestTakeoverThroughHeapLockRepairs(t *testing.T) {
+	h := newHeap(t, combo{backend.Heap, backend.Heap}, 1<<20)
+	var offs []mem.Off
+	for range 3 {
+		off, err := h.Alloc(4096)
+		if err != nil {
+			t.Fatal(err)
+		}
+		offs = append(offs, off)
+	}
+	if _, err := h.Alloc(int(mustStats(t, h).FreeBytes)); err != nil { // the rest
+		t.Fatal(err)
+	}
+	// A holder dies inside Free(offs[1]): page map committed, index not.
+	dead := testutil.DeadIdentity(t)
+	if err := h.acquire(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	p, _ := h.pageOf(offs[1])
+	var lg logBuf
+	lg.add(p, 1, 0)
+	lg.add(p, 0, headTag(tagFree, 1, 0))
+	h.commit(&lg)
+	h.rt.Lock.owner.Store(uint64(dead))
+	took, err := h.Lock().Lock(t.Context()) // a layer above, for its own metadata
+	if err != nil || !took {
+		t.Fatalf("layer lock: took %v, %v", took, err)
+	}
+	h.Lock().Unlock()
+	if _, err := h.Alloc(4096); err != nil {
+		t.Fatalf("Alloc of the freed page after the takeover: %v", err)
+	}
+	if err := h.Check(); err != nil {
+		t.Fatalf("heap left unrepaired after a takeover through Heap.Lock: %v", err)
+	}
+}
+
+// TestLockStaleWaiter: a waiter killed while asleep leaves the waiter
+// count up for good. Unlocks then keep at most one post in the semaphore
+// (they used to post every time, up to the semaphore's cap), and a waiter
+// woken by stale posts looks at the holder every wakesPerCheck wake-ups,
+// so it takes the lock from a dead holder without first draining them
+// (it looked only when a sleep timed out).
+func TestLockStaleWaiter(t *testing.T) {
+	for _, c := range inProcess() {
+		t.Run(c.String(), func(t *testing.T) {
+			h := newHeap(t, c, 1<<20)
+			h.rt.Lock.waiters.Store(1) // killed while asleep
+			for range 1000 {
+				if _, err := h.lock.Lock(t.Context()); err != nil {
+					t.Fatal(err)
+				}
+				h.lock.Unlock()
+			}
+			if v, err := h.sem.Value(); err != nil || v > 1 {
+				t.Fatalf("semaphore value %d (%v) after unlocks with a stale waiter", v, err)
+			}
+			const stale = 5000
+			for range stale { // as an older process's unlocks left them
+				if err := h.sem.Post(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			h.rt.Lock.owner.Store(uint64(testutil.DeadIdentity(t)))
+			took, err := h.lock.Lock(t.Context())
+			if err != nil || !took {
+				t.Fatalf("took %v, %v", took, err)
+			}
+			h.lock.Unlock()
+			left := 0
+			for h.sem.TryWait() == nil {
+				left++
+			}
+			h.rt.Lock.waiters.Store(0)
+			if left < stale/2 {
+				t.Fatalf("the waiter went through %d stale posts before it looked at the holder", stale+1-left)
+			}
+			if err := h.Check(); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
 }
