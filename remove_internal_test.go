@@ -254,3 +254,37 @@ func TestCheckControlKind(t *testing.T) {
 	require.NoError(t, b.heap.Free(plain))
 	require.NoError(t, b.Check())
 }
+
+// TestOpenOverCrashedDestroy: a Destroy killed after it marked the
+// region destroyed and before it removed the names (region, semaphores)
+// leaves a name that a new Open of the same name takes over (it used to
+// fail with ErrDestroyed until ipc.Remove), on every backend pair; the
+// new buffer works and the old one's holders keep their mapping.
+func TestOpenOverCrashedDestroy(t *testing.T) {
+	for _, seg := range []string{"posix", "sysv"} {
+		for _, sem := range []string{"posix", "sysv"} {
+			t.Run(seg+","+sem, func(t *testing.T) {
+				name := testutil.Name(t)
+				old, err := Open(name, WithBackends(seg, sem), WithSize(4<<20))
+				require.NoError(t, err)
+				old.region.MarkDestroyed() // the destroyer dies here
+				b, err := Open(name, WithBackends(seg, sem), WithSize(4<<20))
+				require.NoError(t, err)
+				h := testHandle(t, b)
+				_, p, c := loopback(t, b, 1)
+				r, err := h.Allocate(64)
+				require.NoError(t, err)
+				require.NoError(t, p.Send(t.Context(), r))
+				got, err := c.Receive(t.Context())
+				require.NoError(t, err)
+				require.NoError(t, h.Free(got))
+				require.NoError(t, b.Check())
+				require.NoError(t, old.Close())
+				require.NoError(t, p.Close())
+				require.NoError(t, c.Close())
+				require.NoError(t, h.Close())
+				require.NoError(t, b.Destroy())
+			})
+		}
+	}
+}

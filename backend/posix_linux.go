@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -18,10 +19,37 @@ import (
 
 // tempPath names a file that no valid name can collide with (valid names
 // do not start with '.'); the pid in it tells whose it is.
+// tempPrefix starts the names of the files a creator makes in ShmDir
+// before it publishes them (createPublished), followed by its pid.
+const tempPrefix = ".hipc-tmp."
+
+// sweepTemps removes, once per process, the temporary files of creators
+// that died between making one and removing it (they are never
+// published, and nothing else would remove them). A file whose pid is
+// alive (its creator, or another process that has the pid now) is left.
+var sweepTemps = sync.OnceFunc(sweepTempFiles)
+
+func sweepTempFiles() {
+	ents, err := os.ReadDir(ShmDir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		rest, ok := strings.CutPrefix(e.Name(), tempPrefix)
+		if !ok {
+			continue
+		}
+		pid, _, _ := strings.Cut(rest, ".")
+		if n, err := strconv.Atoi(pid); err == nil && n > 0 && !sys.AlivePID(n) {
+			sys.Unlink(ShmDir + "/" + e.Name())
+		}
+	}
+}
+
 func tempPath() string {
 	var r [8]byte
 	rand.Read(r[:])
-	return ShmDir + "/.hipc-tmp." + strconv.Itoa(os.Getpid()) + "." + hex.EncodeToString(r[:])
+	return ShmDir + "/" + tempPrefix + strconv.Itoa(os.Getpid()) + "." + hex.EncodeToString(r[:])
 }
 
 // createPublished makes a file of size bytes under a temporary name with
@@ -29,6 +57,7 @@ func tempPath() string {
 // with link(2), which fails if path exists: so a file under the final name
 // is always complete. It returns the mapping and the file's identity.
 func createPublished(op, name, path string, size int64, mode os.FileMode, fill func([]byte) error) (b []byte, fi sys.FileInfo, err error) {
+	sweepTemps()
 	tmp := tempPath()
 	fd, err := sys.Open(tmp, sys.ORdwr|sys.OCreat|sys.OExcl, modeOr(mode))
 	if err != nil {

@@ -152,7 +152,9 @@ func newRegion(seg Segment, b []byte, h *header, created bool) *Region {
 // creates it, init runs on the region while its state is initializing,
 // before anyone else can use it; an init error removes the region again.
 // Attachers wait (bounded) for the creator to publish; a region whose
-// creator died while initializing is removed and created anew.
+// creator died while initializing, or one marked destroyed whose name is
+// still there, is removed and created anew (an attach-only open says
+// ErrStale or ErrDestroyed).
 func OpenRegion(name string, cfg RegionConfig, init func(*Region) error) (*Region, error) {
 	if err := ValidateName(name); err != nil {
 		return nil, fmt.Errorf("open region: %w", err)
@@ -196,9 +198,13 @@ func OpenRegion(name string, cfg RegionConfig, init func(*Region) error) (*Regio
 		if err == nil {
 			return r, nil
 		}
-		if errors.Is(err, ErrStale) && cfg.Open != AttachOnly && cfg.Size != 0 {
-			// Remove the dead creator's leftover, if nobody has yet,
-			// and create anew.
+		if (errors.Is(err, ErrStale) || errors.Is(err, ErrDestroyed)) && cfg.Open != AttachOnly && cfg.Size != 0 {
+			// Remove the dead creator's leftover, or the name of a
+			// region destroyed whose destroyer has not removed it yet
+			// (or died before it did: the name would stay taken), if
+			// nobody has yet, and create anew. The unlink is of this
+			// segment only (Segment.Unlink); processes still attached
+			// keep what they have mapped, as Destroy promises.
 			seg.Unlink()
 			seg.Close()
 			lastErr = err

@@ -409,3 +409,31 @@ func TestParkWake(t *testing.T) {
 		t.Fatal("cancel did not reach the parked goroutine")
 	}
 }
+
+// TestRegionCreateOverDestroyed: a region marked destroyed whose name is
+// still there (its destroyer is between the mark and the unlink, or died
+// there) is replaced by an open that may create (it used to fail with
+// ErrDestroyed until someone removed the name); an attacher of the old
+// region keeps its mapping.
+func TestRegionCreateOverDestroyed(t *testing.T) {
+	for _, k := range Kinds {
+		t.Run(string(k), func(t *testing.T) {
+			name := testutil.Name(t)
+			old, err := OpenRegion(name, regionCfg(k, 1<<16), nil)
+			require.NoError(t, err)
+			copy(old.Ext(), "old")
+			old.MarkDestroyed() // and the destroyer dies here
+			r, err := OpenRegion(name, regionCfg(k, 1<<16), nil)
+			require.NoError(t, err)
+			require.True(t, r.Created(), "a new region")
+			require.Equal(t, StateReady, r.State())
+			require.Equal(t, "old", string(old.Ext()[:3]), "the old mapping is still there")
+			require.NoError(t, old.Unlink(), "the old region's unlink leaves the new name alone")
+			a, err := OpenRegion(name, RegionConfig{Segments: k, Open: AttachOnly}, nil)
+			require.NoError(t, err, "the new region is still attachable")
+			require.NoError(t, a.Close())
+			require.NoError(t, old.Close())
+			closeRegion(t, r)
+		})
+	}
+}
