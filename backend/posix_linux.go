@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/heapipc/ipc/internal/sys"
 )
@@ -22,6 +23,10 @@ import (
 // tempPrefix starts the names of the files a creator makes in ShmDir
 // before it publishes them (createPublished), followed by its pid.
 const tempPrefix = ".hipc-tmp."
+
+// tempMinAge is how old a temporary file of a dead pid must be for
+// sweepTemps to remove it.
+const tempMinAge = time.Minute
 
 // sweepTemps removes, once per process, the temporary files of creators
 // that died between making one and removing it (they are never
@@ -40,7 +45,14 @@ func sweepTempFiles() {
 			continue
 		}
 		pid, _, _ := strings.Cut(rest, ".")
-		if n, err := strconv.Atoi(pid); err == nil && n > 0 && !sys.AlivePID(n) {
+		n, err := strconv.Atoi(pid)
+		if err != nil || n <= 0 || sys.AlivePID(n) {
+			continue
+		}
+		// A creator holds its file for the time of a fill; a young
+		// one may be of a process this one cannot see (another pid
+		// namespace sharing ShmDir).
+		if info, err := e.Info(); err == nil && time.Since(info.ModTime()) > tempMinAge {
 			sys.Unlink(ShmDir + "/" + e.Name())
 		}
 	}

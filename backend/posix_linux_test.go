@@ -4,6 +4,7 @@ import (
 	"os"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/heapipc/ipc/internal/testutil"
 	"github.com/stretchr/testify/require"
@@ -63,13 +64,19 @@ func TestSemPrefixedNames(t *testing.T) {
 
 // TestSweepTempFiles: the temporary file of a creator that died before it
 // published or removed it is removed (once per process, at the next
-// create); one whose pid is alive is left alone.
+// create); one whose pid is alive, or younger than tempMinAge, is left.
 func TestSweepTempFiles(t *testing.T) {
 	dead := ShmDir + "/" + tempPrefix + strconv.Itoa(testutil.DeadIdentity(t).PID()) + ".0123"
 	live := ShmDir + "/" + tempPrefix + strconv.Itoa(os.Getpid()) + ".4567"
-	for _, p := range []string{dead, live} {
+	young := ShmDir + "/" + tempPrefix + strconv.Itoa(testutil.DeadIdentity(t).PID()) + ".89ab"
+	old := time.Now().Add(-2 * tempMinAge)
+	for _, p := range []string{dead, live, young} {
 		require.NoError(t, os.WriteFile(p, nil, 0o600))
+		if p != young {
+			require.NoError(t, os.Chtimes(p, old, old))
+		}
 	}
+	defer os.Remove(young)
 	defer os.Remove(live)
 	defer os.Remove(dead)
 	sweepTempFiles()
@@ -77,4 +84,6 @@ func TestSweepTempFiles(t *testing.T) {
 	require.ErrorIs(t, err, os.ErrNotExist, "a dead creator's file is removed")
 	_, err = os.Stat(live)
 	require.NoError(t, err, "a live process's file is left")
+	_, err = os.Stat(young)
+	require.NoError(t, err, "a file younger than tempMinAge is left (its pid may be of another namespace)")
 }
