@@ -125,6 +125,22 @@ func TestChildMPSCForever(t *testing.T) {
 	sendTagged(ctxFor(t), h, p, 99, 1<<30)
 }
 
+// inGoroutine runs send in a new goroutine with a handle of its own
+// (closed after it) and returns the channel its error, or nil, comes on.
+func inGoroutine(b *ipc.Buffer, send func(h *ipc.Handle) error) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		h, err := b.NewHandle()
+		if err != nil {
+			done <- err
+			return
+		}
+		defer h.Close()
+		done <- send(h)
+	}()
+	return done
+}
+
 func TestMPSCProducerKilledMidSend(t *testing.T) {
 	b, name := openBuf(t)
 	h := newHandle(t, b)
@@ -138,23 +154,15 @@ func TestMPSCProducerKilledMidSend(t *testing.T) {
 
 	// A live producer goroutine keeps sending through all of it.
 	const n = 20000
-	done := make(chan error, 1)
-	go func() {
-		gh, err := b.NewHandle()
-		if err != nil {
-			done <- err
-			return
-		}
-		defer gh.Close()
+	done := inGoroutine(b, func(gh *ipc.Handle) error {
 		p, err := gh.MPSCProducer(1)
 		if err != nil {
-			done <- err
-			return
+			return err
 		}
 		err = sendTagged(ctx, gh, p, 1, n)
 		p.Close()
-		done <- err
-	}()
+		return err
+	})
 	var next uint64
 	killed := false
 	for next < n {
@@ -463,25 +471,16 @@ func TestSelectDeadProducerBesideBusyEnd(t *testing.T) {
 	require.Equal(t, "ready", child.Line(t, time.Minute))
 
 	ctx, cancel := context.WithCancel(ctxFor(t))
-	done := make(chan error, 1)
-	go func() {
-		gh, err := b.NewHandle()
-		if err != nil {
-			done <- err
-			return
-		}
-		defer gh.Close()
+	done := inGoroutine(b, func(gh *ipc.Handle) error {
 		p, err := gh.Producer(1)
 		if err != nil {
-			done <- err
-			return
+			return err
 		}
 		defer p.Close()
 		for seq := uint64(0); ; seq++ {
 			r, err := gh.Allocate(64)
 			if err != nil {
-				done <- err
-				return
+				return err
 			}
 			stamp(r, seq)
 			if err := p.Send(ctx, r); err != nil {
@@ -489,11 +488,10 @@ func TestSelectDeadProducerBesideBusyEnd(t *testing.T) {
 				if errors.Is(err, context.Canceled) {
 					err = nil
 				}
-				done <- err
-				return
+				return err
 			}
 		}
-	}()
+	})
 	receive := func() (ipc.Receiver, error) {
 		c, r, err := sel.Receive(ctx)
 		if err == nil {
