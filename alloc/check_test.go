@@ -189,3 +189,41 @@ func TestCheckHeadTagExact(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestAllocOverIndexOutOfOrder: an index whose entries each name a free
+// extent but whose top is not the longest (heap order broken by a
+// scribble) is rebuilt by an Alloc that the top cannot serve, instead of
+// failing with ErrNoSpace while a long enough run is free.
+func TestAllocOverIndexOutOfOrder(t *testing.T) {
+	h, _ := checkHeap(t)
+	// The free runs: offs[2]'s two pages and the long rest. Put the short
+	// one on top, positions kept consistent.
+	if keyLen(h.index[0]) <= keyLen(h.index[1]) {
+		t.Fatalf("set-up: top %d pages, next %d", keyLen(h.index[0]), keyLen(h.index[1]))
+	}
+	h.index[0], h.index[1] = h.index[1], h.index[0]
+	h.pages[keyStart(h.index[0])].Aux = 1
+	h.pages[keyStart(h.index[1])].Aux = 2
+	off, err := h.Alloc(3 * 4096)
+	if err != nil {
+		t.Fatalf("Alloc of 3 pages with the long run below the top: %v", err)
+	}
+	mustCheck(t, h, "after the alloc")
+	if s := mustStats(t, h); s.Repairs != 1 {
+		t.Fatalf("%d repairs, want 1", s.Repairs)
+	}
+	if err := h.Free(off); err != nil {
+		t.Fatal(err)
+	}
+	// A heap in order that cannot serve still says ErrNoSpace at once.
+	if _, err := h.Alloc(1 << 30); !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("Alloc beyond the heap: %v", err)
+	}
+	big := int(keyLen(h.index[0])+1) * 4096
+	if _, err := h.Alloc(big); !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("Alloc one page longer than the longest run: %v", err)
+	}
+	if s := mustStats(t, h); s.Repairs != 1 {
+		t.Fatalf("%d repairs after the in-order failures, want 1", s.Repairs)
+	}
+}

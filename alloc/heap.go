@@ -456,6 +456,15 @@ func (h *Heap) allocLocked(np uint64, kind Kind, owner sys.Identity, zero int) (
 				return 0, err
 			}
 			if l < np {
+				if attempt == 0 && h.aboveTop(l) {
+					// An entry larger than the top: the index is out of
+					// heap order (a scribble), and a run that fits may
+					// be hidden below. Rebuild it and try once more.
+					if rerr := h.repair(); rerr != nil {
+						return 0, rerr
+					}
+					continue
+				}
 				return 0, fmt.Errorf("largest free run is %d pages, %d asked: %w", l, np, ErrNoSpace)
 			}
 			off := h.offOf(s)
@@ -490,6 +499,18 @@ func (h *Heap) top() (start, n uint64, err error) {
 		return 0, 0, err
 	}
 	return s, l, nil
+}
+
+// aboveTop reports whether an index entry is longer than l, the top
+// entry's length: the heap order is broken. It reads the whole index, and
+// runs only when an allocation is about to fail for want of a long run.
+func (h *Heap) aboveTop(l uint64) bool {
+	for _, k := range h.index[1:h.rt.HeapLen] {
+		if keyLen(k) > l {
+			return true
+		}
+	}
+	return false
 }
 
 // checkFree verifies that [s, s+l) is a free extent in the page map

@@ -28,13 +28,32 @@ func Ftruncate(fd int, size int64) error { return unix.Ftruncate(fd, size) }
 
 // Fallocate reserves [0, size) so that later page faults cannot fail with
 // SIGBUS on a full tmpfs. Filesystems without fallocate are accepted.
+//
+// It reserves fallocChunk bytes a call and repeats a call that a signal
+// interrupted: older kernels stopped a tmpfs fallocate with EINTR at any
+// pending signal, not only a fatal one, and gave back what that call had
+// reserved, so a large buffer made while signals arrive (the Go
+// runtime's own, a profiler's timer) could fail, or never finish if
+// retried whole.
 func Fallocate(fd int, size int64) error {
-	err := unix.Fallocate(fd, 0, 0, size)
-	if err == unix.EOPNOTSUPP || err == unix.ENOSYS {
-		return nil
+	for off := int64(0); off < size; {
+		n := min(size-off, fallocChunk)
+		switch err := unix.Fallocate(fd, 0, off, n); err {
+		case nil:
+			off += n
+		case unix.EINTR:
+		case unix.EOPNOTSUPP, unix.ENOSYS:
+			return nil
+		default:
+			return err
+		}
 	}
-	return err
+	return nil
 }
+
+// fallocChunk is how much one fallocate call of Fallocate reserves: what
+// a signal can make it redo.
+const fallocChunk = 64 << 20
 
 // Fchmod is fchmod(2) (the umask does not apply to it).
 func Fchmod(fd int, mode uint32) error { return unix.Fchmod(fd, mode) }
