@@ -65,8 +65,9 @@ func IdentityOf(pid int) (Identity, error) {
 
 // Alive reports whether the process named by id is still running: the pid
 // exists, is not a zombie, and started at the recorded time (a recorded
-// start of 0 matches no running process on Linux). A zero identity is
-// never alive.
+// start of 0 matches no running process on Linux). Without /proc (where
+// every identity has a start of 0) it asks kill(pid, 0), which takes a
+// reused pid for the process. A zero identity is never alive.
 func Alive(id Identity) bool {
 	if id == 0 {
 		return false

@@ -19,7 +19,7 @@ import (
 // /proc/PID/stat. The command name (field 2) may hold spaces and
 // parentheses, so fields are counted after the last ')'.
 func procStat(pid int) (start uint64, state byte, err error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	b, err := os.ReadFile(procRoot + "/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
 		return 0, 0, err
 	}
@@ -39,14 +39,26 @@ func procStat(pid int) (start uint64, state byte, err error) {
 	return start, f[0][0], nil
 }
 
+// procRoot is where procfs is mounted (tests point it elsewhere).
+var procRoot = "/proc"
+
+// procMounted reports whether procRoot shows this process: if not, a
+// missing /proc/PID says nothing about PID. Asked only when a process's
+// stat file is missing (a dead peer, or no /proc).
+func procMounted() bool {
+	_, err := os.Stat(procRoot + "/" + strconv.Itoa(os.Getpid()) + "/stat")
+	return err == nil
+}
+
 func alive(id Identity) bool {
 	start, state, err := procStat(id.PID())
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ESRCH) {
+		if (errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ESRCH)) && procMounted() {
 			return false
 		}
-		// Unreadable for another reason: fall back to kill(pid, 0),
-		// which cannot tell a reused pid apart.
+		// Unreadable for another reason, or no /proc at all (where
+		// every identity has a start time of 0, Self's too): fall back
+		// to kill(pid, 0), which cannot tell a reused pid apart.
 		e := unix.Kill(id.PID(), 0)
 		return e == nil || e == unix.EPERM
 	}
