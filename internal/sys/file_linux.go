@@ -29,24 +29,59 @@ func Ftruncate(fd int, size int64) error { return unix.Ftruncate(fd, size) }
 // Fallocate reserves [0, size) so that later page faults cannot fail with
 // SIGBUS on a full tmpfs. Filesystems without fallocate are accepted.
 //
-// It reserves fallocChunk bytes a call and repeats a call that a signal
-// interrupted: older kernels stopped a tmpfs fallocate with EINTR at any
-// pending signal, not only a fatal one, and gave back what that call had
-// reserved, so a large buffer made while signals arrive (the Go
-// runtime's own, a profiler's timer) could fail, or never finish if
-// retried whole.
+// A size the filesystem's free space cannot hold fails at once with
+// ENOSPC and nothing reserved (tmpfs does the same check for a single
+// call). Otherwise it reserves fallocChunk bytes a call and repeats a call
+// that a signal interrupted: older kernels stopped a tmpfs fallocate with
+// EINTR at any pending signal, not only a fatal one, and gave back what
+// that call had reserved, so a large buffer made while signals arrive (the
+// Go runtime's own, a profiler's timer) could fail, or never finish if
+// retried whole. A call that fails half-way (another process took the
+// space meanwhile) gives back what the earlier calls reserved before it
+// returns: a tmpfs is memory, and the machine must not stay short of it
+// until the caller removes the file.
 func Fallocate(fd int, size int64) error {
+	if err := fitsFree(fd, size); err != nil {
+		return err
+	}
 	for off := int64(0); off < size; {
 		n := min(size-off, fallocChunk)
-		switch err := unix.Fallocate(fd, 0, off, n); err {
+		switch err := fallocate(fd, 0, off, n); err {
 		case nil:
 			off += n
 		case unix.EINTR:
 		case unix.EOPNOTSUPP, unix.ENOSYS:
 			return nil
 		default:
+			if off > 0 {
+				_ = fallocate(fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 0, off)
+			}
 			return err
 		}
+	}
+	return nil
+}
+
+// fallocate is fallocate(2); tests replace it.
+var fallocate = unix.Fallocate
+
+// fitsFree says ENOSPC when the filesystem holding fd has less room than
+// what [0, size) still needs beyond the blocks fd already has. A
+// filesystem that reports no size (a tmpfs without a limit) is not
+// judged.
+func fitsFree(fd int, size int64) error {
+	var fs unix.Statfs_t
+	var st unix.Stat_t
+	if unix.Fstatfs(fd, &fs) != nil || fs.Blocks == 0 || unix.Fstat(fd, &st) != nil {
+		return nil
+	}
+	unit := uint64(fs.Frsize)
+	if unit == 0 {
+		unit = uint64(fs.Bsize)
+	}
+	need := uint64(size) - min(uint64(size), uint64(st.Blocks)*512)
+	if fs.Bavail < (need+unit-1)/unit {
+		return unix.ENOSPC
 	}
 	return nil
 }
