@@ -39,7 +39,8 @@
 //	0    magic "HEAPIPC\x01", layout version, header size
 //	16   backend kinds, page size, total/data offsets and sizes
 //	48   creator identity (pid + start time), creation time, name
-//	200  CRC-32C of bytes [0,200): the immutable fields
+//	200  creator's pid namespace
+//	208  CRC-32C of bytes [0,208): the immutable fields
 //	256  state word (initializing -> ready -> destroyed), own cache line
 //	512  extension area for the layers above, up to the data offset
 //
@@ -47,6 +48,9 @@
 // word to read ready. A creator that died while initializing is detected
 // from its identity; its segment is removed (only if the name still refers
 // to it) and created anew.
+//
+// Every process of a region must be in one pid namespace (liveness is
+// judged by pid): attaching from another is ErrNotSupported.
 //
 // # Lifetimes
 //

@@ -27,6 +27,7 @@ func TestHeaderLayout(t *testing.T) {
 	require.Equal(t, uintptr(64), unsafe.Offsetof(h.NameLen))
 	require.Equal(t, uintptr(68), unsafe.Offsetof(h.Mode))
 	require.Equal(t, uintptr(72), unsafe.Offsetof(h.Name))
+	require.Equal(t, uintptr(200), unsafe.Offsetof(h.PidNS))
 	require.Equal(t, uintptr(checksummed), unsafe.Offsetof(h.Checksum))
 	require.Equal(t, uintptr(256), unsafe.Offsetof(h.State))
 	require.LessOrEqual(t, headerSize, ExtOffset)

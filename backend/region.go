@@ -23,8 +23,9 @@ import (
 // alloc.KindControl; 5: a record channel's control block says since
 // when its producer end sends, ProdSince; 6: an MPSC ring's consumer
 // moves Head only and its slots carry the payload length, and a stream's
-// Reader and RClosed words moved to the line of Gen).
-const LayoutVersion = 6
+// Reader and RClosed words moved to the line of Gen; 7: the region header
+// records the creator's pid namespace, PidNS).
+const LayoutVersion = 7
 
 // Magic is "HEAPIPC\x01" read as a little-endian word.
 var Magic = binary.LittleEndian.Uint64([]byte("HEAPIPC\x01"))
@@ -38,7 +39,7 @@ const (
 	// it ends at the data offset (one page).
 	ExtOffset = 512
 	// checksummed is the length of the immutable prefix of the header.
-	checksummed = 200
+	checksummed = 208
 	// DefaultReadyTimeout bounds how long an attacher waits for a live
 	// creator to publish.
 	DefaultReadyTimeout = 10 * time.Second
@@ -87,8 +88,9 @@ type header struct {
 	NameLen    uint32           // 64
 	Mode       uint32           // 68: permission of the segment, and of the semaphores the layers above make
 	Name       [MaxNameLen]byte // 72
-	Checksum   uint32           // 200: CRC-32C of bytes [0,200)
-	_          [52]byte         // 204
+	PidNS      uint64           // 200: the creator's pid namespace (sys.PidNamespace; 0: unknown)
+	Checksum   uint32           // 208: CRC-32C of bytes [0,208)
+	_          [44]byte         // 212
 	State      atomic.Uint32    // 256: State; any attached process may write destroyed
 	_          [124]byte        // 260
 }
@@ -269,6 +271,7 @@ func createRegion(segs SegmentBackend, name string, cfg RegionConfig, init func(
 		h.DataOffset = uint64(ps)
 		h.DataSize = uint64(cfg.Size) - uint64(ps)
 		h.Creator = uint64(sys.Self())
+		h.PidNS = sys.PidNamespace()
 		h.CreatedNs = time.Now().UnixNano()
 		h.NameLen = uint32(len(name))
 		copy(h.Name[:], name)
@@ -334,6 +337,11 @@ func attachRegion(seg Segment, name string, cfg RegionConfig) (*Region, error) {
 		if h.Version != LayoutVersion {
 			return fail(fmt.Errorf("layout version %d, this library reads %d: %w", h.Version, LayoutVersion, ErrVersion))
 		}
+		// Before anything judges the creator's liveness: from another
+		// pid namespace it would be judged wrong.
+		if err := samePidNamespace(h.PidNS); err != nil {
+			return fail(err)
+		}
 		st := State(h.State.Load())
 		switch st {
 		case StateReady:
@@ -358,9 +366,25 @@ func attachRegion(seg Segment, name string, cfg RegionConfig) (*Region, error) {
 	}
 }
 
+// samePidNamespace refuses a region made in another pid namespace than
+// this process's (ns, from its header; 0 on either side: unknown, allowed).
+// Every liveness judgement in a buffer (a dead peer, a stale lock, a
+// creator that died while initializing) reads pids, and a pid means
+// another process, or none, in another namespace: a live peer would be
+// taken for dead and its records freed under it. Such sharing happens
+// when /dev/shm or the IPC namespace is shared and the pid namespace is
+// not (a container run with the host's IPC, the containers of a pod).
+func samePidNamespace(ns uint64) error {
+	self := sys.PidNamespace()
+	if ns == 0 || self == 0 || ns == self {
+		return nil
+	}
+	return fmt.Errorf("made in pid namespace %d, attached from %d: heapipc tells live peers from dead ones by pid, which is not shared across pid namespaces: %w", ns, self, ErrNotSupported)
+}
+
 func validateHeader(b []byte, h *header, name string, segKind Kind, cfg RegionConfig) error {
 	if sum := crc32.Checksum(b[:checksummed], castagnoli); sum != h.Checksum {
-		return errs.Corrupt("header.Checksum", 200, "checksum %#x, fields sum to %#x", h.Checksum, sum)
+		return errs.Corrupt("header.Checksum", checksummed, "checksum %#x, fields sum to %#x", h.Checksum, sum)
 	}
 	if h.NameLen > MaxNameLen || string(h.Name[:h.NameLen]) != name {
 		n := min(h.NameLen, MaxNameLen)

@@ -437,3 +437,49 @@ func TestRegionCreateOverDestroyed(t *testing.T) {
 		})
 	}
 }
+
+// TestRegionOtherPidNamespace: a region whose header names another pid
+// namespace than this process's is refused with ErrNotSupported, before
+// its creator's liveness is judged: a region "initializing" by a creator
+// whose pid is dead here is not taken for stale and replaced by a
+// create-capable Open. A header that names no namespace (0) is accepted.
+func TestRegionOtherPidNamespace(t *testing.T) {
+	self := sys.PidNamespace()
+	if self == 0 {
+		t.Skip("this process cannot read its pid namespace (/proc/self/ns/pid)")
+	}
+	for _, k := range Kinds {
+		t.Run(string(k), func(t *testing.T) {
+			name := testutil.Name(t)
+			cfg := RegionConfig{Segments: k, Semaphores: POSIX, Size: 1 << 16}
+			r, err := OpenRegion(name, cfg, nil)
+			require.NoError(t, err)
+			defer closeRegion(t, r)
+			r.Data()[0] = 42
+			open := func(mode Mode) error {
+				a, err := OpenRegion(name, RegionConfig{Segments: k, Semaphores: POSIX, Open: mode, ReadyTimeout: 50 * time.Millisecond}, nil)
+				if err == nil {
+					defer a.Close()
+					if a.Data()[0] != 42 {
+						return fmt.Errorf("attached another region")
+					}
+				}
+				return err
+			}
+			rewriteHeader(r, func(h *header) { h.PidNS = self + 1 })
+			require.ErrorIs(t, open(AttachOnly), ErrNotSupported)
+			require.ErrorIs(t, open(CreateOrAttach), ErrNotSupported)
+
+			dead := testutil.DeadIdentity(t)
+			rewriteHeader(r, func(h *header) { h.Creator = uint64(dead) })
+			r.hdr.State.Store(uint32(StateInitializing))
+			require.ErrorIs(t, open(CreateOrAttach), ErrNotSupported)
+			r.hdr.State.Store(uint32(StateReady))
+
+			rewriteHeader(r, func(h *header) { h.PidNS = 0 })
+			require.NoError(t, open(AttachOnly), "a header that names no namespace")
+			rewriteHeader(r, func(h *header) { h.PidNS = self })
+			require.NoError(t, open(AttachOnly))
+		})
+	}
+}

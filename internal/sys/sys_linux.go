@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -123,3 +124,15 @@ func FutexWake(w *atomic.Uint32, n int) (int, error) {
 // (sched_yield): spinners call it so that the peer they wait for can run
 // when there are more runnable threads than cores.
 func Yield() { unix.Syscall(unix.SYS_SCHED_YIELD, 0, 0, 0) }
+
+// PidNamespace returns the inode number of this process's pid namespace
+// (/proc/self/ns/pid), which names it on the host; 0 if it cannot be read.
+func PidNamespace() uint64 { return pidNamespace() }
+
+var pidNamespace = sync.OnceValue(func() uint64 {
+	var st unix.Stat_t
+	if err := unix.Stat(procRoot+"/self/ns/pid", &st); err != nil {
+		return 0
+	}
+	return st.Ino
+})

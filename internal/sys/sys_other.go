@@ -55,3 +55,6 @@ func Yield() { time.Sleep(0) }
 // Barrier waits for stores of other threads to become visible (see the
 // Linux version): here by sleeping a millisecond.
 func Barrier() { time.Sleep(time.Millisecond) }
+
+// PidNamespace is 0 (unknown) where there are no pid namespaces.
+func PidNamespace() uint64 { return 0 }

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -155,6 +156,18 @@ func StartChild(tb testing.TB, test string, env ...string) *Child {
 // onwards, as exec.Cmd.ExtraFiles).
 func StartChildFiles(tb testing.TB, test string, files []*os.File, env ...string) *Child {
 	tb.Helper()
+	c, err := StartChildAttr(tb, test, files, nil, env...)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return c
+}
+
+// StartChildAttr is StartChildFiles with the child's process attributes
+// (nil: the defaults), which returns an error where the child could not
+// be started (namespaces refused, say), for the caller to judge.
+func StartChildAttr(tb testing.TB, test string, files []*os.File, attr *syscall.SysProcAttr, env ...string) (*Child, error) {
+	tb.Helper()
 	exe, err := os.Executable()
 	if err != nil {
 		tb.Fatalf("os.Executable: %v", err)
@@ -163,14 +176,15 @@ func StartChildFiles(tb testing.TB, test string, files []*os.File, env ...string
 	cmd.Env = append(os.Environ(), envChild+"=1", envRun+"="+runID)
 	cmd.Env = append(cmd.Env, env...)
 	cmd.ExtraFiles = files
+	cmd.SysProcAttr = attr
 	c := &Child{Cmd: cmd, out: &lockedBuffer{}, lines: &lineQueue{ready: make(chan struct{}, 1)}, done: make(chan struct{})}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
-		tb.Fatal(err)
+		return nil, err
 	}
 	cmd.Stderr = c.out
 	if err := cmd.Start(); err != nil {
-		tb.Fatalf("start child %s: %v", test, err)
+		return nil, fmt.Errorf("start child %s: %w", test, err)
 	}
 	children.Lock()
 	children.pids[cmd.Process.Pid] = true
@@ -197,7 +211,7 @@ func StartChildFiles(tb testing.TB, test string, files []*os.File, env ...string
 			<-c.done
 		}
 	})
-	return c
+	return c, nil
 }
 
 // Pid is the child's process id.
