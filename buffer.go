@@ -29,7 +29,6 @@ type Buffer struct {
 
 	mu      sync.Mutex
 	handles map[*Handle]struct{}
-	statics map[*Static]struct{}
 	bells   []*channel.Doorbell // doorbells closed Selects gave back
 	bellsAt time.Time           // when the last of them was
 	// bellsFreed: Close has taken the doorbells to free; none is given
@@ -80,7 +79,7 @@ func Open(name string, opts ...Option) (*Buffer, error) {
 	if cfg.region.Open == backend.AttachOnly {
 		cfg.region.Size = 0
 	}
-	b := &Buffer{name: name, cfg: cfg, handles: map[*Handle]struct{}{}, statics: map[*Static]struct{}{}}
+	b := &Buffer{name: name, cfg: cfg, handles: map[*Handle]struct{}{}}
 	region, err := backend.OpenRegion(name, cfg.region, func(r *backend.Region) error {
 		h, err := alloc.Init(r, alloc.Options{CheckInterval: cfg.checkInterval})
 		if err != nil {
@@ -559,7 +558,7 @@ func init() {
 			return err == nil, err
 		},
 		check: func(b *Buffer, en *channel.Entry) error {
-			_, err := b.heap.Extent(en.Control)
+			_, err := b.staticView(en)
 			return err
 		},
 	})

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"hash/fnv"
 
+	"github.com/heapipc/ipc/alloc"
 	"github.com/heapipc/ipc/channel"
+	"github.com/heapipc/ipc/internal/errs"
 	"github.com/heapipc/ipc/internal/mem"
 )
 
@@ -76,7 +78,7 @@ func (b *Buffer) Static(ctx context.Context, name string, size int, init func([]
 	var bytes []byte
 	en, _, err := attachChannel(ctx, b, StaticID(name), spec, open, func(en *channel.Entry, _ *channel.Entry) error {
 		return b.reg.Attach(ctx, en, func() (err error) {
-			bytes, err = b.heap.View(en.Control, en.Size)
+			bytes, err = b.staticView(en)
 			return err
 		})
 	})
@@ -113,13 +115,32 @@ func (b *Buffer) AttachStatic(name string) (*Static, error) {
 	// segment removed since the lookup has had its memory freed.
 	var bytes []byte
 	err = b.reg.Attach(context.Background(), en, func() (err error) {
-		bytes, err = b.heap.View(en.Control, en.Size)
+		bytes, err = b.staticView(en)
 		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("ipc: static %q: %w", name, err)
 	}
 	return &Static{buf: b, en: en, name: name, bytes: bytes}, nil
+}
+
+// staticView is the bytes of the static segment of en: the first en.Size
+// bytes of its control block. The entry must name a published control
+// block (alloc.KindControl, nobody's) that starts at en.Control and holds
+// en.Size bytes; a damaged Control or Size is ErrCorrupt, never a view of
+// another extent or past the segment's own.
+func (b *Buffer) staticView(en *channel.Entry) ([]byte, error) {
+	x, err := b.heap.Extent(en.Control)
+	if err != nil {
+		return nil, err
+	}
+	if x.Off != en.Control || x.Kind != alloc.KindControl || x.Owner != 0 {
+		return nil, errs.Corrupt("registry entry.Control", uint64(en.Off)+24, "static %q names a %v extent at %#x owned by %v, not its control block", en.Name, x.Kind, uint64(x.Off), x.Owner)
+	}
+	if en.Size == 0 || en.Size > x.Size {
+		return nil, errs.Corrupt("registry entry.Size", uint64(en.Off)+32, "static %q of %d bytes in a control block of %d", en.Name, en.Size, x.Size)
+	}
+	return b.heap.View(en.Control, en.Size)
 }
 
 func validateStaticName(name string) error {
@@ -138,8 +159,14 @@ func validateStaticName(name string) error {
 // Name is the segment's name.
 func (s *Static) Name() string { return s.name }
 
-// Bytes are the segment's bytes in shared memory.
+// Bytes are the segment's bytes in shared memory. They are valid while the
+// segment is (see Valid): after a Remove, by any process, its memory may
+// hold another allocation.
 func (s *Static) Bytes() []byte { return s.bytes }
+
+// Valid reports whether the segment is still there: false once it was
+// removed, by this process or another.
+func (s *Static) Valid() bool { return s.bytes != nil && s.en.Valid() }
 
 // Remove deletes the static segment from the buffer for everyone and gives
 // its memory back. Nobody may use its bytes afterwards.
@@ -169,6 +196,9 @@ func StaticAt[T any](s *Static, off int) (*T, error) {
 	}
 	if off < 0 {
 		return nil, fmt.Errorf("ipc: static %q: offset %d: %w", s.name, off, ErrInvalidArgument)
+	}
+	if !s.Valid() {
+		return nil, fmt.Errorf("ipc: static %q was removed: %w", s.name, ErrNotExist)
 	}
 	return mem.At[T](s.bytes, mem.Off(off))
 }

@@ -550,7 +550,7 @@ func (g *Registry) create(ctx context.Context, id ID, spec Spec) (*Entry, bool, 
 		}
 		clear(b)
 		if spec.Init != nil {
-			if err := spec.Init(cOff, b); err != nil {
+			if err := initControl(spec.Init, cOff, b, func() { fail(nil) }); err != nil {
 				return fail(err)
 			}
 		}
@@ -566,6 +566,23 @@ func (g *Registry) create(ctx context.Context, id ID, spec Spec) (*Entry, bool, 
 		return nil, false, errRetry // removed at once by someone else
 	}
 	return en, true, err
+}
+
+// initControl runs init on a new channel's control block. If init (a
+// user's function, for static segments) panics, undo runs before the
+// panic goes on: the entry must not stay initializing, by a creator that
+// is alive, for every other process to wait on for ever, nor its block
+// stay allocated.
+func initControl(init func(mem.Off, []byte) error, c mem.Off, b []byte, undo func()) error {
+	returned := false
+	defer func() {
+		if !returned {
+			undo()
+		}
+	}()
+	err := init(c, b)
+	returned = true
+	return err
 }
 
 // freeEntry returns a free entry linked into id's bucket (a free one of
