@@ -594,13 +594,6 @@ func (rs *records) slot(off mem.Off, b []byte) (uint64, error) {
 	return s, nil
 }
 
-// validate checks that b is the payload view of a live record at off that
-// this process holds (allocated, or received and not sent on).
-func (rs *records) validate(off mem.Off, b []byte) error {
-	_, err := rs.held(off, b)
-	return err
-}
-
 // validateQueued checks a record channel's slot: a live record whose
 // length is the slot's, if the slot records it.
 func (rs *records) validateQueued(slot uint64) error {
