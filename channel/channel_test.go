@@ -1493,3 +1493,45 @@ func TestRingStaleBell(t *testing.T) {
 		require.Equal(t, v, w.Load(), "a stale ring wrote into %#x", v)
 	}
 }
+
+// TestRingRefusedAttachKeepsClose: an attach refused for a damaged
+// head/tail puts the previous end's close mark back. It cleared the mark
+// first, so a consumer whose producer had closed read ErrWouldBlock
+// instead of EOF for good (and waited for ever in Receive), and the
+// channel was never removable (both marks are what Removable reads).
+func TestRingRefusedAttachKeepsClose(t *testing.T) {
+	f := newFixture(t, backend.Heap)
+	en, _, err := f.reg.LookupOrCreate(context.Background(), 1, recordSpec(8))
+	require.NoError(t, err)
+	ring, err := OpenRing(f.r, en, WaitOptions{CheckInterval: 10 * time.Millisecond})
+	require.NoError(t, err)
+	p, err := ring.AttachProducer()
+	require.NoError(t, err)
+	c, err := ring.AttachConsumer()
+	require.NoError(t, err)
+	slot, ok := PackSlot(4096, 8)
+	require.True(t, ok)
+	require.NoError(t, p.TrySend(slot))
+	p.Close()
+	_, err = c.TryReceive()
+	require.NoError(t, err)
+	_, err = c.TryReceive()
+	require.ErrorIs(t, err, io.EOF, "drained after the producer's close")
+
+	head := ring.cb.Head.Load()
+	ring.cb.Head.Store(head + 1<<20) // damage: Tail - Head is beyond the capacity
+	_, err = ring.AttachProducer()
+	require.ErrorIs(t, err, errs.ErrCorrupt)
+	c.Close()
+	_, err = ring.AttachConsumer()
+	require.ErrorIs(t, err, errs.ErrCorrupt)
+	require.Equal(t, uint32(1), ring.cb.ProdClosed.Load(), "producer's close mark")
+	require.Equal(t, uint32(1), ring.cb.ConsClosed.Load(), "consumer's close mark")
+	require.Zero(t, ring.cb.Producer.Load())
+	require.Zero(t, ring.cb.Consumer.Load())
+	ring.cb.Head.Store(head)
+	c, err = ring.AttachConsumer()
+	require.NoError(t, err)
+	_, err = c.TryReceive()
+	require.ErrorIs(t, err, io.EOF, "the producer's close still stands")
+}

@@ -363,10 +363,14 @@ func (r *Ring) AttachProducer() (*RecordProducer, error) {
 	if _, err := claim(&r.cb.Producer, self, "producer end"); err != nil {
 		return nil, err
 	}
-	r.cb.ProdClosed.Store(0)
+	// A refused attach puts the previous producer's close back: the
+	// consumer's EOF, and the channel's removal once both ends are
+	// gone, depend on it.
+	closed := r.cb.ProdClosed.Swap(0)
 	t := r.cb.Tail.Load()
 	h := r.cb.Head.Load()
 	if t-h > uint64(len(r.ring)) {
+		r.cb.ProdClosed.Store(closed)
 		r.cb.Producer.Store(0)
 		return nil, errs.Corrupt("record channel head/tail", uint64(r.cbOff)+128, "tail %d head %d capacity %d", t, h, len(r.ring))
 	}
@@ -636,10 +640,11 @@ func (r *Ring) AttachConsumer() (*RecordConsumer, error) {
 	if _, err := claim(&r.cb.Consumer, self, "consumer end"); err != nil {
 		return nil, err
 	}
-	r.cb.ConsClosed.Store(0)
+	closed := r.cb.ConsClosed.Swap(0) // put back if refused, as in AttachProducer
 	h := r.cb.Head.Load()
 	t := r.cb.Tail.Load()
 	if t-h > uint64(len(r.ring)) {
+		r.cb.ConsClosed.Store(closed)
 		r.cb.Consumer.Store(0)
 		return nil, errs.Corrupt("record channel head/tail", uint64(r.cbOff)+256, "tail %d head %d capacity %d", t, h, len(r.ring))
 	}

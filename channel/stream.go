@@ -700,8 +700,9 @@ func (s *Stream) AttachWriter() (*StreamWriter, error) {
 	if _, err := claim(&s.cb.Writer, self, "stream writer end"); err != nil {
 		return nil, err
 	}
-	s.cb.WClosed.Store(0)
+	closed := s.cb.WClosed.Swap(0) // put back if refused: the reader's EOF depends on it
 	if _, err := s.state(); err != nil {
+		s.cb.WClosed.Store(closed)
 		s.cb.Writer.CompareAndSwap(uint64(self), 0)
 		return nil, err
 	}
@@ -1000,8 +1001,9 @@ func (s *Stream) AttachReader() (*StreamReader, error) {
 	if _, err := claim(&s.cb.Reader, self, "stream reader end"); err != nil {
 		return nil, err
 	}
-	s.cb.RClosed.Store(0)
+	closed := s.cb.RClosed.Swap(0) // put back if refused: the writer's ErrClosedPipe depends on it
 	fail := func(err error) (*StreamReader, error) {
+		s.cb.RClosed.Store(closed)
 		s.cb.Reader.CompareAndSwap(uint64(self), 0)
 		return nil, err
 	}

@@ -897,3 +897,33 @@ func FuzzStreamWords(f *testing.F) {
 		require.NoError(t, sf.s.Check(), "two resets repair any positions")
 	})
 }
+
+// TestStreamRefusedAttachKeepsClose: an attach refused for damage puts the
+// other end's view of the previous holder's close back (the reader's EOF
+// after a writer's close, the writer's ErrClosedPipe after a reader's).
+func TestStreamRefusedAttachKeepsClose(t *testing.T) {
+	sf := newStream(t, backend.Heap, 64, 8, WaitOptions{})
+	w, r := sf.ends(t)
+	w.Close()
+	r.Close()
+	cb := sf.s.cb
+	require.Equal(t, uint32(1), cb.WClosed.Load())
+	require.Equal(t, uint32(1), cb.RClosed.Load())
+
+	backlog := cb.Backlog.Load()
+	cb.Backlog.Store(1 << 20)
+	_, err := sf.s.AttachReader()
+	require.ErrorIs(t, err, errs.ErrCorrupt)
+	require.Equal(t, uint32(1), cb.RClosed.Load(), "reader's close mark after a refused reader attach")
+	cb.Backlog.Store(backlog)
+
+	wword := cb.W.Load()
+	cb.W.Store(wword + sf.s.c2) // a position beyond the ring's
+	_, err = sf.s.AttachWriter()
+	require.ErrorIs(t, err, errs.ErrCorrupt)
+	require.Equal(t, uint32(1), cb.WClosed.Load(), "writer's close mark after a refused writer attach")
+	cb.W.Store(wword)
+
+	require.Zero(t, cb.Writer.Load())
+	require.Zero(t, cb.Reader.Load())
+}
