@@ -70,7 +70,9 @@ check-tags:
 
 ## bench: all Go benchmarks, 5 rounds, summarised by benchstat (bench.txt keeps the raw run)
 bench: ipcbench
-	$(GO) test -run '^$$' -bench . -count 5 -timeout 60m ./... | tee bench.txt
+	@# tee would hide go test's exit status (sh has no pipefail): it is kept aside
+	@mkdir -p $(BIN); { $(GO) test -run '^$$' -bench . -count 5 -timeout 60m ./...; echo $$? > $(BIN)/bench.rc; } | tee bench.txt; \
+		exit $$(cat $(BIN)/bench.rc)
 	$(GO) run $(BENCHSTAT) bench.txt
 
 .PHONY: ipcbench ipcbench-quick

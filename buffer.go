@@ -4,6 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -332,9 +336,11 @@ func (b *Buffer) Destroy() error {
 // Remove removes the buffer called name: what Destroy removes, for
 // cleaning up after a crashed program. If the buffer can be opened it is
 // destroyed (every channel's semaphores included); otherwise its segment
-// and the heap and registry semaphores are removed by name. Backends: ""
-// for segments is the default; "" for semaphores is the kind the buffer's
-// header records (or the default if it cannot be read). For cleaning up after a
+// and the heap and registry semaphores are removed by name, and with POSIX
+// semaphores its mailboxes' too (found in /dev/shm). Backends: "" for
+// segments is the default; the semaphores are of the kind the buffer's
+// header records, or if it cannot be read, of the kind given ("": the
+// default). For cleaning up after a
 // crashed program; it reports what it could not remove, and ErrNotExist
 // if there was nothing.
 func Remove(name string, segments, semaphores string) error {
@@ -351,17 +357,29 @@ func Remove(name string, segments, semaphores string) error {
 	}
 	// If the buffer can still be opened, Destroy removes everything,
 	// the channels' own semaphores included.
-	if b, err := Open(name, AttachOnly(), WithBackends(string(segKind), string(semKind)), WithReadyTimeout(time.Second)); err == nil {
-		return b.Destroy()
-	}
-	if semKind == "" {
-		// The header says which semaphores the buffer made.
-		semKind = backend.DefaultSemaphoreKind()
-		r, err := backend.OpenRegion(name, backend.RegionConfig{Segments: segKind, Open: backend.AttachOnly, ReadyTimeout: time.Second}, nil)
-		if err == nil {
-			semKind = r.SemaphoreKind()
-			r.Close()
+	destroy := func(semKind backend.Kind) (bool, error) {
+		b, err := Open(name, AttachOnly(), WithBackends(string(segKind), string(semKind)), WithReadyTimeout(time.Second))
+		if err != nil {
+			return false, nil
 		}
+		return true, b.Destroy()
+	}
+	if ok, err := destroy(semKind); ok {
+		return err
+	}
+	// The header, if it can be read, says which semaphores the buffer
+	// made, whatever was asked.
+	if r, err := backend.OpenRegion(name, backend.RegionConfig{Segments: segKind, Open: backend.AttachOnly, ReadyTimeout: time.Second}, nil); err == nil {
+		made := r.SemaphoreKind()
+		r.Close()
+		if made != semKind {
+			if ok, err := destroy(made); ok {
+				return err
+			}
+		}
+		semKind = made
+	} else if semKind == "" {
+		semKind = backend.DefaultSemaphoreKind()
 	}
 	segs, err := backend.Segments(segKind)
 	if err != nil {
@@ -384,10 +402,46 @@ func Remove(name string, segments, semaphores string) error {
 	for _, suffix := range semaphoreSuffixes {
 		note(sems.Remove(name + suffix))
 	}
+	if semKind == backend.POSIX {
+		// The registry cannot be read, so the mailboxes' semaphores
+		// are found by their names in /dev/shm.
+		for _, n := range mailboxSemFiles(name) {
+			note(sems.Remove(n))
+		}
+	}
 	if !found && len(all) == 0 {
 		return fmt.Errorf("ipc: remove %q: %w", name, ErrNotExist)
 	}
 	return errors.Join(all...)
+}
+
+// mailboxSemFiles lists the POSIX semaphores in /dev/shm named as those of
+// a mailbox of the buffer called name: exactly channel.MailboxSemNames of
+// some id, so that another buffer's objects whose names merely begin with
+// this one's are not taken.
+func mailboxSemFiles(name string) []string {
+	des, err := os.ReadDir(backend.ShmDir)
+	if err != nil {
+		return nil
+	}
+	prefix := "sem." + name + ".mb"
+	var out []string
+	for _, de := range des {
+		rest, ok := strings.CutPrefix(de.Name(), prefix)
+		if !ok {
+			continue
+		}
+		hexID, _, ok := strings.Cut(rest, ".")
+		id, err := strconv.ParseUint(hexID, 16, 64)
+		if !ok || err != nil {
+			continue
+		}
+		sem := strings.TrimPrefix(de.Name(), "sem.")
+		if names := channel.MailboxSemNames(name, channel.ID(id)); slices.Contains(names[:], sem) {
+			out = append(out, sem)
+		}
+	}
+	return out
 }
 
 // semaphoreSuffixes name every semaphore a buffer makes, after its name.
@@ -396,7 +450,8 @@ var semaphoreSuffixes = []string{alloc.SemSuffix, ".reg"}
 // Stats describes the buffer's memory and channels.
 type Stats struct {
 	Heap     alloc.Stats
-	Channels uint64 // channels in the registry
+	Channels uint64 // channels in the registry, those being made or removed included (static segments not counted)
+	Statics  uint64 // static segments
 	Records  RecordStats
 }
 
@@ -413,7 +468,16 @@ func (b *Buffer) Stats() (Stats, error) {
 	if err != nil {
 		return Stats{}, err
 	}
-	return Stats{Heap: hs, Channels: b.reg.Live(), Records: b.recs.stats()}, nil
+	st := Stats{Heap: hs, Records: b.recs.stats()}
+	live := b.reg.Live() // channels being made or removed included
+	err = b.reg.Each(func(en *channel.Entry) error {
+		if en.Type == channel.TypeStatic {
+			st.Statics++
+		}
+		return nil
+	})
+	st.Channels = live - min(live, st.Statics)
+	return st, err
 }
 
 // Check walks the heap, the slabs, the registry and every channel and

@@ -2,8 +2,12 @@ package ipc
 
 import (
 	"encoding/binary"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 
+	"github.com/heapipc/ipc/alloc"
 	"github.com/heapipc/ipc/backend"
 	"github.com/heapipc/ipc/channel"
 	"github.com/heapipc/ipc/internal/mem"
@@ -286,5 +290,106 @@ func TestOpenOverCrashedDestroy(t *testing.T) {
 				require.NoError(t, b.Destroy())
 			})
 		}
+	}
+}
+
+// TestRemoveUnopenableRemovesMailboxSems: Remove of a POSIX buffer that
+// cannot be opened (a damaged header) removes its mailboxes' semaphores
+// too, found by name in /dev/shm; it removed only the heap's and the
+// registry's, and left the mailboxes' for good (no later Remove found the
+// buffer). Another buffer whose name starts with this one's ".mb" keeps
+// its objects.
+func TestRemoveUnopenableRemovesMailboxSems(t *testing.T) {
+	name := testutil.Name(t)
+	open := func(name string) *Buffer {
+		b, err := Open(name, WithBackends("posix", "posix"), WithSize(4<<20))
+		require.NoError(t, err)
+		return b
+	}
+	b := open(name)
+	t.Cleanup(func() { Remove(name, "posix", "posix") })
+	other := open(name + ".mb5")
+	defer other.Destroy()
+	h, err := b.NewHandle()
+	require.NoError(t, err)
+	for _, id := range []ChannelID{5, 0xabc} {
+		q, err := h.Requester(id, WithWindow(4096))
+		require.NoError(t, err)
+		require.NoError(t, q.Close())
+	}
+	oh, err := other.NewHandle()
+	require.NoError(t, err)
+	oq, err := oh.Requester(1, WithWindow(4096))
+	require.NoError(t, err)
+	require.NoError(t, oq.Close())
+	require.NoError(t, oh.Close())
+	require.NoError(t, h.Close())
+	require.NoError(t, b.Close())
+
+	// Damage a checksummed header byte in the file: Open says ErrCorrupt.
+	path := backend.ShmDir + "/" + name
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	require.NoError(t, err)
+	var one [1]byte
+	_, err = f.ReadAt(one[:], 100)
+	require.NoError(t, err)
+	_, err = f.WriteAt([]byte{one[0] ^ 0xff}, 100)
+	require.NoError(t, err)
+	require.NoError(t, f.Close())
+	_, err = Open(name, AttachOnly(), WithBackends("posix", "posix"))
+	require.Error(t, err)
+
+	require.NoError(t, Remove(name, "posix", "posix"))
+	left, err := filepath.Glob(backend.ShmDir + "/sem." + name + ".mb*")
+	require.NoError(t, err)
+	var mine []string
+	for _, l := range left {
+		if !strings.HasPrefix(l, backend.ShmDir+"/sem."+name+".mb5.") {
+			mine = append(mine, l)
+		}
+	}
+	require.Empty(t, mine, "mailbox semaphores left behind")
+	_, err = os.Stat(path)
+	require.ErrorIs(t, err, os.ErrNotExist)
+	require.NoError(t, other.Check(), "the other buffer is whole")
+	for _, n := range channel.MailboxSemNames(name+".mb5", 1) {
+		_, err := os.Stat(backend.ShmDir + "/sem." + n)
+		require.NoError(t, err, "the other buffer's semaphore %s", n)
+	}
+}
+
+// TestRemoveWithOtherSemaphoreKind: Remove asked for semaphores of
+// another kind than the buffer's destroys it with the kind its header
+// records: it removed the segment, looked for semaphores of the kind
+// asked, and left the buffer's own (heap, registry, mailboxes) behind
+// while saying "removed".
+func TestRemoveWithOtherSemaphoreKind(t *testing.T) {
+	for _, kinds := range [][2]string{{"posix", "sysv"}, {"sysv", "posix"}} {
+		made, asked := kinds[0], kinds[1]
+		t.Run(made+" asked as "+asked, func(t *testing.T) {
+			name := testutil.Name(t)
+			b, err := Open(name, WithBackends("posix", made), WithSize(4<<20))
+			require.NoError(t, err)
+			t.Cleanup(func() { Remove(name, "posix", made) })
+			h, err := b.NewHandle()
+			require.NoError(t, err)
+			q, err := h.Requester(3, WithWindow(4096))
+			require.NoError(t, err)
+			require.NoError(t, q.Close())
+			require.NoError(t, h.Close())
+			sems, err := b.region.Semaphores()
+			require.NoError(t, err)
+			require.NoError(t, b.Close())
+
+			require.NoError(t, Remove(name, "posix", asked))
+			mb := channel.MailboxSemNames(name, 3)
+			names := append(mb[:], name+alloc.SemSuffix, name+".reg")
+			for _, n := range names {
+				_, err := sems.Open(n, backend.SemOptions{})
+				require.ErrorIs(t, err, ErrNotExist, "semaphore %s left behind", n)
+			}
+			_, err = os.Stat(backend.ShmDir + "/" + name)
+			require.ErrorIs(t, err, os.ErrNotExist)
+		})
 	}
 }

@@ -147,12 +147,45 @@ func notFile(err error) bool {
 
 // removeFile unlinks the file of a segment or semaphore; a directory
 // there is not heapipc's (ErrNotHeapIPC).
-func removeFile(op, name, path string) error {
-	err := sys.Unlink(path)
-	if errors.Is(err, syscall.EISDIR) {
-		return fmt.Errorf("%s %q: %s is not a heapipc object: %w (%w)", op, name, path, ErrNotHeapIPC, err)
+// removeFile removes path if it is a heapipc object: a regular file whose
+// first bytes ours says they are (a region's header, a semaphore's
+// shared flag). Anything else under the name (another program's file, a
+// directory, a FIFO) is ErrNotHeapIPC and stays. The check and the unlink
+// are of one file (unlinkIfSame).
+func removeFile(op, name, path string, ours func(fi sys.FileInfo, head []byte) bool) error {
+	fd, err := sys.Open(path, sys.ONonblock, 0) // a FIFO must not block the open
+	if err != nil {
+		if errors.Is(err, syscall.ELOOP) {
+			return fmt.Errorf("%s %q: %s is not a heapipc object: %w (%w)", op, name, path, ErrNotHeapIPC, err)
+		}
+		return osError(op, name, err)
 	}
-	return osError(op, name, err)
+	fi, err := sys.Fstat(fd)
+	var head [16]byte
+	n := 0
+	if err == nil && fi.Regular {
+		n, err = sys.Pread(fd, head[:], 0)
+	}
+	sys.Close(fd)
+	if err != nil {
+		return osError(op, name, err)
+	}
+	if !fi.Regular || !ours(fi, head[:n]) {
+		return fmt.Errorf("%s %q: %s is not a heapipc object (remove it by hand if it is garbage): %w", op, name, path, ErrNotHeapIPC)
+	}
+	return unlinkIfSame(op, name, path, fi)
+}
+
+// isRegionFile: a POSIX segment is published (renamed to its name) only
+// after its header is written, so the file under a name starts with Magic.
+func isRegionFile(fi sys.FileInfo, head []byte) bool {
+	return fi.Size >= headerSize && len(head) >= 8 && binary.NativeEndian.Uint64(head) == Magic
+}
+
+// isSemFile: a named semaphore is semSize bytes with the shared flag set,
+// as glibc's and ours are.
+func isSemFile(fi sys.FileInfo, head []byte) bool {
+	return fi.Size == semSize && len(head) >= semPrivateOff+4 && binary.NativeEndian.Uint32(head[semPrivateOff:]) == semShared
 }
 
 // unlinkIfSame removes path only if it is still the file fi. The check and
@@ -233,7 +266,7 @@ func (posixSegments) Remove(name string) error {
 	if err := posixSegName(name); err != nil {
 		return err
 	}
-	return removeFile("remove posix segment", name, posixSegPath(name))
+	return removeFile("remove posix segment", name, posixSegPath(name), isRegionFile)
 }
 
 type posixSegment struct {
@@ -306,7 +339,7 @@ func (posixSemaphores) Remove(name string) error {
 	if err := ValidateObjectName(name); err != nil {
 		return err
 	}
-	return removeFile("remove posix semaphore", name, posixSemPath(name))
+	return removeFile("remove posix semaphore", name, posixSemPath(name), isSemFile)
 }
 
 func newPosixSem(name string, b []byte, fi sys.FileInfo) (Semaphore, error) {

@@ -1,6 +1,7 @@
 package backend
 
 import (
+	"golang.org/x/sys/unix"
 	"os"
 	"strconv"
 	"testing"
@@ -37,6 +38,47 @@ func TestPosixNotAFile(t *testing.T) {
 	fi, err := os.Stat(posixSegPath(dir))
 	require.NoError(t, err)
 	require.True(t, fi.IsDir(), "the directory is still there")
+}
+
+// TestPosixRemoveForeign: Remove of a POSIX segment or semaphore name
+// under which another program's file, or a FIFO, lies leaves it there
+// (ErrNotHeapIPC); it used to unlink whatever the name held, and an open
+// of a FIFO would have blocked. Ours are removed.
+func TestPosixRemoveForeign(t *testing.T) {
+	segs, _ := Segments(POSIX)
+	sems, _ := Semaphores(POSIX)
+	seg, sem, fifo := testutil.Name(t), testutil.Name(t), testutil.Name(t)
+	require.NoError(t, os.WriteFile(posixSegPath(seg), []byte("hello"), 0o600))
+	defer os.Remove(posixSegPath(seg))
+	require.NoError(t, os.WriteFile(posixSemPath(sem), make([]byte, semSize), 0o600)) // shared flag not set
+	defer os.Remove(posixSemPath(sem))
+	require.NoError(t, unix.Mkfifo(posixSegPath(fifo), 0o600))
+	defer os.Remove(posixSegPath(fifo))
+	require.NoError(t, unix.Mkfifo(posixSemPath(fifo), 0o600))
+	defer os.Remove(posixSemPath(fifo))
+
+	for _, n := range []string{seg, fifo} {
+		require.ErrorIs(t, segs.Remove(n), ErrNotHeapIPC, "segment %s", n)
+		_, err := os.Lstat(posixSegPath(n))
+		require.NoError(t, err, "still there")
+	}
+	for _, n := range []string{sem, fifo} {
+		require.ErrorIs(t, sems.Remove(n), ErrNotHeapIPC, "semaphore %s", n)
+		_, err := os.Lstat(posixSemPath(n))
+		require.NoError(t, err, "still there")
+	}
+	require.ErrorIs(t, segs.Remove(testutil.Name(t)), ErrNotExist)
+	require.ErrorIs(t, sems.Remove(testutil.Name(t)), ErrNotExist)
+
+	// Ours go.
+	r, err := OpenRegion(testutil.Name(t), RegionConfig{Segments: POSIX, Semaphores: POSIX, Size: 1 << 16}, nil)
+	require.NoError(t, err)
+	require.NoError(t, r.Close())
+	require.NoError(t, segs.Remove(r.Name()))
+	s, err := sems.Create(testutil.Name(t), 0, SemOptions{})
+	require.NoError(t, err)
+	require.NoError(t, s.Close())
+	require.NoError(t, sems.Remove(s.Name()))
 }
 
 // TestSemPrefixedNames: a region or a POSIX segment may not be named

@@ -197,7 +197,11 @@ func TestRegionForeignFile(t *testing.T) {
 		}
 		_, err = OpenRegion(name, RegionConfig{Segments: POSIX, Size: 1 << 16, ReadyTimeout: 20 * time.Millisecond}, nil)
 		require.Error(t, err, "create-or-attach never takes over a foreign file")
-		require.NoError(t, segs.Remove(name))
+		require.ErrorIs(t, segs.Remove(name), ErrNotHeapIPC, "Remove leaves a foreign file alone")
+		got, err := os.ReadFile(posixSegPath(name))
+		require.NoError(t, err)
+		require.Equal(t, len(content), len(got))
+		require.NoError(t, os.Remove(posixSegPath(name)))
 	}
 }
 

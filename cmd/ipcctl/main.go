@@ -83,7 +83,7 @@ func withBuffer(name, seg, sem, cmd string) (err error) {
 			st.Heap.FreeBytes, st.Heap.TotalBytes, st.Heap.LargestFree, st.Heap.FreeExtents, st.Heap.AllocExtents, st.Heap.Fragmentation())
 		fmt.Fprintf(w, "records\t%d live in %d slabs (%d active, %d retired), %d large\n",
 			st.Records.LiveRecords, st.Records.Slabs, st.Records.ActiveSlabs, st.Records.RetiredSlabs, st.Records.LargeRecords)
-		fmt.Fprintf(w, "channels\t%d\n", st.Channels)
+		fmt.Fprintf(w, "channels\t%d, and %d static segments\n", st.Channels, st.Statics)
 		fmt.Fprintf(w, "lock\t%d takeovers, %d repairs\n", st.Heap.Takeovers, st.Heap.Repairs)
 		return w.Flush()
 	case "check":
@@ -102,7 +102,12 @@ func withBuffer(name, seg, sem, cmd string) (err error) {
 }
 
 // list prints the POSIX segments under /dev/shm that carry heapipc's
-// magic, with their size.
+// magic, with their size, and the temporary files of creates that have
+// not published theirs.
+// tempPrefix starts the name of a creator's temporary file in /dev/shm
+// (backend/posix_linux.go).
+const tempPrefix = ".hipc-tmp."
+
 func list() error {
 	ents, err := os.ReadDir(backend.ShmDir)
 	if err != nil {
@@ -111,7 +116,20 @@ func list() error {
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(w, "NAME\tBYTES\tLAYOUT")
 	for _, e := range ents {
-		if e.IsDir() || strings.HasPrefix(e.Name(), "sem.") || strings.HasPrefix(e.Name(), ".") {
+		// Only regular files: opening a FIFO would block.
+		if !e.Type().IsRegular() || strings.HasPrefix(e.Name(), "sem.") {
+			continue
+		}
+		if rest, ok := strings.CutPrefix(e.Name(), tempPrefix); ok {
+			// A create that has not published its file, or one that
+			// was killed before it could remove it.
+			pid, _, _ := strings.Cut(rest, ".")
+			if fi, err := e.Info(); err == nil {
+				fmt.Fprintf(w, "%s\t%d\tunfinished create by pid %s (a later create removes it once that pid is gone)\n", e.Name(), fi.Size(), pid)
+			}
+			continue
+		}
+		if strings.HasPrefix(e.Name(), ".") {
 			continue
 		}
 		f, err := os.Open(backend.ShmDir + "/" + e.Name())

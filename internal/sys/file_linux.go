@@ -13,6 +13,7 @@ const (
 	OExcl     = unix.O_EXCL
 	ONofollow = unix.O_NOFOLLOW
 	OCloexec  = unix.O_CLOEXEC
+	ONonblock = unix.O_NONBLOCK
 )
 
 // Open is open(2) with O_CLOEXEC and O_NOFOLLOW always added.
@@ -134,6 +135,9 @@ func Munmap(b []byte) error { return unix.Munmap(b) }
 // Link is link(2): it fails with EEXIST if newpath exists, which is what
 // makes publishing a fully written file atomic.
 func Link(oldpath, newpath string) error { return unix.Link(oldpath, newpath) }
+
+// Pread is pread(2).
+func Pread(fd int, b []byte, off int64) (int, error) { return unix.Pread(fd, b, off) }
 
 // Unlink is unlink(2).
 func Unlink(path string) error { return unix.Unlink(path) }
