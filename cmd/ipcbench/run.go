@@ -33,7 +33,7 @@ type Config struct {
 	Scenarios  []string      // scenThroughput, scenLatency
 	Placements []string      // placeIn, placeCross
 	Transports []string      // ids; empty: all
-	Buffer     string        // the heapipc buffer's name (made and destroyed by Run)
+	Buffer     string        // the heapipc buffer's name (made and destroyed by Run, if a heapipc transport runs)
 	Spin       time.Duration // how long heapipc's spinning ends spin (0: the library's default)
 	Quick      bool          // recorded in the report
 	Progress   io.Writer     // progress lines; nil: none
@@ -80,16 +80,18 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 		return nil, err
 	}
 	r := &runner{cfg: cfg, start: time.Now()}
-	if r.e.buf, err = openBuffer(cfg); err != nil {
-		return nil, err
-	}
-	defer func() {
-		cerr := r.e.buf.Check()
-		if cerr != nil {
-			cerr = fmt.Errorf("heapipc buffer check after the run: %w", cerr)
+	if size := r.bufferSize(); size > 0 { // else only stdlib transports run
+		if r.e.buf, err = openBuffer(cfg.Buffer, size); err != nil {
+			return nil, err
 		}
-		err = errors.Join(err, cerr, r.e.buf.Destroy())
-	}()
+		defer func() {
+			cerr := r.e.buf.Check()
+			if cerr != nil {
+				cerr = fmt.Errorf("heapipc buffer check after the run: %w", cerr)
+			}
+			err = errors.Join(err, cerr, r.e.buf.Destroy())
+		}()
+	}
 	rep = newReport(cfg)
 	for _, scen := range cfg.Scenarios {
 		for range cfg.Sizes {
@@ -170,21 +172,61 @@ func (cfg *Config) validate() error {
 	return nil
 }
 
-// openBuffer creates the run's buffer, big enough for the largest
-// payload's messages in flight; a leftover of the same name (a killed run
-// whose pid came round again) is removed first.
-func openBuffer(cfg Config) (*ipc.Buffer, error) {
-	inflight := 0
-	for _, s := range cfg.Sizes {
-		inflight = max(inflight, capacity(s)*s)
+// bufferSize is the size of the run's heapipc buffer: room for what one
+// trial keeps in it at most (trials run one at a time and remove their
+// channels), twice over for the heap's fragmentation, and 8 MiB for the
+// registry, slabs and rings. 0: no heapipc transport runs.
+func (r *runner) bufferSize() int64 {
+	var most int64
+	for _, scen := range r.cfg.Scenarios {
+		for _, c := range r.contenders(scen) {
+			if !c.t.heapipc {
+				continue
+			}
+			for _, size := range r.cfg.Sizes {
+				most = max(most, inFlight(c.t.kind, size))
+			}
+		}
 	}
-	size := max(int64(64<<20), int64(4*inflight+32<<20))
-	b, err := ipc.Open(cfg.Buffer, ipc.WithSize(size), ipc.CreateOnly())
+	if most == 0 {
+		return 0
+	}
+	return 2*most + 8<<20
+}
+
+// inFlight is the most bytes that a trial of a heapipc kind with messages
+// of size bytes has in the buffer at once.
+func inFlight(kind string, size int) int64 {
+	switch kind {
+	case kindStream:
+		return 2 * ipc.DefaultStreamCapacity // a ring each way (latency)
+	case kindMailbox:
+		return 2 * ipc.DefaultWindow // a window each way
+	}
+	// A full ring, and the messages being filled and read: a batch (or a
+	// pack) of them at each end with the batch forms, one otherwise. A
+	// record carries a header and padding; one larger than an eighth of
+	// a slab (8 KiB) has pages of its own.
+	n := capacity(size) + 2
+	if kind == kindBatch || kind == kindPack {
+		n = capacity(size) + 2*batchOf(size)
+	}
+	per := int64(size) + 64
+	if size > 8<<10 {
+		per += 4 << 10
+	}
+	return int64(n) * per
+}
+
+// openBuffer creates the run's buffer of size bytes; a leftover of the
+// same name (a killed run whose pid came round again) is removed first.
+func openBuffer(name string, size int64) (*ipc.Buffer, error) {
+	b, err := ipc.Open(name, ipc.WithSize(size), ipc.CreateOnly())
 	if errors.Is(err, ipc.ErrExist) {
-		if err := ipc.Remove(cfg.Buffer, "", ""); err != nil {
+		if err := ipc.Remove(name, "", ""); err != nil {
 			return nil, err
 		}
-		b, err = ipc.Open(cfg.Buffer, ipc.WithSize(size), ipc.CreateOnly())
+		b, err = ipc.Open(name, ipc.WithSize(size), ipc.CreateOnly())
 	}
 	return b, err
 }

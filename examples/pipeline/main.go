@@ -7,12 +7,15 @@
 // transform stage rewrites each record in place and sends the same record
 // on (no copy, no allocation); the sink verifies and frees them. The first
 // process starts the other two (re-executing itself with -stage) and
-// removes the buffer at the end.
+// removes the buffer at the end. If a stage fails, or on SIGINT or SIGTERM,
+// it stops the other stages, removes the buffer and exits 1; the stages die
+// with it on Linux, even if it is killed.
 //
-//	go run ./examples/pipeline [-n 200000]
+//	go run ./examples/pipeline [-n 200000] [-mib 4]
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -20,15 +23,18 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
+	"os/signal"
 	"strconv"
+	"syscall"
 	"time"
 
 	ipc "github.com/heapipc/ipc"
+	"github.com/heapipc/ipc/examples/internal/child"
 )
 
 var (
 	n     = flag.Int("n", 200_000, "records")
+	mib   = flag.Int("mib", 4, "size of the shared buffer in MiB")
 	stage = flag.String("stage", "", "internal: transform or sink")
 	name  = flag.String("buffer", "", "internal: the buffer's name")
 )
@@ -37,10 +43,18 @@ const size = 128
 
 func main() {
 	flag.Parse()
+	if err := checkFlags(); err != nil {
+		fmt.Fprintln(os.Stderr, "pipeline:", err)
+		os.Exit(2)
+	}
 	var err error
 	switch *stage {
 	case "":
-		err = source()
+		// SIGINT and SIGTERM cancel ctx: the source stops, kills the other
+		// stages and removes the buffer before it exits.
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		err = source(ctx)
 	case "transform":
 		err = transform()
 	case "sink":
@@ -49,18 +63,31 @@ func main() {
 		err = fmt.Errorf("unknown stage %q", *stage)
 	}
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "pipeline %s: %v\n", *stage, err)
+		fmt.Fprintf(os.Stderr, "pipeline %s: %v\n", cmp.Or(*stage, "source"), err)
 		os.Exit(1)
 	}
+}
+
+// checkFlags rejects numbers the example cannot run with.
+func checkFlags() error {
+	switch {
+	case *n < 1:
+		return fmt.Errorf("-n %d: want at least 1 record", *n)
+	case *mib < 1 || *mib > 1024:
+		// In flight at most: a full ring of 1024 records on each channel,
+		// 144 bytes each with its header; 1 MiB holds them twice over.
+		return fmt.Errorf("-mib %d: want 1 to 1024", *mib)
+	}
+	return nil
 }
 
 func ctx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), 5*time.Minute)
 }
 
-func source() (err error) {
+func source(ctx context.Context) (err error) {
 	bufName := fmt.Sprintf("pipeline-%d", os.Getpid())
-	buf, err := ipc.Open(bufName, ipc.WithSize(32<<20), ipc.CreateOnly())
+	buf, err := ipc.Open(bufName, ipc.WithSize(int64(*mib)<<20), ipc.CreateOnly())
 	if err != nil {
 		return err
 	}
@@ -69,20 +96,27 @@ func source() (err error) {
 	if err != nil {
 		return err
 	}
-	var cmds []*exec.Cmd
+	// A stage's exit cancels work: until the source has sent everything,
+	// that means the stage failed, and the source gives up at once.
+	work, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	defer func() {
+		if errors.Is(err, context.Canceled) {
+			err = context.Cause(work) // the signal, or how the stage exited
+		}
+	}()
+	var stages []*child.Child
+	defer func() {
+		for _, c := range stages {
+			c.Stop()
+		}
+	}()
 	for _, s := range []string{"transform", "sink"} {
-		cmd := exec.Command(exe, "-stage", s, "-buffer", bufName, "-n", strconv.Itoa(*n))
-		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-		if err := cmd.Start(); err != nil {
+		c, err := child.Start(cancel, s, exe, "-stage", s, "-buffer", bufName, "-n", strconv.Itoa(*n))
+		if err != nil {
 			return err
 		}
-		cmds = append(cmds, cmd)
-		defer func() {
-			if cmd.ProcessState == nil {
-				cmd.Process.Kill()
-				cmd.Wait()
-			}
-		}()
+		stages = append(stages, c)
 	}
 	h, err := buf.NewHandle()
 	if err != nil {
@@ -93,8 +127,6 @@ func source() (err error) {
 	if err != nil {
 		return err
 	}
-	c, cancel := ctx()
-	defer cancel()
 	start := time.Now()
 	for i := 0; i < *n; i++ {
 		r, err := h.Allocate(size)
@@ -102,16 +134,16 @@ func source() (err error) {
 			return err
 		}
 		binary.LittleEndian.PutUint64(r.Bytes(), uint64(i))
-		if err := p.Send(c, r); err != nil {
+		if err := p.Send(work, r); err != nil {
 			return err
 		}
 	}
 	if err := p.Close(); err != nil {
 		return err
 	}
-	for _, cmd := range cmds {
-		if err := cmd.Wait(); err != nil {
-			return fmt.Errorf("%v: %w", cmd.Args[1:3], err)
+	for _, c := range stages {
+		if err := c.Wait(ctx); err != nil {
+			return err
 		}
 	}
 	el := time.Since(start)

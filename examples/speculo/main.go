@@ -13,7 +13,13 @@
 // prints a summary and the latest configuration, and the writer removes
 // the area and the buffer.
 //
-//	go run ./examples/speculo [-samples 2000] [-every 200µs] [-ttl 20ms] [-segments posix|sysv] [-semaphores posix|sysv]
+// The writer stops the readers and removes the buffer however the run
+// ends: on an error, when a reader exits early or does not attach (the
+// writer gives up at once and says how it exited), and on SIGINT or
+// SIGTERM (the writer then exits 1). The readers die with the writer on
+// Linux, even if it is killed.
+//
+//	go run ./examples/speculo [-samples 2000] [-every 200µs] [-ttl 20ms] [-mib 4] [-segments posix|sysv] [-semaphores posix|sysv]
 package main
 
 import (
@@ -25,17 +31,20 @@ import (
 	"hash/crc32"
 	"math"
 	"os"
-	"os/exec"
+	"os/signal"
 	"strconv"
+	"syscall"
 	"time"
 
 	ipc "github.com/heapipc/ipc"
+	"github.com/heapipc/ipc/examples/internal/child"
 )
 
 var (
 	samples = flag.Int("samples", 2000, "samples to publish")
 	every   = flag.Duration("every", 200*time.Microsecond, "time between samples")
 	ttl     = flag.Duration("ttl", 20*time.Millisecond, "how long a sample stays valid")
+	mib     = flag.Int("mib", 4, "size of the shared buffer in MiB")
 	segKind = flag.String("segments", "", "segment backend: posix or sysv (default: the build's)")
 	semKind = flag.String("semaphores", "", "semaphore backend: posix or sysv (default: the build's)")
 	reader  = flag.String("reader", "", "internal: run as a reader of this buffer")
@@ -51,16 +60,41 @@ const (
 
 func main() {
 	flag.Parse()
+	if err := checkFlags(); err != nil {
+		fmt.Fprintln(os.Stderr, "speculo:", err)
+		os.Exit(2)
+	}
 	var err error
 	if *reader != "" {
 		err = read(*reader, *id)
 	} else {
-		err = write()
+		// SIGINT and SIGTERM cancel ctx: the writer stops, kills the
+		// readers and removes the buffer before it exits.
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		err = write(ctx)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "speculo:", err)
 		os.Exit(1)
 	}
+}
+
+// checkFlags rejects numbers the example cannot run with.
+func checkFlags() error {
+	switch {
+	case *samples < 8 || *samples > 1_000_000:
+		return fmt.Errorf("-samples %d: want 8 to 1000000 (the configuration changes every eighth)", *samples)
+	case *every < 0 || *every > time.Second:
+		return fmt.Errorf("-every %v: want 0 to 1s", *every)
+	case *ttl <= 0 || *ttl > 400**every:
+		// Up to ttl/every samples are valid at once, and the 64 KiB area
+		// holds 512 valid blocks (one per 128 bytes): keep to 400.
+		return fmt.Errorf("-ttl %v: want more than 0 and at most 400 × -every (%v)", *ttl, 400**every)
+	case *mib < 1 || *mib > 1024:
+		return fmt.Errorf("-mib %d: want 1 to 1024", *mib)
+	}
+	return nil
 }
 
 // A sample is {index, value, crc32 of the first 16 bytes}.
@@ -77,9 +111,9 @@ func getSample(b []byte) (int, float64, error) {
 	return int(binary.LittleEndian.Uint64(b)), math.Float64frombits(binary.LittleEndian.Uint64(b[8:])), nil
 }
 
-func write() (err error) {
+func write(ctx context.Context) (err error) {
 	name := fmt.Sprintf("speculo-%d", os.Getpid())
-	buf, err := ipc.Open(name, ipc.WithSize(16<<20), ipc.WithBackends(*segKind, *semKind), ipc.CreateOnly())
+	buf, err := ipc.Open(name, ipc.WithSize(int64(*mib)<<20), ipc.WithBackends(*segKind, *semKind), ipc.CreateOnly())
 	if err != nil {
 		return err
 	}
@@ -111,24 +145,27 @@ func write() (err error) {
 	if err != nil {
 		return err
 	}
-	var cmds []*exec.Cmd
+	// A reader's exit cancels work: until the writer has published the
+	// end, that means the reader failed (or never attached), and the writer
+	// gives up at once.
+	work, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var cmds []*child.Child
 	defer func() {
 		for _, c := range cmds {
-			if c.ProcessState == nil {
-				c.Process.Kill()
-				c.Wait()
-			}
+			c.Stop()
 		}
 	}()
 	for i := 1; i <= readers; i++ {
-		c := exec.Command(exe, "-reader", name, "-id", strconv.Itoa(i), "-samples", strconv.Itoa(*samples),
-			"-segments", seg, "-semaphores", sem)
-		c.Stdout, c.Stderr = os.Stdout, os.Stderr
-		if err := c.Start(); err != nil {
+		c, err := child.Start(cancel, fmt.Sprintf("reader %d", i), exe, "-reader", name, "-id", strconv.Itoa(i),
+			"-samples", strconv.Itoa(*samples), "-every", every.String(), "-ttl", ttl.String(), "-segments", seg, "-semaphores", sem)
+		if err != nil {
 			return err
 		}
 		cmds = append(cmds, c)
 	}
+	attach, stopAttach := context.WithTimeoutCause(work, 30*time.Second, errors.New("the readers did not attach within 30s"))
+	defer stopAttach()
 	for { // wait for both readers to attach
 		st, err := sp.Stats()
 		if err != nil {
@@ -137,11 +174,18 @@ func write() (err error) {
 		if st.Readers == readers {
 			break
 		}
-		time.Sleep(time.Millisecond)
+		select {
+		case <-time.After(time.Millisecond):
+		case <-attach.Done():
+			return context.Cause(attach) // a reader exited, a signal, or the timeout
+		}
 	}
 
 	start := time.Now()
 	for i := 0; i < *samples; i++ {
+		if work.Err() != nil {
+			return context.Cause(work) // a reader exited, or a signal
+		}
 		if i > 0 && i%(*samples/8) == 0 {
 			version++
 			if err := w.Update(configBlock, config(version), time.Time{}); err != nil {
@@ -162,8 +206,8 @@ func write() (err error) {
 		return err
 	}
 	for _, c := range cmds {
-		if err := c.Wait(); err != nil {
-			return fmt.Errorf("reader %d: %w", c.Process.Pid, err)
+		if err := c.Wait(ctx); err != nil {
+			return err
 		}
 	}
 	st, err := sp.Stats()
@@ -203,7 +247,9 @@ func read(name string, id int) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	// The readers give up by themselves a minute after the writer should
+	// have finished (a time.Sleep takes a millisecond or so more).
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute+time.Duration(*samples)*(*every+time.Millisecond))
 	defer cancel()
 	var (
 		seen, skipped, last = 0, 0, -1

@@ -5,7 +5,10 @@
 // init function runs exactly once, before anyone else can attach. It then
 // starts three workers (itself, re-executed with -worker); each attaches,
 // reads the configuration, and adds to the shared atomic counter. The
-// first process checks the total and removes the buffer.
+// first process checks the total and removes the buffer. If a worker
+// fails, or on SIGINT or SIGTERM, it kills the workers still running,
+// removes the buffer and exits 1; the workers die with it on Linux, even if
+// it is killed.
 //
 //	go run ./examples/static [-workers 3] [-adds 100000]
 package main
@@ -17,10 +20,13 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"strconv"
 	"sync/atomic"
+	"syscall"
 
 	ipc "github.com/heapipc/ipc"
+	"github.com/heapipc/ipc/examples/internal/child"
 )
 
 // config is the shared block: fixed-size fields only (no pointers), the
@@ -42,16 +48,35 @@ var (
 
 func main() {
 	flag.Parse()
+	if err := checkFlags(); err != nil {
+		fmt.Fprintln(os.Stderr, "static:", err)
+		os.Exit(2)
+	}
 	var err error
 	if *worker != "" {
 		err = work(*worker)
 	} else {
-		err = run()
+		// SIGINT and SIGTERM cancel ctx: run kills the workers and
+		// removes the buffer before it exits.
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		err = run(ctx)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "static:", err)
 		os.Exit(1)
 	}
+}
+
+// checkFlags rejects numbers the example cannot run with.
+func checkFlags() error {
+	switch {
+	case *workers < 1 || *workers > 64:
+		return fmt.Errorf("-workers %d: want 1 to 64", *workers)
+	case *adds < 1 || *adds > 1e9:
+		return fmt.Errorf("-adds %d: want 1 to 1000000000", *adds)
+	}
+	return nil
 }
 
 func segment(buf *ipc.Buffer, init func([]byte) error) (*config, error) {
@@ -62,13 +87,18 @@ func segment(buf *ipc.Buffer, init func([]byte) error) (*config, error) {
 	return ipc.StaticAt[config](s, 0)
 }
 
-func run() (err error) {
+func run(ctx context.Context) (err error) {
 	name := fmt.Sprintf("static-%d", os.Getpid())
 	buf, err := ipc.Open(name, ipc.WithSize(1<<20), ipc.CreateOnly())
 	if err != nil {
 		return err
 	}
 	defer func() { err = errors.Join(err, buf.Destroy()) }()
+	defer func() {
+		if err != nil && ctx.Err() != nil {
+			err = context.Cause(ctx) // the signal, rather than what it interrupted
+		}
+	}()
 	cfg, err := segment(buf, func(b []byte) error {
 		fmt.Println("main: initializing the config segment (runs once)")
 		c, err := ipc.StaticAtBytes[config](b)
@@ -89,9 +119,20 @@ func run() (err error) {
 		return err
 	}
 	var cmds []*exec.Cmd
+	defer func() {
+		for _, cmd := range cmds {
+			if cmd.ProcessState == nil { // not waited for: may be running
+				cmd.Process.Kill()
+				cmd.Wait()
+			}
+		}
+	}()
 	for i := 0; i < *workers; i++ {
-		cmd := exec.Command(exe, "-worker", name)
+		// A signal (the end of ctx) kills the worker; so does this
+		// process's death, on Linux.
+		cmd := exec.CommandContext(ctx, exe, "-worker", name)
 		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+		child.DieWithParent(cmd)
 		if err := cmd.Start(); err != nil {
 			return err
 		}

@@ -12,7 +12,11 @@
 // select on the stream's data notification beside a meter ticker. A
 // removes the buffer at the end and exits 0.
 //
-//	go run ./examples/stream [-seconds 10] [-realtime] [-segments posix|sysv] [-semaphores posix|sysv]
+// A stops B and removes the buffer however the run ends: on an error, when
+// B exits early (A gives up at once and says how B exited), and on SIGINT
+// or SIGTERM (A then exits 1). B dies with A on Linux, even if A is killed.
+//
+//	go run ./examples/stream [-seconds 10] [-realtime] [-mib 4] [-segments posix|sysv] [-semaphores posix|sysv]
 package main
 
 import (
@@ -24,12 +28,14 @@ import (
 	"io"
 	"math"
 	"os"
-	"os/exec"
+	"os/signal"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	ipc "github.com/heapipc/ipc"
+	"github.com/heapipc/ipc/examples/internal/child"
 )
 
 const (
@@ -47,6 +53,7 @@ const (
 var (
 	seconds  = flag.Int("seconds", 10, "seconds of audio to produce")
 	realtime = flag.Bool("realtime", false, "produce at the audio rate instead of as fast as possible")
+	mib      = flag.Int("mib", 4, "size of the shared buffer in MiB")
 	segKind  = flag.String("segments", "", "segment backend: posix or sysv (default: the build's)")
 	semKind  = flag.String("semaphores", "", "semaphore backend: posix or sysv (default: the build's)")
 	peer     = flag.String("peer", "", "internal: run as the consumer on this buffer")
@@ -62,11 +69,19 @@ func sample(i int64, c int) int16 {
 
 func main() {
 	flag.Parse()
+	if err := checkFlags(); err != nil {
+		fmt.Fprintln(os.Stderr, "stream:", err)
+		os.Exit(2)
+	}
 	var err error
 	if *peer != "" {
 		err = consume(*peer)
 	} else {
-		err = produce()
+		// SIGINT and SIGTERM cancel ctx: A stops, kills B and removes the
+		// buffer before it exits.
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		err = produce(ctx)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "stream:", err)
@@ -74,9 +89,25 @@ func main() {
 	}
 }
 
-func produce() (err error) {
+// checkFlags rejects numbers the example cannot run with.
+func checkFlags() error {
+	switch {
+	case *seconds < 1 || *seconds > 3600:
+		return fmt.Errorf("-seconds %d: want 1 to 3600", *seconds)
+	case *mib < 1 || *mib > 1024:
+		// The stream takes its ring of two seconds (384000 bytes): 1 MiB
+		// holds it twice over.
+		return fmt.Errorf("-mib %d: want 1 to 1024", *mib)
+	}
+	return nil
+}
+
+// timeout bounds each side's wait: the audio's length and then some.
+func timeout() time.Duration { return 5*time.Minute + time.Duration(*seconds)*time.Second }
+
+func produce(ctx context.Context) (err error) {
 	name := fmt.Sprintf("stream-example-%d", os.Getpid())
-	buf, err := ipc.Open(name, ipc.WithSize(16<<20), ipc.WithBackends(*segKind, *semKind), ipc.CreateOnly())
+	buf, err := ipc.Open(name, ipc.WithSize(int64(*mib)<<20), ipc.WithBackends(*segKind, *semKind), ipc.CreateOnly())
 	if err != nil {
 		return err
 	}
@@ -95,33 +126,37 @@ func produce() (err error) {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(exe, "-peer", name, "-seconds", strconv.Itoa(*seconds), "-segments", seg, "-semaphores", sem)
-	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-	if err := cmd.Start(); err != nil {
-		return err
-	}
+	// B's exit cancels work: until A has closed the stream, that means B
+	// failed (or never attached), and A gives up at once.
+	work, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 	defer func() {
-		if cmd.ProcessState == nil {
-			cmd.Process.Kill()
-			cmd.Wait()
+		if errors.Is(err, context.Canceled) {
+			err = context.Cause(work) // the signal, or how B exited
 		}
 	}()
+	b, err := child.Start(cancel, "process B", exe, "-peer", name, "-seconds", strconv.Itoa(*seconds), "-segments", seg, "-semaphores", sem)
+	if err != nil {
+		return err
+	}
+	defer b.Stop()
 	fmt.Printf("A (pid %d): buffer %q (%s segment, %s semaphores), %d-byte ring; B is pid %d\n",
-		os.Getpid(), name, seg, sem, ringBytes, cmd.Process.Pid)
+		os.Getpid(), name, seg, sem, ringBytes, b.Pid())
 
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
 	total := int64(*seconds) * rate
 	start := time.Now()
 	var frame int64
 	for frame < total {
+		if err := work.Err(); err != nil {
+			return err
+		}
 		// Zero-copy: render the next period straight into the ring.
 		a, b, err := w.Spans()
 		if err != nil {
 			return err
 		}
 		if len(a)+len(b) < periodBytes {
-			if err := w.WaitSpace(ctx); err != nil {
+			if err := w.WaitSpace(work); err != nil {
 				return err
 			}
 			continue
@@ -140,7 +175,10 @@ func produce() (err error) {
 		}
 		frame += n
 		if *realtime {
-			time.Sleep(time.Until(start.Add(time.Duration(frame) * time.Second / rate)))
+			select {
+			case <-time.After(time.Until(start.Add(time.Duration(frame) * time.Second / rate))):
+			case <-work.Done(): // the loop returns
+			}
 		}
 	}
 	st, err := w.Stats()
@@ -150,8 +188,8 @@ func produce() (err error) {
 	if err := w.Close(); err != nil {
 		return err
 	}
-	if err := cmd.Wait(); err != nil {
-		return fmt.Errorf("process B failed: %w", err)
+	if err := b.Wait(ctx); err != nil {
+		return err
 	}
 	el := time.Since(start)
 	fmt.Printf("A: %d s of audio (%d bytes) produced in %v: %.0fx real time, %.2f MB/s\n",
@@ -188,7 +226,7 @@ func consume(name string) error {
 		return err
 	}
 	defer r.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout())
 	defer cancel()
 	data := r.Notify(ctx, ipc.StreamData)
 	meter := time.NewTicker(time.Second)

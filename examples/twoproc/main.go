@@ -6,7 +6,11 @@
 // sides verify order and count; A prints the throughput, removes the buffer
 // and exits 0.
 //
-//	go run ./examples/twoproc [-n 1000000] [-size 64] [-segments posix|sysv] [-semaphores posix|sysv] [-peer-exe B]
+// A stops B and removes the buffer however the run ends: on an error, when
+// B exits early (A gives up at once and says how B exited), and on SIGINT
+// or SIGTERM (A then exits 1). B dies with A on Linux, even if A is killed.
+//
+//	go run ./examples/twoproc [-n 1000000] [-size 64] [-mib 16] [-segments posix|sysv] [-semaphores posix|sysv] [-peer-exe B]
 //
 // With -peer-exe, process B runs from another build of this example: a
 // 32-bit x86 B beside a 64-bit A, for instance (the layouts in shared
@@ -21,17 +25,20 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
+	"os/signal"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	ipc "github.com/heapipc/ipc"
+	"github.com/heapipc/ipc/examples/internal/child"
 )
 
 var (
 	n       = flag.Int("n", 1_000_000, "records per channel")
 	size    = flag.Int("size", 64, "record payload bytes (at least 8)")
+	mib     = flag.Int("mib", 16, "size of the shared buffer in MiB")
 	segKind = flag.String("segments", "", "segment backend: posix or sysv (default: the build's)")
 	semKind = flag.String("semaphores", "", "semaphore backend: posix or sysv (default: the build's)")
 	peer    = flag.String("peer", "", "internal: run as process B on this buffer")
@@ -42,14 +49,19 @@ var channels = []ipc.ChannelID{1, 2}
 
 func main() {
 	flag.Parse()
-	if *size < 8 {
-		*size = 8
+	if err := checkFlags(); err != nil {
+		fmt.Fprintln(os.Stderr, "twoproc:", err)
+		os.Exit(2)
 	}
 	var err error
 	if *peer != "" {
 		err = consume(*peer)
 	} else {
-		err = produce()
+		// SIGINT and SIGTERM cancel ctx: A stops, kills B and removes the
+		// buffer before it exits.
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		err = produce(ctx)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "twoproc:", err)
@@ -57,9 +69,31 @@ func main() {
 	}
 }
 
-func produce() (err error) {
+// checkFlags rejects numbers the example cannot run with.
+func checkFlags() error {
+	switch {
+	case *n < 1:
+		return fmt.Errorf("-n %d: want at least 1 record per channel", *n)
+	case *size < 8:
+		return fmt.Errorf("-size %d: want at least 8 bytes (a record carries its number)", *size)
+	case *mib < 1 || *mib > 1024:
+		return fmt.Errorf("-mib %d: want 1 to 1024", *mib)
+	}
+	if *peer != "" {
+		return nil // B attaches to A's buffer, whatever its size
+	}
+	// In flight at most: a full ring (ipc.DefaultCapacity records) and the
+	// record being filled, on each channel. Keep that under half the buffer,
+	// which leaves room for slabs, rings and page rounding.
+	if need := int64(len(channels)) * (ipc.DefaultCapacity + 1) * int64(*size+64); 2*need > int64(*mib)<<20 {
+		return fmt.Errorf("-size %d: records in flight need a buffer of %d MiB or more (-mib)", *size, (2*need+1<<20-1)>>20)
+	}
+	return nil
+}
+
+func produce(ctx context.Context) (err error) {
 	name := fmt.Sprintf("twoproc-%d", os.Getpid())
-	buf, err := ipc.Open(name, ipc.WithSize(64<<20), ipc.WithBackends(*segKind, *semKind), ipc.CreateOnly())
+	buf, err := ipc.Open(name, ipc.WithSize(int64(*mib)<<20), ipc.WithBackends(*segKind, *semKind), ipc.CreateOnly())
 	if err != nil {
 		return err
 	}
@@ -72,19 +106,22 @@ func produce() (err error) {
 			return err
 		}
 	}
-	cmd := exec.Command(exe, "-peer", name, "-n", strconv.Itoa(*n), "-size", strconv.Itoa(*size),
-		"-segments", seg, "-semaphores", sem)
-	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-	if err := cmd.Start(); err != nil {
-		return err
-	}
+	// B's exit cancels work: until A has sent everything, that means B
+	// failed (or never attached), and A gives up at once.
+	work, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 	defer func() {
-		if cmd.ProcessState == nil {
-			cmd.Process.Kill()
-			cmd.Wait()
+		if errors.Is(err, context.Canceled) {
+			err = context.Cause(work) // the signal, or how B exited
 		}
 	}()
-	fmt.Printf("A (pid %d): buffer %q (%s segment, %s semaphores); B is pid %d\n", os.Getpid(), name, seg, sem, cmd.Process.Pid)
+	b, err := child.Start(cancel, "process B", exe, "-peer", name, "-n", strconv.Itoa(*n), "-size", strconv.Itoa(*size),
+		"-segments", seg, "-semaphores", sem)
+	if err != nil {
+		return err
+	}
+	defer b.Stop()
+	fmt.Printf("A (pid %d): buffer %q (%s segment, %s semaphores); B is pid %d\n", os.Getpid(), name, seg, sem, b.Pid())
 
 	h, err := buf.NewHandle()
 	if err != nil {
@@ -99,8 +136,6 @@ func produce() (err error) {
 		}
 		ps = append(ps, p)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
 	start := time.Now()
 	for i := 0; i < *n; i++ {
 		for _, p := range ps {
@@ -111,7 +146,7 @@ func produce() (err error) {
 			b := r.Bytes()
 			binary.LittleEndian.PutUint64(b, uint64(i))
 			b[len(b)-1] = byte(i)
-			if err := p.Send(ctx, r); err != nil {
+			if err := p.Send(work, r); err != nil {
 				return fmt.Errorf("record %d on channel %d: %w", i, p.ID(), err)
 			}
 		}
@@ -121,11 +156,11 @@ func produce() (err error) {
 			return err
 		}
 	}
-	if err := cmd.Wait(); err != nil {
-		return fmt.Errorf("process B failed: %w", err)
+	if err := b.Wait(ctx); err != nil {
+		return err
 	}
 	elapsed := time.Since(start)
-	total := *n * len(ps)
+	total := int64(*n) * int64(len(ps))
 	fmt.Printf("A: %d records of %d bytes sent and verified in %v: %.2f M records/s (%.0f ns each)\n",
 		total, *size, elapsed.Round(time.Millisecond), float64(total)/elapsed.Seconds()/1e6, float64(elapsed.Nanoseconds())/float64(total))
 	if err := buf.Check(); err != nil {

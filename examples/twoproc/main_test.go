@@ -81,3 +81,30 @@ func TestDemoMixed32And64Bit(t *testing.T) {
 		t.Errorf("the demo left %v behind", left)
 	}
 }
+
+// TestBadFlagsAndEarlyPeerExit: numbers out of range are refused with exit
+// status 2, and a B that exits before attaching makes A fail at once,
+// naming B's exit status, and remove the buffer.
+func TestBadFlagsAndEarlyPeerExit(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "twoproc")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	for _, args := range [][]string{{"-n", "0"}, {"-size", "4"}, {"-mib", "0"}, {"-size", "100000"}} {
+		out, err := exec.Command(bin, args...).CombinedOutput()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 2 {
+			t.Errorf("%v: %v, want exit status 2\n%s", args, err, out)
+		}
+	}
+	if _, err := os.Stat("/bin/false"); err != nil {
+		t.Skip("no /bin/false")
+	}
+	out, err := exec.Command(bin, "-peer-exe", "/bin/false").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "exited early: exit status 1") {
+		t.Errorf("B is /bin/false: %v, want a failure naming B's exit status\n%s", err, out)
+	}
+	if left, _ := filepath.Glob(backend.ShmDir + "/*twoproc-*"); len(left) > 0 {
+		t.Errorf("left %v behind", left)
+	}
+}
