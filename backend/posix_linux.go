@@ -193,7 +193,7 @@ func isSemFile(fi sys.FileInfo, head []byte) bool {
 // two processes removing a stale object cannot remove a new one made
 // between the check and the unlink by a third.
 func unlinkIfSame(op, name, path string, fi sys.FileInfo) error {
-	fd, err := sys.Open(path, 0, 0)
+	fd, err := sys.Open(path, sys.ONonblock, 0) // never blocks, whatever lies under the name
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil

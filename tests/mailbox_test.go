@@ -15,6 +15,7 @@ import (
 	"time"
 
 	ipc "github.com/heapipc/ipc"
+	"github.com/heapipc/ipc/alloc"
 	"github.com/heapipc/ipc/backend"
 	"github.com/heapipc/ipc/channel"
 	"github.com/heapipc/ipc/internal/testutil"
@@ -355,7 +356,7 @@ func TestMailboxStaleSemaphoresAfterKilledRun(t *testing.T) {
 }
 
 // TestMailboxStaleSemaphoresAfterKilledBuffer: the killed run's buffer
-// segment is gone (removed by name, as a clean-up after a crash may do)
+// segment is gone (removed by name, as a hand clean-up after a crash may do)
 // while the mailbox's semaphores stay behind, lost unit and all. A new
 // buffer of the same name creates the mailbox: the stale semaphores are
 // replaced, not reused; Destroy removes them (the leak check of TestMain
@@ -368,10 +369,13 @@ func TestMailboxStaleSemaphoresAfterKilledBuffer(t *testing.T) {
 	segs, err := backend.Segments(backend.DefaultSegmentKind())
 	require.NoError(t, err)
 	require.NoError(t, segs.Remove(name))
-	require.NoError(t, ipc.Remove(name, "", "")) // the buffer's own semaphores
 	semKind := backend.DefaultSemaphoreKind()
 	sems, err := backend.Semaphores(semKind)
 	require.NoError(t, err)
+	// The buffer's own semaphores, by name (ipc.Remove would find the
+	// mailbox's too, by their names, on POSIX semaphores).
+	require.NoError(t, sems.Remove(name+alloc.SemSuffix))
+	require.NoError(t, sems.Remove(name+".reg"))
 	names := channel.MailboxSemNames(name, mailboxID)
 	stale, err := sems.Open(names[2], backend.SemOptions{})
 	require.NoError(t, err, "the killed run's semaphores survive the buffer")
