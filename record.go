@@ -82,7 +82,9 @@ func (p *Producer) send1(r Record) error {
 
 // Send queues r, waiting while the ring is full: spinning briefly, then
 // parked on a futex. It returns ErrPeerDead if the consumer dies,
-// ErrDestroyed if the buffer is destroyed, or ctx's error.
+// ErrDestroyed if the buffer is destroyed, or ctx's error. A consumer that
+// closed its end is not dead: the channel keeps its records for the next
+// consumer, and Send waits for room as long as ctx lets it.
 func (p *Producer) Send(ctx context.Context, r Record) error {
 	h := p.h
 	// push, written out (a call less on the producer's path), outside

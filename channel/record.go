@@ -917,8 +917,9 @@ func (c *RecordConsumer) Close() (drainedAndDone bool) {
 	c.lw.release()
 	c.cb.Doorbell.Store(0)
 	c.cb.Consumer.CompareAndSwap(uint64(c.self), 0)
-	// Wake a parked producer (it learns that the consumer is gone at its
-	// check); its word stays announced (notifyRing).
+	// Wake a parked producer, so that it looks at the channel again (a
+	// closed consumer is not a dead one: it waits on for the next
+	// consumer or its context); its word stays announced (notifyRing).
 	c.wakeParked(&c.cb.ProdWaiting, 0)
 	return c.cb.ProdClosed.Load() != 0 && c.cb.Tail.Load() == c.cb.Head.Load()
 }
