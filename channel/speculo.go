@@ -218,7 +218,9 @@ func speculoGeometry(capacity uint64, slots int, maxBlocks uint64) (speculoGeom,
 		return speculoGeom{}, fmt.Errorf("speculo reader slots %d (want 1..%d): %w", slots, MaxSpeculoSlots, errs.ErrInvalidArgument)
 	}
 	if maxBlocks == 0 {
-		maxBlocks = max(16, capacity/128)
+		// At most what the capacity holds: a small area's default must
+		// pass the check below.
+		maxBlocks = min(max(16, capacity/128), capacity/spChunkHdrSize)
 	}
 	if maxBlocks > capacity/spChunkHdrSize || maxBlocks > 1<<32 {
 		return speculoGeom{}, fmt.Errorf("speculo max blocks %d (at most %d for %d bytes): %w", maxBlocks, min(capacity/spChunkHdrSize, 1<<32), capacity, errs.ErrInvalidArgument)

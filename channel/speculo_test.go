@@ -1196,3 +1196,17 @@ func TestSpeculoRemoveAfterReapCrash(t *testing.T) {
 		})
 	}
 }
+
+// TestSpeculoSmallCapacityDefault: the default max blocks of a small area
+// fits it: every capacity from the minimum up to 504 bytes was refused
+// with default options (the default, at least 16, was above what the
+// check allows, capacity/32), blaming max blocks the caller never set.
+func TestSpeculoSmallCapacityDefault(t *testing.T) {
+	for c := uint64(MinSpeculoCapacity); c <= 1024; c += 8 {
+		g, err := speculoGeometry(c, 4, 0)
+		require.NoError(t, err, "capacity %d with default options", c)
+		require.GreaterOrEqual(t, g.maxBlocks, uint64(1))
+	}
+	_, err := speculoGeometry(64, 4, 16)
+	require.ErrorIs(t, err, errs.ErrInvalidArgument, "max blocks set beyond the capacity is still refused")
+}

@@ -47,6 +47,19 @@ func (c *Carving) Next() mem.Off {
 	return off
 }
 
+// writeLeft writes the headers of the records left as Next will write
+// them, and leaves c as it is.
+func (c *Carving) writeLeft() {
+	hdr, pos := c.hdr, c.pos
+	for range c.left {
+		h := (*[2]uint64)(hdr)
+		h[0] = packHalves(pos, c.ln)
+		h[1] = packHalves(c.sz, recCheckAt(pos, c.of))
+		hdr = unsafe.Add(hdr, c.ln*granule)
+		pos += c.ln
+	}
+}
+
 // Rest carves the records left and stores their offsets in offs (as
 // many as Len; it carves only as many as offs holds), and returns how
 // many it carved.
@@ -63,7 +76,11 @@ func (c *Carving) Rest(offs []mem.Off) int {
 // one fits, and describes them in c: at least one record unless it
 // returns an error (ErrNoSpace: the heap has no room for a new slab;
 // nothing changed). The handle carves its later records after them, so
-// the caller may allocate from the handle while it carves c.
+// the caller may allocate from the handle while it carves c: the first
+// such allocation writes the headers of the records c has left (as Next
+// will), since a slot without a header below allocated records would
+// hide them from recovery and Check. c must stay where it is until it is
+// carved whole or the handle allocates again.
 func (h *Handle) Reserve(size, n int, c *Carving) error {
 	p := h.p
 	k := slotGranules(uint64(max(size, 0)), p.align)
@@ -76,7 +93,7 @@ func (h *Handle) Reserve(size, n int, c *Carving) error {
 		return fmt.Errorf("slab: reserve %d records: %w", n, ErrInvalidArgument)
 	}
 	if uint64(h.cur)+k > uint64(h.limit) {
-		if err := h.refill(); err != nil {
+		if err := h.makeRoom(k); err != nil {
 			return err
 		}
 		if uint64(h.cur)+k > uint64(h.limit) {
@@ -88,5 +105,8 @@ func (h *Handle) Reserve(size, n int, c *Carving) error {
 	g := h.base + uint64(h.cur)
 	*c = Carving{hdr: unsafe.Pointer(&p.plain[2*g]), off: mem.Off((g + 1) * granule), left: m, pos: h.cur, ln: ln, sz: uint32(size), of: recCheckOf(ln, uint32(size), h.key)}
 	h.cur += m * ln
+	// Until its records are all carved, nothing else is carved after
+	// them: the next allocation settles the carving first (makeRoom).
+	h.carving, h.carvedLimit, h.limit = c, h.limit, h.cur
 	return nil
 }

@@ -24,18 +24,26 @@ import (
 // documentation), or takes a new one under the heap lock. Records too
 // large for a slab get an extent of their own.
 type Handle struct {
-	_      mem.Pad
-	p      *Pool
-	slab   mem.Off // current slab, 0: none
-	sh     *slabHeader
-	base   uint64 // granule index of the slab in the region
-	cur    uint32 // next slot (granule from the slab start)
-	limit  uint32
-	key    uint32  // salt ^ the slab's generation
-	spares []spare // full slabs kept to start over, oldest first
-	seen   slabSeen
-	closed bool
-	_      mem.Pad
+	_     mem.Pad
+	p     *Pool
+	slab  mem.Off // current slab, 0: none
+	sh    *slabHeader
+	base  uint64 // granule index of the slab in the region
+	cur   uint32 // next slot (granule from the slab start)
+	limit uint32
+	// carving is the carving Reserve handed out last, while it may have
+	// records left to carve: limit is then cur, so that every allocation
+	// goes through makeRoom, which writes those records' headers first
+	// (carvedLimit is the limit to go back to). Every walk of a slab stops
+	// at the first slot without a header, so a record carved after an
+	// uncarved one would be taken for free (recovery, Check).
+	carving     *Carving
+	carvedLimit uint32
+	key         uint32  // salt ^ the slab's generation
+	spares      []spare // full slabs kept to start over, oldest first
+	seen        slabSeen
+	closed      bool
+	_           mem.Pad
 }
 
 // NewHandle returns a handle that allocates in this process's name.
@@ -63,7 +71,7 @@ func (h *Handle) Alloc(size int) (Record, error) {
 		return h.allocLarge(uint64(size))
 	}
 	if uint64(h.cur)+k > uint64(h.limit) {
-		if err := h.refill(); err != nil {
+		if err := h.makeRoom(k); err != nil {
 			return Record{}, err
 		}
 		if uint64(h.cur)+k > uint64(h.limit) {
@@ -154,7 +162,7 @@ func (h *Handle) allocBatch(size int, offs []mem.Off, tail *[2]uint64) (int, err
 	ln, sz := uint32(k), uint32(size)
 	for i := 0; i < len(offs); {
 		if uint64(h.cur)+k > uint64(h.limit) {
-			if err := h.refill(); err != nil {
+			if err := h.makeRoom(k); err != nil {
 				return i, err
 			}
 		}
@@ -329,6 +337,28 @@ func (p *Pool) takeLarge(n uint64) (mem.Off, error) {
 // a new one from the heap; the current slab is shelved (kept as a spare;
 // the oldest spare beyond maxSpares is retired). If the heap is full
 // nothing changes (smaller records may still fit the current slab).
+// makeRoom makes room at the cursor for a record of k granules: it
+// settles a carving in progress, and refills if the slab has no room.
+func (h *Handle) makeRoom(k uint64) error {
+	if h.carving != nil {
+		h.settle()
+		if uint64(h.cur)+k <= uint64(h.limit) {
+			return nil
+		}
+	}
+	return h.refill()
+}
+
+// settle writes the headers of the records the last carving has left
+// (those Next writes again, alike), so that nothing the handle carves or
+// does after it leaves a slot without a header below allocated records.
+func (h *Handle) settle() {
+	if c := h.carving; c != nil {
+		c.writeLeft()
+		h.carving, h.limit = nil, h.carvedLimit
+	}
+}
+
 func (h *Handle) refill() error {
 	p := h.p
 	if h.slab != 0 && p.allFree(h.slab, h.sh, h.cur) {
@@ -510,6 +540,7 @@ func (h *Handle) Close() error {
 	if h.closed {
 		return nil
 	}
+	h.settle()
 	if h.slab != 0 {
 		h.p.retire(h.slab, h.sh, h.cur)
 		h.slab, h.sh = 0, nil
