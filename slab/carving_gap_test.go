@@ -3,7 +3,6 @@ package slab
 import (
 	"testing"
 
-	"github.com/heapipc/ipc/alloc"
 	"github.com/heapipc/ipc/internal/mem"
 	"github.com/heapipc/ipc/internal/testutil"
 )
@@ -29,16 +28,7 @@ func TestReclaimCarvingGap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	exts, _ := p.heap.Allocated()
-	for _, e := range exts {
-		if e.Kind == alloc.KindSlab {
-			sh := &p.slabs[e.Off/slabHeaderSize]
-			if sh.Owner.Load() == uint64(p.self) {
-				sh.Owner.Store(uint64(dead))
-			}
-		}
-	}
-	setOwner(t, p, dead)
+	playDead(t, p, dead)
 	if _, err := p.Reclaim(dead, KeepAll); err != nil {
 		t.Fatal(err)
 	}
@@ -114,16 +104,7 @@ func TestReclaimRetiredCarving(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	exts, _ := p.heap.Allocated()
-	for _, e := range exts {
-		if e.Kind == alloc.KindSlab {
-			sh := &p.slabs[e.Off/slabHeaderSize]
-			if sh.Owner.Load() == uint64(p.self) {
-				sh.Owner.Store(uint64(dead))
-			}
-		}
-	}
-	setOwner(t, p, dead)
+	playDead(t, p, dead)
 	rc, err := p.Reclaim(dead, nil)
 	if err != nil {
 		t.Errorf("reclaim: %+v: %v", rc, err)

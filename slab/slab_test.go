@@ -561,16 +561,7 @@ func TestReclaimInProcess(t *testing.T) {
 	big, _ := hd.Alloc(50 << 10)
 	// Make this process's slabs and large record look like a dead one's,
 	// and forget the handle (as a crash would).
-	exts, _ := p.heap.Allocated()
-	for _, e := range exts {
-		if e.Kind == alloc.KindSlab {
-			sh := &p.slabs[e.Off/slabHeaderSize]
-			if sh.Owner.Load() == uint64(p.self) {
-				sh.Owner.Store(uint64(dead))
-			}
-		}
-	}
-	setOwner(t, p, dead)
+	playDead(t, p, dead)
 	before := poolStats(t, p)
 	if before.ActiveSlabs < 1 || before.ActiveSlabs > 1+maxSpares || before.LiveRecords != 400 {
 		t.Fatalf("before reclaim: %+v", before)
@@ -614,6 +605,23 @@ func TestReclaimInProcess(t *testing.T) {
 
 // setOwner rewrites the heap-level owner of this process's slab and
 // large extents (a test-only stand-in for a crashed allocator).
+// playDead makes this process's slabs and large records look like those
+// of dead, a process that crashed: the slab headers' owner and the
+// extents' owner.
+func playDead(t *testing.T, p *Pool, dead sys.Identity) {
+	t.Helper()
+	exts, _ := p.heap.Allocated()
+	for _, e := range exts {
+		if e.Kind == alloc.KindSlab {
+			sh := &p.slabs[e.Off/slabHeaderSize]
+			if sh.Owner.Load() == uint64(p.self) {
+				sh.Owner.Store(uint64(dead))
+			}
+		}
+	}
+	setOwner(t, p, dead)
+}
+
 func setOwner(t *testing.T, p *Pool, to sys.Identity) {
 	t.Helper()
 	exts, _ := p.heap.Allocated()
