@@ -27,7 +27,7 @@
 //	allocate_record(tls, size)       Handle.Allocate(size) (AllocateBatch)
 //	send_record(tls, id, rec)        Producer.Send(ctx, rec) (TrySend, SendBatch, SendEach)
 //	receive_record(tls, id)          Consumer.Receive(ctx) (TryReceive, ReceiveBatch, ReceiveEach)
-//	free_record(tls, rec)            Handle.Free(rec) (FreeBatch; any handle, any process)
+//	free_record(tls, rec)            Handle.Free(rec) (FreeBatch; any handle of the holding process)
 //	add_shared_segment(id, size)     Buffer.Static(ctx, name, size, init)
 //	destruct()                       Buffer.Close (detach) / Buffer.Destroy (remove)
 //

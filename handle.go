@@ -210,7 +210,10 @@ func (h *Handle) FreeBatch(rs []Record) error {
 
 // Free gives a record back: ErrDoubleFree if it was freed already,
 // ErrNotAllocated or ErrForeign if it is not a live record of this buffer
-// (nothing changes then). Any handle may free any record of the buffer.
+// (nothing changes then). Any handle may free any record that this
+// process holds (allocated, or received and not sent on), and a record
+// whose holder died; a record another live process holds is its own (one
+// sent there and received, say) and is ErrNotAllocated here.
 func (h *Handle) Free(r Record) error {
 	// The common case in one pass: a record this process holds, freed
 	// through the handle's slab cache (which remembers the slab whose

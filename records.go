@@ -609,13 +609,16 @@ func (rs *records) validateQueued(slot uint64) error {
 
 // free frees the record whose payload view is b at off. One this process
 // holds is marked freed in its trailer (a later Send or Free of the view
-// is caught cheaply). Any other view goes to the pool (which frees a live
-// record another process holds, as is allowed, and reports a double free
-// or what else is wrong) only if it is this buffer's view of a record at
-// off of the view's size: a Record of another buffer, or a view whose
-// record has given way to one of another size, would have the pool free
-// whatever record lies at off now. (A record whose trailer was damaged
-// still comes back through its view.)
+// is caught cheaply). Any other view goes to the pool (which reports a
+// double free or what else is wrong) only if it is this buffer's view of
+// a record at off of the view's size that no other live process holds: a
+// Record of another buffer, or a view whose record has given way to one
+// of another size, would have the pool free whatever record lies at off
+// now, and a record another live process holds is that process's (this
+// view was kept after the record was sent and received there, or is of
+// an earlier record at the same place: freeing it would free the other
+// process's record under it). A record whose holder died, or whose
+// trailer was damaged, still comes back through its view.
 func (rs *records) free(off mem.Off, b []byte) error {
 	t, err := rs.held(off, b)
 	if err == nil {
@@ -625,8 +628,15 @@ func (rs *records) free(off mem.Off, b []byte) error {
 	if !rs.at(off, b) {
 		return err
 	}
-	if data, derr := rs.pool.Bytes(off); derr == nil && len(data) != allocSize(len(b)) {
-		return err
+	if data, derr := rs.pool.Bytes(off); derr == nil {
+		if len(data) != allocSize(len(b)) {
+			return err
+		}
+		if t, _, terr := rs.trailerIn(off, data); terr == nil {
+			if h := sys.Identity(t.holder().Load()); h != rs.self && sys.Alive(h) {
+				return err // held by another live process (held said so)
+			}
+		}
 	}
 	return rs.pool.Free(off)
 }

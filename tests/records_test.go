@@ -458,6 +458,7 @@ func TestConsumerKilledMidStream(t *testing.T) {
 	child := testutil.StartChild(t, "TestChildHoldConsumer", envBuf+"="+name)
 	ctx := ctxFor(t)
 	sent := 0
+	var views []ipc.Record // what the producer kept of what it sent
 	send := func() error {
 		r, err := h.Allocate(100)
 		if err != nil {
@@ -468,6 +469,7 @@ func TestConsumerKilledMidStream(t *testing.T) {
 			h.Free(r)
 			return err
 		}
+		views = append(views, r)
 		sent++
 		return nil
 	}
@@ -475,12 +477,23 @@ func TestConsumerKilledMidStream(t *testing.T) {
 		require.NoError(t, send())
 	}
 	require.Equal(t, "holding", child.Line(t, time.Minute))
+	// A view the producer kept of a record it sent is not its to free
+	// once the consumer holds the record (the odd ones): freeing it
+	// would free the consumer's record under it. One the consumer freed
+	// is a double free.
+	for _, free := range []func(ipc.Record) error{h.Free, b.Free, func(r ipc.Record) error { return h.FreeBatch([]ipc.Record{r}) }} {
+		require.ErrorIs(t, free(views[1]), ipc.ErrNotAllocated, "a record another live process holds")
+		require.ErrorIs(t, free(views[2]), ipc.ErrDoubleFree)
+	}
 	child.Kill()
 	var err2 error
 	for err2 == nil {
 		err2 = send()
 	}
 	require.ErrorIs(t, err2, ipc.ErrPeerDead, "the producer learns the consumer died instead of blocking")
+	// The consumer died: what it held comes back through a view too (and
+	// Recover frees the rest).
+	require.NoError(t, h.Free(views[1]))
 	require.NoError(t, p.Close())
 	require.NoError(t, h.RemoveChannel(ctx, 1), "the dead consumer's end does not block removal")
 	_, err = b.Recover()
