@@ -1060,7 +1060,7 @@ func TestChildSpeculoStreamWriter(t *testing.T) {
 		spPayload(p, seq)
 		switch {
 		case seq%64 == 63:
-			require.NoError(t, w.GC())
+			spGC(t, w)
 		case len(blocks) > 0 && seq%3 == 0:
 			if err := w.Update(blocks[rand.IntN(len(blocks))], p, time.Now().Add(2*time.Millisecond)); err != nil {
 				require.ErrorIs(t, err, ipc.ErrNoSpace)
