@@ -196,7 +196,7 @@ func (b *Buffer) drainRecords(ring *channel.Ring) error {
 		if removeHook != nil {
 			removeHook("records:taken")
 		}
-		return b.recs.free(r.off, r.b)
+		return b.recs.free(r)
 	})
 }
 

@@ -385,7 +385,7 @@ func (c *Consumer) receiveFused(n int, use func([]byte)) (delivered int, err err
 		_ = rs.pool.FreeRuns(runs, offs[:m])
 		for _, s := range slots[m:] {
 			if r, err := rs.take(s); err == nil {
-				_ = rs.free(r.off, r.b)
+				_ = rs.free(r)
 			}
 		}
 	}()
@@ -449,7 +449,7 @@ func useEach(rs *records, recs []Record, sizes, keys []uint32, use func([]byte))
 	for i := range recs {
 		r := &recs[i]
 		use(r.b)
-		ts[(uint64(r.off)+uint64(sizes[i]))/trailerSize-1].Magic = freedMark(keys[i])
+		ts[(uint64(r.off())+uint64(sizes[i]))/trailerSize-1].Magic = freedMark(keys[i])
 	}
 	return len(recs)
 }
@@ -488,12 +488,12 @@ func (c *Consumer) receiveSlow(slots []uint64, recs []Record, use func([]byte), 
 	i := 0
 	defer func() {
 		for ; i < k; i++ {
-			_ = rs.free(recs[i].off, recs[i].b)
+			_ = rs.free(recs[i])
 		}
 	}()
 	for ; i < k; i++ {
 		use(recs[i].b)
-		if err := rs.free(recs[i].off, recs[i].b); err != nil {
+		if err := rs.free(recs[i]); err != nil {
 			all = append(all, err)
 		}
 	}

@@ -313,7 +313,7 @@ func TestEachDamagedRecord(t *testing.T) {
 	h, p, co := loopback(t, b, 1)
 	ctx := t.Context()
 	sent := sendRecords(t, h, p, 3, stampEach)
-	mem.MustAt[trailer](b.recs.b, sent[0].off+mem.Off(allocSize(64)-trailerSize)).Magic = 0xbad
+	mem.MustAt[trailer](b.recs.b, sent[0].off()+mem.Off(allocSize(64)-trailerSize)).Magic = 0xbad
 	want := 1
 	n, err := co.ReceiveEach(ctx, 10, func(b []byte) { checkEach(t, b, want); want++ })
 	require.ErrorIs(t, err, ErrCorrupt)
@@ -336,7 +336,7 @@ func TestEachDamagedRecord(t *testing.T) {
 	r, err := h.Allocate(64) // queued after the batch ReceiveEach takes
 	require.NoError(t, err)
 	stampEach(r.Bytes(), 13)
-	mem.MustAt[trailer](b.recs.b, sent[1].off+mem.Off(allocSize(64)-trailerSize)).Magic = 0xbad
+	mem.MustAt[trailer](b.recs.b, sent[1].off()+mem.Off(allocSize(64)-trailerSize)).Magic = 0xbad
 	var got []int
 	n, err = co.ReceiveEach(ctx, 3, func(b []byte) { got = append(got, int(binary.LittleEndian.Uint32(b))) })
 	require.ErrorIs(t, err, ErrCorrupt)

@@ -17,11 +17,45 @@ type ChannelID = channel.ID
 // Record is a block of shared memory allocated from the buffer: the unit
 // record channels carry without copying. Bytes is a view into shared
 // memory; it stays valid until the record is freed (by whoever holds it
-// last) or the Buffer is closed.
+// last) or the Buffer is closed. A Record kept after its record was freed
+// stays refused by Free and Send when a new record has taken the place of
+// the old (one in 2^18 is missed, and large records — above the slab
+// size class limit — are not told apart).
 type Record struct {
-	off mem.Off
+	// ref is the record's offset in the region, with a tag above it (see
+	// makeRef). Record stays four words: Go passes and returns structs of
+	// at most four words in registers, and a fifth cost the per-record
+	// calls ~10 ns a record.
+	ref uint64
 	b   []byte
 }
+
+// A Record's tag tells the record it was made for from a later one at the
+// same place (after the first was freed and its slab started over): it is
+// the top refTagBits bits of the record's key (slab.Pool.RecordKey, the
+// check in its slab header, which changes with the slab's generation), so
+// a stale Record — freed, and its place reused — is refused by Free and
+// Send instead of freeing or sending the record that lies there now. One
+// stale Record in 2^refTagBits carries the new record's tag by chance. A
+// large record's key is 0 (its check does not change from one extent at
+// that place to the next): its Records are not told apart this way.
+const (
+	refOffBits = channel.SlotOffBits // offsets are below 2^46 (backend's maxSegmentSize)
+	refTagBits = 64 - refOffBits
+	refOffMask = 1<<refOffBits - 1
+)
+
+// makeRef is the ref of the record at off whose key is key.
+func makeRef(off mem.Off, key uint32) uint64 { return uint64(off) | uint64(tagOf(key))<<refOffBits }
+
+// tagOf is the tag of a record whose key is key.
+func tagOf(key uint32) uint32 { return key >> (32 - refTagBits) }
+
+// off is the record's offset in the region.
+func (r Record) off() mem.Off { return mem.Off(r.ref & refOffMask) }
+
+// tag is the record's tag (see makeRef).
+func (r Record) tag() uint32 { return uint32(r.ref >> refOffBits) }
 
 // Bytes is the record's payload in shared memory.
 func (r Record) Bytes() []byte { return r.b }
@@ -153,7 +187,7 @@ func (h *Handle) Allocate(n int) (Record, error) {
 	// written here (one call on the producer's path).
 	sh := h.sh
 	size := allocSize(n)
-	off, err := sh.h.AllocOff(size)
+	off, key, err := sh.h.AllocKeyed(size)
 	if err != nil {
 		return Record{}, fmt.Errorf("ipc: allocate %d bytes: %w", n, err)
 	}
@@ -161,7 +195,7 @@ func (h *Handle) Allocate(n int) (Record, error) {
 	// The record is not handed out yet: plain stores (no fence) will do.
 	rs.trailers[(uint64(off)+uint64(size))/trailerSize-1] = trailer{Holder: uint64(rs.self), Len: uint32(n), Magic: trailerMagic}
 	// The pool carved size bytes at off, in the region.
-	return Record{off: off, b: rs.view(off, n)}, nil
+	return Record{ref: makeRef(off, key), b: rs.view(off, n)}, nil
 }
 
 // AllocateBatch fills rs with records of n bytes each, as Allocate
@@ -208,12 +242,14 @@ func (h *Handle) FreeBatch(rs []Record) error {
 	return nil
 }
 
-// Free gives a record back: ErrDoubleFree if it was freed already,
-// ErrNotAllocated or ErrForeign if it is not a live record of this buffer
-// (nothing changes then). Any handle may free any record that this
-// process holds (allocated, or received and not sent on), and a record
-// whose holder died; a record another live process holds is its own (one
-// sent there and received, say) and is ErrNotAllocated here.
+// Free gives a record back: ErrDoubleFree if it was freed already (also
+// once another record has taken its place: a Record knows the record it
+// was made for, see Record), ErrNotAllocated or ErrForeign if it is not a
+// live record of this buffer (nothing changes then). Any handle may free
+// any record that this process holds (allocated, or received and not sent
+// on), and a record whose holder died; a record another live process
+// holds is its own (one sent there and received, say) and is
+// ErrNotAllocated here.
 func (h *Handle) Free(r Record) error {
 	// The common case in one pass: a record this process holds, freed
 	// through the handle's slab cache (which remembers the slab whose
@@ -223,24 +259,25 @@ func (h *Handle) Free(r Record) error {
 		return h.buf.Free(r)
 	}
 	var err error
-	off, b, sh := r.off, r.b, h.sh
+	off, b, sh := r.off(), r.b, h.sh
 	if s := &sh.slots[sh.cur]; sh.taken && s.Off() == off {
 		// The record take returned last: its slot leads to its trailer
 		// (heldFast's checks, less the bounds that the located slot
 		// already implies) if the view is of a record of the slot's
-		// size. (A view of another record at the same place, after its
-		// slab started over, would find another record's trailer.)
+		// size, and to its key, which a Record of an earlier record at
+		// the same place (before its slab started over) does not carry.
 		rs := sh.rs
 		t := &rs.trailers[(uint64(off)+uint64(s.Size()))/trailerSize-1]
-		if allocSize(len(b)) != s.Size() || !rs.at(off, b) ||
+		key := rs.pool.Key(s)
+		if allocSize(len(b)) != s.Size() || !rs.at(off, b) || tagOf(key) != r.tag() ||
 			t.Magic != trailerMagic || t.Len != uint32(len(b)) || t.holder().Load() != uint64(rs.self) {
 			return h.buf.Free(r)
 		}
-		t.Magic = freedMark(rs.pool.Key(s)) // as records.free does
+		t.Magic = freedMark(key) // as records.free does
 		sh.taken = false
 		err = sh.h.FreeSlot(s)
-	} else if t := sh.rs.heldFast(off, b); t != nil {
-		t.Magic = sh.rs.freedMark(off) // as records.free does
+	} else if t, key := sh.rs.heldFast(r); t != nil {
+		t.Magic = freedMark(key) // as records.free does
 		err = sh.h.Free(off)
 	} else {
 		return h.buf.Free(r)
@@ -260,7 +297,7 @@ func (b *Buffer) Free(r Record) error {
 	if r.b == nil {
 		return fmt.Errorf("ipc: free: zero record: %w", ErrNotAllocated)
 	}
-	if err := b.recs.free(r.off, r.b); err != nil {
+	if err := b.recs.free(r); err != nil {
 		return fmt.Errorf("ipc: free: %w", err)
 	}
 	return nil

@@ -21,7 +21,7 @@ func TestFreeOtherBuffersRecord(t *testing.T) {
 	require.NoError(t, err)
 	rb, err := hb.Allocate(64)
 	require.NoError(t, err)
-	require.Equal(t, ra.off, rb.off, "the test needs both records at one offset")
+	require.Equal(t, ra.off(), rb.off(), "the test needs both records at one offset")
 	require.ErrorIs(t, hb.Free(ra), ErrForeign)
 	require.ErrorIs(t, b.Free(ra), ErrForeign)
 	require.ErrorIs(t, hb.FreeBatch([]Record{ra}), ErrForeign)
@@ -49,17 +49,17 @@ func TestStaleViewAfterSlabRestart(t *testing.T) {
 	for range 1 << 20 {
 		r, err := h.Allocate(16)
 		require.NoError(t, err)
-		if r.off == x.off {
+		if r.off() == x.off() {
 			nx = r
 			break
 		}
 		require.NoError(t, b.Free(r))
 	}
-	require.Equal(t, x.off, nx.off, "the slab never started over")
+	require.Equal(t, x.off(), nx.off(), "the slab never started over")
 	// The next record of 16 bytes has its trailer where x's was.
 	y, err := h.Allocate(16)
 	require.NoError(t, err)
-	require.Equal(t, uint64(x.off)+uint64(allocSize(64)), uint64(y.off)+uint64(allocSize(16)))
+	require.Equal(t, uint64(x.off())+uint64(allocSize(64)), uint64(y.off())+uint64(allocSize(16)))
 	require.ErrorIs(t, b.Free(got), ErrNotAllocated, "the stale view frees nothing")
 	require.NoError(t, h.Free(nx))
 	require.NoError(t, p.TrySend(y), "a live record is still sendable")
@@ -67,6 +67,109 @@ func TestStaleViewAfterSlabRestart(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, h.Free(r))
 	require.NoError(t, b.Check())
+}
+
+// reusePlace allocates and frees records of stale's size on h until one
+// comes at its place again (its slab started over) with another tag (one
+// in 2^18 has the same by chance: the next generation's will do) and
+// returns that one, live.
+func reusePlace(t *testing.T, h *Handle, stale Record) Record {
+	t.Helper()
+	for range 1 << 20 {
+		r, err := h.Allocate(stale.Len())
+		require.NoError(t, err)
+		if r.off() == stale.off() && r.tag() != stale.tag() {
+			return r
+		}
+		require.NoError(t, h.Free(r))
+	}
+	t.Fatalf("no record of %d bytes came at %#x again: the slab never started over", stale.Len(), uint64(stale.off()))
+	return Record{}
+}
+
+// TestStaleRecordSameSize: a Record kept after its record was freed,
+// once a record of the same size has taken its place (its slab started
+// over), is refused by every free (ErrDoubleFree) and every send
+// (ErrNotAllocated) — through the handle that allocated it, the one that
+// received it (whose slab cache keeps the new record's slot), a batch
+// received as one (FreeBatch's received path), the Buffer — and the new
+// record stays live, its Records working as before. Before Records
+// carried a tag, each of these freed or sent the new record.
+func TestStaleRecordSameSize(t *testing.T) {
+	ctx := context.Background()
+	refused := func(t *testing.T, h *Handle, p *Producer, stale Record) {
+		t.Helper()
+		require.ErrorIs(t, h.Free(stale), ErrDoubleFree, "Handle.Free")
+		require.ErrorIs(t, h.buf.Free(stale), ErrDoubleFree, "Buffer.Free")
+		require.ErrorIs(t, h.FreeBatch([]Record{stale}), ErrDoubleFree, "FreeBatch")
+		require.ErrorIs(t, p.TrySend(stale), ErrNotAllocated, "TrySend")
+		require.ErrorIs(t, p.Send(ctx, stale), ErrNotAllocated, "Send")
+		k, err := p.SendBatch(ctx, []Record{stale})
+		require.ErrorIs(t, err, ErrNotAllocated, "SendBatch")
+		require.Zero(t, k, "SendBatch")
+	}
+	t.Run("allocated", func(t *testing.T) {
+		b := heapBuf(t)
+		h, p, co := loopback(t, b, 1)
+		x, err := h.Allocate(64)
+		require.NoError(t, err)
+		require.NoError(t, h.Free(x))
+		nx := reusePlace(t, h, x)
+		refused(t, h, p, x)
+		require.NoError(t, p.Send(ctx, nx), "the new record is still this process's")
+		got, err := co.Receive(ctx)
+		require.NoError(t, err)
+		require.Equal(t, nx, got, "received as sent, tag and all")
+		require.NoError(t, h.Free(got))
+		require.ErrorIs(t, h.Free(nx), ErrDoubleFree)
+		require.NoError(t, b.Check())
+	})
+	t.Run("received", func(t *testing.T) {
+		b := heapBuf(t)
+		ph := testHandle(t, b)
+		ch := testHandle(t, b)
+		p, co := ends(t, ph, ch, 1)
+		x, err := ph.Allocate(64)
+		require.NoError(t, err)
+		require.NoError(t, p.Send(ctx, x))
+		got, err := co.Receive(ctx)
+		require.NoError(t, err)
+		require.NoError(t, ch.Free(got))
+		nx := reusePlace(t, ph, x)
+		require.NoError(t, p.Send(ctx, nx))
+		gotN, err := co.Receive(ctx)
+		require.NoError(t, err)
+		require.Equal(t, nx, gotN)
+		require.Equal(t, gotN.off(), ch.sh.takenOff(), "the consumer's handle keeps the new record's slot")
+		require.ErrorIs(t, ch.Free(got), ErrDoubleFree, "the kept slot is the new record's")
+		refused(t, ch, p, got)
+		require.NoError(t, ch.Free(gotN))
+		require.NoError(t, b.Check())
+	})
+	t.Run("batch", func(t *testing.T) {
+		b := heapBuf(t)
+		ph := testHandle(t, b)
+		ch := testHandle(t, b)
+		p, co := ends(t, ph, ch, 1)
+		x, err := ph.Allocate(64)
+		require.NoError(t, err)
+		require.NoError(t, p.Send(ctx, x))
+		rs := make([]Record, 1)
+		k, err := co.ReceiveBatch(ctx, rs)
+		require.NoError(t, err)
+		require.Equal(t, 1, k)
+		got := rs[0]
+		require.NoError(t, ch.FreeBatch(rs))
+		nx := reusePlace(t, ph, x)
+		require.NoError(t, p.Send(ctx, nx))
+		k, err = co.ReceiveBatch(ctx, rs)
+		require.NoError(t, err)
+		require.Equal(t, 1, k)
+		require.Equal(t, nx, rs[0])
+		require.ErrorIs(t, ch.FreeBatch([]Record{got}), ErrDoubleFree, "the batch received last is the new record")
+		require.NoError(t, ch.FreeBatch(rs))
+		require.NoError(t, b.Check())
+	})
 }
 
 // TestReceiveAheadFreedRecord: a record freed while queued (through the
@@ -194,8 +297,8 @@ func TestZeroLengthRecordOfAnotherBuffer(t *testing.T) {
 	require.NoError(t, err)
 	xb, err := hb.Allocate(0)
 	require.NoError(t, err)
-	require.Equal(t, ra.off, rb.off, "the test needs both received records at one offset")
-	require.Equal(t, xa.off, xb.off, "the test needs both allocated records at one offset")
+	require.Equal(t, ra.off(), rb.off(), "the test needs both received records at one offset")
+	require.Equal(t, xa.off(), xb.off(), "the test needs both allocated records at one offset")
 	for _, r := range []Record{ra, xa} {
 		require.ErrorIs(t, hb.Free(r), ErrForeign)
 		require.ErrorIs(t, b.Free(r), ErrForeign)

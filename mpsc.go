@@ -33,9 +33,9 @@ type MPSCConsumer struct {
 // consumer received (the channel calls the hook before it publishes the
 // receipt).
 type taken struct {
-	view []byte
-	err  error
-	ok   bool
+	rec Record
+	err error
+	ok  bool
 }
 
 // WithProducers sets how many producers an MPSC channel to create can
@@ -184,12 +184,12 @@ func (p *MPSCProducer) slot(r Record) (uint64, error) {
 	if r.b == nil {
 		return 0, fmt.Errorf("zero record: %w", ErrNotAllocated)
 	}
-	if p.h.buf.recs.heldFast(r.off, r.b) != nil {
-		if s, ok := channel.PackSlot(r.off, len(r.b)); ok {
+	if t, _ := p.h.buf.recs.heldFast(r); t != nil {
+		if s, ok := channel.PackSlot(r.off(), len(r.b)); ok {
 			return s, nil
 		}
 	}
-	return p.h.buf.recs.slot(r.off, r.b)
+	return p.h.buf.recs.slot(r)
 }
 
 // Close detaches the producer; when the last producer has closed, the
@@ -243,11 +243,11 @@ func (c *MPSCConsumer) begin() error {
 func (c *MPSCConsumer) take(slot uint64) {
 	c.taken.ok = true
 	if r, ok := c.h.sh.take(slot); ok {
-		c.taken.view, c.taken.err = r.b, nil
+		c.taken.rec, c.taken.err = r, nil
 		return
 	}
 	r, err := c.h.buf.recs.take(slot)
-	c.taken.view, c.taken.err = r.b, err
+	c.taken.rec, c.taken.err = r, err
 }
 
 // finish turns what the channel returned into a Record.
@@ -262,7 +262,7 @@ func (c *MPSCConsumer) finish(slot uint64, err error) (Record, error) {
 		// records.take names the record.
 		return Record{}, c.wrap("receive", c.taken.err)
 	}
-	return Record{off: channel.SlotOff(slot), b: c.taken.view}, nil
+	return c.taken.rec, nil
 }
 
 // Receive takes the next record, waiting as needed. A producer that died

@@ -113,7 +113,7 @@ func PackOf(r Record) (Pack, error) {
 	}
 	count, size, stride := int(hd.Count), int(hd.Size), int(hd.Stride)
 	if want, ok := packBytes(count, size, stride); !ok || want != n {
-		return Pack{}, errs.Corrupt("pack header", uint64(r.off)+uint64(n-packHeaderSize), "%d payloads of %d bytes, %d apart, in a record of %d bytes", count, size, stride, n)
+		return Pack{}, errs.Corrupt("pack header", uint64(r.off())+uint64(n-packHeaderSize), "%d payloads of %d bytes, %d apart, in a record of %d bytes", count, size, stride, n)
 	}
 	return Pack{r: r, n: count, size: size, stride: stride}, nil
 }

@@ -39,24 +39,28 @@ func (p *Producer) slot(r Record) (uint64, error) {
 	if r.b == nil {
 		return 0, fmt.Errorf("zero record: %w", ErrNotAllocated)
 	}
-	return p.h.buf.recs.slot(r.off, r.b)
+	return p.h.buf.recs.slot(r)
 }
 
 // push is the common case of a send, in one pass: a record this process
 // holds, on a ring with room by the cached Head. false: nothing was
 // queued, and the general path says why (or waits).
 func (p *Producer) push(r Record) bool {
-	if p.closed || p.h.buf.recs.heldFast(r.off, r.b) == nil {
+	if p.closed {
 		return false
 	}
-	s, ok := channel.PackSlot(r.off, len(r.b))
+	if t, _ := p.h.buf.recs.heldFast(r); t == nil {
+		return false
+	}
+	s, ok := channel.PackSlot(r.off(), len(r.b))
 	return ok && p.p.Push(s)
 }
 
 // TrySend queues r without waiting: ErrWouldBlock if the ring is full.
 // After a successful send the record belongs to the consumer: do not touch
 // or free it. Sending a record that was freed is an error (ErrDoubleFree
-// or ErrNotAllocated) and sends nothing.
+// or ErrNotAllocated, also once another record has taken its place) and
+// sends nothing.
 func (p *Producer) TrySend(r Record) error {
 	if !p.h.in() {
 		return p.h.closedErr("try send")
@@ -89,9 +93,11 @@ func (p *Producer) Send(ctx context.Context, r Record) error {
 	h := p.h
 	// push, written out (a call less on the producer's path), outside
 	// in and out: see Buffer.Close.
-	if !h.buf.isClosed.Load() && !p.closed && h.buf.recs.heldFast(r.off, r.b) != nil {
-		if s, ok := channel.PackSlot(r.off, len(r.b)); ok && p.p.Push(s) {
-			return nil
+	if !h.buf.isClosed.Load() && !p.closed {
+		if t, _ := h.buf.recs.heldFast(r); t != nil {
+			if s, ok := channel.PackSlot(r.off(), len(r.b)); ok && p.p.Push(s) {
+				return nil
+			}
 		}
 	}
 	if !h.in() {

@@ -147,6 +147,7 @@ type slabHandle struct {
 	rs   *records
 	h    *slab.Handle
 	offs []mem.Off // allocBatch's and freeBatch's scratch
+	keys []uint32  // allocBatch's scratch
 	// The slots of the last two records take located: slots[cur] the
 	// last (where the next one is expected, and, if taken, the record
 	// take returned last, for Handle.Free). take locates into the other one
@@ -185,12 +186,16 @@ func (rs *records) newHandle() (*slabHandle, error) {
 // what it allocated and leaves rs zeroed.
 func (sh *slabHandle) allocBatch(n int, rs []Record) error {
 	offs := sh.offsets(len(rs))
+	if cap(sh.keys) < len(rs) {
+		sh.keys = make([]uint32, len(rs))
+	}
+	keys := sh.keys[:len(rs)]
 	size := allocSize(n)
 	// Each record's trailer is written as its header is (one pass over
 	// the records' memory; in two, ~0.4 ns a record more in
 	// BenchmarkRecordBatchInProcess).
 	tr := trailer{Holder: uint64(sh.rs.self), Len: uint32(n), Magic: trailerMagic}
-	got, err := sh.h.AllocBatchStamped(size, offs, *(*[2]uint64)(unsafe.Pointer(&tr)))
+	got, err := sh.h.AllocBatchStamped(size, offs, keys, *(*[2]uint64)(unsafe.Pointer(&tr)))
 	if err != nil {
 		clear(rs)
 		ferr := sh.rs.pool.FreeBatch(offs[:got])
@@ -199,7 +204,7 @@ func (sh *slabHandle) allocBatch(n int, rs []Record) error {
 	}
 	base := unsafe.Pointer(unsafe.SliceData(sh.rs.b))
 	for i, off := range offs {
-		rs[i] = Record{off: off, b: unsafe.Slice((*byte)(unsafe.Add(base, off)), n)} // as view
+		rs[i] = Record{ref: makeRef(off, keys[i]), b: unsafe.Slice((*byte)(unsafe.Add(base, off)), n)} // as view
 	}
 	return nil
 }
@@ -221,22 +226,20 @@ func (sh *slabHandle) freeBatch(rs []Record) error {
 	}
 	offs := sh.offsets(len(rs))
 	for i, r := range rs {
-		t := sh.rs.heldFast(r.off, r.b)
-		if t == nil && r.b != nil {
-			t, _ = sh.rs.held(r.off, r.b)
-		}
+		t, key := sh.rs.heldFast(r)
 		if t == nil {
 			// Not a record this process holds (a zero record, one
-			// freed already, another process's, another buffer's):
-			// each is freed, or refused, as free does it, after the
-			// marks made so far are put back.
+			// freed already, another process's, another buffer's, a
+			// stale Record of one whose place was reused): each is
+			// freed, or refused, as free does it, after the marks made
+			// so far are put back.
 			for _, q := range rs[:i] {
-				sh.rs.trailers[(uint64(q.off)+uint64(allocSize(len(q.b))))/trailerSize-1].Magic = trailerMagic
+				sh.rs.trailers[(uint64(q.off())+uint64(allocSize(len(q.b))))/trailerSize-1].Magic = trailerMagic
 			}
 			return sh.freeEach(rs)
 		}
-		offs[i] = r.off
-		t.Magic = sh.rs.freedMark(r.off) // as in free
+		offs[i] = r.off()
+		t.Magic = freedMark(key) // as in free
 	}
 	return sh.rs.pool.FreeBatch(offs)
 }
@@ -253,7 +256,7 @@ func (sh *slabHandle) freeReceived(rs []Record) (ok bool, err error) {
 		// Not this batch as received: the magics cleared so far are
 		// put back, and freeBatch takes its usual path.
 		for j := range k {
-			rcs.trailers[(uint64(rs[j].off)+uint64(sizes[j]))/trailerSize-1].Magic = trailerMagic
+			rcs.trailers[(uint64(rs[j].off())+uint64(sizes[j]))/trailerSize-1].Magic = trailerMagic
 		}
 		return false, nil
 	}
@@ -264,16 +267,18 @@ func (sh *slabHandle) freeReceived(rs []Record) (ok bool, err error) {
 // unstamp is freeReceived's loop, apart so that it makes no call: it
 // marks freed the trailer (as free does) of each record of recs that is
 // the one received in slots (sizes[i] bytes in all, keys[i] its header's
-// check, as the RunCursor found it), held here and not freed since, up to
-// the first that is not, and returns how many it marked.
+// check, as the RunCursor found it, which the Record's tag must match),
+// held here and not freed since, up to the first that is not, and returns
+// how many it marked.
 func (rs *records) unstamp(recs []Record, slots []uint64, sizes, keys []uint32) int {
 	ts, base, self := rs.trailers, rs.base, uint64(rs.self)
 	slots, sizes = slots[:len(recs)], sizes[:len(recs)]
 	keys = keys[:len(recs)]
 	for i := range recs {
 		r := &recs[i]
-		off, n := uint64(r.off), uint64(len(r.b))
-		if off|n<<channel.SlotOffBits != slots[i] || r.b == nil || uintptr(unsafe.Pointer(unsafe.SliceData(r.b))) != base+uintptr(off) {
+		off, n := r.ref&refOffMask, uint64(len(r.b))
+		if off|n<<channel.SlotOffBits != slots[i] || r.b == nil || uintptr(unsafe.Pointer(unsafe.SliceData(r.b))) != base+uintptr(off) ||
+			uint32(r.ref>>refOffBits) != tagOf(keys[i]) {
 			return i
 		}
 		t := &ts[(off+uint64(sizes[i]))/trailerSize-1]
@@ -390,7 +395,7 @@ func (rs *records) checkEach(cur *slab.RunCursor, slots []uint64, out []Record, 
 		offs[i], sizes[i], keys[i] = off, uint32(as), key
 		// The record was located (in the heap) with a size that holds
 		// l bytes and the trailer.
-		out[i] = Record{off: off, b: unsafe.Slice((*byte)(unsafe.Add(base, off)), l)}
+		out[i] = Record{ref: makeRef(off, key), b: unsafe.Slice((*byte)(unsafe.Add(base, off)), l)}
 	}
 	return true, foreign
 }
@@ -402,7 +407,7 @@ func (sh *slabHandle) freeEach(rs []Record) error {
 	for i, r := range rs {
 		err := fmt.Errorf("zero record: %w", ErrNotAllocated)
 		if r.b != nil {
-			err = sh.rs.free(r.off, r.b)
+			err = sh.rs.free(r)
 		}
 		if err != nil {
 			all = append(all, fmt.Errorf("record %d: %w", i, err))
@@ -460,11 +465,11 @@ func (rs *records) take(slot uint64) (Record, error) {
 		if t := rs.trailerAt(off, n); t != nil {
 			if t.holder().Load() == uint64(rs.self) {
 				if data, ok := rs.pool.Peek(off); ok && len(data) == allocSize(n) {
-					return Record{off: off, b: rs.view(off, n)}, nil
+					return Record{ref: makeRef(off, rs.pool.RecordKey(off)), b: rs.view(off, n)}, nil
 				}
 			} else if data, err := rs.pool.Bytes(off); err == nil && len(data) == allocSize(n) {
 				t.holder().Store(uint64(rs.self))
-				return Record{off: off, b: rs.view(off, n)}, nil
+				return Record{ref: makeRef(off, rs.pool.RecordKey(off)), b: rs.view(off, n)}, nil
 			}
 		}
 	}
@@ -472,7 +477,7 @@ func (rs *records) take(slot uint64) (Record, error) {
 	if err != nil {
 		return Record{}, fmt.Errorf("queued record at %#x: %w", uint64(off), err)
 	}
-	return Record{off: off, b: b}, nil
+	return Record{ref: makeRef(off, rs.pool.RecordKey(off)), b: b}, nil
 }
 
 // take is records.take's common case, without the error (ok false means
@@ -511,7 +516,7 @@ func (sh *slabHandle) take(slot uint64) (Record, bool) {
 		t.holder().Store(uint64(rs.self))
 	}
 	sh.taken = true
-	return Record{off: off, b: rs.view(off, n)}, true
+	return Record{ref: makeRef(off, rs.pool.Key(s)), b: rs.view(off, n)}, true
 }
 
 // takeOff is take for a record located in full (the fallback of take,
@@ -568,23 +573,46 @@ func (rs *records) held(off mem.Off, b []byte) (*trailer, error) {
 	return t, nil
 }
 
-// heldFast is held's common case, a record this process holds whose view
-// starts at off, without the error: nil means "ask held" (which says what
-// is wrong, if anything).
-func (rs *records) heldFast(off mem.Off, b []byte) *trailer {
+// heldFast is held's common case for a Record, without the error: a
+// record this process holds whose view starts at its offset and whose key
+// (returned) matches its tag. nil means "ask held and current" (which say
+// what is wrong, if anything).
+func (rs *records) heldFast(r Record) (*trailer, uint32) {
+	off, b := r.off(), r.b
 	if !rs.at(off, b) {
-		return nil
+		return nil, 0
 	}
 	t := rs.trailerAt(off, len(b))
 	if t == nil || t.holder().Load() != uint64(rs.self) {
-		return nil
+		return nil, 0
 	}
-	return t
+	key := rs.pool.RecordKey(off)
+	if tagOf(key) != r.tag() {
+		return nil, 0
+	}
+	return t, key
 }
 
-// slot validates the record as held does and returns its ring slot.
-func (rs *records) slot(off mem.Off, b []byte) (uint64, error) {
+// current returns the key of the located record at r's offset if r's tag
+// matches it; if not, r is a stale Record: the record it was made for was
+// freed, and the one at its place now is another. The error wraps
+// sentinel (ErrNotAllocated for a Send, ErrDoubleFree for a Free).
+func (rs *records) current(r Record, sentinel error) (uint32, error) {
+	key := rs.pool.RecordKey(r.off())
+	if tagOf(key) != r.tag() {
+		return 0, fmt.Errorf("record %#x: a stale Record: its record was freed and another took its place: %w", uint64(r.off()), sentinel)
+	}
+	return key, nil
+}
+
+// slot validates the record as held and current do and returns its ring
+// slot.
+func (rs *records) slot(r Record) (uint64, error) {
+	off, b := r.off(), r.b
 	if _, err := rs.held(off, b); err != nil {
+		return 0, err
+	}
+	if _, err := rs.current(r, ErrNotAllocated); err != nil {
 		return 0, err
 	}
 	s, ok := channel.PackSlot(off, len(b))
@@ -607,22 +635,27 @@ func (rs *records) validateQueued(slot uint64) error {
 	return nil
 }
 
-// free frees the record whose payload view is b at off. One this process
-// holds is marked freed in its trailer (a later Send or Free of the view
-// is caught cheaply). Any other view goes to the pool (which reports a
-// double free or what else is wrong) only if it is this buffer's view of
-// a record at off of the view's size that no other live process holds: a
-// Record of another buffer, or a view whose record has given way to one
-// of another size, would have the pool free whatever record lies at off
-// now, and a record another live process holds is that process's (this
-// view was kept after the record was sent and received there, or is of
-// an earlier record at the same place: freeing it would free the other
-// process's record under it). A record whose holder died, or whose
-// trailer was damaged, still comes back through its view.
-func (rs *records) free(off mem.Off, b []byte) error {
+// free frees the record r. One this process holds is marked freed in its
+// trailer (a later Send or Free of the view is caught cheaply). Any other
+// view goes to the pool (which reports a double free or what else is
+// wrong) only if it is this buffer's view of a record at its offset, of
+// the view's size and of its tag, that no other live process holds: a
+// Record of another buffer, or a view whose record has given way to
+// another (a stale Record: ErrDoubleFree), would have the pool free
+// whatever record lies there now, and a record another live process
+// holds is that process's (this view was kept after the record was sent
+// and received there: freeing it would free the other process's record
+// under it). A record whose holder died, or whose trailer was damaged,
+// still comes back through its view.
+func (rs *records) free(r Record) error {
+	off, b := r.off(), r.b
 	t, err := rs.held(off, b)
 	if err == nil {
-		t.Magic = rs.freedMark(off)
+		key, kerr := rs.current(r, ErrDoubleFree)
+		if kerr != nil {
+			return kerr
+		}
+		t.Magic = freedMark(key)
 		return rs.pool.Free(off)
 	}
 	if !rs.at(off, b) {
@@ -631,6 +664,9 @@ func (rs *records) free(off mem.Off, b []byte) error {
 	if data, derr := rs.pool.Bytes(off); derr == nil {
 		if len(data) != allocSize(len(b)) {
 			return err
+		}
+		if _, kerr := rs.current(r, ErrDoubleFree); kerr != nil {
+			return kerr
 		}
 		if t, _, terr := rs.trailerIn(off, data); terr == nil {
 			if h := sys.Identity(t.holder().Load()); h != rs.self && sys.Alive(h) {
@@ -749,14 +785,15 @@ func (rs *records) slots(recs []Record, slots []uint64) int {
 	slots = slots[:len(recs)]
 	for i := range recs {
 		r := &recs[i]
-		off, n := uint64(r.off), uint64(len(r.b))
+		off, n := r.ref&refOffMask, uint64(len(r.b))
 		end := off + uint64(allocSize(int(n)))
 		if r.b == nil || uintptr(unsafe.Pointer(unsafe.SliceData(r.b))) != base+uintptr(off) ||
 			off < lo || off%trailerSize != 0 || end > hi || n >= channel.SlotLenNone || off>>channel.SlotOffBits != 0 {
 			return i
 		}
 		t := &ts[end/trailerSize-1]
-		if t.Magic != trailerMagic || uint64(t.Len) != n || t.holder().Load() != self {
+		if t.Magic != trailerMagic || uint64(t.Len) != n || t.holder().Load() != self ||
+			tagOf(rs.pool.RecordKey(mem.Off(off))) != uint32(r.ref>>refOffBits) {
 			return i
 		}
 		slots[i] = off | n<<channel.SlotOffBits

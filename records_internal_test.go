@@ -34,7 +34,7 @@ func TestDamagedQueuedRecord(t *testing.T) {
 			ctx := context.Background()
 			sent := sendRecords(t, h, p, 3, func(b []byte, i int) { b[0] = byte(i) })
 			// Damage the first record's trailer while it is queued.
-			tr := mem.MustAt[trailer](b.recs.b, sent[0].off+mem.Off(allocSize(64)-trailerSize))
+			tr := mem.MustAt[trailer](b.recs.b, sent[0].off()+mem.Off(allocSize(64)-trailerSize))
 			c.damage(tr)
 
 			_, err := co.Receive(ctx)
@@ -90,7 +90,7 @@ func TestTakeMakesHolder(t *testing.T) {
 	p, err := ph.Producer(1, WithCapacity(2))
 	require.NoError(t, err)
 	defer p.Close()
-	holder := func(r Record) sys.Identity { return holderOf(b, r.off, len(r.b)) }
+	holder := func(r Record) sys.Identity { return holderOf(b, r.off(), len(r.b)) }
 	var rs [3]Record
 	for i := range rs {
 		rs[i], err = ph.Allocate(8 + i)
@@ -112,7 +112,7 @@ func TestTakeMakesHolder(t *testing.T) {
 	defer co.Close()
 	got, err := co.TryReceive()
 	require.NoError(t, err)
-	require.Equal(t, rs[0].off, got.off)
+	require.Equal(t, rs[0].off(), got.off())
 	require.Equal(t, sys.Self(), holder(got), "taken")
 	require.NoError(t, p.TrySend(rs[2]), "room again")
 	require.NoError(t, ch.Free(got))
@@ -136,11 +136,11 @@ func TestTakeWritesOnlyLiveRecords(t *testing.T) {
 	require.NoError(t, err)
 	r, err := ph.Allocate(32)
 	require.NoError(t, err)
-	require.NoError(t, ph.buf.recs.freeOff(r.off)) // by offset: the trailer stays
-	tr := &b.recs.trailers[(int(r.off)+allocSize(32))/trailerSize-1]
+	require.NoError(t, ph.buf.recs.freeOff(r.off())) // by offset: the trailer stays
+	tr := &b.recs.trailers[(int(r.off())+allocSize(32))/trailerSize-1]
 	require.Equal(t, uint32(trailerMagic), tr.Magic)
 
-	slot, ok := channel.PackSlot(r.off, 32)
+	slot, ok := channel.PackSlot(r.off(), 32)
 	require.True(t, ok)
 	_, err = b.recs.take(slot)
 	require.ErrorIs(t, err, ErrNotAllocated)
@@ -176,9 +176,9 @@ func TestReceiveKeepsSlotForFree(t *testing.T) {
 	bb, err := c.TryReceive()
 	require.NoError(t, err)
 	require.Equal(t, []byte{0, 1}, []byte{a.Bytes()[0], bb.Bytes()[0]})
-	require.Equal(t, bb.off, h2.sh.takenOff(), "the slot of the record taken last")
+	require.Equal(t, bb.off(), h2.sh.takenOff(), "the slot of the record taken last")
 	require.NoError(t, h2.Free(a), "an earlier record: located afresh")
-	require.Equal(t, bb.off, h2.sh.takenOff())
+	require.Equal(t, bb.off(), h2.sh.takenOff())
 	require.NoError(t, h2.Free(bb), "through the kept slot")
 	require.Equal(t, mem.Off(0), h2.sh.takenOff(), "a slot is used once")
 	require.ErrorIs(t, h2.Free(bb), ErrDoubleFree)
@@ -188,10 +188,10 @@ func TestReceiveKeepsSlotForFree(t *testing.T) {
 	require.NoError(t, fwd.Send(ctx, cc), "sent on, zero-copy")
 	got, err := c3.Receive(ctx)
 	require.NoError(t, err)
-	require.Equal(t, cc.off, got.off)
+	require.Equal(t, cc.off(), got.off())
 	require.Equal(t, byte(2), got.Bytes()[0])
 	require.NoError(t, h3.Free(got))
-	require.Equal(t, cc.off, h2.sh.takenOff(), "h2 still keeps the slot of the record it took last")
+	require.Equal(t, cc.off(), h2.sh.takenOff(), "h2 still keeps the slot of the record it took last")
 	require.ErrorIs(t, h2.Free(cc), ErrDoubleFree)
 
 	st, err := b.Stats()
@@ -276,7 +276,7 @@ func TestFreeReceivedBatch(t *testing.T) {
 		require.Equal(t, n, k)
 		require.Equal(t, n, h.sh.recvN, "taken as a batch")
 		for i, r := range got {
-			require.Equal(t, rs[i].off, r.off)
+			require.Equal(t, rs[i].off(), r.off())
 			require.Equal(t, byte(i), r.Bytes()[0])
 		}
 		return got
@@ -285,7 +285,7 @@ func TestFreeReceivedBatch(t *testing.T) {
 	rs := receive(40)
 	require.NoError(t, h.FreeBatch(rs))
 	for i, r := range rs {
-		require.Equal(t, b.recs.freedMark(r.off), b.recs.trailers[(int(r.off)+allocSize(80))/trailerSize-1].Magic, "record %d's freed mark", i)
+		require.Equal(t, b.recs.freedMark(r.off()), b.recs.trailers[(int(r.off())+allocSize(80))/trailerSize-1].Magic, "record %d's freed mark", i)
 	}
 	require.Zero(t, h.sh.recvN, "used once")
 	require.Zero(t, live())
@@ -303,7 +303,7 @@ func TestFreeReceivedBatch(t *testing.T) {
 	// Freed by offset (as another process would: the trailer stays
 	// intact): the batch's runs report it.
 	rs = receive(40)
-	require.NoError(t, b.recs.freeOff(rs[13].off))
+	require.NoError(t, b.recs.freeOff(rs[13].off()))
 	err = h.FreeBatch(rs)
 	require.ErrorIs(t, err, ErrDoubleFree)
 	require.Contains(t, err.Error(), "record 13:")
@@ -333,7 +333,7 @@ func TestFreeReceivedBatch(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 20, k)
 	for _, r := range mine {
-		require.Equal(t, sys.Self(), holderOf(b, r.off, 80))
+		require.Equal(t, sys.Self(), holderOf(b, r.off(), 80))
 	}
 	require.NoError(t, h.FreeBatch(mine))
 
@@ -345,14 +345,14 @@ func TestFreeReceivedBatch(t *testing.T) {
 	k, err = pp.SendBatch(ctx, sent)
 	require.NoError(t, err)
 	require.Equal(t, 3, k)
-	require.NoError(t, b.recs.freeOff(sent[1].off))
+	require.NoError(t, b.recs.freeOff(sent[1].off()))
 	got := make([]Record, 3)
 	k, err = c2.ReceiveBatch(ctx, got)
 	require.ErrorIs(t, err, ErrNotAllocated)
 	require.Equal(t, 2, k)
-	require.Equal(t, []mem.Off{sent[0].off, sent[2].off}, []mem.Off{got[0].off, got[1].off})
+	require.Equal(t, []mem.Off{sent[0].off(), sent[2].off()}, []mem.Off{got[0].off(), got[1].off()})
 	require.True(t, got[2].IsZero(), "nothing past the records returned")
-	tr := &b.recs.trailers[(int(sent[1].off)+allocSize(80))/trailerSize-1]
+	tr := &b.recs.trailers[(int(sent[1].off())+allocSize(80))/trailerSize-1]
 	require.Equal(t, other, sys.Identity(tr.holder().Load()), "nothing written to the freed record")
 	require.NoError(t, h.FreeBatch(got[:2]))
 	require.Zero(t, live())
@@ -392,7 +392,7 @@ func TestSendBatchChecksEach(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, len(batch), k)
 	for i, r := range got {
-		require.Equal(t, batch[i].off, r.off)
+		require.Equal(t, batch[i].off(), r.off())
 		require.Equal(t, batch[i].Len(), r.Len())
 	}
 	require.NoError(t, h.FreeBatch(got))
@@ -433,7 +433,7 @@ func TestReceiveTakesAhead(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, want, r.Bytes()[0], "in order")
 		require.Len(t, r.Bytes(), 40)
-		require.Equal(t, r.off, hd.sh.takenOff(), "freed through its slot")
+		require.Equal(t, r.off(), hd.sh.takenOff(), "freed through its slot")
 		require.NoError(t, hd.Free(r))
 		want++
 	}
@@ -484,7 +484,7 @@ func TestReceiveTakesAhead(t *testing.T) {
 	k, err = pp.SendBatch(ctx, sent)
 	require.NoError(t, err)
 	require.Equal(t, 20, k)
-	require.NoError(t, b.recs.freeOff(sent[10].off))
+	require.NoError(t, b.recs.freeOff(sent[10].off()))
 	for i := range 20 {
 		r, err := c2.Receive(ctx)
 		if i == 10 {
@@ -495,7 +495,7 @@ func TestReceiveTakesAhead(t *testing.T) {
 		require.Equal(t, byte(i), r.Bytes()[0])
 		require.NoError(t, h3.Free(r))
 	}
-	tr := &b.recs.trailers[(int(sent[10].off)+allocSize(40))/trailerSize-1]
+	tr := &b.recs.trailers[(int(sent[10].off())+allocSize(40))/trailerSize-1]
 	require.Equal(t, other, sys.Identity(tr.holder().Load()), "nothing written to the freed record")
 
 	// All live: the records taken ahead become this process's before
@@ -513,7 +513,7 @@ func TestReceiveTakesAhead(t *testing.T) {
 	}
 	require.Equal(t, aheadMax, c2.ahead.n)
 	require.Equal(t, 18, c2.c.Len(), "still queued")
-	holder := func(r Record) sys.Identity { return holderOf(b, r.off, 40) }
+	holder := func(r Record) sys.Identity { return holderOf(b, r.off(), 40) }
 	for _, r := range sent[2 : 1+aheadMax] {
 		require.Equal(t, sys.Self(), holder(r), "taken ahead")
 	}
@@ -620,35 +620,35 @@ func TestRecoverCutRecordFree(t *testing.T) {
 		require.NoError(t, err)
 	}
 	tr := func(r Record) *trailer {
-		return &b.recs.trailers[(int(r.off)+allocSize(len(r.b)))/trailerSize-1]
+		return &b.recs.trailers[(int(r.off())+allocSize(len(r.b)))/trailerSize-1]
 	}
 	dead := testutil.DeadIdentity(t)
-	key := b.recs.pool.RecordKey(rs[0].off)
+	key := b.recs.pool.RecordKey(rs[0].off())
 	require.NotZero(t, key)
 	tr(rs[0]).holder().Store(uint64(dead))
-	tr(rs[0]).Magic = b.recs.freedMark(rs[0].off)
+	tr(rs[0]).Magic = b.recs.freedMark(rs[0].off())
 	tr(rs[1]).holder().Store(uint64(dead))
-	tr(rs[1]).Magic = freedMark(b.recs.pool.RecordKey(rs[1].off) ^ 0x100) // another generation's
-	tr(rs[2]).Magic = b.recs.freedMark(rs[2].off)                         // held here: on its way
+	tr(rs[1]).Magic = freedMark(b.recs.pool.RecordKey(rs[1].off()) ^ 0x100) // another generation's
+	tr(rs[2]).Magic = b.recs.freedMark(rs[2].off())                         // held here: on its way
 
 	large, err := h.Allocate(10000)
 	require.NoError(t, err)
-	require.Zero(t, b.recs.pool.RecordKey(large.off), "a large record")
+	require.Zero(t, b.recs.pool.RecordKey(large.off()), "a large record")
 	tr(large).holder().Store(uint64(dead))
-	tr(large).Magic = b.recs.freedMark(large.off)
+	tr(large).Magic = b.recs.freedMark(large.off())
 
 	_, err = b.Recover()
 	require.NoError(t, err)
-	_, err = b.recs.pool.Bytes(rs[0].off)
+	_, err = b.recs.pool.Bytes(rs[0].off())
 	require.ErrorIs(t, err, ErrNotAllocated, "the cut free is finished")
-	_, err = b.recs.pool.Bytes(large.off)
+	_, err = b.recs.pool.Bytes(large.off())
 	require.ErrorIs(t, err, ErrDoubleFree, "the large record's too")
-	_, err = b.recs.pool.Bytes(rs[1].off)
+	_, err = b.recs.pool.Bytes(rs[1].off())
 	require.NoError(t, err, "another generation's mark: not this record's free")
-	_, err = b.recs.pool.Bytes(rs[2].off)
+	_, err = b.recs.pool.Bytes(rs[2].off())
 	require.NoError(t, err, "a live holder finishes its own free")
 
-	require.NoError(t, b.recs.pool.Free(rs[2].off), "the live freer gets there")
+	require.NoError(t, b.recs.pool.Free(rs[2].off()), "the live freer gets there")
 	tr(rs[1]).holder().Store(uint64(b.recs.self))
 	tr(rs[1]).Magic = trailerMagic
 	require.NoError(t, h.Free(rs[1]))
@@ -678,7 +678,7 @@ func TestFreeMarks(t *testing.T) {
 	h, p, co := loopback(t, b, 1)
 	ctx := context.Background()
 	mark := func(r Record) uint32 {
-		return b.recs.trailers[(int(r.off)+allocSize(len(r.b)))/trailerSize-1].Magic
+		return b.recs.trailers[(int(r.off())+allocSize(len(r.b)))/trailerSize-1].Magic
 	}
 	frees := map[string]func(r Record) error{
 		"Handle.Free, the record received last": h.Free,
@@ -692,7 +692,7 @@ func TestFreeMarks(t *testing.T) {
 		got, err := co.Receive(ctx)
 		require.NoError(t, err)
 		require.NoError(t, free(got))
-		require.Equal(t, b.recs.freedMark(got.off), mark(got), name)
+		require.Equal(t, b.recs.freedMark(got.off()), mark(got), name)
 		require.NotZero(t, mark(got), name)
 	}
 	// Not received: freed through the handle's general path; a large
@@ -701,7 +701,7 @@ func TestFreeMarks(t *testing.T) {
 		r, err := h.Allocate(n)
 		require.NoError(t, err)
 		require.NoError(t, h.Free(r))
-		require.Equal(t, b.recs.freedMark(r.off), mark(r), "%d bytes", n)
+		require.Equal(t, b.recs.freedMark(r.off()), mark(r), "%d bytes", n)
 		require.NotZero(t, mark(r), "%d bytes", n)
 	}
 }
@@ -724,7 +724,7 @@ func TestRecoverWithUnreadableChannel(t *testing.T) {
 	require.NoError(t, err)
 	dead := testutil.DeadIdentity(t)
 	for _, r := range []Record{queued, loose} {
-		b.recs.trailers[(int(r.off)+allocSize(len(r.b)))/trailerSize-1].holder().Store(uint64(dead))
+		b.recs.trailers[(int(r.off())+allocSize(len(r.b)))/trailerSize-1].holder().Store(uint64(dead))
 	}
 	en, err := b.reg.Lookup(1)
 	require.NoError(t, err)
@@ -735,16 +735,16 @@ func TestRecoverWithUnreadableChannel(t *testing.T) {
 	_, err = b.Recover()
 	require.ErrorIs(t, err, ErrCorrupt)
 	for _, r := range []Record{queued, loose} {
-		_, err := b.recs.pool.Bytes(r.off)
+		_, err := b.recs.pool.Bytes(r.off())
 		require.NoError(t, err, "no record freed while a queue is unreadable")
 	}
 
 	tail.Store(good)
 	_, err = b.Recover()
 	require.NoError(t, err)
-	_, err = b.recs.pool.Bytes(queued.off)
+	_, err = b.recs.pool.Bytes(queued.off())
 	require.NoError(t, err, "queued: kept")
-	_, err = b.recs.pool.Bytes(loose.off)
+	_, err = b.recs.pool.Bytes(loose.off())
 	require.ErrorIs(t, err, ErrNotAllocated, "held by a dead process, queued nowhere: freed")
 	require.NoError(t, p.Close())
 }
@@ -769,8 +769,8 @@ func TestRecoverReturnsSlabCompletedByItsFrees(t *testing.T) {
 	}
 	// The slab bitmap word of record r, and r's bits in it.
 	bits := func(r Record) (*atomic.Uint64, uint64) {
-		pos := uint64(*mem.MustAt[uint32](b.recs.b, r.off-16))
-		slab := r.off - 16 - mem.Off(16*pos)
+		pos := uint64(*mem.MustAt[uint32](b.recs.b, r.off()-16))
+		slab := r.off() - 16 - mem.Off(16*pos)
 		bit := pos - uint64(*mem.MustAt[uint32](b.recs.b, slab+24))
 		require.Zero(t, bit%8, "slots of 8 granules from the first")
 		return mem.AtomicUint64(mem.MustAt[uint64](b.recs.b, slab+256+mem.Off(8*(bit/64)))), 0xff << (bit % 64)
@@ -783,7 +783,7 @@ func TestRecoverReturnsSlabCompletedByItsFrees(t *testing.T) {
 			w.Or(m)
 			require.Equal(t, ^uint64(0), w.Load(), "the first word complete")
 		case 15: // held by a process that died
-			b.recs.trailers[(int(r.off)+allocSize(len(r.b)))/trailerSize-1].holder().Store(uint64(testutil.DeadIdentity(t)))
+			b.recs.trailers[(int(r.off())+allocSize(len(r.b)))/trailerSize-1].holder().Store(uint64(testutil.DeadIdentity(t)))
 		default:
 			require.NoError(t, h.Free(r))
 		}

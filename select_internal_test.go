@@ -161,7 +161,7 @@ func TestSelectAnnouncedEnds(t *testing.T) {
 	require.Equal(t, uint32(3), woke, "rung, and left announced")
 	require.Zero(t, waiting(), "idle after the wait")
 	require.Equal(t, Receiver(c), from)
-	require.Equal(t, r.off, got.off)
+	require.Equal(t, r.off(), got.off())
 	require.NoError(t, h.Free(got))
 	require.NoError(t, sel.Close())
 	require.NoError(t, ph.Close())

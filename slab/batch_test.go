@@ -109,14 +109,18 @@ func TestAllocBatchStamped(t *testing.T) {
 				if size > p.MaxSmall() {
 					offs = offs[:3]
 				}
-				n, err := hd.AllocBatchStamped(size, offs, tail)
+				keys := make([]uint32, len(offs))
+				n, err := hd.AllocBatchStamped(size, offs, keys, tail)
 				if err != nil || n != len(offs) {
 					t.Fatalf("AllocBatchStamped(%d): %d, %v", size, n, err)
 				}
-				for _, off := range offs {
+				for i, off := range offs {
 					b, err := p.Bytes(off)
 					if err != nil || len(b) != size || uint64(off)%uint64(align) != 0 {
 						t.Fatalf("Bytes(%#x) of a %d-byte record: %d bytes, %v", off, size, len(b), err)
+					}
+					if keys[i] != p.RecordKey(off) || (keys[i] == 0) != (size > p.MaxSmall()) {
+						t.Fatalf("%d-byte record at %#x: key %#x, its header's %#x", size, off, keys[i], p.RecordKey(off))
 					}
 					if !bytes.Equal(b[size-16:], want[:]) {
 						t.Fatalf("%d-byte record at %#x ends in %x, want the tail %x", size, off, b[size-16:], want)
@@ -135,9 +139,12 @@ func TestAllocBatchStamped(t *testing.T) {
 			}
 			for _, size := range []int{0, 8, 24, 1000} {
 				offs := make([]mem.Off, 4)
-				if n, err := hd.AllocBatchStamped(size, offs, tail); n != 0 || !errors.Is(err, ErrInvalidSize) {
+				if n, err := hd.AllocBatchStamped(size, offs, make([]uint32, 4), tail); n != 0 || !errors.Is(err, ErrInvalidSize) {
 					t.Fatalf("AllocBatchStamped(%d): %d, %v; want ErrInvalidSize", size, n, err)
 				}
+			}
+			if n, err := hd.AllocBatchStamped(16, make([]mem.Off, 4), make([]uint32, 3), tail); n != 0 || !errors.Is(err, ErrInvalidSize) {
+				t.Fatalf("AllocBatchStamped with 3 keys for 4 records: %d, %v; want ErrInvalidSize", n, err)
 			}
 			offs := make([]mem.Off, len(all))
 			for i, r := range all {
@@ -543,8 +550,10 @@ func TestLocateRuns(t *testing.T) {
 	mustCheck(t, p, "at the end")
 }
 
-// TestAllocOff: AllocOff carves what Alloc would (records of every size
-// class, large ones, across slab refills), and its records free alike.
+// TestAllocOff: AllocOff and AllocKeyed carve what Alloc would (records
+// of every size class, large ones, across slab refills), AllocKeyed's key
+// is what RecordKey reads (0 for a large record), and the records free
+// alike.
 func TestAllocOff(t *testing.T) {
 	p := newPool(t, heapCombo, 16<<20, Options{})
 	hd := p.NewHandle()
@@ -552,7 +561,17 @@ func TestAllocOff(t *testing.T) {
 	var offs []mem.Off
 	for i := range 3000 {
 		size := []int{0, 1, 64, 1000, p.MaxSmall(), p.MaxSmall() + 1}[i%6]
-		off, err := hd.AllocOff(size)
+		var off mem.Off
+		var err error
+		if i%2 == 0 {
+			off, err = hd.AllocOff(size)
+		} else {
+			var key uint32
+			off, key, err = hd.AllocKeyed(size)
+			if err == nil && (key != p.RecordKey(off) || (key == 0) != (size > p.MaxSmall())) {
+				t.Fatalf("AllocKeyed(%d): key %#x, its header's %#x", size, key, p.RecordKey(off))
+			}
+		}
 		if err != nil {
 			t.Fatalf("AllocOff(%d): %v", size, err)
 		}

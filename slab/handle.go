@@ -89,11 +89,22 @@ func (h *Handle) Alloc(size int) (Record, error) {
 // AllocOff is Alloc that returns the record's offset alone (Pool.Bytes
 // gives its bytes).
 func (h *Handle) AllocOff(size int) (mem.Off, error) {
+	off, _, err := h.AllocKeyed(size)
+	return off, err
+}
+
+// AllocKeyed is AllocOff that also returns the record's key: what
+// Pool.RecordKey reads in its header (0 for a large record), without the
+// load.
+func (h *Handle) AllocKeyed(size int) (mem.Off, uint32, error) {
 	p := h.p
 	k := slotGranules(uint64(max(size, 0)), p.align)
 	if h.closed || size < 0 || k > p.maxSmall || uint64(h.cur)+k > uint64(h.limit) {
 		r, err := h.Alloc(size)
-		return r.Off, err
+		if err != nil {
+			return 0, 0, err
+		}
+		return r.Off, p.RecordKey(r.Off), nil
 	}
 	// Carved at the cursor: two word stores, the words the readers load
 	// (slabRecord; a load that spans several smaller stores still in
@@ -101,12 +112,13 @@ func (h *Handle) AllocOff(size int) (mem.Off, error) {
 	pos, ln := h.cur, uint32(k)
 	h.cur += ln
 	g := h.base + uint64(pos)
+	key := recCheck(pos, ln, uint32(size), h.key)
 	p.plain[2*g] = packHalves(pos, ln)
-	p.plain[2*g+1] = packHalves(uint32(size), recCheck(pos, ln, uint32(size), h.key))
+	p.plain[2*g+1] = packHalves(uint32(size), key)
 	if a := uint64(h.cur) + writeAhead; a < uint64(h.limit) {
 		mem.PrefetchWrite(unsafe.Pointer(&p.plain[2*(h.base+a)]))
 	}
-	return mem.Off((g + 1) * granule), nil
+	return mem.Off((g + 1) * granule), key, nil
 }
 
 // writeAhead is how far ahead of its cursor, in granules (768 bytes: 8
@@ -126,7 +138,7 @@ const writeAhead = 768 / granule
 // and Alloc's error. The records of a slab are carved in one pass that
 // writes their headers back to back.
 func (h *Handle) AllocBatch(size int, offs []mem.Off) (int, error) {
-	return h.allocBatch(size, offs, nil)
+	return h.allocBatch(size, offs, nil, nil)
 }
 
 // AllocBatchStamped is AllocBatch for records whose last 16 bytes the
@@ -134,15 +146,21 @@ func (h *Handle) AllocBatch(size int, offs []mem.Off) (int, error) {
 // there (plain stores: the records are not handed out yet) in the pass
 // that writes the headers, so that the records' memory is gone over once.
 // size must be a multiple of 16 (ErrInvalidSize otherwise).
-func (h *Handle) AllocBatchStamped(size int, offs []mem.Off, tail [2]uint64) (int, error) {
+// keys (as long as offs) gets the records' keys, as AllocKeyed returns
+// them.
+func (h *Handle) AllocBatchStamped(size int, offs []mem.Off, keys []uint32, tail [2]uint64) (int, error) {
 	if size < granule || size%granule != 0 {
 		return 0, fmt.Errorf("slab: allocate records of %d bytes with a 16-byte tail: not a multiple of 16: %w", size, ErrInvalidSize)
 	}
-	return h.allocBatch(size, offs, &tail)
+	if len(keys) != len(offs) {
+		return 0, fmt.Errorf("slab: allocate %d records with %d keys: %w", len(offs), len(keys), ErrInvalidSize)
+	}
+	return h.allocBatch(size, offs, keys, &tail)
 }
 
-// allocBatch is AllocBatch, and AllocBatchStamped if tail is not nil.
-func (h *Handle) allocBatch(size int, offs []mem.Off, tail *[2]uint64) (int, error) {
+// allocBatch is AllocBatch, and AllocBatchStamped if tail is not nil
+// (then keys is as long as offs: see AllocBatchStamped).
+func (h *Handle) allocBatch(size int, offs []mem.Off, keys []uint32, tail *[2]uint64) (int, error) {
 	p := h.p
 	k := slotGranules(uint64(max(size, 0)), p.align)
 	if h.closed || size < 0 || k > p.maxSmall {
@@ -155,6 +173,7 @@ func (h *Handle) allocBatch(size int, offs []mem.Off, tail *[2]uint64) (int, err
 			if tail != nil {
 				g := (uint64(r.Off)+uint64(size))/granule - 1
 				p.plain[2*g], p.plain[2*g+1] = tail[0], tail[1]
+				keys[i] = p.RecordKey(r.Off)
 			}
 		}
 		return len(offs), nil
@@ -170,7 +189,7 @@ func (h *Handle) allocBatch(size int, offs []mem.Off, tail *[2]uint64) (int, err
 		if tail == nil {
 			h.cur = carve(p.plain, offs[i:i+n], h.base, h.cur, ln, sz, recCheckOf(ln, sz, h.key))
 		} else {
-			h.cur = carveStamped(p.plain, offs[i:i+n], h.base, h.cur, ln, sz, recCheckOf(ln, sz, h.key), tail[0], tail[1])
+			h.cur = carveStamped(p.plain, offs[i:i+n], keys[i:i+n], h.base, h.cur, ln, sz, recCheckOf(ln, sz, h.key), tail[0], tail[1])
 		}
 		i += n
 	}
@@ -178,13 +197,17 @@ func (h *Handle) allocBatch(size int, offs []mem.Off, tail *[2]uint64) (int, err
 }
 
 // carveStamped is carve, writing t0 and t1 into each record's last 16
-// bytes (the granule sz/16 after its header's) as it goes.
-func carveStamped(plain []uint64, offs []mem.Off, base uint64, pos, ln, sz uint32, of uint64, t0, t1 uint64) uint32 {
+// bytes (the granule sz/16 after its header's) and its key into keys
+// (as long as offs) as it goes.
+func carveStamped(plain []uint64, offs []mem.Off, keys []uint32, base uint64, pos, ln, sz uint32, of uint64, t0, t1 uint64) uint32 {
 	last := uint64(sz) / granule // the last granule, from the header's
+	keys = keys[:len(offs)]
 	for j := range offs {
 		g := base + uint64(pos)
+		key := recCheckAt(pos, of)
 		plain[2*g] = packHalves(pos, ln)
-		plain[2*g+1] = packHalves(sz, recCheckAt(pos, of))
+		plain[2*g+1] = packHalves(sz, key)
+		keys[j] = key
 		plain[2*(g+last)] = t0
 		plain[2*(g+last)+1] = t1
 		offs[j] = mem.Off((g + 1) * granule)
