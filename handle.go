@@ -268,7 +268,7 @@ func (h *Handle) Free(r Record) error {
 		// the same place (before its slab started over) does not carry.
 		rs := sh.rs
 		t := &rs.trailers[(uint64(off)+uint64(s.Size()))/trailerSize-1]
-		key := rs.pool.Key(s)
+		key := sh.key
 		if allocSize(len(b)) != s.Size() || !rs.at(off, b) || tagOf(key) != r.tag() ||
 			t.Magic != trailerMagic || t.Len != uint32(len(b)) || t.holder().Load() != uint64(rs.self) {
 			return h.buf.Free(r)

@@ -156,6 +156,7 @@ type slabHandle struct {
 	slots [2]slab.Slot
 	cur   uint8
 	taken bool
+	key   uint32 // if taken, the key of the record at slots[cur] (slab.Pool.Key)
 	// The batch takeBatch returned last, for freeBatch: its slots, the
 	// records' offsets and allocation sizes (what the RunCursor located), their
 	// header checks (the keys of their freed marks) and their runs. recvN
@@ -360,6 +361,7 @@ func (sh *slabHandle) keep(s *slab.Slot) {
 	sh.cur ^= 1
 	sh.slots[sh.cur] = *s
 	sh.taken = true
+	sh.key = sh.rs.pool.Key(s)
 }
 
 // checkEach is takeRecords's pass: each record of slots (of the length
@@ -516,7 +518,8 @@ func (sh *slabHandle) take(slot uint64) (Record, bool) {
 		t.holder().Store(uint64(rs.self))
 	}
 	sh.taken = true
-	return Record{ref: makeRef(off, rs.pool.Key(s)), b: rs.view(off, n)}, true
+	sh.key = rs.pool.Key(s)
+	return Record{ref: makeRef(off, sh.key), b: rs.view(off, n)}, true
 }
 
 // takeOff is take for a record located in full (the fallback of take,
@@ -586,12 +589,22 @@ func (rs *records) heldFast(r Record) (*trailer, uint32) {
 	if t == nil || t.holder().Load() != uint64(rs.self) {
 		return nil, 0
 	}
-	key := rs.pool.RecordKey(off)
+	key := rs.headerCheck(off)
 	if tagOf(key) != r.tag() {
-		return nil, 0
+		return nil, 0 // or a large record: see headerCheck
 	}
 	return t, key
 }
+
+// headerCheck is the Check of the slab header before the record at off
+// (at least lo: the header is in the region), read through the trailers'
+// view of the region: the 16-byte header (slab's recHeader: Pos, Len,
+// Size, Check) seen as a trailer, whose Magic is at Check's place. It is
+// the record's key (slab.Pool.RecordKey) for a slab record, and not for a
+// large record (whose key is 0): the hot paths that compare it with a
+// Record's tag send a large record to the full check (current), which
+// RecordKey tells apart.
+func (rs *records) headerCheck(off mem.Off) uint32 { return rs.trailers[off/trailerSize-1].Magic }
 
 // current returns the key of the located record at r's offset if r's tag
 // matches it; if not, r is a stale Record: the record it was made for was
@@ -793,7 +806,7 @@ func (rs *records) slots(recs []Record, slots []uint64) int {
 		}
 		t := &ts[end/trailerSize-1]
 		if t.Magic != trailerMagic || uint64(t.Len) != n || t.holder().Load() != self ||
-			tagOf(rs.pool.RecordKey(mem.Off(off))) != uint32(r.ref>>refOffBits) {
+			tagOf(ts[off/trailerSize-1].Magic) != uint32(r.ref>>refOffBits) { // headerCheck
 			return i
 		}
 		slots[i] = off | n<<channel.SlotOffBits
