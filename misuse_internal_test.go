@@ -146,6 +146,33 @@ func TestStaleRecordSameSize(t *testing.T) {
 		require.NoError(t, ch.Free(gotN))
 		require.NoError(t, b.Check())
 	})
+	t.Run("large", func(t *testing.T) {
+		// A large record's key is 0 and its header check is not: the
+		// quick checks of Send and SendBatch leave it to the full one,
+		// which takes it.
+		b := heapBuf(t)
+		h, p, co := loopback(t, b, 1)
+		n := b.recs.pool.MaxSmall() + 1
+		for _, batch := range []bool{false, true} {
+			r, err := h.Allocate(n)
+			require.NoError(t, err)
+			require.Zero(t, b.recs.pool.RecordKey(r.off()), "a large record")
+			require.Zero(t, r.tag())
+			if batch {
+				k, err := p.SendBatch(ctx, []Record{r})
+				require.NoError(t, err)
+				require.Equal(t, 1, k)
+			} else {
+				require.NoError(t, p.Send(ctx, r))
+			}
+			got, err := co.Receive(ctx)
+			require.NoError(t, err)
+			require.Equal(t, r, got)
+			require.NoError(t, h.Free(got))
+			require.ErrorIs(t, h.Free(r), ErrDoubleFree)
+		}
+		require.NoError(t, b.Check())
+	})
 	t.Run("batch", func(t *testing.T) {
 		b := heapBuf(t)
 		ph := testHandle(t, b)
