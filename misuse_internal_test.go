@@ -108,6 +108,17 @@ func TestStaleRecordSameSize(t *testing.T) {
 		require.ErrorIs(t, err, ErrNotAllocated, "SendBatch")
 		require.Zero(t, k, "SendBatch")
 	}
+	// sentOne makes a buffer, a producer's handle and a consumer's, and
+	// x, a record of 64 bytes the producer sent.
+	sentOne := func(t *testing.T) (*Buffer, *Handle, *Handle, *Producer, *Consumer, Record) {
+		b := heapBuf(t)
+		ph, ch := testHandle(t, b), testHandle(t, b)
+		p, co := ends(t, ph, ch, 1)
+		x, err := ph.Allocate(64)
+		require.NoError(t, err)
+		require.NoError(t, p.Send(ctx, x))
+		return b, ph, ch, p, co, x
+	}
 	t.Run("allocated", func(t *testing.T) {
 		b := heapBuf(t)
 		h, p, co := loopback(t, b, 1)
@@ -125,13 +136,7 @@ func TestStaleRecordSameSize(t *testing.T) {
 		require.NoError(t, b.Check())
 	})
 	t.Run("received", func(t *testing.T) {
-		b := heapBuf(t)
-		ph := testHandle(t, b)
-		ch := testHandle(t, b)
-		p, co := ends(t, ph, ch, 1)
-		x, err := ph.Allocate(64)
-		require.NoError(t, err)
-		require.NoError(t, p.Send(ctx, x))
+		b, ph, ch, p, co, x := sentOne(t)
 		got, err := co.Receive(ctx)
 		require.NoError(t, err)
 		require.NoError(t, ch.Free(got))
@@ -174,13 +179,7 @@ func TestStaleRecordSameSize(t *testing.T) {
 		require.NoError(t, b.Check())
 	})
 	t.Run("batch", func(t *testing.T) {
-		b := heapBuf(t)
-		ph := testHandle(t, b)
-		ch := testHandle(t, b)
-		p, co := ends(t, ph, ch, 1)
-		x, err := ph.Allocate(64)
-		require.NoError(t, err)
-		require.NoError(t, p.Send(ctx, x))
+		b, ph, ch, p, co, x := sentOne(t)
 		rs := make([]Record, 1)
 		k, err := co.ReceiveBatch(ctx, rs)
 		require.NoError(t, err)
