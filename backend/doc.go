@@ -13,7 +13,8 @@
 //	posix   /dev/shm/NAME, ftruncate+fallocate,    /dev/shm/sem.NAME, 32 bytes, binary-
 //	        mmap; published by link(2)             compatible with glibc sem_open; futex
 //	sysv    shmget/shmat, key from the name,       semget set of 2 (value, name tag),
-//	        name in the header detects collisions  semtimedop, optional SEM_UNDO
+//	        name in the header detects collisions, semtimedop, optional SEM_UNDO
+//	        the size (shm_segsz) marks ours
 //	heap    aligned Go memory, per process         glibc's algorithm on Go memory
 //
 // The heap kind exists so the race detector and checkptr can see the

@@ -19,6 +19,50 @@ import (
 
 type sysvSegments struct{}
 
+// A heapipc SysV segment is marked by its size, which the kernel records
+// at shmget (shm_segsz) and nothing can change: its bytes, rounded up to
+// whole 4 KiB, and sysvSizeMark more. So a segment under a name's key
+// that another program made (keys are hashes) is told from one of ours
+// before its header is read, and in particular from one whose creator
+// died before it wrote the header: that one is stale and removed, the
+// other program's (which may well be all zeroes, its creator gone) is
+// ErrNotHeapIPC and left alone. The mark's bytes are mapped (in the last
+// page) and never used.
+const (
+	sysvPage     = 4096
+	sysvSizeMark = 0x1d3 // odd, not a multiple of anything a program would round to
+)
+
+// sysvSegSize is the shm_segsz of a heapipc segment of size bytes.
+func sysvSegSize(size int64) int64 { return (size+sysvPage-1)/sysvPage*sysvPage + sysvSizeMark }
+
+// sysvDataSize is how many bytes of a segment of shm_segsz segsz are the
+// heapipc segment's; ok false: segsz has no mark (not a heapipc segment).
+func sysvDataSize(segsz uint64) (uint64, bool) {
+	if segsz%sysvPage != sysvSizeMark {
+		return 0, false
+	}
+	return segsz - sysvSizeMark, true
+}
+
+// sysvAttach maps segment id, which must carry the mark, and returns its
+// heapipc bytes (op and name for errors).
+func sysvAttach(op, name string, id int) ([]byte, error) {
+	info, err := sys.ShmStat(id)
+	if err != nil {
+		return nil, goneError(op, name, err)
+	}
+	n, ok := sysvDataSize(info.Size)
+	if !ok {
+		return nil, fmt.Errorf("%s %q: segment of %d bytes, not the size of a heapipc segment: %w", op, name, info.Size, ErrNotHeapIPC)
+	}
+	b, err := sys.ShmAttach(id)
+	if err != nil {
+		return nil, goneError(op, name, err)
+	}
+	return b[:n:n], nil
+}
+
 func (sysvSegments) Kind() Kind { return SysV }
 
 func (sysvSegments) Create(name string, size int64, mode os.FileMode, fill func([]byte) error) (Segment, error) {
@@ -29,7 +73,7 @@ func (sysvSegments) Create(name string, size int64, mode os.FileMode, fill func(
 		return nil, err
 	}
 	const op = "create sysv segment"
-	id, err := sys.ShmGet(SysVKey("shm", name), int(size), sys.IPCCreat|sys.IPCExcl|int(modeOr(mode)))
+	id, err := sys.ShmGet(SysVKey("shm", name), int(sysvSegSize(size)), sys.IPCCreat|sys.IPCExcl|int(modeOr(mode)))
 	if err != nil {
 		if errors.Is(err, syscall.EINVAL) {
 			return nil, fmt.Errorf("%s %q: size %d outside the kernel's limits (kernel.shmmax, kernel.shmall): %w", op, name, size, ErrInvalidSize)
@@ -41,6 +85,8 @@ func (sysvSegments) Create(name string, size int64, mode os.FileMode, fill func(
 		sys.ShmRemove(id)
 		return nil, osError(op, name, err)
 	}
+	n := (size + sysvPage - 1) / sysvPage * sysvPage
+	b = b[:n:n]
 	if fill != nil {
 		if err := fill(b); err != nil {
 			sys.ShmDetach(b)
@@ -60,9 +106,9 @@ func (sysvSegments) Attach(name string) (Segment, error) {
 	if err != nil {
 		return nil, osError(op, name, err)
 	}
-	b, err := sys.ShmAttach(id)
+	b, err := sysvAttach(op, name, id)
 	if err != nil {
-		return nil, goneError(op, name, err)
+		return nil, err
 	}
 	return &sysvSegment{name: name, id: id, b: b}, nil
 }
@@ -81,36 +127,39 @@ func goneError(op, name string, err error) error {
 // under the name's key is that name's region: a region header with the
 // name, or no header yet and a dead creator (one killed before it wrote
 // the header: stale). A key is a hash of the name, so another name's
-// region (ErrKeyCollision) or another program's segment (ErrNotHeapIPC)
-// can hold it; a segment whose live creator has not written its header
-// yet is ErrNotReady.
+// region (ErrKeyCollision) or another program's segment (ErrNotHeapIPC:
+// no size mark, or a header that is not a region's) can hold it; a
+// segment whose live creator has not written its header yet is
+// ErrNotReady.
 func segmentNamed(id int, name string) error {
-	b, err := sys.ShmAttach(id)
+	const op = "remove sysv segment"
+	b, err := sysvAttach(op, name, id)
 	if err != nil {
-		return goneError("remove sysv segment", name, err)
+		return err
 	}
 	defer sys.ShmDetach(b)
+	fail := func(err error) error { return fmt.Errorf("%s %q: %w", op, name, err) }
 	if len(b) < headerSize {
-		return fmt.Errorf("segment of %d bytes: %w", len(b), ErrNotHeapIPC)
+		return fail(fmt.Errorf("segment of %d bytes: %w", len(b), ErrNotHeapIPC))
 	}
 	switch m := atomicMagic(b).Load(); m {
 	case 0:
 		info, err := sys.ShmStat(id)
 		if err != nil {
-			return goneError("remove sysv segment", name, err)
+			return goneError(op, name, err)
 		}
 		if info.CreatorPID != 0 && sys.AlivePID(info.CreatorPID) {
-			return fmt.Errorf("segment being made by pid %d: %w", info.CreatorPID, ErrNotReady)
+			return fail(fmt.Errorf("segment being made by pid %d: %w", info.CreatorPID, ErrNotReady))
 		}
 		return nil
 	case Magic:
 		h := mem.MustAt[header](b, 0)
 		if n := h.NameLen; n > MaxNameLen || string(h.Name[:n]) != name {
-			return fmt.Errorf("segment belongs to %q: %w", h.Name[:min(n, MaxNameLen)], ErrKeyCollision)
+			return fail(fmt.Errorf("segment belongs to %q: %w", h.Name[:min(n, MaxNameLen)], ErrKeyCollision))
 		}
 		return nil
 	default:
-		return fmt.Errorf("magic %#x: %w", m, ErrNotHeapIPC)
+		return fail(fmt.Errorf("magic %#x: %w", m, ErrNotHeapIPC))
 	}
 }
 
@@ -123,7 +172,7 @@ func (sysvSegments) Remove(name string) error {
 		return osError("remove sysv segment", name, err)
 	}
 	if err := segmentNamed(id, name); err != nil {
-		return fmt.Errorf("remove sysv segment %q: %w", name, err)
+		return err
 	}
 	return goneError("remove sysv segment", name, sys.ShmRemove(id))
 }

@@ -99,6 +99,70 @@ func TestSysVRemoveForeignSegment(t *testing.T) {
 	require.NoError(t, err, "still there")
 }
 
+// TestChildShmGet is the child side of headerless: it makes a segment of
+// SHM_SIZE bytes under SHM_NAME's key, writes nothing in it and exits.
+func TestChildShmGet(t *testing.T) {
+	testutil.ChildOnly(t)
+	size, err := strconv.Atoi(testutil.Env(t, "SHM_SIZE"))
+	require.NoError(t, err)
+	_, err = sys.ShmGet(SysVKey("shm", testutil.Env(t, "SHM_NAME")), size, sys.IPCCreat|sys.IPCExcl|0o600)
+	require.NoError(t, err)
+	testutil.Say("made")
+}
+
+// headerless has a child make a segment of size bytes under name's key,
+// all zeroes, and exit: a segment whose creator is dead and whose header
+// was never written. It returns the segment's id, removed at the end if
+// the test failed.
+func headerless(t *testing.T, name string, size int64) int {
+	c := testutil.StartChild(t, "TestChildShmGet", "SHM_NAME="+name, "SHM_SIZE="+strconv.FormatInt(size, 10))
+	require.Equal(t, "made", c.Line(t, 30*time.Second))
+	c.MustSucceed(t, 30*time.Second)
+	id, err := sys.ShmGet(SysVKey("shm", name), 0, 0)
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		if t.Failed() {
+			sys.ShmRemove(id)
+		}
+	})
+	return id
+}
+
+// TestSysVHeaderlessSegment: a segment under a name's key, all zeroes,
+// whose creator is dead, is a heapipc segment whose creator died before
+// writing the header if it has a heapipc segment's size (sysvSegSize):
+// Remove removes it and Open makes the region anew. With another size it
+// is another program's (keys are hashes), and neither Remove nor Open
+// touches it; both used to take it for a stale one of ours and remove it.
+func TestSysVHeaderlessSegment(t *testing.T) {
+	segs, _ := Segments(SysV)
+	gone := func(id int) bool { _, err := sys.ShmStat(id); return err != nil }
+	t.Run("ours", func(t *testing.T) {
+		name := testutil.Name(t)
+		id := headerless(t, name, sysvSegSize(1<<16))
+		require.NoError(t, segs.Remove(name))
+		require.True(t, gone(id), "removed")
+
+		id = headerless(t, name, sysvSegSize(1<<16))
+		r, err := OpenRegion(name, regionCfg(SysV, 1<<16), nil)
+		require.NoError(t, err, "the stale segment is replaced")
+		require.True(t, r.Created())
+		require.True(t, gone(id), "the stale one removed")
+		closeRegion(t, r)
+	})
+	t.Run("foreign", func(t *testing.T) {
+		name := testutil.Name(t)
+		id := headerless(t, name, 1<<16)
+		defer sys.ShmRemove(id)
+		require.ErrorIs(t, segs.Remove(name), ErrNotHeapIPC)
+		_, err := segs.Attach(name)
+		require.ErrorIs(t, err, ErrNotHeapIPC)
+		_, err = OpenRegion(name, regionCfg(SysV, 1<<16), nil)
+		require.ErrorIs(t, err, ErrNotHeapIPC)
+		require.False(t, gone(id), "another program's segment is left alone")
+	})
+}
+
 // TestSysVAttachRacingRemove: an attach or open that finds the key's
 // object removed between the lookup and the use says ErrNotExist (it used
 // to say EINVAL, which no sentinel matched, and an Open racing a Destroy
