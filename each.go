@@ -215,14 +215,14 @@ func (p *Producer) allocFailed(offs []mem.Off, k, size int, err error) error {
 }
 
 // carveEach is sendChunk's pass over a carving: for each of its records
-// it carves the record, writes its trailer (not handed out yet: plain
-// stores), calls fill with the record's number and bytes (size payload
-// bytes) and puts its offset in offs and its ring slot in slots (the
-// caller checked that every offset fits one, and that offs and slots
-// hold the carving).
+// it carves the record, writes its trailer, marked queued (not handed
+// out yet: plain stores), calls fill with the record's number and bytes
+// (size payload bytes) and puts its offset in offs and its ring slot in
+// slots (the caller checked that every offset fits one, and that offs
+// and slots hold the carving).
 func carveEach(rs *records, cv *slab.Carving, offs []mem.Off, slots []uint64, first, size int, fill func(int, []byte)) {
 	ts, b := rs.trailers, rs.b
-	tr := trailer{Holder: uint64(rs.self), Len: uint32(size), Magic: trailerMagic}
+	tr := trailer{Holder: uint64(rs.self), Len: uint32(size), Magic: queuedMagic}
 	l, as := slotLen(size), uint64(allocSize(size))
 	n := cv.Len()
 	offs, slots = offs[:n], slots[:n]
@@ -242,12 +242,12 @@ func slotLen(size int) uint64 { return uint64(min(size, channel.SlotLenNone)) }
 
 // fillEach is sendChunk's pass for records allocated first (large ones):
 // for each record of offs (allocated, size payload bytes) it writes the
-// trailer (not handed out yet: plain stores), calls fill with the
-// record's number and bytes, and puts its ring slot in slots (the caller
-// checked that every offset fits one).
+// trailer, marked queued (not handed out yet: plain stores), calls fill
+// with the record's number and bytes, and puts its ring slot in slots
+// (the caller checked that every offset fits one).
 func fillEach(rs *records, offs []mem.Off, slots []uint64, first, size int, fill func(int, []byte)) {
 	ts, b := rs.trailers, rs.b
-	tr := trailer{Holder: uint64(rs.self), Len: uint32(size), Magic: trailerMagic}
+	tr := trailer{Holder: uint64(rs.self), Len: uint32(size), Magic: queuedMagic}
 	l, as := slotLen(size), uint64(allocSize(size))
 	slots = slots[:len(offs)]
 	for i, off := range offs {
@@ -426,7 +426,7 @@ func useFused(rs *records, cur *slab.RunCursor, slots []uint64, offs []mem.Off, 
 			return i
 		}
 		t := &ts[j]
-		if t.Magic != trailerMagic || uint64(t.Len) != l || t.holder().Load() != self {
+		if !takeable(t.Magic) || uint64(t.Len) != l || t.holder().Load() != self {
 			return i
 		}
 		key, ok := cur.Next(off, uint32(as))

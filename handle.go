@@ -20,7 +20,10 @@ type ChannelID = channel.ID
 // last) or the Buffer is closed. A Record kept after its record was freed
 // stays refused by Free and Send when a new record has taken the place of
 // the old (one in 2^18 is missed, and large records — above the slab
-// size class limit — are not told apart).
+// size class limit — are not told apart). A Record kept after it was sent
+// is refused by Send and Free while the record is queued (ErrNotAllocated:
+// it is the consumer's); once a consumer of the same process has received
+// it, this process holds it again and the two are not told apart.
 type Record struct {
 	// ref is the record's offset in the region, with a tag above it (see
 	// makeRef). Record stays four words: Go passes and returns structs of

@@ -198,10 +198,12 @@ func TestStaleRecordSameSize(t *testing.T) {
 	})
 }
 
-// TestReceiveAheadFreedRecord: a record freed while queued (through the
-// sender's view) is reported when it comes to be received, also when the
-// consumer had taken it ahead already, and the records behind it come.
-func TestReceiveAheadFreedRecord(t *testing.T) {
+// TestReceiveAheadDamagedRecord: a record whose trailer is scribbled on
+// while it is queued is reported when it comes to be received, also when
+// the consumer had taken it ahead already (before the damage), and the
+// records behind it come; its memory comes back through the sender's
+// view.
+func TestReceiveAheadDamagedRecord(t *testing.T) {
 	b := heapBuf(t)
 	h, p, co := loopback(t, b, 1)
 	ctx := context.Background()
@@ -213,15 +215,16 @@ func TestReceiveAheadFreedRecord(t *testing.T) {
 		require.NoError(t, h.Free(r))
 	}
 	require.Positive(t, co.ahead.n-co.ahead.next, "the next records were taken ahead")
-	require.NoError(t, h.Free(sent[2]))
+	b.recs.trailers[(uint64(sent[2].off())+uint64(allocSize(64)))/trailerSize-1].Magic = 0xbad
 	_, err := co.Receive(ctx)
-	require.ErrorIs(t, err, ErrNotAllocated, "the freed record is not delivered")
+	require.ErrorIs(t, err, ErrCorrupt, "the damaged record is not delivered")
 	for i := 3; i < 8; i++ {
 		r, err := co.Receive(ctx)
 		require.NoError(t, err)
 		require.Equal(t, byte(i), r.Bytes()[0])
 		require.NoError(t, h.Free(r))
 	}
+	require.NoError(t, h.Free(sent[2]))
 	require.NoError(t, b.Check())
 }
 
@@ -366,4 +369,127 @@ func TestRecordSizeLimit(t *testing.T) {
 	_, err := h.Allocate(64 << 20)
 	require.ErrorIs(t, err, ErrNoSpace, "a size within the limit that does not fit is ErrNoSpace")
 	require.NoError(t, b.Check())
+}
+
+// TestQueuedRecordRefused: a record that is queued (sent, not received
+// yet) is not the sender's any more: sending it again (Send, TrySend, in
+// a SendBatch, twice in one batch, on an MPSC channel) and freeing it
+// (Handle.Free, Buffer.Free, FreeBatch) are refused with ErrNotAllocated
+// and change nothing, also once the consumer has taken it ahead; the
+// consumer receives each record once. A send that fails leaves the
+// record the sender's (its Free works).
+func TestQueuedRecordRefused(t *testing.T) {
+	ctx := context.Background()
+	queued := func(t *testing.T, err error) {
+		t.Helper()
+		require.ErrorIs(t, err, ErrNotAllocated)
+		require.ErrorContains(t, err, "queued in a channel")
+	}
+	refused := func(t *testing.T, b *Buffer, h *Handle, p *Producer, r Record) {
+		t.Helper()
+		queued(t, p.Send(ctx, r))
+		queued(t, p.TrySend(r))
+		_, err := p.SendBatch(ctx, []Record{r})
+		queued(t, err)
+		queued(t, h.Free(r))
+		queued(t, b.Free(r))
+		queued(t, h.FreeBatch([]Record{r}))
+	}
+	live := func(t *testing.T, b *Buffer) int {
+		t.Helper()
+		st, err := b.Stats()
+		require.NoError(t, err)
+		return st.Records.LiveRecords
+	}
+	t.Run("record channel", func(t *testing.T) {
+		b := heapBuf(t)
+		h, p, co := loopback(t, b, 1)
+		sent := sendRecords(t, h, p, 3, func(b []byte, i int) { b[0] = byte(i) })
+		for _, r := range sent {
+			refused(t, b, h, p, r)
+		}
+		// A batch with a queued record in it, and one with a record in
+		// it twice, send nothing; their other records stay the sender's.
+		fresh := make([]Record, 2)
+		require.NoError(t, h.AllocateBatch(64, fresh))
+		fresh[0].Bytes()[0], fresh[1].Bytes()[0] = 3, 4
+		n, err := p.SendBatch(ctx, []Record{fresh[0], sent[1]})
+		queued(t, err)
+		require.Zero(t, n)
+		n, err = p.SendBatch(ctx, []Record{fresh[1], fresh[0], fresh[1]})
+		queued(t, err)
+		require.Zero(t, n)
+		n, err = p.SendBatch(ctx, fresh)
+		require.NoError(t, err)
+		require.Equal(t, 2, n)
+		for i := range 5 {
+			r, err := co.Receive(ctx)
+			require.NoError(t, err)
+			require.Equal(t, byte(i), r.Bytes()[0], "each record once, in order")
+			require.NoError(t, h.Free(r))
+		}
+		_, err = co.TryReceive()
+		require.ErrorIs(t, err, ErrWouldBlock, "nothing was sent twice")
+		require.Zero(t, live(t, b))
+	})
+	t.Run("taken ahead", func(t *testing.T) {
+		b := heapBuf(t)
+		h, p, co := loopback(t, b, 1)
+		sent := sendRecords(t, h, p, 8, func(b []byte, i int) { b[0] = byte(i) })
+		for range 2 {
+			r, err := co.Receive(ctx)
+			require.NoError(t, err)
+			require.NoError(t, h.Free(r))
+		}
+		require.Positive(t, co.ahead.n-co.ahead.next, "the next records were taken ahead")
+		refused(t, b, h, p, sent[3])
+		for i := 2; i < 8; i++ {
+			r, err := co.Receive(ctx)
+			require.NoError(t, err)
+			require.Equal(t, byte(i), r.Bytes()[0])
+			require.NoError(t, h.Free(r))
+		}
+		require.Zero(t, live(t, b))
+	})
+	t.Run("failed send", func(t *testing.T) {
+		b := heapBuf(t)
+		h, p, _ := loopback(t, b, 1, WithCapacity(2))
+		sendRecords(t, h, p, 2, func([]byte, int) {})
+		r, err := h.Allocate(64)
+		require.NoError(t, err)
+		require.ErrorIs(t, p.TrySend(r), ErrWouldBlock)
+		short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+		defer cancel()
+		require.ErrorIs(t, p.Send(short, r), context.DeadlineExceeded)
+		rs := make([]Record, 2)
+		require.NoError(t, h.AllocateBatch(64, rs))
+		n, err := p.SendBatch(short, rs)
+		require.ErrorIs(t, err, context.DeadlineExceeded)
+		require.Zero(t, n)
+		require.NoError(t, h.Free(r), "a record whose send failed is the sender's")
+		require.NoError(t, h.FreeBatch(rs))
+	})
+	t.Run("mpsc", func(t *testing.T) {
+		b := heapBuf(t)
+		h := testHandle(t, b)
+		p, err := h.MPSCProducer(1)
+		require.NoError(t, err)
+		defer p.Close()
+		c, err := h.MPSCConsumer(1)
+		require.NoError(t, err)
+		defer c.Close()
+		r, err := h.Allocate(64)
+		require.NoError(t, err)
+		require.NoError(t, p.Send(ctx, r))
+		queued(t, p.Send(ctx, r))
+		queued(t, p.TrySend(r))
+		queued(t, h.Free(r))
+		got, err := c.Receive(ctx)
+		require.NoError(t, err)
+		require.Equal(t, r, got)
+		_, err = c.TryReceive()
+		require.ErrorIs(t, err, ErrWouldBlock)
+		require.NoError(t, h.Free(got))
+		require.Zero(t, live(t, b))
+	})
 }

@@ -152,11 +152,11 @@ func (p *MPSCProducer) TrySend(r Record) error {
 		return p.h.closedErr("try send")
 	}
 	defer p.h.out()
-	s, err := p.slot(r)
+	s, t, err := p.slot(r)
 	if err != nil {
 		return p.wrap("send", err)
 	}
-	return p.wrap("send", p.p.TrySend(s))
+	return p.wrap("send", sendMarked(t, func() error { return p.p.TrySend(s) }))
 }
 
 // Send queues r, waiting while the ring is full (ErrPeerDead if the
@@ -166,27 +166,27 @@ func (p *MPSCProducer) Send(ctx context.Context, r Record) error {
 		return p.h.closedErr("send")
 	}
 	defer p.h.out()
-	s, err := p.slot(r)
+	s, t, err := p.slot(r)
 	if err != nil {
 		return p.wrap("send", err)
 	}
-	return p.wrap("send", p.p.Send(ctx, s))
+	return p.wrap("send", sendMarked(t, func() error { return p.p.Send(ctx, s) }))
 }
 
 // slot validates r (this process must hold it, as for a record channel:
 // the cheap check first) and returns its ring slot, which carries the
 // record's length as a record channel's does (the consumer's take finds
-// the trailer by it).
-func (p *MPSCProducer) slot(r Record) (uint64, error) {
+// the trailer by it), and its trailer.
+func (p *MPSCProducer) slot(r Record) (uint64, *trailer, error) {
 	if p.closed {
-		return 0, ErrClosed
+		return 0, nil, ErrClosed
 	}
 	if r.b == nil {
-		return 0, fmt.Errorf("zero record: %w", ErrNotAllocated)
+		return 0, nil, fmt.Errorf("zero record: %w", ErrNotAllocated)
 	}
 	if t, _ := p.h.buf.recs.heldFast(r); t != nil {
 		if s, ok := channel.PackSlot(r.off(), len(r.b)); ok {
-			return s, nil
+			return s, t, nil
 		}
 	}
 	return p.h.buf.recs.slot(r)

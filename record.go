@@ -34,10 +34,10 @@ func (p *Producer) wrap(op string, err error) error {
 }
 
 // slot validates r (this process must hold it: allocated, or received and
-// not sent on) and returns its ring slot.
-func (p *Producer) slot(r Record) (uint64, error) {
+// not sent on; not queued) and returns its ring slot and its trailer.
+func (p *Producer) slot(r Record) (uint64, *trailer, error) {
 	if r.b == nil {
-		return 0, fmt.Errorf("zero record: %w", ErrNotAllocated)
+		return 0, nil, fmt.Errorf("zero record: %w", ErrNotAllocated)
 	}
 	return p.h.buf.recs.slot(r)
 }
@@ -49,18 +49,43 @@ func (p *Producer) push(r Record) bool {
 	if p.closed {
 		return false
 	}
-	if t, _ := p.h.buf.recs.heldFast(r); t == nil {
+	t, _ := p.h.buf.recs.heldFast(r)
+	if t == nil {
 		return false
 	}
 	s, ok := channel.PackSlot(r.off(), len(r.b))
-	return ok && p.p.Push(s)
+	return ok && pushMarked(p.p, t, s)
+}
+
+// pushMarked pushes slot s, the record whose trailer is t, marking the
+// record queued before the slot is published (and live again if it is
+// not).
+func pushMarked(p *channel.RecordProducer, t *trailer, s uint64) bool {
+	t.Magic = queuedMagic
+	if p.Push(s) {
+		return true
+	}
+	t.Magic = trailerMagic
+	return false
+}
+
+// sendMarked is send, the record whose trailer is t marked queued while
+// send runs and live again if send fails.
+func sendMarked(t *trailer, send func() error) error {
+	t.Magic = queuedMagic
+	err := send()
+	if err != nil {
+		t.Magic = trailerMagic
+	}
+	return err
 }
 
 // TrySend queues r without waiting: ErrWouldBlock if the ring is full.
 // After a successful send the record belongs to the consumer: do not touch
 // or free it. Sending a record that was freed is an error (ErrDoubleFree
 // or ErrNotAllocated, also once another record has taken its place) and
-// sends nothing.
+// sends nothing; so is sending or freeing one that is queued in a channel
+// (ErrNotAllocated). A send that fails leaves the record the caller's.
 func (p *Producer) TrySend(r Record) error {
 	if !p.h.in() {
 		return p.h.closedErr("try send")
@@ -77,11 +102,11 @@ func (p *Producer) send1(r Record) error {
 	if p.closed {
 		return ErrClosed
 	}
-	s, err := p.slot(r)
+	s, t, err := p.slot(r)
 	if err != nil {
 		return err
 	}
-	return p.p.TrySend(s)
+	return sendMarked(t, func() error { return p.p.TrySend(s) })
 }
 
 // Send queues r, waiting while the ring is full: spinning briefly, then
@@ -95,7 +120,7 @@ func (p *Producer) Send(ctx context.Context, r Record) error {
 	// in and out: see Buffer.Close.
 	if !h.buf.isClosed.Load() && !p.closed {
 		if t, _ := h.buf.recs.heldFast(r); t != nil {
-			if s, ok := channel.PackSlot(r.off(), len(r.b)); ok && p.p.Push(s) {
+			if s, ok := channel.PackSlot(r.off(), len(r.b)); ok && pushMarked(p.p, t, s) {
 				return nil
 			}
 		}
@@ -107,11 +132,11 @@ func (p *Producer) Send(ctx context.Context, r Record) error {
 	if p.closed {
 		return p.wrap("send", ErrClosed)
 	}
-	s, err := p.slot(r)
+	s, t, err := p.slot(r)
 	if err != nil {
 		return p.wrap("send", err)
 	}
-	return p.wrap("send", p.p.Send(ctx, s))
+	return p.wrap("send", sendMarked(t, func() error { return p.p.Send(ctx, s) }))
 }
 
 // SendBatch queues all of rs in order, publishing as many as fit at a time
@@ -132,13 +157,17 @@ func (p *Producer) SendBatch(ctx context.Context, rs []Record) (int, error) {
 	}
 	slots := p.batch[:len(rs)]
 	recs := p.h.buf.recs
+	// Each record is marked queued as it passes (slots, slot), so that
+	// one that is in the batch twice fails the batch.
 	for i := recs.slots(rs, slots); i < len(rs); {
 		// A record the quick check leaves to the full one; the quick
 		// check goes on after it.
-		s, err := p.slot(rs[i])
+		s, t, err := p.slot(rs[i])
 		if err != nil {
+			recs.unsent(rs[:i])
 			return 0, p.wrap("send batch", fmt.Errorf("record %d: %w", i, err))
 		}
+		t.Magic = queuedMagic
 		slots[i] = s
 		i++
 		i += recs.slots(rs[i:], slots[i:])
@@ -147,13 +176,12 @@ func (p *Producer) SendBatch(ctx context.Context, rs []Record) (int, error) {
 	for sent < len(slots) {
 		n, err := p.p.TrySendBatch(slots[sent:])
 		sent += n
-		if err != nil {
-			return sent, p.wrap("send batch", err)
+		if err == nil && sent < len(slots) && n == 0 {
+			err = p.p.WaitRoom(ctx)
 		}
-		if sent < len(slots) && n == 0 {
-			if err := p.p.WaitRoom(ctx); err != nil {
-				return sent, p.wrap("send batch", err)
-			}
+		if err != nil {
+			recs.unsent(rs[sent:])
+			return sent, p.wrap("send batch", err)
 		}
 	}
 	return sent, nil
@@ -237,14 +265,18 @@ func (c *Consumer) quick() (Record, bool) {
 	}
 	if a.next < a.n {
 		i := a.next
-		// Freed since it was taken ahead (a Free of the sender's view
-		// while it was queued marks its trailer): the rest of the
+		// Changed since it was taken ahead (its trailer damaged, or
+		// the record freed through a view by another process: nothing
+		// of this process's frees a queued record): the rest of the
 		// window goes one by one, through take, which reports it.
-		if c.h.sh.rs.trailers[(uint64(a.offs[i])+uint64(a.sizes[i]))/trailerSize-1].Magic != trailerMagic {
+		// Else it is the consumer's now: live again.
+		t := &c.h.sh.rs.trailers[(uint64(a.offs[i])+uint64(a.sizes[i]))/trailerSize-1]
+		if !takeable(t.Magic) {
 			a.skip = a.n - i
 			a.next, a.n = 0, 0
 			return Record{}, false
 		}
+		t.Magic = trailerMagic
 		a.next++
 		c.h.sh.keep(&a.slots[i])
 		c.c.Advance(1)

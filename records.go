@@ -28,6 +28,11 @@ import (
 // that the payload keeps the pool's alignment (cache-line records stay
 // cache-line aligned).
 //
+// A record in a channel is marked queued (queuedMagic): its sender
+// writes the mark before it publishes the ring slot, the consumer puts the
+// live magic back as it takes the record over. While it is queued, Send
+// and Free of it are refused: its sender's view is no longer its own.
+//
 // The holder frees a record in two steps: it overwrites the magic with
 // the record's freed mark (freedMark), so that a later Send or Free of
 // the same view is caught cheaply, then sets the record's bits in its
@@ -51,9 +56,32 @@ func (t *trailer) holder() *atomic.Uint64 { return mem.AtomicUint64(&t.Holder) }
 const (
 	trailerSize  = 16
 	trailerMagic = 0x48524543 // "HREC"
+	// queuedMagic is the magic of a record sent and not yet received: a
+	// sender writes it before the ring slot is published and puts
+	// trailerMagic back if the send fails; the consumer puts trailerMagic
+	// back as it takes the record over. So a second Send of a queued
+	// record, or a Free of it (by the sender, who keeps its view), is
+	// refused and the record goes on to the consumer. It differs from
+	// trailerMagic in one bit (queuedBit), so that a taker accepts both
+	// in one compare (takeable), and its low bit is set (never a freed
+	// mark).
+	queuedMagic  = trailerMagic &^ queuedBit
+	queuedBit    = 0x100
 	trailerFreed = 0x46524543 // "FREC", mixed with the header check into the freed mark
 	largeFreed   = 0x4652454c // "LERF": the freed mark of a large record
 )
+
+// takeable reports whether a record whose trailer has magic m may be
+// taken off a ring: queued (the common case), or live (a consumer that
+// died between taking it and moving the head past it had put the magic
+// back already; the record is delivered again).
+func takeable(m uint32) bool { return m|queuedBit == trailerMagic }
+
+// errQueued is the error for a Send or Free of the record at off while it
+// is queued in a channel.
+func errQueued(off mem.Off) error {
+	return fmt.Errorf("record %#x is queued in a channel (sent and not received yet): %w", uint64(off), ErrNotAllocated)
+}
 
 // freedMark is the magic a holder leaves in the trailer of a record it
 // frees, for a record with header check key (slab.Pool.RecordKey): never
@@ -317,9 +345,20 @@ func (sh *slabHandle) takeBatch(slots []uint64, rs []Record) bool {
 	if !ok {
 		return false
 	}
+	sh.rs.unqueue(sh.recvOffs[:n], sh.recvSizes[:n])
 	copy(sh.recvSlots[:n], slots)
 	sh.recvN = n
 	return true
+}
+
+// unqueue puts the live magic back in the trailers of records taken off a
+// ring and handed over (offs and sizes as takeRecords found them).
+func (rs *records) unqueue(offs []mem.Off, sizes []uint32) {
+	ts := rs.trailers
+	sizes = sizes[:len(offs)]
+	for i, off := range offs {
+		ts[(uint64(off)+uint64(sizes[i]))/trailerSize-1].Magic = trailerMagic
+	}
 }
 
 // takeRecords is takeBatch's taking, with the caller's scratch: offs,
@@ -386,7 +425,7 @@ func (rs *records) checkEach(cur *slab.RunCursor, slots []uint64, out []Record, 
 			return false, false
 		}
 		t := &ts[j]
-		if t.Magic != trailerMagic || uint64(t.Len) != l {
+		if !takeable(t.Magic) || uint64(t.Len) != l {
 			return false, false
 		}
 		key, ok := cur.Next(off, uint32(as))
@@ -431,7 +470,8 @@ func (rs *records) trailerOf(off mem.Off) (*trailer, []byte, error) {
 }
 
 // trailerIn validates the trailer at the end of data, the whole
-// allocation of the record at off.
+// allocation of the record at off: live, or queued (takeable; a caller
+// that needs a live record checks the magic).
 func (rs *records) trailerIn(off mem.Off, data []byte) (*trailer, []byte, error) {
 	if len(data) < trailerSize || len(data)%trailerSize != 0 {
 		return nil, nil, errs.Corrupt("record trailer", uint64(off), "record of %d bytes has no room for a trailer", len(data))
@@ -440,7 +480,7 @@ func (rs *records) trailerIn(off mem.Off, data []byte) (*trailer, []byte, error)
 	if err != nil {
 		return nil, nil, err
 	}
-	if t.Magic != trailerMagic || allocSize(int(t.Len)) != len(data) {
+	if !takeable(t.Magic) || allocSize(int(t.Len)) != len(data) {
 		return nil, nil, errs.Corrupt("record trailer", uint64(off)+uint64(len(data)-trailerSize), "magic %#x, length %d in a record of %d bytes", t.Magic, t.Len, len(data))
 	}
 	return t, data, nil
@@ -464,13 +504,15 @@ func (rs *records) take(slot uint64) (Record, error) {
 	off := channel.SlotOff(slot)
 	n, known := channel.SlotLen(slot)
 	if known {
-		if t := rs.trailerAt(off, n); t != nil {
+		if t := rs.queuedAt(off, n); t != nil {
 			if t.holder().Load() == uint64(rs.self) {
 				if data, ok := rs.pool.Peek(off); ok && len(data) == allocSize(n) {
+					t.Magic = trailerMagic
 					return Record{ref: makeRef(off, rs.pool.RecordKey(off)), b: rs.view(off, n)}, nil
 				}
 			} else if data, err := rs.pool.Bytes(off); err == nil && len(data) == allocSize(n) {
 				t.holder().Store(uint64(rs.self))
+				t.Magic = trailerMagic
 				return Record{ref: makeRef(off, rs.pool.RecordKey(off)), b: rs.view(off, n)}, nil
 			}
 		}
@@ -500,7 +542,7 @@ func (sh *slabHandle) take(slot uint64) (Record, bool) {
 	if !known {
 		return Record{}, false
 	}
-	t := rs.trailerAt(off, n)
+	t := rs.queuedAt(off, n)
 	if t == nil {
 		return Record{}, false
 	}
@@ -517,6 +559,7 @@ func (sh *slabHandle) take(slot uint64) (Record, bool) {
 		}
 		t.holder().Store(uint64(rs.self))
 	}
+	t.Magic = trailerMagic
 	sh.taken = true
 	sh.key = rs.pool.Key(s)
 	return Record{ref: makeRef(off, sh.key), b: rs.view(off, n)}, true
@@ -536,12 +579,34 @@ func (rs *records) takeOff(off mem.Off, n int, known bool) ([]byte, error) {
 	if t.holder().Load() != uint64(rs.self) {
 		t.holder().Store(uint64(rs.self))
 	}
+	t.Magic = trailerMagic
 	return rs.view(off, int(t.Len)), nil
 }
 
 // trailerAt returns the trailer of a record at off with an n-byte payload
-// if it is in the heap and says so (magic and length), else nil.
+// if it is in the heap and says so (length, and live: not queued, not
+// freed), else nil.
 func (rs *records) trailerAt(off mem.Off, n int) *trailer {
+	t := rs.trailerPlace(off, n)
+	if t == nil || t.Magic != trailerMagic || t.Len != uint32(n) {
+		return nil
+	}
+	return t
+}
+
+// queuedAt is trailerAt for a record being taken off a ring: its trailer
+// may say queued or live (takeable).
+func (rs *records) queuedAt(off mem.Off, n int) *trailer {
+	t := rs.trailerPlace(off, n)
+	if t == nil || !takeable(t.Magic) || t.Len != uint32(n) {
+		return nil
+	}
+	return t
+}
+
+// trailerPlace is where the trailer of a record at off with an n-byte
+// payload is, if that is in the heap, else nil.
+func (rs *records) trailerPlace(off mem.Off, n int) *trailer {
 	if n < 0 || off < rs.lo || off%trailerSize != 0 {
 		return nil
 	}
@@ -549,11 +614,7 @@ func (rs *records) trailerAt(off mem.Off, n int) *trailer {
 	if end > uint64(rs.hi) {
 		return nil
 	}
-	t := &rs.trailers[end/trailerSize-1]
-	if t.Magic != trailerMagic || t.Len != uint32(n) {
-		return nil
-	}
-	return t
+	return &rs.trailers[end/trailerSize-1]
 }
 
 // held returns the trailer of the record whose payload view is b at off,
@@ -568,6 +629,9 @@ func (rs *records) held(off mem.Off, b []byte) (*trailer, error) {
 	}
 	t := rs.trailerAt(off, len(b))
 	if t == nil {
+		if t := rs.trailerPlace(off, len(b)); t != nil && t.Magic == queuedMagic && t.Len == uint32(len(b)) {
+			return nil, errQueued(off)
+		}
 		return nil, fmt.Errorf("record %#x: not a live record (freed?): %w", uint64(off), ErrNotAllocated)
 	}
 	if h := t.holder().Load(); h != uint64(rs.self) {
@@ -619,20 +683,30 @@ func (rs *records) current(r Record, sentinel error) (uint32, error) {
 }
 
 // slot validates the record as held and current do and returns its ring
-// slot.
-func (rs *records) slot(r Record) (uint64, error) {
+// slot and its trailer (which the sender marks queued).
+func (rs *records) slot(r Record) (uint64, *trailer, error) {
 	off, b := r.off(), r.b
-	if _, err := rs.held(off, b); err != nil {
-		return 0, err
+	t, err := rs.held(off, b)
+	if err != nil {
+		return 0, nil, err
 	}
 	if _, err := rs.current(r, ErrNotAllocated); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	s, ok := channel.PackSlot(off, len(b))
 	if !ok {
-		return 0, fmt.Errorf("record %#x: offset beyond any segment: %w", uint64(off), ErrNotAllocated)
+		return 0, nil, fmt.Errorf("record %#x: offset beyond any segment: %w", uint64(off), ErrNotAllocated)
 	}
-	return s, nil
+	return s, t, nil
+}
+
+// unsent puts the live magic back in the trailers of recs, which the
+// sender marked queued and did not queue after all (sent off refused, or
+// the send failed). They were validated: held here, in the heap.
+func (rs *records) unsent(recs []Record) {
+	for i := range recs {
+		rs.trailers[(uint64(recs[i].off())+uint64(allocSize(len(recs[i].b))))/trailerSize-1].Magic = trailerMagic
+	}
 }
 
 // validateQueued checks a record channel's slot: a live record whose
@@ -682,6 +756,9 @@ func (rs *records) free(r Record) error {
 			return kerr
 		}
 		if t, _, terr := rs.trailerIn(off, data); terr == nil {
+			if t.Magic == queuedMagic && t.Len == uint32(len(b)) {
+				return err // in a channel (held said so): the consumer's
+			}
 			if h := sys.Identity(t.holder().Load()); h != rs.self && sys.Alive(h) {
 				return err // held by another live process (held said so)
 			}
@@ -790,8 +867,9 @@ func (rs *records) unlink() error { return nil }
 
 // slots is SendBatch's check, heldFast's for a batch, apart so that it
 // makes no call: it fills slots with the ring slots of the records of rs
-// that this process holds, up to the first that is not (or whose slot
-// cannot carry its length), and returns how many it did.
+// that this process holds, marking each queued, up to the first that is
+// not (or whose slot cannot carry its length), and returns how many it
+// did.
 func (rs *records) slots(recs []Record, slots []uint64) int {
 	ts, base, self := rs.trailers, rs.base, uint64(rs.self)
 	lo, hi := uint64(rs.lo), uint64(rs.hi)
@@ -809,6 +887,7 @@ func (rs *records) slots(recs []Record, slots []uint64) int {
 			tagOf(ts[off/trailerSize-1].Magic) != uint32(r.ref>>refOffBits) { // headerCheck
 			return i
 		}
+		t.Magic = queuedMagic
 		slots[i] = off | n<<channel.SlotOffBits
 	}
 	return len(recs)

@@ -655,6 +655,47 @@ func TestRecoverCutRecordFree(t *testing.T) {
 	require.ErrorIs(t, h.Free(rs[0]), ErrDoubleFree)
 }
 
+// TestRecoverQueuedMark: a sender killed between marking a record queued
+// and publishing its slot leaves it marked queued, held by a dead
+// process and in no ring: Recover frees it. A record marked queued whose
+// holder is alive (a send on its way) stays, and so does one in a ring
+// whose sender died (it is delivered, and the consumer's Free of it
+// works).
+func TestRecoverQueuedMark(t *testing.T) {
+	b := heapBuf(t)
+	h, p, co := loopback(t, b, 1)
+	var rs [2]Record
+	var err error
+	for i := range rs {
+		rs[i], err = h.Allocate(64)
+		require.NoError(t, err)
+	}
+	tr := func(r Record) *trailer {
+		return &b.recs.trailers[(int(r.off())+allocSize(len(r.b)))/trailerSize-1]
+	}
+	dead := testutil.DeadIdentity(t)
+	sent := sendRecords(t, h, p, 1, func(b []byte, _ int) { b[0] = 7 })[0]
+	require.Equal(t, uint32(queuedMagic), tr(sent).Magic, "a sent record is marked queued")
+	tr(sent).holder().Store(uint64(dead))
+	tr(rs[0]).holder().Store(uint64(dead))
+	tr(rs[0]).Magic = queuedMagic
+	tr(rs[1]).Magic = queuedMagic // held here: on its way
+
+	_, err = b.Recover()
+	require.NoError(t, err)
+	_, err = b.recs.pool.Bytes(rs[0].off())
+	require.ErrorIs(t, err, ErrNotAllocated, "the unsent record is freed")
+	_, err = b.recs.pool.Bytes(rs[1].off())
+	require.NoError(t, err, "a live sender's record stays")
+	got, err := co.Receive(context.Background())
+	require.NoError(t, err, "the queued record of a dead sender is delivered")
+	require.Equal(t, byte(7), got.Bytes()[0])
+	require.Equal(t, uint32(trailerMagic), tr(got).Magic, "and is live again")
+	require.NoError(t, h.Free(got))
+	tr(rs[1]).Magic = trailerMagic
+	require.NoError(t, h.Free(rs[1]))
+}
+
 // TestFreedMark: the freed mark is never the live magic, and never 0 for a
 // slab record's key.
 func TestFreedMark(t *testing.T) {

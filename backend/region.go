@@ -24,8 +24,9 @@ import (
 // when its producer end sends, ProdSince; 6: an MPSC ring's consumer
 // moves Head only and its slots carry the payload length, and a stream's
 // Reader and RClosed words moved to the line of Gen; 7: the region header
-// records the creator's pid namespace, PidNS).
-const LayoutVersion = 7
+// records the creator's pid namespace, PidNS; 8: a record queued in a
+// channel says so in its trailer, and SysV segments carry a size mark).
+const LayoutVersion = 8
 
 // Magic is "HEAPIPC\x01" read as a little-endian word.
 var Magic = binary.LittleEndian.Uint64([]byte("HEAPIPC\x01"))
