@@ -252,7 +252,8 @@ func (h *Handle) FreeBatch(rs []Record) error {
 // any record that this process holds (allocated, or received and not sent
 // on), and a record whose holder died; a record another live process
 // holds is its own (one sent there and received, say) and is
-// ErrNotAllocated here.
+// ErrNotAllocated here, and so is a record queued in a channel (sent and
+// not received yet: the consumer's).
 func (h *Handle) Free(r Record) error {
 	// The common case in one pass: a record this process holds, freed
 	// through the handle's slab cache (which remembers the slab whose
