@@ -19,8 +19,7 @@ type ChannelID = channel.ID
 // memory; it stays valid until the record is freed (by whoever holds it
 // last) or the Buffer is closed. A Record kept after its record was freed
 // stays refused by Free and Send when a new record has taken the place of
-// the old (one in 2^18 is missed, and large records — above the slab
-// size class limit — are not told apart). A Record kept after it was sent
+// the old (one in 2^18 is missed). A Record kept after it was sent
 // is refused by Send and Free while the record is queued (ErrNotAllocated:
 // it is the consumer's); once a consumer of the same process has received
 // it, this process holds it again and the two are not told apart.
@@ -34,14 +33,14 @@ type Record struct {
 }
 
 // A Record's tag tells the record it was made for from a later one at the
-// same place (after the first was freed and its slab started over): it is
-// the top refTagBits bits of the record's key (slab.Pool.RecordKey, the
-// check in its slab header, which changes with the slab's generation), so
-// a stale Record — freed, and its place reused — is refused by Free and
-// Send instead of freeing or sending the record that lies there now. One
-// stale Record in 2^refTagBits carries the new record's tag by chance. A
-// large record's key is 0 (its check does not change from one extent at
-// that place to the next): its Records are not told apart this way.
+// same place (after the first was freed and its slab started over, or a
+// large record's extent was given to another): it is the top refTagBits
+// bits of the record's key (slab.Pool.RecordKey, the check in its header,
+// which changes with a slab's generation and from one large record to the
+// next), so a stale Record — freed, and its place reused — is refused by
+// Free and Send instead of freeing or sending the record that lies there
+// now. One stale Record in 2^refTagBits carries the new record's tag by
+// chance.
 const (
 	refOffBits = channel.SlotOffBits // offsets are below 2^46 (backend's maxSegmentSize)
 	refTagBits = 64 - refOffBits

@@ -68,7 +68,6 @@ const (
 	queuedMagic  = trailerMagic &^ queuedBit
 	queuedBit    = 0x100
 	trailerFreed = 0x46524543 // "FREC", mixed with the header check into the freed mark
-	largeFreed   = 0x4652454c // "LERF": the freed mark of a large record
 )
 
 // takeable reports whether a record whose trailer has magic m may be
@@ -85,17 +84,12 @@ func errQueued(off mem.Off) error {
 
 // freedMark is the magic a holder leaves in the trailer of a record it
 // frees, for a record with header check key (slab.Pool.RecordKey): never
-// trailerMagic (its low bit is clear) nor 0. A large record (key 0) gets
-// a constant: its check does not tell one incarnation from the next, but
-// its trailer is zeroed before its header is written (slab.Handle.Alloc),
-// so an earlier record's mark never shows in a large record whose header
-// is valid.
-func freedMark(key uint32) uint32 {
-	if key == 0 {
-		return largeFreed
-	}
-	return (key^trailerFreed)&^1 | 2
-}
+// trailerMagic (its low bit is clear) nor 0. The check changes from one
+// record at a place to the next (a slab's generation, a large record's
+// incarnation), and a large record's trailer is also zeroed before its
+// header is written (slab.Handle.Alloc): an earlier record's mark never
+// shows in a record whose header is valid.
+func freedMark(key uint32) uint32 { return (key^trailerFreed)&^1 | 2 }
 
 // freedMark is the freed mark of the located record at off.
 func (rs *records) freedMark(off mem.Off) uint32 { return freedMark(rs.pool.RecordKey(off)) }
@@ -664,10 +658,8 @@ func (rs *records) heldFast(r Record) (*trailer, uint32) {
 // (at least lo: the header is in the region), read through the trailers'
 // view of the region: the 16-byte header (slab's recHeader: Pos, Len,
 // Size, Check) seen as a trailer, whose Magic is at Check's place. It is
-// the record's key (slab.Pool.RecordKey) for a slab record, and not for a
-// large record (whose key is 0): the hot paths that compare it with a
-// Record's tag send a large record to the full check (current), which
-// RecordKey tells apart.
+// the record's key (slab.Pool.RecordKey), a slab record's or a large
+// one's.
 func (rs *records) headerCheck(off mem.Off) uint32 { return rs.trailers[off/trailerSize-1].Magic }
 
 // current returns the key of the located record at r's offset if r's tag

@@ -25,7 +25,8 @@ import (
 // moves Head only and its slots carry the payload length, and a stream's
 // Reader and RClosed words moved to the line of Gen; 7: the region header
 // records the creator's pid namespace, PidNS; 8: a record queued in a
-// channel says so in its trailer, and SysV segments carry a size mark).
+// channel says so in its trailer, a large record's header carries an
+// incarnation, and SysV segments carry a size mark).
 const LayoutVersion = 8
 
 // Magic is "HEAPIPC\x01" read as a little-endian word.

@@ -119,7 +119,7 @@ func TestAllocBatchStamped(t *testing.T) {
 					if err != nil || len(b) != size || uint64(off)%uint64(align) != 0 {
 						t.Fatalf("Bytes(%#x) of a %d-byte record: %d bytes, %v", off, size, len(b), err)
 					}
-					if keys[i] != p.RecordKey(off) || (keys[i] == 0) != (size > p.MaxSmall()) {
+					if keys[i] != p.RecordKey(off) || keys[i] == 0 {
 						t.Fatalf("%d-byte record at %#x: key %#x, its header's %#x", size, off, keys[i], p.RecordKey(off))
 					}
 					if !bytes.Equal(b[size-16:], want[:]) {
@@ -568,7 +568,7 @@ func TestAllocOff(t *testing.T) {
 		} else {
 			var key uint32
 			off, key, err = hd.AllocKeyed(size)
-			if err == nil && (key != p.RecordKey(off) || (key == 0) != (size > p.MaxSmall())) {
+			if err == nil && (key != p.RecordKey(off) || key == 0) {
 				t.Fatalf("AllocKeyed(%d): key %#x, its header's %#x", size, key, p.RecordKey(off))
 			}
 		}

@@ -169,7 +169,9 @@ func TestCheckCountAboveBitmap(t *testing.T) {
 }
 
 // TestSlotKey: the key worked out from a located slot is the check its
-// header holds, for records of several sizes, and a large record has none.
+// header holds, for records of several sizes; a large record's key is its
+// header's check, which differs from one large record to the next at the
+// same place.
 func TestSlotKey(t *testing.T) {
 	p := newPool(t, heapCombo, 4<<20, Options{SlabSize: 16 << 10})
 	hd := p.NewHandle()
@@ -190,18 +192,28 @@ func TestSlotKey(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	r, err := hd.Alloc(8 << 10)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if k := p.RecordKey(r.Off); k != 0 {
-		t.Fatalf("large record: key %#x", k)
+	// A large record's key is its header's check, which tells it from
+	// the large records of its size at its place before it.
+	seen := map[uint32]bool{}
+	var at mem.Off
+	for i := range 100 {
+		r := allocLarge(t, p, hd)
+		if i == 0 {
+			at = r.Off
+		} else if r.Off != at {
+			t.Fatalf("large record %d at %#x, not at the freed one's %#x", i, uint64(r.Off), uint64(at))
+		}
+		k := p.RecordKey(r.Off)
+		if k == 0 || seen[k] {
+			t.Fatalf("large record %d: key %#x, zero or an earlier one's", i, k)
+		}
+		seen[k] = true
+		if err := p.Free(r.Off); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if k := p.RecordKey(0); k != 0 {
 		t.Fatalf("offset 0: key %#x", k)
-	}
-	if err := p.Free(r.Off); err != nil {
-		t.Fatal(err)
 	}
 }
 
@@ -255,7 +267,7 @@ func TestRecoverFinishesCutLargeFree(t *testing.T) {
 	// What freeLarge's check stores under the heap lock, with no commit.
 	g := uint64(r.Off)/granule - 1
 	h := p.header(g)
-	p.words[2*g+1].Store(packHalves(h.Size, recCheck(0, h.Len, h.Size, p.salt^freedKey)))
+	p.words[2*g+1].Store(packHalves(h.Size, p.largeCheck(h.Len, h.Size, freedKey)))
 	if err := p.Free(r.Off); !errors.Is(err, ErrDoubleFree) {
 		t.Fatalf("Free of a record whose free was cut: %v", err)
 	}
@@ -309,8 +321,9 @@ func allocLarge(t *testing.T, p *Pool, hd *Handle) Record {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p.RecordKey(r.Off) != 0 {
-		t.Fatal("not a large record")
+	var loc located
+	if err := p.locate(r.Off, &loc); err != nil || !loc.large {
+		t.Fatalf("not a large record: %v", err)
 	}
 	return r
 }

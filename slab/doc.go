@@ -43,7 +43,10 @@
 //
 // Record data are aligned to 16 bytes (Options.Align: up to the page
 // size; CacheLineAlign for 64). A large record's header sits at 16 (or
-// Align) bytes into its extent, with Pos 0 and the size in Len:Size.
+// Align) bytes into its extent, with Pos 0 and the size in Len:Size (the
+// high bits of Len an incarnation, which the Check mixes in: so the Check
+// of a large record differs from the one before it at its place, as a
+// slab record's does from one slab generation to the next).
 //
 // # Freeing
 //

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"slices"
+	"sync/atomic"
 	"unsafe"
 
 	"github.com/heapipc/ipc/alloc"
@@ -94,7 +95,7 @@ func (h *Handle) AllocOff(size int) (mem.Off, error) {
 }
 
 // AllocKeyed is AllocOff that also returns the record's key: what
-// Pool.RecordKey reads in its header (0 for a large record), without the
+// Pool.RecordKey reads in its header, without the
 // load.
 func (h *Handle) AllocKeyed(size int) (mem.Off, uint32, error) {
 	p := h.p
@@ -335,11 +336,22 @@ func (h *Handle) allocLarge(size uint64) (Record, error) {
 	// one (see Alloc): whatever an earlier record left there never shows
 	// in a record whose header is valid.
 	clear(p.view(off+mem.Off(size-HeaderSize), HeaderSize))
-	ln, sz := uint32(size>>32), uint32(size)
+	ln, sz := uint32(size>>32)|largeIncarnation.Add(1)<<largeLenBits, uint32(size)
 	g := uint64(off)/granule - 1
 	p.plain[2*g] = packHalves(0, ln)
-	p.words[2*g+1].Store(packHalves(sz, recCheck(0, ln, sz, p.salt^largeKey))) // after the zeroes
+	p.words[2*g+1].Store(packHalves(sz, p.largeCheck(ln, sz, largeKey))) // after the zeroes
 	return Record{Off: off, Data: p.view(off, size)}, nil
+}
+
+// largeIncarnation numbers the large records this process makes (the
+// incarnation in their headers: see largeLenBits), from a random start,
+// so that two processes rarely count alike.
+var largeIncarnation atomic.Uint32
+
+func init() {
+	var b [4]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand); a zero start would do
+	largeIncarnation.Store(binary.LittleEndian.Uint32(b[:]))
 }
 
 // largeData is where a large record's data start in its extent: after

@@ -124,7 +124,8 @@ func (sh *slabHeader) countDown(gen uint32, n uint64) bool {
 // granules (header, data and alignment padding), Size the bytes asked
 // for, Check a hash of the three with the buffer's salt and the slab's
 // generation. A large record (its own extent): Pos is 0, Len:Size the
-// size in bytes, Check a hash with largeKey (freedKey once freed).
+// size in bytes (Len's high bits an incarnation: see largeLenBits), Check
+// a hash with largeKey (freedKey once freed) and the incarnation.
 //
 // The header is written once, by the allocating handle, before the
 // record is handed out, and is read-only afterwards (a large record's
@@ -136,6 +137,27 @@ type recHeader struct {
 	Size  uint32
 	Check uint32
 }
+
+// A large record's header keeps its size's high bits in the low
+// largeLenBits of Len (sizes are below 2^46, backend's maxSegmentSize),
+// and above them an incarnation: a number that differs from one large
+// record to the next that this process makes (largeIncarnation), mixed
+// into the header's Check. So a large record's Check, its key
+// (Pool.RecordKey), tells it from an earlier large record of the same
+// size at the same place, as a slab's generation does for slab records.
+const (
+	largeLenBits = 14
+	largeLenMask = 1<<largeLenBits - 1
+)
+
+// largeCheck is the Check of a large record's header whose Len and Size
+// fields are ln and size, with key largeKey (live) or freedKey (freed).
+func (p *Pool) largeCheck(ln, size, key uint32) uint32 {
+	return recCheck(0, ln&largeLenMask, size, p.salt^key^(ln>>largeLenBits)*0x9e3779b1)
+}
+
+// largeBytes is the size in bytes a large record's header gives.
+func largeBytes(hd recHeader) uint64 { return uint64(hd.Len&largeLenMask)<<32 | uint64(hd.Size) }
 
 // recCheck mixes a header's fields with a key; it is never 0.
 func recCheck(pos, ln, size, key uint32) uint32 { return recCheckAt(pos, recCheckOf(ln, size, key)) }

@@ -233,16 +233,16 @@ func (p *Pool) checkGeometry(slab mem.Off, sh *slabHeader) error {
 }
 
 func (p *Pool) locateLarge(off mem.Off, hd recHeader, loc *located) error {
-	size := uint64(hd.Len)<<32 | uint64(hd.Size)
+	size := largeBytes(hd)
 	extent := mem.Off(uint64(off-HeaderSize) &^ (p.ps - 1))
 	if extent < p.lo || size > uint64(p.hi-off) {
 		return notRecord(off, "bad header")
 	}
 	switch hd.Check {
-	case recCheck(0, hd.Len, hd.Size, p.salt^largeKey):
+	case p.largeCheck(hd.Len, hd.Size, largeKey):
 		loc.large, loc.hd, loc.size, loc.extent = true, hd, size, extent
 		return nil
-	case recCheck(0, hd.Len, hd.Size, p.salt^freedKey):
+	case p.largeCheck(hd.Len, hd.Size, freedKey):
 		return fmt.Errorf("slab: large record %#x: %w", uint64(off), ErrDoubleFree)
 	}
 	return notRecord(off, "bad header")
@@ -264,22 +264,19 @@ func (p *Pool) Bytes(off mem.Off) ([]byte, error) {
 	return p.view(off, loc.size), nil
 }
 
-// RecordKey is the Check of the header before off as it stands, if that
-// is a slab record's header (Pos not 0), else 0. Nothing is validated:
-// it is meant for a record the caller has located. The check changes with
-// the slab's generation, so a mark derived from it by the record's holder
-// (the records layer's freed trailer) tells this record from whatever an
-// earlier generation left at the same place; a large record's check does
-// not (it is the same for every large record of its size), hence 0.
+// RecordKey is the Check of the header before off as it stands (0 for an
+// off outside the region). Nothing is validated: it is meant for a record
+// the caller has located. The check changes with a slab's generation, and
+// from one large record to the next (largeLenBits), so a mark derived
+// from it by the record's holder (the records layer's freed trailer, a
+// Record's tag) tells this record from whatever an earlier record left at
+// the same place.
 func (p *Pool) RecordKey(off mem.Off) uint32 {
 	g := uint64(off)/granule - 1 // wraps for an off below 16: out of range
 	if g >= uint64(len(p.words))/2 {
 		return 0
 	}
 	h := (*[4]atomic.Uint32)(unsafe.Pointer(&p.words[2*g])) // recHeader's four fields
-	if h[0].Load() == 0 {
-		return 0
-	}
 	return h[3].Load()
 }
 
@@ -689,7 +686,7 @@ func (p *Pool) freeLarge(off mem.Off, loc located, owner sys.Identity) error {
 		}
 		// A freer in another goroutine may be reading the header: the
 		// word is stored atomically (and read so by header).
-		p.words[2*g+1].Store(packHalves(hd.Size, recCheck(0, hd.Len, hd.Size, p.salt^freedKey)))
+		p.words[2*g+1].Store(packHalves(hd.Size, p.largeCheck(hd.Len, hd.Size, freedKey)))
 		return nil
 	})
 	if err != nil {

@@ -137,8 +137,7 @@ var errNotCut = errors.New("not a cut free")
 // record extent e, is the header freeLarge leaves: position 0, freed,
 // of a record that fits the extent.
 func (p *Pool) freedLarge(e alloc.Extent, hd recHeader, hdrOff uint64) bool {
-	size := uint64(hd.Len)<<32 | uint64(hd.Size)
-	return hd.Pos == 0 && hd.Check == recCheck(0, hd.Len, hd.Size, p.salt^freedKey) && size <= e.Size-hdrOff
+	return hd.Pos == 0 && hd.Check == p.largeCheck(hd.Len, hd.Size, freedKey) && largeBytes(hd) <= e.Size-hdrOff
 }
 
 // finishCutFrees completes the frees that a freer killed between two
