@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/heapipc/ipc/channel"
@@ -127,7 +128,9 @@ func SpeculoSpin(d time.Duration) SpeculoOption {
 //     repeated). The old extent goes back to the heap once no reader is
 //     left on it; a reader that died does not pin it.
 //   - Readers may wait for new chunks with a context; the writer pays a
-//     wake-up system call only when a reader is parked.
+//     wake-up system call only when a reader is parked. Once the writer
+//     closes its end, a reader that has read everything gets io.EOF from
+//     Next and Wait (until a writer attaches again).
 //   - The writer end is exclusive (ErrBusy; a dead writer's end is taken
 //     over). A writer that dies in the middle of an append leaves nothing
 //     half-visible; one that dies mid-way through a replace or a GC has it
@@ -234,7 +237,7 @@ func (s *Speculo) MaxBlocks() int { return int(s.sp.MaxBlocks()) }
 func SpeculoChunkSpace(size int) int { return int(channel.SpeculoChunkSpace(uint64(size))) }
 
 func (s *Speculo) wrap(op string, err error) error {
-	if err == nil || err == ErrWouldBlock {
+	if err == nil || err == ErrWouldBlock || err == io.EOF {
 		return err
 	}
 	return fmt.Errorf("ipc: %s on channel %d: %w", op, s.id, err)
@@ -484,6 +487,8 @@ func (w *SpeculoWriter) Reclaim() (int, error) {
 
 // Close releases the writer end (a pending chunk is dropped). The area and
 // its chunks stay for readers and a later writer; see Speculo.Remove.
+// Readers waiting in Next or Wait get io.EOF once they have read
+// everything.
 func (w *SpeculoWriter) Close() error {
 	if !w.s.h.in() {
 		return nil
@@ -538,8 +543,9 @@ func (r *SpeculoReader) TryNext() (SpeculoChunk, error) {
 }
 
 // Next returns the next valid chunk, waiting (as Wait does) until one is
-// committed: ErrPeerDead if the writer died meanwhile, ErrDestroyed, or
-// ctx's error.
+// committed: io.EOF if the writer closed its end and every chunk is
+// read, ErrPeerDead if the writer died meanwhile, ErrDestroyed, or ctx's
+// error.
 func (r *SpeculoReader) Next(ctx context.Context) (SpeculoChunk, error) {
 	if !r.s.h.in() {
 		return SpeculoChunk{}, r.s.h.closedErr("next")
@@ -578,8 +584,11 @@ func (r *SpeculoReader) Rewind() error {
 
 // Wait blocks until a chunk may have been committed after the last one
 // returned: it spins briefly, then parks on a futex in the area without
-// holding any extent. It returns ErrPeerDead if the writer died,
-// ErrDestroyed if the buffer was destroyed, or ctx's error.
+// holding any extent. It returns io.EOF if the writer closed its end
+// (SpeculoWriter.Close) and nothing was committed past the last chunk
+// returned (a writer that attaches later may commit more, read as
+// before), ErrPeerDead if the writer died, ErrDestroyed if the buffer was
+// destroyed, or ctx's error.
 func (r *SpeculoReader) Wait(ctx context.Context) error {
 	if !r.s.h.in() {
 		return r.s.h.closedErr("wait")

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"math/bits"
 	"structs"
@@ -607,7 +608,14 @@ func (w *SpeculoWriter) recover() error {
 	if pend != 0 && pend != cur {
 		// A GC (or the first extent) that never switched: undo it.
 		if cur != 0 {
-			if x, err := w.openExtent(cur); err == nil && x.hdr.Next.Load() == pend {
+			x, err := w.openExtent(cur)
+			if err != nil {
+				return err
+			}
+			if err := w.checkPending(pend, x); err != nil {
+				return err // freeing it would free an extent readers may be on
+			}
+			if x.hdr.Next.Load() == pend {
 				x.hdr.Next.Store(0)
 			}
 		} else if cb.Oldest.Load() == pend {
@@ -825,6 +833,26 @@ func RecoverExtents(heap *alloc.Heap, buf []byte, areas []*Speculo) (alloc.Recla
 	})
 }
 
+// checkPending returns ErrCorrupt if pend (the Pending word, not the
+// current extent cur) names an extent of this area older than the
+// pending one can be: one with an epoch at or below cur's, which is in
+// the chain (or a reap's Freeing), where readers may be on it. newExtent
+// gives a pending extent the next epoch (above cur's), or none yet (0)
+// if its writer died before storing it, and no crash leaves Pending on an
+// extent of the chain but cur: such a Pending was scribbled over, and
+// freeing what it names would free memory under readers. Anything that
+// is not an extent of this area is left to freeExtent, which refuses it.
+func (s *Speculo) checkPending(pend uint64, cur *spExtent) error {
+	h, err := mem.At[spExtentHdr](s.buf, mem.Off(pend))
+	if err != nil || h.Magic.Load() != spExtentMagic || h.Area.Load() != uint64(s.cbOff) {
+		return nil
+	}
+	if e := h.Epoch.Load(); e != 0 && e <= cur.epoch {
+		return s.corrupt("pending extent", uint64(s.cbOff)+280, "names extent %#x of epoch %d, not newer than the current extent's %d", pend, e, cur.epoch)
+	}
+	return nil
+}
+
 // dropPending frees the extent a failed GC was filling.
 func (w *SpeculoWriter) dropPending(nx *spExtent) {
 	// Freed first: a writer killed in between leaves Pending naming a
@@ -1038,12 +1066,14 @@ func (w *SpeculoWriter) obsolete(p, block uint64) error {
 func (w *SpeculoWriter) Abort() { w.pend = spPending{} }
 
 // notify wakes the parked readers, if any: an eventcount. A reader sets
-// Sleepers, loads Notify, checks for news, then parks while Notify is
+// Sleepers, loads Notify, checks for news and that Sleepers is still set
+// (this clear may have come after its store), then parks while Notify is
 // unchanged; the writer, after publishing, wakes only if Sleepers is set,
 // and clears it, so it pays one wake per sleep, not one per commit until
 // the woken readers get to run.
 func (w *SpeculoWriter) notify() {
 	if w.cb.Sleepers.Load() != 0 {
+		spHook("notify:seen")
 		w.cb.Sleepers.Store(0)
 		w.cb.Notify.Add(1)
 		backend.Wake(&w.cb.Notify, 0)
@@ -1277,7 +1307,8 @@ func (s *Speculo) resetSlot(sl *speculoSlot) { sl.Epoch.Store(0) }
 
 // Close releases the writer end (a pending chunk is dropped) after
 // freeing what no reader pins. The area and its chunks stay for readers
-// and later writers.
+// and later writers; readers waiting for news get io.EOF once they have
+// read what was committed.
 func (w *SpeculoWriter) Close() error {
 	if w.closed {
 		return nil
@@ -1295,6 +1326,12 @@ func (w *SpeculoWriter) Close() error {
 	w.pend = spPending{}
 	w.cb.Closed.Store(1)
 	w.cb.Writer.CompareAndSwap(uint64(w.self), 0)
+	// Readers waiting for news get io.EOF: wake them all (whatever
+	// Sleepers says; a Close is rare). After the stores above, so that
+	// a reader that loaded them before sees Notify change and looks
+	// again.
+	w.cb.Notify.Add(1)
+	backend.Wake(&w.cb.Notify, 0)
 	return err
 }
 
@@ -1647,9 +1684,11 @@ func (r *SpeculoReader) available() bool {
 // Wait blocks until something may have been committed after the reader's
 // position: spinning briefly, then parked on the area's futex word with
 // no extent pinned (views from earlier calls are invalid after it). The
-// writer pays a wake only when a reader is parked. It returns ErrPeerDead
-// if the writer died, ErrDestroyed if the buffer was destroyed, or ctx's
-// error.
+// writer pays a wake only when a reader is parked. It returns io.EOF if
+// the writer closed its end (Close) and nothing was committed past the
+// reader's position (not for good: a writer that attaches later commits
+// chunks that are read as before), ErrPeerDead if the writer died,
+// ErrDestroyed if the buffer was destroyed, or ctx's error.
 func (r *SpeculoReader) Wait(ctx context.Context) error {
 	if err := r.refresh(); err != nil {
 		return err
@@ -1660,11 +1699,29 @@ func (r *SpeculoReader) Wait(ctx context.Context) error {
 	cb := r.cb
 	for {
 		cb.Sleepers.Store(1)
+		spHook("wait:armed")
 		v := cb.Notify.Load()
 		if r.available() {
 			return nil // Sleepers stays set: at worst one spare wake
 		}
+		if r.writerClosed() {
+			// Loaded after Notify: a Close after this load bumps
+			// Notify, so the park below does not sleep through it.
+			r.unpin()
+			return io.EOF
+		}
+		if cb.Sleepers.Load() == 0 {
+			// The writer cleared the flag after we set it, waking
+			// readers that parked before us (notify saw the flag
+			// before our store and clears it after), and we may have
+			// loaded Notify after its bump: parked now, the next
+			// commit would find the flag clear and not wake us. Arm
+			// again. A clear that comes after this load is followed
+			// by a bump of Notify, which the park sees.
+			continue
+		}
 		r.unpin()
+		spHook("wait:park")
 		err := backend.Park(ctx, &cb.Notify, v, r.wait.CheckInterval)
 		if err != nil && !errors.Is(err, errs.ErrTimeout) {
 			return err // stays unpinned until its next call
@@ -1685,6 +1742,12 @@ func (r *SpeculoReader) Wait(ctx context.Context) error {
 			return fmt.Errorf("speculo area: the writer (%v) died: %w", id, errs.ErrPeerDead)
 		}
 	}
+}
+
+// writerClosed reports whether the last writer closed its end (Close) and
+// no writer has attached since.
+func (r *SpeculoReader) writerClosed() bool {
+	return r.cb.Closed.Load() != 0 && r.cb.Writer.Load() == 0
 }
 
 // Close releases the reader's slot; the extent it was on may be freed.
@@ -1737,9 +1800,18 @@ func (s *Speculo) FreeExtents() error {
 	cb := s.cb
 	cur := cb.Current.Load()
 	if p := cb.Pending.Load(); p != 0 && p != cur {
-		// One without the magic is a dead writer's unmarked extent,
-		// not damage: RecoverExtents frees it.
-		if h, err := mem.At[spExtentHdr](s.buf, mem.Off(p)); err != nil || h.Magic.Load() == spExtentMagic {
+		var inChain error
+		if cur != 0 {
+			if x, err := s.openExtent(cur); err == nil {
+				inChain = s.checkPending(p, x)
+			}
+		}
+		if inChain != nil {
+			// Damage: the walk below frees that extent, once.
+			all = append(all, inChain)
+		} else if h, err := mem.At[spExtentHdr](s.buf, mem.Off(p)); err != nil || h.Magic.Load() == spExtentMagic {
+			// One without the magic is a dead writer's unmarked
+			// extent, not damage: RecoverExtents frees it.
 			all = append(all, s.freeExtentThen(p, func() { cb.Pending.Store(0) }))
 		}
 		cb.Pending.CompareAndSwap(p, 0)
@@ -1970,6 +2042,8 @@ func (s *Speculo) Check() error {
 		if p := cb.Pending.Load(); p != 0 && p != cur {
 			if _, err := s.heap.Extent(mem.Off(p)); err != nil {
 				bad = append(bad, fmt.Errorf("speculo pending extent: %w", err))
+			} else if x, err := s.openExtent(cur); err == nil {
+				bad = append(bad, s.checkPending(p, x))
 			}
 		}
 		_, err := s.walkChain(cur, func(x *spExtent) error {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -721,4 +722,29 @@ func TestSpeculoRecoverAbandoned(t *testing.T) {
 	require.ErrorIs(t, err, ipc.ErrNotExist, "abandoned: removed")
 	require.Equal(t, before, freeBytes(t, b))
 	require.True(t, strings.Contains(fmt.Sprint(sp.ID()), "77"))
+}
+
+// TestSpeculoNextEOFAfterClose: once the writer closes its end, Next
+// returns what was committed and then io.EOF itself (not wrapped, as the
+// other channel types do), instead of waiting for a writer that may never
+// come.
+func TestSpeculoNextEOFAfterClose(t *testing.T) {
+	b, _ := openBuf(t)
+	h := newHandle(t, b)
+	sp, err := h.AddSpeculo(spID, 4096)
+	require.NoError(t, err)
+	r, err := sp.Reader()
+	require.NoError(t, err)
+	w, err := sp.Writer()
+	require.NoError(t, err)
+	spPut(t, w, 0, 20, 1)
+	require.NoError(t, w.Close())
+	ctx := testutil.Context(t, time.Minute)
+	c, err := r.Next(ctx)
+	require.NoError(t, err)
+	require.Len(t, c.Data, 20)
+	_, err = r.Next(ctx)
+	require.Equal(t, io.EOF, err)
+	require.NoError(t, r.Close())
+	require.NoError(t, sp.Remove(context.Background()))
 }
