@@ -278,7 +278,7 @@ func (c *Consumer) quick() (Record, bool) {
 		}
 		t.Magic = trailerMagic
 		a.next++
-		c.h.sh.keep(&a.slots[i])
+		c.h.sh.keep(&a.slots[i], a.keys[i])
 		c.c.Advance(1)
 		return a.recs[i], true
 	}

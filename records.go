@@ -389,12 +389,13 @@ func (sh *slabHandle) takeRecords(slots []uint64, rs []Record, offs []mem.Off, s
 }
 
 // keep makes s, the slot of a record a consumer took ahead and delivers
-// now, the one Handle.Free can use (as take does for the record it takes).
-func (sh *slabHandle) keep(s *slab.Slot) {
+// now, the one Handle.Free can use (as take does for the record it takes),
+// and key (its header's check, as checkEach found it) its key.
+func (sh *slabHandle) keep(s *slab.Slot, key uint32) {
 	sh.cur ^= 1
 	sh.slots[sh.cur] = *s
 	sh.taken = true
-	sh.key = sh.rs.pool.Key(s)
+	sh.key = key
 }
 
 // checkEach is takeRecords's pass: each record of slots (of the length
