@@ -571,6 +571,23 @@ func sendRecords(t *testing.T, h *Handle, p *Producer, n int, stamp func(b []byt
 	return sent
 }
 
+// recordTrailer is the trailer of r, a record of b.
+func recordTrailer(b *Buffer, r Record) *trailer {
+	return &b.recs.trailers[(int(r.off())+allocSize(len(r.b)))/trailerSize-1]
+}
+
+// allocRecords allocates n records of size bytes on h.
+func allocRecords(t *testing.T, h *Handle, n, size int) []Record {
+	t.Helper()
+	rs := make([]Record, n)
+	for i := range rs {
+		var err error
+		rs[i], err = h.Allocate(size)
+		require.NoError(t, err)
+	}
+	return rs
+}
+
 // testHandle is a new handle on b, closed when the test ends.
 func testHandle(t *testing.T, b *Buffer) *Handle {
 	t.Helper()
@@ -611,17 +628,9 @@ func ends(t *testing.T, ph, ch *Handle, id ChannelID, opts ...ChannelOption) (*P
 // freer on its way).
 func TestRecoverCutRecordFree(t *testing.T) {
 	b := heapBuf(t)
-	h, err := b.NewHandle()
-	require.NoError(t, err)
-	defer h.Close()
-	var rs [3]Record
-	for i := range rs {
-		rs[i], err = h.Allocate(64)
-		require.NoError(t, err)
-	}
-	tr := func(r Record) *trailer {
-		return &b.recs.trailers[(int(r.off())+allocSize(len(r.b)))/trailerSize-1]
-	}
+	h := testHandle(t, b)
+	rs := allocRecords(t, h, 3, 64)
+	tr := func(r Record) *trailer { return recordTrailer(b, r) }
 	dead := testutil.DeadIdentity(t)
 	key := b.recs.pool.RecordKey(rs[0].off())
 	require.NotZero(t, key)
@@ -664,15 +673,8 @@ func TestRecoverCutRecordFree(t *testing.T) {
 func TestRecoverQueuedMark(t *testing.T) {
 	b := heapBuf(t)
 	h, p, co := loopback(t, b, 1)
-	var rs [2]Record
-	var err error
-	for i := range rs {
-		rs[i], err = h.Allocate(64)
-		require.NoError(t, err)
-	}
-	tr := func(r Record) *trailer {
-		return &b.recs.trailers[(int(r.off())+allocSize(len(r.b)))/trailerSize-1]
-	}
+	rs := allocRecords(t, h, 2, 64)
+	tr := func(r Record) *trailer { return recordTrailer(b, r) }
 	dead := testutil.DeadIdentity(t)
 	sent := sendRecords(t, h, p, 1, func(b []byte, _ int) { b[0] = 7 })[0]
 	require.Equal(t, uint32(queuedMagic), tr(sent).Magic, "a sent record is marked queued")
@@ -681,7 +683,7 @@ func TestRecoverQueuedMark(t *testing.T) {
 	tr(rs[0]).Magic = queuedMagic
 	tr(rs[1]).Magic = queuedMagic // held here: on its way
 
-	_, err = b.Recover()
+	_, err := b.Recover()
 	require.NoError(t, err)
 	_, err = b.recs.pool.Bytes(rs[0].off())
 	require.ErrorIs(t, err, ErrNotAllocated, "the unsent record is freed")
@@ -718,7 +720,7 @@ func TestFreeMarks(t *testing.T) {
 	h, p, co := loopback(t, b, 1)
 	ctx := context.Background()
 	mark := func(r Record) uint32 {
-		return b.recs.trailers[(int(r.off())+allocSize(len(r.b)))/trailerSize-1].Magic
+		return recordTrailer(b, r).Magic
 	}
 	frees := map[string]func(r Record) error{
 		"Handle.Free, the record received last": h.Free,
@@ -766,7 +768,7 @@ func TestRecoverWithUnreadableChannel(t *testing.T) {
 	require.NoError(t, err)
 	dead := testutil.DeadIdentity(t)
 	for _, r := range []Record{queued, loose} {
-		b.recs.trailers[(int(r.off())+allocSize(len(r.b)))/trailerSize-1].holder().Store(uint64(dead))
+		recordTrailer(b, r).holder().Store(uint64(dead))
 	}
 	en, err := b.reg.Lookup(1)
 	require.NoError(t, err)
@@ -825,7 +827,7 @@ func TestRecoverReturnsSlabCompletedByItsFrees(t *testing.T) {
 			w.Or(m)
 			require.Equal(t, ^uint64(0), w.Load(), "the first word complete")
 		case 15: // held by a process that died
-			b.recs.trailers[(int(r.off())+allocSize(len(r.b)))/trailerSize-1].holder().Store(uint64(testutil.DeadIdentity(t)))
+			recordTrailer(b, r).holder().Store(uint64(testutil.DeadIdentity(t)))
 		default:
 			require.NoError(t, h.Free(r))
 		}

@@ -14,6 +14,18 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
+// spEnds attaches a writer and a reader to sp, closed when the test ends.
+func spEnds(t *testing.T, sp *Speculo) (*SpeculoWriter, *SpeculoReader) {
+	t.Helper()
+	w, err := sp.AttachWriter()
+	require.NoError(t, err)
+	t.Cleanup(func() { w.Close() })
+	r, err := sp.AttachReader()
+	require.NoError(t, err)
+	t.Cleanup(func() { r.Close() })
+	return w, r
+}
+
 // TestSpeculoNotifyKeepsLateSleeper: a reader arms Sleepers while the
 // writer is waking an earlier one (after the writer saw the flag, before
 // it cleared it) and loads Notify after the writer bumped it. The
@@ -25,12 +37,7 @@ func TestSpeculoNotifyKeepsLateSleeper(t *testing.T) {
 	sp, _ := f.area(t, 1, 4096, SpeculoConfig{Slots: 2}, nil)
 	sp.wait.Spin = -1                 // park at once
 	sp.wait.CheckInterval = time.Hour // only a wake brings it back
-	w, err := sp.AttachWriter()
-	require.NoError(t, err)
-	defer w.Close()
-	r, err := sp.AttachReader()
-	require.NoError(t, err)
-	defer r.Close()
+	w, r := spEnds(t, sp)
 	put(t, w, 0, 10, 1, 0)
 	require.Len(t, drain(t, r), 1)
 
@@ -137,12 +144,7 @@ func TestSpeculoWaitAfterClose(t *testing.T) {
 func TestSpeculoPinReleasedOnErrors(t *testing.T) {
 	f := newSpFix(t, backend.Heap, 4<<20)
 	sp, _ := f.area(t, 1, 4096, SpeculoConfig{Slots: 2, Threshold: 0}, nil)
-	w, err := sp.AttachWriter()
-	require.NoError(t, err)
-	defer w.Close()
-	r, err := sp.AttachReader()
-	require.NoError(t, err)
-	defer r.Close()
+	w, r := spEnds(t, sp)
 	put(t, w, 1, 10, 1, 0)
 	require.Len(t, drain(t, r), 1)
 	require.EqualValues(t, 1, r.slot.Epoch.Load(), "pinned on the first extent")
