@@ -300,22 +300,7 @@ func TestStreamResetDropsInFlightCommitAndConsume(t *testing.T) {
 
 	// A resetter that died half-way (Gen bumped, only W moved): the next
 	// operation of anyone finishes the reset.
-	_, err = w.Write(ctx, []byte("0123456789"))
-	require.NoError(t, err)
-	_, err = r.Read(ctx, buf[:4])
-	require.NoError(t, err)
-	g := sf.s.cb.Gen.Add(1) & streamGenMask
-	sf.s.cb.W.Store(streamPack(g, 0))
-	st, err = sf.s.Stats()
-	require.NoError(t, err)
-	require.Zero(t, st.Buffered)
-	require.Equal(t, streamPack(g, 0), sf.s.cb.R.Load())
-	require.Equal(t, streamPack(g, 0), sf.s.cb.Low.Load())
-	_, err = w.Write(ctx, []byte("ok"))
-	require.NoError(t, err)
-	n, err = r.Read(ctx, buf)
-	require.NoError(t, err)
-	require.Equal(t, "ok", string(buf[:n]))
+	sf.cutReset(t, w, r)
 
 	// Zero clears the bytes as well.
 	_, err = w.Write(ctx, []byte("secret"))
@@ -326,6 +311,75 @@ func TestStreamResetDropsInFlightCommitAndConsume(t *testing.T) {
 	require.NoError(t, err)
 	require.Zero(t, n)
 	require.NoError(t, sf.s.Check())
+}
+
+// TestStreamGenWrap: the generation in the position words is Gen modulo
+// 2^23; across the wrap (from the last generation to 0) a reset still
+// drops the commit in flight, a reset cut short after moving only W is
+// finished by the next operation, and the stream goes on working.
+func TestStreamGenWrap(t *testing.T) {
+	sf := newStream(t, backend.Heap, 64, 8, WaitOptions{})
+	w, r := sf.ends(t)
+	ctx := testutil.Context(t, time.Minute)
+	last := uint64(streamGenMask)
+	sf.s.cb.Gen.Store(last)
+	for _, word := range []*atomic.Uint64{&sf.s.cb.W, &sf.s.cb.R, &sf.s.cb.Low} {
+		word.Store(streamPack(last, 0))
+	}
+	require.NoError(t, sf.s.Check(), "a stream at the last generation")
+	_, err := w.Write(ctx, []byte("before"))
+	require.NoError(t, err)
+	a, _, err := w.Spans()
+	require.NoError(t, err)
+	copy(a, "lost")
+	require.NoError(t, r.Reset())
+	require.Equal(t, last+1, sf.s.Generation(), "Gen counts on")
+	require.Equal(t, streamPack(0, 0), sf.s.cb.W.Load(), "the words wrap to generation 0")
+	require.ErrorIs(t, w.Commit(4), errs.ErrReset, "the commit of the last generation is dropped")
+
+	_, err = w.Write(ctx, []byte("after"))
+	require.NoError(t, err)
+	buf := make([]byte, 16)
+	n, err := r.Read(ctx, buf)
+	require.NoError(t, err)
+	require.Equal(t, "after", string(buf[:n]))
+
+	// Back at the last generation, a resetter that dies after bumping
+	// Gen (to generation 0) and moving only W: the next operation
+	// finishes the reset across the wrap.
+	sf.s.cb.Gen.Store(last)
+	for _, word := range []*atomic.Uint64{&sf.s.cb.W, &sf.s.cb.R, &sf.s.cb.Low} {
+		word.Store(streamPack(last, 0))
+	}
+	require.Zero(t, sf.cutReset(t, w, r), "the cut reset went to generation 0")
+	require.NoError(t, sf.s.Check())
+}
+
+// cutReset plays a resetter that died half-way, with bytes buffered: Gen
+// bumped and only W moved to the new generation. It checks that the next
+// operation of anyone (Stats) finishes the reset, and that the stream
+// goes on working, and returns the generation the reset went to.
+func (sf *streamFixture) cutReset(t *testing.T, w *StreamWriter, r *StreamReader) uint64 {
+	t.Helper()
+	ctx := testutil.Context(t, time.Minute)
+	buf := make([]byte, 16)
+	_, err := w.Write(ctx, []byte("0123456789"))
+	require.NoError(t, err)
+	_, err = r.Read(ctx, buf[:4])
+	require.NoError(t, err)
+	g := sf.s.cb.Gen.Add(1) & streamGenMask
+	sf.s.cb.W.Store(streamPack(g, 0))
+	st, err := sf.s.Stats()
+	require.NoError(t, err)
+	require.Zero(t, st.Buffered)
+	require.Equal(t, streamPack(g, 0), sf.s.cb.R.Load())
+	require.Equal(t, streamPack(g, 0), sf.s.cb.Low.Load())
+	_, err = w.Write(ctx, []byte("ok"))
+	require.NoError(t, err)
+	n, err := r.Read(ctx, buf)
+	require.NoError(t, err)
+	require.Equal(t, "ok", string(buf[:n]))
+	return g
 }
 
 // TestStreamKnownPositions: small writes and reads use the peer's
