@@ -853,6 +853,19 @@ func (s *Speculo) checkPending(pend uint64, cur *spExtent) error {
 	return nil
 }
 
+// pendingInChain is checkPending against the current extent at cur, if
+// there is one and it opens (what is wrong with it is reported apart).
+func (s *Speculo) pendingInChain(pend, cur uint64) error {
+	if cur == 0 {
+		return nil
+	}
+	x, err := s.openExtent(cur)
+	if err != nil {
+		return nil
+	}
+	return s.checkPending(pend, x)
+}
+
 // dropPending frees the extent a failed GC was filling.
 func (w *SpeculoWriter) dropPending(nx *spExtent) {
 	// Freed first: a writer killed in between leaves Pending naming a
@@ -1800,13 +1813,7 @@ func (s *Speculo) FreeExtents() error {
 	cb := s.cb
 	cur := cb.Current.Load()
 	if p := cb.Pending.Load(); p != 0 && p != cur {
-		var inChain error
-		if cur != 0 {
-			if x, err := s.openExtent(cur); err == nil {
-				inChain = s.checkPending(p, x)
-			}
-		}
-		if inChain != nil {
+		if inChain := s.pendingInChain(p, cur); inChain != nil {
 			// Damage: the walk below frees that extent, once.
 			all = append(all, inChain)
 		} else if h, err := mem.At[spExtentHdr](s.buf, mem.Off(p)); err != nil || h.Magic.Load() == spExtentMagic {
@@ -2042,8 +2049,8 @@ func (s *Speculo) Check() error {
 		if p := cb.Pending.Load(); p != 0 && p != cur {
 			if _, err := s.heap.Extent(mem.Off(p)); err != nil {
 				bad = append(bad, fmt.Errorf("speculo pending extent: %w", err))
-			} else if x, err := s.openExtent(cur); err == nil {
-				bad = append(bad, s.checkPending(p, x))
+			} else {
+				bad = append(bad, s.pendingInChain(p, cur))
 			}
 		}
 		_, err := s.walkChain(cur, func(x *spExtent) error {

@@ -106,16 +106,9 @@ func TestSpeculoWaitAfterClose(t *testing.T) {
 	w, err := sp.AttachWriter()
 	require.NoError(t, err)
 	ctx := testutil.Context(t, time.Minute)
-	got := make(chan error, 1)
-	go func() {
-		_, err := r.Next(ctx)
-		got <- err
-	}()
-	for sp.cb.Sleepers.Load() == 0 {
-		time.Sleep(time.Millisecond)
-	}
+	got := nextParked(sp, r, ctx)
 	require.NoError(t, w.Close())
-	require.ErrorIs(t, <-got, io.EOF, "the reader waiting when the writer closed")
+	require.ErrorIs(t, (<-got).err, io.EOF, "the reader waiting when the writer closed")
 	require.ErrorIs(t, r.Wait(ctx), io.EOF, "a Wait that starts after the close")
 
 	w, err = sp.AttachWriter()

@@ -998,6 +998,26 @@ func TestSpeculoRemoveAfterCrashNewExtent(t *testing.T) {
 	require.Equal(t, before.FreeBytes, after.FreeBytes)
 }
 
+// spNext is what a SpeculoReader's Next returned.
+type spNext struct {
+	c   SpeculoChunk
+	err error
+}
+
+// nextParked calls r.Next(ctx) in a goroutine and returns once the reader
+// has parked (sp's Sleepers set); the channel gets what Next returned.
+func nextParked(sp *Speculo, r *SpeculoReader, ctx context.Context) <-chan spNext {
+	got := make(chan spNext, 1)
+	go func() {
+		c, err := r.Next(ctx)
+		got <- spNext{c, err}
+	}()
+	for sp.cb.Sleepers.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	return got
+}
+
 func TestSpeculoWaitAndNotify(t *testing.T) {
 	f := newSpFix(t, backend.Heap, 4<<20)
 	sp, _ := f.area(t, 1, 4096, SpeculoConfig{Slots: 2}, nil)
@@ -1008,31 +1028,17 @@ func TestSpeculoWaitAndNotify(t *testing.T) {
 	w, err := sp.AttachWriter()
 	require.NoError(t, err)
 	ctx := testutil.Context(t, time.Minute)
-	got := make(chan error, 1)
-	go func() {
-		c, err := r.Next(ctx)
-		if err == nil && len(c.Data) != 33 {
-			err = fmt.Errorf("got %d bytes", len(c.Data))
-		}
-		got <- err
-	}()
-	for sp.cb.Sleepers.Load() == 0 {
-		time.Sleep(time.Millisecond)
-	}
+	got := nextParked(sp, r, ctx)
 	put(t, w, 0, 33, 1, 0)
-	require.NoError(t, <-got, "woken by the commit")
+	woken := <-got
+	require.NoError(t, woken.err, "woken by the commit")
+	require.Len(t, woken.c.Data, 33)
 	require.Zero(t, sp.cb.Sleepers.Load(), "the writer cleared the flag as it woke the reader")
 
 	cctx, cancel := context.WithCancel(ctx)
-	go func() {
-		_, err := r.Next(cctx)
-		got <- err
-	}()
-	for sp.cb.Sleepers.Load() == 0 {
-		time.Sleep(time.Millisecond)
-	}
+	got = nextParked(sp, r, cctx)
 	cancel()
-	require.ErrorIs(t, <-got, context.Canceled)
+	require.ErrorIs(t, (<-got).err, context.Canceled)
 
 	// The writer dies: a waiting reader hears of it.
 	require.NoError(t, w.Close())
