@@ -232,6 +232,7 @@ type Consumer struct {
 // and ReceiveBatch, which takes from the head, drops them and takes them
 // again.
 type ahead struct {
+	_       mem.Pad
 	recs    []Record
 	slots   []slab.Slot
 	raw     []uint64
@@ -244,6 +245,7 @@ type ahead struct {
 	// after a window that failed the checks (a large record, say), so
 	// that the window is not checked again at every call.
 	skip int
+	_    mem.Pad
 }
 
 const (
