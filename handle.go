@@ -19,13 +19,16 @@ type ChannelID = channel.ID
 // memory; it stays valid until the record is freed (by whoever holds it
 // last) or the Buffer is closed. A Record kept after its record was freed
 // stays refused by Free and Send when a new record has taken the place of
-// the old (one in 2^18 is missed). A Record kept after it was sent
-// is refused by Send and Free while the record is queued (ErrNotAllocated:
-// it is the consumer's); once a consumer of the same process has received
-// it, this process holds it again and the two are not told apart.
+// the old (one in 2^18 is missed). A Record kept after it was sent is
+// refused by Send and Free (ErrNotAllocated: the record is the
+// consumer's), while the record is queued and after a consumer has
+// received it, in this process or another; the one exception is a
+// record that came back to this process's hands after 16 sends since
+// (a pipeline of 16 stages in one process), whose first Record is not
+// told from its last.
 type Record struct {
-	// ref is the record's offset in the region, with a tag above it (see
-	// makeRef). Record stays four words: Go passes and returns structs of
+	// ref is the record's offset in the region, with a tag above it
+	// and its hand below it (see makeRef). Record stays four words: Go passes and returns structs of
 	// at most four words in registers, and a fifth cost the per-record
 	// calls ~10 ns a record.
 	ref uint64
@@ -41,14 +44,19 @@ type Record struct {
 // Free and Send instead of freeing or sending the record that lies there
 // now. One stale Record in 2^refTagBits carries the new record's tag by
 // chance.
+//
+// A Record's hand (see records.go) is in the low 4 bits of its ref, below
+// the offset, which is a multiple of 16.
 const (
 	refOffBits = channel.SlotOffBits // offsets are below 2^46 (backend's maxSegmentSize)
 	refTagBits = 64 - refOffBits
-	refOffMask = 1<<refOffBits - 1
+	refOffMask = 1<<refOffBits - 1 - refHand
 )
 
-// makeRef is the ref of the record at off whose key is key.
-func makeRef(off mem.Off, key uint32) uint64 { return uint64(off) | uint64(tagOf(key))<<refOffBits }
+// makeRef is the ref of the record at off whose key is key, of hand h.
+func makeRef(off mem.Off, key, h uint32) uint64 {
+	return uint64(off) | uint64(h) | uint64(tagOf(key))<<refOffBits
+}
 
 // tagOf is the tag of a record whose key is key.
 func tagOf(key uint32) uint32 { return key >> (32 - refTagBits) }
@@ -58,6 +66,9 @@ func (r Record) off() mem.Off { return mem.Off(r.ref & refOffMask) }
 
 // tag is the record's tag (see makeRef).
 func (r Record) tag() uint32 { return uint32(r.ref >> refOffBits) }
+
+// hand is the record's hand as this Record knows it.
+func (r Record) hand() uint32 { return uint32(r.ref) & refHand }
 
 // Bytes is the record's payload in shared memory.
 func (r Record) Bytes() []byte { return r.b }
@@ -197,7 +208,7 @@ func (h *Handle) Allocate(n int) (Record, error) {
 	// The record is not handed out yet: plain stores (no fence) will do.
 	rs.trailers[(uint64(off)+uint64(size))/trailerSize-1] = trailer{Holder: uint64(rs.self), Len: uint32(n), Magic: trailerMagic}
 	// The pool carved size bytes at off, in the region.
-	return Record{ref: makeRef(off, key), b: rs.view(off, n)}, nil
+	return Record{ref: makeRef(off, key, freshHand), b: rs.view(off, n)}, nil
 }
 
 // AllocateBatch fills rs with records of n bytes each, as Allocate
@@ -273,7 +284,7 @@ func (h *Handle) Free(r Record) error {
 		t := &rs.trailers[(uint64(off)+uint64(s.Size()))/trailerSize-1]
 		key := sh.key
 		if allocSize(len(b)) != s.Size() || !rs.at(off, b) || tagOf(key) != r.tag() ||
-			t.Magic != trailerMagic || t.Len != uint32(len(b)) || t.holder().Load() != uint64(rs.self) {
+			t.Magic != liveMagic(r.hand()) || t.Len != uint32(len(b)) || t.holder().Load() != uint64(rs.self) {
 			return h.buf.Free(r)
 		}
 		t.Magic = freedMark(key) // as records.free does

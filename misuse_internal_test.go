@@ -2,14 +2,28 @@ package ipc
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"strconv"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/heapipc/ipc/channel"
 	"github.com/stretchr/testify/require"
 )
+
+// receivedAs checks that got is the record sent as sent: the same place,
+// tag and view, one hand on (see liveMagic: the sender's Record no longer
+// holds it).
+func receivedAs(t *testing.T, sent, got Record) {
+	t.Helper()
+	require.Equal(t, sent.off(), got.off(), "the record's place")
+	require.Equal(t, sent.tag(), got.tag(), "its tag")
+	require.Equal(t, unsafe.SliceData(sent.b), unsafe.SliceData(got.b), "its view")
+	require.Len(t, got.b, len(sent.b))
+	require.Equal(t, nextHand(sent.hand()), got.hand(), "one hand on")
+}
 
 // TestFreeOtherBuffersRecord: a Record of another buffer, at the same
 // offset as a live record of this one, is refused by every free, and the
@@ -130,7 +144,7 @@ func TestStaleRecordSameSize(t *testing.T) {
 		require.NoError(t, p.Send(ctx, nx), "the new record is still this process's")
 		got, err := co.Receive(ctx)
 		require.NoError(t, err)
-		require.Equal(t, nx, got, "received as sent, tag and all")
+		receivedAs(t, nx, got)
 		require.NoError(t, h.Free(got))
 		require.ErrorIs(t, h.Free(nx), ErrDoubleFree)
 		require.NoError(t, b.Check())
@@ -144,7 +158,7 @@ func TestStaleRecordSameSize(t *testing.T) {
 		require.NoError(t, p.Send(ctx, nx))
 		gotN, err := co.Receive(ctx)
 		require.NoError(t, err)
-		require.Equal(t, nx, gotN)
+		receivedAs(t, nx, gotN)
 		require.Equal(t, gotN.off(), ch.sh.takenOff(), "the consumer's handle keeps the new record's slot")
 		require.ErrorIs(t, ch.Free(got), ErrDoubleFree, "the kept slot is the new record's")
 		refused(t, ch, p, got)
@@ -174,7 +188,7 @@ func TestStaleRecordSameSize(t *testing.T) {
 			send(r)
 			got, err := co.Receive(ctx)
 			require.NoError(t, err)
-			require.Equal(t, r, got)
+			receivedAs(t, r, got)
 			require.NoError(t, h.Free(got))
 			require.ErrorIs(t, h.Free(r), ErrDoubleFree)
 			nr := reusePlace(t, h, r)
@@ -182,7 +196,7 @@ func TestStaleRecordSameSize(t *testing.T) {
 			send(nr)
 			got, err = co.Receive(ctx)
 			require.NoError(t, err)
-			require.Equal(t, nr, got)
+			receivedAs(t, nr, got)
 			require.NoError(t, h.Free(got))
 		}
 		require.NoError(t, b.Check())
@@ -200,7 +214,7 @@ func TestStaleRecordSameSize(t *testing.T) {
 		k, err = co.ReceiveBatch(ctx, rs)
 		require.NoError(t, err)
 		require.Equal(t, 1, k)
-		require.Equal(t, nx, rs[0])
+		receivedAs(t, nx, rs[0])
 		require.ErrorIs(t, ch.FreeBatch([]Record{got}), ErrDoubleFree, "the batch received last is the new record")
 		require.NoError(t, ch.FreeBatch(rs))
 		require.NoError(t, b.Check())
@@ -495,10 +509,168 @@ func TestQueuedRecordRefused(t *testing.T) {
 		queued(t, h.Free(r))
 		got, err := c.Receive(ctx)
 		require.NoError(t, err)
-		require.Equal(t, r, got)
+		receivedAs(t, r, got)
 		_, err = c.TryReceive()
 		require.ErrorIs(t, err, ErrWouldBlock)
 		require.NoError(t, h.Free(got))
 		require.Zero(t, live(t, b))
 	})
+}
+
+// TestSentRecordHandedOver: the Record a sender kept is refused (Send,
+// TrySend, SendBatch, Handle.Free, Buffer.Free, FreeBatch:
+// ErrNotAllocated, "taken over") once a consumer of the same process has
+// received the record — by Receive (one by one, or taken ahead),
+// ReceiveBatch or an MPSC consumer, from the sender's own handle or
+// another — and the consumer's record is untouched: its bytes stay, and
+// its Free works once. A record forwarded down a pipeline leaves every
+// earlier stage's Record refused. Before records carried a hand, the
+// sender's Free freed the consumer's record under it.
+func TestSentRecordHandedOver(t *testing.T) {
+	ctx := context.Background()
+	refused := func(t *testing.T, b *Buffer, h *Handle, p *Producer, r Record) {
+		t.Helper()
+		for _, err := range []error{
+			p.Send(ctx, r), p.TrySend(r), h.Free(r), b.Free(r), h.FreeBatch([]Record{r}),
+			func() error { _, err := p.SendBatch(ctx, []Record{r}); return err }(),
+		} {
+			require.ErrorIs(t, err, ErrNotAllocated)
+			require.ErrorContains(t, err, "taken over")
+		}
+	}
+	// keep checks that the consumer's record got (sent as sent, with
+	// payload byte v) is intact and frees it.
+	keep := func(t *testing.T, b *Buffer, h *Handle, sent, got Record, v byte) {
+		t.Helper()
+		receivedAs(t, sent, got)
+		require.Equal(t, v, got.Bytes()[0], "the consumer's bytes are intact")
+		require.NoError(t, h.Free(got))
+		require.ErrorIs(t, h.Free(got), ErrDoubleFree)
+		require.NoError(t, b.Check())
+	}
+	for _, c := range []struct {
+		name string
+		recv func(t *testing.T, co *Consumer, n int) []Record
+	}{
+		{"receive", func(t *testing.T, co *Consumer, n int) []Record {
+			var got []Record
+			for range n {
+				r, err := co.Receive(ctx)
+				require.NoError(t, err)
+				got = append(got, r)
+			}
+			return got
+		}},
+		{"receive batch", func(t *testing.T, co *Consumer, n int) []Record {
+			got := make([]Record, n)
+			k, err := co.ReceiveBatch(ctx, got)
+			require.NoError(t, err)
+			require.Equal(t, n, k)
+			return got
+		}},
+	} {
+		for _, same := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%s/same handle %v", c.name, same), func(t *testing.T) {
+				b := heapBuf(t)
+				ph, ch := testHandle(t, b), testHandle(t, b)
+				if same {
+					ch = ph
+				}
+				p, co := ends(t, ph, ch, 1)
+				// Eight records: Receive takes the later ones ahead.
+				sent := sendRecords(t, ph, p, 8, func(b []byte, i int) { b[0] = byte(i) })
+				got := c.recv(t, co, len(sent))
+				for i := range sent {
+					refused(t, b, ph, p, sent[i])
+				}
+				for i := range sent {
+					keep(t, b, ch, sent[i], got[i], byte(i))
+				}
+				require.Zero(t, liveRecords(t, b))
+			})
+		}
+	}
+	t.Run("mpsc", func(t *testing.T) {
+		b := heapBuf(t)
+		h := testHandle(t, b)
+		p, err := h.MPSCProducer(1)
+		require.NoError(t, err)
+		defer p.Close()
+		c, err := h.MPSCConsumer(1)
+		require.NoError(t, err)
+		defer c.Close()
+		r, err := h.Allocate(64)
+		require.NoError(t, err)
+		r.Bytes()[0] = 9
+		require.NoError(t, p.Send(ctx, r))
+		got, err := c.Receive(ctx)
+		require.NoError(t, err)
+		for _, err := range []error{p.Send(ctx, r), p.TrySend(r), h.Free(r), b.Free(r)} {
+			require.ErrorIs(t, err, ErrNotAllocated)
+			require.ErrorContains(t, err, "taken over")
+		}
+		keep(t, b, h, r, got, 9)
+		require.Zero(t, liveRecords(t, b))
+	})
+	t.Run("pipeline", func(t *testing.T) {
+		// Three stages of one process on channels 1 and 2: the record the
+		// last stage holds is safe from the Records of the first two;
+		// 16 sends bring the hand round (the documented exception).
+		b := heapBuf(t)
+		h := testHandle(t, b)
+		p1, c1 := ends(t, h, h, 1)
+		p2, c2 := ends(t, h, h, 2)
+		x, err := h.Allocate(64)
+		require.NoError(t, err)
+		x.Bytes()[0] = 5
+		require.NoError(t, p1.Send(ctx, x))
+		y, err := c1.Receive(ctx)
+		require.NoError(t, err)
+		require.NoError(t, p2.Send(ctx, y))
+		z, err := c2.Receive(ctx)
+		require.NoError(t, err)
+		refused(t, b, h, p1, x)
+		refused(t, b, h, p2, y)
+		all := []Record{x, y, z}
+		for range 14 {
+			require.NoError(t, p1.Send(ctx, all[len(all)-1]))
+			r, err := c1.Receive(ctx)
+			require.NoError(t, err)
+			all = append(all, r)
+		}
+		require.Equal(t, x.hand(), all[16].hand(), "16 sends: the hand came round")
+		for _, r := range all[1:16] {
+			refused(t, b, h, p1, r)
+		}
+		keep(t, b, h, all[15], all[16], 5)
+		require.Zero(t, liveRecords(t, b))
+	})
+}
+
+// TestHandMagics: each hand's live and queued magics are distinct,
+// takeable, and carry their hand; taking a queued one gives the live
+// one; a record never sent has the plain magic.
+func TestHandMagics(t *testing.T) {
+	require.Equal(t, uint32(trailerMagic), liveMagic(freshHand))
+	require.Equal(t, uint32(queuedMagic), queuedMagicOf(freshHand))
+	seen := map[uint32]bool{}
+	for h := range uint32(16) {
+		l, q := liveMagic(h), queuedMagicOf(h)
+		sq, sl := sendMagics(h)
+		require.Equal(t, l, sl, "hand %d", h)
+		require.Equal(t, queuedMagicOf(nextHand(h)), sq, "hand %d: a send queues it with the next hand", h)
+		require.Equal(t, l, liveMagic(h|0xfff0), "hand %d: bits above the hand are ignored", h)
+		require.True(t, takeable(l), "hand %d", h)
+		require.True(t, takeable(q), "hand %d", h)
+		require.False(t, isQueued(l), "hand %d", h)
+		require.True(t, isQueued(q), "hand %d", h)
+		require.Equal(t, h, handOf(l))
+		require.Equal(t, h, handOf(q))
+		require.Equal(t, l, liveOf(q))
+		require.Equal(t, l, liveOf(l))
+		require.Equal(t, uint32(1), l&1, "a freed mark's low bit is clear")
+		require.Equal(t, (h+1)%16, nextHand(h))
+		seen[l], seen[q] = true, true
+	}
+	require.Len(t, seen, 32)
 }

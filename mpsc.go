@@ -156,7 +156,7 @@ func (p *MPSCProducer) TrySend(r Record) error {
 	if err != nil {
 		return p.wrap("send", err)
 	}
-	return p.wrap("send", sendMarked(t, func() error { return p.p.TrySend(s) }))
+	return p.wrap("send", sendMarked(t, r.hand(), func() error { return p.p.TrySend(s) }))
 }
 
 // Send queues r, waiting while the ring is full (ErrPeerDead if the
@@ -170,7 +170,7 @@ func (p *MPSCProducer) Send(ctx context.Context, r Record) error {
 	if err != nil {
 		return p.wrap("send", err)
 	}
-	return p.wrap("send", sendMarked(t, func() error { return p.p.Send(ctx, s) }))
+	return p.wrap("send", sendMarked(t, r.hand(), func() error { return p.p.Send(ctx, s) }))
 }
 
 // slot validates r (this process must hold it, as for a record channel:

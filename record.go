@@ -54,28 +54,30 @@ func (p *Producer) push(r Record) bool {
 		return false
 	}
 	s, ok := channel.PackSlot(r.off(), len(r.b))
-	return ok && pushMarked(p.p, t, s)
+	q, l := sendMagics(r.hand())
+	return ok && pushMarked(p.p, t, s, q, l)
 }
 
 // pushMarked pushes slot s, the record whose trailer is t, marking the
-// record queued before the slot is published (and live again if it is
-// not).
-func pushMarked(p *channel.RecordProducer, t *trailer, s uint64) bool {
-	t.Magic = queuedMagic
+// record queued (queued: its magic queued with the next hand, sendMagics)
+// before the slot is published, and live again (live) if it is not.
+func pushMarked(p *channel.RecordProducer, t *trailer, s uint64, queued, live uint32) bool {
+	t.Magic = queued
 	if p.Push(s) {
 		return true
 	}
-	t.Magic = trailerMagic
+	t.Magic = live
 	return false
 }
 
-// sendMarked is send, the record whose trailer is t marked queued while
-// send runs and live again if send fails.
-func sendMarked(t *trailer, send func() error) error {
-	t.Magic = queuedMagic
+// sendMarked is send, the record of hand h whose trailer is t marked
+// queued with the next hand while send runs and live again if send fails.
+func sendMarked(t *trailer, h uint32, send func() error) error {
+	q, l := sendMagics(h)
+	t.Magic = q
 	err := send()
 	if err != nil {
-		t.Magic = trailerMagic
+		t.Magic = l
 	}
 	return err
 }
@@ -106,7 +108,7 @@ func (p *Producer) send1(r Record) error {
 	if err != nil {
 		return err
 	}
-	return sendMarked(t, func() error { return p.p.TrySend(s) })
+	return sendMarked(t, r.hand(), func() error { return p.p.TrySend(s) })
 }
 
 // Send queues r, waiting while the ring is full: spinning briefly, then
@@ -120,7 +122,8 @@ func (p *Producer) Send(ctx context.Context, r Record) error {
 	// in and out: see Buffer.Close.
 	if !h.buf.isClosed.Load() && !p.closed {
 		if t, _ := h.buf.recs.heldFast(r); t != nil {
-			if s, ok := channel.PackSlot(r.off(), len(r.b)); ok && pushMarked(p.p, t, s) {
+			q, l := sendMagics(r.hand())
+			if s, ok := channel.PackSlot(r.off(), len(r.b)); ok && pushMarked(p.p, t, s, q, l) {
 				return nil
 			}
 		}
@@ -136,7 +139,7 @@ func (p *Producer) Send(ctx context.Context, r Record) error {
 	if err != nil {
 		return p.wrap("send", err)
 	}
-	return p.wrap("send", sendMarked(t, func() error { return p.p.Send(ctx, s) }))
+	return p.wrap("send", sendMarked(t, r.hand(), func() error { return p.p.Send(ctx, s) }))
 }
 
 // SendBatch queues all of rs in order, publishing as many as fit at a time
@@ -167,7 +170,7 @@ func (p *Producer) SendBatch(ctx context.Context, rs []Record) (int, error) {
 			recs.unsent(rs[:i])
 			return 0, p.wrap("send batch", fmt.Errorf("record %d: %w", i, err))
 		}
-		t.Magic = queuedMagic
+		t.Magic, _ = sendMagics(rs[i].hand())
 		slots[i] = s
 		i++
 		i += recs.slots(rs[i:], slots[i:])
@@ -278,7 +281,7 @@ func (c *Consumer) quick() (Record, bool) {
 			a.next, a.n = 0, 0
 			return Record{}, false
 		}
-		t.Magic = trailerMagic
+		t.Magic = liveMagic(a.recs[i].hand())
 		a.next++
 		c.h.sh.keep(&a.slots[i], a.keys[i])
 		c.c.Advance(1)

@@ -31,7 +31,9 @@ import (
 // A record in a channel is marked queued (queuedMagic): its sender
 // writes the mark before it publishes the ring slot, the consumer puts the
 // live magic back as it takes the record over. While it is queued, Send
-// and Free of it are refused: its sender's view is no longer its own.
+// and Free of it are refused: its sender's view is no longer its own. The
+// mark carries the record's next hand (see liveMagic), so that the
+// sender's Record stays refused after the consumer took the record over.
 //
 // The holder frees a record in two steps: it overwrites the magic with
 // the record's freed mark (freedMark), so that a later Send or Free of
@@ -46,7 +48,7 @@ type trailer struct {
 	_      structs.HostLayout
 	Holder uint64 // sys.Identity of the holder: written plainly at allocation, then through holder()
 	Len    uint32 // payload bytes
-	Magic  uint32 // trailerMagic
+	Magic  uint32 // live (liveMagic), queued (queuedMagicOf) or freed (freedMark)
 }
 
 // holder is the Holder word as an atomic: once a record has been handed
@@ -56,25 +58,89 @@ func (t *trailer) holder() *atomic.Uint64 { return mem.AtomicUint64(&t.Holder) }
 const (
 	trailerSize  = 16
 	trailerMagic = 0x48524543 // "HREC"
-	// queuedMagic is the magic of a record sent and not yet received: a
-	// sender writes it before the ring slot is published and puts
-	// trailerMagic back if the send fails; the consumer puts trailerMagic
+	// queuedMagic is the magic of a record sent and not yet received,
+	// of the hand of a record never sent before (see the hands below;
+	// queuedMagicOf is any hand's): a
+	// sender writes it before the ring slot is published and puts the
+	// live magic back if the send fails; the consumer puts the live magic
 	// back as it takes the record over. So a second Send of a queued
 	// record, or a Free of it (by the sender, who keeps its view), is
 	// refused and the record goes on to the consumer. It differs from
-	// trailerMagic in one bit (queuedBit), so that a taker accepts both
-	// in one compare (takeable), and its low bit is set (never a freed
-	// mark).
+	// the live magic in one bit (queuedBit), so that a taker accepts
+	// both in one compare (takeable), and its low bit is set (never a
+	// freed mark).
 	queuedMagic  = trailerMagic &^ queuedBit
 	queuedBit    = 0x100
 	trailerFreed = 0x46524543 // "FREC", mixed with the header check into the freed mark
 )
 
+// A record's hand counts the sends it went through (modulo 16): each
+// send marks the record queued with the next hand, and a Record carries
+// the hand of the holder it was handed to (in the low bits of its ref,
+// which a record's offset, a multiple of 16, leaves free). So the Record
+// its sender kept is no longer the record's once a consumer has taken it
+// over in the same process: Send and Free of it are refused
+// (ErrNotAllocated), and the consumer's record is safe from them. The
+// kept Record of a record that went through 16 sends in this process
+// since (a pipeline of 16 stages) is the only one let through.
+//
+// The hand is the top 4 bits of the magic (a record never sent has
+// trailerMagic's, freshHand), so that the hot paths compute with it in
+// one or two operations: the next hand's queued magic is the live one
+// plus a constant (wrapping in 32 bits), and a shift drops the hand.
+const (
+	handShift = 28
+	handMask  = 0xf << handShift
+	refHand   = 0xf                       // a Record's hand, in its ref
+	freshHand = trailerMagic >> handShift // the hand of a record never sent
+	// handStep turns a live magic into its next hand's queued magic.
+	handStep = 1<<handShift - queuedBit
+)
+
+// liveMagic is the magic of a live record whose hand is h (trailerMagic
+// for a record never sent); the bits of h above the hand's 4 are ignored.
+func liveMagic(h uint32) uint32 { return trailerMagic&^handMask | h<<handShift }
+
+// queuedMagicOf is the magic of a record queued with hand h.
+func queuedMagicOf(h uint32) uint32 { return liveMagic(h) &^ queuedBit }
+
+// handOf is the hand in a live or queued record's magic m.
+func handOf(m uint32) uint32 { return m >> handShift }
+
+// nextHand is the hand a send of a record of hand h queues it with.
+func nextHand(h uint32) uint32 { return (h + 1) & refHand }
+
+// sendMagics are the magics a send of a record of hand h writes: queued
+// with the next hand (queuedMagicOf(nextHand(h))), and live as it is, if
+// the send fails.
+func sendMagics(h uint32) (queued, live uint32) {
+	live = liveMagic(h)
+	return live + handStep, live
+}
+
 // takeable reports whether a record whose trailer has magic m may be
 // taken off a ring: queued (the common case), or live (a consumer that
 // died between taking it and moving the head past it had put the magic
-// back already; the record is delivered again).
-func takeable(m uint32) bool { return m|queuedBit == trailerMagic }
+// back already; the record is delivered again); of any hand.
+func takeable(m uint32) bool {
+	return (m|queuedBit)<<(32-handShift) == trailerMagic<<(32-handShift)&math.MaxUint32
+}
+
+// isQueued reports whether m is the magic of a queued record (any hand).
+func isQueued(m uint32) bool {
+	return m<<(32-handShift) == queuedMagic<<(32-handShift)&math.MaxUint32
+}
+
+// liveOf is the live magic of a record taken with magic m (takeable): its
+// hand kept, the queued bit set.
+func liveOf(m uint32) uint32 { return m | queuedBit }
+
+// errHandedOver is the error for a Send or Free of the record at off
+// through a Record that no longer holds it: the record was sent, and a
+// consumer of this process took it over.
+func errHandedOver(off mem.Off) error {
+	return fmt.Errorf("record %#x was sent and taken over by a consumer: this Record no longer holds it: %w", uint64(off), ErrNotAllocated)
+}
 
 // errQueued is the error for a Send or Free of the record at off while it
 // is queued in a channel.
@@ -227,7 +293,7 @@ func (sh *slabHandle) allocBatch(n int, rs []Record) error {
 	}
 	base := unsafe.Pointer(unsafe.SliceData(sh.rs.b))
 	for i, off := range offs {
-		rs[i] = Record{ref: makeRef(off, keys[i]), b: unsafe.Slice((*byte)(unsafe.Add(base, off)), n)} // as view
+		rs[i] = Record{ref: makeRef(off, keys[i], freshHand), b: unsafe.Slice((*byte)(unsafe.Add(base, off)), n)} // as view
 	}
 	return nil
 }
@@ -257,7 +323,7 @@ func (sh *slabHandle) freeBatch(rs []Record) error {
 			// freed, or refused, as free does it, after the marks made
 			// so far are put back.
 			for _, q := range rs[:i] {
-				sh.rs.trailers[(uint64(q.off())+uint64(allocSize(len(q.b))))/trailerSize-1].Magic = trailerMagic
+				sh.rs.trailers[(uint64(q.off())+uint64(allocSize(len(q.b))))/trailerSize-1].Magic = liveMagic(q.hand())
 			}
 			return sh.freeEach(rs)
 		}
@@ -279,7 +345,7 @@ func (sh *slabHandle) freeReceived(rs []Record) (ok bool, err error) {
 		// Not this batch as received: the magics cleared so far are
 		// put back, and freeBatch takes its usual path.
 		for j := range k {
-			rcs.trailers[(uint64(rs[j].off())+uint64(sizes[j]))/trailerSize-1].Magic = trailerMagic
+			rcs.trailers[(uint64(rs[j].off())+uint64(sizes[j]))/trailerSize-1].Magic = liveMagic(rs[j].hand())
 		}
 		return false, nil
 	}
@@ -305,7 +371,7 @@ func (rs *records) unstamp(recs []Record, slots []uint64, sizes, keys []uint32) 
 			return i
 		}
 		t := &ts[(off+uint64(sizes[i]))/trailerSize-1]
-		if t.Magic != trailerMagic || uint64(t.Len) != n || t.holder().Load() != self {
+		if t.Magic != liveMagic(uint32(r.ref)) || uint64(t.Len) != n || t.holder().Load() != self {
 			return i
 		}
 		t.Magic = freedMark(keys[i])
@@ -346,12 +412,14 @@ func (sh *slabHandle) takeBatch(slots []uint64, rs []Record) bool {
 }
 
 // unqueue puts the live magic back in the trailers of records taken off a
-// ring and handed over (offs and sizes as takeRecords found them).
+// ring and handed over (offs and sizes as takeRecords found them), of the
+// hand the queued mark has, which the Records takeRecords made carry.
 func (rs *records) unqueue(offs []mem.Off, sizes []uint32) {
 	ts := rs.trailers
 	sizes = sizes[:len(offs)]
 	for i, off := range offs {
-		ts[(uint64(off)+uint64(sizes[i]))/trailerSize-1].Magic = trailerMagic
+		t := &ts[(uint64(off)+uint64(sizes[i]))/trailerSize-1]
+		t.Magic = liveOf(t.Magic)
 	}
 }
 
@@ -431,7 +499,7 @@ func (rs *records) checkEach(cur *slab.RunCursor, slots []uint64, out []Record, 
 		offs[i], sizes[i], keys[i] = off, uint32(as), key
 		// The record was located (in the heap) with a size that holds
 		// l bytes and the trailer.
-		out[i] = Record{ref: makeRef(off, key), b: unsafe.Slice((*byte)(unsafe.Add(base, off)), l)}
+		out[i] = Record{ref: makeRef(off, key, handOf(t.Magic)), b: unsafe.Slice((*byte)(unsafe.Add(base, off)), l)}
 	}
 	return true, foreign
 }
@@ -502,21 +570,23 @@ func (rs *records) take(slot uint64) (Record, error) {
 		if t := rs.queuedAt(off, n); t != nil {
 			if t.holder().Load() == uint64(rs.self) {
 				if data, ok := rs.pool.Peek(off); ok && len(data) == allocSize(n) {
-					t.Magic = trailerMagic
-					return Record{ref: makeRef(off, rs.pool.RecordKey(off)), b: rs.view(off, n)}, nil
+					m := t.Magic
+					t.Magic = liveOf(m)
+					return Record{ref: makeRef(off, rs.pool.RecordKey(off), handOf(m)), b: rs.view(off, n)}, nil
 				}
 			} else if data, err := rs.pool.Bytes(off); err == nil && len(data) == allocSize(n) {
 				t.holder().Store(uint64(rs.self))
-				t.Magic = trailerMagic
-				return Record{ref: makeRef(off, rs.pool.RecordKey(off)), b: rs.view(off, n)}, nil
+				m := t.Magic
+				t.Magic = liveOf(m)
+				return Record{ref: makeRef(off, rs.pool.RecordKey(off), handOf(m)), b: rs.view(off, n)}, nil
 			}
 		}
 	}
-	b, err := rs.takeOff(off, n, known)
+	b, h, err := rs.takeOff(off, n, known)
 	if err != nil {
 		return Record{}, fmt.Errorf("queued record at %#x: %w", uint64(off), err)
 	}
-	return Record{ref: makeRef(off, rs.pool.RecordKey(off)), b: b}, nil
+	return Record{ref: makeRef(off, rs.pool.RecordKey(off), h), b: b}, nil
 }
 
 // take is records.take's common case, without the error (ok false means
@@ -554,36 +624,40 @@ func (sh *slabHandle) take(slot uint64) (Record, bool) {
 		}
 		t.holder().Store(uint64(rs.self))
 	}
-	t.Magic = trailerMagic
+	m := t.Magic
+	t.Magic = liveOf(m)
 	sh.taken = true
 	sh.key = rs.pool.Key(s)
-	return Record{ref: makeRef(off, sh.key), b: rs.view(off, n)}, true
+	return Record{ref: makeRef(off, sh.key, handOf(m)), b: rs.view(off, n)}, true
 }
 
 // takeOff is take for a record located in full (the fallback of take,
 // and MPSC channels, whose slots are offsets): its header, its slab and
-// its trailer are checked, and its length against n if known.
-func (rs *records) takeOff(off mem.Off, n int, known bool) ([]byte, error) {
+// its trailer are checked, and its length against n if known. It returns
+// the record's bytes and its hand.
+func (rs *records) takeOff(off mem.Off, n int, known bool) ([]byte, uint32, error) {
 	t, _, err := rs.trailerOf(off)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if known && uint32(n) != t.Len {
-		return nil, errs.Corrupt("record channel slot", uint64(off), "length %d, the record has %d", n, t.Len)
+		return nil, 0, errs.Corrupt("record channel slot", uint64(off), "length %d, the record has %d", n, t.Len)
 	}
 	if t.holder().Load() != uint64(rs.self) {
 		t.holder().Store(uint64(rs.self))
 	}
-	t.Magic = trailerMagic
-	return rs.view(off, int(t.Len)), nil
+	m := t.Magic
+	t.Magic = liveOf(m)
+	return rs.view(off, int(t.Len)), handOf(m), nil
 }
 
 // trailerAt returns the trailer of a record at off with an n-byte payload
-// if it is in the heap and says so (length, and live: not queued, not
-// freed), else nil.
-func (rs *records) trailerAt(off mem.Off, n int) *trailer {
+// if it is in the heap and says so (length, and magic live, the live
+// magic of the hand the caller's Record has: not queued, not freed, not
+// handed over since), else nil.
+func (rs *records) trailerAt(off mem.Off, n int, live uint32) *trailer {
 	t := rs.trailerPlace(off, n)
-	if t == nil || t.Magic != trailerMagic || t.Len != uint32(n) {
+	if t == nil || t.Magic != live || t.Len != uint32(n) {
 		return nil
 	}
 	return t
@@ -612,20 +686,26 @@ func (rs *records) trailerPlace(off mem.Off, n int) *trailer {
 	return &rs.trailers[end/trailerSize-1]
 }
 
-// held returns the trailer of the record whose payload view is b at off,
-// if this process holds it: the cheap check of Send and Free, which know
-// the payload's length from the view and so find the trailer without
-// locating the record in its slab.
-func (rs *records) held(off mem.Off, b []byte) (*trailer, error) {
+// held returns the trailer of the record r, if this process holds it
+// through r: the cheap check of Send and Free, which know the payload's
+// length from the view and so find the trailer without locating the
+// record in its slab.
+func (rs *records) held(r Record) (*trailer, error) {
+	off, b := r.off(), r.b
 	if o, ok := mem.OffsetOf(rs.b, unsafe.SliceData(b)); !ok {
 		return nil, fmt.Errorf("record: %w", ErrForeign)
 	} else if o != off {
 		return nil, fmt.Errorf("record %#x: view at %#x: %w", uint64(off), uint64(o), ErrNotAllocated)
 	}
-	t := rs.trailerAt(off, len(b))
+	t := rs.trailerAt(off, len(b), liveMagic(r.hand()))
 	if t == nil {
-		if t := rs.trailerPlace(off, len(b)); t != nil && t.Magic == queuedMagic && t.Len == uint32(len(b)) {
-			return nil, errQueued(off)
+		if t := rs.trailerPlace(off, len(b)); t != nil && t.Len == uint32(len(b)) {
+			if isQueued(t.Magic) {
+				return nil, errQueued(off)
+			}
+			if takeable(t.Magic) && t.holder().Load() == uint64(rs.self) {
+				return nil, errHandedOver(off)
+			}
 		}
 		return nil, fmt.Errorf("record %#x: not a live record (freed?): %w", uint64(off), ErrNotAllocated)
 	}
@@ -644,7 +724,7 @@ func (rs *records) heldFast(r Record) (*trailer, uint32) {
 	if !rs.at(off, b) {
 		return nil, 0
 	}
-	t := rs.trailerAt(off, len(b))
+	t := rs.trailerAt(off, len(b), liveMagic(r.hand()))
 	if t == nil || t.holder().Load() != uint64(rs.self) {
 		return nil, 0
 	}
@@ -679,7 +759,7 @@ func (rs *records) current(r Record, sentinel error) (uint32, error) {
 // slot and its trailer (which the sender marks queued).
 func (rs *records) slot(r Record) (uint64, *trailer, error) {
 	off, b := r.off(), r.b
-	t, err := rs.held(off, b)
+	t, err := rs.held(r)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -698,7 +778,7 @@ func (rs *records) slot(r Record) (uint64, *trailer, error) {
 // the send failed). They were validated: held here, in the heap.
 func (rs *records) unsent(recs []Record) {
 	for i := range recs {
-		rs.trailers[(uint64(recs[i].off())+uint64(allocSize(len(recs[i].b))))/trailerSize-1].Magic = trailerMagic
+		rs.trailers[(uint64(recs[i].off())+uint64(allocSize(len(recs[i].b))))/trailerSize-1].Magic = liveMagic(recs[i].hand())
 	}
 }
 
@@ -729,7 +809,7 @@ func (rs *records) validateQueued(slot uint64) error {
 // still comes back through its view.
 func (rs *records) free(r Record) error {
 	off, b := r.off(), r.b
-	t, err := rs.held(off, b)
+	t, err := rs.held(r)
 	if err == nil {
 		key, kerr := rs.current(r, ErrDoubleFree)
 		if kerr != nil {
@@ -749,11 +829,15 @@ func (rs *records) free(r Record) error {
 			return kerr
 		}
 		if t, _, terr := rs.trailerIn(off, data); terr == nil {
-			if t.Magic == queuedMagic && t.Len == uint32(len(b)) {
+			if isQueued(t.Magic) && t.Len == uint32(len(b)) {
 				return err // in a channel (held said so): the consumer's
 			}
-			if h := sys.Identity(t.holder().Load()); h != rs.self && sys.Alive(h) {
+			h := sys.Identity(t.holder().Load())
+			if h != rs.self && sys.Alive(h) {
 				return err // held by another live process (held said so)
+			}
+			if h == rs.self && t.Len == uint32(len(b)) {
+				return err // handed over to another holder here (held said so)
 			}
 		}
 	}
@@ -876,11 +960,12 @@ func (rs *records) slots(recs []Record, slots []uint64) int {
 			return i
 		}
 		t := &ts[end/trailerSize-1]
-		if t.Magic != trailerMagic || uint64(t.Len) != n || t.holder().Load() != self ||
+		q, l := sendMagics(uint32(r.ref))
+		if t.Magic != l || uint64(t.Len) != n || t.holder().Load() != self ||
 			tagOf(ts[off/trailerSize-1].Magic) != uint32(r.ref>>refOffBits) { // headerCheck
 			return i
 		}
-		t.Magic = queuedMagic
+		t.Magic = q
 		slots[i] = off | n<<channel.SlotOffBits
 	}
 	return len(recs)

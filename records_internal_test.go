@@ -677,7 +677,7 @@ func TestRecoverQueuedMark(t *testing.T) {
 	tr := func(r Record) *trailer { return recordTrailer(b, r) }
 	dead := testutil.DeadIdentity(t)
 	sent := sendRecords(t, h, p, 1, func(b []byte, _ int) { b[0] = 7 })[0]
-	require.Equal(t, uint32(queuedMagic), tr(sent).Magic, "a sent record is marked queued")
+	require.Equal(t, queuedMagicOf(nextHand(freshHand)), tr(sent).Magic, "a sent record is marked queued, one hand on")
 	tr(sent).holder().Store(uint64(dead))
 	tr(rs[0]).holder().Store(uint64(dead))
 	tr(rs[0]).Magic = queuedMagic
@@ -692,14 +692,14 @@ func TestRecoverQueuedMark(t *testing.T) {
 	got, err := co.Receive(context.Background())
 	require.NoError(t, err, "the queued record of a dead sender is delivered")
 	require.Equal(t, byte(7), got.Bytes()[0])
-	require.Equal(t, uint32(trailerMagic), tr(got).Magic, "and is live again")
+	require.Equal(t, liveMagic(nextHand(freshHand)), tr(got).Magic, "and is live again")
 	require.NoError(t, h.Free(got))
 	tr(rs[1]).Magic = trailerMagic
 	require.NoError(t, h.Free(rs[1]))
 }
 
-// TestFreedMark: the freed mark is never the live magic, nor the queued
-// one, nor 0.
+// TestFreedMark: the freed mark is never a live magic, nor a queued one
+// (of any hand), nor 0.
 func TestFreedMark(t *testing.T) {
 	keys := []uint32{0, 1, 2, 3, trailerFreed, trailerFreed ^ trailerMagic, trailerFreed ^ trailerMagic ^ 1, 1<<32 - 1}
 	for i := range 1000 {
@@ -707,8 +707,8 @@ func TestFreedMark(t *testing.T) {
 	}
 	for _, k := range keys {
 		m := freedMark(k)
-		require.NotEqual(t, uint32(trailerMagic), m, "key %#x", k)
-		require.NotEqual(t, uint32(queuedMagic), m, "key %#x", k)
+		require.False(t, takeable(m), "key %#x", k)
+		require.False(t, isQueued(m), "key %#x", k)
 		require.NotZero(t, m, "key %#x", k)
 	}
 }

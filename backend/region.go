@@ -26,8 +26,9 @@ import (
 // Reader and RClosed words moved to the line of Gen; 7: the region header
 // records the creator's pid namespace, PidNS; 8: a record queued in a
 // channel says so in its trailer, a large record's header carries an
-// incarnation, and SysV segments carry a size mark).
-const LayoutVersion = 8
+// incarnation, and SysV segments carry a size mark; 9: a record's
+// trailer carries its hand, the number of sends it went through).
+const LayoutVersion = 9
 
 // Magic is "HEAPIPC\x01" read as a little-endian word.
 var Magic = binary.LittleEndian.Uint64([]byte("HEAPIPC\x01"))
@@ -76,7 +77,7 @@ func (s State) String() string {
 type header struct {
 	_          structs.HostLayout
 	Magic      uint64           // 0: Magic
-	Version    uint32           // 8: LayoutVersion
+	Version    uint32           // 9: LayoutVersion
 	HeaderSize uint32           // 12: bytes before the data region (= DataOffset)
 	SegKind    uint8            // 16: Kind.code() of the segment backend
 	SemKind    uint8            // 17: Kind.code() of the semaphore backend
