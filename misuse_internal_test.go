@@ -13,6 +13,20 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
+// mpscLoopback opens both ends of MPSC channel id on one new handle,
+// closed when the test ends.
+func mpscLoopback(t *testing.T, b *Buffer, id ChannelID) (*Handle, *MPSCProducer, *MPSCConsumer) {
+	t.Helper()
+	h := testHandle(t, b)
+	p, err := h.MPSCProducer(id)
+	require.NoError(t, err)
+	t.Cleanup(func() { p.Close() })
+	c, err := h.MPSCConsumer(id)
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	return h, p, c
+}
+
 // receivedAs checks that got is the record sent as sent: the same place,
 // tag and view, one hand on (see liveMagic: the sender's Record no longer
 // holds it).
@@ -494,13 +508,7 @@ func TestQueuedRecordRefused(t *testing.T) {
 	})
 	t.Run("mpsc", func(t *testing.T) {
 		b := heapBuf(t)
-		h := testHandle(t, b)
-		p, err := h.MPSCProducer(1)
-		require.NoError(t, err)
-		defer p.Close()
-		c, err := h.MPSCConsumer(1)
-		require.NoError(t, err)
-		defer c.Close()
+		h, p, c := mpscLoopback(t, b, 1)
 		r, err := h.Allocate(64)
 		require.NoError(t, err)
 		require.NoError(t, p.Send(ctx, r))
@@ -592,13 +600,7 @@ func TestSentRecordHandedOver(t *testing.T) {
 	}
 	t.Run("mpsc", func(t *testing.T) {
 		b := heapBuf(t)
-		h := testHandle(t, b)
-		p, err := h.MPSCProducer(1)
-		require.NoError(t, err)
-		defer p.Close()
-		c, err := h.MPSCConsumer(1)
-		require.NoError(t, err)
-		defer c.Close()
+		h, p, c := mpscLoopback(t, b, 1)
 		r, err := h.Allocate(64)
 		require.NoError(t, err)
 		r.Bytes()[0] = 9
