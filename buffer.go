@@ -402,10 +402,20 @@ func Remove(name string, segments, semaphores string) error {
 	for _, suffix := range semaphoreSuffixes {
 		note(sems.Remove(name + suffix))
 	}
-	if semKind == backend.POSIX {
-		// The registry cannot be read, so the mailboxes' semaphores
-		// are found by their names in /dev/shm.
+	// The registry cannot be read, so the mailboxes' semaphores are
+	// found by their names in /dev/shm (posix) or by the Data of their
+	// sets (sysv).
+	switch semKind {
+	case backend.POSIX:
 		for _, n := range mailboxSemFiles(name) {
+			note(sems.Remove(n))
+		}
+	case backend.SysV:
+		ns, err := mailboxSysVSems(name)
+		if err != nil {
+			all = append(all, err)
+		}
+		for _, n := range ns {
 			note(sems.Remove(n))
 		}
 	}
@@ -413,6 +423,29 @@ func Remove(name string, segments, semaphores string) error {
 		return fmt.Errorf("ipc: remove %q: %w", name, ErrNotExist)
 	}
 	return errors.Join(all...)
+}
+
+// mailboxSysVSems lists the names of the sysv semaphore sets that are
+// those of a mailbox of the buffer called name: sets whose Data name a
+// mailbox id and a semaphore (channel.MailboxSemOf) whose name under this
+// buffer has the set's key. Remove by name then checks the set's tag, so
+// that another name's set that merely shares a key is not taken.
+func mailboxSysVSems(name string) ([]string, error) {
+	sets, err := backend.SysVSemSets(channel.MailboxSemDataLen)
+	if err != nil {
+		return nil, fmt.Errorf("ipc: remove %q: mailbox semaphores: %w", name, err)
+	}
+	var out []string
+	for _, s := range sets {
+		id, i, ok := channel.MailboxSemOf(s.Data)
+		if !ok {
+			continue
+		}
+		if n := channel.MailboxSemNames(name, id)[i]; backend.SysVKey("sem", n) == s.Key {
+			out = append(out, n)
+		}
+	}
+	return out, nil
 }
 
 // mailboxSemFiles lists the POSIX semaphores in /dev/shm named as those of

@@ -92,13 +92,14 @@ func (h *Handle) openMailbox(id ChannelID, opts []MailboxOption, attach func(*ch
 	if err != nil {
 		return nil, err
 	}
-	names := channel.MailboxSemNames(b.region.Name(), id)
 	spec := channel.Spec{
 		Type:    channel.TypeMailbox,
 		Name:    cfg.ch.name,
 		Size:    window,
 		Control: channel.MailboxControlSize(window),
-		Init:    func(_ mem.Off, bytes []byte) error { return channel.InitMailbox(bytes, window, sems, names) },
+		Init: func(_ mem.Off, bytes []byte) error {
+			return channel.InitMailbox(bytes, window, sems, b.region.Name(), id)
+		},
 	}
 	open := func(en *channel.Entry) (*channel.Mailbox, error) {
 		return channel.OpenMailbox(b.reg, en, channel.WaitOptions{CheckInterval: b.cfg.checkInterval})

@@ -3,8 +3,6 @@ package ipc
 import (
 	"encoding/binary"
 	"os"
-	"path/filepath"
-	"strings"
 	"testing"
 
 	"github.com/heapipc/ipc/alloc"
@@ -293,68 +291,104 @@ func TestOpenOverCrashedDestroy(t *testing.T) {
 	}
 }
 
-// TestRemoveUnopenableRemovesMailboxSems: Remove of a POSIX buffer that
-// cannot be opened (a damaged header) removes its mailboxes' semaphores
-// too, found by name in /dev/shm; it removed only the heap's and the
-// registry's, and left the mailboxes' for good (no later Remove found the
-// buffer). Another buffer whose name starts with this one's ".mb" keeps
-// its objects.
+// TestRemoveUnopenableRemovesMailboxSems: Remove of a buffer that cannot
+// be opened (a damaged header) removes its mailboxes' semaphores too:
+// posix ones found by name in /dev/shm, sysv ones by the Data of their
+// sets (the mailbox's id, in parts, and the semaphore's number). It
+// removed only the heap's and the registry's, and left the mailboxes' for
+// good (no later Remove found the buffer). Another buffer whose name
+// starts with this one's ".mb" keeps its objects.
 func TestRemoveUnopenableRemovesMailboxSems(t *testing.T) {
-	name := testutil.Name(t)
-	open := func(name string) *Buffer {
-		b, err := Open(name, WithBackends("posix", "posix"), WithSize(4<<20))
-		require.NoError(t, err)
-		return b
-	}
-	b := open(name)
-	t.Cleanup(func() { Remove(name, "posix", "posix") })
-	other := open(name + ".mb5")
-	defer other.Destroy()
-	h, err := b.NewHandle()
-	require.NoError(t, err)
-	for _, id := range []ChannelID{5, 0xabc} {
-		q, err := h.Requester(id, WithWindow(4096))
-		require.NoError(t, err)
-		require.NoError(t, q.Close())
-	}
-	oh, err := other.NewHandle()
-	require.NoError(t, err)
-	oq, err := oh.Requester(1, WithWindow(4096))
-	require.NoError(t, err)
-	require.NoError(t, oq.Close())
-	require.NoError(t, oh.Close())
-	require.NoError(t, h.Close())
-	require.NoError(t, b.Close())
+	for _, kind := range []string{"posix", "sysv"} {
+		t.Run(kind, func(t *testing.T) {
+			name := testutil.Name(t)
+			open := func(name string) *Buffer {
+				b, err := Open(name, WithBackends("posix", kind), WithSize(4<<20))
+				require.NoError(t, err)
+				return b
+			}
+			sems, err := backend.Semaphores(backend.Kind(kind))
+			require.NoError(t, err)
+			has := func(n string) bool {
+				s, err := sems.Open(n, backend.SemOptions{})
+				if err == nil {
+					require.NoError(t, s.Close())
+					return true
+				}
+				require.ErrorIs(t, err, ErrNotExist, n)
+				return false
+			}
+			b := open(name)
+			t.Cleanup(func() { Remove(name, "posix", kind) })
+			other := open(name + ".mb5")
+			defer other.Destroy()
+			h, err := b.NewHandle()
+			require.NoError(t, err)
+			ids := []ChannelID{5, 0xabc, 1<<63 | 0x1234_5678_9abc}
+			for _, id := range ids {
+				q, err := h.Requester(id, WithWindow(4096))
+				require.NoError(t, err)
+				require.NoError(t, q.Close())
+			}
+			oh, err := other.NewHandle()
+			require.NoError(t, err)
+			oq, err := oh.Requester(1, WithWindow(4096))
+			require.NoError(t, err)
+			require.NoError(t, oq.Close())
+			require.NoError(t, oh.Close())
+			require.NoError(t, h.Close())
+			require.NoError(t, b.Close())
 
-	// Damage a checksummed header byte in the file: Open says ErrCorrupt.
-	path := backend.ShmDir + "/" + name
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	require.NoError(t, err)
-	var one [1]byte
-	_, err = f.ReadAt(one[:], 100)
-	require.NoError(t, err)
-	_, err = f.WriteAt([]byte{one[0] ^ 0xff}, 100)
-	require.NoError(t, err)
-	require.NoError(t, f.Close())
-	_, err = Open(name, AttachOnly(), WithBackends("posix", "posix"))
-	require.Error(t, err)
+			// Damage a checksummed header byte in the file: Open says
+			// ErrCorrupt.
+			path := backend.ShmDir + "/" + name
+			f, err := os.OpenFile(path, os.O_RDWR, 0)
+			require.NoError(t, err)
+			var one [1]byte
+			_, err = f.ReadAt(one[:], 100)
+			require.NoError(t, err)
+			_, err = f.WriteAt([]byte{one[0] ^ 0xff}, 100)
+			require.NoError(t, err)
+			require.NoError(t, f.Close())
+			_, err = Open(name, AttachOnly(), WithBackends("posix", kind))
+			require.Error(t, err)
 
-	require.NoError(t, Remove(name, "posix", "posix"))
-	left, err := filepath.Glob(backend.ShmDir + "/sem." + name + ".mb*")
-	require.NoError(t, err)
-	var mine []string
-	for _, l := range left {
-		if !strings.HasPrefix(l, backend.ShmDir+"/sem."+name+".mb5.") {
-			mine = append(mine, l)
+			require.NoError(t, Remove(name, "posix", kind))
+			for _, id := range ids {
+				for _, n := range channel.MailboxSemNames(name, id) {
+					require.False(t, has(n), "mailbox semaphore %s left behind", n)
+				}
+			}
+			_, err = os.Stat(path)
+			require.ErrorIs(t, err, os.ErrNotExist)
+			require.NoError(t, other.Check(), "the other buffer is whole")
+			for _, n := range channel.MailboxSemNames(name+".mb5", 1) {
+				require.True(t, has(n), "the other buffer's semaphore %s", n)
+			}
+		})
+	}
+}
+
+// TestMailboxSemData: a mailbox semaphore's Data give back its mailbox's
+// id and its number, for ids that fill each 15-bit part; Data that are
+// not a mailbox semaphore's are told apart.
+func TestMailboxSemData(t *testing.T) {
+	for _, id := range []ChannelID{0, 1, 0x7fff, 0x8000, 1<<60 - 1, 1 << 60, ^ChannelID(0)} {
+		for i := range 4 {
+			d := channel.MailboxSemData(id, i)
+			for _, v := range d {
+				require.True(t, v >= 0 && v <= 32767, "%d fits a sysv semaphore", v)
+			}
+			gid, gi, ok := channel.MailboxSemOf(d)
+			require.True(t, ok)
+			require.Equal(t, id, gid)
+			require.Equal(t, i, gi)
 		}
 	}
-	require.Empty(t, mine, "mailbox semaphores left behind")
-	_, err = os.Stat(path)
-	require.ErrorIs(t, err, os.ErrNotExist)
-	require.NoError(t, other.Check(), "the other buffer is whole")
-	for _, n := range channel.MailboxSemNames(name+".mb5", 1) {
-		_, err := os.Stat(backend.ShmDir + "/sem." + n)
-		require.NoError(t, err, "the other buffer's semaphore %s", n)
+	good := channel.MailboxSemData(7, 1)
+	for _, bad := range [][]int{nil, good[:6], {1, 0, 0, 0, 0, 0, 0}, {0x6d62, 0, 0, 0, 0, 0x10, 0}, {0x6d62, 0, 0, 0, 0, 0, 4}, {0x6d62, -1, 0, 0, 0, 0, 0}} {
+		_, _, ok := channel.MailboxSemOf(bad)
+		require.False(t, ok, "%v", bad)
 	}
 }
 

@@ -134,6 +134,12 @@ type SemOptions struct {
 	// and another only waits. Ignored by posix and heap, where the layers
 	// above record the holder instead.
 	Undo bool
+	// Data are values (each 0..MaxValue) that a sysv semaphore's set
+	// keeps after its value and its tag, so that the set can be found
+	// and told apart without its name (SysVSemSets lists the sets with
+	// as many): what makes sysv semaphores of a buffer that cannot be
+	// opened any more removable. Ignored by posix and heap.
+	Data []int
 }
 
 // SemaphoreBackend creates, opens and removes semaphores of one kind.

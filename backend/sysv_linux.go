@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"hash/fnv"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -255,7 +257,12 @@ func (sysvSemaphores) Create(name string, value int, opts SemOptions) (Semaphore
 	if value < 0 || value > sysvSemMax {
 		return nil, fmt.Errorf("%s %q: value %d outside [0,%d]: %w", op, name, value, sysvSemMax, ErrInvalidArgument)
 	}
-	id, err := sys.SemGet(SysVKey("sem", name), sysvSemsPerSet, sys.IPCCreat|sys.IPCExcl|int(modeOr(opts.Mode)))
+	for _, v := range opts.Data {
+		if v < 0 || v > sysvSemMax {
+			return nil, fmt.Errorf("%s %q: data value %d outside [0,%d]: %w", op, name, v, sysvSemMax, ErrInvalidArgument)
+		}
+	}
+	id, err := sys.SemGet(SysVKey("sem", name), sysvSemsPerSet+len(opts.Data), sys.IPCCreat|sys.IPCExcl|int(modeOr(opts.Mode)))
 	if err != nil {
 		if errors.Is(err, syscall.EEXIST) {
 			// Another name's set under the key is not this name's
@@ -270,6 +277,13 @@ func (sysvSemaphores) Create(name string, value int, opts SemOptions) (Semaphore
 		sys.SemRemove(id)
 		return nil, osError(op, name, err)
 	}
+	for i, v := range opts.Data {
+		if err := sys.SemSetVal(id, sysvSemsPerSet+i, v); err != nil {
+			sys.SemRemove(id)
+			return nil, osError(op, name, err)
+		}
+	}
+	// The tag last: it says the set is made (Open waits for it).
 	if err := sys.SemSetVal(id, 1, sysvTag(name)); err != nil {
 		sys.SemRemove(id)
 		return nil, osError(op, name, err)
@@ -340,6 +354,58 @@ func semNamed(name string) (int, error) {
 		return 0, fmt.Errorf("the key belongs to another name (tag %d, want %d): %w", tag, want, ErrKeyCollision)
 	}
 	return id, nil
+}
+
+// SysVSemSet is a sysv semaphore set SysVSemSets found: its key, id and
+// the Data it was created with.
+type SysVSemSet struct {
+	Key  int32
+	ID   int
+	Data []int
+}
+
+// SysVSemSets lists the sysv semaphore sets of this IPC namespace, as far
+// as this process may read them, that a heapipc semaphore created with n
+// Data values would be (n values after the value and the tag) and that
+// are made (their tag set). A set is another program's, or another
+// name's, unless its key and tag are those of a name the caller derives
+// from the Data: Remove by that name checks both.
+func SysVSemSets(n int) ([]SysVSemSet, error) {
+	f, err := os.ReadFile("/proc/sysvipc/sem")
+	if err != nil {
+		return nil, fmt.Errorf("list sysv semaphores: %w", err)
+	}
+	var out []SysVSemSet
+	lines := strings.Split(string(f), "\n")
+	for _, line := range lines[min(1, len(lines)):] { // after the heading
+		fs := strings.Fields(line)
+		if len(fs) < 4 {
+			continue
+		}
+		key, err1 := strconv.ParseInt(fs[0], 10, 32)
+		id, err2 := strconv.Atoi(fs[1])
+		nsems, err3 := strconv.Atoi(fs[3])
+		if err1 != nil || err2 != nil || err3 != nil || nsems != sysvSemsPerSet+n || key == 0 {
+			continue
+		}
+		if tag, err := sys.SemGetVal(id, 1); err != nil || tag == 0 {
+			continue // gone, not ours to read, or not made yet
+		}
+		set := SysVSemSet{Key: int32(key), ID: id, Data: make([]int, n)}
+		ok := true
+		for i := range n {
+			v, err := sys.SemGetVal(id, sysvSemsPerSet+i)
+			if err != nil {
+				ok = false
+				break
+			}
+			set.Data[i] = v
+		}
+		if ok {
+			out = append(out, set)
+		}
+	}
+	return out, nil
 }
 
 type sysvSem struct {

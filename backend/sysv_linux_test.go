@@ -219,3 +219,48 @@ func TestSysVAttachRacingRemove(t *testing.T) {
 		})
 	}
 }
+
+// TestSysVSemData: a semaphore created with Data keeps them after its
+// value and tag: SysVSemSets lists its set, with the Data, among those of
+// as many values (and not among those of another count), and it works as
+// any other (Open, Post, Value). A value a semaphore cannot hold is
+// ErrInvalidArgument, and nothing is created.
+func TestSysVSemData(t *testing.T) {
+	sems, _ := Semaphores(SysV)
+	name := testutil.Name(t)
+	data := []int{0, 1, sysvSemMax, 12345}
+	s, err := sems.Create(name, 2, SemOptions{Data: data})
+	require.NoError(t, err)
+	defer s.Close()
+	defer s.Unlink()
+	find := func(n int) *SysVSemSet {
+		sets, err := SysVSemSets(n)
+		require.NoError(t, err)
+		for _, set := range sets {
+			if set.Key == SysVKey("sem", name) {
+				return &set
+			}
+		}
+		return nil
+	}
+	set := find(len(data))
+	require.NotNil(t, set, "listed among the sets of %d values", len(data))
+	require.Equal(t, data, set.Data)
+	require.Equal(t, s.(*sysvSem).id, set.ID)
+	require.Nil(t, find(len(data)-1), "not among another count's")
+	o, err := sems.Open(name, SemOptions{})
+	require.NoError(t, err)
+	defer o.Close()
+	require.NoError(t, o.Post())
+	v, err := s.Value()
+	require.NoError(t, err)
+	require.Equal(t, 3, v)
+
+	bad := testutil.Name(t)
+	for _, d := range [][]int{{-1}, {sysvSemMax + 1}} {
+		_, err = sems.Create(bad, 0, SemOptions{Data: d})
+		require.ErrorIs(t, err, ErrInvalidArgument)
+		_, err = sems.Open(bad, SemOptions{})
+		require.ErrorIs(t, err, ErrNotExist, "nothing was created")
+	}
+}

@@ -54,3 +54,15 @@ func (sysvSemaphores) Open(name string, opts SemOptions) (Semaphore, error) {
 	return nil, unsupported("open semaphore", SysV)
 }
 func (sysvSemaphores) Remove(name string) error { return unsupported("remove semaphore", SysV) }
+
+// SysVSemSet is a sysv semaphore set SysVSemSets found.
+type SysVSemSet struct {
+	Key  int32
+	ID   int
+	Data []int
+}
+
+// SysVSemSets lists sysv semaphore sets: not on this system.
+func SysVSemSets(n int) ([]SysVSemSet, error) {
+	return nil, unsupported("list semaphores", SysV)
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/bits"
 	"structs"
 	"sync/atomic"
 	"time"
@@ -120,23 +121,64 @@ func MailboxSemNames(buf string, id ID) [4]string {
 	return [4]string{base + "qw", base + "qr", base + "pw", base + "pr"}
 }
 
+// A mailbox semaphore's Data (backend.SemOptions: kept by sysv sets) say
+// which it is, so that Remove finds the sysv semaphores of a buffer it
+// cannot open (whose registry it cannot read): mbSemMark, the mailbox's
+// id in five 15-bit parts (low first; a sysv semaphore holds up to
+// 32767) and the semaphore's number in MailboxSemNames order.
+const (
+	mbSemMark = 0x6d62 // "mb"
+	// MailboxSemDataLen is how many Data values a mailbox semaphore has.
+	MailboxSemDataLen = 7
+	mbIDPart          = 15
+)
+
+// MailboxSemData is the Data of semaphore i of mailbox id.
+func MailboxSemData(id ID, i int) []int {
+	d := make([]int, MailboxSemDataLen)
+	d[0], d[MailboxSemDataLen-1] = mbSemMark, i
+	for k := range MailboxSemDataLen - 2 {
+		d[1+k] = int(uint64(id) >> (mbIDPart * k) & (1<<mbIDPart - 1))
+	}
+	return d
+}
+
+// MailboxSemOf reads a semaphore's Data as a mailbox semaphore's: the
+// mailbox's id and the semaphore's number (MailboxSemNames order); ok is
+// false for Data that are not a mailbox semaphore's.
+func MailboxSemOf(d []int) (id ID, i int, ok bool) {
+	if len(d) != MailboxSemDataLen || d[0] != mbSemMark || d[MailboxSemDataLen-1] < 0 || d[MailboxSemDataLen-1] >= 4 {
+		return 0, 0, false
+	}
+	var v uint64
+	for k := range MailboxSemDataLen - 2 {
+		p := d[1+k]
+		if p < 0 || p >= 1<<mbIDPart || mbIDPart*k+bits.Len64(uint64(p)) > 64 {
+			return 0, 0, false
+		}
+		v |= uint64(p) << (mbIDPart * k)
+	}
+	return ID(v), d[MailboxSemDataLen-1], true
+}
+
 // newSem creates a semaphore exclusively; one left behind under the name
 // (by a crashed earlier run) is removed and created anew.
-func mbNewSem(sems backend.SemaphoreBackend, name string, v int) (backend.Semaphore, error) {
-	s, err := sems.Create(name, v, backend.SemOptions{})
+func mbNewSem(sems backend.SemaphoreBackend, name string, v int, data []int) (backend.Semaphore, error) {
+	s, err := sems.Create(name, v, backend.SemOptions{Data: data})
 	if errors.Is(err, errs.ErrExist) {
 		if rerr := sems.Remove(name); rerr != nil && !errors.Is(rerr, errs.ErrNotExist) {
 			return nil, fmt.Errorf("remove stale semaphore: %w", rerr)
 		}
-		s, err = sems.Create(name, v, backend.SemOptions{})
+		s, err = sems.Create(name, v, backend.SemOptions{Data: data})
 	}
 	return s, err
 }
 
-// makeSems creates the four semaphores with their initial values.
-func mbMakeSems(sems backend.SemaphoreBackend, names [4]string) error {
+// makeSems creates the four semaphores of mailbox id with their initial
+// values.
+func mbMakeSems(sems backend.SemaphoreBackend, names [4]string, id ID) error {
 	for i, name := range names {
-		s, err := mbNewSem(sems, name, mbSemInitial[i])
+		s, err := mbNewSem(sems, name, mbSemInitial[i], MailboxSemData(id, i))
 		if err != nil {
 			RemoveMailboxSems(sems, names)
 			return fmt.Errorf("mailbox semaphore %q: %w", name, err)
@@ -158,9 +200,9 @@ func RemoveMailboxSems(sems backend.SemaphoreBackend, names [4]string) error {
 	return errors.Join(all...)
 }
 
-// InitMailbox lays out a mailbox control block with the given window and
-// creates its semaphores.
-func InitMailbox(b []byte, window uint64, sems backend.SemaphoreBackend, names [4]string) error {
+// InitMailbox lays out the control block of mailbox id of the buffer
+// called buf with the given window and creates its semaphores.
+func InitMailbox(b []byte, window uint64, sems backend.SemaphoreBackend, buf string, id ID) error {
 	if window < MinMailboxWindow || window > MaxMailboxWindow {
 		return fmt.Errorf("mailbox window %d (%d..%d): %w", window, MinMailboxWindow, uint64(MaxMailboxWindow), errs.ErrInvalidSize)
 	}
@@ -171,7 +213,7 @@ func InitMailbox(b []byte, window uint64, sems backend.SemaphoreBackend, names [
 	if err != nil {
 		return err
 	}
-	if err := mbMakeSems(sems, names); err != nil {
+	if err := mbMakeSems(sems, MailboxSemNames(buf, id), id); err != nil {
 		return err
 	}
 	cb.Window = window
@@ -286,7 +328,7 @@ func (m *Mailbox) renew() error {
 	if err := RemoveMailboxSems(m.sems, m.names); err != nil {
 		return err
 	}
-	if err := mbMakeSems(m.sems, m.names); err != nil {
+	if err := mbMakeSems(m.sems, m.names, m.en.ID); err != nil {
 		return err
 	}
 	m.cb.Epoch.Add(1)

@@ -62,9 +62,8 @@ func mailboxSpec(f *fixture, id ID, window uint64) Spec {
 	if err != nil {
 		panic(err)
 	}
-	names := MailboxSemNames(f.r.Name(), id)
 	return Spec{Type: TypeMailbox, Size: window, Control: MailboxControlSize(window),
-		Init: func(_ mem.Off, b []byte) error { return InitMailbox(b, window, sems, names) }}
+		Init: func(_ mem.Off, b []byte) error { return InitMailbox(b, window, sems, f.r.Name(), id) }}
 }
 
 func newMailbox(t *testing.T, k backend.Kind, window uint64) *mbFixture {
