@@ -280,10 +280,14 @@ func (h *Handle) Free(r Record) error {
 		// already implies) if the view is of a record of the slot's
 		// size, and to its key, which a Record of an earlier record at
 		// the same place (before its slab started over) does not carry.
+		// The record may have been freed since by another path (FreeBatch,
+		// Buffer.Free), and a new one made at its place: the header's
+		// check, which is the key of the record there now, must still be
+		// the kept one, else a stale Record would pass for the new record.
 		rs := sh.rs
 		t := &rs.trailers[(uint64(off)+uint64(s.Size()))/trailerSize-1]
 		key := sh.key
-		if allocSize(len(b)) != s.Size() || !rs.at(off, b) || tagOf(key) != r.tag() ||
+		if allocSize(len(b)) != s.Size() || !rs.at(off, b) || tagOf(key) != r.tag() || rs.headerCheck(off) != key ||
 			t.Magic != liveMagic(r.hand()) || t.Len != uint32(len(b)) || t.holder().Load() != uint64(rs.self) {
 			return h.buf.Free(r)
 		}

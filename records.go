@@ -356,9 +356,10 @@ func (sh *slabHandle) freeReceived(rs []Record) (ok bool, err error) {
 // unstamp is freeReceived's loop, apart so that it makes no call: it
 // marks freed the trailer (as free does) of each record of recs that is
 // the one received in slots (sizes[i] bytes in all, keys[i] its header's
-// check, as the RunCursor found it, which the Record's tag must match),
-// held here and not freed since, up to the first that is not, and returns
-// how many it marked.
+// check, as the RunCursor found it, which the Record's tag and the
+// header's check now must match: not freed since by another path and
+// another record made at its place), held here and not freed since, up
+// to the first that is not, and returns how many it marked.
 func (rs *records) unstamp(recs []Record, slots []uint64, sizes, keys []uint32) int {
 	ts, base, self := rs.trailers, rs.base, uint64(rs.self)
 	slots, sizes = slots[:len(recs)], sizes[:len(recs)]
@@ -367,7 +368,7 @@ func (rs *records) unstamp(recs []Record, slots []uint64, sizes, keys []uint32) 
 		r := &recs[i]
 		off, n := r.ref&refOffMask, uint64(len(r.b))
 		if off|n<<channel.SlotOffBits != slots[i] || r.b == nil || uintptr(unsafe.Pointer(unsafe.SliceData(r.b))) != base+uintptr(off) ||
-			uint32(r.ref>>refOffBits) != tagOf(keys[i]) {
+			uint32(r.ref>>refOffBits) != tagOf(keys[i]) || ts[off/trailerSize-1].Magic != keys[i] { // headerCheck: still that record
 			return i
 		}
 		t := &ts[(off+uint64(sizes[i]))/trailerSize-1]
