@@ -654,6 +654,15 @@ func (m *omModel) refusedIn(err error, v *omVal, st omStatus, what string, withI
 
 func (m *omModel) chanOf() *omChan { return m.chans[m.rng.IntN(2)] }
 
+// queuedChan is a channel picked at random if it has records queued, else
+// nil.
+func (m *omModel) queuedChan() *omChan {
+	if c := m.chanOf(); len(c.q) > 0 {
+		return c
+	}
+	return nil
+}
+
 // --- allocation
 
 func (m *omModel) allocOne() bool {
@@ -808,8 +817,8 @@ func (m *omModel) sendEach() bool {
 // --- receives
 
 func (m *omModel) receiveOne() bool {
-	c := m.chanOf()
-	if len(c.q) == 0 {
+	c := m.queuedChan()
+	if c == nil {
 		return false
 	}
 	m.receive(c)
@@ -835,8 +844,8 @@ func (m *omModel) receive(c *omChan) *omVal {
 
 func (m *omModel) receiveBatch() bool {
 	t := m.t
-	c := m.chanOf()
-	if len(c.q) == 0 {
+	c := m.queuedChan()
+	if c == nil {
 		return false
 	}
 	n := 1 + m.rng.IntN(8)
@@ -857,8 +866,8 @@ func (m *omModel) receiveBatch() bool {
 
 func (m *omModel) receiveEach() bool {
 	t := m.t
-	c := m.chanOf()
-	if len(c.q) == 0 {
+	c := m.queuedChan()
+	if c == nil {
 		return false
 	}
 	limit := 1 + m.rng.IntN(8)
@@ -890,8 +899,8 @@ func (m *omModel) receiveEach() bool {
 
 // forward receives a record and sends it on (the other channel, mostly).
 func (m *omModel) forward() bool {
-	from := m.chanOf()
-	if len(from.q) == 0 {
+	from := m.queuedChan()
+	if from == nil {
 		return false
 	}
 	v := m.receive(from)
@@ -1110,14 +1119,21 @@ func (m *omModel) misuseTwice() bool {
 	hi := m.rng.IntN(3)
 	what := fmt.Sprintf("FreeBatch on h%d of %s with #%d twice", hi, recIDs(recs), dup.id)
 	m.logf("%s", what)
-	err := m.hs[hi].FreeBatch(rs)
 	m.hits["twice"]++
-	require.True(t, errors.Is(err, ErrDoubleFree) || errors.Is(err, ErrNotAllocated), m.at("%s: %v", what, err))
-	for _, rec := range recs {
+	m.freeBatchRefused(m.hs[hi].FreeBatch(rs), what, recs)
+	return true
+}
+
+// freeBatchRefused checks err, a FreeBatch's of a batch with Records in
+// it that are not to be freed: refused (ErrNotAllocated or ErrDoubleFree),
+// and good, the records of the batch's good Records, freed.
+func (m *omModel) freeBatchRefused(err error, what string, good []*omRec) {
+	require.Error(m.t, err, m.at("%s accepted", what))
+	require.True(m.t, errors.Is(err, ErrNotAllocated) || errors.Is(err, ErrDoubleFree), m.at("%s: %v", what, err))
+	for _, rec := range good {
 		m.freed(rec)
 	}
 	m.checkLive()
-	return true
 }
 
 // misuseViaReceiver gives the Record a handle's consumer delivered last
@@ -1126,7 +1142,6 @@ func (m *omModel) misuseTwice() bool {
 // says they are no longer those Records' to free: the handle may keep
 // what it needs to free them quickly.
 func (m *omModel) misuseViaReceiver() bool {
-	t := m.t
 	hi := 1 + m.rng.IntN(2)
 	h := m.hs[hi]
 	if m.rng.IntN(2) == 0 {
@@ -1181,14 +1196,8 @@ func (m *omModel) misuseViaReceiver() bool {
 		}
 	}
 	m.logf("%s", what)
-	err := h.FreeBatch(rs)
 	m.hits["via receiver, batch"]++
-	require.Error(t, err, m.at("%s accepted", what))
-	require.True(t, errors.Is(err, ErrNotAllocated) || errors.Is(err, ErrDoubleFree), m.at("%s: %v", what, err))
-	for _, rec := range good {
-		m.freed(rec)
-	}
-	m.checkLive()
+	m.freeBatchRefused(h.FreeBatch(rs), what, good)
 	return true
 }
 
