@@ -1234,3 +1234,73 @@ func allBack(t *testing.T, b *ipc.Buffer, free0 uint64, msg ...any) {
 	recoverAndCheck(t, b, msg...)
 	require.Equal(t, free0, freeBytes(t, b), msg...)
 }
+
+// hoardRecords is how many records TestChildHoard allocates: enough that
+// a Recover of what it leaves takes tens of milliseconds here (so that
+// killDelay lands in it).
+const hoardRecords = 40000
+
+// TestChildHoard allocates hoardRecords records of the parent's buffer
+// on two handles (sizes from 8 bytes to 10000), sends every fifth on
+// channel 1, frees every third, holds the rest, says "ready" and waits to
+// be killed: a dead process that leaves much for Recover to do.
+func TestChildHoard(t *testing.T) {
+	testutil.ChildOnly(t)
+	b := attach(t)
+	hs := []*ipc.Handle{newHandle(t, b), newHandle(t, b)}
+	p, err := hs[0].Producer(1, ipc.WithCapacity(1<<14))
+	require.NoError(t, err)
+	ctx := ctxFor(t)
+	for i := range hoardRecords {
+		size := 8 + i%13*40
+		if i%101 == 100 {
+			size = 10000
+		}
+		h := hs[i%2]
+		r, err := h.Allocate(size)
+		require.NoError(t, err)
+		stamp(r, uint64(i))
+		switch {
+		case i%5 == 0:
+			require.NoError(t, p.Send(ctx, r))
+		case i%3 == 0:
+			require.NoError(t, h.Free(r))
+		}
+	}
+	testutil.Say("ready")
+	<-ctx.Done()
+}
+
+// TestChildRecoverer says "ready" and runs Recover on the parent's
+// buffer over and over until it is killed.
+func TestChildRecoverer(t *testing.T) {
+	testutil.ChildOnly(t)
+	b := attach(t)
+	testutil.Say("ready")
+	for {
+		_, err := b.Recover()
+		require.NoError(t, err)
+	}
+}
+
+// TestRecovererKilledAnywhere kills a process while it recovers what a
+// dead one left (tens of thousands of records it held, some queued in a
+// channel), at a moment the test does not choose (holding the heap lock,
+// between a record's free and its slab's count, in a slab's return):
+// Recover from this process then finishes the work, Check passes, and once
+// the channel is removed every byte is back. The recoverer is the same
+// code as `ipcctl recover`.
+func TestRecovererKilledAnywhere(t *testing.T) {
+	b, name := openBuf(t)
+	for i := range killRounds(t) {
+		free0 := freeBytes(t, b)
+		startReady(t, "TestChildHoard", envBuf+"="+name).Kill()
+		killAfterReady(t, "TestChildRecoverer", envBuf+"="+name)
+		recoverAndCheck(t, b, "round %d: after the recoverer's death", i)
+		h, err := b.NewHandle()
+		require.NoError(t, err)
+		require.NoError(t, removeChannelsUpTo(h, 1), "round %d", i)
+		require.NoError(t, h.Close())
+		allBack(t, b, free0, "round %d: every byte came back", i)
+	}
+}
