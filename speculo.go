@@ -454,10 +454,13 @@ func (w *SpeculoWriter) Update(block BlockID, p []byte, expiry time.Time) error 
 
 // SetGCThreshold sets when the writer collects: once invalid (expired or
 // obsoleted) chunks take percent of the capacity (0: only when the area
-// is full). The setting is kept in the area for later writers.
+// is full). Obsoleted chunks count at once; expired ones once the writer
+// notices them, which it does every 64 appends and whenever a chunk does
+// not fit (reading the clock at every append would cost more than the
+// lag). The setting is kept in the area for later writers.
 func (w *SpeculoWriter) SetGCThreshold(percent int) error {
 	if !w.s.h.in() {
-		return w.s.h.closedErr("set g c threshold")
+		return w.s.h.closedErr("set GC threshold")
 	}
 	defer w.s.h.out()
 	return w.s.wrap("speculo threshold", w.w.SetThreshold(percent))

@@ -914,8 +914,10 @@ func (w *SpeculoWriter) setThreshold(pct int) {
 
 // SetThreshold sets the GC threshold: a GC runs before an append once
 // invalid (expired or obsoleted) chunks take percent of the capacity; 0:
-// only when the area is full. The setting is kept in the area for later
-// writers.
+// only when the area is full. Obsoleted chunks count at once, expired ones
+// once the writer reads the clock: every 64 appends, and when a chunk does
+// not fit (a clock read at every append would cost more than the lag).
+// The setting is kept in the area for later writers.
 func (w *SpeculoWriter) SetThreshold(percent int) error {
 	if percent < 0 || percent > 100 {
 		return fmt.Errorf("speculo GC threshold %d%% (want 0..100): %w", percent, errs.ErrInvalidArgument)
@@ -947,6 +949,9 @@ func (w *SpeculoWriter) Append(size int, expiry int64) ([]byte, error) {
 // block's latest version and the previous one is obsoleted; if the block
 // has no valid version it simply becomes its first.
 func (w *SpeculoWriter) Replace(id BlockID, size int, expiry int64) ([]byte, error) {
+	if w.closed {
+		return nil, errClosedEnd // before the id, which a later writer may have given
+	}
 	block := uint64(id)
 	if block == 0 || (block > SpeculoAutoBlock && block > w.lastBlock) || block == SpeculoAutoBlock {
 		return nil, fmt.Errorf("speculo: block id %#x was never given: %w", block, errs.ErrInvalidArgument)
