@@ -52,8 +52,9 @@ func SpeculoReaderSlots(n int) SpeculoOption {
 }
 
 // SpeculoMaxBlocks bounds the distinct valid blocks an area to create can
-// hold (default capacity/128, at least 16: enough when chunks carry 96
-// bytes or more; raise it for smaller chunks). The index of blocks takes
+// hold (default capacity/128, at least 16 but no more than the chunk
+// headers the capacity holds: enough when chunks carry 96 bytes or more;
+// raise it for smaller chunks). The index of blocks takes
 // 11 to 21 bytes per block in every extent, besides the capacity.
 func SpeculoMaxBlocks(n int) SpeculoOption {
 	return func(c *speculoConfig) error {
@@ -156,7 +157,8 @@ type Speculo struct {
 
 // AddSpeculo creates speculo area id with capacity bytes for chunks (a
 // chunk takes its payload rounded up to 8 bytes plus a 32-byte header), or
-// attaches to it if it exists: another capacity is ErrSizeMismatch, and
+// attaches to it if it exists: another capacity (once rounded up to 8
+// bytes, as the area's is) is ErrSizeMismatch, and
 // capacity 0 attaches only (ErrNotExist if there is none). Each extent
 // the area allocates from the heap holds the capacity and the block
 // index; a GC briefly needs a second one. ErrWrongType: id is a channel
