@@ -189,7 +189,7 @@ func (h *Handle) StreamReader(id ChannelID, opts ...StreamOption) (*StreamReader
 	}
 	if cfg.backlogSet && uint64(r.BacklogLimit()) != cfg.backlog {
 		if err := r.SetBacklog(int(cfg.backlog)); err != nil {
-			r.Close()
+			r.Refuse()
 			return nil, fmt.Errorf("ipc: stream reader %d: %w", id, err)
 		}
 	}
@@ -366,7 +366,8 @@ func (w *StreamWriter) Spans() (a, b []byte, err error) {
 
 // Reserve returns n contiguous writable bytes: a span of the ring when
 // they do not wrap, otherwise a staging buffer that Commit copies in.
-// ErrWouldBlock: less room than n now.
+// Commit then publishes at most those n. ErrWouldBlock: less room than n
+// now; what Spans or Reserve handed out before stays the caller's.
 func (w *StreamWriter) Reserve(n int) ([]byte, error) {
 	if !w.h.in() {
 		return nil, w.h.closedErr("reserve")
@@ -384,8 +385,10 @@ func (w *StreamWriter) Reserve(n int) ([]byte, error) {
 
 // Commit publishes the first n bytes of the spans (or of the reserved
 // view) to the reader; after Spans it may be called several times for
-// consecutive parts. ErrReset: the stream was reset since the spans were
-// handed out, and nothing was published.
+// consecutive parts. ErrInvalidArgument: more than was handed out, or
+// nothing is (TryWrite, Write and ReadFrom leave nothing handed out).
+// ErrReset: the stream was reset since the spans were handed out, and
+// nothing was published.
 func (w *StreamWriter) Commit(n int) error {
 	if !w.h.in() {
 		return w.h.closedErr("commit")
@@ -524,8 +527,9 @@ func (r *StreamReader) Spans() (a, b []byte, err error) {
 }
 
 // View returns the next n unread bytes contiguously: a span of the ring
-// when they do not wrap, otherwise a private copy; Consume(n) releases
-// them. ErrWouldBlock: fewer than n are buffered.
+// when they do not wrap, otherwise a private copy; Consume releases at
+// most those n. ErrWouldBlock: fewer than n are buffered; what Spans or
+// View handed out before stays the caller's.
 func (r *StreamReader) View(n int) ([]byte, error) {
 	if !r.h.in() {
 		return nil, r.h.closedErr("view")
@@ -543,7 +547,9 @@ func (r *StreamReader) View(n int) ([]byte, error) {
 
 // Consume releases the first n bytes of the spans (or view) to the
 // writer, keeping up to the backlog limit of them for look-back; after
-// Spans it may be called several times for consecutive parts. ErrReset:
+// Spans it may be called several times for consecutive parts.
+// ErrInvalidArgument: more than was handed out, or nothing is (TryRead,
+// Read and WriteTo leave nothing handed out). ErrReset:
 // the stream was reset since the spans were handed out; nothing was
 // consumed, and what was read from them may be torn.
 func (r *StreamReader) Consume(n int) error {

@@ -764,18 +764,24 @@ func (w *StreamWriter) spansFor(need uint64) (a, b []byte, err error) {
 
 // Reserve returns n contiguous writable bytes: a span of the ring when
 // they do not wrap, otherwise a private staging buffer that Commit copies
-// into the ring. ErrWouldBlock if there is not that much room now.
+// into the ring; Commit then publishes at most those n. ErrWouldBlock if
+// there is not that much room now (what was handed out before stays so).
 func (w *StreamWriter) Reserve(n int) ([]byte, error) {
 	if n <= 0 || uint64(n) > w.c {
 		return nil, fmt.Errorf("stream reserve of %d bytes (1..%d): %w", n, w.c, errs.ErrInvalidSize)
 	}
+	prev, prevStaged := w.span, w.staged
 	a, _, err := w.spansFor(uint64(n))
 	if err != nil {
 		return nil, err
 	}
 	if uint64(n) > w.span.free {
+		// Refused: what the caller held stays as it was (and the
+		// stream's words are read again next time).
+		w.span, w.staged, w.known = prev, prevStaged, false
 		return nil, errs.ErrWouldBlock
 	}
+	w.span.free = uint64(n) // Commit publishes at most the reservation
 	if len(a) >= n {
 		return a[:n:n], nil
 	}
@@ -832,15 +838,20 @@ func (w *StreamWriter) TryWrite(p []byte) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	if len(p) == 0 {
-		return 0, nil
-	}
+	// The spans are TryWrite's own: it leaves none armed, so that a
+	// later Commit of the caller's publishes nothing it did not fill.
 	n := copy(a, p)
 	n += copy(b, p[n:])
 	if n == 0 {
+		w.span.valid = false
+		if len(p) == 0 {
+			return 0, nil
+		}
 		return 0, errs.ErrWouldBlock
 	}
-	if err := w.Commit(n); err != nil {
+	err = w.Commit(n)
+	w.span.valid = false
+	if err != nil {
 		return 0, err
 	}
 	return n, nil
@@ -868,6 +879,7 @@ func (w *StreamWriter) Write(ctx context.Context, p []byte) (int, error) {
 // ReadFrom reads src into the stream's free spans (no intermediate
 // buffer) until src returns io.EOF, waiting for room as WaitSpace does.
 func (w *StreamWriter) ReadFrom(ctx context.Context, src io.Reader) (int64, error) {
+	defer func() { w.span.valid = false }() // as TryWrite
 	var total int64
 	chunk := max(w.c/4, 64<<10)
 	for {
@@ -975,6 +987,8 @@ type StreamReader struct {
 	span    streamRSpan
 	scratch []byte
 	backlog uint64
+	// wasClosed is RClosed before the attach (see Refuse).
+	wasClosed uint32
 	// known: span's generation, R and Low words and positions are still
 	// the stream's as far as this end knows (set by a Spans that read the
 	// words, kept by Consume and trim), and knownW is W as that Spans
@@ -1014,7 +1028,19 @@ func (s *Stream) AttachReader() (*StreamReader, error) {
 	if n >= s.c {
 		return fail(errs.Corrupt("stream backlog", uint64(s.cbOff)+280, "backlog %d for capacity %d", n, s.c))
 	}
-	return &StreamReader{streamEnd: newStreamEnd(s, self), backlog: n}, nil
+	return &StreamReader{streamEnd: newStreamEnd(s, self), backlog: n, wasClosed: closed}, nil
+}
+
+// Refuse lets go of a reader end just attached that its opener refuses:
+// the stream is left as it was before the attach (RClosed included).
+func (r *StreamReader) Refuse() {
+	if r.closed {
+		return
+	}
+	r.closed = true
+	r.stop()
+	r.cb.RClosed.Store(r.wasClosed)
+	r.cb.Reader.CompareAndSwap(uint64(r.self), 0)
 }
 
 // Spans returns the unread bytes: one span, or two when they wrap around
@@ -1053,19 +1079,25 @@ func (r *StreamReader) spansFor(need uint64) (a, b []byte, err error) {
 }
 
 // View returns the next n unread bytes contiguously: a span of the ring
-// when they do not wrap, otherwise a private copy. Consume(n) releases
-// them. ErrWouldBlock if fewer than n are buffered.
+// when they do not wrap, otherwise a private copy; Consume releases at
+// most those n. ErrWouldBlock if fewer than n are buffered (what was
+// handed out before stays so).
 func (r *StreamReader) View(n int) ([]byte, error) {
 	if n <= 0 || uint64(n) > r.c {
 		return nil, fmt.Errorf("stream view of %d bytes (1..%d): %w", n, r.c, errs.ErrInvalidSize)
 	}
+	prev := r.span
 	a, b, err := r.spansFor(uint64(n))
 	if err != nil {
 		return nil, err
 	}
 	if uint64(n) > r.span.avail {
+		// Refused: what the caller held stays as it was (and the
+		// stream's words are read again next time).
+		r.span, r.known = prev, false
 		return nil, errs.ErrWouldBlock
 	}
+	r.span.avail = uint64(n) // Consume releases at most the view
 	if len(a) >= n {
 		return a[:n:n], nil
 	}
@@ -1205,6 +1237,14 @@ func (r *StreamReader) eof() (bool, error) {
 // writer closed, ErrPeerDead if nothing is and the writer died (checked
 // at most once per check interval).
 func (r *StreamReader) TryRead(p []byte) (int, error) {
+	n, err := r.tryRead(p)
+	// The spans were TryRead's own: it leaves none armed, so that a
+	// later Consume of the caller's releases nothing it did not read.
+	r.span.valid = false
+	return n, err
+}
+
+func (r *StreamReader) tryRead(p []byte) (int, error) {
 	a, b, err := r.spansFor(uint64(len(p)))
 	if err != nil {
 		return 0, err
@@ -1230,7 +1270,7 @@ func (r *StreamReader) TryRead(p []byte) (int, error) {
 					}
 					return 0, err
 				}
-				return r.TryRead(p)
+				return r.tryRead(p)
 			}
 		}
 		return 0, errs.ErrWouldBlock
@@ -1266,6 +1306,7 @@ func (r *StreamReader) Read(ctx context.Context, p []byte) (int, error) {
 // WriteTo writes everything the stream delivers to dst, straight from the
 // ring's spans, until io.EOF (returned as nil) or an error.
 func (r *StreamReader) WriteTo(ctx context.Context, dst io.Writer) (int64, error) {
+	defer func() { r.span.valid = false }() // as TryRead
 	var total int64
 	chunk := max(r.c/4, 64<<10)
 	for {
