@@ -152,9 +152,12 @@ func receiveOne(ctx context.Context, h *ipc.Handle, c *ipc.Consumer) (byte, erro
 // channel of capacity 1024 (testutil.GoChanInProc).
 func goChanInProc(n int) time.Duration { return testutil.GoChanInProc(n, payload) }
 
-// socketPair returns two connected Unix stream sockets.
+// socketPair returns two connected Unix stream sockets, closed on exec (a
+// child started meanwhile would otherwise keep the parent's end open, and
+// a child given one end would never read EOF: BenchmarkStreamThroughput4K
+// hung so).
 func socketPair(b *testing.B) (*os.File, *os.File) {
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
 		b.Fatal(err)
 	}
