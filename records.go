@@ -826,8 +826,18 @@ func (rs *records) free(r Record) error {
 		if len(data) != allocSize(len(b)) {
 			return err
 		}
-		if _, kerr := rs.current(r, ErrDoubleFree); kerr != nil {
+		key, kerr := rs.current(r, ErrDoubleFree)
+		if kerr != nil {
 			return kerr
+		}
+		// Its own freed mark, by a live holder: a free under way (the
+		// mark is written before the bits are set, and ReceiveEach sets
+		// a batch's bits after its last use returns). Only a dead
+		// holder's cut-short free is finished through a view.
+		if t := &rs.trailers[(uint64(off)+uint64(len(data)))/trailerSize-1]; t.Magic == freedMark(key) {
+			if h := sys.Identity(t.holder().Load()); h == rs.self || sys.Alive(h) {
+				return fmt.Errorf("record %#x: freed already (its holder's free is under way): %w", uint64(off), ErrDoubleFree)
+			}
 		}
 		if t, _, terr := rs.trailerIn(off, data); terr == nil {
 			if isQueued(t.Magic) && t.Len == uint32(len(b)) {
