@@ -236,6 +236,7 @@ type streamEnd struct {
 	e      streamOps
 	ctx    context.Context
 	closed bool
+	gen    uint64 // the generation when the end closed (Generation)
 }
 
 // ID is the stream's channel id.
@@ -303,12 +304,16 @@ func (e *streamEnd) Peek(p []byte) (int, error) {
 	return n, e.wrap("peek", err)
 }
 
-// Generation is the number of resets (and zeroes) so far.
+// Generation is the number of resets (and zeroes) so far; on a closed
+// end, the number when it closed (the stream may be gone since).
 func (e *streamEnd) Generation() uint64 {
 	if !e.h.in() {
-		return 0
+		return e.gen
 	}
 	defer e.h.out()
+	if e.closed {
+		return e.gen
+	}
 	return e.e.Generation()
 }
 
@@ -497,7 +502,7 @@ func (w *StreamWriter) close() error {
 	if w.closed {
 		return nil
 	}
-	w.closed = true
+	w.gen, w.closed = w.w.Generation(), true
 	return w.wrap("close", w.h.buf.closeEnd(w.en, w.w.Close, nil))
 }
 
@@ -709,7 +714,7 @@ func (r *StreamReader) close() error {
 	if r.closed {
 		return nil
 	}
-	r.closed = true
+	r.gen, r.closed = r.r.Generation(), true
 	return r.wrap("close", r.h.buf.closeEnd(r.en, r.r.Close, nil))
 }
 

@@ -2424,3 +2424,31 @@ func TestStreamRefusedReaderOpen(t *testing.T) {
 	_, err = w.TryWrite([]byte(" world"))
 	require.NoError(t, err, "the writer of a stream whose reader has not opened yet")
 }
+
+// TestStreamGenerationAfterClose: a closed end's Generation is the
+// stream's when the end closed, also once the stream is gone and another
+// has taken its place (it read the control block, freed with the stream,
+// before: the new stream's generation).
+func TestStreamGenerationAfterClose(t *testing.T) {
+	b := heapBuf(t)
+	h := testHandle(t, b)
+	w, err := h.StreamWriter(stmID, WithStreamCapacity(16))
+	require.NoError(t, err)
+	r, err := testHandle(t, b).StreamReader(stmID)
+	require.NoError(t, err)
+	require.NoError(t, w.Reset())
+	require.NoError(t, r.Zero())
+	g := w.Generation()
+	require.Equal(t, g, r.Generation())
+	require.NotZero(t, g)
+	require.NoError(t, w.Close())
+	require.NoError(t, r.Close())
+	require.ErrorIs(t, h.RemoveStream(context.Background(), stmID), ErrNotExist, "both ends closed, nothing unread: gone")
+	// A new stream under the id, likely where the old one was.
+	w2, err := h.StreamWriter(stmID, WithStreamCapacity(16))
+	require.NoError(t, err)
+	t.Cleanup(func() { w2.Close() })
+	require.Zero(t, w2.Generation())
+	require.Equal(t, g, w.Generation(), "the writer's, as it closed")
+	require.Equal(t, g, r.Generation(), "the reader's, as it closed")
+}
