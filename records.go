@@ -60,10 +60,9 @@ const (
 	trailerMagic = 0x48524543 // "HREC"
 	// queuedMagic is the magic of a record sent and not yet received,
 	// of the hand of a record never sent before (see the hands below;
-	// queuedMagicOf is any hand's): a
-	// sender writes it before the ring slot is published and puts the
-	// live magic back if the send fails; the consumer puts the live magic
-	// back as it takes the record over. So a second Send of a queued
+	// queuedMagicOf is any hand's): a sender writes it before the ring
+	// slot is published and puts the live magic back if the send fails;
+	// the consumer puts the live magic back as it takes the record over. So a second Send of a queued
 	// record, or a Free of it (by the sender, who keeps its view), is
 	// refused and the record goes on to the consumer. It differs from
 	// the live magic in one bit (queuedBit), so that a taker accepts
@@ -134,6 +133,14 @@ func isQueued(m uint32) bool {
 // liveOf is the live magic of a record taken with magic m (takeable): its
 // hand kept, the queued bit set.
 func liveOf(m uint32) uint32 { return m | queuedBit }
+
+// takeOver makes the record of a takeable trailer live again, as its
+// taker does, and returns its hand (the taker's Record's).
+func (t *trailer) takeOver() uint32 {
+	m := t.Magic
+	t.Magic = liveOf(m)
+	return handOf(m)
+}
 
 // errHandedOver is the error for a Send or Free of the record at off
 // through a Record that no longer holds it: the record was sent, and a
@@ -571,15 +578,11 @@ func (rs *records) take(slot uint64) (Record, error) {
 		if t := rs.queuedAt(off, n); t != nil {
 			if t.holder().Load() == uint64(rs.self) {
 				if data, ok := rs.pool.Peek(off); ok && len(data) == allocSize(n) {
-					m := t.Magic
-					t.Magic = liveOf(m)
-					return Record{ref: makeRef(off, rs.pool.RecordKey(off), handOf(m)), b: rs.view(off, n)}, nil
+					return Record{ref: makeRef(off, rs.pool.RecordKey(off), t.takeOver()), b: rs.view(off, n)}, nil
 				}
 			} else if data, err := rs.pool.Bytes(off); err == nil && len(data) == allocSize(n) {
 				t.holder().Store(uint64(rs.self))
-				m := t.Magic
-				t.Magic = liveOf(m)
-				return Record{ref: makeRef(off, rs.pool.RecordKey(off), handOf(m)), b: rs.view(off, n)}, nil
+				return Record{ref: makeRef(off, rs.pool.RecordKey(off), t.takeOver()), b: rs.view(off, n)}, nil
 			}
 		}
 	}
@@ -625,11 +628,10 @@ func (sh *slabHandle) take(slot uint64) (Record, bool) {
 		}
 		t.holder().Store(uint64(rs.self))
 	}
-	m := t.Magic
-	t.Magic = liveOf(m)
+	h := t.takeOver()
 	sh.taken = true
 	sh.key = rs.pool.Key(s)
-	return Record{ref: makeRef(off, sh.key, handOf(m)), b: rs.view(off, n)}, true
+	return Record{ref: makeRef(off, sh.key, h), b: rs.view(off, n)}, true
 }
 
 // takeOff is take for a record located in full (the fallback of take,
@@ -647,9 +649,8 @@ func (rs *records) takeOff(off mem.Off, n int, known bool) ([]byte, uint32, erro
 	if t.holder().Load() != uint64(rs.self) {
 		t.holder().Store(uint64(rs.self))
 	}
-	m := t.Magic
-	t.Magic = liveOf(m)
-	return rs.view(off, int(t.Len)), handOf(m), nil
+	h := t.takeOver()
+	return rs.view(off, int(t.Len)), h, nil
 }
 
 // trailerAt returns the trailer of a record at off with an n-byte payload
