@@ -6,10 +6,8 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"os"
 	"runtime/debug"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -91,15 +89,8 @@ import (
 // seed and the operations before it. IPC_MPSC_SEED=<seed> runs that seed
 // alone.
 func TestMPSCModel(t *testing.T) {
-	seeds := []uint64{1, 2, 3, 4, 5, 6}
-	if s := os.Getenv("IPC_MPSC_SEED"); s != "" {
-		seed, err := strconv.ParseUint(s, 0, 64)
-		require.NoError(t, err, "IPC_MPSC_SEED")
-		seeds = []uint64{seed}
-	} else {
-		seeds = append(seeds, uint64(time.Now().UnixNano()))
-	}
-	n := mmOpsToRun()
+	seeds, single := modelSeeds(t, "IPC_MPSC_SEED", 1, 2, 3, 4, 5, 6)
+	n := modelOps(mmOps)
 	hits, ran := map[string]int{}, 0
 	for _, seed := range seeds {
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
@@ -113,7 +104,7 @@ func TestMPSCModel(t *testing.T) {
 	}
 	// The runs together must have reached what they are for (a single
 	// seed, or a run cut down under -race or -short, need not).
-	if len(seeds) == 1 || n < mmOps || ran < len(seeds) {
+	if single || n < mmOps || ran < len(seeds) {
 		return
 	}
 	for _, k := range []string{"queued", "handed over", "freed", "mpsc eof", "select eof", "mpsc full", "consumer reattached", "mpsc channel removed", "receive each odd", "misuse in use", "select closed end", "aside, ends"} {
@@ -123,25 +114,8 @@ func TestMPSCModel(t *testing.T) {
 	}
 }
 
-// mmOps is how many random operations a seed runs (see mmOpsToRun).
+// mmOps is how many random operations a seed runs (see modelOps).
 const mmOps = 20000
-
-// mmOpsToRun is mmOps, an eighth of it under the race detector and a
-// quarter of that with -short.
-func mmOpsToRun() int {
-	n := mmOps
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		for _, s := range bi.Settings {
-			if s.Key == "-race" && s.Value == "true" {
-				n /= 8
-			}
-		}
-	}
-	if testing.Short() {
-		n /= 4
-	}
-	return n
-}
 
 const (
 	mmMPSC ChannelID = 10 // the MPSC channel

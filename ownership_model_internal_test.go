@@ -6,10 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"runtime/debug"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -64,40 +62,16 @@ import (
 // TestStaleRecordKeptSlot and TestStaleRecordFreeReceived pin down (about
 // one seed in ten did).
 func TestOwnershipModel(t *testing.T) {
-	seeds := []uint64{1, 2, 3, 5, 34, 0x5eed, 20261124}
-	if s := os.Getenv("IPC_OWNERSHIP_SEED"); s != "" {
-		seed, err := strconv.ParseUint(s, 0, 64)
-		require.NoError(t, err, "IPC_OWNERSHIP_SEED")
-		seeds = []uint64{seed}
-	} else {
-		seeds = append(seeds, uint64(time.Now().UnixNano()))
-	}
+	seeds, _ := modelSeeds(t, "IPC_OWNERSHIP_SEED", 1, 2, 3, 5, 34, 0x5eed, 20261124)
 	for _, seed := range seeds {
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
-			newOwnershipModel(t, seed).run(omOpsToRun())
+			newOwnershipModel(t, seed).run(modelOps(omOps))
 		})
 	}
 }
 
-// omOps is how many random operations a seed runs (see omOpsToRun).
+// omOps is how many random operations a seed runs (see modelOps).
 const omOps = 15000
-
-// omOpsToRun is omOps, an eighth of it under the race detector (which
-// makes the test some 15 times slower) and a quarter of that with -short.
-func omOpsToRun() int {
-	n := omOps
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		for _, s := range bi.Settings {
-			if s.Key == "-race" && s.Value == "true" {
-				n /= 8
-			}
-		}
-	}
-	if testing.Short() {
-		n /= 4
-	}
-	return n
-}
 
 // omState is a record's state in the model.
 type omState uint8

@@ -8,10 +8,8 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"os"
 	"runtime/debug"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -64,15 +62,8 @@ import (
 // seed and the operations before it. IPC_SPECULO_SEED=<seed> runs that
 // seed alone.
 func TestSpeculoModel(t *testing.T) {
-	seeds := []uint64{1, 2, 3, 4, 5, 6, 0x5eed}
-	if s := os.Getenv("IPC_SPECULO_SEED"); s != "" {
-		seed, err := strconv.ParseUint(s, 0, 64)
-		require.NoError(t, err, "IPC_SPECULO_SEED")
-		seeds = []uint64{seed}
-	} else {
-		seeds = append(seeds, uint64(time.Now().UnixNano()))
-	}
-	n := smOpsToRun()
+	seeds, _ := modelSeeds(t, "IPC_SPECULO_SEED", 1, 2, 3, 4, 5, 6, 0x5eed)
+	n := modelOps(smOps)
 	for _, seed := range seeds {
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
 			newSpeculoModel(t, seed).run(n)
@@ -80,25 +71,8 @@ func TestSpeculoModel(t *testing.T) {
 	}
 }
 
-// smOps is how many random operations a seed runs (see smOpsToRun).
+// smOps is how many random operations a seed runs (see modelOps).
 const smOps = 40000
-
-// smOpsToRun is smOps, an eighth of it under the race detector and a
-// quarter with -short.
-func smOpsToRun() int {
-	n := smOps
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		for _, s := range bi.Settings {
-			if s.Key == "-race" && s.Value == "true" {
-				n /= 8
-			}
-		}
-	}
-	if testing.Short() {
-		n /= 4
-	}
-	return n
-}
 
 // smUnit is the step of the injected clock. Expiry times are set half a
 // step off it, so that the clock never equals one.

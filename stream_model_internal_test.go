@@ -7,10 +7,8 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"os"
 	"runtime/debug"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -79,16 +77,8 @@ import (
 // seed and the operations before it. IPC_STREAM_SEED=<seed> runs that
 // seed alone.
 func TestStreamModel(t *testing.T) {
-	seeds := []uint64{1, 2, 3, 4, 5, 6, 0x5eed, 20260301}
-	single := false
-	if s := os.Getenv("IPC_STREAM_SEED"); s != "" {
-		seed, err := strconv.ParseUint(s, 0, 64)
-		require.NoError(t, err, "IPC_STREAM_SEED")
-		seeds, single = []uint64{seed}, true
-	} else {
-		seeds = append(seeds, uint64(time.Now().UnixNano()))
-	}
-	n, full := stmOpsToRun()
+	seeds, single := modelSeeds(t, "IPC_STREAM_SEED", 1, 2, 3, 4, 5, 6, 0x5eed, 20260301)
+	n := modelOps(stmOps)
 	hits, ran := map[string]int{}, 0
 	for _, seed := range seeds {
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
@@ -100,7 +90,7 @@ func TestStreamModel(t *testing.T) {
 			ran++
 		})
 	}
-	if !full || single || ran < len(seeds) {
+	if n < stmOps || single || ran < len(seeds) {
 		return
 	}
 	// The runs must have reached what they are for.
@@ -119,25 +109,8 @@ func TestStreamModel(t *testing.T) {
 	}
 }
 
-// stmOps is how many random operations a seed runs (see stmOpsToRun).
+// stmOps is how many random operations a seed runs (see modelOps).
 const stmOps = 40000
-
-// stmOpsToRun is stmOps, an eighth of it under the race detector and a
-// quarter of that with -short; full says it is stmOps.
-func stmOpsToRun() (n int, full bool) {
-	n = stmOps
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		for _, s := range bi.Settings {
-			if s.Key == "-race" && s.Value == "true" {
-				n /= 8
-			}
-		}
-	}
-	if testing.Short() {
-		n /= 4
-	}
-	return n, n == stmOps
-}
 
 // stmID is the model's stream.
 const stmID ChannelID = 7

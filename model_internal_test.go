@@ -1,0 +1,44 @@
+package ipc
+
+import (
+	"os"
+	"runtime/debug"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// What the randomized model tests (TestOwnershipModel, TestMPSCModel,
+// TestStreamModel, TestSpeculoModel) share.
+
+// modelSeeds are the seeds a model test runs: fixed, and one from the
+// clock; or, if the environment variable env is set (to the seed a
+// failure logged), that one alone (single).
+func modelSeeds(t *testing.T, env string, fixed ...uint64) (seeds []uint64, single bool) {
+	if s := os.Getenv(env); s != "" {
+		seed, err := strconv.ParseUint(s, 0, 64)
+		require.NoError(t, err, env)
+		return []uint64{seed}, true
+	}
+	return append(fixed, uint64(time.Now().UnixNano())), false
+}
+
+// modelOps is how many random operations a model test's seed runs: full,
+// an eighth of it under the race detector (which makes the models some 15
+// times slower) and a quarter of that with -short.
+func modelOps(full int) int {
+	n := full
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == "-race" && s.Value == "true" {
+				n /= 8
+			}
+		}
+	}
+	if testing.Short() {
+		n /= 4
+	}
+	return n
+}
