@@ -163,7 +163,7 @@ func (h *Handle) StreamWriter(id ChannelID, opts ...StreamOption) (*StreamWriter
 	sw := &StreamWriter{streamEnd: streamEnd{h: h, en: en, id: id, ctx: context.Background()}, w: w}
 	sw.streamEnd.e = w
 	if err := h.addEnd(sw); err != nil {
-		w.Close()
+		w.Refuse() // as if it had not opened
 		return nil, err
 	}
 	return sw, nil
@@ -196,7 +196,7 @@ func (h *Handle) StreamReader(id ChannelID, opts ...StreamOption) (*StreamReader
 	sr := &StreamReader{streamEnd: streamEnd{h: h, en: en, id: id, ctx: context.Background()}, r: r}
 	sr.streamEnd.e = r
 	if err := h.addEnd(sr); err != nil {
-		r.Close()
+		r.Refuse() // as if it had not opened
 		return nil, err
 	}
 	return sr, nil

@@ -681,7 +681,9 @@ type StreamWriter struct {
 	// is there (see Spans).
 	known    bool
 	knownLow uint64
-	_        mem.Pad
+	// wasClosed is WClosed before the attach (see Refuse).
+	wasClosed uint32
+	_         mem.Pad
 }
 
 // streamWSpan is what the last Spans call handed out.
@@ -706,7 +708,20 @@ func (s *Stream) AttachWriter() (*StreamWriter, error) {
 		s.cb.Writer.CompareAndSwap(uint64(self), 0)
 		return nil, err
 	}
-	return &StreamWriter{streamEnd: newStreamEnd(s, self)}, nil
+	return &StreamWriter{streamEnd: newStreamEnd(s, self), wasClosed: closed}, nil
+}
+
+// Refuse lets go of a writer end just attached that its opener refuses:
+// the stream is left as it was before the attach (WClosed included, on
+// which the reader's EOF depends).
+func (w *StreamWriter) Refuse() {
+	if w.closed {
+		return
+	}
+	w.closed = true
+	w.stop()
+	w.cb.WClosed.Store(w.wasClosed)
+	w.cb.Writer.CompareAndSwap(uint64(w.self), 0)
 }
 
 var errStreamReaderClosed = fmt.Errorf("stream: the reader closed its end: %w", io.ErrClosedPipe)
