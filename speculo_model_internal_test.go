@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"runtime/debug"
 	"slices"
@@ -1258,7 +1259,7 @@ func (m *smModel) misuse() bool {
 		if m.w == nil || m.pend != nil {
 			return false
 		}
-		size := []int{-1, m.maxChunk + 1, m.maxChunk + 8, 1 << 40}[m.rng.IntN(4)]
+		size := []int{-1, m.maxChunk + 1, m.maxChunk + 8, math.MaxInt}[m.rng.IntN(4)]
 		m.logf("misuse: a chunk of %d bytes", size)
 		var err error
 		if m.rng.IntN(2) == 0 {

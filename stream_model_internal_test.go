@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"runtime/debug"
 	"slices"
@@ -955,9 +956,14 @@ func (m *stmModel) misuseOpen() {
 		}{
 			{WithStreamCapacity(0), ErrInvalidSize},
 			{WithStreamCapacity(-5), ErrInvalidSize},
-			{WithStreamCapacity(MaxStreamCapacity + 1), ErrInvalidSize},
 			{WithCapacity(3), ErrInvalidSize},
 			{WithBacklog(-1), ErrInvalidArgument},
+		}
+		if over := uint64(MaxStreamCapacity) + 1; over <= math.MaxInt { // a 64-bit int
+			bad = append(bad, struct {
+				opt  StreamOption
+				want error
+			}{WithStreamCapacity(int(over)), ErrInvalidSize})
 		}
 		c := bad[m.rng.IntN(len(bad))]
 		m.logf("open an end with a bad option")
