@@ -328,10 +328,14 @@ func (h *Handle) Close() error {
 		return nil
 	}
 	defer h.out()
+	// The handle leaves the buffer's set after it is closed: a
+	// Buffer.Close meanwhile finds it there and waits for this call (its
+	// count) before it unmaps, instead of unmapping under it.
+	err := h.close()
 	h.buf.mu.Lock()
 	delete(h.buf.handles, h)
 	h.buf.mu.Unlock()
-	return h.close()
+	return err
 }
 
 func (h *Handle) close() error {

@@ -126,7 +126,9 @@ func TestChildMPSCForever(t *testing.T) {
 }
 
 // inGoroutine runs send in a new goroutine with a handle of its own
-// (closed after it) and returns the channel its error, or nil, comes on.
+// (closed after it) and returns the channel its error, or nil, comes on
+// once the handle is closed too (the test may Check or close the buffer
+// then).
 func inGoroutine(b *ipc.Buffer, send func(h *ipc.Handle) error) <-chan error {
 	done := make(chan error, 1)
 	go func() {
@@ -135,8 +137,8 @@ func inGoroutine(b *ipc.Buffer, send func(h *ipc.Handle) error) <-chan error {
 			done <- err
 			return
 		}
-		defer h.Close()
-		done <- send(h)
+		err = send(h)
+		done <- errors.Join(err, h.Close())
 	}()
 	return done
 }
