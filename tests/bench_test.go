@@ -157,7 +157,13 @@ func goChanInProc(n int) time.Duration { return testutil.GoChanInProc(n, payload
 // a child given one end would never read EOF: BenchmarkStreamThroughput4K
 // hung so).
 func socketPair(b *testing.B) (*os.File, *os.File) {
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	syscall.ForkLock.RLock() // no fork between the pair and its close-on-exec
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
+	if err == nil {
+		syscall.CloseOnExec(fds[0])
+		syscall.CloseOnExec(fds[1])
+	}
+	syscall.ForkLock.RUnlock()
 	if err != nil {
 		b.Fatal(err)
 	}
