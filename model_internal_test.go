@@ -1,6 +1,7 @@
 package ipc
 
 import (
+	"math/rand/v2"
 	"os"
 	"runtime/debug"
 	"strconv"
@@ -41,4 +42,31 @@ func modelOps(full int) int {
 		n /= 4
 	}
 	return n
+}
+
+// modelOp is an operation of a model test and its weight; f reports
+// whether it did anything (false: it cannot be done now).
+type modelOp struct {
+	w int
+	f func() bool
+}
+
+// modelStep runs one of ops, picked at random by weight, picking again
+// while the one picked cannot be done now.
+func modelStep(rng *rand.Rand, ops []modelOp) {
+	total := 0
+	for _, o := range ops {
+		total += o.w
+	}
+	for {
+		x := rng.IntN(total)
+		i := 0
+		for x >= ops[i].w {
+			x -= ops[i].w
+			i++
+		}
+		if ops[i].f() {
+			return
+		}
+	}
 }

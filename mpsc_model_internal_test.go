@@ -382,10 +382,7 @@ func (m *mmModel) run(n int) {
 			t.Fatalf("seed %d op %d (%s): panic: %v\n%s", m.seed, m.op, m.what, p, debug.Stack())
 		}
 	}()
-	ops := []struct {
-		w int
-		f func() bool
-	}{
+	ops := []modelOp{
 		{8, m.allocOne},
 		{3, m.allocBatch},
 		{3, m.allocPack},
@@ -417,10 +414,6 @@ func (m *mmModel) run(n int) {
 		{3, m.selMaint},
 		{1, m.attachOdd},
 	}
-	total := 0
-	for _, o := range ops {
-		total += o.w
-	}
 	for m.op = 0; m.op < n; m.op++ {
 		if len(m.held) > 24 {
 			if m.rng.IntN(2) == 0 {
@@ -429,17 +422,7 @@ func (m *mmModel) run(n int) {
 				m.freeOne()
 			}
 		} else {
-			for {
-				x := m.rng.IntN(total)
-				i := 0
-				for x >= ops[i].w {
-					x -= ops[i].w
-					i++
-				}
-				if ops[i].f() {
-					break
-				}
-			}
+			modelStep(m.rng, ops)
 		}
 		if m.op%16 == 0 {
 			m.checkLive()

@@ -225,10 +225,7 @@ func (m *omModel) run(n int) {
 			t.Fatalf("seed %d op %d (%s): panic: %v\n%s", m.seed, m.op, m.what, p, debug.Stack())
 		}
 	}()
-	ops := []struct {
-		w int
-		f func() bool
-	}{
+	ops := []modelOp{
 		{10, m.allocOne},
 		{4, m.allocBatch},
 		{3, m.restamp},
@@ -250,10 +247,6 @@ func (m *omModel) run(n int) {
 		{3, m.reuse},
 		{1, m.empty},
 	}
-	total := 0
-	for _, o := range ops {
-		total += o.w
-	}
 	for m.op = 0; m.op < n; m.op++ {
 		if len(m.held) > 24 {
 			// Few records held: the buffer never fills up, and slabs
@@ -264,17 +257,7 @@ func (m *omModel) run(n int) {
 				m.freeOne()
 			}
 		} else {
-			for {
-				x := m.rng.IntN(total)
-				i := 0
-				for x >= ops[i].w {
-					x -= ops[i].w
-					i++
-				}
-				if ops[i].f() {
-					break
-				}
-			}
+			modelStep(m.rng, ops)
 		}
 		if m.op%16 == 0 {
 			m.checkLive()

@@ -453,10 +453,7 @@ func (m *smModel) run(n int) {
 			t.Fatalf("seed %d op %d (%s): panic: %v\n%s", m.seed, m.op, m.what, p, debug.Stack())
 		}
 	}()
-	ops := []struct {
-		w int
-		f func() bool
-	}{
+	ops := []modelOp{
 		{14, m.appendOne},
 		{6, m.reserve},
 		{8, m.finishPending},
@@ -481,26 +478,12 @@ func (m *smModel) run(n int) {
 		{1, m.scan},
 		{1, m.recover},
 	}
-	total := 0
-	for _, o := range ops {
-		total += o.w
-	}
 	recreateEvery := max(n/3+1, 300)
 	for m.op = 0; m.op < n; m.op++ {
 		if m.op > 0 && m.op%recreateEvery == 0 {
 			m.recreate()
 		} else {
-			for {
-				x := m.rng.IntN(total)
-				i := 0
-				for x >= ops[i].w {
-					x -= ops[i].w
-					i++
-				}
-				if ops[i].f() {
-					break
-				}
-			}
+			modelStep(m.rng, ops)
 		}
 		m.checkViews()
 		if m.op%64 == 0 {
