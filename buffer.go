@@ -488,7 +488,9 @@ type Stats struct {
 	Records  RecordStats
 }
 
-// Stats returns a snapshot of the buffer's state.
+// Stats returns a snapshot of the buffer's state. Records a handle has
+// freed and holds back, to free them with the others of their run (see
+// Handle.Free), are counted in use.
 func (b *Buffer) Stats() (Stats, error) {
 	if !b.in() {
 		return Stats{}, b.closedErr("stats")

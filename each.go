@@ -302,8 +302,11 @@ func (c *Consumer) ReceiveEach(ctx context.Context, limit int, use func(b []byte
 	defer func() { c.each.busy = false }()
 	k := min(limit, c.c.Cap())
 	c.each.grow(k)
-	// Records taken ahead are still at the head: taken again below.
-	c.ahead.next, c.ahead.n = 0, 0
+	// Records taken ahead and not delivered are still at the head:
+	// taken again below.
+	if err := c.dropAhead(); err != nil {
+		return 0, c.wrap(op, err)
+	}
 	for {
 		n, err := c.c.PeekBatch(c.each.raw[:k])
 		if err != nil {

@@ -264,6 +264,14 @@ func (h *Handle) FreeBatch(rs []Record) error {
 // holds is its own (one sent there and received, say) and is
 // ErrNotAllocated here, and so is a record queued in a channel (sent and
 // not received yet: the consumer's).
+//
+// Records that a Consumer of this handle received one by one from a run
+// already queued (Receive takes up to 16 ahead) and that this handle
+// frees in the order they came are freed together, when the last of the
+// run is: until then they are marked freed (a second Free or a Send of
+// them is refused at once) and Stats counts them in use. They are freed
+// anyway by that Consumer's next Receive once the run is delivered, or
+// before it waits, and by its ReceiveBatch, ReceiveEach and Close.
 func (h *Handle) Free(r Record) error {
 	// The common case in one pass: a record this process holds, freed
 	// through the handle's slab cache (which remembers the slab whose
@@ -274,6 +282,16 @@ func (h *Handle) Free(r Record) error {
 	}
 	var err error
 	off, b, sh := r.off(), r.b, h.sh
+	if w := sh.win; w != nil && w.freed < w.next {
+		// The next record to be freed of the window Receive took
+		// ahead: its bits are set with the window's (see ahead).
+		if ok, err := sh.rs.freeAhead(w, r); ok {
+			if err != nil {
+				return fmt.Errorf("ipc: free: the records received with it: %w", err)
+			}
+			return nil
+		}
+	}
 	if s := &sh.slots[sh.cur]; sh.taken && s.Off() == off {
 		// The record take returned last: its slot leads to its trailer
 		// (heldFast's checks, less the bounds that the located slot

@@ -70,3 +70,20 @@ func modelStep(rng *rand.Rand, ops []modelOp) {
 		}
 	}
 }
+
+// heldBack is how many records the consumers of b's handles freed and
+// hold back, to free with their windows (see ahead): Stats counts them
+// live until then.
+func heldBack(b *Buffer) int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var n int64
+	for h := range b.handles {
+		for e := range h.ends {
+			if c, ok := e.(*Consumer); ok {
+				n += int64(c.ahead.freed)
+			}
+		}
+	}
+	return n
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"unsafe"
 
 	"github.com/heapipc/ipc/channel"
 	"github.com/heapipc/ipc/internal/mem"
@@ -228,22 +229,35 @@ type Consumer struct {
 // ahead is what a Consumer took ahead of Receive: when a run of records
 // is queued already (aheadMin or more that the consumer knows of, without
 // reading the producer's index again), Receive takes up to aheadMax of
-// them at once, as ReceiveBatch does (their runs located together, each
-// record's slot computed from them), and delivers them one per call. The
-// records stay queued (the head does not move) until each is delivered:
-// one not yet delivered when the consumer closes is still the channel's,
-// and ReceiveBatch, which takes from the head, drops them and takes them
-// again.
+// them at once, as ReceiveBatch does (their runs located together), and
+// delivers them one per call. The records stay queued (the head does not
+// move) until each is delivered: one not yet delivered when the consumer
+// closes is still the channel's, and ReceiveBatch, which takes from the
+// head, drops them and takes them again.
+//
+// The window's records are freed together too. Handle.Free of the next
+// record of the window to be freed, in delivery order (recs[freed]),
+// writes its freed mark and leaves its bits for later: once the whole
+// window is freed so, its runs are freed at once (slab.Pool.FreeRuns,
+// one CAS per bitmap word instead of one per record). A record freed out
+// of that order (one kept, or sent on) is freed on its own, and the
+// window's records freed in order before it are freed by their offsets
+// when the window is dropped: at the next Receive once the window is
+// delivered (or before it waits), at ReceiveBatch, ReceiveEach and
+// Close. Until then they are counted in use (Stats), as a free under way
+// is: marked freed by a live holder (see trailer), which Recover leaves
+// to it, and completes if it dies.
 type ahead struct {
-	_       mem.Pad
-	recs    []Record
-	slots   []slab.Slot
-	raw     []uint64
-	offs    []mem.Off
-	sizes   []uint32
-	keys    []uint32
-	runs    []slab.Run
-	next, n int // recs[next:n] are to be delivered
+	_     mem.Pad
+	recs  []Record
+	raw   []uint64
+	offs  []mem.Off
+	sizes []uint32
+	keys  []uint32
+	runs  []slab.Run
+	// recs[next:n] are to be delivered; recs[:freed] were freed in
+	// order (their bits not set yet); runs hold recs[:whole].
+	next, n, freed, whole int
 	// skip: records to deliver one by one before taking ahead again,
 	// after a window that failed the checks (a large record, say), so
 	// that the window is not checked again at every call.
@@ -259,14 +273,20 @@ const (
 // quick is Receive's and TryReceive's common case, without the error: a
 // record taken ahead, or the next one if it passes the cheap checks
 // (slabHandle.take). ok false means "take the general path" (nothing
-// taken ahead is left then).
+// taken ahead is left then), which also drops a delivered window whose
+// records were not all freed in order (dropAhead).
 func (c *Consumer) quick() (Record, bool) {
 	if c.closed {
 		return Record{}, false
 	}
 	a := c.ahead
-	if a.next == a.n && a.skip == 0 && c.c.Known() >= aheadMin {
-		c.takeAhead()
+	if a.next == a.n {
+		if a.freed != 0 {
+			return Record{}, false
+		}
+		if a.skip == 0 && c.c.Known() >= aheadMin {
+			c.takeAhead()
+		}
 	}
 	if a.next < a.n {
 		i := a.next
@@ -278,12 +298,13 @@ func (c *Consumer) quick() (Record, bool) {
 		t := &c.h.sh.rs.trailers[(uint64(a.offs[i])+uint64(a.sizes[i]))/trailerSize-1]
 		if !takeable(t.Magic) {
 			a.skip = a.n - i
-			a.next, a.n = 0, 0
+			a.n = i
 			return Record{}, false
 		}
 		t.Magic = liveMagic(a.recs[i].hand())
 		a.next++
-		c.h.sh.keep(&a.slots[i], a.keys[i])
+		sh := c.h.sh
+		sh.win, sh.taken = a, false
 		c.c.Advance(1)
 		return a.recs[i], true
 	}
@@ -298,9 +319,11 @@ func (c *Consumer) quick() (Record, bool) {
 }
 
 // takeAhead takes up to aheadMax of the records the consumer knows are
-// queued, if they all pass ReceiveBatch's checks.
+// queued, if they all pass ReceiveBatch's checks. The window before has
+// no record freed in order and not freed yet (quick sees to it).
 func (c *Consumer) takeAhead() {
 	a := c.ahead
+	a.next, a.n, a.whole = 0, 0, 0
 	k := c.c.PeekKnown(a.raw)
 	if k < aheadMin {
 		return
@@ -312,14 +335,64 @@ func (c *Consumer) takeAhead() {
 		a.skip = k
 		return
 	}
-	c.h.sh.h.RunSlots(runs, a.offs[:k], a.sizes[:k], a.slots[:k])
-	a.next, a.n = 0, k
+	a.n, a.whole = k, k
+}
+
+// freeAhead is Handle.Free of the record r, the next of window a to be
+// freed in order (recs[freed], r's very ref and view), if it is still
+// the consumer's as delivered (its header's check the one found when it
+// was taken, its trailer live of r's hand, of its length and held
+// here): it writes the freed mark and, if that completes the window,
+// frees its records' bits (freeWindow). ok false means "free it as
+// Handle.Free does otherwise" (nothing changed).
+func (rs *records) freeAhead(a *ahead, r Record) (ok bool, err error) {
+	i := a.freed
+	q := &a.recs[i]
+	if q.ref != r.ref || unsafe.SliceData(q.b) != unsafe.SliceData(r.b) || len(q.b) != len(r.b) {
+		return false, nil
+	}
+	off, key := uint64(a.offs[i]), a.keys[i]
+	t := &rs.trailers[(off+uint64(a.sizes[i]))/trailerSize-1]
+	if rs.trailers[off/trailerSize-1].Magic != key || // headerCheck
+		t.Magic != liveMagic(r.hand()) || t.Len != uint32(len(r.b)) || t.holder().Load() != uint64(rs.self) {
+		return false, nil
+	}
+	t.Magic = freedMark(key)
+	if a.freed++; a.freed == a.n {
+		return true, rs.freeWindow(a)
+	}
+	return true, nil
+}
+
+// freeWindow sets the bits of the records of window a freed in order
+// (recs[:freed]), by the window's runs if they are all of it, and
+// forgets the window: what was not delivered of it is still queued.
+func (rs *records) freeWindow(a *ahead) error {
+	k := a.freed
+	a.next, a.n, a.freed = 0, 0, 0
+	if k == 0 {
+		return nil
+	}
+	if k == a.whole {
+		a.whole = 0
+		return rs.pool.FreeRuns(a.runs, a.offs[:k])
+	}
+	a.whole = 0
+	return rs.pool.FreeBatch(a.offs[:k])
+}
+
+// dropAhead forgets the records taken ahead (those not delivered are
+// still queued) after it frees those freed in order (freeWindow).
+func (c *Consumer) dropAhead() error {
+	if err := c.h.sh.rs.freeWindow(c.ahead); err != nil {
+		return fmt.Errorf("freeing records received earlier: %w", err)
+	}
+	return nil
 }
 
 func newAhead() *ahead {
 	return &ahead{
 		recs:  make([]Record, aheadMax),
-		slots: make([]slab.Slot, aheadMax),
 		raw:   make([]uint64, aheadMax),
 		offs:  make([]mem.Off, aheadMax),
 		sizes: make([]uint32, aheadMax),
@@ -367,6 +440,12 @@ func (c *Consumer) TryReceive() (Record, error) {
 func (c *Consumer) receive1() (Record, error) {
 	if c.closed {
 		return Record{}, ErrClosed
+	}
+	if a := c.ahead; a.next == a.n && a.n != 0 {
+		// Delivered, and not all freed in order (quick).
+		if err := c.dropAhead(); err != nil {
+			return Record{}, err
+		}
 	}
 	s, err := c.c.Next()
 	if err != nil {
@@ -429,8 +508,11 @@ func (c *Consumer) ReceiveBatch(ctx context.Context, rs []Record) (int, error) {
 		c.batch = make([]uint64, len(rs))
 	}
 	slots := c.batch[:len(rs)]
-	// Records taken ahead are still at the head: taken again below.
-	c.ahead.next, c.ahead.n = 0, 0
+	// Records taken ahead and not delivered are still at the head:
+	// taken again below.
+	if err := c.dropAhead(); err != nil {
+		return 0, c.wrap("receive batch", err)
+	}
 	for {
 		n, err := c.c.PeekBatch(slots)
 		if err != nil {
@@ -485,6 +567,6 @@ func (c *Consumer) close() error {
 		return nil
 	}
 	c.closed = true
-	c.ahead.next, c.ahead.n = 0, 0 // still queued
-	return c.wrap("close", c.h.buf.closeEnd(c.en, func() bool { c.c.Close(); return c.c.Removable() }, nil))
+	ferr := c.dropAhead() // what was not delivered is still queued
+	return c.wrap("close", errors.Join(ferr, c.h.buf.closeEnd(c.en, func() bool { c.c.Close(); return c.c.Removable() }, nil)))
 }

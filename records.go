@@ -251,7 +251,11 @@ type slabHandle struct {
 	slots [2]slab.Slot
 	cur   uint8
 	taken bool
-	key   uint32 // if taken, the key of the record at slots[cur] (slab.Pool.Key)
+	// win is the window of records taken ahead (see ahead) that the
+	// record Receive returned last came from, if it did: Handle.Free
+	// looks there first.
+	win *ahead
+	key uint32 // if taken, the key of the record at slots[cur] (slab.Pool.Key)
 	// The batch takeBatch returned last, for freeBatch: its slots, the
 	// records' offsets and allocation sizes (what the RunCursor located), their
 	// header checks (the keys of their freed marks) and their runs. recvN
@@ -462,16 +466,6 @@ func (sh *slabHandle) takeRecords(slots []uint64, rs []Record, offs []mem.Off, s
 		}
 	}
 	return runs, true
-}
-
-// keep makes s, the slot of a record a consumer took ahead and delivers
-// now, the one Handle.Free can use (as take does for the record it takes),
-// and key (its header's check, as checkEach found it) its key.
-func (sh *slabHandle) keep(s *slab.Slot, key uint32) {
-	sh.cur ^= 1
-	sh.slots[sh.cur] = *s
-	sh.taken = true
-	sh.key = key
 }
 
 // checkEach is takeRecords's pass: each record of slots (of the length
