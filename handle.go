@@ -285,7 +285,7 @@ func (h *Handle) Free(r Record) error {
 	if w := sh.win; w != nil && w.freed < w.next {
 		// The next record to be freed of the window Receive took
 		// ahead: its bits are set with the window's (see ahead).
-		if ok, err := sh.rs.freeAhead(w, r); ok {
+		if ok, err := w.free(r); ok {
 			if err != nil {
 				return fmt.Errorf("ipc: free: the records received with it: %w", err)
 			}
@@ -502,7 +502,7 @@ func (h *Handle) Consumer(id ChannelID, opts ...ChannelOption) (*Consumer, error
 	if err != nil {
 		return nil, fmt.Errorf("ipc: consumer %d: %w", id, err)
 	}
-	co := &Consumer{recvEnd: recvEnd{id: id, kind: "channel"}, h: h, en: en, c: c, ahead: newAhead()}
+	co := &Consumer{recvEnd: recvEnd{id: id, kind: "channel"}, h: h, en: en, c: c, ahead: newAhead(h.sh, c)}
 	if err := h.addEnd(co); err != nil {
 		c.Close()
 		return nil, err

@@ -248,21 +248,28 @@ type Consumer struct {
 // is: marked freed by a live holder (see trailer), which Recover leaves
 // to it, and completes if it dies.
 type ahead struct {
-	_     mem.Pad
-	recs  []Record
-	raw   []uint64
-	offs  []mem.Off
-	sizes []uint32
-	keys  []uint32
-	runs  []slab.Run
+	_ mem.Pad
+	// What the hot paths reach through: the buffer's trailers, the
+	// handle's slab cache, the channel's consumer end, this process.
+	ts   []trailer
+	sh   *slabHandle
+	cc   *channel.RecordConsumer
+	self uint64
 	// recs[next:n] are to be delivered; recs[:freed] were freed in
 	// order (their bits not set yet); runs hold recs[:whole].
 	next, n, freed, whole int
 	// skip: records to deliver one by one before taking ahead again,
 	// after a window that failed the checks (a large record, say), so
 	// that the window is not checked again at every call.
-	skip int
-	_    mem.Pad
+	skip   int
+	runs   []slab.Run // on runBuf
+	recs   [aheadMax]Record
+	offs   [aheadMax]mem.Off
+	sizes  [aheadMax]uint32
+	keys   [aheadMax]uint32
+	raw    [aheadMax]uint64
+	runBuf [aheadMax]slab.Run
+	_      mem.Pad
 }
 
 const (
@@ -284,18 +291,18 @@ func (c *Consumer) quick() (Record, bool) {
 		if a.freed != 0 {
 			return Record{}, false
 		}
-		if a.skip == 0 && c.c.Known() >= aheadMin {
+		if a.skip == 0 && a.cc.Known() >= aheadMin {
 			c.takeAhead()
 		}
 	}
-	if a.next < a.n {
-		i := a.next
+	if i := a.next; i < a.n {
+		i &= aheadMax - 1
 		// Changed since it was taken ahead (its trailer damaged, or
 		// the record freed through a view by another process: nothing
 		// of this process's frees a queued record): the rest of the
 		// window goes one by one, through take, which reports it.
 		// Else it is the consumer's now: live again.
-		t := &c.h.sh.rs.trailers[(uint64(a.offs[i])+uint64(a.sizes[i]))/trailerSize-1]
+		t := &a.ts[(uint64(a.offs[i])+uint64(a.sizes[i]))/trailerSize-1]
 		if !takeable(t.Magic) {
 			a.skip = a.n - i
 			a.n = i
@@ -303,9 +310,9 @@ func (c *Consumer) quick() (Record, bool) {
 		}
 		t.Magic = liveMagic(a.recs[i].hand())
 		a.next++
-		sh := c.h.sh
+		sh := a.sh
 		sh.win, sh.taken = a, false
-		c.c.Advance(1)
+		a.cc.Advance(1)
 		return a.recs[i], true
 	}
 	if s, ok := c.c.Peek(); ok {
@@ -324,11 +331,11 @@ func (c *Consumer) quick() (Record, bool) {
 func (c *Consumer) takeAhead() {
 	a := c.ahead
 	a.next, a.n, a.whole = 0, 0, 0
-	k := c.c.PeekKnown(a.raw)
+	k := a.cc.PeekKnown(a.raw[:])
 	if k < aheadMin {
 		return
 	}
-	runs, ok := c.h.sh.takeRecords(a.raw[:k], a.recs[:k], a.offs[:k], a.sizes[:k], a.keys[:k], a.runs[:0])
+	runs, ok := a.sh.takeRecords(a.raw[:k], a.recs[:k], a.offs[:k], a.sizes[:k], a.keys[:k], a.runBuf[:0])
 	a.runs = runs
 	if !ok {
 		clear(a.recs[:k])
@@ -338,28 +345,28 @@ func (c *Consumer) takeAhead() {
 	a.n, a.whole = k, k
 }
 
-// freeAhead is Handle.Free of the record r, the next of window a to be
+// free is Handle.Free of the record r, the next of window a to be
 // freed in order (recs[freed], r's very ref and view), if it is still
 // the consumer's as delivered (its header's check the one found when it
 // was taken, its trailer live of r's hand, of its length and held
 // here): it writes the freed mark and, if that completes the window,
 // frees its records' bits (freeWindow). ok false means "free it as
 // Handle.Free does otherwise" (nothing changed).
-func (rs *records) freeAhead(a *ahead, r Record) (ok bool, err error) {
-	i := a.freed
+func (a *ahead) free(r Record) (ok bool, err error) {
+	i := a.freed & (aheadMax - 1)
 	q := &a.recs[i]
 	if q.ref != r.ref || unsafe.SliceData(q.b) != unsafe.SliceData(r.b) || len(q.b) != len(r.b) {
 		return false, nil
 	}
 	off, key := uint64(a.offs[i]), a.keys[i]
-	t := &rs.trailers[(off+uint64(a.sizes[i]))/trailerSize-1]
-	if rs.trailers[off/trailerSize-1].Magic != key || // headerCheck
-		t.Magic != liveMagic(r.hand()) || t.Len != uint32(len(r.b)) || t.holder().Load() != uint64(rs.self) {
+	t := &a.ts[(off+uint64(a.sizes[i]))/trailerSize-1]
+	if a.ts[off/trailerSize-1].Magic != key || // headerCheck
+		t.Magic != liveMagic(r.hand()) || t.Len != uint32(len(r.b)) || t.holder().Load() != a.self {
 		return false, nil
 	}
 	t.Magic = freedMark(key)
 	if a.freed++; a.freed == a.n {
-		return true, rs.freeWindow(a)
+		return true, a.sh.rs.freeWindow(a)
 	}
 	return true, nil
 }
@@ -390,15 +397,8 @@ func (c *Consumer) dropAhead() error {
 	return nil
 }
 
-func newAhead() *ahead {
-	return &ahead{
-		recs:  make([]Record, aheadMax),
-		raw:   make([]uint64, aheadMax),
-		offs:  make([]mem.Off, aheadMax),
-		sizes: make([]uint32, aheadMax),
-		keys:  make([]uint32, aheadMax),
-		runs:  make([]slab.Run, 0, aheadMax),
-	}
+func newAhead(sh *slabHandle, cc *channel.RecordConsumer) *ahead {
+	return &ahead{ts: sh.rs.trailers, sh: sh, cc: cc, self: uint64(sh.rs.self)}
 }
 
 // recvEnd is what the receiving ends (Consumer, MPSCConsumer) share: the
