@@ -273,6 +273,20 @@ func (h *Handle) FreeBatch(rs []Record) error {
 // anyway by that Consumer's next Receive once the run is delivered, or
 // before it waits, and by its ReceiveBatch, ReceiveEach and Close.
 func (h *Handle) Free(r Record) error {
+	// The common case, small enough to be inlined into the caller: the
+	// next record to be freed of the window Receive took ahead, whose
+	// bits are set with the window's (see ahead). A per-record call:
+	// outside in and out (see Buffer.Close).
+	if w := h.sh.win; w != nil && w.freed < w.next && !h.buf.isClosed.Load() {
+		if ok, err := w.free(r); ok {
+			return err
+		}
+	}
+	return h.free(r)
+}
+
+// free is Free's general path.
+func (h *Handle) free(r Record) error {
 	// The common case in one pass: a record this process holds, freed
 	// through the handle's slab cache (which remembers the slab whose
 	// header it checked last). A per-record call: outside in and out
@@ -282,16 +296,6 @@ func (h *Handle) Free(r Record) error {
 	}
 	var err error
 	off, b, sh := r.off(), r.b, h.sh
-	if w := sh.win; w != nil && w.freed < w.next {
-		// The next record to be freed of the window Receive took
-		// ahead: its bits are set with the window's (see ahead).
-		if ok, err := w.free(r); ok {
-			if err != nil {
-				return fmt.Errorf("ipc: free: the records received with it: %w", err)
-			}
-			return nil
-		}
-	}
 	if s := &sh.slots[sh.cur]; sh.taken && s.Off() == off {
 		// The record take returned last: its slot leads to its trailer
 		// (heldFast's checks, less the bounds that the located slot

@@ -366,7 +366,9 @@ func (a *ahead) free(r Record) (ok bool, err error) {
 	}
 	t.Magic = freedMark(key)
 	if a.freed++; a.freed == a.n {
-		return true, a.sh.rs.freeWindow(a)
+		if err := a.sh.rs.freeWindow(a); err != nil {
+			return true, fmt.Errorf("ipc: free: the records received with it: %w", err)
+		}
 	}
 	return true, nil
 }
@@ -464,13 +466,19 @@ func (c *Consumer) receive1() (Record, error) {
 // closed and everything is received, ErrPeerDead if the producer died
 // (after what it queued), ErrDestroyed, or ctx's error.
 func (c *Consumer) Receive(ctx context.Context) (Record, error) {
-	h := c.h
-	// The common case, outside in and out: see Buffer.Close.
-	if !h.buf.isClosed.Load() {
+	// The common case, outside in and out (see Buffer.Close), small
+	// enough to be inlined into the caller.
+	if !c.h.buf.isClosed.Load() {
 		if r, ok := c.quick(); ok {
 			return r, nil
 		}
 	}
+	return c.receive(ctx)
+}
+
+// receive is Receive's general path.
+func (c *Consumer) receive(ctx context.Context) (Record, error) {
+	h := c.h
 	if !h.in() {
 		return Record{}, h.closedErr("receive")
 	}
