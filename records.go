@@ -438,8 +438,8 @@ func (rs *records) unqueue(offs []mem.Off, sizes []uint32) {
 // takeRecords is takeBatch's taking, with the caller's scratch: offs,
 // sizes and keys (len(slots) each) get the records' offsets, allocation
 // sizes and header checks, and the records' runs are appended to runs.
-// Each record's trailer and header are checked as it is reached, in one
-// pass over the batch (checkEach).
+// The records' trailers are checked, then their headers, located
+// together (checkEach).
 func (sh *slabHandle) takeRecords(slots []uint64, rs []Record, offs []mem.Off, sizes, keys []uint32, runs []slab.Run) ([]slab.Run, bool) {
 	rcs := sh.rs
 	cur := &sh.cursor
@@ -468,17 +468,20 @@ func (sh *slabHandle) takeRecords(slots []uint64, rs []Record, offs []mem.Off, s
 	return runs, true
 }
 
-// checkEach is takeRecords's pass: each record of slots (of the length
+// checkEach is takeRecords's check: each record of slots (of the length
 // its slot says) has a trailer that says so and the header of a record
 // of its size (cur, which gathers the records' runs), and out, offs,
 // sizes and keys get the records, their offsets, allocation sizes and
-// header checks as they pass (after a failure the caller clears out).
+// header checks (after a failure the caller clears out).
 // foreign: another process holds one of them.
 func (rs *records) checkEach(cur *slab.RunCursor, slots []uint64, out []Record, offs []mem.Off, sizes, keys []uint32) (ok, foreign bool) {
 	ts, self := rs.trailers, uint64(rs.self)
 	base := unsafe.Pointer(unsafe.SliceData(rs.b))
 	n := len(slots)
 	out, offs, sizes, keys = out[:n], offs[:n], sizes[:n], keys[:n]
+	// The trailers first: each record's, and its hand in its Record's
+	// ref; then the headers, located together (RunCursor.Locate); then
+	// each Record gets its tag.
 	for i, s := range slots {
 		off, l := channel.SlotOff(s), s>>channel.SlotOffBits
 		if l >= channel.SlotLenNone {
@@ -493,15 +496,17 @@ func (rs *records) checkEach(cur *slab.RunCursor, slots []uint64, out []Record, 
 		if !takeable(t.Magic) || uint64(t.Len) != l {
 			return false, false
 		}
-		key, ok := cur.Next(off, uint32(as))
-		if !ok {
-			return false, false
-		}
 		foreign = foreign || t.holder().Load() != self
-		offs[i], sizes[i], keys[i] = off, uint32(as), key
-		// The record was located (in the heap) with a size that holds
-		// l bytes and the trailer.
-		out[i] = Record{ref: makeRef(off, key, handOf(t.Magic)), b: unsafe.Slice((*byte)(unsafe.Add(base, off)), l)}
+		offs[i], sizes[i] = off, uint32(as)
+		// The record is located below (in the heap) with a size that
+		// holds l bytes and the trailer.
+		out[i] = Record{ref: makeRef(off, 0, handOf(t.Magic)), b: unsafe.Slice((*byte)(unsafe.Add(base, off)), l)}
+	}
+	if cur.Locate(offs, sizes, keys) != n {
+		return false, false
+	}
+	for i := range out {
+		out[i].ref |= uint64(tagOf(keys[i])) << refOffBits
 	}
 	return true, foreign
 }

@@ -67,6 +67,54 @@ func (c *RunCursor) Next(off mem.Off, size uint32) (key uint32, ok bool) {
 	return check, true
 }
 
+// Locate locates the records whose data start at offs, of sizes bytes in
+// all each, as Next would one by one, and stores the checks in their
+// headers in keys; it returns how many it located: all of them, or those
+// before the first that Next would refuse. The records that continue the
+// cursor's run with others of its size are checked in one loop that keeps
+// the run in registers (no call and no store of the cursor per record).
+func (c *RunCursor) Locate(offs []mem.Off, sizes, keys []uint32) int {
+	n := min(len(offs), len(sizes), len(keys))
+	offs, sizes, keys = offs[:n], sizes[:n], keys[:n]
+	for i := 0; i < n; {
+		pos, slot, want, size, of := c.pos, uint64(c.slot), c.want, c.size, c.of
+		lim := c.end - min(slot, c.end) // a header at pos <= lim leaves room for its slot
+		base := unsafe.Pointer(unsafe.SliceData(c.p.plain))
+		w0 := packHalves(0, c.slot)
+		j := i
+		for ; j < n && offs[j] == want && sizes[j] == size && pos <= lim; j++ {
+			// pos+slot <= end: the header is in the region (see Next).
+			h := (*[2]uint64)(unsafe.Add(base, 16*(c.sg+pos)))
+			check := recCheckAt(uint32(pos), of)
+			if h[0] != w0|uint64(uint32(pos)) || h[1] != packHalves(size, check) {
+				break
+			}
+			keys[j] = check
+			pos += slot
+			want += mem.Off(slot * granule)
+		}
+		if k := j - i; k > 0 {
+			c.pos, c.want = pos, want
+			r := &c.runs[len(c.runs)-1]
+			r.n += slot * uint64(k)
+			r.Count += k
+		}
+		if j == n {
+			return n
+		}
+		if offs[j] == want && sizes[j] == size && pos <= lim {
+			return j // continues the run, with a header that says otherwise: as Next
+		}
+		key, ok := c.next(offs[j], sizes[j])
+		if !ok {
+			return j
+		}
+		keys[j] = key
+		i = j + 1
+	}
+	return n
+}
+
 // next is Next for a record that does not continue the run with another
 // of the same size: one of another size right after it, or the first of
 // a new run (located in full).
