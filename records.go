@@ -443,10 +443,10 @@ func (rs *records) unqueue(offs []mem.Off, sizes []uint32) {
 func (sh *slabHandle) takeRecords(slots []uint64, rs []Record, offs []mem.Off, sizes, keys []uint32, runs []slab.Run) ([]slab.Run, bool) {
 	rcs := sh.rs
 	cur := &sh.cursor
-	cur.Reset(rcs.pool, runs)
+	cur.Continue(rcs.pool, runs) // a batch usually begins where the last one ended
 	ok, foreign := rcs.checkEach(cur, slots, rs, offs, sizes, keys)
 	runs = cur.Runs()
-	*cur = slab.RunCursor{} // holds no memory between batches
+	cur.Forget() // holds none of the caller's memory between batches
 	if !ok {
 		return runs, false
 	}

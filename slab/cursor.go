@@ -33,6 +33,7 @@ type RunCursor struct {
 	slot uint32  // its granules
 	of   uint64  // recCheckOf of such records
 	key  uint32  // salt ^ the slab's generation
+	last [1]Run  // after Forget, the last run, for Continue
 }
 
 // Reset starts the cursor over on pool p, appending runs to runs[:0].
@@ -40,8 +41,44 @@ func (c *RunCursor) Reset(p *Pool, runs []Run) {
 	*c = RunCursor{p: p, runs: runs[:0]}
 }
 
+// Continue starts the cursor over on pool p and runs[:0] as Reset does, but where it
+// left off: a first record that continues the last run it located (the
+// next one its producer carved, as the next batch of a channel usually
+// begins) is checked against its place, without locating its slab
+// afresh, and begins a new run there. Its header must still be of the
+// generation the cursor knew, so a slab that started over since is
+// located in full.
+func (c *RunCursor) Continue(p *Pool, runs []Run) {
+	if c.p != p {
+		c.Reset(p, runs)
+		return
+	}
+	runs = runs[:0]
+	if c.want != 0 && len(c.runs) > 0 {
+		last := c.runs[len(c.runs)-1]
+		runs = append(runs, Run{slab: last.slab, bit: last.bit + last.n, ident: last.ident})
+	}
+	c.runs = runs
+}
+
+// Forget drops the cursor's runs (the caller's memory), keeping where it
+// left off for Continue.
+func (c *RunCursor) Forget() {
+	if len(c.runs) == 0 {
+		c.runs = nil
+		return
+	}
+	c.last[0] = c.runs[len(c.runs)-1]
+	c.runs = c.last[:]
+}
+
 // Runs is the runs of the records located since Reset, in order.
-func (c *RunCursor) Runs() []Run { return c.runs }
+func (c *RunCursor) Runs() []Run {
+	if n := len(c.runs); n > 0 && c.runs[n-1].Count == 0 {
+		return c.runs[:n-1] // Continue's run, which no record continued
+	}
+	return c.runs
+}
 
 // Next locates the record whose data start at off, of size bytes in all,
 // as the next record of the cursor's runs, and returns the check in its
@@ -57,7 +94,10 @@ func (c *RunCursor) Next(off mem.Off, size uint32) (key uint32, ok bool) {
 	h := (*[2]uint64)(unsafe.Pointer(&c.p.plain[2*(c.sg+pos)]))
 	check := recCheckAt(uint32(pos), c.of)
 	if h[0] != packHalves(uint32(pos), c.slot) || h[1] != packHalves(size, check) {
-		return 0, false
+		// Not the header the run's slab would have written there:
+		// located in full (a slab that started over since the cursor
+		// left off, see Continue; else a damaged header, refused).
+		return c.next(off, size)
 	}
 	c.pos = pos + slot
 	c.want += mem.Off(slot * granule)
@@ -102,9 +142,6 @@ func (c *RunCursor) Locate(offs []mem.Off, sizes, keys []uint32) int {
 		if j == n {
 			return n
 		}
-		if offs[j] == want && sizes[j] == size && pos <= lim {
-			return j // continues the run, with a header that says otherwise: as Next
-		}
 		key, ok := c.next(offs[j], sizes[j])
 		if !ok {
 			return j
@@ -140,6 +177,9 @@ func (c *RunCursor) next(off mem.Off, size uint32) (uint32, bool) {
 	sl, ok := p.slotOf(off, &c.seen)
 	if !ok || sl.size != uint64(size) {
 		return 0, false
+	}
+	if n := len(c.runs); n > 0 && c.runs[n-1].Count == 0 {
+		c.runs = c.runs[:n-1] // Continue's run, which no record continued
 	}
 	first := sl.bit + uint64(p.geo.recBase)
 	key := p.salt ^ sl.gen

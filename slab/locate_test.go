@@ -101,3 +101,97 @@ func TestRunCursorLocate(t *testing.T) {
 	require.NoError(t, p.FreeRuns(wantRuns, offs))
 	mustCheck(t, p, "at the end")
 }
+
+// TestRunCursorContinue: a cursor that continues where it left off
+// (Continue, after Forget) locates the next batch's first record against
+// its place and begins the batch's first run there: the same keys as
+// locating each batch afresh, runs that FreeRuns frees, a first run that
+// starts where the last batch's ended. A batch that does not begin there,
+// or whose slab started over since (another generation), is located in
+// full.
+func TestRunCursorContinue(t *testing.T) {
+	p := newPool(t, heapCombo, 16<<20, Options{SlabSize: 16 << 10})
+	hd, other := p.NewHandle(), p.NewHandle()
+	defer other.Close()
+	alloc := func(h *Handle, n, size int) ([]mem.Off, []uint32) {
+		offs, sizes := make([]mem.Off, n), make([]uint32, n)
+		for i := range offs {
+			r, err := h.Alloc(size)
+			require.NoError(t, err)
+			offs[i], sizes[i] = r.Off, uint32(size)
+		}
+		return offs, sizes
+	}
+	offs, sizes := alloc(hd, 700, 80) // several slabs
+	want := make([]uint32, len(offs))
+	k, _ := locateAll(p, offs, sizes, want)
+	require.Equal(t, len(offs), k)
+
+	var c RunCursor
+	var all []Run
+	keys := make([]uint32, len(offs))
+	buf := make([]Run, 0, 16)
+	prevEnd := uint64(0)
+	for i := 0; i < len(offs); i += 16 {
+		j := min(i+16, len(offs))
+		c.Continue(p, buf)
+		require.Equal(t, j-i, c.Locate(offs[i:j], sizes[i:j], keys[i:j]))
+		runs := c.Runs()
+		n := 0
+		for _, r := range runs {
+			require.Positive(t, r.Count, "no empty run")
+			n += r.Count
+		}
+		require.Equal(t, j-i, n)
+		if i > 0 && runs[0].bit != 0 {
+			require.Equal(t, prevEnd, runs[0].bit, "the batch's first run begins where the last one ended")
+		}
+		prevEnd = runs[len(runs)-1].bit + runs[len(runs)-1].n
+		all = append(all, runs...)
+		c.Forget()
+		require.Len(t, c.runs, 1, "Forget keeps the last run, in the cursor")
+		require.Equal(t, &c.last[0], &c.runs[0], "and none of the caller's memory")
+	}
+	require.Equal(t, want, keys)
+
+	// Another handle's records: located in full, their own run.
+	o2, s2 := alloc(other, 3, 80)
+	c.Continue(p, buf)
+	k2 := make([]uint32, 3)
+	require.Equal(t, 3, c.Locate(o2, s2, k2))
+	require.Len(t, c.Runs(), 1)
+	for i, off := range o2 {
+		require.Equal(t, p.RecordKey(off), k2[i])
+	}
+	all = append(all, c.Runs()...)
+	c.Forget()
+	require.NoError(t, p.FreeRuns(all, append(append([]mem.Off(nil), offs...), o2...)))
+	require.Zero(t, poolStats(t, p).LiveRecords)
+
+	// The slab started over since, and its new records lie where the
+	// cursor left off: the one at its place, of the new generation, is
+	// located in full (not refused as a damaged header) and begins a run.
+	require.NoError(t, hd.Close())
+	h2 := p.NewHandle()
+	offs, sizes = alloc(h2, 16, 80)
+	c.Continue(p, buf)
+	require.Equal(t, 16, c.Locate(offs, sizes, make([]uint32, 16)))
+	require.NoError(t, p.FreeRuns(c.Runs(), offs))
+	c.Forget()
+	require.NoError(t, h2.Close()) // its slab goes back: all free
+	h3 := p.NewHandle()
+	defer h3.Close()
+	again, sizes := alloc(h3, 40, 80)
+	require.Equal(t, offs, again[:16], "the slab started over at the same place")
+	c.Continue(p, buf)
+	keys = make([]uint32, 24)
+	require.Equal(t, 24, c.Locate(again[16:], sizes[16:], keys))
+	for i, off := range again[16:] {
+		require.Equal(t, p.RecordKey(off), keys[i], "record %d", 16+i)
+	}
+	require.Len(t, c.Runs(), 1)
+	require.Equal(t, 24, c.Runs()[0].Count)
+	require.NoError(t, p.FreeRuns(c.Runs(), again[16:]))
+	require.NoError(t, p.FreeBatch(again[:16]))
+	mustCheck(t, p, "at the end")
+}
