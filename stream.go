@@ -100,7 +100,8 @@ func WithStreamCapacity(n int) StreamOption {
 // WithBacklog sets how many consumed bytes the stream keeps for look-back
 // and Rewind (below the capacity): the initial value for a stream being
 // created; a reader opening an existing stream with it sets it
-// (StreamReader.SetBacklog).
+// (StreamReader.SetBacklog), and a writer's is then only checked (at or
+// above the stream's capacity: ErrInvalidArgument, as at creation).
 func WithBacklog(n int) StreamOption {
 	return streamOption(func(c *streamConfig) error {
 		if n < 0 {
@@ -156,9 +157,16 @@ func (h *Handle) StreamWriter(id ChannelID, opts ...StreamOption) (*StreamWriter
 		return nil, err
 	}
 	var w *channel.StreamWriter
-	en, _, err := h.attachStream(id, opts, claimUnder(h.buf, (*channel.Stream).AttachWriter, &w))
+	en, cfg, err := h.attachStream(id, opts, claimUnder(h.buf, (*channel.Stream).AttachWriter, &w))
 	if err != nil {
 		return nil, fmt.Errorf("ipc: stream writer %d: %w", id, err)
+	}
+	// The backlog is the stream's to keep (the reader sets it); a writer's
+	// is the initial one of a stream it creates, and one the stream could
+	// not have is refused as it is at creation.
+	if cfg.backlogSet && cfg.backlog >= uint64(w.Cap()) {
+		w.Refuse()
+		return nil, fmt.Errorf("ipc: stream writer %d: backlog %d (below the capacity %d): %w", id, cfg.backlog, w.Cap(), ErrInvalidArgument)
 	}
 	sw := &StreamWriter{streamEnd: streamEnd{h: h, en: en, id: id, ctx: context.Background()}, w: w}
 	sw.streamEnd.e = w

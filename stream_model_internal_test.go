@@ -102,7 +102,7 @@ func TestStreamModel(t *testing.T) {
 		"tryread eof", "read eof", "writeto short", "readfrom failing src", "zero", "reset",
 		"notify space", "notify data", "notify reset", "notify data wake", "notify space wake", "notify eof",
 		"notify end closed", "notify reader closed", "zero busy", "zero dead zeroer", "removed", "recreated", "busy", "size mismatch",
-		"after close", "reopen reader with unread bytes", "writer closed pipe", "handle close",
+		"after close", "reopen reader with unread bytes", "writer closed pipe", "handle close", "writer's backlog refused",
 	} {
 		if hits[k] == 0 {
 			t.Errorf("no run reached %q", k)
@@ -737,9 +737,13 @@ func (m *stmModel) openWriter() {
 	}
 	opts, backlog, set := m.endOpts(capacity)
 	if !created && m.rng.IntN(8) == 0 {
-		// A backlog the stream could not have: only a stream being made
-		// takes the writer's.
-		opts, set = append(opts, WithBacklog(capacity+m.rng.IntN(3))), false
+		// A backlog the stream could not have: refused, as at creation,
+		// and the writer end stays free.
+		bad := capacity + m.rng.IntN(3)
+		m.logf("open the writer with backlog %d of a stream of capacity %d", bad, capacity)
+		w, err := m.hw.StreamWriter(stmID, append(opts, WithBacklog(bad))...)
+		m.req(w == nil && errors.Is(err, ErrInvalidArgument), "StreamWriter with backlog %d of %d: %v", bad, capacity, err)
+		m.hit("writer's backlog refused")
 	}
 	m.logf("open the writer (created %v, capacity %d, backlog %d set %v)", created, capacity, backlog, set)
 	w, err := m.hw.StreamWriter(stmID, opts...)
