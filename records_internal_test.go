@@ -449,15 +449,16 @@ func TestReceiveTakesAhead(t *testing.T) {
 		}
 		want++
 	}
-	send(40)
-	receive(co, h2) // reads the tail: 39 more known
+	n := aheadMax + 24
+	send(n)
+	receive(co, h2) // reads the tail: n-1 more known
 	receive(co, h2)
 	require.Equal(t, aheadMax, co.ahead.n, "taken ahead")
-	require.Equal(t, 38, co.c.Len(), "still queued")
+	require.Equal(t, n-2, co.c.Len(), "still queued")
 	for range 10 {
 		receive(co, h2)
 	}
-	require.Equal(t, 28, co.c.Len())
+	require.Equal(t, n-12, co.c.Len())
 	// Closed with records taken ahead: the next consumer gets them.
 	require.NoError(t, co.Close())
 	h3 := testHandle(t, b)
@@ -468,10 +469,10 @@ func TestReceiveTakesAhead(t *testing.T) {
 	receive(co, h3)
 	require.Positive(t, co.ahead.n)
 	// A batch after records taken ahead starts at the first not delivered.
-	rs := make([]Record, 64)
+	rs := make([]Record, n)
 	k, err := co.ReceiveBatch(ctx, rs)
 	require.NoError(t, err)
-	require.Equal(t, 26, k)
+	require.Equal(t, n-14, k)
 	for _, r := range rs[:k] {
 		require.Equal(t, want, r.Bytes()[0])
 		want++
@@ -488,16 +489,17 @@ func TestReceiveTakesAhead(t *testing.T) {
 	// Another process's records, one freed (by offset) while queued.
 	ph, other := otherProcess(t, b)
 	pp, c2 := ends(t, ph, h3, 2)
-	sent := make([]Record, 20)
+	m := aheadMax + 4
+	sent := make([]Record, m)
 	require.NoError(t, ph.AllocateBatch(40, sent))
 	for i, r := range sent {
 		r.Bytes()[0] = byte(i)
 	}
 	k, err = pp.SendBatch(ctx, sent)
 	require.NoError(t, err)
-	require.Equal(t, 20, k)
+	require.Equal(t, m, k)
 	require.NoError(t, b.recs.freeOff(sent[10].off()))
-	for i := range 20 {
+	for i := range m {
 		r, err := c2.Receive(ctx)
 		if i == 10 {
 			require.ErrorIs(t, err, ErrNotAllocated)
@@ -517,20 +519,20 @@ func TestReceiveTakesAhead(t *testing.T) {
 		return sent
 	}())
 	require.NoError(t, err)
-	require.Equal(t, 20, k)
+	require.Equal(t, m, k)
 	for range 2 {
 		r, err := c2.Receive(ctx)
 		require.NoError(t, err)
 		require.NoError(t, h3.Free(r))
 	}
 	require.Equal(t, aheadMax, c2.ahead.n)
-	require.Equal(t, 18, c2.c.Len(), "still queued")
+	require.Equal(t, m-2, c2.c.Len(), "still queued")
 	holder := func(r Record) sys.Identity { return holderOf(b, r.off(), 40) }
 	for _, r := range sent[2 : 1+aheadMax] {
 		require.Equal(t, sys.Self(), holder(r), "taken ahead")
 	}
 	require.Equal(t, other, holder(sent[1+aheadMax]), "not taken yet")
-	for range 18 {
+	for range m - 2 {
 		r, err := c2.Receive(ctx)
 		require.NoError(t, err)
 		require.NoError(t, h3.Free(r))

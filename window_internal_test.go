@@ -126,7 +126,7 @@ func TestFreeWithWindow(t *testing.T) {
 	require.NoError(t, h.Free(recv()))
 	require.Equal(t, 1, a.freed)
 	send(4)
-	rs := make([]Record, 64)
+	rs := make([]Record, 2*aheadMax)
 	k, err := co.ReceiveBatch(ctx, rs)
 	require.NoError(t, err)
 	require.Equal(t, 4+aheadMax-1, k, "the 4 queued before, and the window's rest")
@@ -136,7 +136,7 @@ func TestFreeWithWindow(t *testing.T) {
 	window(aheadMax)
 	require.NoError(t, h.Free(recv()))
 	got := 0
-	n, err := co.ReceiveEach(ctx, 64, func([]byte) { got++ })
+	n, err := co.ReceiveEach(ctx, 2*aheadMax, func([]byte) { got++ })
 	require.NoError(t, err)
 	require.Equal(t, aheadMax-1, n)
 	require.Equal(t, n, got)
