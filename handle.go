@@ -273,10 +273,9 @@ func (h *Handle) FreeBatch(rs []Record) error {
 // anyway by that Consumer's next Receive once the run is delivered, or
 // before it waits, and by its ReceiveBatch, ReceiveEach and Close.
 func (h *Handle) Free(r Record) error {
-	// The common case, small enough to be inlined into the caller: the
-	// next record to be freed of the window Receive took ahead, whose
-	// bits are set with the window's (see ahead). A per-record call:
-	// outside in and out (see Buffer.Close).
+	// The common case: the next record to be freed of the window
+	// Receive took ahead, whose bits are set with the window's (see
+	// ahead). A per-record call: outside in and out (see Buffer.Close).
 	if w := h.sh.win; w != nil && w.freed < w.next && !h.buf.isClosed.Load() {
 		if ok, err := w.free(r); ok {
 			return err

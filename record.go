@@ -275,8 +275,9 @@ type ahead struct {
 // aheadMax is a power of two. A window of 64 rather than 16 records
 // spreads its fixed costs (locating its first record, freeing its runs)
 // wider: the consumer alone 22.5 -> 20.3 ns a record, and two goroutines
-// 43.6 -> 40.6 ns on a slow day (BenchmarkRecordInProcess); the records
-// a handle holds back to free with their window are at most 64.
+// 43.6 -> 40.6 ns on a slow day (the heapipc side of
+// BenchmarkRecordInProcess); the records a handle holds back to free
+// with their window are at most 64.
 const (
 	aheadMin = 4
 	aheadMax = 64
@@ -471,8 +472,7 @@ func (c *Consumer) receive1() (Record, error) {
 // closed and everything is received, ErrPeerDead if the producer died
 // (after what it queued), ErrDestroyed, or ctx's error.
 func (c *Consumer) Receive(ctx context.Context) (Record, error) {
-	// The common case, outside in and out (see Buffer.Close), small
-	// enough to be inlined into the caller.
+	// The common case, outside in and out (see Buffer.Close).
 	if !c.h.buf.isClosed.Load() {
 		if r, ok := c.quick(); ok {
 			return r, nil
