@@ -333,7 +333,7 @@ func (c *Consumer) receiveChunk(n int, use func([]byte)) (delivered int, err err
 	rs := sh.rs
 	slots, recs, offs := e.raw[:n], e.recs[:n], e.offs[:n]
 	c.h.enter() // the handle's own state: not across use
-	runs, ok := sh.takeRecords(slots, recs, offs, e.sizes[:n], e.keys[:n], e.runs[:0])
+	runs, ok := sh.takeRecords(slots, recs, offs, e.sizes[:n], e.keys[:n], e.runs[:0], false)
 	c.h.leave()
 	e.runs = runs
 	if !ok {

@@ -341,7 +341,7 @@ func (c *Consumer) takeAhead() {
 	if k < aheadMin {
 		return
 	}
-	runs, ok := a.sh.takeRecords(a.raw[:k], a.recs[:k], a.offs[:k], a.sizes[:k], a.keys[:k], a.runBuf[:0])
+	runs, ok := a.sh.takeRecords(a.raw[:k], a.recs[:k], a.offs[:k], a.sizes[:k], a.keys[:k], a.runBuf[:0], true)
 	a.runs = runs
 	if !ok {
 		clear(a.recs[:k])
