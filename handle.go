@@ -266,7 +266,7 @@ func (h *Handle) FreeBatch(rs []Record) error {
 // not received yet: the consumer's).
 //
 // Records that a Consumer of this handle received one by one from a run
-// already queued (Receive takes up to 64 ahead) and that this handle
+// already queued (Receive takes up to 64 of them, 64 KiB, ahead) and that this handle
 // frees in the order they came are freed together, when the last of the
 // run is: until then they are marked freed (a second Free or a Send of
 // them is refused at once) and Stats counts them in use. They are freed

@@ -538,33 +538,41 @@ func TestReceiveTakesAhead(t *testing.T) {
 		require.NoError(t, h3.Free(r))
 	}
 
-	// A record the batch check leaves to the full one (too long for a
-	// slot to carry its length) among small ones: delivered in order;
-	// the window that held it is not checked again at every call.
-	var order []int
-	for i := range 30 {
-		n := 40
-		if i == 12 {
-			n = channel.SlotLenNone + 100
+	// A record the batch check leaves to the full one among small ones:
+	// one too long for a slot to carry its length (counted as more than
+	// a window may hold, so no window reaches it), and a large one (its
+	// own heap extent, not a slab's: the window that holds it fails the
+	// checks). Delivered in order; the window that held the large one is
+	// not checked again at every call.
+	for _, long := range []int{channel.SlotLenNone + 100, b.recs.pool.MaxSmall() + 100} {
+		var order []int
+		for i := range 30 {
+			n := 40
+			if i == 12 {
+				n = long
+			}
+			r, err := h.Allocate(n)
+			require.NoError(t, err)
+			r.Bytes()[0] = byte(i)
+			require.NoError(t, p.Send(ctx, r))
 		}
-		r, err := h.Allocate(n)
-		require.NoError(t, err)
-		r.Bytes()[0] = byte(i)
-		require.NoError(t, p.Send(ctx, r))
+		skipped := false
+		for range 30 {
+			r, err := co.Receive(ctx)
+			require.NoError(t, err)
+			order = append(order, int(r.Bytes()[0]))
+			skipped = skipped || co.ahead.skip > 0
+			if r.Len() == long {
+				require.Zero(t, co.ahead.n, "the long record taken alone")
+			}
+			require.NoError(t, h3.Free(r))
+		}
+		for i, v := range order {
+			require.Equal(t, i, v)
+		}
+		require.Len(t, order, 30)
+		require.Equal(t, long < channel.SlotLenNone, skipped, "the window with the record of %d bytes was skipped", long)
 	}
-	skipped := false
-	for range 30 {
-		r, err := co.Receive(ctx)
-		require.NoError(t, err)
-		order = append(order, int(r.Bytes()[0]))
-		skipped = skipped || co.ahead.skip > 0
-		require.NoError(t, h3.Free(r))
-	}
-	require.Equal(t, 29, order[29])
-	for i, v := range order {
-		require.Equal(t, i, v)
-	}
-	require.True(t, skipped, "the window with the long record was skipped")
 	st, err = b.Stats()
 	require.NoError(t, err)
 	require.Zero(t, st.Records.LiveRecords)

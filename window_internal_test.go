@@ -149,3 +149,32 @@ func TestFreeWithWindow(t *testing.T) {
 	require.Equal(t, int64(aheadMax-1), live(), "freed at Close; the rest still queued")
 	require.NoError(t, b.Check())
 }
+
+// TestWindowBytes: a window holds at most aheadBytes of records, so that
+// what a handle holds back to free with it is bounded in bytes as well as
+// in records; records so large that fewer than aheadMin fit are taken one
+// by one.
+func TestWindowBytes(t *testing.T) {
+	ctx := context.Background()
+	b := heapBuf(t)
+	h, p, co := loopback(t, b, 1)
+	for _, tc := range []struct{ size, want int }{
+		{4000, aheadBytes / (4000 + 2*trailerSize)},
+		{aheadBytes / 3, 0},
+	} {
+		for range 40 {
+			r, err := h.Allocate(tc.size)
+			require.NoError(t, err)
+			require.NoError(t, p.Send(ctx, r))
+		}
+		got := 0
+		for range 40 {
+			r, err := co.Receive(ctx)
+			require.NoError(t, err)
+			got = max(got, co.ahead.n)
+			require.NoError(t, h.Free(r))
+		}
+		require.Equal(t, tc.want, got, "the largest window of records of %d bytes", tc.size)
+	}
+	require.Zero(t, liveRecords(t, b))
+}
