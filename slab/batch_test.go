@@ -430,18 +430,8 @@ func TestLocateRuns(t *testing.T) {
 	if i != n || len(runs) != 3 {
 		t.Fatalf("%d runs covering %d records", len(runs), i)
 	}
-	// Each record's slot, from the runs alone, is Locate's.
-	ss := make([]Slot, n)
-	hd.RunSlots(runs, offs, sizes, ss)
-	for j, off := range offs {
-		var want Slot
-		hd.Locate(off, &want)
-		if ss[j] != want {
-			t.Fatalf("RunSlots: record %d: %+v, Locate gives %+v", j, ss[j], want)
-		}
-	}
-
-	// Records of mixed sizes back to back: still runs, the same slots.
+	// Records of mixed sizes back to back: still runs, with each record's
+	// key.
 	var moffs []mem.Off
 	var msizes []uint32
 	for j := range 30 {
@@ -451,17 +441,14 @@ func TestLocateRuns(t *testing.T) {
 		}
 		moffs, msizes = append(moffs, r.Off), append(msizes, uint32(len(r.Data)))
 	}
-	k, mruns := locateAll(p, moffs, msizes, make([]uint32, len(moffs)))
+	mkeys := make([]uint32, len(moffs))
+	k, mruns := locateAll(p, moffs, msizes, mkeys)
 	if k != len(moffs) || len(mruns) > 2 {
 		t.Fatalf("mixed sizes: %d located in %d runs", k, len(mruns))
 	}
-	mss := make([]Slot, len(moffs))
-	hd.RunSlots(mruns, moffs, msizes, mss)
 	for j, off := range moffs {
-		var want Slot
-		hd.Locate(off, &want)
-		if mss[j] != want {
-			t.Fatalf("RunSlots, mixed sizes: record %d: %+v, Locate gives %+v", j, mss[j], want)
+		if want := p.RecordKey(off); mkeys[j] != want {
+			t.Fatalf("mixed sizes: record %d: key %#x, header %#x", j, mkeys[j], want)
 		}
 	}
 	if err := p.FreeRuns(mruns, moffs); err != nil {

@@ -55,35 +55,3 @@ func (p *Pool) FreeRuns(runs []Run, offs []mem.Off) error {
 	}
 	return errors.Join(all...)
 }
-
-// RunSlots fills ss[i] with the Slot of the record at offs[i] (of
-// sizes[i] bytes), as Locate would, for the records that a RunCursor
-// located as runs: from the runs alone, without reading a header.
-func (h *Handle) RunSlots(runs []Run, offs []mem.Off, sizes []uint32, ss []Slot) {
-	recBase := uint64(h.p.geo.recBase)
-	n := min(len(offs), len(sizes), len(ss))
-	offs, sizes, ss = offs[:n], sizes[:n], ss[:n]
-	i := 0
-	for _, r := range runs {
-		end := min(i+max(r.Count, 0), n)
-		first := r.slab/granule + recBase + 1 // data granule of the slab's first slot
-		gen := genOf(r.ident)
-		var prev *Slot
-		// Field by field: a Slot built whole and copied would be
-		// re-read with wider loads than it was stored with.
-		for j := i; j < end; j++ {
-			bit := uint64(offs[j])/granule - first
-			if prev != nil {
-				prev.sl.n = bit - prev.sl.bit
-			}
-			s := &ss[j]
-			s.off, s.ident = offs[j], r.ident
-			s.sl.slab, s.sl.bit, s.sl.size, s.sl.gen = r.slab, bit, uint64(sizes[j]), gen
-			prev = s
-		}
-		if prev != nil {
-			prev.sl.n = r.bit + r.n - prev.sl.bit
-		}
-		i = end
-	}
-}
