@@ -488,7 +488,20 @@ func (rs *records) checkEach(cur *slab.RunCursor, slots []uint64, out []Record, 
 	base := unsafe.Pointer(unsafe.SliceData(rs.b))
 	n := len(slots)
 	out, offs, sizes, keys = out[:n], offs[:n], sizes[:n], keys[:n]
-	for i, s := range slots {
+	for i := 0; i < n; i++ {
+		if !together {
+			// The records that continue the cursor's run, in a loop
+			// that checks their headers (Span.Check) with their
+			// trailers and makes no call; the first that does not
+			// is checked below, in full.
+			var f bool
+			j := rs.checkSpan(cur, i, slots, out, offs, sizes, keys, &f)
+			foreign = foreign || f
+			if i = j; i == n {
+				break
+			}
+		}
+		s := slots[i]
 		off, l := channel.SlotOff(s), s>>channel.SlotOffBits
 		if l >= channel.SlotLenNone {
 			return false, false
@@ -525,6 +538,50 @@ func (rs *records) checkEach(cur *slab.RunCursor, slots []uint64, out []Record, 
 		}
 	}
 	return true, foreign
+}
+
+// checkSpan is checkEach's loop over the records of slots from i on that
+// continue cur's run (cur.Span): each one's trailer is checked as
+// checkEach checks it and its header with Span.Check, and out, offs,
+// sizes and keys get what checkEach gives them. It stops at the first
+// record that does not continue the run or fails a check, tells cur how
+// many did (RunCursor.Took) and returns that record's index (len(slots)
+// if none); foreign is set if another process holds one of them.
+func (rs *records) checkSpan(cur *slab.RunCursor, i int, slots []uint64, out []Record, offs []mem.Off, sizes, keys []uint32, foreign *bool) int {
+	sp := cur.Span()
+	if sp.Want == 0 {
+		return i
+	}
+	base := unsafe.Pointer(unsafe.SliceData(rs.b))
+	self := uint64(rs.self)
+	as, want, pos := uint64(sp.Size), sp.Want, sp.Pos
+	step := mem.Off(sp.Slot * 16)
+	n := min(len(slots), len(out), len(offs), len(sizes), len(keys))
+	f := false
+	j := i
+	for ; j < n; j++ {
+		s := slots[j]
+		off, l := channel.SlotOff(s), s>>channel.SlotOffBits
+		if off != want || l >= channel.SlotLenNone || (l+15)&^15+trailerSize != as || pos > sp.Lim {
+			break
+		}
+		key, ok := sp.Check(pos)
+		// The run's record of as bytes at want: its trailer is in its
+		// slot, which is in the region (Span).
+		t := (*trailer)(unsafe.Add(base, uint64(off)+as-trailerSize))
+		m := t.Magic
+		if !ok || !takeable(m) || uint64(t.Len) != l {
+			break
+		}
+		f = f || t.holder().Load() != self
+		offs[j], sizes[j], keys[j] = off, uint32(as), key
+		out[j] = Record{ref: makeRef(off, key, handOf(m)), b: unsafe.Slice((*byte)(unsafe.Add(base, off)), l)}
+		want += step
+		pos += sp.Slot
+	}
+	cur.Took(j - i)
+	*foreign = f
+	return j
 }
 
 // freeEach is freeBatch one record at a time, for a batch with a zero

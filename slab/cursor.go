@@ -126,7 +126,7 @@ func (c *RunCursor) Locate(offs []mem.Off, sizes, keys []uint32) int {
 			// pos+slot <= end: the header is in the region (see Next).
 			h := (*[2]uint64)(unsafe.Add(base, 16*(c.sg+pos)))
 			check := recCheckAt(uint32(pos), of)
-			if h[0] != w0|uint64(uint32(pos)) || h[1] != packHalves(size, check) {
+			if h[0] != w0|packHalves(uint32(pos), 0) || h[1] != packHalves(size, check) {
 				break
 			}
 			keys[j] = check
@@ -150,6 +150,61 @@ func (c *RunCursor) Locate(offs []mem.Off, sizes, keys []uint32) int {
 		i = j + 1
 	}
 	return n
+}
+
+// A Span is the part of a RunCursor's current run that its next records
+// continue, for a caller that checks those records in a loop of its own
+// (one pass over the records' memory with its own checks of them, no
+// call per record): a record continues the span if its data start at
+// Want, it has Size bytes in all and Pos <= Lim, and Check passes for
+// its header at Pos; the next one's are then at Want + Slot granules,
+// Pos + Slot. Took tells the cursor how many did. Want is 0 when there
+// is no run to continue (RunCursor.Next locates the next record).
+type Span struct {
+	Want mem.Off // where the next record's data must be
+	Pos  uint64  // granule, from the slab's start, of its header
+	Lim  uint64  // a header at Pos <= Lim leaves room for its slot
+	Slot uint64  // granules of a record of the run
+	Size uint32  // bytes of a record of the run
+	hdr  unsafe.Pointer
+	of   uint64
+	w0   uint64
+}
+
+// Span is the cursor's current run as a Span.
+func (c *RunCursor) Span() Span {
+	if c.want == 0 || len(c.runs) == 0 {
+		return Span{}
+	}
+	slot := uint64(c.slot)
+	return Span{
+		Want: c.want, Pos: c.pos, Lim: c.end - min(slot, c.end), Slot: slot, Size: c.size,
+		hdr: unsafe.Pointer(&c.p.plain[2*c.sg]), of: c.of, w0: packHalves(0, c.slot),
+	}
+}
+
+// Check checks the header at granule pos of the span's slab (pos <= Lim)
+// as Next does a record's that continues the run, and returns the check
+// in it.
+func (s *Span) Check(pos uint64) (key uint32, ok bool) {
+	h := (*[2]uint64)(unsafe.Add(s.hdr, 16*pos))
+	key = recCheckAt(uint32(pos), s.of)
+	return key, h[0] == s.w0|packHalves(uint32(pos), 0) && h[1] == packHalves(s.Size, key)
+}
+
+// Took tells the cursor that the k records at its Span's start continued
+// the run (each passed Check at its place): they are located, as k calls
+// of Next would have located them.
+func (c *RunCursor) Took(k int) {
+	if k <= 0 {
+		return
+	}
+	n := uint64(c.slot) * uint64(k)
+	c.pos += n
+	c.want += mem.Off(n * granule)
+	r := &c.runs[len(c.runs)-1]
+	r.n += n
+	r.Count += k
 }
 
 // next is Next for a record that does not continue the run with another

@@ -8,7 +8,38 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// TestRunCursorLocate: Locate, over batches of any length, locates what
+// spanLocate locates offs as a caller of Span does (the ipc package's
+// batch checks): the records that continue the cursor's run by their
+// place, size and Span.Check, then Took, and the first that does not
+// with Next. It returns how many it located.
+func spanLocate(c *RunCursor, offs []mem.Off, sizes, keys []uint32) int {
+	for i := 0; i < len(offs); i++ {
+		if sp := c.Span(); sp.Want != 0 {
+			pos, want, j := sp.Pos, sp.Want, i
+			for ; j < len(offs) && offs[j] == want && sizes[j] == sp.Size && pos <= sp.Lim; j++ {
+				key, ok := sp.Check(pos)
+				if !ok {
+					break
+				}
+				keys[j] = key
+				pos += sp.Slot
+				want += mem.Off(sp.Slot * granule)
+			}
+			c.Took(j - i)
+			if i = j; i == len(offs) {
+				break
+			}
+		}
+		key, ok := c.Next(offs[i], sizes[i])
+		if !ok {
+			return i
+		}
+		keys[i] = key
+	}
+	return len(offs)
+}
+
+// TestRunCursorLocate: Locate, and a caller of Span (spanLocate), over batches of any length, locates what
 // Next does record by record: the same header checks and the same runs,
 // across slabs, sizes that change within a run and records of two
 // handles; and it stops where Next refuses (a damaged header in a run's
@@ -51,6 +82,16 @@ func TestRunCursorLocate(t *testing.T) {
 		}
 		require.Equal(t, want, keys, "chunks of %d", chunk)
 		require.Equal(t, wantRuns, c.Runs(), "chunks of %d", chunk)
+
+		var sc RunCursor
+		sc.Reset(p, nil)
+		clear(keys)
+		for i := 0; i < len(offs); i += chunk {
+			j := min(i+chunk, len(offs))
+			require.Equal(t, j-i, spanLocate(&sc, offs[i:j], sizes[i:j], keys[i:j]), "span, chunk %d at %d", chunk, i)
+		}
+		require.Equal(t, want, keys, "span, chunks of %d", chunk)
+		require.Equal(t, wantRuns, sc.Runs(), "span, chunks of %d", chunk)
 	}
 
 	// Refusals: Locate stops where Next does, with Next's runs.
@@ -93,10 +134,15 @@ func TestRunCursorLocate(t *testing.T) {
 		var c RunCursor
 		c.Reset(p, nil)
 		got := c.Locate(o, s, make([]uint32, len(o)))
+		var sc RunCursor
+		sc.Reset(p, nil)
+		bySpan := spanLocate(&sc, o, s, make([]uint32, len(o)))
 		undo()
 		require.Equal(t, 10, n, tc.name)
 		require.Equal(t, n, got, tc.name)
 		require.Equal(t, byNext.Runs(), c.Runs(), tc.name)
+		require.Equal(t, n, bySpan, tc.name)
+		require.Equal(t, byNext.Runs(), sc.Runs(), tc.name)
 	}
 	require.NoError(t, p.FreeRuns(wantRuns, offs))
 	mustCheck(t, p, "at the end")
