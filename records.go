@@ -220,6 +220,11 @@ func newRecords(r *backend.Region, h *alloc.Heap, cfg config) (*records, error) 
 	}
 	lo, hi := h.Range()
 	b := r.Bytes()
+	if lo < trailerSize || uint64(hi) > uint64(len(b)) || lo > hi {
+		// The record paths (slots, unstamp, checkSpan) address headers
+		// and trailers of records in [lo, hi) without bounds checks.
+		return nil, errs.Corrupt("heap range", uint64(lo), "heap [%#x, %#x) in a region of %d bytes", uint64(lo), uint64(hi), len(b))
+	}
 	ts, err := mem.Slice[trailer](b, 0, len(b)/trailerSize)
 	if err != nil {
 		return nil, err
@@ -372,23 +377,26 @@ func (sh *slabHandle) freeReceived(rs []Record) (ok bool, err error) {
 // another record made at its place), held here and not freed since, up
 // to the first that is not, and returns how many it marked.
 func (rs *records) unstamp(recs []Record, slots []uint64, sizes, keys []uint32) int {
-	ts, base, self := rs.trailers, rs.base, uint64(rs.self)
-	slots, sizes = slots[:len(recs)], sizes[:len(recs)]
-	keys = keys[:len(recs)]
-	for i := range recs {
+	b, base, self := unsafe.Pointer(unsafe.SliceData(rs.b)), rs.base, uint64(rs.self)
+	n := min(len(recs), len(slots), len(sizes), len(keys))
+	for i := range n {
 		r := &recs[i]
-		off, n := r.ref&refOffMask, uint64(len(r.b))
-		if off|n<<channel.SlotOffBits != slots[i] || r.b == nil || uintptr(unsafe.Pointer(unsafe.SliceData(r.b))) != base+uintptr(off) ||
-			uint32(r.ref>>refOffBits) != tagOf(keys[i]) || ts[off/trailerSize-1].Magic != keys[i] { // headerCheck: still that record
+		off, l := r.ref&refOffMask, uint64(len(r.b))
+		// The record as received (slots[i]: its offset and length,
+		// which takeRecords checked, and so its header and trailer are
+		// in the heap's range): the Record's view, its tag and the
+		// header's check are still that record's.
+		if off|l<<channel.SlotOffBits != slots[i] || r.b == nil || uintptr(unsafe.Pointer(unsafe.SliceData(r.b))) != base+uintptr(off) ||
+			uint32(r.ref>>refOffBits) != tagOf(keys[i]) || (*trailer)(unsafe.Add(b, off-trailerSize)).Magic != keys[i] { // headerCheck
 			return i
 		}
-		t := &ts[(off+uint64(sizes[i]))/trailerSize-1]
-		if t.Magic != liveMagic(uint32(r.ref)) || uint64(t.Len) != n || t.holder().Load() != self {
+		t := (*trailer)(unsafe.Add(b, off+uint64(sizes[i])-trailerSize))
+		if t.Magic != liveMagic(uint32(r.ref)) || uint64(t.Len) != l || t.holder().Load() != self {
 			return i
 		}
 		t.Magic = freedMark(keys[i])
 	}
-	return len(recs)
+	return n
 }
 
 // takeBatch is ReceiveBatch's common case, without the error: it takes
@@ -1032,21 +1040,27 @@ func (rs *records) unlink() error { return nil }
 // not (or whose slot cannot carry its length), and returns how many it
 // did.
 func (rs *records) slots(recs []Record, slots []uint64) int {
-	ts, base, self := rs.trailers, rs.base, uint64(rs.self)
+	b, base := unsafe.Pointer(unsafe.SliceData(rs.b)), rs.base
+	self := uint64(rs.self)
 	lo, hi := uint64(rs.lo), uint64(rs.hi)
 	slots = slots[:len(recs)]
 	for i := range recs {
 		r := &recs[i]
+		// A ref's offset is below 2^SlotOffBits and a multiple of 16
+		// (refOffMask): the range and the view's address are left to
+		// check.
 		off, n := r.ref&refOffMask, uint64(len(r.b))
-		end := off + uint64(allocSize(int(n)))
+		end := off + (n+15)&^15 + trailerSize // allocSize
 		if r.b == nil || uintptr(unsafe.Pointer(unsafe.SliceData(r.b))) != base+uintptr(off) ||
-			off < lo || off%trailerSize != 0 || end > hi || n >= channel.SlotLenNone || off>>channel.SlotOffBits != 0 {
+			off < lo || end > hi || n >= channel.SlotLenNone {
 			return i
 		}
-		t := &ts[end/trailerSize-1]
+		// Its header and trailer are in the heap's range (lo is past
+		// a header's room, see newRecords).
+		t := (*trailer)(unsafe.Add(b, end-trailerSize))
 		q, l := sendMagics(uint32(r.ref))
 		if t.Magic != l || uint64(t.Len) != n || t.holder().Load() != self ||
-			tagOf(ts[off/trailerSize-1].Magic) != uint32(r.ref>>refOffBits) { // headerCheck
+			tagOf((*trailer)(unsafe.Add(b, off-trailerSize)).Magic) != uint32(r.ref>>refOffBits) { // headerCheck
 			return i
 		}
 		t.Magic = q

@@ -201,17 +201,26 @@ func (h *Handle) allocBatch(size int, offs []mem.Off, keys []uint32, tail *[2]ui
 // bytes (the granule sz/16 after its header's) and its key into keys
 // (as long as offs) as it goes.
 func carveStamped(plain []uint64, offs []mem.Off, keys []uint32, base uint64, pos, ln, sz uint32, of uint64, t0, t1 uint64) uint32 {
-	last := uint64(sz) / granule // the last granule, from the header's
-	keys = keys[:len(offs)]
-	for j := range offs {
-		g := base + uint64(pos)
+	n := min(len(offs), len(keys))
+	if n == 0 {
+		return pos
+	}
+	// The records' slots lie in the slab (the caller's room): one
+	// bounds check for the last, then stores through pointers.
+	_ = plain[2*(base+uint64(pos)+uint64(n)*uint64(ln))-1]
+	h := unsafe.Pointer(&plain[2*(base+uint64(pos))])
+	off := mem.Off((base + uint64(pos) + 1) * granule)
+	step, tail := uintptr(ln)*granule, uintptr(sz)
+	w0, w1 := packHalves(0, ln), packHalves(sz, 0)
+	for j := range n {
 		key := recCheckAt(pos, of)
-		plain[2*g] = packHalves(pos, ln)
-		plain[2*g+1] = packHalves(sz, key)
-		keys[j] = key
-		plain[2*(g+last)] = t0
-		plain[2*(g+last)+1] = t1
-		offs[j] = mem.Off((g + 1) * granule)
+		w := (*[2]uint64)(h)
+		w[0], w[1] = w0|packHalves(pos, 0), w1|packHalves(0, key)
+		t := (*[2]uint64)(unsafe.Add(h, tail))
+		t[0], t[1] = t0, t1
+		offs[j], keys[j] = off, key
+		h = unsafe.Add(h, step)
+		off += mem.Off(step)
 		pos += ln
 	}
 	return pos
