@@ -418,7 +418,37 @@ func useFused(rs *records, cur *slab.RunCursor, slots []uint64, offs []mem.Off, 
 	ts, self := rs.trailers, uint64(rs.self)
 	base := unsafe.Pointer(unsafe.SliceData(rs.b))
 	offs, keys = offs[:len(slots)], keys[:len(slots)]
-	for i, s := range slots {
+	for i := 0; i < len(slots); i++ {
+		// The records that continue the cursor's run: their headers
+		// checked with Span.Check, in the loop (no call but use's).
+		if sp := cur.Span(); sp.Want != 0 {
+			as, want, pos, j := uint64(sp.Size), sp.Want, sp.Pos, i
+			for ; j < len(slots); j++ {
+				s := slots[j]
+				off, l := channel.SlotOff(s), s>>channel.SlotOffBits
+				if off != want || l >= channel.SlotLenNone || (l+15)&^15+trailerSize != as || pos > sp.Lim {
+					break
+				}
+				key, ok := sp.Check(pos)
+				// In the run's slot, in the region (checkSpan).
+				t := (*trailer)(unsafe.Add(base, uint64(off)+as-trailerSize))
+				if !ok || !takeable(t.Magic) || uint64(t.Len) != l || t.holder().Load() != self {
+					break
+				}
+				offs[j], keys[j] = off, key
+				// Located before use sees it: if use panics, the
+				// record is the last of the cursor's runs.
+				cur.Took(1)
+				use(unsafe.Slice((*byte)(unsafe.Add(base, off)), l))
+				t.Magic = freedMark(key)
+				want += mem.Off(sp.Slot * 16)
+				pos += sp.Slot
+			}
+			if i = j; i == len(slots) {
+				break
+			}
+		}
+		s := slots[i]
 		off, l := channel.SlotOff(s), s>>channel.SlotOffBits
 		if l >= channel.SlotLenNone {
 			return i
