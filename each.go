@@ -221,15 +221,17 @@ func (p *Producer) allocFailed(offs []mem.Off, k, size int, err error) error {
 // slots (the caller checked that every offset fits one, and that offs
 // and slots hold the carving).
 func carveEach(rs *records, cv *slab.Carving, offs []mem.Off, slots []uint64, first, size int, fill func(int, []byte)) {
-	ts, b := rs.trailers, rs.b
+	b := rs.b
 	tr := trailer{Holder: uint64(rs.self), Len: uint32(size), Magic: queuedMagic}
-	l, as := slotLen(size), uint64(allocSize(size))
-	n := cv.Len()
+	l := slotLen(size)
+	// The headers and trailers first, in one loop with no call (a
+	// carving's headers go over two words, a record's trailer is 16
+	// bytes further on), then each record filled.
+	tw := *(*[2]uint64)(unsafe.Pointer(&tr))
+	n := cv.Stamp(offs[:cv.Len()], tw[0], tw[1])
 	offs, slots = offs[:n], slots[:n]
-	for i := range offs {
-		o := uint64(cv.Next())
-		offs[i] = mem.Off(o)
-		ts[(o+as)/trailerSize-1] = tr
+	for i, off := range offs {
+		o := uint64(off)
 		fill(first+i, b[o:o+uint64(size):o+uint64(size)])
 		slots[i] = o | l<<channel.SlotOffBits
 	}
