@@ -564,8 +564,9 @@ func (rs *records) checkSpan(cur *slab.RunCursor, i int, slots []uint64, out []R
 	self := uint64(rs.self)
 	as, want, pos := uint64(sp.Size), sp.Want, sp.Pos
 	step := mem.Off(sp.Slot * 16)
-	n := min(len(slots), len(out), len(offs), len(sizes), len(keys))
-	f := false
+	n := len(slots)
+	out, offs, sizes, keys = out[:n], offs[:n], sizes[:n], keys[:n]
+	var other uint64 // not 0: another process holds one
 	j := i
 	for ; j < n; j++ {
 		s := slots[j]
@@ -581,14 +582,14 @@ func (rs *records) checkSpan(cur *slab.RunCursor, i int, slots []uint64, out []R
 		if !ok || !takeable(m) || uint64(t.Len) != l {
 			break
 		}
-		f = f || t.holder().Load() != self
+		other |= t.holder().Load() ^ self
 		offs[j], sizes[j], keys[j] = off, uint32(as), key
 		out[j] = Record{ref: makeRef(off, key, handOf(m)), b: unsafe.Slice((*byte)(unsafe.Add(base, off)), l)}
 		want += step
 		pos += sp.Slot
 	}
 	cur.Took(j - i)
-	*foreign = f
+	*foreign = other != 0
 	return j
 }
 
