@@ -551,9 +551,8 @@ func (h *Handle) start(off mem.Off, restart bool) {
 		sh.Retired.Store(0)
 	}
 	base := uint64(off)/8 + bitmapWord
-	for i := uint64(0); i < uint64(g.words); i++ {
-		p.words[base+i].Store(0)
-	}
+	_ = p.words[base+uint64(g.words)-1]
+	mem.ZeroWords(&p.words[base], int(g.words)) // published by the Count store below
 	// Bits past the last granule are never allocated: set them now so
 	// that the last word can complete.
 	if bits := uint64(g.limit - g.recBase); bits%64 != 0 {

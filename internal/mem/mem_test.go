@@ -3,6 +3,7 @@ package mem
 import (
 	"errors"
 	"math"
+	"sync/atomic"
 	"testing"
 	"unsafe"
 
@@ -90,4 +91,23 @@ func TestAligned(t *testing.T) {
 		require.Zero(t, uintptr(unsafe.Pointer(&b[0]))%uintptr(a))
 	}
 	require.Panics(t, func() { Aligned(10, 3) })
+}
+
+// ZeroWords zeroes exactly the n words it is given: not the one before
+// nor the one after, and n = 0 stores nothing.
+func TestZeroWords(t *testing.T) {
+	for _, n := range []int{0, 1, 7, 64} {
+		w := make([]atomic.Uint64, n+2)
+		for i := range w {
+			w[i].Store(^uint64(i))
+		}
+		ZeroWords(&w[1], n)
+		for i := range w {
+			want := uint64(0)
+			if i == 0 || i == n+1 {
+				want = ^uint64(i)
+			}
+			require.Equal(t, want, w[i].Load(), "n %d, word %d", n, i)
+		}
+	}
 }
