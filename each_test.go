@@ -483,3 +483,68 @@ func TestEachOf(t *testing.T) {
 	require.Zero(t, liveRecords(t, b))
 	require.NoError(t, b.Check())
 }
+
+// TestReceiveBatchDamagedRecord: ReceiveBatch checks the records that
+// continue the cursor's run in one loop (checkSpan); a record in the
+// middle of such a run whose trailer or header was damaged while it was
+// queued is reported (corrupt; not a record) and taken off the channel, and the
+// records before and after it are delivered, in order. The records of a
+// batch that failed so are taken one by one: each frees, and a record
+// with a damaged trailer comes back by Free.
+func TestReceiveBatchDamagedRecord(t *testing.T) {
+	b := heapBuf(t)
+	h, p, co := loopback(t, b, 1)
+	ctx := t.Context()
+	for _, tc := range []struct {
+		name  string
+		want  error
+		freed bool                  // the damaged record's memory comes back by Free
+		spoil func(r Record) func() // returns the mending
+	}{
+		{"trailer", ErrCorrupt, true, func(r Record) func() {
+			// Free locates such a record in its slab: nothing to mend.
+			mem.MustAt[trailer](b.recs.b, r.off()+mem.Off(allocSize(64)-trailerSize)).Magic = 0xbad
+			return func() {}
+		}},
+		// Not a record's header there: the record is not taken, and
+		// stays queued (a record that fails its check keeps its
+		// holder), so Free refuses it even once the header is mended.
+		{"header", ErrNotAllocated, false, func(r Record) func() {
+			hd := mem.MustAt[trailer](b.recs.b, r.off()-trailerSize)
+			m := hd.Magic
+			hd.Magic ^= 1 << 20
+			return func() { hd.Magic = m }
+		}},
+	} {
+		// A first batch, so that the next one continues the cursor's
+		// run from its first record on.
+		sendRecords(t, h, p, 4, stampEach)
+		rs := make([]Record, 8)
+		k, err := co.ReceiveBatch(ctx, rs)
+		require.NoError(t, err, tc.name)
+		require.Equal(t, 4, k, tc.name)
+		require.NoError(t, h.FreeBatch(rs[:k]), tc.name)
+
+		sent := sendRecords(t, h, p, 8, stampEach)
+		mend := tc.spoil(sent[5])
+		k, err = co.ReceiveBatch(ctx, rs)
+		require.ErrorIs(t, err, tc.want, tc.name)
+		require.Equal(t, 7, k, tc.name)
+		var got []int
+		for _, r := range rs[:k] {
+			got = append(got, int(binary.LittleEndian.Uint32(r.Bytes())))
+		}
+		require.Equal(t, []int{0, 1, 2, 3, 4, 6, 7}, got, tc.name)
+		require.Zero(t, co.c.Len(), "%s: the head moved past the batch", tc.name)
+		require.NoError(t, h.FreeBatch(rs[:k]), tc.name)
+		mend()
+		if !tc.freed {
+			require.ErrorIs(t, h.Free(sent[5]), ErrNotAllocated, tc.name)
+			require.Equal(t, int64(1), liveRecords(t, b), tc.name)
+			continue
+		}
+		require.NoError(t, h.Free(sent[5]), "%s: its memory comes back", tc.name)
+		require.Zero(t, liveRecords(t, b), tc.name)
+	}
+	require.NoError(t, b.Check())
+}
