@@ -483,7 +483,10 @@ func (sh *slabHandle) takeRecords(slots []uint64, rs []Record, offs []mem.Off, s
 // header checks (after a failure the caller clears out). foreign:
 // another process holds one of them.
 //
-// It checks each record's trailer and header in turn, in one pass; with
+// It checks each record's trailer and header in turn, in one pass: the
+// records that continue the cursor's run in checkSpan's loop, which
+// makes no call (ReceiveBatch 7.8 -> 5.6 ns a record on one goroutine,
+// against a RunCursor.Next call per record), the others with Next; with
 // together, the trailers first, then the headers in one call
 // (RunCursor.Locate), then the Records' tags. Measured on this VM, one
 // pass suits ReceiveBatch (64 records; in a buffer that holds little

@@ -15,7 +15,8 @@ import (
 // records again. The carving's records are not allocated until Next
 // carves them; those it does not carve stay part of the slab, neither
 // allocated nor free, so the caller carves every record of a Carving
-// (Rest carves the ones left, to free them).
+// (Rest carves the ones left, to free them). Stamp carves them all in one
+// loop, for a caller whose own stores into a record fit in two words.
 type Carving struct {
 	hdr  unsafe.Pointer // the next record's header (in the region while left > 0)
 	off  mem.Off        // the next record's data

@@ -551,7 +551,7 @@ func (h *Handle) start(off mem.Off, restart bool) {
 		sh.Retired.Store(0)
 	}
 	base := uint64(off)/8 + bitmapWord
-	_ = &p.words[base+uint64(g.words)-1] // the words are in the region
+	_ = &p.words[base+uint64(g.words)-1]        // the words are in the region
 	mem.ZeroWords(&p.words[base], int(g.words)) // published by the Count store below
 	// Bits past the last granule are never allocated: set them now so
 	// that the last word can complete.
