@@ -982,7 +982,13 @@ func must2(b *testing.B) (*os.File, *os.File) {
 // variant of this floor whose consumer checks in one pass and reads and
 // marks in another ran at 13.5-14.4 ns, against 9.5-10 fused). The
 // record channel's fused forms (SendEach, ReceiveEach) take that one
-// pass: 12.9-13.4 ns, 5.2-6.0× (BenchmarkRecordEachInProcess).
+// pass: 12.9-13.4 ns, 5.2-6.0× (BenchmarkRecordEachInProcess). On the
+// AMD EPYC VM (2026-11-25), record-passes runs at 7.5-8.3 ns; the batch
+// forms at 10.5-10.8 ns and the fused ones at 9.5-9.8 ns (5.7-6.5× and
+// 5.8-6.3× the Go channel) once their checks of a run's records went
+// into loops that make no call (checkSpan, Carving.Stamp, carveStamped):
+// what is left above the floor is the consumer's own work, ~10.7 ns a
+// record on one goroutine against the producer's ~8.7.
 func BenchmarkFloorInProcess(b *testing.B) {
 	for _, c := range []struct {
 		name       string
