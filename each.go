@@ -426,14 +426,12 @@ func useFused(rs *records, cur *slab.RunCursor, slots []uint64, offs []mem.Off, 
 		if sp := cur.Span(); sp.Want != 0 {
 			as, want, pos, j := uint64(sp.Size), sp.Want, sp.Pos, i
 			for ; j < len(slots); j++ {
-				s := slots[j]
-				off, l := channel.SlotOff(s), s>>channel.SlotOffBits
-				if off != want || l >= channel.SlotLenNone || (l+15)&^15+trailerSize != as || pos > sp.Lim {
+				off, l, ok := continues(slots[j], want, as, pos, &sp)
+				if !ok {
 					break
 				}
 				key, ok := sp.Check(pos)
-				// In the run's slot, in the region (checkSpan).
-				t := (*trailer)(unsafe.Add(base, uint64(off)+as-trailerSize))
+				t := spanTrailer(base, off, as)
 				if !ok || !takeable(t.Magic) || uint64(t.Len) != l || t.holder().Load() != self {
 					break
 				}

@@ -572,15 +572,12 @@ func (rs *records) checkSpan(cur *slab.RunCursor, i int, slots []uint64, out []R
 	var other uint64 // not 0: another process holds one
 	j := i
 	for ; j < n; j++ {
-		s := slots[j]
-		off, l := channel.SlotOff(s), s>>channel.SlotOffBits
-		if off != want || l >= channel.SlotLenNone || (l+15)&^15+trailerSize != as || pos > sp.Lim {
+		off, l, ok := continues(slots[j], want, as, pos, &sp)
+		if !ok {
 			break
 		}
 		key, ok := sp.Check(pos)
-		// The run's record of as bytes at want: its trailer is in its
-		// slot, which is in the region (Span).
-		t := (*trailer)(unsafe.Add(base, uint64(off)+as-trailerSize))
+		t := spanTrailer(base, off, as)
 		m := t.Magic
 		if !ok || !takeable(m) || uint64(t.Len) != l {
 			break
@@ -594,6 +591,21 @@ func (rs *records) checkSpan(cur *slab.RunCursor, i int, slots []uint64, out []R
 	cur.Took(j - i)
 	*foreign = other != 0
 	return j
+}
+
+// continues reports whether the record of ring slot s continues the span
+// sp at want, the header at pos, with as bytes in all (checkSpan,
+// useFused), and returns its offset and payload length.
+func continues(s uint64, want mem.Off, as, pos uint64, sp *slab.Span) (mem.Off, uint64, bool) {
+	off, l := channel.SlotOff(s), s>>channel.SlotOffBits
+	return off, l, off == want && l < channel.SlotLenNone && (l+15)&^15+trailerSize == as && pos <= sp.Lim
+}
+
+// spanTrailer is the trailer of the record of as bytes at off that
+// continues a span (continues): it is in the record's slot, which is in
+// the region (slab.Span), so it is addressed without a bounds check.
+func spanTrailer(base unsafe.Pointer, off mem.Off, as uint64) *trailer {
+	return (*trailer)(unsafe.Add(base, uint64(off)+as-trailerSize))
 }
 
 // freeEach is freeBatch one record at a time, for a batch with a zero
