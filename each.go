@@ -183,7 +183,7 @@ func (p *Producer) sendChunk(ctx context.Context, first, k, size int, fill func(
 			}
 			p.h.leave()
 			size0 = cv.Len()
-			carveEach(rs, cv, offs[done:], slots[done:], first+done, size, fill)
+			carveEach(rs, cv, offs[done:], e.keys[done:k], slots[done:], first+done, size, fill)
 			done += size0
 			made, size0 = done, 0
 		}
@@ -214,13 +214,14 @@ func (p *Producer) allocFailed(offs []mem.Off, k, size int, err error) error {
 	return fmt.Errorf("allocate %d records of %d bytes: %w", k, size, errors.Join(err, ferr))
 }
 
-// carveEach is sendChunk's pass over a carving: for each of its records
-// it carves the record, writes its trailer, marked queued (not handed
-// out yet: plain stores), calls fill with the record's number and bytes
-// (size payload bytes) and puts its offset in offs and its ring slot in
-// slots (the caller checked that every offset fits one, and that offs
-// and slots hold the carving).
-func carveEach(rs *records, cv *slab.Carving, offs []mem.Off, slots []uint64, first, size int, fill func(int, []byte)) {
+// carveEach is sendChunk's pass over a carving: it carves its records
+// and writes their trailers, marked queued (not handed out yet: plain
+// stores), in one loop (slab.Carving.Stamp, which puts their offsets in
+// offs and their keys, unused here, in keys), then calls fill with each
+// record's number and bytes (size payload bytes) and puts its ring slot
+// in slots (the caller checked that every offset fits one, and that
+// offs, keys and slots hold the carving).
+func carveEach(rs *records, cv *slab.Carving, offs []mem.Off, keys []uint32, slots []uint64, first, size int, fill func(int, []byte)) {
 	b := rs.b
 	tr := trailer{Holder: uint64(rs.self), Len: uint32(size), Magic: queuedMagic}
 	l := slotLen(size)
@@ -228,7 +229,7 @@ func carveEach(rs *records, cv *slab.Carving, offs []mem.Off, slots []uint64, fi
 	// carving's headers go over two words, a record's trailer is 16
 	// bytes further on), then each record filled.
 	tw := *(*[2]uint64)(unsafe.Pointer(&tr))
-	n := cv.Stamp(offs[:cv.Len()], tw[0], tw[1])
+	n := cv.Stamp(offs[:cv.Len()], keys[:cv.Len()], tw[0], tw[1])
 	offs, slots = offs[:n], slots[:n]
 	for i, off := range offs {
 		o := uint64(off)

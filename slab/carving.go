@@ -51,24 +51,13 @@ func (c *Carving) Next() mem.Off {
 // Stamp carves the records left, as many as offs holds, as Next would
 // one by one, and writes t0 and t1 into each one's last 16 bytes (plain
 // stores: a trailer of the caller's, the records not handed out yet),
-// in one loop with no call; it stores their offsets in offs and returns
-// how many it carved.
-func (c *Carving) Stamp(offs []mem.Off, t0, t1 uint64) int {
-	n := min(len(offs), int(c.left))
-	h, off, pos, ln, of := c.hdr, c.off, c.pos, c.ln, c.of
-	step, tail := uintptr(ln)*granule, uintptr(c.sz)
-	w0, w1 := packHalves(0, ln), packHalves(c.sz, 0)
-	for j := range offs[:n] {
-		w := (*[2]uint64)(h)
-		w[0], w[1] = w0|packHalves(pos, 0), w1|packHalves(0, recCheckAt(pos, of))
-		t := (*[2]uint64)(unsafe.Add(h, tail))
-		t[0], t[1] = t0, t1
-		offs[j] = off
-		h = unsafe.Add(h, step)
-		off += mem.Off(step)
-		pos += ln
-	}
-	c.hdr, c.off, c.pos, c.left = h, off, pos, c.left-uint32(n)
+// in one loop with no call; it stores their offsets in offs and their
+// keys (what Pool.RecordKey reads) in keys, and returns how many it
+// carved (at most as many as offs and keys hold).
+func (c *Carving) Stamp(offs []mem.Off, keys []uint32, t0, t1 uint64) int {
+	n := min(len(offs), len(keys), int(c.left))
+	c.hdr, c.off, c.pos = stampRun(c.hdr, c.off, c.pos, c.ln, c.sz, c.of, offs[:n], keys[:n], t0, t1)
+	c.left -= uint32(n)
 	return n
 }
 

@@ -209,10 +209,22 @@ func carveStamped(plain []uint64, offs []mem.Off, keys []uint32, base uint64, po
 	// bounds check for the last, then stores through pointers.
 	_ = plain[2*(base+uint64(pos)+uint64(n)*uint64(ln))-1]
 	h := unsafe.Pointer(&plain[2*(base+uint64(pos))])
-	off := mem.Off((base + uint64(pos) + 1) * granule)
+	_, _, pos = stampRun(h, mem.Off((base+uint64(pos)+1)*granule), pos, ln, sz, of, offs[:n], keys[:n], t0, t1)
+	return pos
+}
+
+// stampRun is the loop of carveStamped and Carving.Stamp: from the header
+// at h (of the record whose data are at off, at granule pos of its slab),
+// it writes the headers of len(offs) records of sz bytes, ln granules
+// each, back to back (of: recCheckOf for them), t0 and t1 into each one's
+// last 16 bytes, their offsets into offs and their keys into keys (as
+// long as offs). It returns the header, offset and
+// granule after the last.
+func stampRun(h unsafe.Pointer, off mem.Off, pos, ln, sz uint32, of uint64, offs []mem.Off, keys []uint32, t0, t1 uint64) (unsafe.Pointer, mem.Off, uint32) {
 	step, tail := uintptr(ln)*granule, uintptr(sz)
 	w0, w1 := packHalves(0, ln), packHalves(sz, 0)
-	for j := range n {
+	keys = keys[:len(offs)]
+	for j := range offs {
 		key := recCheckAt(pos, of)
 		w := (*[2]uint64)(h)
 		w[0], w[1] = w0|packHalves(pos, 0), w1|packHalves(0, key)
@@ -223,7 +235,7 @@ func carveStamped(plain []uint64, offs []mem.Off, keys []uint32, base uint64, po
 		off += mem.Off(step)
 		pos += ln
 	}
-	return pos
+	return h, off, pos
 }
 
 // carve is AllocBatch's inner loop, apart so that it makes no call: it
