@@ -454,7 +454,7 @@ func useFused(rs *records, cur *slab.RunCursor, slots []uint64, offs []mem.Off, 
 		if l >= channel.SlotLenNone {
 			return i
 		}
-		as := (l+15)&^15 + trailerSize
+		as := slotSize(l)
 		j := (uint64(off)+as)/trailerSize - 1
 		if j >= uint64(len(ts)) {
 			return i

@@ -173,6 +173,10 @@ func (rs *records) freedMark(off mem.Off) uint32 { return freedMark(rs.pool.Reco
 // the trailer.
 func allocSize(n int) int { return (n+15)&^15 + trailerSize }
 
+// slotSize is allocSize for a length in a ring slot (below
+// channel.SlotLenNone) or a view's, as the record paths hold it.
+func slotSize(l uint64) uint64 { return (l+15)&^15 + trailerSize }
+
 // maxPayload is the largest payload a record can have: its trailer
 // records the length in 32 bits.
 const maxPayload = math.MaxUint32
@@ -517,7 +521,7 @@ func (rs *records) checkEach(cur *slab.RunCursor, slots []uint64, out []Record, 
 		if l >= channel.SlotLenNone {
 			return false, false
 		}
-		as := (l+15)&^15 + trailerSize
+		as := slotSize(l)
 		j := (uint64(off)+as)/trailerSize - 1
 		if j >= uint64(len(ts)) {
 			return false, false
@@ -598,7 +602,7 @@ func (rs *records) checkSpan(cur *slab.RunCursor, i int, slots []uint64, out []R
 // useFused), and returns its offset and payload length.
 func continues(s uint64, want mem.Off, as, pos uint64, sp *slab.Span) (mem.Off, uint64, bool) {
 	off, l := channel.SlotOff(s), s>>channel.SlotOffBits
-	return off, l, off == want && l < channel.SlotLenNone && (l+15)&^15+trailerSize == as && pos <= sp.Lim
+	return off, l, off == want && l < channel.SlotLenNone && slotSize(l) == as && pos <= sp.Lim
 }
 
 // spanTrailer is the trailer of the record of as bytes at off that
@@ -1066,7 +1070,7 @@ func (rs *records) slots(recs []Record, slots []uint64) int {
 		// (refOffMask): the range and the view's address are left to
 		// check.
 		off, n := r.ref&refOffMask, uint64(len(r.b))
-		end := off + (n+15)&^15 + trailerSize // allocSize
+		end := off + slotSize(n)
 		if r.b == nil || uintptr(unsafe.Pointer(unsafe.SliceData(r.b))) != base+uintptr(off) ||
 			off < lo || end > hi || n >= channel.SlotLenNone {
 			return i
